@@ -1,0 +1,292 @@
+//! Planted faults (DESIGN.md "Planted faults"): the bug classes a harness must catch, planted at
+//! one layer and stage of either side. They prove the harness (a self-test that never caught a
+//! planted bug proves nothing) and reproduce known field bugs.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::trace::stage::Stage;
+
+/// The eight fault classes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FaultKind {
+    /// One element of the stage's output becomes NaN (flat index into the stage tensor).
+    Nan { index: usize },
+    /// The stage's output is multiplied by (1 + eps).
+    ScaleDrift { eps: f32 },
+    /// The matmul producing the stage decodes its Q6_K weight as if it were Q4_K (the seed bug:
+    /// a Q4_K_M file mixes both types, and a kernel dispatched on the wrong one).
+    Q6kAsQ4k,
+    /// Activations entering the matmul producing the stage are rounded to 8-bit blocks
+    /// (Q8_0: 32 values share one f16 scale amax/127), as llama.cpp's quantized dot products do.
+    ActQ8Rounding,
+    /// Top-k weights are left as raw probabilities, not renormalised to sum 1.
+    NoTopkRenorm,
+    /// RoPE rotates adjacent pairs (2j, 2j+1) instead of NeoX's half-split pairs (j, j + D/2).
+    RopePairSwap,
+    /// The causal mask is off by one: each position also attends to the next one.
+    CausalMaskOffByOne,
+    /// Expert dispatch swaps experts `a` and `b`: tokens routed to one run through the other.
+    ExpertSwap { a: usize, b: usize },
+}
+
+impl FaultKind {
+    /// Contract / CLI name of the class.
+    pub fn class(&self) -> &'static str {
+        match self {
+            FaultKind::Nan { .. } => "nan",
+            FaultKind::ScaleDrift { .. } => "scale_drift",
+            FaultKind::Q6kAsQ4k => "q6k_as_q4k",
+            FaultKind::ActQ8Rounding => "act_q8_rounding",
+            FaultKind::NoTopkRenorm => "no_topk_renorm",
+            FaultKind::RopePairSwap => "rope_pair_swap",
+            FaultKind::CausalMaskOffByOne => "causal_mask_off_by_one",
+            FaultKind::ExpertSwap { .. } => "expert_swap",
+        }
+    }
+
+    pub const CLASSES: [&'static str; 8] = [
+        "nan",
+        "scale_drift",
+        "q6k_as_q4k",
+        "act_q8_rounding",
+        "no_topk_renorm",
+        "rope_pair_swap",
+        "causal_mask_off_by_one",
+        "expert_swap",
+    ];
+
+    /// Stages at which this class can be planted (before asking the model whether it has them).
+    pub fn allowed_stages(&self) -> &'static [Stage] {
+        use Stage::*;
+        const MATMULS: &[Stage] = &[
+            QProj,
+            KProj,
+            VProj,
+            AttnOut,
+            RouterLogits,
+            FfnGate,
+            FfnUp,
+            FfnOut,
+            Logits,
+        ];
+        const F32_STAGES: &[Stage] = &[
+            Embedding,
+            AttnNorm,
+            QProj,
+            KProj,
+            VProj,
+            QNorm,
+            KNorm,
+            QRope,
+            KRope,
+            AttnProbs,
+            AttnCtx,
+            AttnOut,
+            AttnResidual,
+            FfnNorm,
+            RouterLogits,
+            RouterProbs,
+            TopkWeights,
+            FfnGate,
+            FfnUp,
+            FfnAct,
+            FfnOut,
+            LayerOut,
+            FinalNorm,
+            Logits,
+        ];
+        match self {
+            FaultKind::Nan { .. } | FaultKind::ScaleDrift { .. } => F32_STAGES,
+            FaultKind::Q6kAsQ4k | FaultKind::ActQ8Rounding => MATMULS,
+            FaultKind::NoTopkRenorm => &[TopkWeights],
+            FaultKind::RopePairSwap => &[QRope, KRope],
+            FaultKind::CausalMaskOffByOne => &[AttnProbs],
+            FaultKind::ExpertSwap { .. } => &[FfnOut],
+        }
+    }
+}
+
+/// A fault planted at one place.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Fault {
+    pub kind: FaultKind,
+    /// `None` for model-level stages (embedding, final_norm, logits).
+    pub layer: Option<usize>,
+    pub stage: Stage,
+}
+
+impl Fault {
+    /// Whether this fault fires at (layer, stage).
+    pub fn is_at(&self, layer: Option<usize>, stage: Stage) -> bool {
+        self.layer == layer && self.stage == stage
+    }
+
+    /// Check that the class can live at this stage and that layer and stage scope agree.
+    pub fn check_place(&self) -> Result<(), String> {
+        if !self.kind.allowed_stages().contains(&self.stage) {
+            let ok: Vec<&str> = self
+                .kind
+                .allowed_stages()
+                .iter()
+                .map(|s| s.name())
+                .collect();
+            return Err(format!(
+                "fault {} cannot be planted at stage {} (it can at: {})",
+                self.kind.class(),
+                self.stage,
+                ok.join(", ")
+            ));
+        }
+        if self.layer.is_some() != self.stage.is_layer_stage() {
+            return Err(format!(
+                "fault {} at {}: {} stages {} a layer",
+                self.kind.class(),
+                self.stage,
+                if self.stage.is_layer_stage() {
+                    "layer"
+                } else {
+                    "model-level"
+                },
+                if self.stage.is_layer_stage() {
+                    "need"
+                } else {
+                    "take no"
+                }
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            FaultKind::Nan { index } => write!(f, "nan[{index}]")?,
+            FaultKind::ScaleDrift { eps } => write!(f, "scale_drift[{eps}]")?,
+            FaultKind::ExpertSwap { a, b } => write!(f, "expert_swap[{a},{b}]")?,
+            k => f.write_str(k.class())?,
+        }
+        match self.layer {
+            Some(l) => write!(f, "@layer.{l}.{}", self.stage),
+            None => write!(f, "@{}", self.stage),
+        }
+    }
+}
+
+/// Parse `CLASS[ARGS]@KEY`, e.g. `nan@layer.1.ffn_out`, `nan[5]@logits`,
+/// `scale_drift[0.01]@layer.0.attn_out`, `expert_swap[1,3]@layer.2.ffn_out`, `q6k_as_q4k@layer.0.ffn_out`.
+impl FromStr for Fault {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| format!("bad fault `{s}`: {why} (form: CLASS[ARGS]@KEY)");
+        let (spec, key) = s.split_once('@').ok_or_else(|| bad("missing @KEY"))?;
+        let key: crate::trace::stage::Key = key.parse().map_err(|e| bad(&format!("{e}")))?;
+        let (class, args) = match spec.split_once('[') {
+            Some((c, rest)) => (
+                c,
+                Some(rest.strip_suffix(']').ok_or_else(|| bad("unclosed ["))?),
+            ),
+            None => (spec, None),
+        };
+        let nums = |n: usize| -> Result<Vec<f64>, String> {
+            let v: Vec<f64> = match args {
+                None => Vec::new(),
+                Some(a) => a
+                    .split(',')
+                    .map(|x| x.trim().parse::<f64>().map_err(|_| bad("bad number")))
+                    .collect::<Result<_, _>>()?,
+            };
+            if v.len() > n {
+                return Err(bad("too many arguments"));
+            }
+            Ok(v)
+        };
+        let idx = |x: f64| -> Result<usize, String> {
+            if x >= 0.0 && x.fract() == 0.0 && x < 1e15 {
+                Ok(x as usize)
+            } else {
+                Err(bad("expected a non-negative integer"))
+            }
+        };
+        let kind = match class {
+            "nan" => FaultKind::Nan {
+                index: nums(1)?.first().map(|x| idx(*x)).transpose()?.unwrap_or(0),
+            },
+            "scale_drift" => FaultKind::ScaleDrift {
+                eps: nums(1)?.first().copied().unwrap_or(1e-2) as f32,
+            },
+            "expert_swap" => {
+                let v = nums(2)?;
+                if v.len() != 2 {
+                    return Err(bad("expert_swap takes [a,b]"));
+                }
+                let (a, b) = (idx(v[0])?, idx(v[1])?);
+                if a == b {
+                    return Err(bad("expert_swap needs two different experts"));
+                }
+                FaultKind::ExpertSwap { a, b }
+            }
+            other => {
+                if args.is_some() {
+                    return Err(bad("this class takes no arguments"));
+                }
+                match other {
+                    "q6k_as_q4k" => FaultKind::Q6kAsQ4k,
+                    "act_q8_rounding" => FaultKind::ActQ8Rounding,
+                    "no_topk_renorm" => FaultKind::NoTopkRenorm,
+                    "rope_pair_swap" => FaultKind::RopePairSwap,
+                    "causal_mask_off_by_one" => FaultKind::CausalMaskOffByOne,
+                    _ => {
+                        return Err(bad(&format!(
+                            "unknown class (known: {})",
+                            FaultKind::CLASSES.join(", ")
+                        )));
+                    }
+                }
+            }
+        };
+        let fault = Fault {
+            kind,
+            layer: key.layer,
+            stage: key.stage,
+        };
+        fault.check_place().map_err(|e| bad(&e))?;
+        Ok(fault)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_print_round_trip() {
+        for s in [
+            "nan[0]@layer.1.ffn_out",
+            "nan[5]@logits",
+            "scale_drift[0.01]@layer.0.attn_out",
+            "expert_swap[1,3]@layer.2.ffn_out",
+            "q6k_as_q4k@layer.0.ffn_out",
+            "act_q8_rounding@layer.0.q_proj",
+            "no_topk_renorm@layer.1.topk_weights",
+            "rope_pair_swap@layer.0.k_rope",
+            "causal_mask_off_by_one@layer.2.attn_probs",
+        ] {
+            let f: Fault = s.parse().unwrap();
+            assert_eq!(f.to_string(), s);
+        }
+        for bad in [
+            "nan",
+            "nan@layer.1",
+            "rope_pair_swap@layer.0.ffn_out",
+            "nan@layer.0.topk_ids",
+            "expert_swap[1]@layer.0.ffn_out",
+            "expert_swap[2,2]@layer.0.ffn_out",
+            "bogus@logits",
+            "q6k_as_q4k[1]@logits",
+        ] {
+            assert!(bad.parse::<Fault>().is_err(), "{bad}");
+        }
+    }
+}

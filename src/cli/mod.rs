@@ -1,0 +1,50 @@
+//! The command line (DESIGN.md "CLI"). One file per sub-command; this file only parses and
+//! dispatches. Exit codes: 0 all checks hold, 1 a divergence or failed check, 2 bad input or
+//! internal error.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod stages;
+
+/// Outcome of a sub-command that ran to completion.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every check held.
+    Holds,
+    /// A divergence or a failed check.
+    Fails,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "falsifier",
+    version,
+    about = "Differential testing for transformer inference engines: find the first layer and stage where a candidate leaves the reference."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the stage vocabulary (names used by traces, contracts and reports), in forward order.
+    Stages,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result: crate::Result<Outcome> = match cli.command {
+        Command::Stages => stages::run(),
+    };
+    match result {
+        Ok(Outcome::Holds) => ExitCode::SUCCESS,
+        Ok(Outcome::Fails) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
