@@ -140,7 +140,7 @@ impl GgmlType {
     /// (or the product overflows).
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let (bv, bb) = self.block();
-        if n % bv as u64 != 0 {
+        if !n.is_multiple_of(bv as u64) {
             return None;
         }
         (n / bv as u64).checked_mul(bb as u64)
