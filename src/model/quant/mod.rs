@@ -7,6 +7,7 @@
 use std::fmt;
 
 pub mod dequant;
+pub mod quantize;
 
 pub use dequant::{
     dequantize, dequantize_q6k_as_q4k, is_dequant_supported, round_activations_q8_0,
