@@ -922,4 +922,24 @@ mod tests {
         assert_eq!(nearest_int(-2.6), -3);
         assert_eq!(nearest_int(31.49), 31);
     }
+
+    /// Encoder speed (run with
+    /// `cargo test --release --lib quantize::tests::throughput -- --ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn throughput() {
+        let x = weights(4, 4096);
+        for ty in [
+            GgmlType::Q8_0,
+            GgmlType::Q4_K,
+            GgmlType::Q5_K,
+            GgmlType::Q6_K,
+        ] {
+            let mut out = Vec::with_capacity(x.len());
+            let t = std::time::Instant::now();
+            quantize(ty, std::hint::black_box(&x), &mut out).unwrap();
+            let s = t.elapsed().as_secs_f64();
+            println!("{ty}: {:.1} M values/s", x.len() as f64 / s / 1e6);
+        }
+    }
 }
