@@ -3,14 +3,16 @@
 //! Each encoder mirrors ggml-quants.c's `quantize_row_*_ref` (no importance matrix): the same
 //! searches (`make_qkx2_quants` for Q2_K/Q4_K/Q5_K, `make_qx_quants` for Q6_K, `make_q3_quants`
 //! for Q3_K), the same `nearest_int` rounding trick, and the same f32 operations in the same
-//! order. Rust never contracts `a * b + c` into an FMA and uses no intrinsics here, so a given
-//! input encodes to the same bytes on every machine; this is what lets the synthetic model
-//! generator write reproducible files.
+//! order. Rust never contracts `a * b + c` into an FMA, and f16 conversion rounds to nearest
+//! even whether `half` uses F16C or software, so a given input encodes to the same bytes on
+//! every machine; this is what lets the synthetic model generator write reproducible files.
+//! (A C build of ggml with FMA contraction, e.g. `-march=native`, differs from its own
+//! reference in a few K-quant blocks; ours matches the uncontracted reference.)
 
 use half::f16;
 
 use super::GgmlType;
-use super::dequant::{q8_0_level, q8_0_scale};
+use super::dequant::{q8_0_level, q8_0_scale, q8_k_level, q8_k_scale};
 use crate::{Error, Result};
 
 /// ggml's GROUP_MAX_EPS: below this a group counts as all zero.
@@ -21,7 +23,19 @@ pub fn is_quantize_supported(ty: GgmlType) -> bool {
     use GgmlType::*;
     matches!(
         ty,
-        F32 | F16 | BF16 | Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q2_K | Q3_K | Q4_K | Q5_K | Q6_K
+        F32 | F16
+            | BF16
+            | Q8_0
+            | Q4_0
+            | Q4_1
+            | Q5_0
+            | Q5_1
+            | Q2_K
+            | Q3_K
+            | Q4_K
+            | Q5_K
+            | Q6_K
+            | Q8_K
     )
 }
 
@@ -73,6 +87,7 @@ pub fn quantize(ty: GgmlType, src: &[f32], out: &mut Vec<u8>) -> Result<()> {
         Q4_K => blocks(src, dst, q4_k),
         Q5_K => blocks(src, dst, q5_k),
         Q6_K => blocks(src, dst, q6_k),
+        Q8_K => blocks(src, dst, q8_k),
         _ => {
             out.truncate(start);
             return Err(Error::internal(format!(
@@ -703,10 +718,31 @@ fn q6_k(x: &[f32; 256], y: &mut [u8; 210]) {
     }
 }
 
+/// block_q8_K: d (f32), qs[256], bsums[16] (`quantize_row_q8_K_ref`; an all-zero block is all
+/// zero bytes).
+fn q8_k(x: &[f32; 256], y: &mut [u8; 292]) {
+    let Some(iscale) = q8_k_scale(x) else {
+        y.fill(0);
+        return;
+    };
+    let (d, rest) = y.split_at_mut(4);
+    let (qs, bsums) = rest.split_at_mut(256);
+    for (q, v) in qs.iter_mut().zip(x) {
+        *q = q8_k_level(*v, iscale) as u8;
+    }
+    for (s, q) in bsums.chunks_exact_mut(2).zip(qs.chunks_exact(16)) {
+        let sum: i32 = q.iter().map(|q| *q as i8 as i32).sum();
+        s.copy_from_slice(&(sum as i16).to_le_bytes());
+    }
+    d.copy_from_slice(&(1.0 / iscale).to_le_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::quant::dequant::{dequantize, round_activations_q8_0};
+    use crate::model::quant::dequant::{
+        dequantize, round_activations_q8_0, round_activations_q8_k,
+    };
 
     /// splitmix64, for seeded test data without extra crates.
     struct SplitMix(u64);
@@ -768,7 +804,7 @@ mod tests {
     #[test]
     fn round_trip_error_within_format_bounds() {
         // Measured on this data (70 rows, seed 5; mean of per-row rel RMS): F16 2.10e-4,
-        // BF16 1.65e-3, Q8_0 5.38e-3, Q6_K 1.84e-2, Q5_1 3.76e-2, Q5_K 3.62e-2, Q5_0 4.25e-2,
+        // BF16 1.65e-3, Q8_0 5.38e-3, Q8_K 6.93e-3, Q6_K 1.84e-2, Q5_1 3.76e-2, Q5_K 3.62e-2, Q5_0 4.25e-2,
         // Q4_1 7.81e-2, Q4_K 7.12e-2, Q4_0 8.59e-2, Q3_K 0.150, Q2_K 0.296, in line with a
         // uniform rounding error of step/sqrt(12) per format. Bounds are about 1.2x those.
         let bounds = [
@@ -776,6 +812,7 @@ mod tests {
             (GgmlType::F16, 2.6e-4),
             (GgmlType::BF16, 2.0e-3),
             (GgmlType::Q8_0, 6.5e-3),
+            (GgmlType::Q8_K, 8e-3),
             (GgmlType::Q6_K, 2.2e-2),
             (GgmlType::Q5_1, 4.5e-2),
             (GgmlType::Q5_K, 4.4e-2),
@@ -835,7 +872,9 @@ mod tests {
             .map(|b| f32::from_le_bytes(*b))
             .collect();
         use GgmlType::*;
-        for ty in [Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K] {
+        for ty in [
+            Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K,
+        ] {
             let want = st.tensor(ty.name()).unwrap().data();
             let mut got = Vec::new();
             quantize(ty, &x, &mut got).unwrap();
@@ -895,6 +934,25 @@ mod tests {
     }
 
     #[test]
+    fn round_activations_equals_q8_k_round_trip() {
+        let mut x = weights(12, 3);
+        x[300..512].fill(0.0); // max in the block's first values
+        x[512..768].fill(0.0); // an all-zero block
+        let want = round_trip(GgmlType::Q8_K, &x);
+        let orig = x.clone();
+        round_activations_q8_k(&mut x);
+        assert!(x.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(x.iter().zip(&orig).any(|(a, b)| a != b));
+        // A trailing partial block rounds over its own values only.
+        let mut tail = orig[..300].to_vec();
+        round_activations_q8_k(&mut tail);
+        let mut padded = orig[256..512].to_vec();
+        padded[44..].fill(0.0);
+        round_activations_q8_k(&mut padded);
+        assert_eq!(&tail[256..], &padded[..44]);
+    }
+
+    #[test]
     fn half_types_re_encode_the_fixture_bit_patterns() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -934,7 +992,7 @@ mod tests {
         assert!(err.message().contains("Q4_K") && err.message().contains("255"));
         let err = quantize(GgmlType::IQ4_XS, &[0.0; 256], &mut out).unwrap_err();
         assert!(err.message().contains("IQ4_XS"), "{}", err.message());
-        assert!(quantize(GgmlType::Q8_K, &[0.0; 256], &mut out).is_err());
+        assert!(quantize(GgmlType::IQ2_XXS, &[0.0; 256], &mut out).is_err());
         assert_eq!(out, [7]);
         quantize(GgmlType::Q6_K, &[], &mut out).unwrap();
         assert_eq!(out, [7]);
