@@ -6,8 +6,10 @@
 //! data section, where each tensor's offset is relative to the section's start.
 
 mod read;
+mod write;
 
 pub use read::GgufFile;
+pub use write::GgufWriter;
 
 use crate::model::quant::GgmlType;
 
@@ -103,6 +105,25 @@ impl MetaValue {
         match *self {
             MetaValue::Bool(b) => Some(b),
             _ => None,
+        }
+    }
+
+    /// The on-disk type id.
+    pub(crate) fn type_id(&self) -> u32 {
+        match self {
+            MetaValue::U8(_) => vtype::U8,
+            MetaValue::I8(_) => vtype::I8,
+            MetaValue::U16(_) => vtype::U16,
+            MetaValue::I16(_) => vtype::I16,
+            MetaValue::U32(_) => vtype::U32,
+            MetaValue::I32(_) => vtype::I32,
+            MetaValue::F32(_) => vtype::F32,
+            MetaValue::Bool(_) => vtype::BOOL,
+            MetaValue::String(_) => vtype::STRING,
+            MetaValue::Array(_) => vtype::ARRAY,
+            MetaValue::U64(_) => vtype::U64,
+            MetaValue::I64(_) => vtype::I64,
+            MetaValue::F64(_) => vtype::F64,
         }
     }
 
