@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod gen_model;
 mod stages;
 
 /// Outcome of a sub-command that ran to completion.
@@ -32,12 +33,15 @@ pub struct Cli {
 pub enum Command {
     /// List the stage vocabulary (names used by traces, contracts and reports), in forward order.
     Stages,
+    /// Write a deterministic synthetic model (GGUF) from a preset shape and a seed.
+    GenModel(Box<gen_model::GenModelArgs>),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: crate::Result<Outcome> = match cli.command {
         Command::Stages => stages::run(),
+        Command::GenModel(a) => gen_model::run(&a),
     };
     match result {
         Ok(Outcome::Holds) => ExitCode::SUCCESS,
