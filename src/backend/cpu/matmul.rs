@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::ops::{Precision, dot};
 use crate::error::{Error, Result};
+use crate::model::weights::QTensor;
 
 /// Something that can decode a range of its rows to f32: a quantized weight matrix, a weight
 /// decoded through a planted fault, or a plain f32 matrix in tests.
@@ -103,6 +104,40 @@ impl RowSource for DenseRows {
             .ok_or_else(|| Error::internal(format!("{}: rows {r0}+{n} out of range", self.name)))?;
         out.copy_from_slice(src);
         Ok(())
+    }
+}
+
+/// A GGUF weight decoded as stored.
+impl RowSource for QTensor<'_> {
+    fn name(&self) -> &str {
+        self.name
+    }
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn decode_rows(&self, r0: usize, n: usize, out: &mut [f32]) -> Result<()> {
+        QTensor::decode_rows(self, r0, n, out)
+    }
+}
+
+/// The planted fault `q6k_as_q4k`: a Q6_K weight whose rows are read by a Q4_K decoder.
+pub struct Q6kAsQ4k<'a>(pub QTensor<'a>);
+
+impl RowSource for Q6kAsQ4k<'_> {
+    fn name(&self) -> &str {
+        self.0.name
+    }
+    fn rows(&self) -> usize {
+        self.0.rows
+    }
+    fn cols(&self) -> usize {
+        self.0.cols
+    }
+    fn decode_rows(&self, r0: usize, n: usize, out: &mut [f32]) -> Result<()> {
+        self.0.decode_rows_q6k_as_q4k(r0, n, out)
     }
 }
 
