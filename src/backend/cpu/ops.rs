@@ -38,6 +38,9 @@ impl std::str::FromStr for Precision {
 /// vectorizes, while keeping the summation order fixed (results do not depend on the CPU).
 const LANES: usize = 8;
 
+/// Accumulators of the f64 dot: four AVX2 registers of four f64, enough to hide the add latency.
+const LANES_F64: usize = 16;
+
 /// `Σ a[i]·b[i]` accumulated in `p`, returned as f64 (exact widening of the f32 sum in F32 mode).
 #[inline]
 pub fn dot(a: &[f32], b: &[f32], p: Precision) -> f64 {
@@ -59,24 +62,48 @@ pub fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     dot_f64_lanes(a, b)
 }
 
-/// Same code as [`dot_f64_lanes`], compiled with AVX2 so the f32→f64 widening and the 8 lanes
-/// use 256-bit registers. No FMA: products are rounded exactly as in the portable path, so both
-/// give bit-identical sums.
+/// [`dot_f64_lanes`] with AVX2 intrinsics: lane `l` of register `r` is portable lane `4r + l`,
+/// products and sums are the same IEEE operations in the same order (no FMA), so both paths
+/// give bit-identical results.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn dot_f64_avx2(a: &[f32], b: &[f32]) -> f64 {
-    dot_f64_lanes(a, b)
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (ca, ra) = a[..n].as_chunks::<LANES_F64>();
+    let (cb, rb) = b[..n].as_chunks::<LANES_F64>();
+    let mut acc = [_mm256_setzero_pd(); 4];
+    for (x, y) in ca.iter().zip(cb) {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: x and y are [f32; 16]; 4r..4r+4 is in bounds, loads are unaligned.
+            let (xv, yv) = unsafe {
+                (
+                    _mm256_cvtps_pd(_mm_loadu_ps(x.as_ptr().add(4 * r))),
+                    _mm256_cvtps_pd(_mm_loadu_ps(y.as_ptr().add(4 * r))),
+                )
+            };
+            *acc = _mm256_add_pd(*acc, _mm256_mul_pd(xv, yv));
+        }
+    }
+    let mut lanes = [0f64; LANES_F64];
+    for (r, v) in acc.iter().enumerate() {
+        // SAFETY: lanes has 16 f64; 4r..4r+4 is in bounds.
+        unsafe { _mm256_storeu_pd(lanes.as_mut_ptr().add(4 * r), *v) };
+    }
+    let mut tail = 0f64;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += *x as f64 * *y as f64;
+    }
+    sum_lanes_f64(lanes) + tail
 }
 
-#[inline(always)]
 fn dot_f64_lanes(a: &[f32], b: &[f32]) -> f64 {
     let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f64; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
+    let (ca, ra) = a[..n].as_chunks::<LANES_F64>();
+    let (cb, rb) = b[..n].as_chunks::<LANES_F64>();
+    let mut acc = [0f64; LANES_F64];
+    for (x, y) in ca.iter().zip(cb) {
+        for l in 0..LANES_F64 {
             acc[l] += x[l] as f64 * y[l] as f64;
         }
     }
@@ -87,13 +114,22 @@ fn dot_f64_lanes(a: &[f32], b: &[f32]) -> f64 {
     sum_lanes_f64(acc) + tail
 }
 
+/// Fixed-order reduction of the 16 lanes: register-wise pairs first, then within a register.
+#[inline(always)]
+fn sum_lanes_f64(acc: [f64; LANES_F64]) -> f64 {
+    let mut v = [0f64; 4];
+    for (j, v) in v.iter_mut().enumerate() {
+        *v = (acc[j] + acc[4 + j]) + (acc[8 + j] + acc[12 + j]);
+    }
+    (v[0] + v[1]) + (v[2] + v[3])
+}
+
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
+    let (ca, ra) = a[..n].as_chunks::<LANES>();
+    let (cb, rb) = b[..n].as_chunks::<LANES>();
     let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
+    for (x, y) in ca.iter().zip(cb) {
         for l in 0..LANES {
             acc[l] += x[l] * y[l];
         }
@@ -103,11 +139,6 @@ pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         tail += x * y;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
-}
-
-#[inline(always)]
-fn sum_lanes_f64(acc: [f64; LANES]) -> f64 {
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))
 }
 
 /// Sum of squares of `x`, in `p`.
@@ -234,7 +265,7 @@ mod tests {
 
     #[test]
     fn dot_matches_naive_and_paths_agree() {
-        for n in [0, 1, 7, 8, 9, 33, 257] {
+        for n in [0, 1, 7, 8, 9, 15, 16, 17, 33, 257, 2048] {
             let (a, b) = (seq(n, 1), seq(n, 2));
             let d = dot(&a, &b, Precision::F64);
             assert!((d - naive_dot(&a, &b)).abs() < 1e-12, "n={n}");
