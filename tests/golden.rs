@@ -376,8 +376,9 @@ fn bad_tokens_are_input_errors() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A small dense qwen3 model written here (the golden set is MoE only): exercises the dense FFN
-// stages and the Q6_K misdecode fault, which needs rows of 256 values.
+// Small models written here with K-quant weights (the golden set is F32/Q8_0 with rows of 64):
+// a dense qwen3 (the golden set is MoE only) and a qwen3moe whose experts are Q6_K, for the
+// Q6_K misdecode fault, which needs rows of 256 values.
 
 const DH: usize = 256; // hidden = ffn = n_heads * head_dim, so every matrix row is one Q6_K block
 const DV: usize = 40;
@@ -395,24 +396,30 @@ fn noise(n: usize, seed: u64, gain: f32) -> Vec<f32> {
         .collect()
 }
 
-fn write_dense_model(path: &Path) {
+fn write_model(path: &Path, arch: &str) {
+    let moe = arch == "qwen3moe";
     let mut w = GgufWriter::new();
     let u = |x: usize| MetaValue::U32(x as u32);
-    w.add_kv("general.architecture", MetaValue::String("qwen3".into()));
-    w.add_kv("qwen3.block_count", u(2));
-    w.add_kv("qwen3.context_length", u(64));
-    w.add_kv("qwen3.embedding_length", u(DH));
-    w.add_kv("qwen3.feed_forward_length", u(DH));
-    w.add_kv("qwen3.attention.head_count", u(2));
-    w.add_kv("qwen3.attention.head_count_kv", u(1));
-    w.add_kv("qwen3.attention.key_length", u(128));
-    w.add_kv("qwen3.attention.value_length", u(128));
-    w.add_kv("qwen3.rope.freq_base", MetaValue::F32(1e6));
+    w.add_kv("general.architecture", MetaValue::String(arch.into()));
+    if moe {
+        w.add_kv(&format!("{arch}.expert_count"), u(4));
+        w.add_kv(&format!("{arch}.expert_used_count"), u(2));
+        w.add_kv(&format!("{arch}.expert_feed_forward_length"), u(DH));
+    }
+    w.add_kv(&format!("{arch}.block_count"), u(2));
+    w.add_kv(&format!("{arch}.context_length"), u(64));
+    w.add_kv(&format!("{arch}.embedding_length"), u(DH));
+    w.add_kv(&format!("{arch}.feed_forward_length"), u(DH));
+    w.add_kv(&format!("{arch}.attention.head_count"), u(2));
+    w.add_kv(&format!("{arch}.attention.head_count_kv"), u(1));
+    w.add_kv(&format!("{arch}.attention.key_length"), u(128));
+    w.add_kv(&format!("{arch}.attention.value_length"), u(128));
+    w.add_kv(&format!("{arch}.rope.freq_base"), MetaValue::F32(1e6));
     w.add_kv(
-        "qwen3.attention.layer_norm_rms_epsilon",
+        &format!("{arch}.attention.layer_norm_rms_epsilon"),
         MetaValue::F32(1e-6),
     );
-    w.add_kv("qwen3.vocab_size", u(DV));
+    w.add_kv(&format!("{arch}.vocab_size"), u(DV));
     let mut tensors: Vec<(String, Vec<u64>, GgmlType, Vec<f32>)> = Vec::new();
     let mut add = |name: String, dims: Vec<u64>, ty: GgmlType, gain: f32, offset: f32| {
         let n = dims.iter().product::<u64>() as usize;
@@ -442,9 +449,16 @@ fn write_dense_model(path: &Path) {
         add(b("attn_q_norm"), vec![128], GgmlType::F32, 0.2, 1.0);
         add(b("attn_k_norm"), vec![128], GgmlType::F32, 0.2, 1.0);
         add(b("ffn_norm"), vec![d], GgmlType::F32, 0.2, 1.0);
-        add(b("ffn_gate"), vec![d, d], GgmlType::Q4_K, g, 0.0);
-        add(b("ffn_up"), vec![d, d], GgmlType::Q4_K, g, 0.0);
-        add(b("ffn_down"), vec![d, d], GgmlType::Q6_K, g, 0.0);
+        if moe {
+            add(b("ffn_gate_inp"), vec![d, 4], GgmlType::F32, 2.0 * g, 0.0);
+            add(b("ffn_gate_exps"), vec![d, d, 4], GgmlType::Q4_K, g, 0.0);
+            add(b("ffn_up_exps"), vec![d, d, 4], GgmlType::Q5_K, g, 0.0);
+            add(b("ffn_down_exps"), vec![d, d, 4], GgmlType::Q6_K, g, 0.0);
+        } else {
+            add(b("ffn_gate"), vec![d, d], GgmlType::Q4_K, g, 0.0);
+            add(b("ffn_up"), vec![d, d], GgmlType::Q4_K, g, 0.0);
+            add(b("ffn_down"), vec![d, d], GgmlType::Q6_K, g, 0.0);
+        }
     }
     add(
         "output_norm.weight".into(),
@@ -470,7 +484,7 @@ fn write_dense_model(path: &Path) {
 #[test]
 fn dense_qwen3_forward_and_its_faults() {
     let path = tmp("dense-qwen3.gguf");
-    write_dense_model(&path);
+    write_model(&path, "qwen3");
     let tokens = [3u32, 17, 39, 0, 22];
     let mut b = CpuBackend::open(&path).unwrap();
     let plan = CapturePlan::all();
@@ -568,4 +582,63 @@ fn dense_qwen3_forward_and_its_faults() {
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Input, "{spec}");
     }
+}
+
+#[test]
+fn kquant_moe_and_the_q6k_misdecode_in_the_experts() {
+    let path = tmp("moe-kquant.gguf");
+    write_model(&path, "qwen3moe");
+    let tokens = [5u32, 1, 38, 22, 9, 30];
+    let plan = CapturePlan::all();
+    let mut b = CpuBackend::open(&path).unwrap();
+    let base = b.forward(&ForwardRequest::new(&tokens, &plan)).unwrap();
+    assert_eq!(
+        base.tensors[&"layer.1.topk_ids".parse::<Key>().unwrap()].shape,
+        [6, 2]
+    );
+    assert!(
+        base.tensors[&Key::model(Stage::Logits)]
+            .as_f32()
+            .unwrap()
+            .iter()
+            .all(|x| x.is_finite())
+    );
+    let ids = base.tensors[&"layer.0.topk_ids".parse::<Key>().unwrap()]
+        .as_i32()
+        .unwrap()
+        .to_vec();
+    let unused = (0..4).find(|e| !ids[..2].contains(e)).unwrap();
+    for spec in [
+        "q6k_as_q4k@layer.0.ffn_out".to_string(),
+        "q6k_as_q4k@layer.1.v_proj".to_string(),
+        "act_q8_rounding@layer.1.ffn_out".to_string(),
+        "act_q8_rounding@layer.0.router_logits".to_string(),
+        format!("expert_swap[{},{unused}]@layer.0.ffn_out", ids[0]),
+    ] {
+        let fault: Fault = spec.parse().unwrap();
+        let req = ForwardRequest {
+            tokens: &tokens,
+            plan: &plan,
+            teacher: None,
+            faults: &[fault],
+        };
+        let t = b.forward(&req).unwrap();
+        assert_eq!(
+            first_difference(&base, &t),
+            Some(Key {
+                layer: fault.layer,
+                stage: fault.stage
+            }),
+            "{spec}"
+        );
+    }
+    // the router (F32) has no Q6_K weight to misdecode
+    let fault: Fault = "q6k_as_q4k@layer.0.router_logits".parse().unwrap();
+    let req = ForwardRequest {
+        tokens: &tokens,
+        plan: &plan,
+        teacher: None,
+        faults: &[fault],
+    };
+    assert_eq!(b.forward(&req).unwrap_err().kind, ErrorKind::Input);
 }
