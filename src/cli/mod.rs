@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod gen_model;
 mod stages;
+pub mod trace;
 
 /// Outcome of a sub-command that ran to completion.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -33,6 +34,8 @@ pub struct Cli {
 pub enum Command {
     /// List the stage vocabulary (names used by traces, contracts and reports), in forward order.
     Stages,
+    /// Run one traced forward and write its trace (safetensors).
+    Trace(Box<trace::TraceArgs>),
     /// Write a deterministic synthetic model (GGUF) from a preset shape and a seed.
     GenModel(Box<gen_model::GenModelArgs>),
 }
@@ -41,6 +44,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: crate::Result<Outcome> = match cli.command {
         Command::Stages => stages::run(),
+        Command::Trace(args) => trace::run(&args),
         Command::GenModel(a) => gen_model::run(&a),
     };
     match result {
