@@ -14,6 +14,7 @@ pub mod cli;
 pub mod diff;
 pub mod error;
 pub mod model;
+pub mod report;
 pub mod trace;
 
 pub use error::{Error, ErrorKind, Result};

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod diff;
 mod stages;
 
 /// Outcome of a sub-command that ran to completion.
@@ -32,12 +33,15 @@ pub struct Cli {
 pub enum Command {
     /// List the stage vocabulary (names used by traces, contracts and reports), in forward order.
     Stages,
+    /// Compare a candidate trace with a reference stage by stage and report the first divergence.
+    Diff(diff::DiffArgs),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: crate::Result<Outcome> = match cli.command {
         Command::Stages => stages::run(),
+        Command::Diff(args) => diff::run(&args),
     };
     match result {
         Ok(Outcome::Holds) => ExitCode::SUCCESS,

@@ -317,7 +317,9 @@ mod tests {
     #[test]
     fn parallel_pieces_agree_with_serial() {
         let n = 3 << 20;
-        let a: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let a: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
         let mut b = a.clone();
         b[2_500_001] += 0.25;
         b[12] = f32::NAN;
@@ -331,7 +333,10 @@ mod tests {
         // runs skip the excluded middle
         let r = compare_runs(&a, &b, &[(0, 100), (3_000_000, n)]);
         assert_eq!(r.n, 100 + n - 3_000_000);
-        assert_eq!(r.max_abs_flat, None, "the only differing element is excluded");
+        assert_eq!(
+            r.max_abs_flat, None,
+            "the only differing element is excluded"
+        );
         assert_eq!(r.nonfinite_cand.first, Some(12));
     }
 }

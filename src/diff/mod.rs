@@ -462,7 +462,8 @@ impl Progress {
     fn tick(&self) {
         if let Some(bar) = &self.bar {
             bar.inc(1);
-            if self.start.elapsed() > Duration::from_secs(1) && !self.shown.swap(true, Ordering::Relaxed)
+            if self.start.elapsed() > Duration::from_secs(1)
+                && !self.shown.swap(true, Ordering::Relaxed)
             {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
             }
@@ -505,7 +506,9 @@ impl<'a> Ctx<'a> {
             Side::Reference => self.reference,
             Side::Candidate => self.candidate,
         };
-        let v = src.get(key).context(format!("{} {}", side.name(), src.location()))?;
+        let v = src
+            .get(key)
+            .context(format!("{} {}", side.name(), src.location()))?;
         if let Some(v) = &v
             && v.is_empty()
         {
@@ -540,11 +543,27 @@ impl<'a> Ctx<'a> {
                 };
                 row.verdict = Verdict::Missing;
                 row.missing_on = Some(side);
-                row.notes
-                    .push(format!("absent from the {} ({})", side.name(), self.location(side)));
+                row.notes.push(format!(
+                    "absent from the {} ({})",
+                    side.name(),
+                    self.location(side)
+                ));
                 return Ok(Prepared::Done(row));
             }
         };
+        // dtypes: f32 stages must be f32 on both sides; integer stages may be f32 (APRT)
+        if key.stage.dtype() == StageDtype::F32 {
+            for (side, v) in [(Side::Reference, &a), (Side::Candidate, &b)] {
+                if matches!(v.data, ViewData::I32(_)) {
+                    return Err(Error::input(format!(
+                        "{} {}: `{key}` holds integers but {} is a float stage (dtype mismatch)",
+                        side.name(),
+                        self.location(side),
+                        key.stage
+                    )));
+                }
+            }
+        }
         row.shape_ref = a.shape.as_ref().map(|s| s.to_vec());
         row.shape_cand = b.shape.as_ref().map(|s| s.to_vec());
         row.compared_by = if a.shape.is_some() && b.shape.is_some() {
@@ -576,19 +595,6 @@ impl<'a> Ctx<'a> {
                 }
             ));
         }
-        // dtypes: f32 stages must be f32 on both sides; integer stages may be f32 (APRT)
-        if key.stage.dtype() == StageDtype::F32 {
-            for (side, v) in [(Side::Reference, &a), (Side::Candidate, &b)] {
-                if matches!(v.data, ViewData::I32(_)) {
-                    return Err(Error::input(format!(
-                        "{} {}: `{key}` holds integers but {} is a float stage (dtype mismatch)",
-                        side.name(),
-                        self.location(side),
-                        key.stage
-                    )));
-                }
-            }
-        }
         let shape = a
             .shape
             .as_ref()
@@ -616,7 +622,7 @@ impl<'a> Ctx<'a> {
         let bytes = 8 * n as u64;
         let k = match (&pair.shape, self.positions) {
             (Some(s), _) if s.len() == 2 && s[1] > 0 => s[1],
-            (_, Some(t)) if t > 0 && n % t == 0 => n / t,
+            (_, Some(t)) if t > 0 && n.is_multiple_of(t) => n / t,
             _ => {
                 // no way to split into positions: exact comparison of the whole tensor
                 row.notes
@@ -634,17 +640,12 @@ impl<'a> Ctx<'a> {
             Some(TensorView {
                 data: ViewData::F32(v),
                 ..
-            }) if t > 0 && v.len() % t == 0 => Some(Cow::Borrowed(v.as_ref())),
+            }) if t > 0 && v.len().is_multiple_of(t) => Some(Cow::Borrowed(v.as_ref())),
             _ => None,
         };
         let e = logits_f32.as_ref().map(|l| l.len() / t.max(1));
-        let routing = routing::compare_topk(
-            &r,
-            &c,
-            k,
-            logits_f32.as_deref().zip(e),
-            self.opts.near_tie,
-        );
+        let routing =
+            routing::compare_topk(&r, &c, k, logits_f32.as_deref().zip(e), self.opts.near_tie);
         if logits_f32.is_none() && !routing.flips.is_empty() {
             row.notes.push(
                 "margin unknown: the reference has no usable router_logits for this layer".into(),
@@ -711,11 +712,7 @@ impl<'a> Ctx<'a> {
         out
     }
 
-    fn compare_key_inner(
-        &self,
-        key: Key,
-        routes: &BTreeMap<usize, Routing>,
-    ) -> Result<(Row, u64)> {
+    fn compare_key_inner(&self, key: Key, routes: &BTreeMap<usize, Routing>) -> Result<(Row, u64)> {
         let pair = match self.prepare(key)? {
             Prepared::Done(row) => return Ok((row, 0)),
             Prepared::Pair(p) => p,
@@ -748,7 +745,7 @@ impl<'a> Ctx<'a> {
         let mut aligned: Option<Vec<f32>> = None;
         if let Some(routing) = routing {
             let t = routing.flipped.len();
-            if t > 0 && n % t == 0 {
+            if t > 0 && n.is_multiple_of(t) {
                 let row_len = n / t;
                 if key.stage == Stage::TopkWeights {
                     // pair each weight with the same expert on both sides
@@ -833,8 +830,8 @@ fn infer_shape(stage: Stage, n: usize, t: Option<usize>) -> Option<Vec<usize>> {
     let t = t.filter(|&t| t > 0)?;
     match stage {
         Stage::Tokens if n == t => Some(vec![t]),
-        Stage::AttnProbs if n % (t * t) == 0 => Some(vec![n / (t * t), t, t]),
-        _ if n % t == 0 => Some(vec![t, n / t]),
+        Stage::AttnProbs if n.is_multiple_of(t * t) => Some(vec![n / (t * t), t, t]),
+        _ if n.is_multiple_of(t) => Some(vec![t, n / t]),
         _ => None,
     }
 }
@@ -860,9 +857,9 @@ pub fn index_of(stage: Stage, shape: Option<&[usize]>, flat: usize) -> Index {
         (_, [_]) => ix.position = Some(flat),
         (_, [_, rest @ ..]) => {
             let row: usize = rest.iter().product();
-            if row > 0 {
-                ix.position = Some(flat / row);
-                ix.feature = Some(flat % row);
+            if let (Some(p), Some(f)) = (flat.checked_div(row), flat.checked_rem(row)) {
+                ix.position = Some(p);
+                ix.feature = Some(f);
             }
         }
     }

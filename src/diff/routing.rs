@@ -68,7 +68,11 @@ pub fn compare_topk(
     if k == 0 {
         return out;
     }
-    for (p, (r, c)) in ref_ids.chunks_exact(k).zip(cand_ids.chunks_exact(k)).enumerate() {
+    for (p, (r, c)) in ref_ids
+        .chunks_exact(k)
+        .zip(cand_ids.chunks_exact(k))
+        .enumerate()
+    {
         let mut rs = r.to_vec();
         let mut cs = c.to_vec();
         rs.sort_unstable();
@@ -190,6 +194,9 @@ mod tests {
         let r = [0, 1];
         let c = [1, 0];
         let routing = compare_topk(&r, &c, 2, None, 2e-4);
-        assert_eq!(align_weights(&r, &c, &[0.4, 0.6], 2, &routing), vec![0.6, 0.4]);
+        assert_eq!(
+            align_weights(&r, &c, &[0.4, 0.6], 2, &routing),
+            vec![0.6, 0.4]
+        );
     }
 }

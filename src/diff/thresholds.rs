@@ -22,8 +22,8 @@
 //!
 //! But a raw (not teacher-forced) trace compares each stage *with the error it inherited*: the
 //! residual stream carries every earlier stage's rounding forward, and normalisation does not
-//! shrink relative error. Summing the per-layer reductions of that model (≈ 5×2048 + 4096 + 6144
-//! + 2·128 + T ≈ 21 000 per layer) over 48 layers gives ≈ 10⁶ rounded terms feeding the last
+//! shrink relative error. Summing the per-layer reductions of that model (5×2048, 4096, 6144,
+//! 2×128 and T: about 21 000 per layer) over 48 layers gives ≈ 10⁶ rounded terms feeding the last
 //! layer, so the accumulated relative error is about √(10⁶)·u ≈ 6e-5. Every f32 stage therefore
 //! gets **1e-4** (that bound rounded up): loose enough for two correct engines at layer 47, and
 //! 100× below the smallest drift worth reporting (a planted scale drift of 1e-2, an 8-bit
@@ -121,7 +121,11 @@ impl Thresholds {
 
     /// Parse and apply `STAGE=RELL2` (the CLI's `--threshold`).
     pub fn set_from_str(&mut self, spec: &str) -> Result<()> {
-        let bad = |why: String| Error::input(format!("--threshold {spec}: {why} (form: STAGE=RELL2, e.g. ffn_out=1e-3)"));
+        let bad = |why: String| {
+            Error::input(format!(
+                "--threshold {spec}: {why} (form: STAGE=RELL2, e.g. ffn_out=1e-3)"
+            ))
+        };
         let (stage, value) = spec
             .split_once('=')
             .ok_or_else(|| bad("missing `=`".into()))?;
@@ -164,7 +168,13 @@ mod tests {
         t.set_from_str("ffn_out=2e-3").unwrap();
         assert_eq!(t.get(Stage::FfnOut).rel_l2, 2e-3);
         assert_eq!(t.get(Stage::FfnOut).source, ThresholdSource::Override);
-        for bad in ["ffn_out", "nope=1", "ffn_out=x", "ffn_out=-1", "ffn_out=nan"] {
+        for bad in [
+            "ffn_out",
+            "nope=1",
+            "ffn_out=x",
+            "ffn_out=-1",
+            "ffn_out=nan",
+        ] {
             assert!(t.set_from_str(bad).is_err(), "{bad}");
         }
     }

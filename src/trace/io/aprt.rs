@@ -26,9 +26,8 @@ pub const MODEL_LEVEL: u32 = 0xFFFF_FFFF;
 /// Parse and check an APRT file held in `bytes`: the magic, the layer (must be `expect_layer`),
 /// and that the element count agrees with the file size. Returns the payload.
 pub fn parse<'a>(path: &Path, bytes: &'a [u8], expect_layer: u32) -> Result<&'a [u8]> {
-    let bad = |at: usize, what: String| {
-        Error::input(format!("{}: at byte {at}: {what}", path.display()))
-    };
+    let bad =
+        |at: usize, what: String| Error::input(format!("{}: at byte {at}: {what}", path.display()));
     if bytes.len() < HEADER_LEN {
         return Err(bad(
             0,
@@ -117,7 +116,9 @@ impl AprtDir {
                 };
                 for (fname, fpath) in list(&path)? {
                     match stage_of(&fname).filter(|s| s.is_layer_stage()) {
-                        Some(stage) => found.push((Key::layer(layer as usize, stage), fpath, layer)),
+                        Some(stage) => {
+                            found.push((Key::layer(layer as usize, stage), fpath, layer))
+                        }
                         None => other_files.push(format!("{name}/{fname}")),
                     }
                 }
@@ -219,7 +220,9 @@ pub fn encode(layer: u32, data: &TensorData) -> Result<Vec<u8>> {
     out.extend_from_slice(&layer.to_le_bytes());
     out.extend_from_slice(&count.to_le_bytes());
     match data {
-        TensorData::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::F32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         TensorData::I32(v) => v
             .iter()
             .for_each(|&x| out.extend_from_slice(&(x as f32).to_le_bytes())),
@@ -250,7 +253,6 @@ pub fn write_aprt_dir(dir: &Path, trace: &Trace) -> Result<()> {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,8 +266,7 @@ mod tests {
     }
 
     fn tmp(name: &str) -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("falsifier-aprt-{name}-{}", std::process::id()));
+        let d = std::env::temp_dir().join(format!("falsifier-aprt-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
@@ -279,7 +280,10 @@ mod tests {
             Key::layer(2, Stage::FfnOut),
             Tensor::f32(vec![2, 2], vec![1.0, -2.0, 3.0, 4.5]),
         );
-        t.insert(Key::model(Stage::Logits), Tensor::f32(vec![3], vec![0.5; 3]));
+        t.insert(
+            Key::model(Stage::Logits),
+            Tensor::f32(vec![3], vec![0.5; 3]),
+        );
         t.insert(Key::model(Stage::Tokens), Tensor::i32(vec![2], vec![5, 6]));
         write_aprt_dir(&d, &t).unwrap();
         assert!(looks_like_aprt(&d));
@@ -302,7 +306,13 @@ mod tests {
         let e = AprtDir::open(&d).err().unwrap().to_string();
         assert!(e.contains("logits.bin") && e.contains("at byte 8"), "{e}");
         std::fs::write(&p, &good[..5]).unwrap();
-        assert!(AprtDir::open(&d).err().unwrap().to_string().contains("truncated"));
+        assert!(
+            AprtDir::open(&d)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("truncated")
+        );
         std::fs::write(&p, b"").unwrap();
         assert!(AprtDir::open(&d).is_err());
         // wrong layer in the header

@@ -65,9 +65,8 @@ pub struct NpyHeader {
 /// Parse the header of a `.npy` file held in `bytes`, checking that the payload size agrees with
 /// the shape. `path` only names the file in errors.
 pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<NpyHeader> {
-    let bad = |at: usize, what: String| {
-        Error::input(format!("{}: at byte {at}: {what}", path.display()))
-    };
+    let bad =
+        |at: usize, what: String| Error::input(format!("{}: at byte {at}: {what}", path.display()));
     if bytes.len() < 10 {
         return Err(bad(
             0,
@@ -125,7 +124,7 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<NpyHeader> {
         .map(|(d, _)| d)
         .ok_or_else(|| bad(hstart, "'descr' is not a quoted string".into()))?;
     // single-byte and native-order descriptors of the same types are fine on little-endian hosts
-    let descr_norm = descr.replace('=', "<").replace('|', "<");
+    let descr_norm = descr.replace(['=', '|'], "<");
     let dtype = NpyDtype::parse(&descr_norm).ok_or_else(|| {
         bad(
             hstart,
@@ -333,7 +332,7 @@ pub fn write_npy(path: &Path, shape: &[usize], data: &TensorData) -> Result<()> 
     let mut header =
         format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_txt}, }}");
     // magic(6) + version(2) + len(2) + header + '\n' must be a multiple of 64
-    while (10 + header.len() + 1) % 64 != 0 {
+    while !(10 + header.len() + 1).is_multiple_of(64) {
         header.push(' ');
     }
     header.push('\n');
@@ -343,8 +342,12 @@ pub fn write_npy(path: &Path, shape: &[usize], data: &TensorData) -> Result<()> 
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     match data {
-        TensorData::F32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        TensorData::I32(v) => v.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::F32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::I32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
     }
     let mut f = File::create(path).map_err(|e| Error::io(path, "creating", e))?;
     f.write_all(&out)
@@ -413,7 +416,7 @@ mod tests {
         // big-endian and fortran order
         let hdr = |h: &str| {
             let mut h = h.to_string();
-            while (10 + h.len() + 1) % 64 != 0 {
+            while !(10 + h.len() + 1).is_multiple_of(64) {
                 h.push(' ');
             }
             h.push('\n');
@@ -434,7 +437,13 @@ mod tests {
             hdr("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 2), }"),
         )
         .unwrap();
-        assert!(NpyDir::open(&d).err().unwrap().to_string().contains("Fortran"));
+        assert!(
+            NpyDir::open(&d)
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("Fortran")
+        );
         // f64 is read and converted
         std::fs::write(
             &p,
@@ -442,11 +451,24 @@ mod tests {
         )
         .unwrap();
         let dir = NpyDir::open(&d).unwrap();
-        assert_eq!(dir.get(&Key::model(Stage::Logits)).unwrap().unwrap().len(), 2);
+        assert_eq!(
+            dir.get(&Key::model(Stage::Logits)).unwrap().unwrap().len(),
+            2
+        );
         // the same key twice
         write_npy(&p, &[1], &TensorData::F32(vec![1.0])).unwrap();
-        write_npy(&d.join("layer.1.q_proj.npy"), &[1], &TensorData::F32(vec![1.0])).unwrap();
-        write_npy(&d.join("layer.01.q_proj.npy"), &[1], &TensorData::F32(vec![1.0])).unwrap();
+        write_npy(
+            &d.join("layer.1.q_proj.npy"),
+            &[1],
+            &TensorData::F32(vec![1.0]),
+        )
+        .unwrap();
+        write_npy(
+            &d.join("layer.01.q_proj.npy"),
+            &[1],
+            &TensorData::F32(vec![1.0]),
+        )
+        .unwrap();
         let e = NpyDir::open(&d).err().unwrap().to_string();
         assert!(e.contains("present twice"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
