@@ -7,7 +7,7 @@
 
 use std::fmt::Write;
 
-use super::{ReportContext, cos_text, headline, rfc3339, sci};
+use super::{ReportContext, cos_text, headline, index_text, rfc3339, row_detail, sci};
 use crate::diff::{DiffReport, Index, Row, SideInfo, Verdict};
 use crate::trace::stage::Stage;
 
@@ -57,17 +57,7 @@ pub fn heat(rel_l2: f64) -> (u8, u8, u8) {
 }
 
 fn at_text(i: &Option<Index>) -> String {
-    match i {
-        None => "-".into(),
-        Some(i) => match (i.head, i.position, i.feature) {
-            (Some(h), Some(q), Some(k)) => {
-                format!("flat {} (head {h}, query {q}, key {k})", i.flat)
-            }
-            (None, Some(p), Some(f)) => format!("flat {} (position {p}, feature {f})", i.flat),
-            (None, Some(p), None) => format!("flat {} (position {p})", i.flat),
-            _ => format!("flat {}", i.flat),
-        },
-    }
+    i.as_ref().map_or("-".into(), index_text)
 }
 
 /// Tooltip text of a row (newline-separated; escaped by the caller).
@@ -150,10 +140,11 @@ fn cell_look(r: &Row) -> (&'static str, String, String) {
         Verdict::Match | Verdict::Diverge => {
             let x = r.rel_l2().unwrap_or(0.0);
             let (cr, cg, cb) = heat(x);
+            // exact agreement stays blank: the colour says it, and the eye finds the numbers
             let text = if x > 0.0 && x.is_finite() {
                 format!("{:.0}", x.log10().floor())
             } else if x == 0.0 {
-                "0".into()
+                String::new()
             } else {
                 "inf".into()
             };
@@ -395,6 +386,24 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
         h.push_str("<section><h2>Non-matching cells</h2><table class=\"rows\"><tr><th>key</th><th>verdict</th><th>rel L2</th><th>threshold</th><th>cosine</th><th>max |a−b|</th><th>at</th><th>note</th></tr>");
         for r in bad.iter().take(200) {
             let m = r.metrics.as_ref();
+            // for non-finite rows the place that matters is the first NaN/Inf
+            let at = if r.verdict.is_nan() {
+                let first = match (&r.nonfinite_cand_at, &r.nonfinite_ref_at) {
+                    (Some(c), _) => Some(*c),
+                    (None, r) => *r,
+                };
+                format!("first non-finite: {}", at_text(&first))
+            } else {
+                at_text(&r.max_abs_at)
+            };
+            let note = if r.verdict.is_nan() || r.notes.is_empty() {
+                let mut n = vec![row_detail(report, r)];
+                n.extend(r.notes.iter().cloned());
+                n.retain(|s| !s.is_empty());
+                n.join("; ")
+            } else {
+                r.notes.join("; ")
+            };
             let mark = if report.first().is_some_and(|f| f.key == r.key) {
                 " (first)"
             } else if r.downstream {
@@ -412,8 +421,8 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
                 sci(Some(r.threshold.rel_l2)),
                 cos_text(m.map(|m| m.cosine)),
                 sci(m.map(|m| m.max_abs)),
-                esc(&at_text(&r.max_abs_at)),
-                esc(&r.notes.join("; "))
+                esc(&at),
+                esc(&note)
             );
         }
         h.push_str("</table></section>");

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::diff::{DiffReport, Row, Verdict};
+use crate::diff::{DiffReport, Index, Row, Verdict};
 use crate::error::{Error, Result};
 
 /// Outcome of one contract falsifier, filled in by the contract runner (report.json's
@@ -182,18 +182,28 @@ pub fn row_detail(report: &DiffReport, row: &Row) -> String {
         }
         v if v.is_nan() => {
             let m = row.metrics.as_ref();
-            let count = |side: &str, nf: Option<&crate::diff::NonFinite>| {
+            let count = |side: &str, nf: Option<&crate::diff::NonFinite>, at: &Option<Index>| {
                 nf.filter(|n| n.count > 0).map(|n| {
                     format!(
                         "{} non-finite on the {side} side, first at {}",
                         n.count,
-                        n.first.map(|i| i.to_string()).unwrap_or_default()
+                        at.map(|i| index_text(&i))
+                            .or(n.first.map(|i| format!("flat {i}")))
+                            .unwrap_or_default()
                     )
                 })
             };
             let parts: Vec<String> = [
-                count(&report.reference.label, m.map(|m| &m.nonfinite_ref)),
-                count(&report.candidate.label, m.map(|m| &m.nonfinite_cand)),
+                count(
+                    &report.reference.label,
+                    m.map(|m| &m.nonfinite_ref),
+                    &row.nonfinite_ref_at,
+                ),
+                count(
+                    &report.candidate.label,
+                    m.map(|m| &m.nonfinite_cand),
+                    &row.nonfinite_cand_at,
+                ),
             ]
             .into_iter()
             .flatten()
@@ -208,6 +218,16 @@ pub fn row_detail(report: &DiffReport, row: &Row) -> String {
                 cos_text(m.map(|m| m.cosine))
             )
         }
+    }
+}
+
+/// An index in words: `flat 70 (position 1, feature 6)`, `flat 171 (head 2, query 5, key 3)`.
+pub fn index_text(i: &Index) -> String {
+    match (i.head, i.position, i.feature) {
+        (Some(h), Some(q), Some(k)) => format!("flat {} (head {h}, query {q}, key {k})", i.flat),
+        (None, Some(p), Some(f)) => format!("flat {} (position {p}, feature {f})", i.flat),
+        (None, Some(p), None) => format!("flat {} (position {p})", i.flat),
+        _ => format!("flat {}", i.flat),
     }
 }
 
