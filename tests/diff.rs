@@ -531,6 +531,27 @@ fn bad_inputs_are_errors_not_panics() {
             .to_string()
             .contains("truncated")
     );
+    // a safetensors header naming one key twice (literally, and through two spellings)
+    for (a, b) in [("logits", "logits"), ("layer.1.q_proj", "layer.01.q_proj")] {
+        // one tensor kept by the parser (same name) or two laid out back to back
+        let (second, data) = if a == b { (0, 8) } else { (8, 16) };
+        let mut hdr = format!(
+            r#"{{"{a}":{{"dtype":"F32","shape":[2],"data_offsets":[0,8]}},"{b}":{{"dtype":"F32","shape":[2],"data_offsets":[{second},{data}]}}}}"#
+        );
+        while hdr.len() % 8 != 0 {
+            hdr.push(' ');
+        }
+        let mut bytes = (hdr.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(hdr.as_bytes());
+        bytes.extend(std::iter::repeat_n(0u8, data));
+        let p = dir.join("dup.safetensors");
+        std::fs::write(&p, bytes).unwrap();
+        let err = open_source(&p).err().expect(b).to_string();
+        assert!(
+            err.contains("present twice") && err.contains("dup.safetensors"),
+            "{err}"
+        );
+    }
     // not a trace at all
     assert!(open_source(&dir.join("nope")).is_err());
     std::fs::write(dir.join("junk.safetensors"), b"\x01\x02").unwrap();

@@ -251,7 +251,8 @@ td.c:hover { outline: 2px solid #2962ff; outline-offset: 0; }
 .scale .bar { width: 240px; height: 14px; border-radius: 3px; background: linear-gradient(90deg, rgb(26,152,80) 0%, rgb(145,207,96) 35%, rgb(254,224,139) 55.6%, rgb(215,48,39) 100%); }
 table.rows { border-collapse: collapse; font-size: 12.5px; }
 table.rows th, table.rows td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: left; vertical-align: top; }
-table.rows td.num { font-family: ui-monospace, Menlo, Consolas, monospace; text-align: right; }
+table.rows th { white-space: nowrap; }
+table.rows td.num { white-space: nowrap; font-family: ui-monospace, Menlo, Consolas, monospace; text-align: right; }
 .note { color: var(--muted); font-size: 12.5px; }
 #tip { position: fixed; pointer-events: none; background: #1d2330; color: #f1f3f7; font: 12px/1.4 ui-monospace, Menlo, Consolas, monospace; padding: 8px 10px; border-radius: 6px; white-space: pre; max-width: 560px; box-shadow: 0 4px 16px rgba(0,0,0,.25); display: none; z-index: 10; }
 "#;
@@ -396,7 +397,7 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
             } else {
                 at_text(&r.max_abs_at)
             };
-            let note = if r.verdict.is_nan() || r.notes.is_empty() {
+            let note = if r.verdict.is_nan() {
                 let mut n = vec![row_detail(report, r)];
                 n.extend(r.notes.iter().cloned());
                 n.retain(|s| !s.is_empty());

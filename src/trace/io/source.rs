@@ -137,7 +137,9 @@ impl TraceSource for AprtDir {
 pub fn open_source(path: &Path) -> Result<Box<dyn TraceSource>> {
     let md = std::fs::metadata(path).map_err(|e| Error::io(path, "opening trace", e))?;
     if md.is_file() {
-        return Ok(Box::new(TraceFile::open(path)?));
+        let file = TraceFile::open(path)?;
+        check_unique_keys(path)?;
+        return Ok(Box::new(file));
     }
     if !md.is_dir() {
         return Err(Error::input(format!(
@@ -162,4 +164,70 @@ pub fn open_source(path: &Path) -> Result<Box<dyn TraceSource>> {
             path.display()
         ))),
     }
+}
+
+/// Refuse a safetensors header that names a tensor twice, literally or through two spellings of
+/// one key (`layer.1.x`, `layer.01.x`): JSON parsers keep one of them silently.
+fn check_unique_keys(path: &Path) -> Result<()> {
+    use std::io::Read;
+
+    struct Names(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Names {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Names, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Names;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a safetensors header object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Names, A::Error> {
+                    let mut names = Vec::new();
+                    while let Some(k) = m.next_key::<String>()? {
+                        m.next_value::<serde::de::IgnoredAny>()?;
+                        names.push(k);
+                    }
+                    Ok(Names(names))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+
+    let io = |e| Error::io(path, "reading trace header", e);
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(io)?;
+    let n = u64::from_le_bytes(len);
+    let size = f.metadata().map_err(io)?.len();
+    if n > size.saturating_sub(8) {
+        // TraceFile::open has already validated the header; nothing more to check
+        return Ok(());
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(io)?;
+    let Ok(Names(names)) = serde_json::from_slice::<Names>(&header) else {
+        return Ok(());
+    };
+    let mut seen: std::collections::BTreeMap<Key, &str> = std::collections::BTreeMap::new();
+    let mut literal = std::collections::BTreeSet::new();
+    for name in &names {
+        if !literal.insert(name.as_str()) {
+            return Err(Error::input(format!(
+                "{}: header: tensor `{name}` is present twice",
+                path.display()
+            )));
+        }
+        if let Ok(key) = name.parse::<Key>()
+            && let Some(prev) = seen.insert(key, name)
+        {
+            return Err(Error::input(format!(
+                "{}: header: `{prev}` and `{name}` name the same key {key} (present twice)",
+                path.display()
+            )));
+        }
+    }
+    Ok(())
 }
