@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod lint;
+mod promote;
 mod stages;
 
 /// Outcome of a sub-command that ran to completion.
@@ -32,12 +34,35 @@ pub struct Cli {
 pub enum Command {
     /// List the stage vocabulary (names used by traces, contracts and reports), in forward order.
     Stages,
+    /// Check contracts: schema, ids, stages, models, thresholds, planted places, statuses.
+    Lint {
+        /// Contract files or directories (default: contracts/).
+        paths: Vec<std::path::PathBuf>,
+    },
+    /// Move falsifier statuses forward to what a run's report.json shows, keeping comments.
+    Promote {
+        /// The report.json of a `falsifier run`.
+        #[arg(long)]
+        evidence: std::path::PathBuf,
+        /// Print the diff of each contract; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Contract files or directories (default: contracts/).
+        #[arg(long = "contracts")]
+        contracts: Vec<std::path::PathBuf>,
+    },
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: crate::Result<Outcome> = match cli.command {
         Command::Stages => stages::run(),
+        Command::Lint { paths } => lint::run(&paths),
+        Command::Promote {
+            evidence,
+            dry_run,
+            contracts,
+        } => promote::run(evidence, contracts, dry_run),
     };
     match result {
         Ok(Outcome::Holds) => ExitCode::SUCCESS,
