@@ -153,6 +153,8 @@ fn lint_model(
                 ("seed", m.seed.is_some()),
                 ("hidden", m.hidden.is_some()),
                 ("layers", m.layers.is_some()),
+                ("experts", m.experts.is_some()),
+                ("ffn", m.ffn.is_some()),
             ] {
                 if set {
                     diags.push(c.diag(
@@ -205,9 +207,19 @@ fn lint_model(
                 diags.push(c.diag(&at, format!("model {name}: a preset needs a seed")));
                 ok = false;
             }
-            if m.hidden == Some(0) || m.layers == Some(0) {
-                diags.push(c.diag(&at, format!("model {name}: hidden and layers must be > 0")));
-                ok = false;
+            for (k, v) in [
+                ("hidden", m.hidden),
+                ("layers", m.layers),
+                ("experts", m.experts),
+                ("ffn", m.ffn),
+            ] {
+                if v == Some(0) {
+                    diags.push(c.diag(
+                        &format!("{at}.{k}"),
+                        format!("model {name}: {k} must be > 0"),
+                    ));
+                    ok = false;
+                }
             }
             match preset(p) {
                 None => {
@@ -221,10 +233,17 @@ fn lint_model(
                     ));
                     None
                 }
+                Some(pr) if pr.experts == 0 && m.experts.is_some() => {
+                    diags.push(c.diag(
+                        &format!("{at}.experts"),
+                        format!("model {name}: preset {p} is dense; it takes no expert count"),
+                    ));
+                    None
+                }
                 Some(pr) if ok => Some(ModelShape {
                     arch: pr.arch.to_string(),
                     layers: m.layers.unwrap_or(pr.layers),
-                    experts: pr.experts,
+                    experts: m.experts.unwrap_or(pr.experts),
                 }),
                 Some(_) => None,
             }

@@ -98,6 +98,10 @@ pub struct ModelSpec {
     pub hidden: Option<usize>,
     /// Override of the preset's layer count.
     pub layers: Option<usize>,
+    /// Override of the preset's expert count (MoE presets only).
+    pub experts: Option<usize>,
+    /// Override of the preset's FFN width (expert FFN for MoE presets, the dense FFN otherwise).
+    pub ffn: Option<usize>,
 }
 
 /// Backends a falsifier can pair.
