@@ -55,10 +55,11 @@ pub enum Verdict {
     Absent,
     /// At least one model failed.
     Fails { models: Vec<String> },
-    /// Some models ran and held, but not all of the falsifier's models have a level.
-    Incomplete { missing: Vec<String> },
-    /// Every model held; the lowest level reached over them.
-    Level(Status),
+    /// Every row held, but none carries a level (e.g. every trial was skipped).
+    NoLevel,
+    /// Every row held. `level` is what the falsifier reached (see [`Report::verdict`]);
+    /// `missing` lists its models with no level in the report.
+    Level { level: Status, missing: Vec<String> },
 }
 
 impl Report {
@@ -83,6 +84,12 @@ impl Report {
     }
 
     /// The verdict on falsifier `id` of contract `contract`, which runs on `models`.
+    ///
+    /// Rows are per model. Any failing row fails the falsifier. Otherwise its level is the lowest
+    /// level over the models that have one; if that is at least FUNCTIONAL and every model of
+    /// the falsifier has a level, the falsifier is DISCHARGED (FUNCTIONAL everywhere, heavy
+    /// models included); if some model has none, the level is capped at FUNCTIONAL (partial
+    /// coverage never discharges).
     pub fn verdict(&self, contract: &str, id: &str, models: &[String]) -> Verdict {
         let rows: Vec<&FalsifierResult> = self
             .falsifiers
@@ -103,8 +110,8 @@ impl Report {
         let mut level: Option<Status> = None;
         let mut missing = Vec::new();
         for m in models {
-            // A model may appear more than once (e.g. two runs merged): every row must carry a
-            // level, and the lowest counts.
+            // A model may appear more than once (merged runs): the lowest level counts, and a row
+            // without a level (a skipped trial) proves nothing for that model.
             let ls: Vec<Option<Status>> = rows
                 .iter()
                 .filter(|r| &r.model == m)
@@ -119,9 +126,34 @@ impl Report {
             }
         }
         match level {
-            Some(l) if missing.is_empty() => Verdict::Level(l),
-            _ => Verdict::Incomplete { missing },
+            None => Verdict::NoLevel,
+            Some(l) => {
+                let level = if !missing.is_empty() {
+                    l.min(Status::Functional)
+                } else if l >= Status::Functional {
+                    Status::Discharged
+                } else {
+                    l
+                };
+                Verdict::Level { level, missing }
+            }
         }
+    }
+}
+
+/// The level one holding trial proves, for the runner to write into report.json: a pair of CPU
+/// backends proves the algorithm (ACTIVE_ALGORITHM_LEVEL); a pair with a GPU backend that
+/// actually ran on a device proves FUNCTIONAL. DISCHARGED is never a single trial's level:
+/// promote derives it from FUNCTIONAL on every model of the falsifier.
+pub fn trial_level(
+    pair: (super::schema::BackendName, super::schema::BackendName),
+    ran_on_device: bool,
+) -> Option<Status> {
+    let gpu = pair.0.needs_gpu() || pair.1.needs_gpu();
+    match (gpu, ran_on_device) {
+        (false, _) => Some(Status::ActiveAlgorithmLevel),
+        (true, true) => Some(Status::Functional),
+        (true, false) => None,
     }
 }
 
@@ -149,33 +181,52 @@ mod tests {
     #[test]
     fn verdicts() {
         let models = vec!["a".to_string(), "b".to_string()];
+        let lvl = |level, missing: &[&str]| Verdict::Level {
+            level,
+            missing: missing.iter().map(|s| s.to_string()).collect(),
+        };
+        let v = |r: &Report| r.verdict("C-X", "FALSIFY-X", &models);
+        // FUNCTIONAL on every model discharges
         let r = report(&[
             ("a", true, Some("FUNCTIONAL")),
-            ("b", true, Some("DISCHARGED")),
+            ("b", true, Some("FUNCTIONAL")),
         ]);
-        assert_eq!(
-            r.verdict("C-X", "FALSIFY-X", &models),
-            Verdict::Level(Status::Functional)
-        );
+        assert_eq!(v(&r), lvl(Status::Discharged, &[]));
         assert_eq!(r.verdict("C-Y", "FALSIFY-X", &models), Verdict::Absent);
-        let r = report(&[("a", true, Some("FUNCTIONAL"))]);
-        assert_eq!(
-            r.verdict("C-X", "FALSIFY-X", &models),
-            Verdict::Incomplete {
-                missing: vec!["b".into()]
-            }
-        );
+        // the weakest model counts
+        let r = report(&[
+            ("a", true, Some("ACTIVE_ALGORITHM_LEVEL")),
+            ("b", true, Some("FUNCTIONAL")),
+        ]);
+        assert_eq!(v(&r), lvl(Status::ActiveAlgorithmLevel, &[]));
+        // partial coverage: capped at FUNCTIONAL, even if a row claims more
+        let r = report(&[("a", true, Some("DISCHARGED"))]);
+        assert_eq!(v(&r), lvl(Status::Functional, &["b"]));
         let r = report(&[("a", true, Some("FUNCTIONAL")), ("b", true, None)]);
-        assert!(matches!(
-            r.verdict("C-X", "FALSIFY-X", &models),
-            Verdict::Incomplete { .. }
-        ));
+        assert_eq!(v(&r), lvl(Status::Functional, &["b"]));
+        let r = report(&[("a", true, None)]);
+        assert_eq!(v(&r), Verdict::NoLevel);
         let r = report(&[("a", false, None), ("b", true, Some("FUNCTIONAL"))]);
         assert_eq!(
-            r.verdict("C-X", "FALSIFY-X", &models),
+            v(&r),
             Verdict::Fails {
                 models: vec!["a".into()]
             }
         );
+    }
+
+    #[test]
+    fn trial_levels() {
+        use crate::contract::schema::BackendName::*;
+        assert_eq!(
+            trial_level((Cpu, Cpu), false),
+            Some(Status::ActiveAlgorithmLevel)
+        );
+        assert_eq!(
+            trial_level((Cpu, CpuF32), true),
+            Some(Status::ActiveAlgorithmLevel)
+        );
+        assert_eq!(trial_level((Cpu, Cuda), true), Some(Status::Functional));
+        assert_eq!(trial_level((Cpu, Cuda), false), None);
     }
 }

@@ -8,9 +8,7 @@
 //!
 //! # The status ladder
 //!
-//! Each falsifier climbs `PROPOSED < ACTIVE_ALGORITHM_LEVEL < FUNCTIONAL < DISCHARGED`. What a run
-//! proves (the runner writes it as each falsifier's `level` in report.json, so promotion never
-//! guesses):
+//! Each falsifier climbs `PROPOSED < ACTIVE_ALGORITHM_LEVEL < FUNCTIONAL < DISCHARGED`:
 //!
 //! | level | evidence |
 //! |---|---|
@@ -19,8 +17,13 @@
 //! | `FUNCTIONAL` | a holding run of the contracted backend pair on real hardware (e.g. cpu vs cuda on a GPU) |
 //! | `DISCHARGED` | FUNCTIONAL on every model of the falsifier, the heavy ones included |
 //!
-//! A falsifier runs once per model; its level in a report is the lowest level over its models,
-//! and a model missing from the report means no level at all ([`evidence::Report::levels`]).
+//! A falsifier runs once per model, and report.json has one row per falsifier x model whose
+//! `level` is what that one trial proves ([`evidence::trial_level`]: ACTIVE_ALGORITHM_LEVEL for
+//! a CPU pair, FUNCTIONAL for a GPU pair that ran on a device, null for a skipped trial), so
+//! promotion never guesses. Promote combines the rows ([`evidence::Report::verdict`]): any failing
+//! row fails the falsifier; otherwise its level is the lowest over its models, raised to
+//! DISCHARGED when every model of the falsifier is there at FUNCTIONAL or above, and capped at
+//! FUNCTIONAL when some model has no row (partial coverage never discharges).
 //!
 //! A contract's status is the minimum of its falsifiers' statuses: a contract is only as proven as
 //! its weakest check, so one PROPOSED falsifier keeps the whole contract PROPOSED. The field is

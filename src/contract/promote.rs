@@ -114,12 +114,18 @@ pub fn promote(opts: &Options) -> Result<Outcome> {
                         ));
                     }
                 }
-                Verdict::Incomplete { missing } => out.notes.push(format!(
-                    "{}: no level for model(s) {} in the report; not promoted",
-                    f.id,
-                    missing.join(", ")
+                Verdict::NoLevel => out.notes.push(format!(
+                    "{}: holds, but the report gives no level for any model; not promoted",
+                    f.id
                 )),
-                Verdict::Level(level) => {
+                Verdict::Level { level, missing } => {
+                    if !missing.is_empty() && level > f.status {
+                        out.notes.push(format!(
+                            "{}: no level for model(s) {}: at most FUNCTIONAL",
+                            f.id,
+                            missing.join(", ")
+                        ));
+                    }
                     if level > f.status {
                         moves.push(Move {
                             falsifier: f.id.clone(),
