@@ -334,6 +334,19 @@ fn fault_and_expect_go_together() {
     assert_rejects(&t, "expect:", "`expect` without a planted fault");
     let t = mutate("origin: layer.1.attn_out", "origin: layer.9.attn_out");
     assert_rejects(&t, "expect:", "has 3 layers");
+    // the expected place must be captured, or the run cannot find it there
+    let t = mutate(
+        "    stages: all
+    layers: all
+    thresholds",
+        "    stages: all
+    layers: 0..1
+    thresholds",
+    );
+    assert_rejects(&t, "expect:", "expected layer.1.attn_out is not captured");
+    // a routing check needs router_logits and topk_ids captured
+    let t = mutate("[router_logits, topk_ids]", "[topk_ids]");
+    assert_rejects(&t, "[topk_ids]", "needs the router_logits stage captured");
 }
 
 #[test]
@@ -840,4 +853,52 @@ fn promote_rejects_bad_evidence() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected `falsifier-report/1`"));
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Lint never panics: random byte edits of the shipped contracts (YAML punctuation inserted,
+/// characters deleted) give diagnostics or a clean result, never a crash.
+#[test]
+fn lint_survives_mangled_contracts() {
+    let texts: Vec<String> = [
+        "harness-self-test",
+        "trace-moe-gpu-sub-stages",
+        "qwen3-moe-forward-gpu",
+    ]
+    .iter()
+    .map(|n| std::fs::read_to_string(Path::new(ROOT).join(format!("contracts/{n}.yaml"))).unwrap())
+    .collect();
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as usize
+    };
+    let alphabet = b":-[]{}#\n '\"!&*|>,?%@`\t0.e";
+    let mut rejected = 0;
+    for _ in 0..300 {
+        let mut b = texts[rnd() % texts.len()].as_bytes().to_vec();
+        for _ in 0..1 + rnd() % 4 {
+            let pos = rnd() % (b.len() + 1);
+            if rnd() % 3 == 0 && pos < b.len() {
+                b.remove(pos);
+            } else {
+                b.insert(pos, alphabet[rnd() % alphabet.len()]);
+            }
+        }
+        let text = String::from_utf8_lossy(&b).into_owned();
+        let (_, diags) = lint::lint(&[src("m", &text)]);
+        rejected += usize::from(!diags.is_empty());
+        for d in &diags {
+            assert!(
+                d.pos.line >= 1 && d.pos.line <= text.lines().count().max(1) + 1,
+                "{d}"
+            );
+        }
+    }
+    // most random edits break something; the test would be vacuous if none were caught
+    assert!(
+        rejected > 100,
+        "only {rejected} of 300 mangled files rejected"
+    );
 }

@@ -421,7 +421,8 @@ fn lint_falsifier(
             }
         }
     }
-    match f.plan() {
+    let plan = f.plan();
+    match &plan {
         Err(e) => {
             // unknown stages are reported above with a finer position
             if !e.contains("unknown stage") {
@@ -550,6 +551,14 @@ fn lint_falsifier(
             match r {
                 Err(err) => diags.push(c.diag(&at(&format!("expect.{k}")), format!("{id}: {err}"))),
                 Ok(key) => {
+                    if let Ok(plan) = &plan
+                        && !plan.wants_key(&key)
+                    {
+                        diags.push(c.diag(
+                            &at(&format!("expect.{k}")),
+                            format!("{id}: expected {key} is not captured (not in this falsifier's stages/layers)"),
+                        ));
+                    }
                     for (name, shape) in &models {
                         if let Err(err) = key_in_model(&key, name, shape) {
                             diags.push(c.diag(
@@ -564,6 +573,16 @@ fn lint_falsifier(
     }
 
     if f.check == Check::Routing {
+        if let Ok(plan) = &plan {
+            for need in [Stage::RouterLogits, Stage::TopkIds] {
+                if !plan.stages().any(|s| s == need) {
+                    diags.push(c.diag(
+                        &at("stages"),
+                        format!("{id}: check routing needs the {need} stage captured (margins come from router_logits)"),
+                    ));
+                }
+            }
+        }
         for (name, shape) in &models {
             if !shape.is_moe() {
                 diags.push(c.diag(
