@@ -302,6 +302,23 @@ fn planted_fault_places() {
             "first_divergence: layer.1.v_proj",
         );
     assert_rejects(&t, "q6k_as_q4k", "needs Q6_K tensors");
+    // q6k_as_q4k on a file model whose weight there is not Q6_K
+    let t = BASE
+        .replace("qwen3moe-tiny-f32.gguf", "qwen3moe-tiny-q8_0.gguf")
+        .replace("models: [moe, dense]", "models: [moe]")
+        .replace(
+            "class: nan, at: layer.1.attn_out, args: [2]",
+            "class: q6k_as_q4k, at: layer.2.ffn_out",
+        )
+        .replace(
+            "first_divergence: layer.1.attn_out, origin: layer.1.attn_out",
+            "first_divergence: layer.2.ffn_out",
+        );
+    assert_rejects(
+        &t,
+        "    fault: {",
+        "model moe's blk.2.ffn_down_exps.weight is Q8_0, not Q6_K",
+    );
     // layers of the capture plan out of range
     assert_rejects(
         &mutate("layers: 0..2", "layers: 0..5"),

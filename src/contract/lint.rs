@@ -23,10 +23,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use super::gguf_peek::{ModelShape, peek_shape};
 use super::schema::{AmendmentKind, Check, Falsifier, ModelSpec, Selection, Status, parse_version};
+use super::shape::{ModelShape, read_shape};
 use super::{Diag, LoadedContract, QUANTS, Source, parse, preset, resolve_model_path};
 use crate::backend::FaultKind;
+use crate::model::quant::GgmlType;
 use crate::trace::plan::LayerSel;
 use crate::trace::stage::{Key, Stage};
 
@@ -121,7 +122,7 @@ impl ShapeCache {
     fn file(&mut self, path: &Path) -> Result<ModelShape, String> {
         self.files
             .entry(path.to_path_buf())
-            .or_insert_with(|| peek_shape(path).map_err(|e| e.to_string()))
+            .or_insert_with(|| read_shape(path).map_err(|e| e.to_string()))
             .clone()
     }
 }
@@ -244,6 +245,7 @@ fn lint_model(
                     arch: pr.arch.to_string(),
                     layers: m.layers.unwrap_or(pr.layers),
                     experts: m.experts.unwrap_or(pr.experts),
+                    weights: None,
                 }),
                 Some(_) => None,
             }
@@ -251,18 +253,10 @@ fn lint_model(
     }
 }
 
-fn has_stage(shape: &ModelShape, stage: Stage) -> bool {
-    if shape.is_moe() {
-        !stage.is_dense_only()
-    } else {
-        !stage.is_moe_only()
-    }
-}
-
 /// Check that a key exists in a model: the stage is one the architecture computes and the layer
 /// is in range.
 fn key_in_model(key: &Key, name: &str, shape: &ModelShape) -> Result<(), String> {
-    if !has_stage(shape, key.stage) {
+    if !shape.has_stage(key.stage) {
         return Err(format!(
             "{key}: model {name} is {} ({}) and has no {} stage",
             if shape.is_moe() { "MoE" } else { "dense" },
@@ -526,6 +520,18 @@ fn lint_falsifier(
                         }
                     }
                     if matches!(fault.kind, FaultKind::Q6kAsQ4k) {
+                        // a file model: the weight at the place must really be Q6_K, or the fault
+                        // changes nothing and the expectation cannot hold
+                        for (name, shape) in &models {
+                            if let Some((tensor, ty)) = shape.weight_type(fault.layer, fault.stage)
+                                && ty != GgmlType::Q6_K
+                            {
+                                diags.push(c.diag(
+                                    &at("fault.at"),
+                                    format!("{id}: q6k_as_q4k at {}: model {name}'s {tensor} is {ty}, not Q6_K (the fault would change nothing)", spec.at),
+                                ));
+                            }
+                        }
                         for m in &f.models {
                             if let Some(spec) = c.model(m)
                                 && spec.preset.is_some()

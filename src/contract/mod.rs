@@ -44,11 +44,11 @@
 //! current directory. See [`resolve_model_path`].
 
 pub mod evidence;
-pub mod gguf_peek;
 pub mod index;
 pub mod lint;
 pub mod promote;
 pub mod schema;
+pub mod shape;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
