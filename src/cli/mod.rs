@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod lint;
 mod promote;
+mod gen_model;
 mod stages;
 
 /// Outcome of a sub-command that ran to completion.
@@ -51,6 +52,8 @@ pub enum Command {
         #[arg(long = "contracts")]
         contracts: Vec<std::path::PathBuf>,
     },
+    /// Write a deterministic synthetic model (GGUF) from a preset shape and a seed.
+    GenModel(Box<gen_model::GenModelArgs>),
 }
 
 pub fn main() -> ExitCode {
@@ -63,6 +66,7 @@ pub fn main() -> ExitCode {
             dry_run,
             contracts,
         } => promote::run(evidence, contracts, dry_run),
+        Command::GenModel(a) => gen_model::run(&a),
     };
     match result {
         Ok(Outcome::Holds) => ExitCode::SUCCESS,
