@@ -301,7 +301,11 @@ fn planted_fault_places() {
             "first_divergence: layer.1.attn_out, origin: layer.1.attn_out",
             "first_divergence: layer.1.v_proj",
         );
-    assert_rejects(&t, "q6k_as_q4k", "needs Q6_K tensors");
+    assert_rejects(
+        &t,
+        "    fault: {",
+        "model dense's blk.1.attn_v.weight is F32, not Q6_K",
+    );
     // q6k_as_q4k on a file model whose weight there is not Q6_K
     let t = BASE
         .replace("qwen3moe-tiny-f32.gguf", "qwen3moe-tiny-q8_0.gguf")

@@ -6,9 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod gen_model;
 mod lint;
 mod promote;
-mod gen_model;
 mod stages;
 
 /// Outcome of a sub-command that ran to completion.

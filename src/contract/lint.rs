@@ -24,8 +24,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use super::schema::{AmendmentKind, Check, Falsifier, ModelSpec, Selection, Status, parse_version};
-use super::shape::{ModelShape, read_shape};
-use super::{Diag, LoadedContract, QUANTS, Source, parse, preset, resolve_model_path};
+use super::shape::{ModelShape, preset_shape, read_shape};
+use super::{Diag, LoadedContract, Source, parse, resolve_model_path};
 use crate::backend::FaultKind;
 use crate::model::quant::GgmlType;
 use crate::trace::plan::LayerSel;
@@ -149,22 +149,21 @@ fn lint_model(
             None
         }
         (Some(path), None) => {
-            for (k, set) in [
-                ("quant", m.quant.is_some()),
-                ("seed", m.seed.is_some()),
-                ("hidden", m.hidden.is_some()),
-                ("layers", m.layers.is_some()),
-                ("experts", m.experts.is_some()),
-                ("ffn", m.ffn.is_some()),
-            ] {
-                if set {
-                    diags.push(c.diag(
-                        &format!("{at}.{k}"),
-                        format!(
-                            "model {name}: `{k}` only applies to a synthetic preset, not a file"
-                        ),
-                    ));
-                }
+            let mut extra: Vec<&str> = m.overrides().into_iter().map(|(k, _)| k).collect();
+            if m.quant.is_some() {
+                extra.push("quant");
+            }
+            if m.seed.is_some() {
+                extra.push("seed");
+            }
+            if !extra.is_empty() {
+                diags.push(c.diag(
+                    &at,
+                    format!(
+                        "model {name}: {} only apply to a synthetic preset, not a file",
+                        extra.join(", ")
+                    ),
+                ));
             }
             let full = resolve_model_path(&c.path, path);
             if !full.is_file() {
@@ -185,69 +184,29 @@ fn lint_model(
                 }
             }
         }
-        (None, Some(p)) => {
-            let mut ok = true;
-            match &m.quant {
-                None => {
-                    diags.push(c.diag(&at, format!("model {name}: a preset needs a quant")));
-                    ok = false;
-                }
-                Some(q) if !QUANTS.contains(&q.as_str()) => {
-                    diags.push(c.diag(
-                        &format!("{at}.quant"),
-                        format!(
-                            "model {name}: unknown quant `{q}` (known: {})",
-                            QUANTS.join(", ")
-                        ),
-                    ));
-                    ok = false;
-                }
-                _ => {}
-            }
+        (None, Some(_)) => {
             if m.seed.is_none() {
                 diags.push(c.diag(&at, format!("model {name}: a preset needs a seed")));
-                ok = false;
             }
-            for (k, v) in [
-                ("hidden", m.hidden),
-                ("layers", m.layers),
-                ("experts", m.experts),
-                ("ffn", m.ffn),
-            ] {
-                if v == Some(0) {
-                    diags.push(c.diag(
-                        &format!("{at}.{k}"),
-                        format!("model {name}: {k} must be > 0"),
-                    ));
-                    ok = false;
-                }
-            }
-            match preset(p) {
-                None => {
-                    let names: Vec<&str> = super::PRESETS.iter().map(|p| p.name).collect();
-                    diags.push(c.diag(
-                        &format!("{at}.preset"),
-                        format!(
-                            "model {name}: unknown preset `{p}` (known: {})",
-                            names.join(", ")
-                        ),
-                    ));
+            match preset_shape(m) {
+                Ok(s) if m.seed.is_some() => Some(s),
+                Ok(_) => None,
+                Err(e) => {
+                    let key = if e.starts_with("unknown preset") {
+                        "preset"
+                    } else if e.starts_with("unknown quant") {
+                        "quant"
+                    } else {
+                        ""
+                    };
+                    let here = if key.is_empty() {
+                        at.clone()
+                    } else {
+                        format!("{at}.{key}")
+                    };
+                    diags.push(c.diag(&here, format!("model {name}: {e}")));
                     None
                 }
-                Some(pr) if pr.experts == 0 && m.experts.is_some() => {
-                    diags.push(c.diag(
-                        &format!("{at}.experts"),
-                        format!("model {name}: preset {p} is dense; it takes no expert count"),
-                    ));
-                    None
-                }
-                Some(pr) if ok => Some(ModelShape {
-                    arch: pr.arch.to_string(),
-                    layers: m.layers.unwrap_or(pr.layers),
-                    experts: m.experts.unwrap_or(pr.experts),
-                    weights: None,
-                }),
-                Some(_) => None,
             }
         }
     }
@@ -260,16 +219,17 @@ fn key_in_model(key: &Key, name: &str, shape: &ModelShape) -> Result<(), String>
         return Err(format!(
             "{key}: model {name} is {} ({}) and has no {} stage",
             if shape.is_moe() { "MoE" } else { "dense" },
-            shape.arch,
+            shape.arch(),
             key.stage
         ));
     }
     if let Some(l) = key.layer
-        && l >= shape.layers
+        && l >= shape.layers()
     {
         return Err(format!(
             "{key}: model {name} has {} layers (0..{})",
-            shape.layers, shape.layers
+            shape.layers(),
+            shape.layers()
         ));
     }
     Ok(())
@@ -390,6 +350,22 @@ fn lint_falsifier(
     if f.tokens.is_empty() {
         diags.push(c.diag(&at("tokens"), format!("{id}: empty prompt")));
     }
+    for (name, shape) in &models {
+        if let Some((j, t)) = f
+            .tokens
+            .iter()
+            .enumerate()
+            .find(|(_, t)| **t as usize >= shape.config.vocab)
+        {
+            diags.push(c.diag(
+                &format!("falsifiers[{i}].tokens[{j}]"),
+                format!(
+                    "{id}: token {t} is outside model {name}'s vocabulary of {}",
+                    shape.config.vocab
+                ),
+            ));
+        }
+    }
 
     // stages and layers
     match &f.stages {
@@ -428,12 +404,12 @@ fn lint_falsifier(
                 && let Some(max) = set.iter().next_back()
             {
                 for (name, shape) in &models {
-                    if *max >= shape.layers {
+                    if *max >= shape.layers() {
                         diags.push(c.diag(
                             &at("layers"),
                             format!(
                                 "{id}: layer {max} is out of range: model {name} has {} layers",
-                                shape.layers
+                                shape.layers()
                             ),
                         ));
                     }
@@ -508,20 +484,20 @@ fn lint_falsifier(
                         }
                         if let FaultKind::ExpertSwap { a, b } = fault.kind
                             && shape.is_moe()
-                            && a.max(b) >= shape.experts
+                            && a.max(b) >= shape.experts()
                         {
                             diags.push(c.diag(
                                 &at("fault.args"),
                                 format!(
                                     "{id}: expert_swap[{a},{b}]: model {name} has {} experts",
-                                    shape.experts
+                                    shape.experts()
                                 ),
                             ));
                         }
                     }
                     if matches!(fault.kind, FaultKind::Q6kAsQ4k) {
-                        // a file model: the weight at the place must really be Q6_K, or the fault
-                        // changes nothing and the expectation cannot hold
+                        // the weight at the place must really be Q6_K (in the file, or in what the
+                        // generator writes for a preset), or the fault changes nothing
                         for (name, shape) in &models {
                             if let Some((tensor, ty)) = shape.weight_type(fault.layer, fault.stage)
                                 && ty != GgmlType::Q6_K
@@ -529,18 +505,6 @@ fn lint_falsifier(
                                 diags.push(c.diag(
                                     &at("fault.at"),
                                     format!("{id}: q6k_as_q4k at {}: model {name}'s {tensor} is {ty}, not Q6_K (the fault would change nothing)", spec.at),
-                                ));
-                            }
-                        }
-                        for m in &f.models {
-                            if let Some(spec) = c.model(m)
-                                && spec.preset.is_some()
-                                && spec.quant.as_deref() != Some("q4_k_m")
-                            {
-                                diags.push(c.diag(
-                                    &at("fault.class"),
-                                    format!("{id}: q6k_as_q4k needs Q6_K tensors, but model {m} is quantised {} (use q4_k_m)",
-                                        spec.quant.as_deref().unwrap_or("?")),
                                 ));
                             }
                         }

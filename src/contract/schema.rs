@@ -83,25 +83,54 @@ pub struct Contract {
 }
 
 /// A model: a file (`path`) or a synthetic model generated on demand (`preset` + `quant` +
-/// `seed`, optional shape overrides passed to `falsifier gen-model`).
+/// `seed`, with optional shape overrides). The overrides are `falsifier gen-model`'s flags
+/// (`kv_heads` is `--kv-heads`, ...), so a spec maps one to one onto a gen-model command.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// GGUF file, relative to the repository root (see [`super::resolve_model_path`]).
     pub path: Option<String>,
-    /// Synthetic preset: tiny-moe, tiny-dense or qwen3-30b-a3b.
+    /// Synthetic preset: tiny-moe, tiny-dense or qwen3-30b-a3b ([`crate::model::synth::PRESETS`]).
     pub preset: Option<String>,
     /// Weight type of the synthetic model: f32, f16, bf16, q8_0, q4_0 or q4_k_m.
     pub quant: Option<String>,
     pub seed: Option<u64>,
-    /// Override of the preset's hidden size (K-quants need rows that are multiples of 256).
-    pub hidden: Option<usize>,
-    /// Override of the preset's layer count.
     pub layers: Option<usize>,
-    /// Override of the preset's expert count (MoE presets only).
+    /// K-quants need rows that are whole 256-value super-blocks: widen to 256 to get Q4_K/Q6_K.
+    pub hidden: Option<usize>,
+    pub heads: Option<usize>,
+    pub kv_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    /// MoE presets only.
     pub experts: Option<usize>,
-    /// Override of the preset's FFN width (expert FFN for MoE presets, the dense FFN otherwise).
+    /// Experts used per token; MoE presets only.
+    pub top_k: Option<usize>,
+    /// Expert FFN width; MoE presets only.
+    pub expert_ffn: Option<usize>,
+    /// Dense FFN width.
     pub ffn: Option<usize>,
+    pub vocab: Option<usize>,
+}
+
+impl ModelSpec {
+    /// The shape overrides that are set, as (gen-model flag without `--`, value).
+    pub fn overrides(&self) -> Vec<(&'static str, usize)> {
+        [
+            ("layers", self.layers),
+            ("hidden", self.hidden),
+            ("heads", self.heads),
+            ("kv-heads", self.kv_heads),
+            ("head-dim", self.head_dim),
+            ("experts", self.experts),
+            ("top-k", self.top_k),
+            ("expert-ffn", self.expert_ffn),
+            ("ffn", self.ffn),
+            ("vocab", self.vocab),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect()
+    }
 }
 
 /// Backends a falsifier can pair.
