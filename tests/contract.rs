@@ -205,6 +205,32 @@ fn models() {
         "moe: {",
         "either path or preset",
     );
+    // shape overrides belong to presets
+    assert_rejects(
+        &mutate(
+            "qwen3moe-tiny-f32.gguf }",
+            "qwen3moe-tiny-f32.gguf, hidden: 256 }",
+        ),
+        "moe: {",
+        "hidden only apply to a synthetic preset",
+    );
+    // overrides that make no model, or experts on a dense preset
+    assert_rejects(
+        &mutate("seed: 1 }", "seed: 1, heads: 3 }"),
+        "dense: {",
+        "does not divide",
+    );
+    assert_rejects(
+        &mutate("seed: 1 }", "seed: 1, experts: 4 }"),
+        "dense: {",
+        "takes no experts",
+    );
+    // a prompt token outside the vocabulary (the fixture's is 260)
+    assert_rejects(
+        &mutate("tokens: [1, 2, 3]", "tokens: [1, 260, 3]"),
+        "260, 3]",
+        "token 260 is outside model moe's vocabulary of 260",
+    );
     // a file that is not GGUF
     assert_rejects(
         &mutate(

@@ -6,17 +6,20 @@
 //! - ids: `C-[A-Z0-9-]+` and `FALSIFY-[A-Z0-9-]+`, each unique across all files;
 //! - version `MAJOR.MINOR.PATCH`, equal to the last amendment's version; amendment versions
 //!   strictly increase; dates `YYYY-MM-DD`; the first amendment is `created`;
-//! - models: exactly one of `path` (file must exist) or `preset` (known, with a known `quant` and
-//!   a `seed`); shape overrides only for presets;
-//! - falsifiers: models defined in `models`; exactly two backends; a non-empty prompt; known
-//!   stages; layers within every model's layer count; thresholds finite with 0 < t <= 1
-//!   (`route_margin`: finite, >= 0), keyed by `default`, a stage or `route_margin`;
+//! - models: exactly one of `path` (a GGUF file that exists and validates: metadata and tensor
+//!   table) or `preset` (known, with a known `quant`, a `seed`, and overrides that make a model);
+//!   shape overrides only for presets;
+//! - falsifiers: models defined in `models`; exactly two backends; a non-empty prompt whose
+//!   tokens are inside every model's vocabulary; known stages; layers within every model's layer
+//!   count; thresholds finite with 0 < t <= 1 (`route_margin`: finite, >= 0), keyed by
+//!   `default`, a stage or `route_margin`;
 //! - planted faults: a known class at a place the class can live, at a stage and layer every
 //!   model of the falsifier has (dense models have no router/top-k, MoE models no
-//!   ffn_gate/ffn_up/ffn_act), expert indices below the expert count, `q6k_as_q4k` only on a
-//!   synthetic model quantised q4_k_m (or a file model, which lint cannot see into); a fault
-//!   needs an `expect` and an `expect` needs a fault; expected keys must exist in the model;
-//! - `check: routing` only on MoE models;
+//!   ffn_gate/ffn_up/ffn_act), expert indices below the expert count, and `q6k_as_q4k` only
+//!   where the weight really is Q6_K (read from the file, or from the generator's Q4_K_M rule
+//!   for a preset); a fault needs an `expect` and an `expect` needs a fault; expected keys must
+//!   exist in every model and be captured by the falsifier's stages/layers;
+//! - `check: routing` only on MoE models, with router_logits and topk_ids captured;
 //! - statuses: no falsifier claims more than its last evidence shows (see [`super`]), and the
 //!   contract status is the minimum of its falsifiers'.
 
