@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod cli;
+pub mod contract;
 pub mod diff;
 pub mod error;
 pub mod model;

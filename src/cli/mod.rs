@@ -8,6 +8,8 @@ use clap::{Parser, Subcommand};
 
 mod diff;
 mod gen_model;
+mod lint;
+mod promote;
 mod stages;
 pub mod trace;
 
@@ -37,6 +39,23 @@ pub enum Command {
     Stages,
     /// Run one traced forward and write its trace (safetensors).
     Trace(Box<trace::TraceArgs>),
+    /// Check contracts: schema, ids, stages, models, thresholds, planted places, statuses.
+    Lint {
+        /// Contract files or directories (default: contracts/).
+        paths: Vec<std::path::PathBuf>,
+    },
+    /// Move falsifier statuses forward to what a run's report.json shows, keeping comments.
+    Promote {
+        /// The report.json of a `falsifier run`.
+        #[arg(long)]
+        evidence: std::path::PathBuf,
+        /// Print the diff of each contract; write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Contract files or directories (default: contracts/).
+        #[arg(long = "contracts")]
+        contracts: Vec<std::path::PathBuf>,
+    },
     /// Write a deterministic synthetic model (GGUF) from a preset shape and a seed.
     GenModel(Box<gen_model::GenModelArgs>),
     /// Compare a candidate trace with a reference stage by stage and report the first divergence.
@@ -48,6 +67,12 @@ pub fn main() -> ExitCode {
     let result: crate::Result<Outcome> = match cli.command {
         Command::Stages => stages::run(),
         Command::Trace(args) => trace::run(&args),
+        Command::Lint { paths } => lint::run(&paths),
+        Command::Promote {
+            evidence,
+            dry_run,
+            contracts,
+        } => promote::run(evidence, contracts, dry_run),
         Command::GenModel(a) => gen_model::run(&a),
         Command::Diff(args) => diff::run(&args),
     };

@@ -1,0 +1,685 @@
+//! `falsifier lint`: every rule a set of contracts must satisfy. All errors are collected (not
+//! just the first), each with file:line:column.
+//!
+//! Rules, per contract file:
+//! - the schema (unknown keys, wrong types, unknown backends/checks/statuses: from yaml_serde);
+//! - ids: `C-[A-Z0-9-]+` and `FALSIFY-[A-Z0-9-]+`, each unique across all files;
+//! - version `MAJOR.MINOR.PATCH`, equal to the last amendment's version; amendment versions
+//!   strictly increase; dates `YYYY-MM-DD`; the first amendment is `created`;
+//! - models: exactly one of `path` (a GGUF file that exists and validates: metadata and tensor
+//!   table) or `preset` (known, with a known `quant`, a `seed`, and overrides that make a model);
+//!   shape overrides only for presets;
+//! - falsifiers: models defined in `models`; exactly two backends; a non-empty prompt whose
+//!   tokens are inside every model's vocabulary; known stages; layers within every model's layer
+//!   count; thresholds finite with 0 < t <= 1 (`route_margin`: finite, >= 0), keyed by
+//!   `default`, a stage or `route_margin`;
+//! - planted faults: a known class at a place the class can live, at a stage and layer every
+//!   model of the falsifier has (dense models have no router/top-k, MoE models no
+//!   ffn_gate/ffn_up/ffn_act), expert indices below the expert count, and `q6k_as_q4k` only
+//!   where the weight really is Q6_K (read from the file, or from the generator's Q4_K_M rule
+//!   for a preset); a fault needs an `expect` and an `expect` needs a fault; expected keys must
+//!   exist in every model and be captured by the falsifier's stages/layers;
+//! - `check: routing` only on MoE models, with router_logits and topk_ids captured;
+//! - statuses: no falsifier claims more than its last evidence shows (see [`super`]), and the
+//!   contract status is the minimum of its falsifiers'.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use super::schema::{AmendmentKind, Check, Falsifier, ModelSpec, Selection, Status, parse_version};
+use super::shape::{ModelShape, preset_shape, read_shape};
+use super::{Diag, LoadedContract, Source, parse, resolve_model_path};
+use crate::backend::FaultKind;
+use crate::model::quant::GgmlType;
+use crate::trace::plan::LayerSel;
+use crate::trace::stage::{Key, Stage};
+
+/// Lint a set of contract texts. Returns the contracts that parsed and every problem found.
+pub fn lint(sources: &[Source]) -> (Vec<LoadedContract>, Vec<Diag>) {
+    let mut diags = Vec::new();
+    let mut loaded = Vec::new();
+    for s in sources {
+        match parse(s) {
+            Ok(c) => loaded.push(c),
+            Err(d) => diags.push(d),
+        }
+    }
+    let mut shapes = ShapeCache::default();
+    for c in &loaded {
+        lint_one(c, &mut shapes, &mut diags);
+    }
+    duplicates(&loaded, &mut diags);
+    (loaded, diags)
+}
+
+/// Lint files and directories from disk (none: `contracts/`).
+pub fn lint_paths(paths: &[PathBuf]) -> crate::Result<Vec<Diag>> {
+    let sources = super::read_sources(&super::collect_files(paths)?)?;
+    Ok(lint(&sources).1)
+}
+
+fn id_ok(id: &str, prefix: &str) -> bool {
+    match id.strip_prefix(prefix) {
+        Some(rest) => {
+            !rest.is_empty()
+                && rest
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
+        }
+        None => false,
+    }
+}
+
+fn date_ok(d: &str) -> bool {
+    let b = d.as_bytes();
+    b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+        && matches!(d[5..7].parse::<u32>(), Ok(1..=12))
+        && matches!(d[8..10].parse::<u32>(), Ok(1..=31))
+}
+
+fn duplicates(loaded: &[LoadedContract], diags: &mut Vec<Diag>) {
+    // id -> where it was first seen
+    let mut contracts: HashMap<&str, (PathBuf, usize)> = HashMap::new();
+    let mut falsifiers: HashMap<&str, (PathBuf, usize)> = HashMap::new();
+    let first = |(file, line): &(PathBuf, usize)| format!("first at {}:{line}", file.display());
+    for c in loaded {
+        let id = c.contract.contract.as_str();
+        match contracts.get(id) {
+            Some(f) => diags.push(c.diag(
+                "contract",
+                format!("duplicate contract id {id} ({})", first(f)),
+            )),
+            None => {
+                contracts.insert(id, (c.path.clone(), c.index.find("contract").line));
+            }
+        }
+        for (i, f) in c.contract.falsifiers.iter().enumerate() {
+            let at = format!("falsifiers[{i}].id");
+            match falsifiers.get(f.id.as_str()) {
+                Some(seen) => diags.push(c.diag(
+                    &at,
+                    format!("duplicate falsifier id {} ({})", f.id, first(seen)),
+                )),
+                None => {
+                    falsifiers.insert(f.id.as_str(), (c.path.clone(), c.index.find(&at).line));
+                }
+            }
+        }
+    }
+}
+
+/// Model shapes, read once per file.
+#[derive(Default)]
+struct ShapeCache {
+    files: HashMap<PathBuf, Result<ModelShape, String>>,
+}
+
+impl ShapeCache {
+    fn file(&mut self, path: &Path) -> Result<ModelShape, String> {
+        self.files
+            .entry(path.to_path_buf())
+            .or_insert_with(|| read_shape(path).map_err(|e| e.to_string()))
+            .clone()
+    }
+}
+
+/// Check a model spec; returns its shape when it is known.
+fn lint_model(
+    c: &LoadedContract,
+    name: &str,
+    m: &ModelSpec,
+    shapes: &mut ShapeCache,
+    diags: &mut Vec<Diag>,
+) -> Option<ModelShape> {
+    let at = format!("models.{name}");
+    match (&m.path, &m.preset) {
+        (Some(_), Some(_)) => {
+            diags.push(c.diag(
+                &at,
+                format!("model {name}: give either path or preset, not both"),
+            ));
+            None
+        }
+        (None, None) => {
+            diags.push(c.diag(&at, format!("model {name}: needs a path or a preset")));
+            None
+        }
+        (Some(path), None) => {
+            let mut extra: Vec<&str> = m.overrides().into_iter().map(|(k, _)| k).collect();
+            if m.quant.is_some() {
+                extra.push("quant");
+            }
+            if m.seed.is_some() {
+                extra.push("seed");
+            }
+            if !extra.is_empty() {
+                diags.push(c.diag(
+                    &at,
+                    format!(
+                        "model {name}: {} only apply to a synthetic preset, not a file",
+                        extra.join(", ")
+                    ),
+                ));
+            }
+            let full = resolve_model_path(&c.path, path);
+            if !full.is_file() {
+                diags.push(c.diag(
+                    &format!("{at}.path"),
+                    format!(
+                        "model {name}: file {} not found (paths are relative to the repository root)",
+                        full.display()
+                    ),
+                ));
+                return None;
+            }
+            match shapes.file(&full) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    diags.push(c.diag(&format!("{at}.path"), format!("model {name}: {e}")));
+                    None
+                }
+            }
+        }
+        (None, Some(_)) => {
+            if m.seed.is_none() {
+                diags.push(c.diag(&at, format!("model {name}: a preset needs a seed")));
+            }
+            match preset_shape(m) {
+                Ok(s) if m.seed.is_some() => Some(s),
+                Ok(_) => None,
+                Err(e) => {
+                    let key = if e.starts_with("unknown preset") {
+                        "preset"
+                    } else if e.starts_with("unknown quant") {
+                        "quant"
+                    } else {
+                        ""
+                    };
+                    let here = if key.is_empty() {
+                        at.clone()
+                    } else {
+                        format!("{at}.{key}")
+                    };
+                    diags.push(c.diag(&here, format!("model {name}: {e}")));
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// Check that a key exists in a model: the stage is one the architecture computes and the layer
+/// is in range.
+fn key_in_model(key: &Key, name: &str, shape: &ModelShape) -> Result<(), String> {
+    if !shape.has_stage(key.stage) {
+        return Err(format!(
+            "{key}: model {name} is {} ({}) and has no {} stage",
+            if shape.is_moe() { "MoE" } else { "dense" },
+            shape.arch(),
+            key.stage
+        ));
+    }
+    if let Some(l) = key.layer
+        && l >= shape.layers()
+    {
+        return Err(format!(
+            "{key}: model {name} has {} layers (0..{})",
+            shape.layers(),
+            shape.layers()
+        ));
+    }
+    Ok(())
+}
+
+fn lint_one(c: &LoadedContract, shapes: &mut ShapeCache, diags: &mut Vec<Diag>) {
+    let k = &c.contract;
+    if !id_ok(&k.contract, "C-") {
+        diags.push(c.diag(
+            "contract",
+            format!("contract id `{}` must match C-[A-Z0-9-]+", k.contract),
+        ));
+    }
+    if parse_version(&k.version).is_none() {
+        diags.push(c.diag(
+            "version",
+            format!("version `{}` is not MAJOR.MINOR.PATCH", k.version),
+        ));
+    }
+    if k.description.trim().is_empty() {
+        diags.push(c.diag("description", "description is empty"));
+    }
+
+    // models
+    let mut model_shapes: BTreeMap<&str, Option<ModelShape>> = BTreeMap::new();
+    for (name, m) in &k.models {
+        let shape = lint_model(c, name, m, shapes, diags);
+        model_shapes.insert(name.as_str(), shape);
+    }
+
+    // falsifiers
+    if k.falsifiers.is_empty() {
+        diags.push(c.diag("falsifiers", "a contract needs at least one falsifier"));
+    }
+    for (i, f) in k.falsifiers.iter().enumerate() {
+        lint_falsifier(c, i, f, &model_shapes, diags);
+    }
+
+    // history and evidence
+    lint_history(c, diags);
+
+    // derived contract status
+    if let Some(min) = k.falsifiers.iter().map(|f| f.status).min()
+        && k.status != min
+    {
+        diags.push(c.diag(
+            "status",
+            format!(
+                "contract status {} disagrees with its falsifiers: it must be their minimum, {min}",
+                k.status
+            ),
+        ));
+    }
+}
+
+fn lint_falsifier(
+    c: &LoadedContract,
+    i: usize,
+    f: &Falsifier,
+    model_shapes: &BTreeMap<&str, Option<ModelShape>>,
+    diags: &mut Vec<Diag>,
+) {
+    let at = |k: &str| format!("falsifiers[{i}].{k}");
+    let id = &f.id;
+    if !id_ok(id, "FALSIFY-") {
+        diags.push(c.diag(
+            &at("id"),
+            format!("falsifier id `{id}` must match FALSIFY-[A-Z0-9-]+"),
+        ));
+    }
+    for (k, v) in [
+        ("rule", &f.rule),
+        ("prediction", &f.prediction),
+        ("if_fails", &f.if_fails),
+    ] {
+        if v.trim().is_empty() {
+            diags.push(c.diag(&at(k), format!("{id}: {k} is empty")));
+        }
+    }
+
+    // models of this falsifier, with their shapes where known
+    let mut models: Vec<(&str, &ModelShape)> = Vec::new();
+    if f.models.is_empty() {
+        diags.push(c.diag(&at("models"), format!("{id}: names no model")));
+    }
+    for (j, m) in f.models.iter().enumerate() {
+        match model_shapes.get(m.as_str()) {
+            None => {
+                let known: Vec<&str> = model_shapes.keys().copied().collect();
+                diags.push(c.diag(
+                    &format!("falsifiers[{i}].models[{j}]"),
+                    format!(
+                        "{id}: model `{m}` is not defined in `models` (defined: {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            Some(Some(shape)) => models.push((m.as_str(), shape)),
+            Some(None) => {} // already reported at the model
+        }
+        if f.models[..j].contains(m) {
+            diags.push(c.diag(
+                &format!("falsifiers[{i}].models[{j}]"),
+                format!("{id}: model `{m}` listed twice"),
+            ));
+        }
+    }
+
+    if f.backends.len() != 2 {
+        diags.push(c.diag(
+            &at("backends"),
+            format!(
+                "{id}: backends must be a pair [reference, candidate], got {}",
+                f.backends.len()
+            ),
+        ));
+    }
+    if f.tokens.is_empty() {
+        diags.push(c.diag(&at("tokens"), format!("{id}: empty prompt")));
+    }
+    for (name, shape) in &models {
+        if let Some((j, t)) = f
+            .tokens
+            .iter()
+            .enumerate()
+            .find(|(_, t)| **t as usize >= shape.config.vocab)
+        {
+            diags.push(c.diag(
+                &format!("falsifiers[{i}].tokens[{j}]"),
+                format!(
+                    "{id}: token {t} is outside model {name}'s vocabulary of {}",
+                    shape.config.vocab
+                ),
+            ));
+        }
+    }
+
+    // stages and layers
+    match &f.stages {
+        Selection::Text(t) if t == "all" => {}
+        Selection::Text(t) => {
+            for s in t.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                if let Err(e) = s.parse::<Stage>() {
+                    diags.push(c.diag(&at("stages"), format!("{id}: {e}")));
+                }
+            }
+        }
+        Selection::List(l) => {
+            if l.is_empty() {
+                diags.push(c.diag(&at("stages"), format!("{id}: no stages")));
+            }
+            for (j, s) in l.iter().enumerate() {
+                if let Err(e) = s.parse::<Stage>() {
+                    diags.push(c.diag(
+                        &format!("falsifiers[{i}].stages[{j}]"),
+                        format!("{id}: {e}"),
+                    ));
+                }
+            }
+        }
+    }
+    let plan = f.plan();
+    match &plan {
+        Err(e) => {
+            // unknown stages are reported above with a finer position
+            if !e.contains("unknown stage") {
+                diags.push(c.diag(&at("layers"), format!("{id}: {e}")));
+            }
+        }
+        Ok(plan) => {
+            if let LayerSel::Some(set) = plan.layers()
+                && let Some(max) = set.iter().next_back()
+            {
+                for (name, shape) in &models {
+                    if *max >= shape.layers() {
+                        diags.push(c.diag(
+                            &at("layers"),
+                            format!(
+                                "{id}: layer {max} is out of range: model {name} has {} layers",
+                                shape.layers()
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    // thresholds
+    for (key, v) in &f.thresholds {
+        let here = format!("falsifiers[{i}].thresholds.{key}");
+        if key == "route_margin" {
+            if !v.is_finite() || *v < 0.0 {
+                diags.push(c.diag(
+                    &here,
+                    format!("{id}: route_margin {v} must be finite and >= 0"),
+                ));
+            }
+            continue;
+        }
+        if key != "default" && key.parse::<Stage>().is_err() {
+            diags.push(c.diag(
+                &here,
+                format!(
+                    "{id}: threshold key `{key}` is not `default`, `route_margin` or a stage name"
+                ),
+            ));
+        }
+        if !v.is_finite() || *v <= 0.0 || *v > 1.0 {
+            diags.push(c.diag(
+                &here,
+                format!("{id}: threshold {key} = {v} is out of range (a relative L2 error bound: 0 < t <= 1)"),
+            ));
+        }
+    }
+
+    // planted fault and expectation
+    match (&f.fault, &f.expect) {
+        (Some(_), None) => diags.push(c.diag(
+            &at("fault"),
+            format!("{id}: a planted fault needs an `expect` (where must the harness find it?)"),
+        )),
+        (None, Some(_)) => diags.push(c.diag(
+            &at("expect"),
+            format!(
+                "{id}: `expect` without a planted fault (a clean run expects every stage to Match)"
+            ),
+        )),
+        _ => {}
+    }
+    if let Some(spec) = &f.fault {
+        if !FaultKind::CLASSES.contains(&spec.class.as_str()) {
+            diags.push(c.diag(
+                &at("fault.class"),
+                format!(
+                    "{id}: unknown fault class `{}` (known: {})",
+                    spec.class,
+                    FaultKind::CLASSES.join(", ")
+                ),
+            ));
+        } else {
+            match spec.fault() {
+                Err(e) => diags.push(c.diag(&at("fault"), format!("{id}: {e}"))),
+                Ok(fault) => {
+                    let key = Key {
+                        layer: fault.layer,
+                        stage: fault.stage,
+                    };
+                    for (name, shape) in &models {
+                        if let Err(e) = key_in_model(&key, name, shape) {
+                            diags.push(c.diag(&at("fault.at"), format!("{id}: fault at {e}")));
+                        }
+                        if let FaultKind::ExpertSwap { a, b } = fault.kind
+                            && shape.is_moe()
+                            && a.max(b) >= shape.experts()
+                        {
+                            diags.push(c.diag(
+                                &at("fault.args"),
+                                format!(
+                                    "{id}: expert_swap[{a},{b}]: model {name} has {} experts",
+                                    shape.experts()
+                                ),
+                            ));
+                        }
+                    }
+                    if matches!(fault.kind, FaultKind::Q6kAsQ4k) {
+                        // the weight at the place must really be Q6_K (in the file, or in what the
+                        // generator writes for a preset), or the fault changes nothing
+                        for (name, shape) in &models {
+                            if let Some((tensor, ty)) = shape.weight_type(fault.layer, fault.stage)
+                                && ty != GgmlType::Q6_K
+                            {
+                                diags.push(c.diag(
+                                    &at("fault.at"),
+                                    format!("{id}: q6k_as_q4k at {}: model {name}'s {tensor} is {ty}, not Q6_K (the fault would change nothing)", spec.at),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(e) = &f.expect {
+        for (k, r) in [
+            ("first_divergence", e.first_divergence_key()),
+            ("origin", e.origin_key()),
+        ] {
+            match r {
+                Err(err) => diags.push(c.diag(&at(&format!("expect.{k}")), format!("{id}: {err}"))),
+                Ok(key) => {
+                    if let Ok(plan) = &plan
+                        && !plan.wants_key(&key)
+                    {
+                        diags.push(c.diag(
+                            &at(&format!("expect.{k}")),
+                            format!("{id}: expected {key} is not captured (not in this falsifier's stages/layers)"),
+                        ));
+                    }
+                    for (name, shape) in &models {
+                        if let Err(err) = key_in_model(&key, name, shape) {
+                            diags.push(c.diag(
+                                &at(&format!("expect.{k}")),
+                                format!("{id}: expected {err}"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    if f.check == Check::Routing {
+        if let Ok(plan) = &plan {
+            for need in [Stage::RouterLogits, Stage::TopkIds] {
+                if !plan.stages().any(|s| s == need) {
+                    diags.push(c.diag(
+                        &at("stages"),
+                        format!("{id}: check routing needs the {need} stage captured (margins come from router_logits)"),
+                    ));
+                }
+            }
+        }
+        for (name, shape) in &models {
+            if !shape.is_moe() {
+                diags.push(c.diag(
+                    &at("check"),
+                    format!("{id}: check routing needs an MoE model; {name} is dense"),
+                ));
+            }
+        }
+    }
+
+    // status against evidence: the last amendment whose evidence names this falsifier
+    if f.status > Status::Proposed {
+        let last = c
+            .contract
+            .amendment_history
+            .iter()
+            .rev()
+            .find_map(|a| a.evidence.as_ref().and_then(|e| e.levels.get(id)));
+        match last {
+            None => diags.push(c.diag(
+                &at("status"),
+                format!("{id}: status {} claims evidence, but no amendment_history entry has evidence for it", f.status),
+            )),
+            Some(level) if *level < f.status => diags.push(c.diag(
+                &at("status"),
+                format!("{id}: status {} claims more than the last evidence shows ({level})", f.status),
+            )),
+            Some(_) => {}
+        }
+    }
+}
+
+fn lint_history(c: &LoadedContract, diags: &mut Vec<Diag>) {
+    let k = &c.contract;
+    let h = &k.amendment_history;
+    if h.is_empty() {
+        diags.push(c.diag(
+            "amendment_history",
+            "amendment_history is empty (the first entry records the contract's creation)",
+        ));
+        return;
+    }
+    if h[0].kind != AmendmentKind::Created {
+        diags.push(c.diag(
+            "amendment_history[0].kind",
+            "the first amendment must be `created`",
+        ));
+    }
+    let mut prev: Option<(u64, u64, u64)> = None;
+    for (i, a) in h.iter().enumerate() {
+        let at = |f: &str| format!("amendment_history[{i}].{f}");
+        if !date_ok(&a.date) {
+            diags.push(c.diag(&at("date"), format!("date `{}` is not YYYY-MM-DD", a.date)));
+        }
+        if i > 0 && a.kind == AmendmentKind::Created {
+            diags.push(c.diag(&at("kind"), "only the first amendment can be `created`"));
+        }
+        match parse_version(&a.version) {
+            None => diags.push(c.diag(
+                &at("version"),
+                format!("version `{}` is not MAJOR.MINOR.PATCH", a.version),
+            )),
+            Some(v) => {
+                if let Some(p) = prev
+                    && v <= p
+                {
+                    diags.push(c.diag(
+                        &at("version"),
+                        format!(
+                            "version {} does not increase over the previous entry",
+                            a.version
+                        ),
+                    ));
+                }
+                prev = Some(v);
+            }
+        }
+        if a.kind == AmendmentKind::Promotion && a.evidence.is_none() {
+            diags.push(c.diag(&at("evidence"), "a promotion must name its evidence"));
+        }
+        if let Some(e) = &a.evidence {
+            for id in e.levels.keys() {
+                if !k.falsifiers.iter().any(|f| &f.id == id) {
+                    diags.push(c.diag(
+                        &at(&format!("evidence.levels.{id}")),
+                        format!("evidence names falsifier {id}, which this contract does not have"),
+                    ));
+                }
+            }
+        }
+    }
+    if let Some(last) = h.last()
+        && last.version != k.version
+    {
+        diags.push(c.diag(
+            "version",
+            format!(
+                "version {} differs from the last amendment's version {}",
+                k.version, last.version
+            ),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_dates() {
+        assert!(id_ok("C-QWEN3-MOE", "C-"));
+        assert!(id_ok("FALSIFY-MOE-SUB-001", "FALSIFY-"));
+        for bad in ["C-", "C-lower", "X-ABC", "FALSIFY-A_B"] {
+            assert!(!id_ok(bad, "C-") && !id_ok(bad, "FALSIFY-"), "{bad}");
+        }
+        assert!(date_ok("2026-11-25"));
+        for bad in [
+            "2026-13-01",
+            "2026-1-01",
+            "20261125",
+            "2026-11-32",
+            "2026/11/25",
+        ] {
+            assert!(!date_ok(bad), "{bad}");
+        }
+    }
+}

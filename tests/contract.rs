@@ -1,0 +1,951 @@
+//! Contract layer end to end: every lint rule has a failing case with its file:line, the shipped
+//! contracts lint clean, and promote keeps every comment, re-lints clean, is idempotent, writes
+//! nothing on --dry-run and refuses regressions.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use falsifier::contract::{Source, lint};
+
+const BIN: &str = env!("CARGO_BIN_EXE_falsifier");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A small valid contract; the rule tests mutate one thing each.
+const BASE: &str = r#"# a comment
+contract: C-TEST-BASE
+version: 1.0.1
+status: PROPOSED
+description: base contract for lint tests
+references: [DESIGN.md]
+models:
+  moe: { path: fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf }
+  dense: { preset: tiny-dense, quant: f32, seed: 1 }
+falsifiers:
+  - id: FALSIFY-TEST-001
+    rule: r
+    prediction: p
+    if_fails: f
+    models: [moe, dense]
+    backends: [cpu, cpu]
+    tokens: [1, 2, 3]
+    stages: all
+    layers: all
+    thresholds: { default: 1.0e-4, logits: 1.0e-3 }
+    fault: { class: nan, at: layer.1.attn_out, args: [2] }
+    expect: { first_divergence: layer.1.attn_out, origin: layer.1.attn_out }
+    check: parity
+    heavy: false
+    status: PROPOSED
+  - id: FALSIFY-TEST-002
+    rule: r
+    prediction: p
+    if_fails: f
+    models: [moe]
+    backends: [cpu, cuda]
+    tokens: [1, 2, 3]
+    stages: [router_logits, topk_ids]
+    layers: 0..2
+    check: routing
+    status: PROPOSED
+amendment_history:
+  - { version: 1.0.0, date: 2026-11-25, kind: created, title: t, evidence: null }
+  - { version: 1.0.1, date: 2026-11-25, kind: amended, title: t2 }
+"#;
+
+fn src(name: &str, text: &str) -> Source {
+    Source {
+        path: PathBuf::from(format!("mem/{name}.yaml")),
+        text: text.to_string(),
+    }
+}
+
+/// Line (1-based) of the first occurrence of `needle` in `text`.
+fn line_of(text: &str, needle: &str) -> usize {
+    let at = text
+        .find(needle)
+        .unwrap_or_else(|| panic!("`{needle}` not in text"));
+    text[..at].matches('\n').count() + 1
+}
+
+/// Lint one mutated contract; assert exactly the problems mention `msg` at `needle`'s line.
+fn assert_rejects(text: &str, needle: &str, msg: &str) {
+    let (_, diags) = lint::lint(&[src("t", text)]);
+    let line = line_of(text, needle);
+    assert!(
+        diags.iter().any(|d| d.pos.line == line
+            && d.msg.contains(msg)
+            && d.file == Path::new("mem/t.yaml")),
+        "expected `{msg}` at line {line}, got:\n{}",
+        diags
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+fn mutate(from: &str, to: &str) -> String {
+    assert!(BASE.contains(from), "{from}");
+    BASE.replacen(from, to, 1)
+}
+
+#[test]
+fn base_is_clean() {
+    let (loaded, diags) = lint::lint(&[src("t", BASE)]);
+    assert!(diags.is_empty(), "{diags:?}");
+    assert_eq!(loaded.len(), 1);
+}
+
+#[test]
+fn schema_errors_name_the_line() {
+    let t = mutate("    heavy: false\n", "    heavy: false\n    bogus_key: 1\n");
+    assert_rejects(&t, "bogus_key", "unknown field `bogus_key`");
+    let t = mutate("description:", "descripton:");
+    assert_rejects(&t, "descripton", "unknown field `descripton`");
+    let t = mutate("backends: [cpu, cuda]", "backends: [cpu, rocm]");
+    assert_rejects(&t, "rocm", "unknown variant `rocm`");
+    let t = mutate("check: routing", "check: vibes");
+    assert_rejects(&t, "vibes", "unknown variant `vibes`");
+    let t = mutate(
+        "    status: PROPOSED\namendment",
+        "    status: DONE\namendment",
+    );
+    assert_rejects(&t, "DONE", "unknown variant `DONE`");
+    let t = mutate("fault: { class: nan,", "fault: { class: nan, wrong: 1,");
+    assert_rejects(&t, "wrong: 1", "unknown field `wrong`");
+}
+
+#[test]
+fn ids() {
+    assert_rejects(&mutate("C-TEST-BASE", "C-test"), "C-test", "must match C-");
+    assert_rejects(
+        &mutate("FALSIFY-TEST-002", "FALSIFY_TEST_2"),
+        "FALSIFY_TEST_2",
+        "must match FALSIFY-",
+    );
+    // duplicate falsifier ids within a file
+    let t = mutate("FALSIFY-TEST-002", "FALSIFY-TEST-001");
+    let (_, diags) = lint::lint(&[src("t", &t)]);
+    let second = line_of(
+        &t,
+        "id: FALSIFY-TEST-001\n    rule: r\n    prediction: p\n    if_fails: f\n    models: [moe]",
+    );
+    assert!(
+        diags
+            .iter()
+            .any(|d| d.pos.line == second && d.msg.contains("duplicate falsifier id")),
+        "{diags:?}"
+    );
+}
+
+#[test]
+fn duplicate_ids_across_files() {
+    let other = BASE.replace("FALSIFY-TEST-002", "FALSIFY-TEST-003");
+    let (_, diags) = lint::lint(&[src("a", BASE), src("b", &other)]);
+    let msgs: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+    assert!(
+        msgs.iter().any(|m| m.starts_with("mem/b.yaml:2:")
+            && m.contains("duplicate contract id C-TEST-BASE (first at mem/a.yaml:2)")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.starts_with("mem/b.yaml:11:")
+            && m.contains("duplicate falsifier id FALSIFY-TEST-001 (first at mem/a.yaml:11)")),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn unknown_stages_presets_quants() {
+    assert_rejects(
+        &mutate("[router_logits, topk_ids]", "[router_logits, topk_idz]"),
+        "topk_idz",
+        "unknown stage `topk_idz`",
+    );
+    assert_rejects(
+        &mutate("preset: tiny-dense", "preset: huge-dense"),
+        "huge-dense",
+        "unknown preset `huge-dense`",
+    );
+    assert_rejects(
+        &mutate("quant: f32", "quant: q3_k_s"),
+        "q3_k_s",
+        "unknown quant `q3_k_s`",
+    );
+    assert_rejects(
+        &mutate("logits: 1.0e-3", "logitz: 1.0e-3"),
+        "logitz",
+        "threshold key `logitz`",
+    );
+}
+
+#[test]
+fn models() {
+    assert_rejects(
+        &mutate("qwen3moe-tiny-f32.gguf", "nope.gguf"),
+        "nope.gguf",
+        "not found",
+    );
+    assert_rejects(
+        &mutate("models: [moe, dense]", "models: [moe, densee]"),
+        "densee",
+        "model `densee` is not defined",
+    );
+    assert_rejects(
+        &mutate(", seed: 1 }", " }"),
+        "dense: {",
+        "a preset needs a seed",
+    );
+    assert_rejects(
+        &mutate(
+            "{ path: fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf }",
+            "{ path: fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf, preset: tiny-moe }",
+        ),
+        "moe: {",
+        "either path or preset",
+    );
+    // shape overrides belong to presets
+    assert_rejects(
+        &mutate(
+            "qwen3moe-tiny-f32.gguf }",
+            "qwen3moe-tiny-f32.gguf, hidden: 256 }",
+        ),
+        "moe: {",
+        "hidden only apply to a synthetic preset",
+    );
+    // overrides that make no model, or experts on a dense preset
+    assert_rejects(
+        &mutate("seed: 1 }", "seed: 1, heads: 3 }"),
+        "dense: {",
+        "does not divide",
+    );
+    assert_rejects(
+        &mutate("seed: 1 }", "seed: 1, experts: 4 }"),
+        "dense: {",
+        "takes no experts",
+    );
+    // a prompt token outside the vocabulary (the fixture's is 260)
+    assert_rejects(
+        &mutate("tokens: [1, 2, 3]", "tokens: [1, 260, 3]"),
+        "260, 3]",
+        "token 260 is outside model moe's vocabulary of 260",
+    );
+    // a file that is not GGUF
+    assert_rejects(
+        &mutate(
+            "fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf",
+            "Cargo.toml",
+        ),
+        "Cargo.toml",
+        "not a GGUF file",
+    );
+}
+
+#[test]
+fn thresholds_out_of_range() {
+    for bad in ["0.0", "-1.0e-4", "1.5", ".nan", ".inf"] {
+        assert_rejects(
+            &mutate("default: 1.0e-4", &format!("default: {bad}")),
+            "default:",
+            "out of range",
+        );
+    }
+    assert_rejects(
+        &mutate("logits: 1.0e-3 }", "logits: 1.0e-3, route_margin: -1 }"),
+        "route_margin",
+        "route_margin -1 must be finite and >= 0",
+    );
+}
+
+#[test]
+fn planted_fault_places() {
+    // the fixture MoE and the dense preset both have 3 layers
+    assert_rejects(
+        &mutate("at: layer.1.attn_out", "at: layer.3.attn_out"),
+        "at: layer.3",
+        "has 3 layers",
+    );
+    // dense-only stage on an MoE model
+    let t = mutate("nan, at: layer.1.attn_out", "nan, at: layer.1.ffn_gate").replace(
+        "first_divergence: layer.1.attn_out, origin: layer.1.attn_out",
+        "first_divergence: layer.1.ffn_gate",
+    );
+    assert_rejects(
+        &t,
+        "at: layer.1.ffn_gate",
+        "model moe is MoE (qwen3moe) and has no ffn_gate stage",
+    );
+    // MoE-only stage on a dense model
+    let t = mutate(
+        "class: nan, at: layer.1.attn_out, args: [2]",
+        "class: no_topk_renorm, at: layer.1.topk_weights",
+    )
+    .replace(
+        "first_divergence: layer.1.attn_out, origin: layer.1.attn_out",
+        "first_divergence: layer.1.topk_weights",
+    );
+    assert_rejects(
+        &t,
+        "at: layer.1.topk",
+        "model dense is dense (qwen3) and has no topk_weights stage",
+    );
+    // unknown class, and a class at a stage it cannot live at
+    assert_rejects(
+        &mutate("class: nan", "class: bitflip"),
+        "bitflip",
+        "unknown fault class `bitflip`",
+    );
+    assert_rejects(
+        &mutate(
+            "class: nan, at: layer.1.attn_out, args: [2]",
+            "class: rope_pair_swap, at: layer.1.attn_out",
+        ),
+        "rope_pair_swap",
+        "cannot be planted at stage attn_out",
+    );
+    // experts beyond the model's expert count (the fixture has 8)
+    let t = BASE
+        .replace("models: [moe, dense]", "models: [moe]")
+        .replace(
+            "class: nan, at: layer.1.attn_out, args: [2]",
+            "class: expert_swap, at: layer.1.ffn_out, args: [3, 8]",
+        )
+        .replace(
+            "first_divergence: layer.1.attn_out, origin: layer.1.attn_out",
+            "first_divergence: layer.1.ffn_out",
+        );
+    assert_rejects(&t, "    fault: {", "model moe has 8 experts");
+    // q6k_as_q4k on a synthetic model without Q6_K tensors
+    let t = BASE
+        .replace("models: [moe, dense]", "models: [dense]")
+        .replace(
+            "class: nan, at: layer.1.attn_out, args: [2]",
+            "class: q6k_as_q4k, at: layer.1.v_proj",
+        )
+        .replace(
+            "first_divergence: layer.1.attn_out, origin: layer.1.attn_out",
+            "first_divergence: layer.1.v_proj",
+        );
+    assert_rejects(
+        &t,
+        "    fault: {",
+        "model dense's blk.1.attn_v.weight is F32, not Q6_K",
+    );
+    // q6k_as_q4k on a file model whose weight there is not Q6_K
+    let t = BASE
+        .replace("qwen3moe-tiny-f32.gguf", "qwen3moe-tiny-q8_0.gguf")
+        .replace("models: [moe, dense]", "models: [moe]")
+        .replace(
+            "class: nan, at: layer.1.attn_out, args: [2]",
+            "class: q6k_as_q4k, at: layer.2.ffn_out",
+        )
+        .replace(
+            "first_divergence: layer.1.attn_out, origin: layer.1.attn_out",
+            "first_divergence: layer.2.ffn_out",
+        );
+    assert_rejects(
+        &t,
+        "    fault: {",
+        "model moe's blk.2.ffn_down_exps.weight is Q8_0, not Q6_K",
+    );
+    // layers of the capture plan out of range
+    assert_rejects(
+        &mutate("layers: 0..2", "layers: 0..5"),
+        "layers: 0..5",
+        "layer 4 is out of range",
+    );
+    // routing check on a dense model
+    assert_rejects(
+        &mutate(
+            "models: [moe]\n    backends: [cpu, cuda]",
+            "models: [dense]\n    backends: [cpu, cuda]",
+        )
+        .replace("[router_logits, topk_ids]", "[logits]"),
+        "check: routing",
+        "needs an MoE model; dense is dense",
+    );
+}
+
+#[test]
+fn fault_and_expect_go_together() {
+    let t = mutate(
+        "    expect: { first_divergence: layer.1.attn_out, origin: layer.1.attn_out }\n",
+        "",
+    );
+    assert_rejects(&t, "    fault: {", "needs an `expect`");
+    let t = mutate(
+        "    fault: { class: nan, at: layer.1.attn_out, args: [2] }\n",
+        "",
+    );
+    assert_rejects(&t, "expect:", "`expect` without a planted fault");
+    let t = mutate("origin: layer.1.attn_out", "origin: layer.9.attn_out");
+    assert_rejects(&t, "expect:", "has 3 layers");
+    // the expected place must be captured, or the run cannot find it there
+    let t = mutate(
+        "    stages: all
+    layers: all
+    thresholds",
+        "    stages: all
+    layers: 0..1
+    thresholds",
+    );
+    assert_rejects(&t, "expect:", "expected layer.1.attn_out is not captured");
+    // a routing check needs router_logits and topk_ids captured
+    let t = mutate("[router_logits, topk_ids]", "[topk_ids]");
+    assert_rejects(&t, "[topk_ids]", "needs the router_logits stage captured");
+}
+
+#[test]
+fn backends_and_prompt() {
+    assert_rejects(
+        &mutate("backends: [cpu, cuda]", "backends: [cpu]"),
+        "backends: [cpu]\n",
+        "must be a pair",
+    );
+    assert_rejects(
+        &mutate(
+            "tokens: [1, 2, 3]\n    stages: all",
+            "tokens: []\n    stages: all",
+        ),
+        "tokens: []",
+        "empty prompt",
+    );
+}
+
+#[test]
+fn statuses_need_evidence_and_contract_status_is_derived() {
+    // a falsifier claiming FUNCTIONAL with no evidence
+    let t = mutate(
+        "    status: PROPOSED\n  - id: FALSIFY-TEST-002",
+        "    status: FUNCTIONAL\n  - id: FALSIFY-TEST-002",
+    );
+    assert_rejects(
+        &t,
+        "status: FUNCTIONAL",
+        "no amendment_history entry has evidence",
+    );
+    // evidence that shows less than claimed
+    let t = t.replace(
+        "  - { version: 1.0.1, date: 2026-11-25, kind: amended, title: t2 }",
+        "  - { version: 1.0.1, date: 2026-11-25, kind: promotion, title: t2, evidence: { report: r.json, levels: { FALSIFY-TEST-001: ACTIVE_ALGORITHM_LEVEL } } }",
+    );
+    assert_rejects(
+        &t,
+        "status: FUNCTIONAL",
+        "claims more than the last evidence shows (ACTIVE_ALGORITHM_LEVEL)",
+    );
+    // enough evidence: only the derived contract status is then wrong (min is PROPOSED: fine)
+    let ok = t.replace(
+        "FALSIFY-TEST-001: ACTIVE_ALGORITHM_LEVEL",
+        "FALSIFY-TEST-001: FUNCTIONAL",
+    );
+    let (_, diags) = lint::lint(&[src("t", &ok)]);
+    assert!(diags.is_empty(), "{diags:?}");
+    // a later entry with a lower level is the one that counts
+    let later = ok.clone()
+        + "  - { version: 1.0.2, date: 2026-11-26, kind: promotion, title: t3, evidence: { report: r2.json, levels: { FALSIFY-TEST-001: ACTIVE_ALGORITHM_LEVEL } } }\n";
+    let later = later.replace("version: 1.0.1\nstatus", "version: 1.0.2\nstatus");
+    assert_rejects(
+        &later,
+        "status: FUNCTIONAL",
+        "claims more than the last evidence shows",
+    );
+    // contract status above its weakest falsifier
+    assert_rejects(
+        &mutate(
+            "status: PROPOSED\ndescription",
+            "status: FUNCTIONAL\ndescription",
+        ),
+        "status: FUNCTIONAL",
+        "must be their minimum, PROPOSED",
+    );
+}
+
+#[test]
+fn history_rules() {
+    assert_rejects(
+        &mutate("version: 1.0.1\nstatus", "version: 1.0.7\nstatus"),
+        "version: 1.0.7",
+        "differs from the last amendment",
+    );
+    assert_rejects(
+        &mutate("version: 1.0.1, date", "version: 1.0.0, date"),
+        "version: 1.0.0, date: 2026-11-25, kind: amended",
+        "does not increase",
+    );
+    assert_rejects(
+        &mutate(
+            "date: 2026-11-25, kind: amended",
+            "date: 25.11.2026, kind: amended",
+        ),
+        "25.11.2026",
+        "not YYYY-MM-DD",
+    );
+    assert_rejects(
+        &mutate("kind: created", "kind: amended"),
+        "title: t,",
+        "first amendment must be `created`",
+    );
+    assert_rejects(
+        &mutate("kind: amended, title: t2 }", "kind: promotion, title: t2 }"),
+        "title: t2",
+        "must name its evidence",
+    );
+}
+
+// ---- CLI: exit codes, and promote on a copy of contracts/ ---------------------------------
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(ROOT)
+        .output()
+        .expect("run falsifier")
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "falsifier-contract-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Copy contracts/ into a temp dir, plus a one-falsifier contract whose status can move.
+fn copy_contracts(tag: &str) -> PathBuf {
+    let d = temp_dir(tag);
+    for e in std::fs::read_dir(Path::new(ROOT).join("contracts")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, d.join(p.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(
+        d.join("single.yaml"),
+        "# single falsifier: the contract status follows it\ncontract: C-SINGLE\nversion: 0.1.0\nstatus: PROPOSED # derived\ndescription: one check\nmodels:\n  moe: { path: fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf }  # fixture\nfalsifiers:\n  # the only one\n  - id: FALSIFY-SINGLE-001\n    rule: r\n    prediction: p\n    if_fails: f\n    models: [moe]\n    backends: [cpu, cpu]\n    tokens: [1, 2]\n    status: PROPOSED # moves\namendment_history:\n  # creation\n  - version: 0.1.0\n    date: 2026-11-25\n    kind: created\n    title: made\n",
+    )
+    .unwrap();
+    d
+}
+
+fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut v: Vec<(PathBuf, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            let t = std::fs::read_to_string(&p).unwrap();
+            (p, t)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The comment text of every line, in order (`#` at line start or after white space).
+fn comments(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| {
+            let b = l.as_bytes();
+            (0..b.len())
+                .find(|&i| b[i] == b'#' && (i == 0 || b[i - 1] == b' '))
+                .map(|i| l[i..].to_string())
+        })
+        .collect()
+}
+
+fn evidence(dir: &Path, rows: &[(&str, &str, &str, bool, Option<&str>)]) -> PathBuf {
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|(c, id, m, holds, level)| {
+            format!(
+                r#"{{"id":"{id}","contract":"{c}","model":"{m}","backends":["cpu","cuda"],"holds":{holds},"level":{},"first_divergence":null,"report_dir":"reports/x/{id}"}}"#,
+                level.map_or("null".to_string(), |l| format!("\"{l}\""))
+            )
+        })
+        .collect();
+    let p = dir.join(format!("report-{}.json", rows.len()));
+    std::fs::write(
+        &p,
+        format!(
+            r#"{{"schema":"falsifier-report/1","created":"2026-11-25T19:00:00Z","command":"falsifier run contracts --report-dir reports/x","environment":{{"host":"h","card":"NVIDIA H100 80GB HBM3","driver":"580.1","commit":"abc1234"}},"holds":true,"rows_we_ignore":[],"falsifiers":[{}]}}"#,
+            rows.join(",")
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn shipped_contracts_lint_clean() {
+    let out = run(&["lint", "contracts"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn unknown_key_exits_2_with_file_line() {
+    let d = temp_dir("unknown");
+    let f = d.join("bad.yaml");
+    std::fs::write(
+        &f,
+        mutate("    heavy: false\n", "    heavy: false\n    colour: red\n"),
+    )
+    .unwrap();
+    let out = run(&["lint", f.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = line_of(&std::fs::read_to_string(&f).unwrap(), "colour");
+    assert!(
+        err.contains(&format!("{}:{line}:", f.display())) && err.contains("unknown field `colour`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn promote_keeps_comments_is_idempotent_and_refuses_regressions() {
+    let d = copy_contracts("promote");
+    let ev_dir = temp_dir("promote-ev");
+    let ev = evidence(
+        &ev_dir,
+        &[
+            (
+                "C-SINGLE",
+                "FALSIFY-SINGLE-001",
+                "moe",
+                true,
+                Some("ACTIVE_ALGORITHM_LEVEL"),
+            ),
+            (
+                "C-HARNESS-SELF-TEST",
+                "FALSIFY-SELF-NAN-001",
+                "moe-f32",
+                true,
+                Some("ACTIVE_ALGORITHM_LEVEL"),
+            ),
+            (
+                "C-HARNESS-SELF-TEST",
+                "FALSIFY-SELF-NAN-001",
+                "dense-f32",
+                true,
+                Some("ACTIVE_ALGORITHM_LEVEL"),
+            ),
+            // one of two models only: partial evidence still proves its level (capped at FUNCTIONAL)
+            (
+                "C-HARNESS-SELF-TEST",
+                "FALSIFY-SELF-CLEAN-001",
+                "moe-f32",
+                true,
+                Some("ACTIVE_ALGORITHM_LEVEL"),
+            ),
+            (
+                "C-TRACE-MOE-GPU-SUB-STAGES",
+                "FALSIFY-MOE-SUB-002",
+                "moe-f32",
+                true,
+                Some("FUNCTIONAL"),
+            ),
+            (
+                "C-TRACE-MOE-GPU-SUB-STAGES",
+                "FALSIFY-MOE-SUB-002",
+                "moe-q8",
+                true,
+                Some("FUNCTIONAL"),
+            ),
+            (
+                "C-TRACE-MOE-GPU-SUB-STAGES",
+                "FALSIFY-MOE-SUB-002",
+                "moe-q4km",
+                true,
+                Some("FUNCTIONAL"),
+            ),
+            // a failing PROPOSED falsifier is no regression
+            (
+                "C-TRACE-MOE-GPU-SUB-STAGES",
+                "FALSIFY-MOE-SUB-001",
+                "moe-f32",
+                false,
+                None,
+            ),
+            (
+                "C-NOT-HERE",
+                "FALSIFY-NOT-HERE",
+                "m",
+                true,
+                Some("FUNCTIONAL"),
+            ),
+        ],
+    );
+    let before = snapshot(&d);
+    let dstr = d.to_str().unwrap();
+    let evs = ev.to_str().unwrap();
+
+    // dry run: prints a diff, writes nothing
+    let out = run(&[
+        "promote",
+        "--evidence",
+        evs,
+        "--contracts",
+        dstr,
+        "--dry-run",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        so.contains("-    status: PROPOSED # moves\n+    status: ACTIVE_ALGORITHM_LEVEL # moves"),
+        "{so}"
+    );
+    assert_eq!(snapshot(&d), before, "dry run wrote");
+
+    // real run
+    let out = run(&["promote", "--evidence", evs, "--contracts", dstr]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("FALSIFY-SELF-CLEAN-001: no level for model(s) moe-q8"),
+        "{err}"
+    );
+    let so = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "FALSIFY-SELF-CLEAN-001 PROPOSED -> ACTIVE_ALGORITHM_LEVEL",
+        "FALSIFY-SELF-NAN-001 PROPOSED -> ACTIVE_ALGORITHM_LEVEL",
+        // FUNCTIONAL on every model of the falsifier
+        "FALSIFY-MOE-SUB-002 PROPOSED -> DISCHARGED",
+    ] {
+        assert!(so.contains(line), "{line}: {so}");
+    }
+    assert!(err.contains("FALSIFY-NOT-HERE of C-NOT-HERE"), "{err}");
+    let after = snapshot(&d);
+    assert_eq!(before.len(), after.len(), "temp files left behind");
+    let mut changed = 0;
+    for ((p, old), (_, new)) in before.iter().zip(&after) {
+        assert_eq!(comments(old), comments(new), "comments of {}", p.display());
+        if old != new {
+            changed += 1;
+            // only additions and replaced status/version scalars: old line count + 1 entry
+            assert_eq!(
+                new.lines().count(),
+                old.lines().count() + 1,
+                "{}",
+                p.display()
+            );
+        }
+    }
+    assert_eq!(changed, 3);
+    let single = std::fs::read_to_string(d.join("single.yaml")).unwrap();
+    assert!(
+        single.contains("status: ACTIVE_ALGORITHM_LEVEL # derived\n"),
+        "{single}"
+    );
+    assert!(single.contains("version: 0.1.1\n"), "{single}");
+    assert!(single.contains("  - { version: 0.1.1, date: "), "{single}");
+    assert!(
+        single.contains(r#"title: "FALSIFY-SINGLE-001: PROPOSED -> ACTIVE_ALGORITHM_LEVEL""#),
+        "{single}"
+    );
+    assert!(
+        single.contains(r#"commit: "abc1234""#)
+            && single.contains(r#"card: "NVIDIA H100 80GB HBM3""#),
+        "{single}"
+    );
+    assert!(
+        single.contains("levels: { FALSIFY-SINGLE-001: ACTIVE_ALGORITHM_LEVEL }"),
+        "{single}"
+    );
+    let sub = std::fs::read_to_string(d.join("trace-moe-gpu-sub-stages.yaml")).unwrap();
+    assert!(
+        sub.contains("status: PROPOSED   # derived from"),
+        "contract stays at its weakest: {sub}"
+    );
+    // lints clean afterwards
+    let out = run(&["lint", dstr]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // second promote with the same evidence: byte-identical, no new history entry
+    let out = run(&["promote", "--evidence", evs, "--contracts", dstr]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to promote"));
+    assert_eq!(snapshot(&d), after);
+
+    // a regression: reported, exit 1, not applied
+    let bad = evidence(
+        &ev_dir,
+        &[
+            ("C-SINGLE", "FALSIFY-SINGLE-001", "moe", false, None),
+            (
+                "C-HARNESS-SELF-TEST",
+                "FALSIFY-SELF-NAN-002",
+                "moe-f32",
+                true,
+                Some("ACTIVE_ALGORITHM_LEVEL"),
+            ),
+        ],
+    );
+    let out = run(&[
+        "promote",
+        "--evidence",
+        bad.to_str().unwrap(),
+        "--contracts",
+        dstr,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("REGRESSION FALSIFY-SINGLE-001"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("single.yaml")).unwrap(),
+        single
+    );
+    // the other falsifier's promotion rests on its own evidence and is applied
+    let selftest = std::fs::read_to_string(d.join("harness-self-test.yaml")).unwrap();
+    assert!(
+        selftest.contains("FALSIFY-SELF-NAN-002: PROPOSED -> ACTIVE_ALGORITHM_LEVEL"),
+        "{selftest}"
+    );
+
+    // never backwards: FUNCTIONAL on the only model of an ACTIVE_ALGORITHM_LEVEL falsifier
+    // discharges it; ACTIVE evidence afterwards changes nothing
+    let up = evidence(
+        &ev_dir,
+        &[(
+            "C-SINGLE",
+            "FALSIFY-SINGLE-001",
+            "moe",
+            true,
+            Some("FUNCTIONAL"),
+        )],
+    );
+    let out = run(&[
+        "promote",
+        "--evidence",
+        up.to_str().unwrap(),
+        "--contracts",
+        dstr,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let single2 = std::fs::read_to_string(d.join("single.yaml")).unwrap();
+    assert!(single2.contains("status: DISCHARGED # moves"), "{single2}");
+    assert!(
+        single2.contains("status: DISCHARGED # derived"),
+        "{single2}"
+    );
+    assert!(single2.contains("version: 0.1.2\n"), "{single2}");
+    let down = evidence(
+        &ev_dir,
+        &[(
+            "C-SINGLE",
+            "FALSIFY-SINGLE-001",
+            "moe",
+            true,
+            Some("ACTIVE_ALGORITHM_LEVEL"),
+        )],
+    );
+    let out = run(&[
+        "promote",
+        "--evidence",
+        down.to_str().unwrap(),
+        "--contracts",
+        dstr,
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(d.join("single.yaml")).unwrap(),
+        single2
+    );
+    let out = run(&["lint", dstr]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let _ = std::fs::remove_dir_all(&d);
+    let _ = std::fs::remove_dir_all(&ev_dir);
+}
+
+#[test]
+fn promote_rejects_bad_evidence() {
+    let d = copy_contracts("badev");
+    let f = d.join("not-a-report.json");
+    std::fs::write(
+        &f,
+        r#"{"schema":"something-else/2","holds":true,"falsifiers":[]}"#,
+    )
+    .unwrap();
+    let out = run(&[
+        "promote",
+        "--evidence",
+        f.to_str().unwrap(),
+        "--contracts",
+        d.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected `falsifier-report/1`"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Lint never panics: random byte edits of the shipped contracts (YAML punctuation inserted,
+/// characters deleted) give diagnostics or a clean result, never a crash.
+#[test]
+fn lint_survives_mangled_contracts() {
+    let texts: Vec<String> = [
+        "harness-self-test",
+        "trace-moe-gpu-sub-stages",
+        "qwen3-moe-forward-gpu",
+    ]
+    .iter()
+    .map(|n| std::fs::read_to_string(Path::new(ROOT).join(format!("contracts/{n}.yaml"))).unwrap())
+    .collect();
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed as usize
+    };
+    let alphabet = b":-[]{}#\n '\"!&*|>,?%@`\t0.e";
+    let mut rejected = 0;
+    for _ in 0..300 {
+        let mut b = texts[rnd() % texts.len()].as_bytes().to_vec();
+        for _ in 0..1 + rnd() % 4 {
+            let pos = rnd() % (b.len() + 1);
+            if rnd() % 3 == 0 && pos < b.len() {
+                b.remove(pos);
+            } else {
+                b.insert(pos, alphabet[rnd() % alphabet.len()]);
+            }
+        }
+        let text = String::from_utf8_lossy(&b).into_owned();
+        let (_, diags) = lint::lint(&[src("m", &text)]);
+        rejected += usize::from(!diags.is_empty());
+        for d in &diags {
+            assert!(
+                d.pos.line >= 1 && d.pos.line <= text.lines().count().max(1) + 1,
+                "{d}"
+            );
+        }
+    }
+    // most random edits break something; the test would be vacuous if none were caught
+    assert!(
+        rejected > 100,
+        "only {rejected} of 300 mangled files rejected"
+    );
+}
