@@ -16,6 +16,7 @@ pub mod diff;
 pub mod error;
 pub mod model;
 pub mod report;
+pub mod runner;
 pub mod trace;
 
 pub use error::{Error, ErrorKind, Result};

@@ -7,7 +7,9 @@
 pub mod cpu;
 pub mod fault;
 
-use crate::error::Result;
+use std::path::Path;
+
+use crate::error::{Error, Result};
 use crate::trace::plan::CapturePlan;
 use crate::trace::trace::Trace;
 
@@ -50,4 +52,25 @@ pub trait Backend {
 
     /// Run the forward. Returns exactly the planned stages that the architecture computes.
     fn forward(&mut self, req: &ForwardRequest<'_>) -> Result<Trace>;
+}
+
+/// The backends falsifier ships, by the names the CLI and contracts use.
+pub const BACKENDS: [&str; 3] = ["cpu", "cpu-f32", "cuda"];
+
+/// Open a shipped backend on a model: `cpu` (the reference: f64 accumulation), `cpu-f32` (the
+/// same forward accumulating in f32, the noise floor a calibration measures), `cuda`.
+/// Without a CUDA driver or device, `cuda` is an [`crate::ErrorKind::NoDevice`] error.
+pub fn open(name: &str, model: &Path) -> Result<Box<dyn Backend>> {
+    use cpu::{CpuBackend, Precision};
+    match name {
+        "cpu" => Ok(Box::new(CpuBackend::open(model)?)),
+        "cpu-f32" => Ok(Box::new(
+            CpuBackend::open(model)?.with_precision(Precision::F32),
+        )),
+        "cuda" => Err(Error::no_device("no CUDA device: the CUDA backend is not built in")),
+        other => Err(Error::input(format!(
+            "unknown backend `{other}` (known: {})",
+            BACKENDS.join(", ")
+        ))),
+    }
 }

@@ -10,6 +10,7 @@ mod diff;
 mod gen_model;
 mod lint;
 mod promote;
+mod run;
 mod stages;
 pub mod trace;
 
@@ -60,6 +61,8 @@ pub enum Command {
     GenModel(Box<gen_model::GenModelArgs>),
     /// Compare a candidate trace with a reference stage by stage and report the first divergence.
     Diff(diff::DiffArgs),
+    /// Run contracts (paired forwards, diff, attribution) and write one combined report.
+    Run(run::RunArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -75,6 +78,7 @@ pub fn main() -> ExitCode {
         } => promote::run(evidence, contracts, dry_run),
         Command::GenModel(a) => gen_model::run(&a),
         Command::Diff(args) => diff::run(&args),
+        Command::Run(args) => run::run(&args),
     };
     match result {
         Ok(Outcome::Holds) => ExitCode::SUCCESS,

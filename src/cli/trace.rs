@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::Args;
 
 use super::Outcome;
-use crate::backend::cpu::{CpuBackend, Precision};
+use crate::backend::cpu::Precision;
 use crate::backend::{Backend, Fault, ForwardRequest};
 use crate::error::{Error, Result};
 use crate::trace::io::{read_trace, write_trace};
@@ -61,21 +61,17 @@ pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
-/// Open the backend named on the command line.
+/// Open the backend named on the command line (`--precision f32` turns `cpu` into `cpu-f32`).
 fn open_backend(args: &TraceArgs) -> Result<Box<dyn Backend>> {
     let precision: Precision = args
         .precision
         .parse()
         .map_err(|e: String| Error::input(format!("--precision: {e}")))?;
-    match args.backend.as_str() {
-        "cpu" => Ok(Box::new(
-            CpuBackend::open(&args.model)?.with_precision(precision),
-        )),
-        "cuda" => Err(Error::no_device("CUDA backend not built yet")),
-        other => Err(Error::input(format!(
-            "--backend: unknown backend `{other}` (use cpu or cuda)"
-        ))),
-    }
+    let name = match (args.backend.as_str(), precision) {
+        ("cpu", Precision::F32) => "cpu-f32",
+        (other, _) => other,
+    };
+    crate::backend::open(name, &args.model).map_err(|e| e.context("--backend"))
 }
 
 /// Run the forward the arguments describe and return its trace (without writing it).

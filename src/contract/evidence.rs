@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::schema::Status;
 use crate::{Error, Result};
 
-pub const REPORT_SCHEMA: &str = "falsifier-report/1";
+pub const REPORT_SCHEMA: &str = crate::report::json::SCHEMA;
 
 /// Where and how the run happened.
 #[derive(Clone, Debug, Default, Deserialize)]

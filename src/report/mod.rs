@@ -28,9 +28,13 @@ pub struct FalsifierResult {
     pub expected: Option<String>,
     /// The first divergence found (`layer.3.ffn_out: NanGpu`), `None` when none.
     pub first_divergence: Option<String>,
+    /// The origin attribution placed it at (`layer.3.ffn_out`), `None` when it did not run or
+    /// found none.
+    pub origin: Option<String>,
     pub report_dir: Option<String>,
-    /// The status level the evidence supports (e.g. FUNCTIONAL).
-    pub level: String,
+    /// The status level the evidence supports (e.g. FUNCTIONAL); `None` when the trial proves
+    /// nothing (it failed, or a GPU trial found no device).
+    pub level: Option<String>,
 }
 
 /// Where a report was made.

@@ -1,0 +1,106 @@
+//! `falsifier run [CONTRACT.yaml|DIR ...] [--report-dir DIR]`: run contracts outside cargo, with a
+//! progress bar, and write one combined report (report.json with per-falsifier results, which
+//! `falsifier promote` takes as evidence; report.md; report.html) plus each trial's own report.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::Outcome;
+use crate::contract::load_checked;
+use crate::error::Result;
+use crate::report::Environment;
+use crate::runner::summary::{self, Entry};
+use crate::runner::{TrialOutcome, run_trial, trials};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Contract files or directories (default: contracts/).
+    pub paths: Vec<PathBuf>,
+    /// Where to write the combined report and the trials' reports (default: reports/run-<time>/).
+    #[arg(long)]
+    pub report_dir: Option<PathBuf>,
+    /// Also run heavy trials (the 30B-A3B shape).
+    #[arg(long)]
+    pub include_heavy: bool,
+    /// Run only trials whose name contains this text (e.g. `cpu-vs-cuda`, `FALSIFY-MOE-SUB`).
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// A GPU trial with no CUDA device fails instead of being skipped (nightly GPU runner; also
+    /// set by the environment variable FALSIFY_REQUIRE_GPU=1).
+    #[arg(long)]
+    pub require_gpu: bool,
+}
+
+pub fn run(args: &RunArgs) -> Result<Outcome> {
+    let require_gpu = args.require_gpu
+        || std::env::var("FALSIFY_REQUIRE_GPU").is_ok_and(|v| !v.is_empty() && v != "0");
+    let contracts = load_checked(&args.paths)?;
+    let selected: Vec<_> = trials(&contracts)
+        .into_iter()
+        .filter(|t| args.include_heavy || !t.heavy())
+        .filter(|t| args.filter.as_deref().is_none_or(|f| t.name().contains(f)))
+        .collect();
+    let now = std::time::SystemTime::now();
+    let dir = args.report_dir.clone().unwrap_or_else(|| {
+        let ts = crate::report::rfc3339(now).replace([':', '-'], "");
+        PathBuf::from("reports").join(format!("run-{}", ts.trim_end_matches('Z')))
+    });
+    let bar = if std::io::stderr().is_terminal() {
+        ProgressBar::with_draw_target(Some(selected.len() as u64), ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} trials {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut entries = Vec::new();
+    let mut env = Environment::detect();
+    for spec in selected {
+        let name = spec.name();
+        bar.set_message(name.clone());
+        let outcome = run_trial(&spec, &dir.join("trials")).map_err(|e| e.to_string());
+        let line = match &outcome {
+            Ok(TrialOutcome::Ran(r)) => {
+                if spec.needs_gpu() {
+                    env.card = Some(r.candidate_device.clone());
+                }
+                let state = if r.holds { "ok    " } else { "FAILED" };
+                let mut l = format!("{state} {name} ({:.2?})", r.elapsed);
+                if !r.holds {
+                    l.push('\n');
+                    l.push_str(&r.message);
+                }
+                l
+            }
+            Ok(TrialOutcome::NoDevice(why)) => format!("skip   {name}: {why}"),
+            Err(e) => format!("ERROR  {name}: {e}"),
+        };
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+        bar.inc(1);
+        entries.push(Entry {
+            name,
+            spec,
+            outcome,
+        });
+    }
+    bar.finish_and_clear();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    summary::write(&dir, &entries, &command, &env, require_gpu)?;
+    let holds = summary::holds(&entries, require_gpu);
+    println!(
+        "{} trial(s), {}; report: {}",
+        entries.len(),
+        if holds { "all hold" } else { "SOME DO NOT HOLD" },
+        dir.join("report.html").display()
+    );
+    Ok(if holds { Outcome::Holds } else { Outcome::Fails })
+}
