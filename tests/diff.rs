@@ -132,6 +132,16 @@ fn rounding_level_perturbation_raises_no_alarm() {
             .filter_map(|r| r.rel_l2())
             .fold(0.0, f64::max);
         assert!(worst > 0.0 && worst < 2e-7, "{fmt:?}: worst rel L2 {worst}");
+        // calibration from this noise floor proposes thresholds above it, one per f32 stage
+        let proposals = falsifier::diff::thresholds::propose(&report, 10.0);
+        assert_eq!(proposals.len(), 21, "{fmt:?}");
+        for p in &proposals {
+            assert!(
+                p.proposed >= 10.0 * p.measured && p.proposed >= 1e-7,
+                "{p:?}"
+            );
+            assert!(p.proposed < p.default, "{p:?}");
+        }
     }
 }
 
