@@ -153,7 +153,14 @@ fn cell_look(r: &Row) -> (&'static str, String, String) {
             } else {
                 "c num"
             };
-            (class, format!("background:rgb({cr},{cg},{cb})"), text)
+            // dark text on light cells, white on dark ones (relative luminance)
+            let lum = 0.2126 * cr as f64 + 0.7152 * cg as f64 + 0.0722 * cb as f64;
+            let fg = if lum > 150.0 { "#1d2330" } else { "#fff" };
+            (
+                class,
+                format!("background:rgb({cr},{cg},{cb});color:{fg}"),
+                text,
+            )
         }
         Verdict::NanCand | Verdict::NanRef | Verdict::NanBoth => {
             ("c nan", String::new(), "NaN".into())
@@ -236,7 +243,7 @@ table.heat th.stage div { transform: rotate(-50deg); transform-origin: 8px 0; wi
 table.heat th.layer { text-align: right; padding-right: 6px; }
 td.c { width: 34px; min-width: 34px; height: 22px; text-align: center; font-size: 10px; color: rgba(0,0,0,.55); border-radius: 3px; cursor: default; position: relative; }
 td.none { background: transparent; }
-td.div { color: #fff; font-weight: 700; }
+td.div { font-weight: 800; }
 td.nan { background: #8e24aa; color: #fff; font-weight: 700; }
 td.miss { background: repeating-linear-gradient(45deg, #c9ced6 0 4px, #eef0f3 4px 8px); color: #444; }
 td.shape { background: #8d6e63; color: #fff; font-weight: 700; }
