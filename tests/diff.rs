@@ -669,3 +669,38 @@ fn cli_exit_codes_and_reports() {
     assert_eq!(out.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn origin_from_attribution_is_rendered() {
+    use falsifier::diff::Origin;
+    use falsifier::report::{ReportContext, headline, json, markdown};
+    let reference = base();
+    let mut cand = reference.clone();
+    f32_mut(&mut cand, "layer.2.layer_out")
+        .iter_mut()
+        .for_each(|x| *x *= 1.05);
+    let mut report = diff(&reference, &cand, &DiffOptions::default()).unwrap();
+    let ctx = ReportContext::new("test");
+    assert!(
+        json::to_json(&report, &ctx)
+            .first_divergence
+            .unwrap()
+            .origin
+            .is_none()
+    );
+    report.origin = Some(Origin {
+        key: "layer.2.ffn_out".parse().unwrap(),
+        verdict: Verdict::Diverge,
+        own_rel_l2: Some(0.05),
+    });
+    let j = json::to_json(&report, &ctx);
+    let first = j.first_divergence.unwrap();
+    assert_eq!(first.key, "layer.2.layer_out");
+    let origin = first.origin.unwrap();
+    assert_eq!((origin.layer, origin.stage.as_str()), (Some(2), "ffn_out"));
+    assert_eq!(origin.own_rel_l2, Some(0.05));
+    assert!(headline(&report).contains("origin at layer.2.ffn_out"));
+    assert!(markdown::render(&report, &ctx).contains("origin at layer.2.ffn_out"));
+    let html = falsifier::report::html::render(&report, &ctx);
+    assert!(html.contains("c num origin"), "origin cell marked");
+}

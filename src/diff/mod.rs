@@ -782,6 +782,7 @@ impl<'a> Ctx<'a> {
         let compared: usize = runs.iter().map(|(s, e)| e - s).sum();
         if compared == 0 {
             row.verdict = Verdict::RouteFlip;
+            row.near_tie = routing.is_some_and(|r| r.all_near_tie());
             row.notes
                 .push("nothing left to compare: every position's route differs".into());
             return Ok((row, 0));

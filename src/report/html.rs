@@ -63,6 +63,9 @@ fn at_text(i: &Option<Index>) -> String {
 /// Tooltip text of a row (newline-separated; escaped by the caller).
 fn tip(report: &DiffReport, r: &Row, first: bool) -> String {
     let mut t = format!("{}\n{}", r.key, report.verdict_name(r.verdict));
+    if report.origin.as_ref().is_some_and(|o| o.key == r.key) {
+        t.push_str("  (origin)");
+    }
     if first {
         t.push_str("  (first divergence)");
     } else if r.downstream {
@@ -180,6 +183,9 @@ fn td(report: &DiffReport, idx: Option<usize>) -> String {
     let first = report.first_divergence == Some(i);
     let (class, style, text) = cell_look(r);
     let mut class = class.to_string();
+    if report.origin.as_ref().is_some_and(|o| o.key == r.key) {
+        class.push_str(" origin");
+    }
     if first {
         class.push_str(" first");
     } else if r.downstream {
@@ -251,6 +257,7 @@ td.flip { background: #1e63d6; color: #fff; font-weight: 700; }
 td.flip.tie { background: #9dbcf2; color: #17346b; }
 td.first { outline: 3px solid #111; outline-offset: 1px; z-index: 2; }
 td.down::after { content: ""; position: absolute; right: 0; top: 0; border-style: solid; border-width: 0 8px 8px 0; border-color: transparent #111 transparent transparent; opacity: .7; border-top-right-radius: 3px; }
+td.origin { box-shadow: inset 0 0 0 3px #2962ff; }
 td.c:hover { outline: 2px solid #2962ff; outline-offset: 0; }
 .legend { display: flex; gap: 18px; align-items: center; flex-wrap: wrap; font-size: 12px; color: var(--muted); margin-top: 12px; }
 .legend .sw { display: inline-block; width: 22px; height: 14px; border-radius: 3px; vertical-align: middle; margin-right: 5px; position: relative; }
@@ -380,6 +387,7 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
         "<span><span class=\"sw\" style=\"background:#1e63d6\"></span>route flip</span>",
         "<span><span class=\"sw\" style=\"background:#9dbcf2\"></span>near-tie flip</span>",
         "<span><span class=\"sw\" style=\"background:#eee;outline:3px solid #111\"></span>first divergence</span>",
+        "<span><span class=\"sw\" style=\"background:#eee;box-shadow:inset 0 0 0 3px #2962ff\"></span>origin (attribution)</span>",
         "<span><span class=\"sw\" style=\"background:#eee;border-top:8px solid #111;border-left:14px solid transparent;height:0;width:0\"></span>downstream</span>",
         "</div></section>"
     ));
