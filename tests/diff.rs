@@ -704,3 +704,75 @@ fn origin_from_attribution_is_rendered() {
     let html = falsifier::report::html::render(&report, &ctx);
     assert!(html.contains("c num origin"), "origin cell marked");
 }
+
+/// Corrupted files (truncated anywhere, bytes flipped in headers and payloads) give a diff or an
+/// error, never a panic.
+#[test]
+fn corrupted_inputs_never_panic() {
+    let mut small = Trace::default();
+    let full = base();
+    for k in ["tokens", "layer.0.attn_probs", "layer.0.topk_ids", "logits"] {
+        let key: Key = k.parse().unwrap();
+        small.insert(key, full.get(&key).unwrap().clone());
+    }
+    let dir = scratch("fuzz");
+    let good = write(Fmt::Safetensors, &small, &dir, "good");
+    let reference = open_source(&good).unwrap();
+    let mut state = 0x1234_5678_9ABC_DEF1u64;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut outcomes = [0usize; 2];
+    for fmt in FORMATS {
+        let src = write(fmt, &small, &dir, &format!("src-{fmt:?}"));
+        let files: Vec<PathBuf> = match fmt {
+            Fmt::Safetensors => vec![src.clone()],
+            _ => walk(&src),
+        };
+        for (fi, file) in files.iter().enumerate() {
+            let orig = std::fs::read(file).unwrap();
+            for trial in 0..40 {
+                let mut bytes = orig.clone();
+                match trial % 3 {
+                    0 => bytes.truncate(rnd() as usize % (orig.len() + 1)),
+                    1 => {
+                        // flip a byte in the first 160 (headers)
+                        let i = rnd() as usize % orig.len().min(160);
+                        bytes[i] ^= 1 << (rnd() % 8);
+                    }
+                    _ => {
+                        let i = rnd() as usize % orig.len();
+                        bytes[i] = rnd() as u8;
+                    }
+                }
+                std::fs::write(file, &bytes).unwrap();
+                let outcome = open_source(&src)
+                    .and_then(|c| diff(reference.as_ref(), c.as_ref(), &DiffOptions::default()));
+                outcomes[outcome.is_ok() as usize] += 1;
+                if let Err(e) = outcome {
+                    assert!(!e.to_string().is_empty(), "{fmt:?} file {fi} trial {trial}");
+                }
+            }
+            std::fs::write(file, &orig).unwrap();
+        }
+    }
+    assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}

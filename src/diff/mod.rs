@@ -831,7 +831,9 @@ fn infer_shape(stage: Stage, n: usize, t: Option<usize>) -> Option<Vec<usize>> {
     let t = t.filter(|&t| t > 0)?;
     match stage {
         Stage::Tokens if n == t => Some(vec![t]),
-        Stage::AttnProbs if n.is_multiple_of(t * t) => Some(vec![n / (t * t), t, t]),
+        Stage::AttnProbs if t.checked_mul(t).is_some_and(|tt| n.is_multiple_of(tt)) => {
+            Some(vec![n / (t * t), t, t])
+        }
         _ if n.is_multiple_of(t) => Some(vec![t, n / t]),
         _ => None,
     }
