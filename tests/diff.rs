@@ -168,6 +168,27 @@ fn planted_nan_is_found_where_planted() {
         let at = row.nonfinite_cand_at.unwrap();
         assert_eq!((at.position, at.feature), (Some(1), Some(6)), "{fmt:?}");
     }
+    // without backends (npy) the printed verdict stays neutral; with cpu/cuda backends in the
+    // traces' metadata it takes the seed's names
+    let report = diff_as(Fmt::Npy, "nan-names", &reference, &cand);
+    assert_eq!(
+        report.verdict_name(report.first().unwrap().verdict),
+        "NanCand"
+    );
+    let (mut r2, mut c2) = (reference.clone(), cand.clone());
+    r2.meta.backend = "cpu".into();
+    c2.meta.backend = "cuda".into();
+    let report = diff_as(Fmt::Safetensors, "nan-names", &r2, &c2);
+    assert_eq!(
+        report.verdict_name(report.first().unwrap().verdict),
+        "NanGpu"
+    );
+    c2.meta.backend = "llama.cpp".into();
+    let report = diff_as(Fmt::Safetensors, "nan-names", &r2, &c2);
+    assert_eq!(
+        report.verdict_name(report.first().unwrap().verdict),
+        "NanLlamaCpp"
+    );
     // NaN on the reference side, and on both
     let report = diff_as(Fmt::Safetensors, "nanref", &cand, &reference);
     assert_found(&report, "layer.1.ffn_out", Verdict::NanRef, "ref");

@@ -315,7 +315,16 @@ pub fn diff(
     };
     let ref_info = SideInfo::of(reference, lr);
     let cand_info = SideInfo::of(candidate, lc);
-    let tags = SideTags::from_labels(&ref_info.label, &cand_info.label);
+    // printed NaN verdicts name the sides by backend (NanGpu for cpu vs cuda); when a side's
+    // backend is unknown (npy and APRT carry none) and no labels were given, they stay neutral
+    // (NanRef / NanCand) rather than spelling a file name into a verdict
+    let tags = if opts.labels.is_some()
+        || (!ref_info.backend.is_empty() && !cand_info.backend.is_empty())
+    {
+        SideTags::from_labels(&ref_info.label, &cand_info.label)
+    } else {
+        SideTags::from_labels("", "")
+    };
 
     let wanted = |k: &Key| opts.plan.as_ref().is_none_or(|p| p.wants(k.layer, k.stage));
     let ref_keys: BTreeSet<Key> = reference.keys().into_iter().filter(wanted).collect();
