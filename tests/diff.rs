@@ -132,6 +132,16 @@ fn rounding_level_perturbation_raises_no_alarm() {
             .filter_map(|r| r.rel_l2())
             .fold(0.0, f64::max);
         assert!(worst > 0.0 && worst < 2e-7, "{fmt:?}: worst rel L2 {worst}");
+        // calibration from this noise floor proposes thresholds above it, one per f32 stage
+        let proposals = falsifier::diff::thresholds::propose(&report, 10.0);
+        assert_eq!(proposals.len(), 21, "{fmt:?}");
+        for p in &proposals {
+            assert!(
+                p.proposed >= 10.0 * p.measured && p.proposed >= 1e-7,
+                "{p:?}"
+            );
+            assert!(p.proposed < p.default, "{p:?}");
+        }
     }
 }
 
@@ -158,6 +168,27 @@ fn planted_nan_is_found_where_planted() {
         let at = row.nonfinite_cand_at.unwrap();
         assert_eq!((at.position, at.feature), (Some(1), Some(6)), "{fmt:?}");
     }
+    // without backends (npy) the printed verdict stays neutral; with cpu/cuda backends in the
+    // traces' metadata it takes the seed's names
+    let report = diff_as(Fmt::Npy, "nan-names", &reference, &cand);
+    assert_eq!(
+        report.verdict_name(report.first().unwrap().verdict),
+        "NanCand"
+    );
+    let (mut r2, mut c2) = (reference.clone(), cand.clone());
+    r2.meta.backend = "cpu".into();
+    c2.meta.backend = "cuda".into();
+    let report = diff_as(Fmt::Safetensors, "nan-names", &r2, &c2);
+    assert_eq!(
+        report.verdict_name(report.first().unwrap().verdict),
+        "NanGpu"
+    );
+    c2.meta.backend = "llama.cpp".into();
+    let report = diff_as(Fmt::Safetensors, "nan-names", &r2, &c2);
+    assert_eq!(
+        report.verdict_name(report.first().unwrap().verdict),
+        "NanLlamaCpp"
+    );
     // NaN on the reference side, and on both
     let report = diff_as(Fmt::Safetensors, "nanref", &cand, &reference);
     assert_found(&report, "layer.1.ffn_out", Verdict::NanRef, "ref");
@@ -658,4 +689,111 @@ fn cli_exit_codes_and_reports() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn origin_from_attribution_is_rendered() {
+    use falsifier::diff::Origin;
+    use falsifier::report::{ReportContext, headline, json, markdown};
+    let reference = base();
+    let mut cand = reference.clone();
+    f32_mut(&mut cand, "layer.2.layer_out")
+        .iter_mut()
+        .for_each(|x| *x *= 1.05);
+    let mut report = diff(&reference, &cand, &DiffOptions::default()).unwrap();
+    let ctx = ReportContext::new("test");
+    assert!(
+        json::to_json(&report, &ctx)
+            .first_divergence
+            .unwrap()
+            .origin
+            .is_none()
+    );
+    report.origin = Some(Origin {
+        key: "layer.2.ffn_out".parse().unwrap(),
+        verdict: Verdict::Diverge,
+        own_rel_l2: Some(0.05),
+    });
+    let j = json::to_json(&report, &ctx);
+    let first = j.first_divergence.unwrap();
+    assert_eq!(first.key, "layer.2.layer_out");
+    let origin = first.origin.unwrap();
+    assert_eq!((origin.layer, origin.stage.as_str()), (Some(2), "ffn_out"));
+    assert_eq!(origin.own_rel_l2, Some(0.05));
+    assert!(headline(&report).contains("origin at layer.2.ffn_out"));
+    assert!(markdown::render(&report, &ctx).contains("origin at layer.2.ffn_out"));
+    let html = falsifier::report::html::render(&report, &ctx);
+    assert!(html.contains("c num origin"), "origin cell marked");
+}
+
+/// Corrupted files (truncated anywhere, bytes flipped in headers and payloads) give a diff or an
+/// error, never a panic.
+#[test]
+fn corrupted_inputs_never_panic() {
+    let mut small = Trace::default();
+    let full = base();
+    for k in ["tokens", "layer.0.attn_probs", "layer.0.topk_ids", "logits"] {
+        let key: Key = k.parse().unwrap();
+        small.insert(key, full.get(&key).unwrap().clone());
+    }
+    let dir = scratch("fuzz");
+    let good = write(Fmt::Safetensors, &small, &dir, "good");
+    let reference = open_source(&good).unwrap();
+    let mut state = 0x1234_5678_9ABC_DEF1u64;
+    let mut rnd = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut outcomes = [0usize; 2];
+    for fmt in FORMATS {
+        let src = write(fmt, &small, &dir, &format!("src-{fmt:?}"));
+        let files: Vec<PathBuf> = match fmt {
+            Fmt::Safetensors => vec![src.clone()],
+            _ => walk(&src),
+        };
+        for (fi, file) in files.iter().enumerate() {
+            let orig = std::fs::read(file).unwrap();
+            for trial in 0..40 {
+                let mut bytes = orig.clone();
+                match trial % 3 {
+                    0 => bytes.truncate(rnd() as usize % (orig.len() + 1)),
+                    1 => {
+                        // flip a byte in the first 160 (headers)
+                        let i = rnd() as usize % orig.len().min(160);
+                        bytes[i] ^= 1 << (rnd() % 8);
+                    }
+                    _ => {
+                        let i = rnd() as usize % orig.len();
+                        bytes[i] = rnd() as u8;
+                    }
+                }
+                std::fs::write(file, &bytes).unwrap();
+                let outcome = open_source(&src)
+                    .and_then(|c| diff(reference.as_ref(), c.as_ref(), &DiffOptions::default()));
+                outcomes[outcome.is_ok() as usize] += 1;
+                if let Err(e) = outcome {
+                    assert!(!e.to_string().is_empty(), "{fmt:?} file {fi} trial {trial}");
+                }
+            }
+            std::fs::write(file, &orig).unwrap();
+        }
+    }
+    assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 
 use super::Outcome;
+use crate::diff::thresholds::propose;
 use crate::diff::{DiffOptions, Thresholds, diff};
 use crate::error::Error;
 use crate::report::{ReportContext, default_report_dir, terminal, write_reports};
@@ -30,6 +31,10 @@ pub struct DiffArgs {
     /// Near-tie margin for route flips, relative to the reference's router-logit row norm.
     #[arg(long, value_name = "REL")]
     pub near_tie: Option<f64>,
+    /// Calibration: treat CAND as the same forward in higher precision (f64) and REF as f32,
+    /// and propose per-stage thresholds of FACTOR x the measured noise floor (exit 0).
+    #[arg(long, value_name = "FACTOR", num_args = 0..=1, default_missing_value = "10")]
+    pub propose_thresholds: Option<f64>,
 }
 
 pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
@@ -71,6 +76,32 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
         "{}",
         terminal::render(&report, terminal::use_color(), Some(&dir))
     );
+    if let Some(factor) = args.propose_thresholds {
+        if !(factor.is_finite() && factor >= 1.0) {
+            return Err(Error::input(format!(
+                "--propose-thresholds {factor}: expected a factor >= 1"
+            )));
+        }
+        let proposals = propose(&report, factor);
+        println!("proposed thresholds ({factor} x the noise floor measured here):");
+        println!(
+            "  {:<14} {:>10} {:>10} {:>10}",
+            "stage", "measured", "proposed", "default"
+        );
+        let mut flags = Vec::new();
+        for p in &proposals {
+            println!(
+                "  {:<14} {:>10.2e} {:>10.0e} {:>10.0e}",
+                p.stage.name(),
+                p.measured,
+                p.proposed,
+                p.default
+            );
+            flags.push(format!("--threshold {}={:.0e}", p.stage, p.proposed));
+        }
+        println!("  {}", flags.join(" "));
+        return Ok(Outcome::Holds);
+    }
     Ok(if report.holds {
         Outcome::Holds
     } else {

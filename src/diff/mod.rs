@@ -315,7 +315,16 @@ pub fn diff(
     };
     let ref_info = SideInfo::of(reference, lr);
     let cand_info = SideInfo::of(candidate, lc);
-    let tags = SideTags::from_labels(&ref_info.label, &cand_info.label);
+    // printed NaN verdicts name the sides by backend (NanGpu for cpu vs cuda); when a side's
+    // backend is unknown (npy and APRT carry none) and no labels were given, they stay neutral
+    // (NanRef / NanCand) rather than spelling a file name into a verdict
+    let tags = if opts.labels.is_some()
+        || (!ref_info.backend.is_empty() && !cand_info.backend.is_empty())
+    {
+        SideTags::from_labels(&ref_info.label, &cand_info.label)
+    } else {
+        SideTags::from_labels("", "")
+    };
 
     let wanted = |k: &Key| opts.plan.as_ref().is_none_or(|p| p.wants(k.layer, k.stage));
     let ref_keys: BTreeSet<Key> = reference.keys().into_iter().filter(wanted).collect();
@@ -782,6 +791,7 @@ impl<'a> Ctx<'a> {
         let compared: usize = runs.iter().map(|(s, e)| e - s).sum();
         if compared == 0 {
             row.verdict = Verdict::RouteFlip;
+            row.near_tie = routing.is_some_and(|r| r.all_near_tie());
             row.notes
                 .push("nothing left to compare: every position's route differs".into());
             return Ok((row, 0));
@@ -830,7 +840,9 @@ fn infer_shape(stage: Stage, n: usize, t: Option<usize>) -> Option<Vec<usize>> {
     let t = t.filter(|&t| t > 0)?;
     match stage {
         Stage::Tokens if n == t => Some(vec![t]),
-        Stage::AttnProbs if n.is_multiple_of(t * t) => Some(vec![n / (t * t), t, t]),
+        Stage::AttnProbs if t.checked_mul(t).is_some_and(|tt| n.is_multiple_of(tt)) => {
+            Some(vec![n / (t * t), t, t])
+        }
         _ if n.is_multiple_of(t) => Some(vec![t, n / t]),
         _ => None,
     }

@@ -191,3 +191,73 @@ mod tests {
         }
     }
 }
+
+/// A threshold proposed from a measured noise floor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Proposal {
+    pub stage: Stage,
+    /// Largest rel-L2 error of the stage over all layers in the calibration diff.
+    pub measured: f64,
+    pub proposed: f64,
+    pub default: f64,
+}
+
+/// Calibration: given a diff of the reference computed in f32 against the same forward in f64
+/// (the noise floor of f32 rounding on this model and prompt), propose per-stage thresholds of
+/// `factor` × the worst rel-L2 error seen at that stage, rounded up to one significant digit and
+/// never below 1e-7 (a threshold under the perturbation of a single f32 rounding would alarm on
+/// a re-run). Integer stages and stages with nothing compared are skipped.
+pub fn propose(report: &super::DiffReport, factor: f64) -> Vec<Proposal> {
+    let mut worst: BTreeMap<Stage, f64> = BTreeMap::new();
+    for r in &report.rows {
+        if r.key.stage.dtype() != crate::trace::stage::StageDtype::F32 {
+            continue;
+        }
+        if let Some(m) = r
+            .metrics
+            .as_ref()
+            .filter(|m| m.n > 0 && m.rel_l2.is_finite())
+        {
+            let w = worst.entry(r.key.stage).or_insert(0.0);
+            *w = w.max(m.rel_l2);
+        }
+    }
+    worst
+        .into_iter()
+        .map(|(stage, measured)| Proposal {
+            stage,
+            measured,
+            proposed: round_up_1sig((measured * factor).max(1e-7)),
+            default: default_rel_l2(stage),
+        })
+        .collect()
+}
+
+/// 3.2e-5 -> 4e-5; 1e-4 -> 1e-4.
+fn round_up_1sig(x: f64) -> f64 {
+    if !(x.is_finite() && x > 0.0) {
+        return x;
+    }
+    let e = x.log10().floor();
+    let scale = 10f64.powf(e);
+    let m = x / scale;
+    // tolerate representation error so an exact 1e-4 stays 1e-4
+    let mc = if (m - m.round()).abs() < 1e-9 {
+        m.round()
+    } else {
+        m.ceil()
+    };
+    mc * scale
+}
+
+#[cfg(test)]
+mod calibration_tests {
+    use super::*;
+
+    #[test]
+    fn rounding_up() {
+        assert!((round_up_1sig(3.2e-5) - 4e-5).abs() < 1e-18);
+        assert!((round_up_1sig(1e-4) - 1e-4).abs() < 1e-18);
+        assert!((round_up_1sig(9.01) - 10.0).abs() < 1e-12);
+    }
+}

@@ -63,6 +63,9 @@ fn at_text(i: &Option<Index>) -> String {
 /// Tooltip text of a row (newline-separated; escaped by the caller).
 fn tip(report: &DiffReport, r: &Row, first: bool) -> String {
     let mut t = format!("{}\n{}", r.key, report.verdict_name(r.verdict));
+    if report.origin.as_ref().is_some_and(|o| o.key == r.key) {
+        t.push_str("  (origin)");
+    }
     if first {
         t.push_str("  (first divergence)");
     } else if r.downstream {
@@ -153,7 +156,14 @@ fn cell_look(r: &Row) -> (&'static str, String, String) {
             } else {
                 "c num"
             };
-            (class, format!("background:rgb({cr},{cg},{cb})"), text)
+            // dark text on light cells, white on dark ones (relative luminance)
+            let lum = 0.2126 * cr as f64 + 0.7152 * cg as f64 + 0.0722 * cb as f64;
+            let fg = if lum > 150.0 { "#1d2330" } else { "#fff" };
+            (
+                class,
+                format!("background:rgb({cr},{cg},{cb});color:{fg}"),
+                text,
+            )
         }
         Verdict::NanCand | Verdict::NanRef | Verdict::NanBoth => {
             ("c nan", String::new(), "NaN".into())
@@ -173,6 +183,9 @@ fn td(report: &DiffReport, idx: Option<usize>) -> String {
     let first = report.first_divergence == Some(i);
     let (class, style, text) = cell_look(r);
     let mut class = class.to_string();
+    if report.origin.as_ref().is_some_and(|o| o.key == r.key) {
+        class.push_str(" origin");
+    }
     if first {
         class.push_str(" first");
     } else if r.downstream {
@@ -236,7 +249,7 @@ table.heat th.stage div { transform: rotate(-50deg); transform-origin: 8px 0; wi
 table.heat th.layer { text-align: right; padding-right: 6px; }
 td.c { width: 34px; min-width: 34px; height: 22px; text-align: center; font-size: 10px; color: rgba(0,0,0,.55); border-radius: 3px; cursor: default; position: relative; }
 td.none { background: transparent; }
-td.div { color: #fff; font-weight: 700; }
+td.div { font-weight: 800; }
 td.nan { background: #8e24aa; color: #fff; font-weight: 700; }
 td.miss { background: repeating-linear-gradient(45deg, #c9ced6 0 4px, #eef0f3 4px 8px); color: #444; }
 td.shape { background: #8d6e63; color: #fff; font-weight: 700; }
@@ -244,6 +257,7 @@ td.flip { background: #1e63d6; color: #fff; font-weight: 700; }
 td.flip.tie { background: #9dbcf2; color: #17346b; }
 td.first { outline: 3px solid #111; outline-offset: 1px; z-index: 2; }
 td.down::after { content: ""; position: absolute; right: 0; top: 0; border-style: solid; border-width: 0 8px 8px 0; border-color: transparent #111 transparent transparent; opacity: .7; border-top-right-radius: 3px; }
+td.origin { box-shadow: inset 0 0 0 3px #2962ff; }
 td.c:hover { outline: 2px solid #2962ff; outline-offset: 0; }
 .legend { display: flex; gap: 18px; align-items: center; flex-wrap: wrap; font-size: 12px; color: var(--muted); margin-top: 12px; }
 .legend .sw { display: inline-block; width: 22px; height: 14px; border-radius: 3px; vertical-align: middle; margin-right: 5px; position: relative; }
@@ -373,6 +387,7 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
         "<span><span class=\"sw\" style=\"background:#1e63d6\"></span>route flip</span>",
         "<span><span class=\"sw\" style=\"background:#9dbcf2\"></span>near-tie flip</span>",
         "<span><span class=\"sw\" style=\"background:#eee;outline:3px solid #111\"></span>first divergence</span>",
+        "<span><span class=\"sw\" style=\"background:#eee;box-shadow:inset 0 0 0 3px #2962ff\"></span>origin (attribution)</span>",
         "<span><span class=\"sw\" style=\"background:#eee;border-top:8px solid #111;border-left:14px solid transparent;height:0;width:0\"></span>downstream</span>",
         "</div></section>"
     ));

@@ -105,6 +105,7 @@ pub fn render(report: &DiffReport, color: bool, report_dir: Option<&std::path::P
             failing.len() - 8,
             sci(failing
                 .iter()
+                .filter(|r| r.key.stage.dtype() == crate::trace::stage::StageDtype::F32)
                 .filter_map(|r| r.rel_l2())
                 .filter(|x| x.is_finite())
                 .reduce(f64::max))
