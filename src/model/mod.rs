@@ -1,5 +1,7 @@
 //! Models: GGUF files, GGML block formats, hyper-parameters, and synthetic models.
 
+pub mod config;
+pub mod gguf;
 pub mod quant;
 
 pub use quant::GgmlType;

@@ -6,6 +6,13 @@
 
 use std::fmt;
 
+pub mod dequant;
+pub mod quantize;
+
+pub use dequant::{
+    dequantize, dequantize_q6k_as_q4k, is_dequant_supported, round_activations_q8_0,
+};
+
 /// A ggml tensor type (`enum ggml_type`). Discriminants are the on-disk ids.
 #[allow(non_camel_case_types)]
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
