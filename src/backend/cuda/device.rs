@@ -19,6 +19,13 @@ use crate::error::{Error, Result};
 
 /// The kernels' CUDA C, compiled as one program. `common.cuh` first: the others use its types
 /// and decoders.
+const FILES: [&str; 5] = [
+    "common.cuh",
+    "matmul.cu",
+    "ops.cu",
+    "attention.cu",
+    "moe.cu",
+];
 const SOURCES: [&str; 5] = [
     include_str!("kernels/common.cuh"),
     include_str!("kernels/matmul.cu"),
@@ -55,6 +62,26 @@ fn ptx_cache() -> &'static Mutex<HashMap<String, String>> {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
+/// The kernels' text: built in, or read from the directory `FALSIFIER_CUDA_KERNELS` names (for
+/// kernel development on a GPU machine without rebuilding the binary).
+fn kernel_source() -> Result<String> {
+    match std::env::var_os("FALSIFIER_CUDA_KERNELS") {
+        None => Ok(SOURCES.join("\n")),
+        Some(dir) => {
+            let dir = std::path::PathBuf::from(dir);
+            let mut parts = Vec::new();
+            for f in FILES {
+                let p = dir.join(f);
+                parts.push(
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| Error::io(&p, "reading a CUDA kernel source", e))?,
+                );
+            }
+            Ok(parts.join("\n"))
+        }
+    }
+}
+
 /// Compile the kernels for `arch` (`compute_90` for an H100), or return the cached PTX.
 fn compile(arch: &str) -> Result<String> {
     let mut cache = ptx_cache()
@@ -63,7 +90,7 @@ fn compile(arch: &str) -> Result<String> {
     if let Some(ptx) = cache.get(arch) {
         return Ok(ptx.clone());
     }
-    let src = SOURCES.join("\n");
+    let src = kernel_source()?;
     let opts = CompileOptions {
         options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
         name: Some("falsifier_kernels.cu".into()),

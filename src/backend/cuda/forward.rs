@@ -653,9 +653,10 @@ impl Run<'_> {
             ],
         )?;
         self.done(Some(l), Stage::RouterProbs, &b.router_probs)?;
-        let renorm = !self.has_fault(Some(l), Stage::TopkWeights, |k| {
-            matches!(k, FaultKind::NoTopkRenorm)
-        });
+        let renorm = d.norm_topk
+            && !self.has_fault(Some(l), Stage::TopkWeights, |k| {
+                matches!(k, FaultKind::NoTopkRenorm)
+            });
         dev.launch(
             "topk",
             &ks(Stage::TopkIds),

@@ -16,8 +16,12 @@ pub mod device;
 pub mod forward;
 pub mod weights;
 
+use std::path::Path;
+
 use crate::backend::{Backend, ForwardRequest};
 use crate::error::Result;
+use crate::model::config::ModelConfig;
+use crate::model::gguf::GgufFile;
 use crate::trace::trace::{Trace, TraceMeta};
 
 use capture::Arena;
@@ -62,6 +66,33 @@ impl CudaBackend {
         })
     }
 
+    /// Open device `ordinal` and upload the GGUF model at `path` (qwen3 or qwen3moe).
+    pub fn open(path: &Path, ordinal: usize) -> Result<CudaBackend> {
+        // probe first: without a device, say so before reading a large model
+        let dev = Device::open(ordinal)?;
+        let f = GgufFile::open(path)?;
+        let cfg = ModelConfig::from_gguf(&f)?;
+        cfg.validate_tensors(&f)?;
+        let dims = Dims::from_config(&cfg);
+        let get = |name: &str| {
+            f.tensor(name).map(|info| HostTensor {
+                name: &info.name,
+                ty: info.ty,
+                dims: &info.dims,
+                bytes: f.tensor_data(info),
+            })
+        };
+        let weights =
+            DeviceWeights::upload(&dev, dims, &get).map_err(|e| e.context(path.display()))?;
+        Ok(CudaBackend {
+            dev,
+            weights,
+            arena: Arena::default(),
+            model: path.display().to_string(),
+            model_sha256: f.sha256_hex(),
+        })
+    }
+
     pub fn dims(&self) -> &Dims {
         &self.weights.dims
     }
@@ -103,6 +134,9 @@ impl Backend for CudaBackend {
         forward::forward(&self.dev, &self.weights, req, &mut self.arena, meta)
     }
 }
+
+#[cfg(test)]
+mod gpu_tests;
 
 #[cfg(test)]
 mod tests {

@@ -9,6 +9,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 
 use super::device::{Arg, Device, NULL, int};
 use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
 use crate::model::quant::GgmlType;
 
 /// A tensor as the model file holds it: name, GGML type, dims in ggml order (`dims[0]` is the
@@ -40,6 +41,29 @@ pub struct Dims {
     pub vocab: usize,
     pub eps: f32,
     pub rope_theta: f32,
+    /// Renormalise the top-k router weights to sum 1 (qwen3moe).
+    pub norm_topk: bool,
+}
+
+impl Dims {
+    pub fn from_config(c: &ModelConfig) -> Dims {
+        let moe = c.is_moe();
+        Dims {
+            moe,
+            n_layers: c.n_layers,
+            hidden: c.hidden,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            n_experts: if moe { c.n_experts } else { 0 },
+            top_k: if moe { c.n_experts_used } else { 0 },
+            ffn: if moe { c.expert_ffn_dim } else { c.ffn_dim },
+            vocab: c.vocab,
+            eps: c.rms_eps,
+            rope_theta: c.rope_theta,
+            norm_topk: c.norm_topk_prob,
+        }
+    }
 }
 
 /// The kernel-name suffix of a GGML type the device decodes, or `None`.

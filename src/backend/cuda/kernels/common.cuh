@@ -7,6 +7,9 @@
 // weights are then bit-identical to the CPU's, and every difference between the backends comes
 // from summation order alone.
 
+// NVRTC compiles without the C library headers: define what math.h would.
+#define INFINITY __int_as_float(0x7f800000)
+
 typedef unsigned char u8;
 typedef unsigned short u16;
 typedef unsigned int u32;

@@ -106,9 +106,9 @@ extern "C" __global__ void round_q8_0(const float* __restrict__ x, float* __rest
     float id = d != 0.0f ? 1.0f / d : 0.0f;
     float dh = h2f(f2h(d));
     for (int j = 0; j < len; ++j) {
-        float q = roundf(__fmul_rn(x[i0 + j], id));
-        if (q != q) q = 0.0f;
-        q = fminf(fmaxf(q, -128.0f), 127.0f);
-        y[i0 + j] = __fmul_rn(q, dh);
+        float r = roundf(__fmul_rn(x[i0 + j], id));
+        // an int8 level has no sign of zero: -0.5 rounds to level 0, which decodes to +0
+        int q = r != r ? 0 : (int)fminf(fmaxf(r, -128.0f), 127.0f);
+        y[i0 + j] = __fmul_rn((float)q, dh);
     }
 }
