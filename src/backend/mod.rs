@@ -4,6 +4,7 @@
 //! not ours implement [`Backend`] for their own forward (see examples/). One trait serves the
 //! plain forward, the traced forward and the teacher-forced replay used for attribution.
 
+pub mod cpu;
 pub mod cuda;
 pub mod fault;
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod stages;
+pub mod trace;
 
 /// Outcome of a sub-command that ran to completion.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -32,12 +33,15 @@ pub struct Cli {
 pub enum Command {
     /// List the stage vocabulary (names used by traces, contracts and reports), in forward order.
     Stages,
+    /// Run one traced forward and write its trace (safetensors).
+    Trace(Box<trace::TraceArgs>),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: crate::Result<Outcome> = match cli.command {
         Command::Stages => stages::run(),
+        Command::Trace(args) => trace::run(&args),
     };
     match result {
         Ok(Outcome::Holds) => ExitCode::SUCCESS,

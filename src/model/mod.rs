@@ -3,5 +3,6 @@
 pub mod config;
 pub mod gguf;
 pub mod quant;
+pub mod weights;
 
 pub use quant::GgmlType;

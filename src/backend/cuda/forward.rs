@@ -207,17 +207,13 @@ impl Run<'_> {
         let faults: Vec<Fault> = self.faults_at(layer, stage).copied().collect();
         for f in faults {
             match f.kind {
-                FaultKind::Nan { index } => {
-                    if index >= len {
-                        return Err(Error::input(format!(
-                            "fault {f}: index {index} is outside the stage's {len} values"
-                        )));
-                    }
+                // as the CPU side: the index wraps around the stage's length
+                FaultKind::Nan { index } if len > 0 => {
                     self.dev.launch(
                         "set_nan",
                         &key.to_string(),
                         LaunchConfig::for_num_elems(1),
-                        &[Arg::Ptr(self.dev.ptr(buf)), Arg::I64(index as i64)],
+                        &[Arg::Ptr(self.dev.ptr(buf)), Arg::I64((index % len) as i64)],
                     )?;
                 }
                 FaultKind::ScaleDrift { eps } => {
@@ -289,15 +285,15 @@ impl Run<'_> {
                 Some(_) => self.t,
                 None => rows,
             };
-            let n = in_rows * w.cols;
             dev.launch(
                 "round_q8_0",
                 &key,
-                grid_1d(n.div_ceil(32))?,
+                grid_1d(in_rows * w.cols.div_ceil(32))?,
                 &[
                     Arg::Ptr(input),
                     Arg::Ptr(dev.ptr(rounded)),
-                    Arg::I64(n as i64),
+                    int(in_rows, "rows")?,
+                    int(w.cols, "row length")?,
                 ],
             )?;
             input = dev.ptr(rounded);

@@ -17,6 +17,7 @@ pub mod forward;
 pub mod weights;
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use crate::backend::{Backend, ForwardRequest};
 use crate::error::Result;
@@ -33,9 +34,11 @@ pub struct CudaBackend {
     dev: Device,
     weights: DeviceWeights,
     arena: Arena,
-    /// Model path and sha256 for trace metadata.
+    /// Model path for trace metadata.
     model: String,
-    model_sha256: String,
+    /// The model file, kept mapped for its sha256 (computed on first use: 17 GB take seconds).
+    file: Option<GgufFile>,
+    model_sha256: OnceLock<String>,
 }
 
 impl CudaBackend {
@@ -62,7 +65,8 @@ impl CudaBackend {
             weights,
             arena: Arena::default(),
             model: model.to_string(),
-            model_sha256: model_sha256.to_string(),
+            file: None,
+            model_sha256: OnceLock::from(model_sha256.to_string()),
         })
     }
 
@@ -89,7 +93,8 @@ impl CudaBackend {
             weights,
             arena: Arena::default(),
             model: path.display().to_string(),
-            model_sha256: f.sha256_hex(),
+            file: Some(f),
+            model_sha256: OnceLock::new(),
         })
     }
 
@@ -111,26 +116,33 @@ impl Backend for CudaBackend {
     }
 
     fn forward(&mut self, req: &ForwardRequest<'_>) -> Result<Trace> {
-        let faults: Vec<String> = req.faults.iter().map(|f| f.to_string()).collect();
-        let mut dtype =
-            "f32 activations; f32 FMA matmul accumulation; f64 norms, softmax, RoPE".to_string();
-        if !faults.is_empty() {
-            dtype.push_str(&format!("; faults: {}", faults.join(" ")));
-        }
-        if req.teacher.is_some() {
-            dtype.push_str("; teacher-forced");
-        }
-        let meta = TraceMeta {
+        let sha = self
+            .model_sha256
+            .get_or_init(|| {
+                self.file
+                    .as_ref()
+                    .map(|f| f.sha256_hex())
+                    .unwrap_or_default()
+            })
+            .clone();
+        let mut meta = TraceMeta {
             backend: "cuda".into(),
             model: self.model.clone(),
-            model_sha256: self.model_sha256.clone(),
+            model_sha256: sha,
             tokens: req.tokens.to_vec(),
             plan: req.plan.to_string(),
-            dtype,
-            extra: [("device".to_string(), self.dev.description.clone())]
-                .into_iter()
-                .collect(),
+            dtype: "f32 activations; weights decoded in the matmuls; f32 FMA dot products; f64 norms, softmax, RoPE, SiLU, expert combine".into(),
+            extra: Default::default(),
         };
+        meta.extra
+            .insert("device".into(), self.dev.description.clone());
+        if !req.faults.is_empty() {
+            let f: Vec<String> = req.faults.iter().map(|f| f.to_string()).collect();
+            meta.extra.insert("faults".into(), f.join(" "));
+        }
+        if req.teacher.is_some() {
+            meta.extra.insert("teacher_forced".into(), "true".into());
+        }
         forward::forward(&self.dev, &self.weights, req, &mut self.arena, meta)
     }
 }

@@ -86,17 +86,20 @@ extern "C" __global__ void set_nan(float* __restrict__ x, i64 idx) {
     if (blockIdx.x == 0 && threadIdx.x == 0) x[idx] = __int_as_float(0x7fc00000);
 }
 
-// Planted act_q8_rounding: every 32 consecutive values of the flat buffer (a trailing partial
-// block over its own length) become Q8_0 levels, as ggml's quantize_row_q8_0_ref followed by
-// dequantize_row_q8_0: d = amax/127, q = roundf(x * (1/d)) (0 when d == 0), value = q * f16(d).
-// amax follows C's MAX macro (NaN handling included); the int8 conversion saturates and maps
-// NaN to 0, as Rust's `as i8` does on the CPU side.
+// Planted act_q8_rounding: each row of K values is rounded in blocks of 32 (a trailing partial
+// block over its own length), as ggml's quantize_row_q8_0_ref followed by dequantize_row_q8_0:
+// d = amax/127, q = roundf(x * (1/d)) (0 when d == 0), value = q * f16(d). amax follows C's
+// MAX macro (NaN handling included); the int8 conversion saturates and maps NaN to 0, as
+// Rust's `as i8` does on the CPU side. One thread per (row, block).
 extern "C" __global__ void round_q8_0(const float* __restrict__ x, float* __restrict__ y,
-                                      i64 n) {
+                                      int rows, int K) {
+    int per_row = (K + 31) / 32;
     i64 blk = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    i64 i0 = blk * 32;
-    if (i0 >= n) return;
-    int len = (int)min((i64)32, n - i0);
+    if (blk >= (i64)rows * per_row) return;
+    i64 row = blk / per_row;
+    int b = (int)(blk % per_row);
+    i64 i0 = row * K + (i64)b * 32;
+    int len = min(32, K - b * 32);
     float amax = 0.0f;
     for (int j = 0; j < len; ++j) {
         float a = fabsf(x[i0 + j]);

@@ -1,0 +1,270 @@
+//! Attention kernels: NeoX RoPE, causal softmax probabilities with grouped-query heads, and the
+//! probability-weighted sum of values.
+//!
+//! Layouts follow DESIGN.md: q/k/v are `[T, heads, D]`, probabilities `[nh, T, T]`, the context
+//! `[T, nh·D]`. Query head `h` reads kv head `h / (nh / nkv)`.
+
+use rayon::prelude::*;
+
+use super::ops::{Precision, dot, softmax_in_place};
+
+/// Shape of one attention call.
+#[derive(Copy, Clone, Debug)]
+pub struct AttnShape {
+    pub t: usize,
+    pub nh: usize,
+    pub nkv: usize,
+    pub d: usize,
+}
+
+impl AttnShape {
+    /// kv head read by query head `h`.
+    fn kv_head(&self, h: usize) -> usize {
+        h / (self.nh / self.nkv).max(1)
+    }
+}
+
+/// How RoPE pairs the dimensions of a head.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum RopePairing {
+    /// Qwen3 / NeoX: (j, j + D/2).
+    NeoX,
+    /// The planted fault: adjacent (2j, 2j+1) rotated by the same angle index j.
+    Adjacent,
+}
+
+/// Rotate every head of `x` (`[T, heads, D]`) by its position's angles. `inv_freq[j] =
+/// theta^(-2j/D)` and `angle = pos · inv_freq[j]` are computed in f64 (position = token index),
+/// then the rotation runs in `p`.
+pub fn rope(
+    x: &[f32],
+    t: usize,
+    d: usize,
+    theta: f32,
+    pairing: RopePairing,
+    p: Precision,
+) -> Vec<f32> {
+    let mut out = x.to_vec();
+    let half = d / 2;
+    if d == 0 || t == 0 {
+        return out;
+    }
+    let heads = x.len() / (t * d);
+    let inv_freq: Vec<f64> = (0..half)
+        .map(|j| (theta as f64).powf(-((2 * j) as f64) / d as f64))
+        .collect();
+    for pos in 0..t {
+        let cs: Vec<(f64, f64)> = inv_freq
+            .iter()
+            .map(|f| {
+                let a = pos as f64 * f;
+                (a.cos(), a.sin())
+            })
+            .collect();
+        for h in 0..heads {
+            let base = (pos * heads + h) * d;
+            for (j, &(c, s)) in cs.iter().enumerate() {
+                let (i1, i2) = match pairing {
+                    RopePairing::NeoX => (base + j, base + j + half),
+                    RopePairing::Adjacent => (base + 2 * j, base + 2 * j + 1),
+                };
+                let (x1, x2) = (x[i1], x[i2]);
+                let (y1, y2) = match p {
+                    Precision::F64 => {
+                        let (x1, x2) = (x1 as f64, x2 as f64);
+                        ((x1 * c - x2 * s) as f32, (x2 * c + x1 * s) as f32)
+                    }
+                    Precision::F32 => {
+                        let (c, s) = (c as f32, s as f32);
+                        (x1 * c - x2 * s, x2 * c + x1 * s)
+                    }
+                };
+                out[i1] = y1;
+                out[i2] = y2;
+            }
+        }
+    }
+    out
+}
+
+/// Last key position query `t` may see: `t` with a correct causal mask, `t + lookahead` (capped
+/// at T-1) with the planted off-by-one.
+fn last_key(t: usize, n: usize, lookahead: usize) -> usize {
+    (t + lookahead).min(n - 1)
+}
+
+/// `softmax(q·kᵀ/√D + causal mask)` as `[nh, T, T]`; masked entries are exactly 0.
+pub fn attn_probs(q: &[f32], k: &[f32], s: AttnShape, lookahead: usize, p: Precision) -> Vec<f32> {
+    let AttnShape { t, nh, nkv, d } = s;
+    let mut probs = vec![0f32; nh * t * t];
+    if t == 0 {
+        return probs;
+    }
+    let scale = 1.0 / (d as f64).sqrt();
+    probs.par_chunks_mut(t * t).enumerate().for_each(|(h, ph)| {
+        let kh = s.kv_head(h);
+        for (qi, row) in ph.chunks_exact_mut(t).enumerate() {
+            let qv = &q[(qi * nh + h) * d..][..d];
+            let end = last_key(qi, t, lookahead) + 1;
+            for (ki, o) in row[..end].iter_mut().enumerate() {
+                let kv = &k[(ki * nkv + kh) * d..][..d];
+                let raw = dot(qv, kv, p);
+                *o = match p {
+                    Precision::F64 => (raw * scale) as f32,
+                    Precision::F32 => raw as f32 * scale as f32,
+                };
+            }
+            softmax_in_place(&mut row[..end], p);
+        }
+    });
+    probs
+}
+
+/// `ctx[t, h·D + j] = Σ_s probs[h, t, s] · v[s, kv(h), j]` over the positions the mask let in
+/// (a masked position is skipped, not multiplied by 0, so a NaN there cannot leak backwards).
+pub fn attn_ctx(
+    probs: &[f32],
+    v: &[f32],
+    s: AttnShape,
+    lookahead: usize,
+    p: Precision,
+) -> Vec<f32> {
+    let AttnShape { t, nh, nkv, d } = s;
+    let mut ctx = vec![0f32; t * nh * d];
+    if t == 0 {
+        return ctx;
+    }
+    ctx.par_chunks_mut(nh * d)
+        .enumerate()
+        .for_each(|(qi, row)| {
+            let end = last_key(qi, t, lookahead) + 1;
+            for h in 0..nh {
+                let kh = s.kv_head(h);
+                let ph = &probs[(h * t + qi) * t..][..end];
+                for (j, o) in row[h * d..(h + 1) * d].iter_mut().enumerate() {
+                    *o = match p {
+                        Precision::F64 => {
+                            let mut acc = 0f64;
+                            for (si, &w) in ph.iter().enumerate() {
+                                acc += w as f64 * v[(si * nkv + kh) * d + j] as f64;
+                            }
+                            acc as f32
+                        }
+                        Precision::F32 => {
+                            let mut acc = 0f32;
+                            for (si, &w) in ph.iter().enumerate() {
+                                acc += w * v[(si * nkv + kh) * d + j];
+                            }
+                            acc
+                        }
+                    };
+                }
+            }
+        });
+    ctx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vals(n: usize, seed: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i + seed) * 7919 % 211) as f32 - 105.0) / 60.0)
+            .collect()
+    }
+
+    #[test]
+    fn rope_neox_matches_rotate_half() {
+        let (t, heads, d, theta) = (3, 2, 8, 10000.0f32);
+        let x = vals(t * heads * d, 1);
+        let y = rope(&x, t, d, theta, RopePairing::NeoX, Precision::F64);
+        for pos in 0..t {
+            for h in 0..heads {
+                for j in 0..d / 2 {
+                    let a = pos as f64 * (theta as f64).powf(-(2.0 * j as f64) / d as f64);
+                    let b = (pos * heads + h) * d;
+                    let (x1, x2) = (x[b + j] as f64, x[b + j + d / 2] as f64);
+                    assert!((y[b + j] as f64 - (x1 * a.cos() - x2 * a.sin())).abs() < 1e-6);
+                    assert!((y[b + j + d / 2] as f64 - (x2 * a.cos() + x1 * a.sin())).abs() < 1e-6);
+                }
+            }
+        }
+        // position 0 is the identity
+        assert_eq!(&y[..heads * d], &x[..heads * d]);
+        let z = rope(&x, t, d, theta, RopePairing::Adjacent, Precision::F64);
+        assert_eq!(&z[..heads * d], &x[..heads * d]);
+        assert_ne!(z, y);
+    }
+
+    /// Naive reference: full score matrix with -inf mask, GQA by head repetition.
+    fn naive(q: &[f32], k: &[f32], v: &[f32], s: AttnShape) -> (Vec<f64>, Vec<f64>) {
+        let AttnShape { t, nh, nkv, d } = s;
+        let rep = nh / nkv;
+        let mut probs = vec![0f64; nh * t * t];
+        let mut ctx = vec![0f64; t * nh * d];
+        for h in 0..nh {
+            for i in 0..t {
+                let sc: Vec<f64> = (0..t)
+                    .map(|j| {
+                        if j > i {
+                            f64::NEG_INFINITY
+                        } else {
+                            (0..d)
+                                .map(|x| {
+                                    q[(i * nh + h) * d + x] as f64
+                                        * k[(j * nkv + h / rep) * d + x] as f64
+                                })
+                                .sum::<f64>()
+                                / (d as f64).sqrt()
+                        }
+                    })
+                    .collect();
+                let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = sc.iter().map(|x| (x - m).exp()).collect();
+                let z: f64 = e.iter().sum();
+                for j in 0..t {
+                    probs[(h * t + i) * t + j] = e[j] / z;
+                    for x in 0..d {
+                        ctx[i * nh * d + h * d + x] +=
+                            e[j] / z * v[(j * nkv + h / rep) * d + x] as f64;
+                    }
+                }
+            }
+        }
+        (probs, ctx)
+    }
+
+    #[test]
+    fn probs_and_ctx_match_naive_gqa() {
+        let s = AttnShape {
+            t: 5,
+            nh: 4,
+            nkv: 2,
+            d: 6,
+        };
+        let q = vals(s.t * s.nh * s.d, 3);
+        let k = vals(s.t * s.nkv * s.d, 5);
+        let v = vals(s.t * s.nkv * s.d, 7);
+        let (np, nc) = naive(&q, &k, &v, s);
+        for p in [Precision::F64, Precision::F32] {
+            let probs = attn_probs(&q, &k, s, 0, p);
+            let ctx = attn_ctx(&probs, &v, s, 0, p);
+            for (a, b) in probs.iter().zip(&np) {
+                assert!((*a as f64 - b).abs() < 1e-6, "{p:?}");
+                if *b == 0.0 {
+                    assert_eq!(*a, 0.0);
+                }
+            }
+            for (a, b) in ctx.iter().zip(&nc) {
+                assert!((*a as f64 - b).abs() < 1e-5, "{p:?}");
+            }
+        }
+        // off-by-one mask: position 0 now sees position 1
+        let probs = attn_probs(&q, &k, s, 1, Precision::F64);
+        assert!(probs[1] > 0.0);
+        assert_eq!(probs[2], 0.0);
+        let last = (s.t - 1) * s.t;
+        assert!((probs[last..last + s.t].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    }
+}

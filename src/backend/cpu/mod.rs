@@ -1,0 +1,137 @@
+//! The CPU reference backend: a batched, traced forward of `qwen3moe` and `qwen3` GGUF models.
+//!
+//! Correct before fast: weights are dequantized to f32 row chunk by row chunk (never the whole
+//! model), every reduction accumulates in f64 by default ([`Precision::F32`] measures the f32
+//! noise floor), activations between stages are f32. The whole prompt runs at once; every stage
+//! of DESIGN.md's vocabulary is computed by a function of the same name in [`qwen3`] /
+//! [`qwen3moe`], and copied out only when the capture plan wants it.
+//!
+//! Files: `ops` (dot, RMSNorm, softmax, top-k), `matmul` (batched quantized matmul),
+//! `attention` (RoPE, causal GQA attention), `pass` (capture plan, planted faults, teacher
+//! forcing), `qwen3` (the forward chain), `qwen3moe` (the expert FFN).
+
+pub mod attention;
+pub mod matmul;
+pub mod ops;
+mod pass;
+mod qwen3;
+mod qwen3moe;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+pub use ops::Precision;
+
+use crate::backend::{Backend, ForwardRequest};
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+use crate::model::gguf::GgufFile;
+use crate::model::weights::Qwen3Weights;
+use crate::trace::trace::{Trace, TraceMeta};
+
+pub struct CpuBackend {
+    path: PathBuf,
+    file: GgufFile,
+    config: ModelConfig,
+    precision: Precision,
+    sha256: OnceLock<String>,
+}
+
+impl CpuBackend {
+    /// Map the model, read its configuration and check that every weight is there with the
+    /// right shape and a decodable layout.
+    pub fn open(path: &Path) -> Result<CpuBackend> {
+        let file = GgufFile::open(path)?;
+        let config = ModelConfig::from_gguf(&file)?;
+        Qwen3Weights::load(&file, &config)?;
+        Ok(CpuBackend {
+            path: path.to_path_buf(),
+            file,
+            config,
+            precision: Precision::F64,
+            sha256: OnceLock::new(),
+        })
+    }
+
+    pub fn with_precision(mut self, precision: Precision) -> CpuBackend {
+        self.precision = precision;
+        self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn dtype_note(&self) -> String {
+        format!(
+            "{} accumulation, f32 activations, weights dequantized to f32",
+            self.precision.name()
+        )
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::input("empty prompt: give at least one token"));
+        }
+        if let Some((pos, id)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, t)| **t as usize >= self.config.vocab)
+        {
+            return Err(Error::input(format!(
+                "token id {id} at position {pos} is out of range: {} has a vocabulary of {}",
+                self.path.display(),
+                self.config.vocab
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &str {
+        "cpu"
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "cpu reference ({}; {} threads)",
+            self.dtype_note(),
+            rayon::current_num_threads()
+        )
+    }
+
+    fn forward(&mut self, req: &ForwardRequest<'_>) -> Result<Trace> {
+        self.check_tokens(req.tokens)?;
+        let weights = Qwen3Weights::load(&self.file, &self.config)?;
+        pass::check_faults(req.faults, &self.config, &weights)?;
+        let mut pass = pass::Pass::new(req, &self.config, self.precision);
+        qwen3::forward(&mut pass, &weights, req.tokens)?;
+        let mut meta = TraceMeta {
+            backend: "cpu".into(),
+            model: self.path.display().to_string(),
+            model_sha256: self.sha256.get_or_init(|| self.file.sha256_hex()).clone(),
+            tokens: req.tokens.to_vec(),
+            plan: req.plan.to_string(),
+            dtype: self.dtype_note(),
+            extra: Default::default(),
+        };
+        meta.extra
+            .insert("precision".into(), self.precision.name().into());
+        if !req.faults.is_empty() {
+            let f: Vec<String> = req.faults.iter().map(|f| f.to_string()).collect();
+            meta.extra.insert("faults".into(), f.join(" "));
+        }
+        if req.teacher.is_some() {
+            meta.extra.insert("teacher_forced".into(), "true".into());
+        }
+        Ok(Trace {
+            meta,
+            tensors: pass.captured,
+        })
+    }
+}

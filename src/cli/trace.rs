@@ -1,0 +1,121 @@
+//! `falsifier trace MODEL.gguf --backend cpu|cuda --tokens 1,2,3 [--stages LIST|all]
+//! [--layers A..B] --out TRACE.safetensors [--fault SPEC]... [--precision f64|f32]
+//! [--teacher TRACE.safetensors]`: run one traced forward and write its trace.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use super::Outcome;
+use crate::backend::cpu::{CpuBackend, Precision};
+use crate::backend::{Backend, Fault, ForwardRequest};
+use crate::error::{Error, Result};
+use crate::trace::io::{read_trace, write_trace};
+use crate::trace::plan::CapturePlan;
+use crate::trace::trace::Trace;
+
+#[derive(Args, Debug, Clone)]
+pub struct TraceArgs {
+    /// The model (GGUF, qwen3moe or qwen3).
+    pub model: PathBuf,
+    /// Which forward runs it: cpu (the reference) or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Prompt token ids, comma-separated.
+    #[arg(long)]
+    pub tokens: String,
+    /// Stages to capture: a comma-separated list of stage names, or `all`.
+    #[arg(long, default_value = "all")]
+    pub stages: String,
+    /// Layers to capture: `all`, `A..B`, `A..=B` or `i,j,k`.
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// Where to write the trace (safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Plant a fault, e.g. `nan[0]@layer.1.ffn_out` (repeatable).
+    #[arg(long = "fault")]
+    pub faults: Vec<String>,
+    /// Accumulation precision of the CPU reference.
+    #[arg(long, default_value = "f64")]
+    pub precision: String,
+    /// Teacher forcing: start every layer from this trace's input to it.
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+}
+
+/// Parse `1,2,3` (spaces allowed).
+pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<u32>().map_err(|_| {
+                Error::input(format!(
+                    "--tokens: item {i} `{s}` is not a token id (a non-negative integer)"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Open the backend named on the command line.
+fn open_backend(args: &TraceArgs) -> Result<Box<dyn Backend>> {
+    let precision: Precision = args
+        .precision
+        .parse()
+        .map_err(|e: String| Error::input(format!("--precision: {e}")))?;
+    match args.backend.as_str() {
+        "cpu" => Ok(Box::new(
+            CpuBackend::open(&args.model)?.with_precision(precision),
+        )),
+        "cuda" => Ok(Box::new(crate::backend::cuda::CudaBackend::open(
+            &args.model,
+            0,
+        )?)),
+        other => Err(Error::input(format!(
+            "--backend: unknown backend `{other}` (use cpu or cuda)"
+        ))),
+    }
+}
+
+/// Run the forward the arguments describe and return its trace (without writing it).
+pub fn trace(args: &TraceArgs) -> Result<Trace> {
+    let tokens = parse_tokens(&args.tokens)?;
+    let plan = CapturePlan::parse(&args.stages, args.layers.as_deref()).map_err(Error::input)?;
+    let faults: Vec<Fault> = args
+        .faults
+        .iter()
+        .map(|f| {
+            f.parse()
+                .map_err(|e: String| Error::input(format!("--fault: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    let teacher = args.teacher.as_deref().map(read_trace).transpose()?;
+    let mut backend = open_backend(args)?;
+    let req = ForwardRequest {
+        tokens: &tokens,
+        plan: &plan,
+        teacher: teacher.as_ref(),
+        faults: &faults,
+    };
+    backend.forward(&req)
+}
+
+pub fn run(args: &TraceArgs) -> Result<Outcome> {
+    let start = Instant::now();
+    let trace = trace(args)?;
+    write_trace(&args.out, &trace)?;
+    println!(
+        "traced {} stages ({:.1} MB) of {} tokens with {} in {:.2?} -> {}",
+        trace.tensors.len(),
+        trace.nbytes() as f64 / 1e6,
+        trace.meta.tokens.len(),
+        args.backend,
+        start.elapsed(),
+        args.out.display()
+    );
+    Ok(Outcome::Holds)
+}
