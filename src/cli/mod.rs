@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod gen_model;
 mod stages;
 pub mod trace;
 
@@ -35,6 +36,8 @@ pub enum Command {
     Stages,
     /// Run one traced forward and write its trace (safetensors).
     Trace(Box<trace::TraceArgs>),
+    /// Write a deterministic synthetic model (GGUF) from a preset shape and a seed.
+    GenModel(Box<gen_model::GenModelArgs>),
 }
 
 pub fn main() -> ExitCode {
@@ -42,6 +45,7 @@ pub fn main() -> ExitCode {
     let result: crate::Result<Outcome> = match cli.command {
         Command::Stages => stages::run(),
         Command::Trace(args) => trace::run(&args),
+        Command::GenModel(a) => gen_model::run(&a),
     };
     match result {
         Ok(Outcome::Holds) => ExitCode::SUCCESS,

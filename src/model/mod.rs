@@ -3,6 +3,7 @@
 pub mod config;
 pub mod gguf;
 pub mod quant;
+pub mod synth;
 pub mod weights;
 
 pub use quant::GgmlType;

@@ -50,7 +50,7 @@ fn tokens_of(dir: &str) -> Vec<u32> {
 }
 
 fn run(
-    b: &mut CudaBackend,
+    b: &mut dyn Backend,
     tokens: &[u32],
     plan: &CapturePlan,
     teacher: Option<&Trace>,
@@ -525,5 +525,207 @@ fn q8_rounding_kernel_matches_cpu() {
     want.chunks_mut(k).for_each(round_activations_q8_0);
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g.to_bits(), w.to_bits(), "value {i}: {g} vs {w}");
+    }
+}
+
+/// CPU-vs-CUDA agreement of two traces of the same forward: f32 stages by relative L2 over the
+/// positions both sides hold finite (a NaN planted on both sides must sit at the same places),
+/// i32 stages exactly. Returns the worst error per stage.
+fn compare_backends(
+    name: &str,
+    cuda: &Trace,
+    cpu: &Trace,
+    limit: f64,
+) -> BTreeMap<&'static str, f64> {
+    let mut worst: BTreeMap<&'static str, f64> = BTreeMap::new();
+    let mut failures = Vec::new();
+    assert_eq!(
+        cuda.tensors.keys().collect::<Vec<_>>(),
+        cpu.tensors.keys().collect::<Vec<_>>(),
+        "{name}: the two backends captured different keys"
+    );
+    for (key, want) in &cpu.tensors {
+        let have = &cuda.tensors[key];
+        assert_eq!(have.shape, want.shape, "{name} {key}: shape");
+        let err = match (&have.data, &want.data) {
+            (TensorData::F32(a), TensorData::F32(b)) => {
+                let same_nan = a.iter().zip(b).all(|(x, y)| x.is_nan() == y.is_nan());
+                let (fa, fb): (Vec<f32>, Vec<f32>) = a
+                    .iter()
+                    .zip(b)
+                    .filter(|(x, y)| !x.is_nan() && !y.is_nan())
+                    .map(|(x, y)| (*x, *y))
+                    .unzip();
+                if same_nan {
+                    rel_l2(&fa, &fb)
+                } else {
+                    f64::INFINITY
+                }
+            }
+            (TensorData::I32(a), TensorData::I32(b)) if a == b => 0.0,
+            _ => f64::INFINITY,
+        };
+        let w = worst.entry(key.stage.name()).or_insert(0.0);
+        *w = w.max(err);
+        if err.is_nan() || err > limit {
+            failures.push(format!("{key}: {err:.3e} > {limit:e}"));
+        }
+    }
+    let line: Vec<String> = worst.iter().map(|(s, e)| format!("{s} {e:.1e}")).collect();
+    eprintln!(
+        "{name}: cuda vs cpu(f64), worst per stage: {}",
+        line.join(", ")
+    );
+    assert!(failures.is_empty(), "{name}: {failures:#?}");
+    worst
+}
+
+/// A synthetic model whose rows are whole 256-value super-blocks, so that Q4_K_M gives Q4_K and
+/// Q6_K tensors (and the MoE one Q5_0/Q8_0 fallbacks where llama.cpp's rule says).
+fn synthetic(moe: bool, quant: crate::model::synth::SynthQuant) -> tempfile_path::TempModel {
+    let mut c = crate::model::synth::preset(if moe { "tiny-moe" } else { "tiny-dense" }).unwrap();
+    c.hidden = 256;
+    c.head_dim = 64;
+    c.n_heads = 4;
+    c.n_kv_heads = 2;
+    c.vocab = 512;
+    c.ffn_dim = 512;
+    c.expert_ffn_dim = 256;
+    c.n_layers = 3;
+    assert_eq!(c.is_moe(), moe);
+    let path = std::env::temp_dir().join(format!(
+        "falsifier-cuda-{}-{}-{}.gguf",
+        if moe { "moe" } else { "dense" },
+        quant.name(),
+        std::process::id()
+    ));
+    crate::model::synth::generate(&c, quant, 7, "cuda-test", &path).unwrap();
+    tempfile_path::TempModel(path)
+}
+
+mod tempfile_path {
+    /// A model file removed when dropped.
+    pub struct TempModel(pub std::path::PathBuf);
+    impl Drop for TempModel {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+/// The matmul stage whose weight in `file` is Q6_K, if any (the place for q6k_as_q4k).
+fn q6k_stage(file: &crate::model::gguf::GgufFile, n_layers: usize, moe: bool) -> Option<Key> {
+    let is_q6k = |name: &str| file.tensor(name).is_some_and(|t| t.ty == GgmlType::Q6_K);
+    for l in 0..n_layers {
+        let down = if moe { "ffn_down_exps" } else { "ffn_down" };
+        for (stage, name) in [
+            (Stage::FfnOut, down),
+            (Stage::VProj, "attn_v"),
+            (Stage::QProj, "attn_q"),
+        ] {
+            if is_q6k(&format!("blk.{l}.{name}.weight")) {
+                return Some(Key::layer(l, stage));
+            }
+        }
+    }
+    is_q6k("output.weight").then_some(Key::model(Stage::Logits))
+}
+
+/// CUDA against the CPU reference on every fixture model and on synthetic Q4_K_M / Q8_0 /
+/// Q4_0 / BF16 / F16 models, clean and with each planted fault class on both sides.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_matches_cpu_reference_clean_and_faulted() {
+    use crate::backend::cpu::CpuBackend;
+    use crate::model::synth::SynthQuant;
+    if skip_if_no_device(Device::open(0)).is_none() {
+        return;
+    }
+    let mut models: Vec<(String, PathBuf, Vec<u32>, Option<tempfile_path::TempModel>)> =
+        GOLDEN_SETS
+            .iter()
+            .map(|(dir, model, _)| {
+                (
+                    format!("{dir}/{model}"),
+                    fixture(&format!("{dir}/{model}")),
+                    tokens_of(dir),
+                    None,
+                )
+            })
+            .collect();
+    let prompt: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % 512).collect();
+    for moe in [true, false] {
+        for q in [
+            SynthQuant::Q4_K_M,
+            SynthQuant::Q8_0,
+            SynthQuant::Q4_0,
+            SynthQuant::BF16,
+            SynthQuant::F16,
+        ] {
+            let m = synthetic(moe, q);
+            let name = format!(
+                "synthetic {} {}",
+                if moe { "moe" } else { "dense" },
+                q.name()
+            );
+            models.push((name, m.0.clone(), prompt.clone(), Some(m)));
+        }
+    }
+    let mut summary: BTreeMap<&'static str, f64> = BTreeMap::new();
+    for (name, path, tokens, _keep) in &models {
+        let mut cuda = CudaBackend::open(path, 0).unwrap();
+        let mut cpu = CpuBackend::open(path).unwrap();
+        let moe = cuda.dims().moe;
+        let n_layers = cuda.dims().n_layers;
+        let plan = CapturePlan::all();
+        let c = run(&mut cuda, tokens, &plan, None, &[]);
+        let r = run(&mut cpu, tokens, &plan, None, &[]);
+        for (s, e) in compare_backends(name, &c, &r, F32_REL_L2) {
+            let w = summary.entry(s).or_insert(0.0);
+            *w = w.max(e);
+        }
+        // every fault class, planted on both sides: the candidate must mirror the reference
+        let last = n_layers - 1;
+        let mut faults = vec![
+            format!("nan[7]@layer.{last}.attn_out"),
+            "scale_drift[0.02]@layer.0.q_norm".to_string(),
+            format!("act_q8_rounding@layer.{last}.ffn_out"),
+            "act_q8_rounding@logits".to_string(),
+            "rope_pair_swap@layer.0.q_rope".to_string(),
+            format!("causal_mask_off_by_one@layer.{last}.attn_probs"),
+        ];
+        if moe {
+            faults.push("no_topk_renorm@layer.0.topk_weights".to_string());
+            faults.push("expert_swap[0,3]@layer.1.ffn_out".to_string());
+        }
+        let file = crate::model::gguf::GgufFile::open(path).unwrap();
+        if let Some(key) = q6k_stage(&file, n_layers, moe) {
+            faults.push(format!("q6k_as_q4k@{key}"));
+        }
+        for f in &faults {
+            let fault: Fault = f.parse().unwrap();
+            let c = run(&mut cuda, tokens, &plan, None, &[fault]);
+            let r = run(&mut cpu, tokens, &plan, None, &[fault]);
+            compare_backends(&format!("{name} with {f}"), &c, &r, F32_REL_L2);
+            // at T = 1 RoPE rotates nothing (position 0) and the mask has no next position
+            let silent =
+                tokens.len() == 1 && matches!(fault.stage, Stage::QRope | Stage::AttnProbs);
+            let first = first_difference(&c, &run(&mut cuda, tokens, &plan, None, &[]));
+            if !silent {
+                let want = Key {
+                    layer: fault.layer,
+                    stage: fault.stage,
+                };
+                assert_eq!(first, Some(want), "{name} {f}");
+            }
+        }
+        // teacher forcing from the CPU's trace
+        let c = run(&mut cuda, tokens, &plan, Some(&r), &[]);
+        let rt = run(&mut cpu, tokens, &plan, Some(&r), &[]);
+        compare_backends(&format!("{name} teacher-forced"), &c, &rt, F32_REL_L2);
+    }
+    eprintln!("cuda vs cpu over all models, worst relative L2 per stage:");
+    for (s, e) in &summary {
+        eprintln!("  {s:<14} {e:.3e}");
     }
 }

@@ -1,0 +1,882 @@
+//! Synthetic models: deterministic qwen3moe / qwen3 GGUF files of any shape, from a seed.
+//!
+//! The metadata, tensor names and order, and the byte-level tokenizer mirror the golden GGUF
+//! (fixtures/qwen3moe-tiny, written with gguf-py), so llama.cpp can load what we write. Weights
+//! come from a hand-written PRNG using only integer and basic IEEE arithmetic (no libm), so a
+//! seed gives the same bytes on every machine. Every tensor is cut into slices of whole rows,
+//! each with its own stream seeded from (seed, tensor name, slice index); slices are generated
+//! and quantized in parallel but written in order, so memory stays bounded (a few hundred MB
+//! for the 30B-A3B shape) and the bytes do not depend on the thread count.
+//!
+//! Quantization: `f32`, `f16`, `bf16`, `q8_0` and `q4_0` follow convert_hf_to_gguf / the golden
+//! script (1-D tensors, `*_norm` and `ffn_gate_inp` stay F32; a row that is not whole blocks
+//! falls back to F16). `q4_k_m` follows llama.cpp's `llama_tensor_get_type` for
+//! LLAMA_FTYPE_MOSTLY_Q4_K_M, fallbacks included.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::model::GgmlType;
+use crate::model::config::{Arch, ModelConfig};
+use crate::model::gguf::{GgufWriter, MetaValue};
+use crate::model::quant::quantize::quantize;
+
+/// Values per generated slice (rounded to whole rows, at least one row).
+const SLICE_VALUES: usize = 1 << 20;
+
+/// The quantization schemes the generator writes.
+#[allow(non_camel_case_types)]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SynthQuant {
+    F32,
+    F16,
+    BF16,
+    Q8_0,
+    Q4_0,
+    Q4_K_M,
+}
+
+impl SynthQuant {
+    pub const ALL: [SynthQuant; 6] = [
+        SynthQuant::F32,
+        SynthQuant::F16,
+        SynthQuant::BF16,
+        SynthQuant::Q8_0,
+        SynthQuant::Q4_0,
+        SynthQuant::Q4_K_M,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SynthQuant::F32 => "F32",
+            SynthQuant::F16 => "F16",
+            SynthQuant::BF16 => "BF16",
+            SynthQuant::Q8_0 => "Q8_0",
+            SynthQuant::Q4_0 => "Q4_0",
+            SynthQuant::Q4_K_M => "Q4_K_M",
+        }
+    }
+
+    /// Case-insensitive (`q4_k_m`, `BF16`).
+    pub fn from_name(s: &str) -> Option<SynthQuant> {
+        SynthQuant::ALL
+            .into_iter()
+            .find(|q| q.name().eq_ignore_ascii_case(s))
+    }
+
+    /// llama.cpp's `enum llama_ftype`, written as `general.file_type`.
+    pub fn file_type(self) -> u32 {
+        match self {
+            SynthQuant::F32 => 0,
+            SynthQuant::F16 => 1,
+            SynthQuant::Q4_0 => 2,
+            SynthQuant::Q8_0 => 7,
+            SynthQuant::Q4_K_M => 15,
+            SynthQuant::BF16 => 32,
+        }
+    }
+
+    /// The type most tensors get (convert's target type, or llama-quantize's default).
+    fn base_type(self) -> GgmlType {
+        match self {
+            SynthQuant::F32 => GgmlType::F32,
+            SynthQuant::F16 => GgmlType::F16,
+            SynthQuant::BF16 => GgmlType::BF16,
+            SynthQuant::Q8_0 => GgmlType::Q8_0,
+            SynthQuant::Q4_0 => GgmlType::Q4_0,
+            SynthQuant::Q4_K_M => GgmlType::Q4_K,
+        }
+    }
+}
+
+/// Preset names, for help and error messages.
+pub const PRESETS: [&str; 3] = ["tiny-moe", "tiny-dense", "qwen3-30b-a3b"];
+
+/// The shape of a named preset.
+pub fn preset(name: &str) -> Option<ModelConfig> {
+    let tiny = ModelConfig {
+        arch: Arch::Qwen3Moe,
+        n_layers: 3,
+        hidden: 64,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 32,
+        vocab: 260,
+        rope_theta: 1e6,
+        rms_eps: 1e-6,
+        context_length: 256,
+        ffn_dim: 128,
+        n_experts: 8,
+        n_experts_used: 2,
+        expert_ffn_dim: 32,
+        norm_topk_prob: true,
+    };
+    match name {
+        "tiny-moe" => Some(tiny),
+        "tiny-dense" => Some(ModelConfig {
+            arch: Arch::Qwen3,
+            n_layers: 2,
+            n_experts: 0,
+            n_experts_used: 0,
+            expert_ffn_dim: 0,
+            norm_topk_prob: false,
+            ..tiny
+        }),
+        "qwen3-30b-a3b" => Some(ModelConfig {
+            arch: Arch::Qwen3Moe,
+            n_layers: 48,
+            hidden: 2048,
+            n_heads: 32,
+            n_kv_heads: 4,
+            head_dim: 128,
+            vocab: 151936,
+            rope_theta: 1e7,
+            rms_eps: 1e-6,
+            context_length: 40960,
+            ffn_dim: 6144,
+            n_experts: 128,
+            n_experts_used: 8,
+            expert_ffn_dim: 768,
+            norm_topk_prob: true,
+        }),
+        _ => None,
+    }
+}
+
+/// Check that a (possibly overridden) shape makes a model.
+pub fn check_shape(c: &ModelConfig) -> Result<()> {
+    let bad = |msg: String| Err(Error::input(format!("model shape: {msg}")));
+    let sizes = [
+        ("layers", c.n_layers),
+        ("hidden", c.hidden),
+        ("heads", c.n_heads),
+        ("kv-heads", c.n_kv_heads),
+        ("head-dim", c.head_dim),
+        ("vocab", c.vocab),
+        ("ctx", c.context_length),
+    ];
+    if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+        return bad(format!("--{name} must be positive"));
+    }
+    if !c.n_heads.is_multiple_of(c.n_kv_heads) {
+        return bad(format!(
+            "--kv-heads {} does not divide --heads {}",
+            c.n_kv_heads, c.n_heads
+        ));
+    }
+    if c.is_moe() {
+        if c.n_experts == 0 || c.n_experts_used == 0 || c.expert_ffn_dim == 0 {
+            return bad("--experts, --top-k and --expert-ffn must be positive for MoE".into());
+        }
+        if c.n_experts_used > c.n_experts {
+            return bad(format!(
+                "--top-k {} exceeds --experts {}",
+                c.n_experts_used, c.n_experts
+            ));
+        }
+    } else if c.ffn_dim == 0 {
+        return bad("--ffn must be positive for a dense model".into());
+    }
+    if !(c.rope_theta.is_finite() && c.rope_theta > 0.0) {
+        return bad(format!("--rope-theta {} must be positive", c.rope_theta));
+    }
+    Ok(())
+}
+
+/// ggml type of tensor `name` (ggml `dims`) under `quant`.
+pub fn tensor_type(c: &ModelConfig, quant: SynthQuant, name: &str, dims: &[u64]) -> GgmlType {
+    let row = dims.first().copied().unwrap_or(1);
+    // convert_hf_to_gguf keeps these F32, and llama-quantize does not touch them
+    if dims.len() <= 1 || name.ends_with("_norm.weight") || name.contains(".ffn_gate_inp.") {
+        return GgmlType::F32;
+    }
+    if quant != SynthQuant::Q4_K_M {
+        let t = quant.base_type();
+        // convert_hf_to_gguf falls back to F16 when rows are not whole blocks
+        return if row.is_multiple_of(t.block_values() as u64) {
+            t
+        } else {
+            GgmlType::F16
+        };
+    }
+    q4_k_m_type(c, name, row)
+}
+
+/// llama.cpp's `use_more_bits`: the first and last eighth of the layers, and every third
+/// layer between.
+pub fn use_more_bits(i: usize, n: usize) -> bool {
+    // `i - n / 8` cannot underflow: the first test already took i < n / 8
+    i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
+}
+
+/// `llama_tensor_get_type` for LLAMA_FTYPE_MOSTLY_Q4_K_M (no imatrix, no overrides).
+fn q4_k_m_type(c: &ModelConfig, name: &str, row: u64) -> GgmlType {
+    let layer = name
+        .strip_prefix("blk.")
+        .and_then(|s| s.split('.').next())
+        .and_then(|s| s.parse::<usize>().ok());
+    let more_bits = layer.is_some_and(|i| use_more_bits(i, c.n_layers));
+    let eight_experts = c.n_experts == 8;
+    let mut t = GgmlType::Q4_K;
+    if name == "output.weight" {
+        // Q6_K, or Q8_0 when rows are not whole 256-value super-blocks
+        t = if row.is_multiple_of(GgmlType::Q4_K.block_values() as u64) {
+            GgmlType::Q6_K
+        } else {
+            GgmlType::Q8_0
+        };
+    } else if name == "token_embd.weight" {
+        // the default type
+    } else if name.contains("attn_v.weight") {
+        if more_bits {
+            t = GgmlType::Q6_K;
+        }
+        if eight_experts {
+            t = GgmlType::Q8_0;
+        }
+    } else if name.contains("attn_k.weight") {
+        if eight_experts {
+            t = GgmlType::Q8_0;
+        }
+    } else if name.contains("ffn_down") {
+        if more_bits {
+            t = GgmlType::Q6_K;
+        }
+    } else if name.contains("attn_output.weight") && eight_experts {
+        t = GgmlType::Q5_K;
+    }
+    if !row.is_multiple_of(t.block_values() as u64) {
+        t = match t {
+            GgmlType::Q4_K => GgmlType::Q5_0,
+            GgmlType::Q5_K => GgmlType::Q5_1,
+            GgmlType::Q6_K => GgmlType::Q8_0,
+            other => other,
+        };
+        if !row.is_multiple_of(t.block_values() as u64) {
+            t = GgmlType::F16;
+        }
+    }
+    t
+}
+
+/// splitmix64: a 64-bit PRNG whose every step is integer arithmetic.
+#[derive(Clone)]
+pub struct SplitMix64(u64);
+
+impl SplitMix64 {
+    pub fn new(seed: u64) -> Self {
+        SplitMix64(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// An approximately standard normal value: the Irwin-Hall sum of four 32-bit uniforms,
+    /// centred and scaled to unit variance (bounded by +-2*sqrt(3)). Only adds and multiplies,
+    /// so every machine gets the same value (Box-Muller's ln/cos come from the platform libm).
+    pub fn normal(&mut self) -> f32 {
+        let (a, b) = (self.next_u64(), self.next_u64());
+        let u = |x: u64| x as f64 * (1.0 / 4_294_967_296.0);
+        let s = u(a >> 32) + u(a & 0xffff_ffff) + u(b >> 32) + u(b & 0xffff_ffff);
+        ((s - 2.0) * 1.732_050_807_568_877_2) as f32
+    }
+}
+
+/// FNV-1a, to give each tensor name its own stream.
+fn fnv1a(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Combine two words through splitmix64's finaliser, so nearby inputs give unrelated seeds.
+fn mix(a: u64, b: u64) -> u64 {
+    SplitMix64::new(a ^ b.wrapping_mul(0x2545_f491_4f6c_dd1d)).next_u64()
+}
+
+/// How the values of one tensor are drawn.
+#[derive(Copy, Clone, Debug)]
+enum Init {
+    /// N(0,1)
+    Normal,
+    /// gain * N(0,1) / sqrt(fan_in)
+    Linear { fan_in: u64, gain: f64 },
+    /// 1 + 0.2 * N(0,1): RMSNorm gains away from 1, so a missing multiply shows
+    Norm,
+}
+
+fn init_for(c: &ModelConfig, name: &str, dims: &[u64]) -> Init {
+    let fan_in = dims.first().copied().unwrap_or(1);
+    // residual branches scaled so 48 layers of additions keep the stream's scale
+    let residual = 1.0 / ((2 * c.n_layers) as f64).sqrt();
+    if dims.len() <= 1 || name.ends_with("_norm.weight") {
+        Init::Norm
+    } else if name == "token_embd.weight" {
+        Init::Normal
+    } else if name.contains(".ffn_gate_inp.") {
+        // crisp routing (large top-k margins), like the golden script
+        Init::Linear { fan_in, gain: 2.0 }
+    } else if name.contains(".attn_output.") || name.contains(".ffn_down") {
+        Init::Linear {
+            fan_in,
+            gain: residual,
+        }
+    } else {
+        Init::Linear { fan_in, gain: 1.0 }
+    }
+}
+
+/// One tensor to write: name, ggml dims, type and how to draw it.
+struct Plan {
+    name: String,
+    dims: Vec<u64>,
+    ty: GgmlType,
+    init: Init,
+}
+
+impl Plan {
+    fn row_len(&self) -> usize {
+        self.dims.first().copied().unwrap_or(1) as usize
+    }
+
+    fn n_rows(&self) -> usize {
+        self.dims.iter().skip(1).product::<u64>() as usize
+    }
+
+    fn rows_per_slice(&self) -> usize {
+        (SLICE_VALUES / self.row_len().max(1)).max(1)
+    }
+
+    fn n_slices(&self) -> usize {
+        self.n_rows().div_ceil(self.rows_per_slice())
+    }
+
+    /// Values of slice `k` (rows `k*rows_per_slice ..`), quantized.
+    fn slice(&self, seed: u64, k: usize) -> Result<Vec<u8>> {
+        let rps = self.rows_per_slice();
+        let rows = rps.min(self.n_rows() - k * rps);
+        let mut rng = SplitMix64::new(mix(mix(seed, fnv1a(&self.name)), k as u64));
+        let n = rows * self.row_len();
+        let vals: Vec<f32> = match self.init {
+            Init::Normal => (0..n).map(|_| rng.normal()).collect(),
+            Init::Norm => (0..n).map(|_| 1.0 + 0.2 * rng.normal()).collect(),
+            Init::Linear { fan_in, gain } => {
+                let scale = (gain / (fan_in as f64).sqrt()) as f32;
+                (0..n).map(|_| rng.normal() * scale).collect()
+            }
+        };
+        let mut out = Vec::new();
+        quantize(self.ty, &vals, &mut out)
+            .map_err(|e| e.context(format_args!("tensor '{}'", self.name)))?;
+        Ok(out)
+    }
+}
+
+/// The tensors of model `c` under `quant`, in file order.
+fn plan(c: &ModelConfig, quant: SynthQuant) -> Vec<Plan> {
+    c.expected_tensors()
+        .into_iter()
+        .map(|(name, dims)| Plan {
+            ty: tensor_type(c, quant, &name, &dims),
+            init: init_for(c, &name, &dims),
+            name,
+            dims,
+        })
+        .collect()
+}
+
+/// The metadata the golden script writes (gguf-py's key order), for model `c`.
+fn metadata(c: &ModelConfig, quant: SynthQuant, name: &str) -> Vec<(String, MetaValue)> {
+    let a = c.arch.name();
+    let u = |x: usize| MetaValue::U32(x as u32);
+    let mut kv: Vec<(String, MetaValue)> = Vec::new();
+    let mut put = |k: String, v: MetaValue| kv.push((k, v));
+    put("general.architecture".into(), MetaValue::String(a.into()));
+    put("general.type".into(), MetaValue::String("model".into()));
+    put("general.name".into(), MetaValue::String(name.into()));
+    put(format!("{a}.block_count"), u(c.n_layers));
+    put(format!("{a}.context_length"), u(c.context_length));
+    put(format!("{a}.embedding_length"), u(c.hidden));
+    put(format!("{a}.feed_forward_length"), u(c.ffn_dim));
+    put(format!("{a}.attention.head_count"), u(c.n_heads));
+    put(format!("{a}.attention.head_count_kv"), u(c.n_kv_heads));
+    put(format!("{a}.rope.freq_base"), MetaValue::F32(c.rope_theta));
+    put(
+        format!("{a}.attention.layer_norm_rms_epsilon"),
+        MetaValue::F32(c.rms_eps),
+    );
+    if c.is_moe() {
+        put(format!("{a}.expert_count"), u(c.n_experts));
+        put(format!("{a}.expert_used_count"), u(c.n_experts_used));
+        put(
+            format!("{a}.expert_feed_forward_length"),
+            u(c.expert_ffn_dim),
+        );
+    }
+    put(format!("{a}.attention.key_length"), u(c.head_dim));
+    put(format!("{a}.attention.value_length"), u(c.head_dim));
+    put(
+        "general.file_type".into(),
+        MetaValue::U32(quant.file_type()),
+    );
+    put("general.quantization_version".into(), MetaValue::U32(2));
+    for (k, v) in tokenizer(c) {
+        put(k, v);
+    }
+    kv
+}
+
+/// GPT-2 `bytes_to_unicode`: printable bytes stand for themselves, the rest map to U+0100 on.
+fn bytes_to_unicode() -> Vec<char> {
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let mut n = 0;
+    (0..256u32)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).unwrap_or('?')
+            } else {
+                n += 1;
+                char::from_u32(255 + n).unwrap_or('?')
+            }
+        })
+        .collect()
+}
+
+/// The golden script's byte-level tokenizer: token b is byte b, then `<|endoftext|>`,
+/// `<|im_start|>`, `<|im_end|>`, the merged token "ĠĠ" (llama.cpp needs a merge for gpt2), and
+/// `<|extra_N|>` controls up to the vocabulary size. Below 260 tokens: tokenizer "none".
+fn tokenizer(c: &ModelConfig) -> Vec<(String, MetaValue)> {
+    const NORMAL: i32 = 1;
+    const CONTROL: i32 = 3;
+    let s = |x: &str| MetaValue::String(x.to_string());
+    if c.vocab < 260 {
+        return vec![
+            ("tokenizer.ggml.model".into(), s("none")),
+            (
+                format!("{}.vocab_size", c.arch.name()),
+                MetaValue::U32(c.vocab as u32),
+            ),
+        ];
+    }
+    let b2u = bytes_to_unicode();
+    let mut tokens: Vec<MetaValue> = b2u
+        .iter()
+        .map(|ch| MetaValue::String(ch.to_string()))
+        .collect();
+    for t in ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "ĠĠ"] {
+        tokens.push(s(t));
+    }
+    tokens.extend((0..c.vocab - 260).map(|j| MetaValue::String(format!("<|extra_{j}|>"))));
+    let mut types = vec![NORMAL; 256];
+    types.extend([CONTROL, CONTROL, CONTROL, NORMAL]);
+    types.resize(c.vocab, CONTROL);
+    vec![
+        ("tokenizer.ggml.model".into(), s("gpt2")),
+        ("tokenizer.ggml.pre".into(), s("qwen2")),
+        ("tokenizer.ggml.tokens".into(), MetaValue::Array(tokens)),
+        (
+            "tokenizer.ggml.token_type".into(),
+            MetaValue::Array(types.into_iter().map(MetaValue::I32).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            MetaValue::Array(vec![s("Ġ Ġ")]),
+        ),
+        ("tokenizer.ggml.eos_token_id".into(), MetaValue::U32(256)),
+        (
+            "tokenizer.ggml.padding_token_id".into(),
+            MetaValue::U32(256),
+        ),
+        (
+            "tokenizer.ggml.add_bos_token".into(),
+            MetaValue::Bool(false),
+        ),
+    ]
+}
+
+/// What `generate` wrote.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub bytes: u64,
+    pub n_params: u64,
+    pub n_tensors: usize,
+    /// Tensors per ggml type, in order of first use.
+    pub types: Vec<(GgmlType, usize)>,
+    pub elapsed: Duration,
+}
+
+/// Write a synthetic model of shape `c` to `out`, quantized with `quant`, weights drawn from
+/// `seed`. `name` goes into `general.name`. Shows a progress bar on a terminal once writing
+/// takes more than a second.
+pub fn generate(
+    c: &ModelConfig,
+    quant: SynthQuant,
+    seed: u64,
+    name: &str,
+    out: &Path,
+) -> Result<Summary> {
+    check_shape(c)?;
+    let start = Instant::now();
+    let plans = plan(c, quant);
+    let mut w = GgufWriter::new();
+    for (k, v) in metadata(c, quant, name) {
+        w.add_kv(&k, v);
+    }
+    for p in &plans {
+        w.add_tensor(&p.name, p.dims.clone(), p.ty)?;
+    }
+    let total = w.file_len()?;
+    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>28} [{bar:40}] {bytes}/{total_bytes} ({eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut shown = false;
+    // slices generated at once: enough to keep every core busy, few enough to bound memory
+    let batch = rayon::current_num_threads().max(1) * 2;
+    w.write_file(out, |i, sink| {
+        let p = &plans[i];
+        bar.set_message(p.name.clone());
+        let n = p.n_slices();
+        let mut k = 0;
+        while k < n {
+            let end = (k + batch).min(n);
+            let chunks: Vec<Result<Vec<u8>>> =
+                (k..end).into_par_iter().map(|j| p.slice(seed, j)).collect();
+            for chunk in chunks {
+                let chunk = chunk?;
+                sink.write_all(&chunk)
+                    .map_err(|e| Error::io(out, "writing tensor data", e))?;
+                bar.inc(chunk.len() as u64);
+            }
+            if !shown && start.elapsed() > Duration::from_secs(1) {
+                bar.set_draw_target(ProgressDrawTarget::stderr());
+                shown = true;
+            }
+            k = end;
+        }
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    let mut types: Vec<(GgmlType, usize)> = Vec::new();
+    for p in &plans {
+        match types.iter_mut().find(|(t, _)| *t == p.ty) {
+            Some((_, n)) => *n += 1,
+            None => types.push((p.ty, 1)),
+        }
+    }
+    Ok(Summary {
+        bytes: total,
+        n_params: plans.iter().map(|p| p.dims.iter().product::<u64>()).sum(),
+        n_tensors: plans.len(),
+        types,
+        elapsed: start.elapsed(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::gguf::GgufFile;
+    use crate::model::quant::dequantize;
+    use std::path::PathBuf;
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("falsifier-synth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    fn golden() -> GgufFile {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf");
+        GgufFile::open(&p).unwrap()
+    }
+
+    fn values(f: &GgufFile, name: &str) -> Vec<f32> {
+        let t = f.tensor(name).unwrap();
+        let mut out = vec![0f32; t.n_elements() as usize];
+        dequantize(t.ty, f.tensor_data(t), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn same_seed_same_bytes() {
+        let c = preset("tiny-moe").unwrap();
+        let (a, b, d) = (tmp("a.gguf"), tmp("b.gguf"), tmp("d.gguf"));
+        generate(&c, SynthQuant::Q4_K_M, 7, "t", &a).unwrap();
+        generate(&c, SynthQuant::Q4_K_M, 7, "t", &b).unwrap();
+        generate(&c, SynthQuant::Q4_K_M, 8, "t", &d).unwrap();
+        let (a, b, d) = (
+            std::fs::read(a).unwrap(),
+            std::fs::read(b).unwrap(),
+            std::fs::read(d).unwrap(),
+        );
+        assert!(a == b, "same seed, different bytes");
+        assert_eq!(a.len(), d.len());
+        assert!(a != d, "different seeds, same bytes");
+    }
+
+    /// Pins the generator's stream: a change to the PRNG, seeding, slicing or the writer
+    /// changes these, and so does a machine whose arithmetic differs.
+    #[test]
+    fn prng_is_pinned() {
+        let path = tmp("pinned.gguf");
+        generate(
+            &preset("tiny-moe").unwrap(),
+            SynthQuant::F32,
+            1,
+            "pinned",
+            &path,
+        )
+        .unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        assert_eq!(
+            f.sha256_hex(),
+            "c2ce8abb6be5cb54f371692eca81e91f9d91ed7da0dae18081f97620854cc5fa"
+        );
+        std::fs::remove_file(&path).unwrap();
+        let mut r = SplitMix64::new(0);
+        // splitmix64's published first output for seed 0
+        assert_eq!(r.next_u64(), 0xe220_a839_7b1d_cdaf);
+        let xs: Vec<f32> = (0..20000).map(|_| r.normal()).collect();
+        let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len() as f64;
+        let var = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / xs.len() as f64;
+        assert!(
+            mean.abs() < 0.02 && (var - 1.0).abs() < 0.03,
+            "mean {mean} var {var}"
+        );
+        assert!(xs.iter().all(|x| x.abs() <= 3.4642));
+    }
+
+    #[test]
+    fn tiny_presets_load_and_mirror_the_golden_file() {
+        let g = golden();
+        for p in ["tiny-moe", "tiny-dense"] {
+            let c = preset(p).unwrap();
+            for q in SynthQuant::ALL {
+                let path = tmp(&format!("{p}-{}.gguf", q.name()));
+                let s = generate(&c, q, 1, "x", &path).unwrap();
+                let f = GgufFile::open(&path).unwrap();
+                // the map keeps the data readable after the unlink
+                std::fs::remove_file(&path).unwrap();
+                assert_eq!(f.file_len(), s.bytes);
+                let got = ModelConfig::from_gguf(&f).unwrap();
+                assert_eq!(got, c, "{p} {q:?}");
+                got.validate_tensors(&f).unwrap();
+                assert_eq!(
+                    f.get("general.file_type").unwrap().as_u64(),
+                    Some(q.file_type() as u64)
+                );
+                if p == "tiny-moe" {
+                    // the golden file's keys, in its order, with its tokenizer
+                    let keys: Vec<_> = f.metadata().iter().map(|(k, _)| k).collect();
+                    let want: Vec<_> = g.metadata().iter().map(|(k, _)| k).collect();
+                    assert_eq!(keys, want);
+                    for (k, v) in g.metadata() {
+                        if k != "general.name" && k != "general.file_type" {
+                            assert_eq!(f.get(k), Some(v), "{k}");
+                        }
+                    }
+                    let names: Vec<_> = f.tensors().iter().map(|t| (&t.name, &t.dims)).collect();
+                    let want: Vec<_> = g.tensors().iter().map(|t| (&t.name, &t.dims)).collect();
+                    assert_eq!(names, want);
+                }
+                for t in f.tensors() {
+                    let v = values(&f, &t.name);
+                    assert!(v.iter().all(|x| x.is_finite()), "{}", t.name);
+                    let (norm, gate) = (
+                        t.name.ends_with("_norm.weight"),
+                        t.name.contains("gate_inp"),
+                    );
+                    if norm || gate || q == SynthQuant::F32 {
+                        assert_eq!(t.ty, GgmlType::F32, "{}", t.name);
+                    }
+                    let mean = v.iter().map(|&x| x as f64).sum::<f64>() / v.len() as f64;
+                    let rms = (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64)
+                        .sqrt();
+                    let want_rms = match init_for(&c, &t.name, &t.dims) {
+                        Init::Normal => 1.0,
+                        Init::Norm => (1.0f64 + 0.04).sqrt(),
+                        Init::Linear { fan_in, gain } => gain / (fan_in as f64).sqrt(),
+                    };
+                    // 4-bit blocks add noise; the scale must still be right within 20%
+                    assert!(
+                        (rms / want_rms - 1.0).abs() < 0.2,
+                        "{} rms {rms} want {want_rms}",
+                        t.name
+                    );
+                    if !norm {
+                        assert!(mean.abs() < 0.2 * want_rms, "{} mean {mean}", t.name);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q4_k_m_mix_follows_llama_cpp() {
+        // hidden 256 (whole super-blocks), q rows of 128 (attn_output falls back), expert
+        // rows of 96 (ffn_down_exps falls back), 4 experts (no 8-expert rule), 8 layers
+        let c = ModelConfig {
+            n_layers: 8,
+            hidden: 256,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 32,
+            n_experts: 4,
+            expert_ffn_dim: 96,
+            ..preset("tiny-moe").unwrap()
+        };
+        let more: Vec<usize> = (0..8).filter(|&i| use_more_bits(i, 8)).collect();
+        assert_eq!(more, [0, 3, 6, 7]);
+        let path = tmp("mix.gguf");
+        generate(&c, SynthQuant::Q4_K_M, 3, "mix", &path).unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let ty = |n: &str| f.tensor(n).unwrap().ty;
+        use GgmlType::*;
+        assert_eq!(ty("token_embd.weight"), Q4_K);
+        assert_eq!(ty("output.weight"), Q6_K);
+        assert_eq!(ty("output_norm.weight"), F32);
+        for i in 0..8 {
+            let b = |s: &str| ty(&format!("blk.{i}.{s}.weight"));
+            let hi = more.contains(&i);
+            assert_eq!(b("attn_q"), Q4_K);
+            assert_eq!(b("attn_k"), Q4_K);
+            assert_eq!(b("attn_v"), if hi { Q6_K } else { Q4_K }, "layer {i}");
+            assert_eq!(b("attn_output"), Q5_0, "rows of 128: Q4_K falls back");
+            assert_eq!(b("ffn_gate_exps"), Q4_K);
+            assert_eq!(b("ffn_up_exps"), Q4_K);
+            assert_eq!(
+                b("ffn_down_exps"),
+                if hi { Q8_0 } else { Q5_0 },
+                "rows of 96, layer {i}"
+            );
+            assert_eq!(b("ffn_gate_inp"), F32);
+            assert_eq!(b("attn_q_norm"), F32);
+        }
+        // eight experts: llama.cpp bumps attn_k/attn_v to Q8_0 and attn_output to Q5_K
+        let c8 = ModelConfig {
+            n_experts: 8,
+            head_dim: 64,
+            expert_ffn_dim: 256,
+            ..c
+        };
+        assert_eq!(
+            tensor_type(&c8, SynthQuant::Q4_K_M, "blk.1.attn_v.weight", &[256, 128]),
+            Q8_0
+        );
+        assert_eq!(
+            tensor_type(&c8, SynthQuant::Q4_K_M, "blk.1.attn_k.weight", &[256, 128]),
+            Q8_0
+        );
+        assert_eq!(
+            tensor_type(
+                &c8,
+                SynthQuant::Q4_K_M,
+                "blk.1.attn_output.weight",
+                &[256, 256]
+            ),
+            Q5_K
+        );
+        assert_eq!(
+            tensor_type(
+                &c8,
+                SynthQuant::Q4_K_M,
+                "blk.3.ffn_down_exps.weight",
+                &[256, 256, 8]
+            ),
+            Q6_K
+        );
+        // rows of 64: the output falls back to Q8_0, Q5_K to Q5_1
+        let tiny = preset("tiny-moe").unwrap();
+        assert_eq!(
+            tensor_type(&tiny, SynthQuant::Q4_K_M, "output.weight", &[64, 260]),
+            Q8_0
+        );
+        assert_eq!(
+            tensor_type(
+                &tiny,
+                SynthQuant::Q4_K_M,
+                "blk.0.attn_output.weight",
+                &[128, 64]
+            ),
+            Q5_1
+        );
+        // the 30B shape: 24 of 48 ffn_down_exps and attn_v get Q6_K, like the published Q4_K_M
+        let big = preset("qwen3-30b-a3b").unwrap();
+        let q6 = plan(&big, SynthQuant::Q4_K_M)
+            .iter()
+            .filter(|p| p.ty == Q6_K)
+            .count();
+        assert_eq!(q6, 24 + 24 + 1);
+        // rows that are not whole blocks of the base type fall back to F16 outside Q4_K_M
+        assert_eq!(
+            tensor_type(&tiny, SynthQuant::Q8_0, "blk.0.attn_q.weight", &[48, 64]),
+            F16
+        );
+    }
+
+    #[test]
+    fn big_shape_plan_streams() {
+        // no tensor of the 30B shape is generated whole: slices stay at ~1M values
+        let big = preset("qwen3-30b-a3b").unwrap();
+        check_shape(&big).unwrap();
+        let plans = plan(&big, SynthQuant::Q4_K_M);
+        assert_eq!(plans.len(), 3 + 48 * 12);
+        let n: u64 = plans.iter().map(|p| p.dims.iter().product::<u64>()).sum();
+        assert!((30_000_000_000..31_000_000_000).contains(&n), "{n}");
+        for p in &plans {
+            assert!(p.rows_per_slice() * p.row_len() <= SLICE_VALUES.max(p.row_len()));
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let c = preset("tiny-moe").unwrap();
+        for (bad, needle) in [
+            (
+                ModelConfig {
+                    n_kv_heads: 3,
+                    ..c.clone()
+                },
+                "does not divide",
+            ),
+            (
+                ModelConfig {
+                    n_experts_used: 9,
+                    ..c.clone()
+                },
+                "exceeds --experts",
+            ),
+            (
+                ModelConfig {
+                    hidden: 0,
+                    ..c.clone()
+                },
+                "--hidden must be positive",
+            ),
+        ] {
+            let e = generate(&bad, SynthQuant::F32, 1, "x", &tmp("bad.gguf")).unwrap_err();
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+        // rows of 48 values: not whole Q4_K/Q5_0 blocks, so llama.cpp would fall back to F16
+        let odd = ModelConfig { hidden: 48, ..c };
+        assert_eq!(
+            tensor_type(&odd, SynthQuant::Q4_K_M, "blk.0.attn_q.weight", &[48, 128]),
+            GgmlType::F16
+        );
+    }
+}
