@@ -11,8 +11,10 @@
 
 pub mod backend;
 pub mod cli;
+pub mod diff;
 pub mod error;
 pub mod model;
+pub mod report;
 pub mod trace;
 
 pub use error::{Error, ErrorKind, Result};

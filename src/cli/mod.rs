@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod diff;
 mod gen_model;
 mod stages;
 pub mod trace;
@@ -38,6 +39,8 @@ pub enum Command {
     Trace(Box<trace::TraceArgs>),
     /// Write a deterministic synthetic model (GGUF) from a preset shape and a seed.
     GenModel(Box<gen_model::GenModelArgs>),
+    /// Compare a candidate trace with a reference stage by stage and report the first divergence.
+    Diff(diff::DiffArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -46,6 +49,7 @@ pub fn main() -> ExitCode {
         Command::Stages => stages::run(),
         Command::Trace(args) => trace::run(&args),
         Command::GenModel(a) => gen_model::run(&a),
+        Command::Diff(args) => diff::run(&args),
     };
     match result {
         Ok(Outcome::Holds) => ExitCode::SUCCESS,

@@ -1,0 +1,235 @@
+//! report.md: the first divergence in one sentence, a layers × stages table of verdicts and
+//! cosines, the model-level rows, the worst elements and the route flips.
+
+use std::fmt::Write;
+
+use super::{ReportContext, cos_text, headline, rfc3339, sci};
+use crate::diff::{DiffReport, Index, Row, Verdict};
+use crate::trace::stage::Stage;
+
+fn cell(report: &DiffReport, r: &Row, first: bool) -> String {
+    let cos = r.metrics.as_ref().map(|m| m.cosine);
+    let mut s = match r.verdict {
+        Verdict::Match => format!("ok {}", cos_text(cos)),
+        Verdict::Diverge => format!("**Diverge** {}", cos_text(cos)),
+        Verdict::RouteFlip if r.near_tie => {
+            format!("RouteFlip (near tie, {})", r.route_flips.len())
+        }
+        Verdict::RouteFlip => format!("**RouteFlip** ({})", r.route_flips.len()),
+        v => format!("**{}**", report.verdict_name(v)),
+    };
+    if first {
+        s = format!("▶ {s}");
+    } else if r.downstream {
+        s.push_str(" ↓");
+    }
+    s
+}
+
+fn at_text(i: &Option<Index>) -> String {
+    match i {
+        None => "-".into(),
+        Some(i) => {
+            let mut parts = vec![format!("flat {}", i.flat)];
+            if let Some(h) = i.head {
+                parts.push(format!("head {h}"));
+            }
+            match (i.head.is_some(), i.position, i.feature) {
+                (true, Some(q), Some(k)) => parts.push(format!("query {q}, key {k}")),
+                (_, Some(p), Some(f)) => parts.push(format!("position {p}, feature {f}")),
+                (_, Some(p), None) => parts.push(format!("position {p}")),
+                _ => {}
+            }
+            parts.join(", ")
+        }
+    }
+}
+
+pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
+    let mut out = String::new();
+    let first = report.first_divergence;
+    let _ = writeln!(out, "# falsifier diff\n");
+    let _ = writeln!(out, "{}\n", headline(report));
+    let verdict_word = if report.holds { "HOLDS" } else { "FAILS" };
+    let _ = writeln!(out, "**{verdict_word}**\n");
+    let _ = writeln!(out, "- reference: {}", report.reference.describe());
+    let _ = writeln!(out, "- candidate: {}", report.candidate.describe());
+    if !report.reference.tokens.is_empty() {
+        let _ = writeln!(out, "- tokens: {:?}", report.reference.tokens);
+    }
+    let _ = writeln!(out, "- command: `{}`", ctx.command);
+    let _ = writeln!(out, "- created: {}", rfc3339(ctx.created));
+    let s = report.summary();
+    let counts: Vec<String> = s
+        .counts
+        .iter()
+        .map(|(v, n)| format!("{} {n}", report.verdict_name(*v)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "- rows: {} ({}); compared {}; positions excluded by route flips {}",
+        report.rows.len(),
+        counts.join(", "),
+        s.compared,
+        s.excluded_positions
+    );
+    for n in &report.notes {
+        let _ = writeln!(out, "- note: {n}");
+    }
+
+    // layers x stages
+    let stages: Vec<Stage> = Stage::ALL
+        .into_iter()
+        .filter(|st| st.is_layer_stage() && report.rows.iter().any(|r| r.key.stage == *st))
+        .collect();
+    let layers: Vec<usize> = {
+        let mut l: Vec<usize> = report.rows.iter().filter_map(|r| r.key.layer).collect();
+        l.dedup();
+        l.sort_unstable();
+        l.dedup();
+        l
+    };
+    if !layers.is_empty() {
+        let _ = writeln!(out, "\n## Layers × stages\n");
+        let _ = writeln!(
+            out,
+            "Verdict and cosine per cell; ▶ first divergence, ↓ downstream of it.\n"
+        );
+        let _ = write!(out, "| layer |");
+        for st in &stages {
+            let _ = write!(out, " {st} |");
+        }
+        let _ = write!(out, "\n|---|");
+        for _ in &stages {
+            let _ = write!(out, "---|");
+        }
+        out.push('\n');
+        for l in &layers {
+            let _ = write!(out, "| {l} |");
+            for st in &stages {
+                let idx = report
+                    .rows
+                    .iter()
+                    .position(|r| r.key.layer == Some(*l) && r.key.stage == *st);
+                let text = idx
+                    .map(|i| cell(report, &report.rows[i], first == Some(i)))
+                    .unwrap_or_default();
+                let _ = write!(out, " {text} |");
+            }
+            out.push('\n');
+        }
+    }
+
+    // model-level rows
+    let model: Vec<(usize, &Row)> = report
+        .rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.key.layer.is_none())
+        .collect();
+    if !model.is_empty() {
+        let _ = writeln!(out, "\n## Model-level stages\n");
+        let _ = writeln!(
+            out,
+            "| stage | verdict | cosine | rel L2 | max abs | note |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for (i, r) in model {
+            let m = r.metrics.as_ref();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} |",
+                r.key,
+                cell(report, r, first == Some(i)),
+                cos_text(m.map(|m| m.cosine)),
+                sci(m.map(|m| m.rel_l2)),
+                sci(m.map(|m| m.max_abs)),
+                r.notes.join("; ")
+            );
+        }
+    }
+
+    // worst elements: failing rows first (forward order), then the largest rel-L2 errors
+    let mut worst: Vec<&Row> = report
+        .rows
+        .iter()
+        .filter(|r| r.metrics.as_ref().is_some_and(|m| m.n > 0))
+        .collect();
+    worst.sort_by(|a, b| {
+        let key = |r: &Row| r.rel_l2().filter(|x| !x.is_nan()).unwrap_or(f64::INFINITY);
+        key(b).total_cmp(&key(a))
+    });
+    if !worst.is_empty() {
+        let _ = writeln!(out, "\n## Worst elements\n");
+        let _ = writeln!(
+            out,
+            "| key | verdict | rel L2 | threshold | max abs | at | non-finite (ref / cand) |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        for r in worst.iter().take(12) {
+            let m = r.metrics.as_ref();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} / {} |",
+                r.key,
+                report.verdict_name(r.verdict),
+                sci(m.map(|m| m.rel_l2)),
+                sci(Some(r.threshold.rel_l2)),
+                sci(m.map(|m| m.max_abs)),
+                at_text(&r.max_abs_at),
+                m.map_or(0, |m| m.nonfinite_ref.count),
+                m.map_or(0, |m| m.nonfinite_cand.count),
+            );
+        }
+    }
+
+    // route flips
+    let flips: Vec<&Row> = report
+        .rows
+        .iter()
+        .filter(|r| !r.route_flips.is_empty())
+        .collect();
+    if !flips.is_empty() {
+        let _ = writeln!(out, "\n## Route flips\n");
+        let _ = writeln!(
+            out,
+            "Reference margin = its k-th minus (k+1)-th router logit; near tie when margin ≤ {} × ‖logit row‖₂.\n",
+            report.near_tie
+        );
+        let _ = writeln!(
+            out,
+            "| layer | position | reference experts | candidate experts | margin | near tie |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for r in flips {
+            for f in &r.route_flips {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:?} | {:?} | {} | {} |",
+                    r.key.layer.map(|l| l.to_string()).unwrap_or("-".into()),
+                    f.position,
+                    f.ref_ids,
+                    f.cand_ids,
+                    f.margin
+                        .map(|m| format!("{m:.3e}"))
+                        .unwrap_or("unknown".into()),
+                    if f.near_tie { "yes" } else { "no" }
+                );
+            }
+        }
+    }
+
+    // notes of non-matching rows
+    let noted: Vec<&Row> = report
+        .rows
+        .iter()
+        .filter(|r| !r.verdict.is_match() && !r.notes.is_empty())
+        .collect();
+    if !noted.is_empty() {
+        let _ = writeln!(out, "\n## Notes\n");
+        for r in noted.iter().take(50) {
+            let _ = writeln!(out, "- {}: {}", r.key, r.notes.join("; "));
+        }
+    }
+    out
+}
