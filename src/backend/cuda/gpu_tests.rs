@@ -729,3 +729,106 @@ fn cuda_matches_cpu_reference_clean_and_faulted() {
         eprintln!("  {s:<14} {e:.3e}");
     }
 }
+
+/// Bytes of weights a prefill touches (each once) and its multiply-adds, from a traced run's
+/// routing: attention and router matrices, the experts any token used, the lm_head, and the
+/// attention products.
+fn prefill_work(b: &CudaBackend, t: usize, trace: &Trace) -> (f64, f64) {
+    use super::weights::FfnWeights;
+    let w = &b.weights;
+    let d = &w.dims;
+    let (mut bytes, mut macs) = (0f64, 0f64);
+    let mat = |m: &DeviceMatrix| m.mat_bytes() as f64;
+    let mm = |m: &DeviceMatrix, rows: usize| (m.rows * m.cols * rows) as f64;
+    for (l, lw) in w.layers.iter().enumerate() {
+        for m in [&lw.q, &lw.k, &lw.v, &lw.o] {
+            bytes += mat(m);
+            macs += mm(m, t);
+        }
+        // QKᵀ and PV over the causal triangle
+        macs += 2.0 * (d.n_heads * d.head_dim) as f64 * (t * (t + 1) / 2) as f64;
+        match &lw.ffn {
+            FfnWeights::Dense { gate, up, down } => {
+                for m in [gate, up, down] {
+                    bytes += mat(m);
+                    macs += mm(m, t);
+                }
+            }
+            FfnWeights::Moe {
+                router,
+                gate,
+                up,
+                down,
+            } => {
+                bytes += mat(router);
+                macs += mm(router, t);
+                let ids = trace
+                    .get(&Key::layer(l, Stage::TopkIds))
+                    .and_then(|x| x.as_i32())
+                    .unwrap();
+                let used: std::collections::BTreeSet<i32> = ids.iter().copied().collect();
+                for m in [gate, up, down] {
+                    bytes += used.len() as f64 * mat(m);
+                    macs += mm(m, t * d.top_k);
+                }
+            }
+        }
+    }
+    bytes += w.lm_head().mat_bytes() as f64;
+    macs += mm(w.lm_head(), t);
+    (bytes, macs)
+}
+
+/// Prefill timings for BENCHMARKS.md: `FALSIFIER_BENCH_MODEL=path FALSIFIER_BENCH_T=32,512`.
+/// Median of 5 forwards after one warm-up, untraced (empty plan) and traced (every stage).
+#[test]
+#[ignore = "needs a CUDA GPU and FALSIFIER_BENCH_MODEL"]
+fn bench_prefill() {
+    let Ok(path) = std::env::var("FALSIFIER_BENCH_MODEL") else {
+        eprintln!("skipped: set FALSIFIER_BENCH_MODEL");
+        return;
+    };
+    let ts: Vec<usize> = std::env::var("FALSIFIER_BENCH_T")
+        .unwrap_or_else(|_| "32,512".into())
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let start = std::time::Instant::now();
+    let Some(mut b) = skip_if_no_device(CudaBackend::open(std::path::Path::new(&path), 0)) else {
+        return;
+    };
+    eprintln!(
+        "bench: {path} loaded in {:.2?} on {}",
+        start.elapsed(),
+        b.dev.description
+    );
+    let vocab = b.dims().vocab;
+    for t in ts {
+        let tokens: Vec<u32> = (0..t).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
+        let mut times = |plan: &CapturePlan| -> (f64, Trace) {
+            let mut last = run(&mut b, &tokens, plan, None, &[]);
+            let mut ms = Vec::new();
+            for _ in 0..5 {
+                let s = std::time::Instant::now();
+                last = run(&mut b, &tokens, plan, None, &[]);
+                ms.push(s.elapsed().as_secs_f64() * 1e3);
+            }
+            ms.sort_by(f64::total_cmp);
+            (ms[2], last)
+        };
+        let (untraced, _) = times(&CapturePlan::none());
+        let (traced, trace) = times(&CapturePlan::all());
+        let (bytes, macs) = prefill_work(&b, t, &trace);
+        // floors: weights read once at the 3.0 TB/s a device copy reaches; f32 FMAs at the
+        // H100 SXM's 67 TFLOP/s (33.5 T FMA/s) of CUDA-core f32
+        let bw_ms = bytes / 3.0e12 * 1e3;
+        let fma_ms = macs / 33.5e12 * 1e3;
+        eprintln!(
+            "bench T={t}: untraced {untraced:.2} ms, traced(all) {traced:.2} ms ({:.1} MB captured); weights touched {:.3} GB -> floor {bw_ms:.3} ms; {:.3} GMAC -> floor {fma_ms:.3} ms; untraced / max floor = {:.1}x",
+            trace.nbytes() as f64 / 1e6,
+            bytes / 1e9,
+            macs / 1e9,
+            untraced / bw_ms.max(fma_ms)
+        );
+    }
+}
