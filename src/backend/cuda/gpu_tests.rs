@@ -696,7 +696,16 @@ fn cuda_matches_cpu_reference_clean_and_faulted() {
         ];
         if moe {
             faults.push("no_topk_renorm@layer.0.topk_weights".to_string());
-            faults.push("expert_swap[0,3]@layer.1.ffn_out".to_string());
+            // swap an expert the first token uses with the next one, so the swap must show
+            let l = 1.min(last);
+            let ids = c
+                .get(&Key::layer(l, Stage::TopkIds))
+                .unwrap()
+                .as_i32()
+                .unwrap();
+            let a = ids[0] as usize;
+            let b = (a + 1) % cuda.dims().n_experts;
+            faults.push(format!("expert_swap[{a},{b}]@layer.{l}.ffn_out"));
         }
         let file = crate::model::gguf::GgufFile::open(path).unwrap();
         if let Some(key) = q6k_stage(&file, n_layers, moe) {
@@ -706,7 +715,15 @@ fn cuda_matches_cpu_reference_clean_and_faulted() {
             let fault: Fault = f.parse().unwrap();
             let c = run(&mut cuda, tokens, &plan, None, &[fault]);
             let r = run(&mut cpu, tokens, &plan, None, &[fault]);
-            compare_backends(&format!("{name} with {f}"), &c, &r, F32_REL_L2);
+            // Q8_0 rounding is discontinuous: inputs that differ by 1e-7 between the backends can
+            // land on two sides of a rounding boundary, and one flipped level moves that value
+            // by amax/127 (under 1%); downstream of the rounding the bound is 1e-2, not 1e-4
+            let limit = if fault.kind == crate::backend::FaultKind::ActQ8Rounding {
+                1e-2
+            } else {
+                F32_REL_L2
+            };
+            compare_backends(&format!("{name} with {f}"), &c, &r, limit);
             // at T = 1 RoPE rotates nothing (position 0) and the mask has no next position
             let silent =
                 tokens.len() == 1 && matches!(fault.stage, Stage::QRope | Stage::AttnProbs);

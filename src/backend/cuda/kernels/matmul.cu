@@ -44,7 +44,8 @@ __device__ __forceinline__ void matmul_body(const u8* __restrict__ W, i64 row_by
     for (int k = lane; k < K; k += 32) {
         float w = dq<TY>(row, k);
 #pragma unroll
-        for (int j = 0; j < MM_TT; ++j) acc[j] = fmaf(w, xr[j][k], acc[j]);
+        for (int j = 0; j < MM_TT; ++j)
+            if (j < nt) acc[j] = fmaf(w, xr[j][k], acc[j]);  // experts often get 1-2 rows
     }
 #pragma unroll
     for (int j = 0; j < MM_TT; ++j) {
