@@ -491,9 +491,11 @@ impl Run<'_> {
 
     fn layer(&mut self, l: usize, b: &mut Buffers) -> Result<()> {
         let w = self.w;
-        let lw = &w.layers[l];
+        let lw = w
+            .layers
+            .get(l)
+            .ok_or_else(|| Error::internal(format!("layer {l} has no weights")))?;
         let d = &w.dims;
-        let dev = self.dev;
         let (t, h, nh, nkv, hd) = (self.t, d.hidden, d.n_heads, d.n_kv_heads, d.head_dim);
         let ks = |s: Stage| Key::layer(l, s).to_string();
         // the layer's input: our own hidden state, or the teacher's
@@ -507,9 +509,14 @@ impl Run<'_> {
         } else {
             std::mem::swap(&mut b.x, &mut b.layer_in);
         }
-        let x = &b.layer_in;
-
-        self.rms_norm(&ks(Stage::AttnNorm), x, &lw.attn_norm, &b.attn_norm, t, h)?;
+        self.rms_norm(
+            &ks(Stage::AttnNorm),
+            &b.layer_in,
+            &lw.attn_norm,
+            &b.attn_norm,
+            t,
+            h,
+        )?;
         self.done(Some(l), Stage::AttnNorm, &b.attn_norm)?;
         let r = &b.rounded;
         self.matmul(Some(l), Stage::QProj, &lw.q, &b.attn_norm, t, &b.q, r, None)?;
@@ -586,7 +593,6 @@ impl Run<'_> {
         self.done(Some(l), Stage::FfnOut, &b.ffn_out)?;
         self.add(&ks(Stage::LayerOut), &b.resid, &b.ffn_out, &b.x, t * h)?;
         self.done(Some(l), Stage::LayerOut, &b.x)?;
-        let _ = dev;
         Ok(())
     }
 
