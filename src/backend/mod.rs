@@ -5,6 +5,7 @@
 //! plain forward, the traced forward and the teacher-forced replay used for attribution.
 
 pub mod cpu;
+pub mod cuda;
 pub mod fault;
 
 use std::path::Path;
@@ -54,6 +55,21 @@ pub trait Backend {
     fn forward(&mut self, req: &ForwardRequest<'_>) -> Result<Trace>;
 }
 
+/// Whether backend `name` can run here, without opening a model: `Ok` for the CPU backends; for
+/// `cuda`, a probe of the driver and device 0 ([`crate::ErrorKind::NoDevice`] when absent).
+/// Runners call this first, so that a GPU check on a machine without one is skipped before any
+/// model is generated or read.
+pub fn probe(name: &str) -> Result<()> {
+    match name {
+        "cuda" => cuda::CudaBackend::probe(0).map(|_| ()),
+        n if BACKENDS.contains(&n) => Ok(()),
+        other => Err(Error::input(format!(
+            "unknown backend `{other}` (known: {})",
+            BACKENDS.join(", ")
+        ))),
+    }
+}
+
 /// The backends falsifier ships, by the names the CLI and contracts use.
 pub const BACKENDS: [&str; 3] = ["cpu", "cpu-f32", "cuda"];
 
@@ -67,7 +83,7 @@ pub fn open(name: &str, model: &Path) -> Result<Box<dyn Backend>> {
         "cpu-f32" => Ok(Box::new(
             CpuBackend::open(model)?.with_precision(Precision::F32),
         )),
-        "cuda" => Err(Error::no_device("no CUDA device: the CUDA backend is not built in")),
+        "cuda" => Ok(Box::new(cuda::CudaBackend::open(model, 0)?)),
         other => Err(Error::input(format!(
             "unknown backend `{other}` (known: {})",
             BACKENDS.join(", ")

@@ -139,6 +139,14 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
     let (ref_name, cand_name) = f
         .pair()
         .ok_or_else(|| Error::input(format!("{}: backends must name exactly two", at())))?;
+    for side in [ref_name, cand_name] {
+        match backend::probe(side.name()) {
+            Err(e) if e.kind == ErrorKind::NoDevice => {
+                return Ok(TrialOutcome::NoDevice(e.to_string()));
+            }
+            r => r?,
+        }
+    }
     let model_path = models::resolve(&spec.contract_file, &spec.model_name, &spec.model)?;
     let plan = f.plan().map_err(|e| Error::input(format!("{}: {e}", at())))?;
     let planted = f.planted().map_err(|e| Error::input(format!("{}: {e}", at())))?;

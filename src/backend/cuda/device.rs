@@ -1,0 +1,292 @@
+//! The CUDA device: probing for a driver and a card, compiling the kernels with NVRTC (once per
+//! process and architecture), loading them, and launching them with errors that name the kernel
+//! and the stage.
+//!
+//! cudarc loads libcuda and libnvrtc at run time and panics when they are absent, so
+//! [`Device::open`] asks `is_culib_present` for both before touching anything else: a machine
+//! without them gets `ErrorKind::NoDevice`, never a panic.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
+};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+
+use crate::error::{Error, Result};
+
+/// The kernels' CUDA C, compiled as one program. `common.cuh` first: the others use its types
+/// and decoders.
+const FILES: [&str; 5] = [
+    "common.cuh",
+    "matmul.cu",
+    "ops.cu",
+    "attention.cu",
+    "moe.cu",
+];
+const SOURCES: [&str; 5] = [
+    include_str!("kernels/common.cuh"),
+    include_str!("kernels/matmul.cu"),
+    include_str!("kernels/ops.cu"),
+    include_str!("kernels/attention.cu"),
+    include_str!("kernels/moe.cu"),
+];
+
+/// Every kernel the forward launches (loaded up front, so a missing one fails at open).
+const KERNELS: &[&str] = &[
+    "rms_norm",
+    "rope",
+    "add",
+    "silu_mul",
+    "scale_inplace",
+    "set_nan",
+    "round_q8_0",
+    "attn_probs",
+    "attn_ctx",
+    "softmax_rows",
+    "topk",
+    "moe_group",
+    "moe_combine",
+];
+
+/// Block-type suffixes of the `matmul_*` and `gather_*` kernels.
+pub const TYPE_SUFFIXES: &[&str] = &[
+    "f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "q4_k", "q5_k", "q6_k",
+];
+
+/// PTX per target architecture, compiled at most once per process.
+fn ptx_cache() -> &'static Mutex<HashMap<String, String>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// The kernels' text: built in, or read from the directory `FALSIFIER_CUDA_KERNELS` names (for
+/// kernel development on a GPU machine without rebuilding the binary).
+fn kernel_source() -> Result<String> {
+    match std::env::var_os("FALSIFIER_CUDA_KERNELS") {
+        None => Ok(SOURCES.join("\n")),
+        Some(dir) => {
+            let dir = std::path::PathBuf::from(dir);
+            let mut parts = Vec::new();
+            for f in FILES {
+                let p = dir.join(f);
+                parts.push(
+                    std::fs::read_to_string(&p)
+                        .map_err(|e| Error::io(&p, "reading a CUDA kernel source", e))?,
+                );
+            }
+            Ok(parts.join("\n"))
+        }
+    }
+}
+
+/// Compile the kernels for `arch` (`compute_90` for an H100), or return the cached PTX.
+fn compile(arch: &str) -> Result<String> {
+    let mut cache = ptx_cache()
+        .lock()
+        .map_err(|_| Error::internal("NVRTC cache lock poisoned"))?;
+    if let Some(ptx) = cache.get(arch) {
+        return Ok(ptx.clone());
+    }
+    let src = kernel_source()?;
+    let opts = CompileOptions {
+        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+        name: Some("falsifier_kernels.cu".into()),
+        ..Default::default()
+    };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts)
+        .map_err(|e| Error::internal(format!("NVRTC could not compile the kernels: {e}")))?
+        .to_src();
+    cache.insert(arch.to_string(), ptx.clone());
+    Ok(ptx)
+}
+
+/// One kernel argument. Device pointers travel as raw `u64` addresses: every buffer lives until
+/// the forward's final synchronisation, and all work runs on one stream, in order.
+#[derive(Copy, Clone, Debug)]
+pub enum Arg {
+    Ptr(u64),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+}
+
+/// A null pointer argument (optional inputs of a kernel).
+pub const NULL: Arg = Arg::Ptr(0);
+
+/// An opened device with its kernels loaded.
+pub struct Device {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    funcs: HashMap<String, CudaFunction>,
+    /// "NVIDIA H100 80GB HBM3, driver 13.0, compute capability 9.0"
+    pub description: String,
+    /// Synchronise after every launch, so that an asynchronous fault names its kernel
+    /// (`FALSIFIER_CUDA_SYNC=1`; slow, for debugging).
+    sync_each: bool,
+}
+
+impl Device {
+    /// Probe for a driver and a device, then compile and load the kernels.
+    pub fn open(ordinal: usize) -> Result<Device> {
+        // SAFETY: only tries to dlopen the libraries; touches no CUDA state.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(Error::no_device(
+                "no CUDA device: the CUDA driver library (libcuda) is not installed",
+            ));
+        }
+        let count = cudarc::driver::result::init()
+            .and_then(|_| cudarc::driver::result::device::get_count())
+            .map_err(|e| Error::no_device(format!("no CUDA device: the driver says {e:?}")))?;
+        if count <= 0 || ordinal >= count as usize {
+            return Err(Error::no_device(format!(
+                "no CUDA device: the driver sees {count} device(s), asked for device {ordinal}"
+            )));
+        }
+        // SAFETY: as above.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(Error::no_device(
+                "no CUDA device usable: NVRTC (libnvrtc) is not installed, so the kernels cannot be compiled",
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| {
+            Error::no_device(format!(
+                "no CUDA device: cannot create a context on device {ordinal}: {e:?}"
+            ))
+        })?;
+        let dev_err = |what: &str, e: cudarc::driver::DriverError| {
+            Error::internal(format!("CUDA device {ordinal}: {what}: {e:?}"))
+        };
+        let name = ctx.name().map_err(|e| dev_err("name", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| dev_err("compute capability", e))?;
+        let mut version: std::ffi::c_int = 0;
+        // SAFETY: the driver library is present and initialised; the pointer is valid.
+        let driver = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+        let driver = if driver == cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+            format!("{}.{}", version / 1000, (version % 1000) / 10)
+        } else {
+            "unknown".to_string()
+        };
+        let description =
+            format!("{name}, CUDA driver {driver}, compute capability {major}.{minor}");
+        let arch = format!("compute_{major}{minor}");
+        let ptx = compile(&arch)?;
+        let module = ctx
+            .load_module(Ptx::from_src(ptx))
+            .map_err(|e| dev_err("loading the kernels' PTX", e))?;
+        let mut funcs = HashMap::new();
+        let typed = TYPE_SUFFIXES
+            .iter()
+            .flat_map(|t| [format!("matmul_{t}"), format!("gather_{t}")]);
+        for k in KERNELS.iter().map(|k| k.to_string()).chain(typed) {
+            let f = module
+                .load_function(&k)
+                .map_err(|e| dev_err(&format!("kernel {k} missing from the module"), e))?;
+            funcs.insert(k, f);
+        }
+        let stream = ctx.default_stream();
+        let sync_each = std::env::var("FALSIFIER_CUDA_SYNC").is_ok_and(|v| v == "1");
+        Ok(Device {
+            ctx,
+            stream,
+            funcs,
+            description,
+            sync_each,
+        })
+    }
+
+    /// Launch `kernel` for `stage` (a trace key or a phase name, for the error message).
+    pub fn launch(&self, kernel: &str, stage: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        let f = self.funcs.get(kernel).ok_or_else(|| {
+            Error::internal(format!("kernel {kernel} (stage {stage}) is not loaded"))
+        })?;
+        let mut b = self.stream.launch_builder(f);
+        for a in args {
+            match a {
+                Arg::Ptr(p) => b.arg(p),
+                Arg::I32(v) => b.arg(v),
+                Arg::I64(v) => b.arg(v),
+                Arg::F32(v) => b.arg(v),
+            };
+        }
+        // SAFETY: argument lists match the kernels' signatures (checked by the GPU tests);
+        // every pointer refers to a live allocation sized by the caller for this launch.
+        unsafe { b.launch(cfg) }.map_err(|e| {
+            Error::internal(format!(
+                "CUDA kernel {kernel} failed to launch at stage {stage}: {e:?} (grid {:?}, block {:?})",
+                cfg.grid_dim, cfg.block_dim
+            ))
+        })?;
+        if self.sync_each {
+            self.stream.synchronize().map_err(|e| {
+                Error::internal(format!(
+                    "CUDA kernel {kernel} failed at stage {stage}: {e:?}"
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A zeroed device buffer of `n` elements.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        n: usize,
+        what: &str,
+    ) -> Result<CudaSlice<T>> {
+        self.stream.alloc_zeros::<T>(n.max(1)).map_err(|e| {
+            Error::internal(format!(
+                "CUDA: cannot allocate {n} x {} bytes for {what}: {e:?}",
+                std::mem::size_of::<T>()
+            ))
+        })
+    }
+
+    /// Copy host data into a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, data: &[T], what: &str) -> Result<CudaSlice<T>> {
+        if data.is_empty() {
+            return Err(Error::internal(format!("CUDA: empty upload for {what}")));
+        }
+        self.stream
+            .clone_htod(data)
+            .map_err(|e| Error::internal(format!("CUDA: cannot upload {what}: {e:?}")))
+    }
+
+    /// The device address of a buffer, for [`Arg::Ptr`].
+    pub fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
+        let (p, _sync) = s.device_ptr(&self.stream);
+        p
+    }
+
+    /// Wait for all queued work; `what` names the phase for the error.
+    pub fn sync(&self, what: &str) -> Result<()> {
+        self.stream.synchronize().map_err(|e| {
+            Error::internal(format!(
+                "CUDA error during {what}: {e:?} (rerun with FALSIFIER_CUDA_SYNC=1 to name the kernel)"
+            ))
+        })
+    }
+}
+
+/// 1-D launch over `n` elements, 256 threads a block.
+pub fn grid_1d(n: usize) -> Result<LaunchConfig> {
+    let blocks = u32::try_from(n.div_ceil(256).max(1))
+        .map_err(|_| Error::internal(format!("launch over {n} elements: grid too large")))?;
+    Ok(LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// A checked conversion of a size to a kernel's `int` argument.
+pub fn int(v: usize, what: &str) -> Result<Arg> {
+    i32::try_from(v).map(Arg::I32).map_err(|_| {
+        Error::input(format!(
+            "{what} = {v} does not fit the kernels' 32-bit sizes"
+        ))
+    })
+}

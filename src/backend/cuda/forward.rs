@@ -1,0 +1,873 @@
+//! The qwen3 / qwen3moe forward on the device: the whole prompt at once, every stage of
+//! DESIGN.md's vocabulary, planted faults, teacher forcing and capture.
+//!
+//! Semantics mirror the CPU reference stage for stage (see `backend/fault.rs` for the faults
+//! and `ForwardRequest` for teacher forcing): a stage's output is final once the faults planted
+//! on it have acted, and that final value is both what the next stage reads and what is
+//! captured. Capturing never changes what is computed, so traced and untraced forwards give
+//! bitwise-equal numbers.
+//!
+//! Agreement with the f64 CPU reference: weights decode bit-identically (see kernels/
+//! common.cuh); matmuls and attention scores accumulate in f32 with FMA (relative error about
+//! sqrt(K/32) * 2^-24 per dot product after the lane split, below 1e-6 for K <= 8192); norms,
+//! softmaxes, RoPE, SiLU and the expert combine run in f64 like the reference. So f32 models
+//! agree to about 1e-6 relative L2 per stage, two orders under the 1e-4 the golden data asks.
+
+use cudarc::driver::{CudaSlice, LaunchConfig};
+
+use super::capture::{Arena, Capture};
+use super::device::{Arg, Device, NULL, grid_1d, int};
+use super::weights::{DeviceMatrix, DeviceWeights, Dims, FfnWeights, kernel_suffix, matmul_grid};
+use crate::backend::{Fault, FaultKind, ForwardRequest};
+use crate::error::{Error, Result};
+use crate::model::quant::GgmlType;
+use crate::trace::stage::{Key, Stage};
+use crate::trace::trace::{Trace, TraceMeta};
+
+/// Whether the architecture computes `stage`.
+pub fn has_stage(d: &Dims, stage: Stage) -> bool {
+    if d.moe {
+        !stage.is_dense_only()
+    } else {
+        !stage.is_moe_only()
+    }
+}
+
+/// Shape of a stage's tensor for a prompt of `t` tokens.
+pub fn stage_shape(d: &Dims, t: usize, stage: Stage) -> Vec<usize> {
+    use Stage::*;
+    let (h, nh, nkv, hd) = (d.hidden, d.n_heads, d.n_kv_heads, d.head_dim);
+    match stage {
+        Tokens => vec![t],
+        Embedding | AttnNorm | AttnOut | AttnResidual | FfnNorm | FfnOut | LayerOut | FinalNorm => {
+            vec![t, h]
+        }
+        QProj | QNorm | QRope => vec![t, nh, hd],
+        KProj | VProj | KNorm | KRope => vec![t, nkv, hd],
+        AttnProbs => vec![nh, t, t],
+        AttnCtx => vec![t, nh * hd],
+        RouterLogits | RouterProbs => vec![t, d.n_experts],
+        TopkIds | TopkWeights => vec![t, d.top_k],
+        FfnGate | FfnUp | FfnAct => vec![t, d.ffn],
+        Logits => vec![t, d.vocab],
+    }
+}
+
+/// Check the faults against the model before any work is queued.
+fn check_faults(d: &Dims, faults: &[Fault]) -> Result<()> {
+    for f in faults {
+        f.check_place().map_err(Error::input)?;
+        if !has_stage(d, f.stage) {
+            return Err(Error::input(format!(
+                "fault {f}: a {} model has no stage {}",
+                if d.moe { "qwen3moe" } else { "qwen3" },
+                f.stage
+            )));
+        }
+        if let Some(l) = f.layer
+            && l >= d.n_layers
+        {
+            return Err(Error::input(format!(
+                "fault {f}: the model has {} layers",
+                d.n_layers
+            )));
+        }
+        if let FaultKind::ExpertSwap { a, b } = f.kind
+            && a.max(b) >= d.n_experts
+        {
+            return Err(Error::input(format!(
+                "fault {f}: the model has {} experts",
+                d.n_experts
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Expert grouping of one MoE layer, all on the device.
+struct Groups<'a> {
+    counts: &'a CudaSlice<i32>,
+    offsets: &'a CudaSlice<i32>,
+    /// Input row of each grouped slot (the token), or none when the input is already grouped.
+    in_rows: Option<&'a CudaSlice<i32>>,
+    swap: Option<(usize, usize)>,
+}
+
+/// Device buffers of one forward, reused by every layer.
+struct Buffers {
+    x: CudaSlice<f32>,
+    layer_in: CudaSlice<f32>,
+    attn_norm: CudaSlice<f32>,
+    q: CudaSlice<f32>,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    qn: CudaSlice<f32>,
+    kn: CudaSlice<f32>,
+    qr: CudaSlice<f32>,
+    kr: CudaSlice<f32>,
+    probs: CudaSlice<f32>,
+    ctx: CudaSlice<f32>,
+    attn_out: CudaSlice<f32>,
+    resid: CudaSlice<f32>,
+    ffn_norm: CudaSlice<f32>,
+    ffn_out: CudaSlice<f32>,
+    /// Dense: gate, up, act [T, F]. MoE: the same for the T*k grouped slots [T*k, F].
+    gate: CudaSlice<f32>,
+    up: CudaSlice<f32>,
+    act: CudaSlice<f32>,
+    /// MoE only: router logits/probs [T, E], top-k ids/weights [T, k], grouping, expert outputs.
+    router_logits: CudaSlice<f32>,
+    router_probs: CudaSlice<f32>,
+    topk_ids: CudaSlice<i32>,
+    topk_w: CudaSlice<f32>,
+    counts: CudaSlice<i32>,
+    offsets: CudaSlice<i32>,
+    slot_token: CudaSlice<i32>,
+    slot_of: CudaSlice<i32>,
+    down: CudaSlice<f32>,
+    /// Matmul input after planted Q8_0 rounding (largest input: [T*k, max(H, F, nh*D)]).
+    rounded: CudaSlice<f32>,
+}
+
+impl Buffers {
+    fn new(dev: &Device, d: &Dims, t: usize) -> Result<Buffers> {
+        let (h, nh, nkv, hd) = (d.hidden, d.n_heads, d.n_kv_heads, d.head_dim);
+        let slots = if d.moe { t * d.top_k } else { t };
+        let e = d.n_experts.max(1);
+        let k = d.top_k.max(1);
+        let widest = h.max(d.ffn).max(nh * hd);
+        let f = |n: usize, what: &str| dev.zeros::<f32>(n, what);
+        let i = |n: usize, what: &str| dev.zeros::<i32>(n, what);
+        Ok(Buffers {
+            x: f(t * h, "hidden state")?,
+            layer_in: f(t * h, "teacher layer input")?,
+            attn_norm: f(t * h, "attn_norm")?,
+            q: f(t * nh * hd, "q_proj")?,
+            k: f(t * nkv * hd, "k_proj")?,
+            v: f(t * nkv * hd, "v_proj")?,
+            qn: f(t * nh * hd, "q_norm")?,
+            kn: f(t * nkv * hd, "k_norm")?,
+            qr: f(t * nh * hd, "q_rope")?,
+            kr: f(t * nkv * hd, "k_rope")?,
+            probs: f(nh * t * t, "attn_probs")?,
+            ctx: f(t * nh * hd, "attn_ctx")?,
+            attn_out: f(t * h, "attn_out")?,
+            resid: f(t * h, "attn_residual")?,
+            ffn_norm: f(t * h, "ffn_norm")?,
+            ffn_out: f(t * h, "ffn_out")?,
+            gate: f(slots * d.ffn, "ffn_gate")?,
+            up: f(slots * d.ffn, "ffn_up")?,
+            act: f(slots * d.ffn, "ffn_act")?,
+            router_logits: f(t * e, "router_logits")?,
+            router_probs: f(t * e, "router_probs")?,
+            topk_ids: i(t * k, "topk_ids")?,
+            topk_w: f(t * k, "topk_weights")?,
+            counts: i(e, "expert counts")?,
+            offsets: i(e, "expert offsets")?,
+            slot_token: i(t * k, "expert slots")?,
+            slot_of: i(t * k, "expert slots")?,
+            down: f(if d.moe { slots * h } else { 1 }, "expert outputs")?,
+            rounded: f(slots * widest, "rounded activations")?,
+        })
+    }
+}
+
+/// One forward in flight.
+struct Run<'a> {
+    dev: &'a Device,
+    w: &'a DeviceWeights,
+    req: &'a ForwardRequest<'a>,
+    t: usize,
+    cap: Capture,
+}
+
+impl Run<'_> {
+    fn faults_at(&self, layer: Option<usize>, stage: Stage) -> impl Iterator<Item = &Fault> {
+        self.req
+            .faults
+            .iter()
+            .filter(move |f| f.is_at(layer, stage))
+    }
+
+    fn has_fault(
+        &self,
+        layer: Option<usize>,
+        stage: Stage,
+        pred: impl Fn(&FaultKind) -> bool,
+    ) -> bool {
+        self.faults_at(layer, stage).any(|f| pred(&f.kind))
+    }
+
+    /// The stage's output in `buf` is computed: apply the output faults planted on it (NaN,
+    /// scale drift), then queue its capture if planned.
+    fn done(&mut self, layer: Option<usize>, stage: Stage, buf: &CudaSlice<f32>) -> Result<()> {
+        let key = Key { layer, stage };
+        let shape = stage_shape(&self.w.dims, self.t, stage);
+        let len: usize = shape.iter().product();
+        let faults: Vec<Fault> = self.faults_at(layer, stage).copied().collect();
+        for f in faults {
+            match f.kind {
+                // as the CPU side: the index wraps around the stage's length
+                FaultKind::Nan { index } if len > 0 => {
+                    self.dev.launch(
+                        "set_nan",
+                        &key.to_string(),
+                        LaunchConfig::for_num_elems(1),
+                        &[Arg::Ptr(self.dev.ptr(buf)), Arg::I64((index % len) as i64)],
+                    )?;
+                }
+                FaultKind::ScaleDrift { eps } => {
+                    self.dev.launch(
+                        "scale_inplace",
+                        &key.to_string(),
+                        grid_1d(len)?,
+                        &[
+                            Arg::Ptr(self.dev.ptr(buf)),
+                            Arg::I64(len as i64),
+                            Arg::F32(1.0 + eps),
+                        ],
+                    )?;
+                }
+                _ => {}
+            }
+        }
+        if self.req.plan.wants(layer, stage) {
+            self.cap.copy(self.dev, key, shape, buf)?;
+        }
+        Ok(())
+    }
+
+    fn capture_i32(
+        &mut self,
+        layer: Option<usize>,
+        stage: Stage,
+        buf: &CudaSlice<i32>,
+    ) -> Result<()> {
+        if self.req.plan.wants(layer, stage) {
+            let shape = stage_shape(&self.w.dims, self.t, stage);
+            self.cap.copy(self.dev, Key { layer, stage }, shape, buf)?;
+        }
+        Ok(())
+    }
+
+    /// `y[rows, w.rows] = x[rows, w.cols] · Wᵀ` for the matmul producing `stage`, dispatched on
+    /// the weight's own GGML type. Planted faults at this stage act here: `q6k_as_q4k` decodes
+    /// a Q6_K weight with the Q4_K kernel, walking 144-byte blocks over the Q6_K row (as the
+    /// seed bug did); `act_q8_rounding` rounds the input to Q8_0 blocks first.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        layer: Option<usize>,
+        stage: Stage,
+        w: &DeviceMatrix,
+        x: &CudaSlice<f32>,
+        rows: usize,
+        y: &CudaSlice<f32>,
+        rounded: &CudaSlice<f32>,
+        groups: Option<&Groups<'_>>,
+    ) -> Result<()> {
+        let key = Key { layer, stage }.to_string();
+        let dev = self.dev;
+        let mut ty = w.ty;
+        if self.has_fault(layer, stage, |k| matches!(k, FaultKind::Q6kAsQ4k)) {
+            if w.ty != GgmlType::Q6_K {
+                return Err(Error::input(format!(
+                    "fault q6k_as_q4k@{key}: weight {} is {}, not Q6_K",
+                    w.name, w.ty
+                )));
+            }
+            ty = GgmlType::Q4_K;
+        }
+        let mut input = dev.ptr(x);
+        if self.has_fault(layer, stage, |k| matches!(k, FaultKind::ActQ8Rounding)) {
+            // grouped inputs read gathered token rows; the rounding acts on the rows as stored
+            let in_rows = match groups.and_then(|g| g.in_rows) {
+                Some(_) => self.t,
+                None => rows,
+            };
+            dev.launch(
+                "round_q8_0",
+                &key,
+                grid_1d(in_rows * w.cols.div_ceil(32))?,
+                &[
+                    Arg::Ptr(input),
+                    Arg::Ptr(dev.ptr(rounded)),
+                    int(in_rows, "rows")?,
+                    int(w.cols, "row length")?,
+                ],
+            )?;
+            input = dev.ptr(rounded);
+        }
+        let suffix = kernel_suffix(ty)
+            .ok_or_else(|| Error::internal(format!("{}: no kernel for {ty}", w.name)))?;
+        let (counts, offsets, in_rows, mats, (sa, sb)) = match groups {
+            Some(g) => (
+                Arg::Ptr(dev.ptr(g.counts)),
+                Arg::Ptr(dev.ptr(g.offsets)),
+                g.in_rows.map_or(NULL, |r| Arg::Ptr(dev.ptr(r))),
+                w.mats,
+                g.swap.map_or((-1, -1), |(a, b)| (a as i32, b as i32)),
+            ),
+            None => (NULL, NULL, NULL, 1, (-1, -1)),
+        };
+        // grouped: at most T rows per expert (top-k ids of a token are distinct)
+        let tile_rows = if groups.is_some() { self.t } else { rows };
+        dev.launch(
+            &format!("matmul_{suffix}"),
+            &key,
+            matmul_grid(w.rows, tile_rows, mats)?,
+            &[
+                Arg::Ptr(dev.ptr(&w.data)),
+                Arg::I64(w.row_bytes as i64),
+                Arg::I64(w.mat_bytes() as i64),
+                Arg::Ptr(input),
+                Arg::Ptr(dev.ptr(y)),
+                int(w.rows, "matmul outputs")?,
+                int(w.cols, "matmul inputs")?,
+                int(rows, "matmul rows")?,
+                counts,
+                offsets,
+                in_rows,
+                Arg::I32(sa),
+                Arg::I32(sb),
+            ],
+        )
+    }
+
+    fn rms_norm(
+        &self,
+        stage: &str,
+        x: &CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        rows: usize,
+        n: usize,
+    ) -> Result<()> {
+        let rows = u32::try_from(rows)
+            .map_err(|_| Error::input(format!("{stage}: {rows} rows exceed the launch grid")))?;
+        self.dev.launch(
+            "rms_norm",
+            stage,
+            LaunchConfig {
+                grid_dim: (rows, 1, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            },
+            &[
+                Arg::Ptr(self.dev.ptr(x)),
+                Arg::Ptr(self.dev.ptr(g)),
+                Arg::Ptr(self.dev.ptr(y)),
+                int(n, "norm width")?,
+                Arg::F32(self.w.dims.eps),
+            ],
+        )
+    }
+
+    fn add(
+        &self,
+        stage: &str,
+        a: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<()> {
+        self.dev.launch(
+            "add",
+            stage,
+            grid_1d(n)?,
+            &[
+                Arg::Ptr(self.dev.ptr(a)),
+                Arg::Ptr(self.dev.ptr(b)),
+                Arg::Ptr(self.dev.ptr(y)),
+                Arg::I64(n as i64),
+            ],
+        )
+    }
+
+    /// Upload the teacher's tensor `key` ([T, H]) into `dst`.
+    fn teacher_input(&self, key: Key, dst: &mut CudaSlice<f32>) -> Result<()> {
+        let Some(teacher) = self.req.teacher else {
+            return Err(Error::internal("teacher input without a teacher"));
+        };
+        let want = self.t * self.w.dims.hidden;
+        let data = teacher.get(&key).and_then(|t| t.as_f32()).ok_or_else(|| {
+            Error::input(format!(
+                "teacher trace has no f32 tensor {key} (teacher forcing needs it)"
+            ))
+        })?;
+        if data.len() != want {
+            return Err(Error::input(format!(
+                "teacher trace: {key} has {} values, expected {} x {} = {want}",
+                data.len(),
+                self.t,
+                self.w.dims.hidden
+            )));
+        }
+        self.dev
+            .stream
+            .memcpy_htod(data, dst)
+            .map_err(|e| Error::internal(format!("CUDA: upload of teacher {key}: {e:?}")))
+    }
+
+    fn attention(&mut self, l: usize, b: &Buffers) -> Result<()> {
+        let d = &self.w.dims;
+        let dev = self.dev;
+        let t = self.t;
+        let lookahead = i32::from(self.has_fault(Some(l), Stage::AttnProbs, |k| {
+            matches!(k, FaultKind::CausalMaskOffByOne)
+        }));
+        let (tt, nh) = (u32::try_from(t), u32::try_from(d.n_heads));
+        let (Ok(tt), Ok(nh)) = (tt, nh) else {
+            return Err(Error::input("attention grid too large"));
+        };
+        let shared = 128 * 8 + 4 * (d.head_dim + t);
+        let shared = u32::try_from(shared)
+            .ok()
+            .filter(|&s| s <= 48 * 1024)
+            .ok_or_else(|| {
+                Error::input(format!(
+                    "attention over {t} positions with head_dim {} needs more than 48 KiB of shared memory",
+                    d.head_dim
+                ))
+            })?;
+        let dims = [
+            int(t, "T")?,
+            int(d.n_heads, "heads")?,
+            int(d.n_kv_heads, "kv heads")?,
+            int(d.head_dim, "head_dim")?,
+            Arg::I32(lookahead),
+        ];
+        let cfg = |shared_mem_bytes| LaunchConfig {
+            grid_dim: (tt, nh, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes,
+        };
+        let key = Key::layer(l, Stage::AttnProbs).to_string();
+        let mut args = vec![
+            Arg::Ptr(dev.ptr(&b.qr)),
+            Arg::Ptr(dev.ptr(&b.kr)),
+            Arg::Ptr(dev.ptr(&b.probs)),
+        ];
+        args.extend(dims);
+        dev.launch("attn_probs", &key, cfg(shared), &args)?;
+        self.done(Some(l), Stage::AttnProbs, &b.probs)?;
+        let key = Key::layer(l, Stage::AttnCtx).to_string();
+        let mut args = vec![
+            Arg::Ptr(dev.ptr(&b.probs)),
+            Arg::Ptr(dev.ptr(&b.v)),
+            Arg::Ptr(dev.ptr(&b.ctx)),
+        ];
+        args.extend(dims);
+        dev.launch("attn_ctx", &key, cfg(0), &args)?;
+        self.done(Some(l), Stage::AttnCtx, &b.ctx)
+    }
+
+    fn rope(
+        &self,
+        l: usize,
+        stage: Stage,
+        x: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        heads: usize,
+    ) -> Result<()> {
+        let d = &self.w.dims;
+        let adjacent = self.has_fault(Some(l), stage, |k| matches!(k, FaultKind::RopePairSwap));
+        let n = self.t * heads * (d.head_dim / 2);
+        self.dev.launch(
+            "rope",
+            &Key::layer(l, stage).to_string(),
+            grid_1d(n)?,
+            &[
+                Arg::Ptr(self.dev.ptr(x)),
+                Arg::Ptr(self.dev.ptr(y)),
+                int(self.t, "T")?,
+                int(heads, "heads")?,
+                int(d.head_dim, "head_dim")?,
+                Arg::F32(d.rope_theta),
+                Arg::I32(i32::from(adjacent)),
+            ],
+        )
+    }
+
+    fn layer(&mut self, l: usize, b: &mut Buffers) -> Result<()> {
+        let w = self.w;
+        let lw = w
+            .layers
+            .get(l)
+            .ok_or_else(|| Error::internal(format!("layer {l} has no weights")))?;
+        let d = &w.dims;
+        let (t, h, nh, nkv, hd) = (self.t, d.hidden, d.n_heads, d.n_kv_heads, d.head_dim);
+        let ks = |s: Stage| Key::layer(l, s).to_string();
+        // the layer's input: our own hidden state, or the teacher's
+        if self.req.teacher.is_some() {
+            let key = if l == 0 {
+                Key::model(Stage::Embedding)
+            } else {
+                Key::layer(l - 1, Stage::LayerOut)
+            };
+            self.teacher_input(key, &mut b.layer_in)?;
+        } else {
+            std::mem::swap(&mut b.x, &mut b.layer_in);
+        }
+        self.rms_norm(
+            &ks(Stage::AttnNorm),
+            &b.layer_in,
+            &lw.attn_norm,
+            &b.attn_norm,
+            t,
+            h,
+        )?;
+        self.done(Some(l), Stage::AttnNorm, &b.attn_norm)?;
+        let r = &b.rounded;
+        self.matmul(Some(l), Stage::QProj, &lw.q, &b.attn_norm, t, &b.q, r, None)?;
+        self.done(Some(l), Stage::QProj, &b.q)?;
+        self.matmul(Some(l), Stage::KProj, &lw.k, &b.attn_norm, t, &b.k, r, None)?;
+        self.done(Some(l), Stage::KProj, &b.k)?;
+        self.matmul(Some(l), Stage::VProj, &lw.v, &b.attn_norm, t, &b.v, r, None)?;
+        self.done(Some(l), Stage::VProj, &b.v)?;
+        self.rms_norm(&ks(Stage::QNorm), &b.q, &lw.q_norm, &b.qn, t * nh, hd)?;
+        self.done(Some(l), Stage::QNorm, &b.qn)?;
+        self.rms_norm(&ks(Stage::KNorm), &b.k, &lw.k_norm, &b.kn, t * nkv, hd)?;
+        self.done(Some(l), Stage::KNorm, &b.kn)?;
+        self.rope(l, Stage::QRope, &b.qn, &b.qr, nh)?;
+        self.done(Some(l), Stage::QRope, &b.qr)?;
+        self.rope(l, Stage::KRope, &b.kn, &b.kr, nkv)?;
+        self.done(Some(l), Stage::KRope, &b.kr)?;
+        self.attention(l, b)?;
+        self.matmul(
+            Some(l),
+            Stage::AttnOut,
+            &lw.o,
+            &b.ctx,
+            t,
+            &b.attn_out,
+            r,
+            None,
+        )?;
+        self.done(Some(l), Stage::AttnOut, &b.attn_out)?;
+        self.add(
+            &ks(Stage::AttnResidual),
+            &b.layer_in,
+            &b.attn_out,
+            &b.resid,
+            t * h,
+        )?;
+        self.done(Some(l), Stage::AttnResidual, &b.resid)?;
+        self.rms_norm(
+            &ks(Stage::FfnNorm),
+            &b.resid,
+            &lw.ffn_norm,
+            &b.ffn_norm,
+            t,
+            h,
+        )?;
+        self.done(Some(l), Stage::FfnNorm, &b.ffn_norm)?;
+        match &lw.ffn {
+            FfnWeights::Dense { gate, up, down } => {
+                self.matmul(
+                    Some(l),
+                    Stage::FfnGate,
+                    gate,
+                    &b.ffn_norm,
+                    t,
+                    &b.gate,
+                    r,
+                    None,
+                )?;
+                self.done(Some(l), Stage::FfnGate, &b.gate)?;
+                self.matmul(Some(l), Stage::FfnUp, up, &b.ffn_norm, t, &b.up, r, None)?;
+                self.done(Some(l), Stage::FfnUp, &b.up)?;
+                self.silu_mul(&ks(Stage::FfnAct), &b.gate, &b.up, &b.act, t * d.ffn)?;
+                self.done(Some(l), Stage::FfnAct, &b.act)?;
+                self.matmul(Some(l), Stage::FfnOut, down, &b.act, t, &b.ffn_out, r, None)?;
+            }
+            FfnWeights::Moe {
+                router,
+                gate,
+                up,
+                down,
+            } => {
+                self.moe(l, b, router, gate, up, down)?;
+            }
+        }
+        self.done(Some(l), Stage::FfnOut, &b.ffn_out)?;
+        self.add(&ks(Stage::LayerOut), &b.resid, &b.ffn_out, &b.x, t * h)?;
+        self.done(Some(l), Stage::LayerOut, &b.x)?;
+        Ok(())
+    }
+
+    fn silu_mul(
+        &self,
+        stage: &str,
+        g: &CudaSlice<f32>,
+        u: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<()> {
+        self.dev.launch(
+            "silu_mul",
+            stage,
+            grid_1d(n)?,
+            &[
+                Arg::Ptr(self.dev.ptr(g)),
+                Arg::Ptr(self.dev.ptr(u)),
+                Arg::Ptr(self.dev.ptr(y)),
+                Arg::I64(n as i64),
+            ],
+        )
+    }
+
+    /// Router, top-k, grouped expert SwiGLU and the weighted combine into `b.ffn_out`.
+    fn moe(
+        &mut self,
+        l: usize,
+        b: &Buffers,
+        router: &DeviceMatrix,
+        gate: &DeviceMatrix,
+        up: &DeviceMatrix,
+        down: &DeviceMatrix,
+    ) -> Result<()> {
+        let d = &self.w.dims;
+        let dev = self.dev;
+        let (t, h, e, k, f) = (self.t, d.hidden, d.n_experts, d.top_k, d.ffn);
+        let ks = |s: Stage| Key::layer(l, s).to_string();
+        let r = &b.rounded;
+        self.matmul(
+            Some(l),
+            Stage::RouterLogits,
+            router,
+            &b.ffn_norm,
+            t,
+            &b.router_logits,
+            r,
+            None,
+        )?;
+        self.done(Some(l), Stage::RouterLogits, &b.router_logits)?;
+        dev.launch(
+            "softmax_rows",
+            &ks(Stage::RouterProbs),
+            grid_1d(t)?,
+            &[
+                Arg::Ptr(dev.ptr(&b.router_logits)),
+                Arg::Ptr(dev.ptr(&b.router_probs)),
+                int(t, "T")?,
+                int(e, "experts")?,
+            ],
+        )?;
+        self.done(Some(l), Stage::RouterProbs, &b.router_probs)?;
+        let renorm = d.norm_topk
+            && !self.has_fault(Some(l), Stage::TopkWeights, |k| {
+                matches!(k, FaultKind::NoTopkRenorm)
+            });
+        dev.launch(
+            "topk",
+            &ks(Stage::TopkIds),
+            grid_1d(t)?,
+            &[
+                Arg::Ptr(dev.ptr(&b.router_probs)),
+                Arg::Ptr(dev.ptr(&b.topk_ids)),
+                Arg::Ptr(dev.ptr(&b.topk_w)),
+                int(t, "T")?,
+                int(e, "experts")?,
+                int(k, "top-k")?,
+                Arg::I32(i32::from(renorm)),
+            ],
+        )?;
+        self.capture_i32(Some(l), Stage::TopkIds, &b.topk_ids)?;
+        self.done(Some(l), Stage::TopkWeights, &b.topk_w)?;
+        dev.launch(
+            "moe_group",
+            &ks(Stage::FfnOut),
+            LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            },
+            &[
+                Arg::Ptr(dev.ptr(&b.topk_ids)),
+                int(t, "T")?,
+                int(k, "top-k")?,
+                int(e, "experts")?,
+                Arg::Ptr(dev.ptr(&b.counts)),
+                Arg::Ptr(dev.ptr(&b.offsets)),
+                Arg::Ptr(dev.ptr(&b.slot_token)),
+                Arg::Ptr(dev.ptr(&b.slot_of)),
+            ],
+        )?;
+        let swap = self
+            .faults_at(Some(l), Stage::FfnOut)
+            .find_map(|f| match f.kind {
+                FaultKind::ExpertSwap { a, b } => Some((a, b)),
+                _ => None,
+            });
+        let gathered = Groups {
+            counts: &b.counts,
+            offsets: &b.offsets,
+            in_rows: Some(&b.slot_token),
+            swap,
+        };
+        let grouped = Groups {
+            in_rows: None,
+            ..gathered
+        };
+        let slots = t * k;
+        // expert gate/up are no stages of the vocabulary: key them under ffn_out, which they
+        // produce (planted matmul faults at ffn_out act on the down projection only)
+        self.matmul_expert(l, gate, &b.ffn_norm, slots, &b.gate, &gathered)?;
+        self.matmul_expert(l, up, &b.ffn_norm, slots, &b.up, &gathered)?;
+        self.silu_mul(&ks(Stage::FfnOut), &b.gate, &b.up, &b.act, slots * f)?;
+        self.matmul(
+            Some(l),
+            Stage::FfnOut,
+            down,
+            &b.act,
+            slots,
+            &b.down,
+            r,
+            Some(&grouped),
+        )?;
+        dev.launch(
+            "moe_combine",
+            &ks(Stage::FfnOut),
+            grid_1d(t * h)?,
+            &[
+                Arg::Ptr(dev.ptr(&b.down)),
+                Arg::Ptr(dev.ptr(&b.slot_of)),
+                Arg::Ptr(dev.ptr(&b.topk_w)),
+                Arg::Ptr(dev.ptr(&b.ffn_out)),
+                int(t, "T")?,
+                int(k, "top-k")?,
+                int(h, "hidden")?,
+            ],
+        )
+    }
+
+    /// An expert gate/up matmul over gathered token rows (no planted matmul faults apply).
+    fn matmul_expert(
+        &self,
+        l: usize,
+        w: &DeviceMatrix,
+        x: &CudaSlice<f32>,
+        slots: usize,
+        y: &CudaSlice<f32>,
+        g: &Groups<'_>,
+    ) -> Result<()> {
+        let dev = self.dev;
+        let suffix = kernel_suffix(w.ty)
+            .ok_or_else(|| Error::internal(format!("{}: no kernel for {}", w.name, w.ty)))?;
+        let (sa, sb) = g.swap.map_or((-1, -1), |(a, b)| (a as i32, b as i32));
+        dev.launch(
+            &format!("matmul_{suffix}"),
+            &format!("layer.{l}.ffn_out ({})", w.name),
+            matmul_grid(w.rows, self.t, w.mats)?,
+            &[
+                Arg::Ptr(dev.ptr(&w.data)),
+                Arg::I64(w.row_bytes as i64),
+                Arg::I64(w.mat_bytes() as i64),
+                Arg::Ptr(dev.ptr(x)),
+                Arg::Ptr(dev.ptr(y)),
+                int(w.rows, "matmul outputs")?,
+                int(w.cols, "matmul inputs")?,
+                int(slots, "matmul rows")?,
+                Arg::Ptr(dev.ptr(g.counts)),
+                Arg::Ptr(dev.ptr(g.offsets)),
+                g.in_rows.map_or(NULL, |r| Arg::Ptr(dev.ptr(r))),
+                Arg::I32(sa),
+                Arg::I32(sb),
+            ],
+        )
+    }
+}
+
+/// Run one forward. `arena` is the backend's pinned capture memory, reused across calls.
+pub fn forward(
+    dev: &Device,
+    w: &DeviceWeights,
+    req: &ForwardRequest<'_>,
+    arena: &mut Arena,
+    meta: TraceMeta,
+) -> Result<Trace> {
+    let d = &w.dims;
+    let t = req.tokens.len();
+    if t == 0 {
+        return Err(Error::input("forward: the prompt has no tokens"));
+    }
+    if let Some((i, tok)) = req
+        .tokens
+        .iter()
+        .enumerate()
+        .find(|(_, tok)| **tok as usize >= d.vocab)
+    {
+        return Err(Error::input(format!(
+            "token {tok} at position {i} is outside the vocabulary of {}",
+            d.vocab
+        )));
+    }
+    check_faults(d, req.faults)?;
+    let words: usize = req
+        .plan
+        .keys(d.n_layers, |s| has_stage(d, s))
+        .iter()
+        .filter(|k| k.stage != Stage::Tokens)
+        .map(|k| stage_shape(d, t, k.stage).iter().product::<usize>())
+        .sum();
+    let cap = Capture::new(arena, &dev.ctx, words)?;
+    let mut run = Run {
+        dev,
+        w,
+        req,
+        t,
+        cap,
+    };
+    let mut b = Buffers::new(dev, d, t)?;
+    let toks: Vec<i32> = req.tokens.iter().map(|&v| v as i32).collect();
+    let toks_dev = dev.upload(&toks, "tokens")?;
+
+    // embedding: our hidden state starts here, whether or not a teacher feeds the layers
+    w.token_embd
+        .gather(dev, "embedding", Arg::Ptr(dev.ptr(&toks_dev)), t, &b.x)?;
+    run.done(None, Stage::Embedding, &b.x)?;
+    for l in 0..d.n_layers {
+        run.layer(l, &mut b)?;
+    }
+    let h = d.hidden;
+    let final_in = if req.teacher.is_some() && d.n_layers > 0 {
+        run.teacher_input(Key::layer(d.n_layers - 1, Stage::LayerOut), &mut b.layer_in)?;
+        &b.layer_in
+    } else {
+        &b.x
+    };
+    run.rms_norm("final_norm", final_in, &w.output_norm, &b.attn_norm, t, h)?;
+    run.done(None, Stage::FinalNorm, &b.attn_norm)?;
+    let lm_in = if req.teacher.is_some() {
+        run.teacher_input(Key::model(Stage::FinalNorm), &mut b.ffn_norm)?;
+        &b.ffn_norm
+    } else {
+        &b.attn_norm
+    };
+    let logits = dev.zeros::<f32>(t * d.vocab, "logits")?;
+    run.matmul(
+        None,
+        Stage::Logits,
+        w.lm_head(),
+        lm_in,
+        t,
+        &logits,
+        &b.rounded,
+        None,
+    )?;
+    run.done(None, Stage::Logits, &logits)?;
+    dev.sync("the forward")?;
+
+    let mut trace = Trace::new(meta);
+    if req.plan.wants(None, Stage::Tokens) {
+        trace.insert(
+            Key::model(Stage::Tokens),
+            crate::trace::tensor::Tensor::i32(vec![t], toks),
+        );
+    }
+    for (key, tensor) in run.cap.collect() {
+        trace.insert(key, tensor);
+    }
+    Ok(trace)
+}

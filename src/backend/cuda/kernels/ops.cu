@@ -1,0 +1,117 @@
+// Row-wise and element-wise stages: RMSNorm, NeoX RoPE, residual add, SwiGLU, and the planted
+// faults that act on a stage's output (NaN at one element, scale drift) or on a matmul's input
+// (Q8_0 activation rounding).
+//
+// Reductions that the CPU reference does in f64 are done in f64 here too (RMSNorm's sum of
+// squares, RoPE's angles and rotation, SiLU), each with a fixed tree order: the f32 results then
+// sit within one or two f32 roundings of the reference, and repeat bitwise from run to run.
+
+#define RED_THREADS 128
+
+// Sum of `v` over the block (blockDim.x == RED_THREADS), the same tree every run. All threads
+// get the total. `red` is RED_THREADS doubles of shared memory.
+__device__ __forceinline__ double block_sum(double v, double* red) {
+    red[threadIdx.x] = v;
+    __syncthreads();
+    for (int s = RED_THREADS / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
+        __syncthreads();
+    }
+    double total = red[0];
+    __syncthreads();
+    return total;
+}
+
+// y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * g. One block per row.
+extern "C" __global__ void __launch_bounds__(RED_THREADS)
+    rms_norm(const float* __restrict__ x, const float* __restrict__ g, float* __restrict__ y,
+             int n, float eps) {
+    __shared__ double red[RED_THREADS];
+    const float* xr = x + (i64)blockIdx.x * n;
+    float* yr = y + (i64)blockIdx.x * n;
+    double ss = 0.0;
+    for (int i = threadIdx.x; i < n; i += RED_THREADS) ss += (double)xr[i] * (double)xr[i];
+    ss = block_sum(ss, red);
+    double inv = 1.0 / sqrt(ss / (double)n + (double)eps);
+    for (int i = threadIdx.x; i < n; i += RED_THREADS)
+        yr[i] = (float)((double)xr[i] * inv * (double)g[i]);
+}
+
+// RoPE over x [T, heads, D] (position = token index), out of place. inv_freq_j =
+// theta^(-2j/D), angle = pos * inv_freq_j, all in f64. NeoX pairs (j, j + D/2); the planted
+// rope_pair_swap pairs adjacent dimensions (2j, 2j+1) with the same angle index j.
+extern "C" __global__ void rope(const float* __restrict__ x, float* __restrict__ y, int T,
+                                int heads, int D, float theta, int adjacent) {
+    int half = D / 2;
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (i64)T * heads * half) return;
+    int j = (int)(i % half);
+    i64 th = i / half;
+    int pos = (int)(th / heads);
+    double inv = pow((double)theta, -(double)(2 * j) / (double)D);
+    double a = (double)pos * inv;
+    double c = cos(a), s = sin(a);
+    i64 base = th * D;
+    i64 i1 = adjacent ? base + 2 * j : base + j;
+    i64 i2 = adjacent ? base + 2 * j + 1 : base + j + half;
+    double x1 = x[i1], x2 = x[i2];
+    y[i1] = (float)(x1 * c - x2 * s);
+    y[i2] = (float)(x2 * c + x1 * s);
+}
+
+// Residual add, one f32 rounding per element.
+extern "C" __global__ void add(const float* __restrict__ a, const float* __restrict__ b,
+                               float* __restrict__ y, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = a[i] + b[i];
+}
+
+// SwiGLU: silu(gate) * up, in f64, rounded once.
+extern "C" __global__ void silu_mul(const float* __restrict__ gate, const float* __restrict__ up,
+                                    float* __restrict__ y, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    double g = gate[i];
+    y[i] = (float)(g / (1.0 + exp(-g)) * (double)up[i]);
+}
+
+// Planted scale_drift: x *= f (f = 1 + eps, rounded to f32 on the host).
+extern "C" __global__ void scale_inplace(float* __restrict__ x, i64 n, float f) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) x[i] = x[i] * f;
+}
+
+// Planted nan: one element becomes NaN.
+extern "C" __global__ void set_nan(float* __restrict__ x, i64 idx) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) x[idx] = __int_as_float(0x7fc00000);
+}
+
+// Planted act_q8_rounding: each row of K values is rounded in blocks of 32 (a trailing partial
+// block over its own length), as ggml's quantize_row_q8_0_ref followed by dequantize_row_q8_0:
+// d = amax/127, q = roundf(x * (1/d)) (0 when d == 0), value = q * f16(d). amax follows C's
+// MAX macro (NaN handling included); the int8 conversion saturates and maps NaN to 0, as
+// Rust's `as i8` does on the CPU side. One thread per (row, block).
+extern "C" __global__ void round_q8_0(const float* __restrict__ x, float* __restrict__ y,
+                                      int rows, int K) {
+    int per_row = (K + 31) / 32;
+    i64 blk = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (blk >= (i64)rows * per_row) return;
+    i64 row = blk / per_row;
+    int b = (int)(blk % per_row);
+    i64 i0 = row * K + (i64)b * 32;
+    int len = min(32, K - b * 32);
+    float amax = 0.0f;
+    for (int j = 0; j < len; ++j) {
+        float a = fabsf(x[i0 + j]);
+        amax = amax > a ? amax : a;
+    }
+    float d = amax / 127.0f;
+    float id = d != 0.0f ? 1.0f / d : 0.0f;
+    float dh = h2f(f2h(d));
+    for (int j = 0; j < len; ++j) {
+        float r = roundf(__fmul_rn(x[i0 + j], id));
+        // an int8 level has no sign of zero: -0.5 rounds to level 0, which decodes to +0
+        int q = r != r ? 0 : (int)fminf(fmaxf(r, -128.0f), 127.0f);
+        y[i0 + j] = __fmul_rn((float)q, dh);
+    }
+}

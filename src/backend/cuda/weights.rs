@@ -1,0 +1,352 @@
+//! Model weights on the device, in their GGUF block format (uploaded once per model, never
+//! dequantized as a whole), and the hyper-parameters the forward needs.
+//!
+//! Matrices keep their own GGML type: a Q4_K_M file mixes Q4_K, Q6_K (and Q5_0/Q8_0 where rows
+//! are not a multiple of 256), and the matmul dispatch picks the kernel from each tensor's type.
+//! Norm weights are small and are decoded to f32 once, on the device, by the same decoders.
+
+use cudarc::driver::{CudaSlice, LaunchConfig};
+
+use super::device::{Arg, Device, NULL, int};
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+use crate::model::quant::GgmlType;
+
+/// A tensor as the model file holds it: name, GGML type, dims in ggml order (`dims[0]` is the
+/// row length) and the raw bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct HostTensor<'a> {
+    pub name: &'a str,
+    pub ty: GgmlType,
+    pub dims: &'a [u64],
+    pub bytes: &'a [u8],
+}
+
+/// Hyper-parameters of a qwen3 / qwen3moe model, as the forward uses them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dims {
+    /// qwen3moe (router + experts) or qwen3 (dense FFN).
+    pub moe: bool,
+    pub n_layers: usize,
+    pub hidden: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    /// Experts per layer (MoE only; 0 for dense).
+    pub n_experts: usize,
+    /// Experts per token (MoE only; 0 for dense).
+    pub top_k: usize,
+    /// FFN width: `feed_forward_length` (dense) or `expert_feed_forward_length` (MoE).
+    pub ffn: usize,
+    pub vocab: usize,
+    pub eps: f32,
+    pub rope_theta: f32,
+    /// Renormalise the top-k router weights to sum 1 (qwen3moe).
+    pub norm_topk: bool,
+}
+
+impl Dims {
+    pub fn from_config(c: &ModelConfig) -> Dims {
+        let moe = c.is_moe();
+        Dims {
+            moe,
+            n_layers: c.n_layers,
+            hidden: c.hidden,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            n_experts: if moe { c.n_experts } else { 0 },
+            top_k: if moe { c.n_experts_used } else { 0 },
+            ffn: if moe { c.expert_ffn_dim } else { c.ffn_dim },
+            vocab: c.vocab,
+            eps: c.rms_eps,
+            rope_theta: c.rope_theta,
+            norm_topk: c.norm_topk_prob,
+        }
+    }
+}
+
+/// The kernel-name suffix of a GGML type the device decodes, or `None`.
+pub fn kernel_suffix(ty: GgmlType) -> Option<&'static str> {
+    use GgmlType::*;
+    Some(match ty {
+        F32 => "f32",
+        F16 => "f16",
+        BF16 => "bf16",
+        Q8_0 => "q8_0",
+        Q4_0 => "q4_0",
+        Q4_1 => "q4_1",
+        Q5_0 => "q5_0",
+        Q5_1 => "q5_1",
+        Q4_K => "q4_k",
+        Q5_K => "q5_k",
+        Q6_K => "q6_k",
+        _ => return None,
+    })
+}
+
+/// A weight matrix (or a stack of expert matrices) on the device: `mats` matrices of `rows`
+/// rows (outputs) of `cols` values (inputs), each row `row_bytes` bytes of blocks.
+pub struct DeviceMatrix {
+    pub name: String,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub mats: usize,
+    pub row_bytes: usize,
+    pub data: CudaSlice<u8>,
+}
+
+impl DeviceMatrix {
+    /// Upload `t`, checking that it is `mats` x `rows` x `cols` (ggml dims `[cols, rows, mats]`)
+    /// and that its byte size matches its type.
+    pub fn upload(
+        dev: &Device,
+        t: &HostTensor<'_>,
+        cols: usize,
+        rows: usize,
+        mats: usize,
+    ) -> Result<DeviceMatrix> {
+        let mut want: Vec<u64> = vec![cols as u64, rows as u64];
+        if mats > 1 {
+            want.push(mats as u64);
+        }
+        // ggml drops trailing dims of 1 in some writers: compare without them
+        let trim = |d: &[u64]| -> Vec<u64> {
+            let mut v = d.to_vec();
+            while v.len() > 1 && v.last() == Some(&1) {
+                v.pop();
+            }
+            v
+        };
+        if trim(t.dims) != trim(&want) {
+            return Err(Error::input(format!(
+                "tensor {}: dims {:?} (ggml order), expected {:?}",
+                t.name, t.dims, want
+            )));
+        }
+        if kernel_suffix(t.ty).is_none() {
+            return Err(Error::input(format!(
+                "tensor {}: type {} is not supported by the CUDA backend",
+                t.name, t.ty
+            )));
+        }
+        let row_bytes = t.ty.bytes_for(cols as u64).ok_or_else(|| {
+            Error::input(format!(
+                "tensor {}: rows of {cols} values are not whole {} blocks",
+                t.name, t.ty
+            ))
+        })?;
+        let total = row_bytes
+            .checked_mul(rows as u64)
+            .and_then(|b| b.checked_mul(mats as u64));
+        if total != Some(t.bytes.len() as u64) {
+            return Err(Error::input(format!(
+                "tensor {}: {} bytes of data, expected {total:?} for {mats} x {rows} x {cols} {}",
+                t.name,
+                t.bytes.len(),
+                t.ty
+            )));
+        }
+        let data = dev.upload(t.bytes, t.name)?;
+        Ok(DeviceMatrix {
+            name: t.name.to_string(),
+            ty: t.ty,
+            rows,
+            cols,
+            mats,
+            row_bytes: row_bytes as usize,
+            data,
+        })
+    }
+
+    /// Bytes of one matrix of the stack.
+    pub fn mat_bytes(&self) -> usize {
+        self.row_bytes * self.rows
+    }
+
+    /// Decode rows `ids` (or row 0 when `ids` is NULL) to f32 into `out` (`n_ids x cols`).
+    pub fn gather(
+        &self,
+        dev: &Device,
+        stage: &str,
+        ids: Arg,
+        n_ids: usize,
+        out: &CudaSlice<f32>,
+    ) -> Result<()> {
+        let suffix = kernel_suffix(self.ty)
+            .ok_or_else(|| Error::internal(format!("{}: no decoder for {}", self.name, self.ty)))?;
+        let n = n_ids * self.cols;
+        dev.launch(
+            &format!("gather_{suffix}"),
+            stage,
+            super::device::grid_1d(n)?,
+            &[
+                Arg::Ptr(dev.ptr(&self.data)),
+                Arg::I64(self.row_bytes as i64),
+                ids,
+                Arg::Ptr(dev.ptr(out)),
+                int(n_ids, "rows")?,
+                int(self.cols, "row length")?,
+            ],
+        )
+    }
+}
+
+/// One transformer layer's weights.
+pub struct LayerWeights {
+    pub attn_norm: CudaSlice<f32>,
+    pub q: DeviceMatrix,
+    pub k: DeviceMatrix,
+    pub v: DeviceMatrix,
+    pub q_norm: CudaSlice<f32>,
+    pub k_norm: CudaSlice<f32>,
+    pub o: DeviceMatrix,
+    pub ffn_norm: CudaSlice<f32>,
+    pub ffn: FfnWeights,
+}
+
+/// The FFN of a layer: dense SwiGLU or routed experts.
+pub enum FfnWeights {
+    Dense {
+        gate: DeviceMatrix,
+        up: DeviceMatrix,
+        down: DeviceMatrix,
+    },
+    Moe {
+        router: DeviceMatrix,
+        gate: DeviceMatrix,
+        up: DeviceMatrix,
+        down: DeviceMatrix,
+    },
+}
+
+/// All weights of a model, on the device.
+pub struct DeviceWeights {
+    pub dims: Dims,
+    pub token_embd: DeviceMatrix,
+    pub layers: Vec<LayerWeights>,
+    pub output_norm: CudaSlice<f32>,
+    /// `output.weight`, or `None` when the model ties it to `token_embd`.
+    pub output: Option<DeviceMatrix>,
+}
+
+impl DeviceWeights {
+    /// Upload a model. `get` returns a tensor by its llama.cpp name.
+    pub fn upload<'a>(
+        dev: &Device,
+        dims: Dims,
+        get: &dyn Fn(&str) -> Option<HostTensor<'a>>,
+    ) -> Result<DeviceWeights> {
+        check_dims(&dims)?;
+        let need = |name: &str| -> Result<HostTensor<'a>> {
+            get(name).ok_or_else(|| Error::input(format!("model has no tensor {name}")))
+        };
+        let (h, nh, nkv, d, f) = (
+            dims.hidden,
+            dims.n_heads,
+            dims.n_kv_heads,
+            dims.head_dim,
+            dims.ffn,
+        );
+        let mat = |name: &str, cols: usize, rows: usize| -> Result<DeviceMatrix> {
+            DeviceMatrix::upload(dev, &need(name)?, cols, rows, 1)
+        };
+        let vec_f32 = |name: &str, n: usize| -> Result<CudaSlice<f32>> {
+            let m = mat(name, n, 1)?;
+            let out = dev.zeros::<f32>(n, name)?;
+            m.gather(dev, name, NULL, 1, &out)?;
+            Ok(out)
+        };
+        let token_embd = mat("token_embd.weight", h, dims.vocab)?;
+        let mut layers = Vec::with_capacity(dims.n_layers);
+        for i in 0..dims.n_layers {
+            let n = |s: &str| format!("blk.{i}.{s}.weight");
+            let ffn = if dims.moe {
+                let e = dims.n_experts;
+                FfnWeights::Moe {
+                    router: mat(&n("ffn_gate_inp"), h, e)?,
+                    gate: DeviceMatrix::upload(dev, &need(&n("ffn_gate_exps"))?, h, f, e)?,
+                    up: DeviceMatrix::upload(dev, &need(&n("ffn_up_exps"))?, h, f, e)?,
+                    down: DeviceMatrix::upload(dev, &need(&n("ffn_down_exps"))?, f, h, e)?,
+                }
+            } else {
+                FfnWeights::Dense {
+                    gate: mat(&n("ffn_gate"), h, f)?,
+                    up: mat(&n("ffn_up"), h, f)?,
+                    down: mat(&n("ffn_down"), f, h)?,
+                }
+            };
+            layers.push(LayerWeights {
+                attn_norm: vec_f32(&n("attn_norm"), h)?,
+                q: mat(&n("attn_q"), h, nh * d)?,
+                k: mat(&n("attn_k"), h, nkv * d)?,
+                v: mat(&n("attn_v"), h, nkv * d)?,
+                q_norm: vec_f32(&n("attn_q_norm"), d)?,
+                k_norm: vec_f32(&n("attn_k_norm"), d)?,
+                o: mat(&n("attn_output"), nh * d, h)?,
+                ffn_norm: vec_f32(&n("ffn_norm"), h)?,
+                ffn,
+            });
+        }
+        let output_norm = vec_f32("output_norm.weight", h)?;
+        let output = match get("output.weight") {
+            Some(t) => Some(DeviceMatrix::upload(dev, &t, h, dims.vocab, 1)?),
+            None => None,
+        };
+        dev.sync("weight upload")?;
+        Ok(DeviceWeights {
+            dims,
+            token_embd,
+            layers,
+            output_norm,
+            output,
+        })
+    }
+
+    /// The lm_head matrix: `output.weight`, or the tied embedding.
+    pub fn lm_head(&self) -> &DeviceMatrix {
+        self.output.as_ref().unwrap_or(&self.token_embd)
+    }
+}
+
+/// Shapes the kernels rely on.
+fn check_dims(d: &Dims) -> Result<()> {
+    let bad = |why: String| Err(Error::input(format!("model hyper-parameters: {why}")));
+    if d.hidden == 0 || d.n_heads == 0 || d.n_kv_heads == 0 || d.head_dim == 0 || d.vocab == 0 {
+        return bad(format!("a zero size in {d:?}"));
+    }
+    if !d.head_dim.is_multiple_of(2) {
+        return bad(format!(
+            "head_dim {} is odd; RoPE pairs need an even head size",
+            d.head_dim
+        ));
+    }
+    if !d.n_heads.is_multiple_of(d.n_kv_heads) {
+        return bad(format!(
+            "{} query heads are not a multiple of {} kv heads",
+            d.n_heads, d.n_kv_heads
+        ));
+    }
+    if d.moe && (d.n_experts == 0 || d.top_k == 0 || d.top_k > d.n_experts) {
+        return bad(format!("top-{} of {} experts", d.top_k, d.n_experts));
+    }
+    Ok(())
+}
+
+/// Launch config of the matmul kernels: 4 warps (one output feature each) by 8-row tiles.
+pub fn matmul_grid(n: usize, rows: usize, mats: usize) -> Result<LaunchConfig> {
+    let gx = u32::try_from(n.div_ceil(4)).ok();
+    let gy = u32::try_from(rows.div_ceil(8)).ok().filter(|&y| y <= 65535);
+    let gz = u32::try_from(mats).ok().filter(|&z| z <= 65535);
+    match (gx, gy, gz) {
+        (Some(x), Some(y), Some(z)) => Ok(LaunchConfig {
+            grid_dim: (x, y.max(1), z.max(1)),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        }),
+        _ => Err(Error::input(format!(
+            "matmul of {n} outputs x {rows} rows x {mats} matrices exceeds the launch grid"
+        ))),
+    }
+}
