@@ -9,13 +9,15 @@
 //!   even with --include-ignored; `FALSIFY_REQUIRE_GPU=1` makes that a failure (nightly runner).
 //! - Each trial writes its report under reports/falsify/ (`FALSIFY_REPORT_DIR` overrides), and a
 //!   failing trial prints its first divergence row, the origin and the report path.
-//! - `FALSIFY_CONTRACTS` names another contracts directory.
+//! - `FALSIFY_CONTRACTS` names another contracts directory; `FALSIFY_CANDIDATE=cuda` runs every
+//!   trial with that candidate backend (the self-tests with their faults planted on the GPU).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use falsifier::contract::load_checked;
-use falsifier::runner::{TrialOutcome, run_trial, trials};
+use falsifier::contract::schema::BackendName;
+use falsifier::runner::{TrialOutcome, run_trial, trials, with_candidate};
 use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 fn env_path(var: &str, default: &Path) -> PathBuf {
@@ -40,8 +42,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let candidate = match std::env::var("FALSIFY_CANDIDATE") {
+        Err(_) => None,
+        Ok(c) => match serde_yaml::from_str::<BackendName>(&c) {
+            Ok(b) => Some(b),
+            Err(_) => {
+                eprintln!("falsify: FALSIFY_CANDIDATE=`{c}` is not a backend (cpu, cpu-f32, cuda)");
+                return ExitCode::from(2);
+            }
+        },
+    };
     let tests: Vec<Trial> = trials(&contracts)
         .into_iter()
+        .map(|spec| match candidate {
+            Some(c) => with_candidate(spec, c),
+            None => spec,
+        })
         .map(|spec| {
             let name = spec.name();
             let heavy = spec.heavy();

@@ -10,10 +10,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::Outcome;
 use crate::contract::load_checked;
-use crate::error::Result;
+use crate::contract::schema::BackendName;
+use crate::error::{Error, Result};
 use crate::report::Environment;
 use crate::runner::summary::{self, Entry};
-use crate::runner::{TrialOutcome, run_trial, trials};
+use crate::runner::{TrialOutcome, run_trial, trials, with_candidate};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -28,6 +29,11 @@ pub struct RunArgs {
     /// Run only trials whose name contains this text (e.g. `cpu-vs-cuda`, `FALSIFY-MOE-SUB`).
     #[arg(long)]
     pub filter: Option<String>,
+    /// Run every trial with this candidate backend instead of the contracted one (cpu, cpu-f32,
+    /// cuda): e.g. the CPU self-test contracts with their faults planted on CUDA. Such a run's
+    /// records carry no level, so they never promote a contract.
+    #[arg(long)]
+    pub candidate: Option<String>,
     /// A GPU trial with no CUDA device fails instead of being skipped (nightly GPU runner; also
     /// set by the environment variable FALSIFY_REQUIRE_GPU=1).
     #[arg(long)]
@@ -38,8 +44,21 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     let require_gpu = args.require_gpu
         || std::env::var("FALSIFY_REQUIRE_GPU").is_ok_and(|v| !v.is_empty() && v != "0");
     let contracts = load_checked(&args.paths)?;
+    let candidate = match &args.candidate {
+        None => None,
+        Some(c) => Some(serde_yaml::from_str::<BackendName>(c).map_err(|_| {
+            Error::input(format!(
+                "--candidate: unknown backend `{c}` (known: {})",
+                crate::backend::BACKENDS.join(", ")
+            ))
+        })?),
+    };
     let selected: Vec<_> = trials(&contracts)
         .into_iter()
+        .map(|t| match candidate {
+            Some(c) => with_candidate(t, c),
+            None => t,
+        })
         .filter(|t| args.include_heavy || !t.heavy())
         .filter(|t| args.filter.as_deref().is_none_or(|f| t.name().contains(f)))
         .collect();
@@ -99,8 +118,16 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     println!(
         "{} trial(s), {}; report: {}",
         entries.len(),
-        if holds { "all hold" } else { "SOME DO NOT HOLD" },
+        if holds {
+            "all hold"
+        } else {
+            "SOME DO NOT HOLD"
+        },
         dir.join("report.html").display()
     );
-    Ok(if holds { Outcome::Holds } else { Outcome::Fails })
+    Ok(if holds {
+        Outcome::Holds
+    } else {
+        Outcome::Fails
+    })
 }

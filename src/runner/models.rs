@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::contract::resolve_model_path;
 use crate::contract::schema::ModelSpec;
 use crate::contract::shape::preset_config;
-use crate::contract::resolve_model_path;
 use crate::error::{Error, Result};
 use crate::model::synth;
 
@@ -63,7 +63,8 @@ pub fn resolve(contract_file: &Path, name: &str, spec: &ModelSpec) -> Result<Pat
         }
         return Ok(p);
     }
-    let (config, quant) = preset_config(spec).map_err(|e| Error::input(format!("{}: {e}", at())))?;
+    let (config, quant) =
+        preset_config(spec).map_err(|e| Error::input(format!("{}: {e}", at())))?;
     let dir = cache_dir(contract_file);
     let path = dir.join(synthetic_name(spec));
     let _guard = GENERATING.lock().unwrap_or_else(|p| p.into_inner());

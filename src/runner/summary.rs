@@ -147,8 +147,14 @@ pub fn write(
         std::fs::write(&p, text).map_err(|e| Error::io(&p, "writing report", e))
     };
     put("report.json", text)?;
-    put("report.md", markdown(entries, command, environment, &created, holds, dir))?;
-    put("report.html", html(entries, command, environment, &created, holds, dir))?;
+    put(
+        "report.md",
+        markdown(entries, command, environment, &created, holds, dir),
+    )?;
+    put(
+        "report.html",
+        html(entries, command, environment, &created, holds, dir),
+    )?;
     Ok(())
 }
 
@@ -175,12 +181,28 @@ fn markdown(
     dir: &Path,
 ) -> String {
     let mut s = String::new();
-    let failing: Vec<&Entry> = entries.iter().filter(|e| e.state() != "holds" && !e.state().starts_with("skipped")).collect();
+    let failing: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.state() != "holds" && !e.state().starts_with("skipped"))
+        .collect();
     let _ = writeln!(s, "# falsifier run\n");
     if holds {
-        let _ = writeln!(s, "All {} trial(s) hold (skipped GPU trials: {}).\n", entries.len(), entries.iter().filter(|e| e.state().starts_with("skipped")).count());
+        let _ = writeln!(
+            s,
+            "All {} trial(s) hold (skipped GPU trials: {}).\n",
+            entries.len(),
+            entries
+                .iter()
+                .filter(|e| e.state().starts_with("skipped"))
+                .count()
+        );
     } else {
-        let _ = writeln!(s, "{} of {} trial(s) do not hold.\n", failing.len(), entries.len());
+        let _ = writeln!(
+            s,
+            "{} of {} trial(s) do not hold.\n",
+            failing.len(),
+            entries.len()
+        );
     }
     let _ = writeln!(
         s,
@@ -189,7 +211,10 @@ fn markdown(
         env.commit.as_deref().unwrap_or("-"),
         env.card.as_deref().unwrap_or("-")
     );
-    let _ = writeln!(s, "| trial | result | first divergence | origin | expected | report |");
+    let _ = writeln!(
+        s,
+        "| trial | result | first divergence | origin | expected | report |"
+    );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
     for e in entries {
         let r = e.record();
