@@ -38,6 +38,7 @@ pub fn is_dequant_supported(ty: GgmlType) -> bool {
             | Q4_K
             | Q5_K
             | Q6_K
+            | Q8_K
     )
 }
 
@@ -99,6 +100,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         Q4_K => blocks(bytes, out, q4_k),
         Q5_K => blocks(bytes, out, q5_k),
         Q6_K => blocks(bytes, out, q6_k),
+        Q8_K => blocks(bytes, out, q8_k),
         _ => {
             return Err(Error::internal(format!(
                 "dequantize: {ty} is listed as supported but has no decoder"
@@ -137,6 +139,46 @@ pub fn round_activations_q8_0(x: &mut [f32]) {
             *v = q8_0_level(*v, id) as f32 * d;
         }
     }
+}
+
+/// Round activations in place to Q8_K blocks, as ggml's `quantize_row_q8_K_ref` followed by
+/// `dequantize_row_q8_K` does: per 256 values, with `max` the value of largest magnitude,
+/// `iscale = -127/max`, `q = min(127, nearest_int(iscale * x))`, value `= (1/iscale) * q` (the
+/// scale stays f32). An all-zero block stays zero; a trailing partial block is rounded the same
+/// way over its own length. This is what llama.cpp's CPU path does to activations before dot
+/// products with K-quant weights (Q2_K..Q6_K pair with Q8_K, the 32-value formats with Q8_0).
+pub fn round_activations_q8_k(x: &mut [f32]) {
+    for block in x.chunks_mut(256) {
+        match q8_k_scale(block) {
+            Some(iscale) => {
+                let d = 1.0 / iscale;
+                for v in block.iter_mut() {
+                    *v = d * q8_k_level(*v, iscale) as f32;
+                }
+            }
+            None => block.fill(0.0),
+        }
+    }
+}
+
+/// Q8_K's `iscale = -127/max` for one block (`max`: the first value of largest magnitude), or
+/// `None` for an all-zero block.
+pub(crate) fn q8_k_scale(block: &[f32]) -> Option<f32> {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for &v in block {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    (amax != 0.0).then(|| -127.0 / max)
+}
+
+/// Q8_K's level for one value: ggml's `nearest_int` (ties to even), capped at 127.
+#[inline]
+pub(crate) fn q8_k_level(x: f32, iscale: f32) -> i8 {
+    let v = iscale * x + 12_582_912.0;
+    ((v.to_bits() as i32 & 0x007f_ffff) - 0x0040_0000).min(127) as i8
 }
 
 /// Q8_0's scale for one block, as `quantize_row_q8_0_ref`: `(d, 1/d)` with `d = amax/127`.
@@ -392,6 +434,14 @@ fn q6_k(b: &[u8; 210], o: &mut [f32; 256]) {
     }
 }
 
+/// block_q8_K: d (f32), qs[256] (int8), bsums[16] (int16, unused when decoding).
+fn q8_k(b: &[u8; 292], o: &mut [f32; 256]) {
+    let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    for (o, q) in o.iter_mut().zip(&b[4..260]) {
+        *o = d * (*q as i8) as f32;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,7 +551,7 @@ mod tests {
         assert!(dequantize(GgmlType::F32, &[0u8; 3], &mut out[..1]).is_err());
         let err = dequantize(GgmlType::IQ2_XXS, &[0u8; 66], &mut out).unwrap_err();
         assert!(err.message().contains("IQ2_XXS"), "{}", err.message());
-        assert!(!is_dequant_supported(GgmlType::Q8_K));
+        assert!(!is_dequant_supported(GgmlType::IQ4_XS));
         assert!(dequantize_q6k_as_q4k(&[0u8; 209], &mut out).is_err());
         assert!(dequantize_q6k_as_q4k(&[0u8; 210], &mut out[..100]).is_err());
         // Empty input is a valid, empty tensor.

@@ -11,6 +11,7 @@ pub mod quantize;
 
 pub use dequant::{
     dequantize, dequantize_q6k_as_q4k, is_dequant_supported, round_activations_q8_0,
+    round_activations_q8_k,
 };
 
 /// A ggml tensor type (`enum ggml_type`). Discriminants are the on-disk ids.
