@@ -394,3 +394,55 @@ fn open_names_missing_file() {
     let e = GgufFile::open(Path::new("/nonexistent/model.gguf")).unwrap_err();
     assert!(e.to_string().contains("/nonexistent/model.gguf"));
 }
+
+#[test]
+fn gen_model_cli_writes_a_loadable_model() {
+    use falsifier::model::config::ModelConfig;
+    let dir = std::env::temp_dir().join(format!("falsifier-gen-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("m.gguf");
+    let bin = env!("CARGO_BIN_EXE_falsifier");
+    let run = |args: &[&str]| std::process::Command::new(bin).args(args).output().unwrap();
+    let o = run(&[
+        "gen-model",
+        "--preset",
+        "tiny-moe",
+        "--quant",
+        "q8_0",
+        "--seed",
+        "4",
+        "--layers",
+        "2",
+        "--experts",
+        "4",
+        "--top-k",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let f = GgufFile::open(&out).unwrap();
+    let c = ModelConfig::from_gguf(&f).unwrap();
+    assert_eq!((c.n_layers, c.n_experts, c.n_experts_used), (2, 4, 3));
+    c.validate_tensors(&f).unwrap();
+    let o = run(&[
+        "gen-model",
+        "--preset",
+        "nope",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("unknown preset"));
+    let o = run(&[
+        "gen-model",
+        "--preset",
+        "tiny-moe",
+        "--quant",
+        "q3_k",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -413,6 +413,45 @@ mod tests {
         GgufFile::from_bytes("edited.gguf", out).unwrap()
     }
 
+    #[test]
+    fn output_may_be_tied_to_the_embedding() {
+        use crate::model::gguf::GgufWriter;
+        let f = fixture("qwen3moe-tiny-f32.gguf");
+        let mut w = GgufWriter::new();
+        for (k, v) in f.metadata() {
+            w.add_kv(k, v.clone());
+        }
+        let kept: Vec<_> = f
+            .tensors()
+            .iter()
+            .filter(|t| t.name != "output.weight")
+            .collect();
+        for t in &kept {
+            w.add_tensor(&t.name, t.dims.clone(), t.ty).unwrap();
+        }
+        let mut out = Vec::new();
+        w.write_to(&mut out, |i, sink| {
+            sink.write_all(f.tensor_data(kept[i]))
+                .map_err(|e| Error::internal(e.to_string()))
+        })
+        .unwrap();
+        let tied = GgufFile::from_bytes("tied.gguf", out).unwrap();
+        let c = ModelConfig::from_gguf(&tied).unwrap();
+        c.validate_tensors(&tied).unwrap();
+        // a dense config does not fit the MoE file: the first dense tensor is named
+        let dense = ModelConfig {
+            arch: Arch::Qwen3,
+            ..c
+        };
+        assert!(dense.has_stage(Stage::FfnAct) && !dense.has_stage(Stage::TopkIds));
+        assert_eq!(dense.stage_shape(Stage::FfnGate, 5), vec![5, 128]);
+        let e = dense.validate_tensors(&tied).unwrap_err().to_string();
+        assert!(
+            e.contains("tied.gguf: tensor 'blk.0.ffn_gate.weight' is missing"),
+            "{e}"
+        );
+    }
+
     fn with_key(key: &str, v: Option<MetaValue>) -> GgufFile {
         with_keys(&[(key, v)])
     }

@@ -543,8 +543,9 @@ pub fn generate(
             .progress_chars("=> "),
     );
     let mut shown = false;
-    // slices generated at once: enough to keep every core busy, few enough to bound memory
-    let batch = rayon::current_num_threads().max(1) * 2;
+    // slices generated at once: enough to keep the cores busy, few enough to bound memory
+    // (each slice is ~4 MiB of f32 plus its encoding)
+    let batch = (rayon::current_num_threads() * 2).clamp(2, 32);
     w.write_file(out, |i, sink| {
         let p = &plans[i];
         bar.set_message(p.name.clone());

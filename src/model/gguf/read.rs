@@ -17,6 +17,13 @@ use super::{DEFAULT_ALIGNMENT, MAX_DIMS, MetaValue, TensorInfo, align_up, vtype}
 use crate::error::{Error, Result};
 use crate::model::quant::GgmlType;
 
+/// Capacity to reserve for `n` items announced by the file: a count that passed the
+/// plausibility check can still exceed what a large file holds, so vectors grow past this cap
+/// only as items are actually parsed.
+fn reserve(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX).min(1 << 12)
+}
+
 /// Arrays nest at most this deep; real files nest at most once. Bounds the parser's recursion.
 const MAX_ARRAY_DEPTH: usize = 8;
 
@@ -173,10 +180,9 @@ impl GgufFile {
         // A kv takes at least 8 (key length) + 4 (type) + 1 bytes, a tensor info at least
         // 8 (name length) + 4 (n_dims) + 4 (type) + 8 (offset).
         c.check_count(n_kv, 13, n_kv_at, "metadata count")?;
-        let n_kv = n_kv as usize;
 
-        let mut kv: Vec<(String, MetaValue)> = Vec::with_capacity(n_kv);
-        let mut keys = HashSet::with_capacity(n_kv);
+        let mut kv: Vec<(String, MetaValue)> = Vec::with_capacity(reserve(n_kv));
+        let mut keys = HashSet::with_capacity(reserve(n_kv));
         for _ in 0..n_kv {
             let key_at = c.pos;
             let key = c.string("metadata key")?;
@@ -209,8 +215,8 @@ impl GgufFile {
             }
         };
 
-        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(n_tensors as usize);
-        let mut names = HashSet::with_capacity(n_tensors as usize);
+        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(reserve(n_tensors));
+        let mut names = HashSet::with_capacity(reserve(n_tensors));
         for _ in 0..n_tensors {
             let info_at = c.pos;
             let name = c.string("tensor name")?;
@@ -484,7 +490,7 @@ impl<'a> Cursor<'a> {
                 let count = self.u64("array length")?;
                 self.check_count(count, min, count_at, "array length")?;
                 // grow with what is actually parsed: a 1-byte element must not reserve 32
-                let mut items = Vec::with_capacity((count as usize).min(1 << 16));
+                let mut items = Vec::with_capacity(reserve(count));
                 for _ in 0..count {
                     let at = self.pos;
                     items.push(self.value(ety, at, depth + 1)?);
