@@ -54,15 +54,23 @@ impl Environment {
             .or_else(|_| std::fs::read_to_string("/etc/hostname"))
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
-        let commit = std::process::Command::new("git")
-            .args(["rev-parse", "HEAD"])
-            .stderr(std::process::Stdio::null())
-            .output()
+        // FALSIFIER_COMMIT names the commit where there is no checkout (a GPU host that only
+        // received the binaries); otherwise ask git.
+        let from_env = std::env::var("FALSIFIER_COMMIT")
             .ok()
-            .filter(|o| o.status.success())
-            .and_then(|o| String::from_utf8(o.stdout).ok())
             .map(|s| s.trim().to_string())
             .filter(|s| !s.is_empty());
+        let commit = from_env.or_else(|| {
+            std::process::Command::new("git")
+                .args(["rev-parse", "HEAD"])
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8(o.stdout).ok())
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+        });
         Environment {
             host,
             card: None,

@@ -7,6 +7,7 @@ set -u
 # test binaries find contracts and fixtures under the path they were built in
 mkdir -p /work && [ -e /work/main ] || ln -sfn "$PWD" /work/main
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export FALSIFIER_COMMIT=$(cat .gpu/COMMIT)   # the GPU host has the tree but no git history
 F=.gpu/falsifier; E=/tmp/evidence; rm -rf $E; mkdir -p $E
 { echo "commit: $(cat .gpu/COMMIT)"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; } | tee $E/card.txt
 MOE=81,119,101,110,51,77,111,69
