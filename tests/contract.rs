@@ -517,11 +517,48 @@ fn temp_dir(tag: &str) -> PathBuf {
 }
 
 /// Copy contracts/ into a temp dir, plus a one-falsifier contract whose status can move.
+/// The shipped contracts as they were created: every status PROPOSED, promotion entries
+/// dropped. The promote tests start from there whatever the real contracts have reached since
+/// (they are promoted on real evidence), keeping every comment and the key order.
+fn as_created(text: &str) -> String {
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("kind: promotion"))
+        .collect();
+    // the contract's version is its last remaining amendment's
+    let created_version = kept
+        .iter()
+        .rev()
+        .filter(|l| l.trim_start().starts_with("- { version: "))
+        .find_map(|l| l.split("version: ").nth(1)?.split(',').next())
+        .unwrap_or("1.0.0")
+        .to_string();
+    let mut out = String::new();
+    for line in kept {
+        let trimmed = line.trim_start();
+        let indent = &line[..line.len() - trimmed.len()];
+        let replaced = |key: &str, value: &str| -> Option<String> {
+            let rest = trimmed.strip_prefix(key)?;
+            let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+            Some(format!("{indent}{key}{value}{}", &rest[end..]))
+        };
+        let new = if line.starts_with("version: ") {
+            replaced("version: ", &created_version)
+        } else {
+            replaced("status: ", "PROPOSED")
+        };
+        out.push_str(new.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
 fn copy_contracts(tag: &str) -> PathBuf {
     let d = temp_dir(tag);
     for e in std::fs::read_dir(Path::new(ROOT).join("contracts")).unwrap() {
         let p = e.unwrap().path();
-        std::fs::copy(&p, d.join(p.file_name().unwrap())).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(d.join(p.file_name().unwrap()), as_created(&text)).unwrap();
     }
     std::fs::write(
         d.join("single.yaml"),
