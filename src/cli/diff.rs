@@ -82,24 +82,7 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
                 "--propose-thresholds {factor}: expected a factor >= 1"
             )));
         }
-        let proposals = propose(&report, factor);
-        println!("proposed thresholds ({factor} x the noise floor measured here):");
-        println!(
-            "  {:<14} {:>10} {:>10} {:>10}",
-            "stage", "measured", "proposed", "default"
-        );
-        let mut flags = Vec::new();
-        for p in &proposals {
-            println!(
-                "  {:<14} {:>10.2e} {:>10.0e} {:>10.0e}",
-                p.stage.name(),
-                p.measured,
-                p.proposed,
-                p.default
-            );
-            flags.push(format!("--threshold {}={:.0e}", p.stage, p.proposed));
-        }
-        println!("  {}", flags.join(" "));
+        print_proposals(&propose(&report, factor), factor);
         return Ok(Outcome::Holds);
     }
     Ok(if report.holds {
@@ -107,4 +90,28 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
     } else {
         Outcome::Fails
     })
+}
+
+/// Print proposed thresholds as a table, as `--threshold` flags and as a contract snippet.
+pub fn print_proposals(proposals: &[crate::diff::thresholds::Proposal], factor: f64) {
+    println!("proposed thresholds ({factor} x the noise floor measured here):");
+    println!(
+        "  {:<14} {:>10} {:>10} {:>10}",
+        "stage", "measured", "proposed", "default"
+    );
+    let mut flags = Vec::new();
+    let mut yaml = Vec::new();
+    for p in proposals {
+        println!(
+            "  {:<14} {:>10.2e} {:>10.0e} {:>10.0e}",
+            p.stage.name(),
+            p.measured,
+            p.proposed,
+            p.default
+        );
+        flags.push(format!("--threshold {}={:.0e}", p.stage, p.proposed));
+        yaml.push(format!("{}: {:.0e}", p.stage, p.proposed));
+    }
+    println!("  flags:    {}", flags.join(" "));
+    println!("  contract: thresholds: {{ {} }}", yaml.join(", "));
 }

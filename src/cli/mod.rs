@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod calibrate;
 mod diff;
 mod gen_model;
 mod lint;
@@ -63,6 +64,8 @@ pub enum Command {
     Diff(diff::DiffArgs),
     /// Run contracts (paired forwards, diff, attribution) and write one combined report.
     Run(run::RunArgs),
+    /// Measure the f32 noise floor (CPU f32 vs f64 accumulation) and propose per-stage thresholds.
+    Calibrate(calibrate::CalibrateArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -79,6 +82,7 @@ pub fn main() -> ExitCode {
         Command::GenModel(a) => gen_model::run(&a),
         Command::Diff(args) => diff::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Calibrate(args) => calibrate::run(&args),
     };
     match result {
         Ok(Outcome::Holds) => ExitCode::SUCCESS,

@@ -1,0 +1,100 @@
+//! The CLI end to end: calibrate proposes thresholds from the f32 noise floor; run writes a
+//! combined report that promote accepts; bad input exits 2.
+
+use std::path::Path;
+use std::process::Command;
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn falsifier(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_falsifier"))
+        .args(args)
+        .current_dir(ROOT)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn calibrate_proposes_thresholds_above_the_noise_floor() {
+    let out = falsifier(&[
+        "calibrate",
+        "fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf",
+        "--tokens",
+        "81,119,101,110,51,77,111,69",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("proposed thresholds"), "{text}");
+    // every stage's noise floor is far under the default thresholds it is proposed against
+    for line in text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("ffn_out "))
+    {
+        let cols: Vec<f64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(|c| c.parse().unwrap())
+            .collect();
+        assert!(cols[0] > 0.0 && cols[0] < 1e-5, "{line}");
+        assert!(cols[1] >= cols[0] * 10.0, "{line}");
+    }
+    let bad = falsifier(&["calibrate", "no-such.gguf", "--tokens", "1"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn run_report_is_promote_evidence() {
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-run-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = falsifier(&[
+        "run",
+        "contracts/harness-self-test.yaml",
+        "--filter",
+        "FALSIFY-SELF-NAN-002",
+        "--report-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["schema"], "falsifier-report/1");
+    assert_eq!(json["holds"], true);
+    let rows = json["falsifiers"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "moe and dense models");
+    for r in rows {
+        assert_eq!(r["id"], "FALSIFY-SELF-NAN-002");
+        assert_eq!(r["first_divergence"], "layer.2.ffn_out: NanCand");
+        assert_eq!(r["origin"], "layer.2.ffn_out");
+        assert_eq!(r["level"], "ACTIVE_ALGORITHM_LEVEL");
+        let trial = Path::new(r["report_dir"].as_str().unwrap());
+        assert!(trial.join("report.html").is_file());
+    }
+    for f in ["report.md", "report.html"] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+    // the evidence is what promote reads (dry run: the real contracts are not touched)
+    let copy = dir.join("contracts");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(
+        Path::new(ROOT).join("contracts/harness-self-test.yaml"),
+        copy.join("harness-self-test.yaml"),
+    )
+    .unwrap();
+    let promote = falsifier(&[
+        "promote",
+        "--evidence",
+        dir.join("report.json").to_str().unwrap(),
+        "--contracts",
+        copy.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert_eq!(promote.status.code(), Some(0), "{promote:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unknown_candidate_is_bad_input() {
+    let out = falsifier(&["run", "contracts", "--candidate", "tpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--candidate"));
+}
