@@ -308,26 +308,14 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename temp file onto", e))
 }
 
-/// Today's date, UTC, as `YYYY-MM-DD` (civil-from-days, H. Hinnant).
+/// Today's date, UTC, as `YYYY-MM-DD`.
 pub fn today_utc() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    date_from_days((secs / 86_400) as i64)
+    date_of(std::time::SystemTime::now())
 }
 
-fn date_from_days(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+/// The date part of [`crate::report::rfc3339`].
+fn date_of(t: std::time::SystemTime) -> String {
+    crate::report::rfc3339(t)[..10].to_string()
 }
 
 /// A unified-style line diff of `old` -> `new` with 3 lines of context.
@@ -399,9 +387,10 @@ mod tests {
 
     #[test]
     fn civil_dates() {
-        assert_eq!(date_from_days(0), "1970-01-01");
-        assert_eq!(date_from_days(20_417), "2025-11-25");
-        assert_eq!(date_from_days(11_016), "2000-02-29");
+        let day = |d: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs(d * 86_400);
+        assert_eq!(date_of(day(0)), "1970-01-01");
+        assert_eq!(date_of(day(20_417)), "2025-11-25");
+        assert_eq!(date_of(day(11_016)), "2000-02-29");
     }
 
     #[test]
