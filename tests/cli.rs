@@ -98,3 +98,41 @@ fn unknown_candidate_is_bad_input() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--candidate"));
 }
+
+#[test]
+fn nightly_compares_with_the_previous_night() {
+    let hist = std::env::temp_dir().join(format!("falsifier-cli-nightly-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&hist);
+    let night = |extra: &[&str]| {
+        let mut args = vec![
+            "nightly",
+            "contracts/harness-self-test.yaml",
+            "--no-heavy",
+            "--history",
+            hist.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        falsifier(&args)
+    };
+    let first = night(&[]);
+    assert_eq!(first.status.code(), Some(0), "{first:?}");
+    assert!(String::from_utf8_lossy(&first.stdout).contains("first run"));
+    // run directories are named by the second: make sure the second night is a later one
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = night(&[]);
+    assert_eq!(second.status.code(), Some(0), "{second:?}");
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(out.contains("0 regression(s)"), "{out}");
+    // a GPU contract fails the nightly on a machine without a GPU (a GPU is required there)
+    let gpu = falsifier(&[
+        "nightly",
+        "contracts/trace-moe-gpu-sub-stages.yaml",
+        "--no-heavy",
+        "--history",
+        hist.join("gpu").to_str().unwrap(),
+    ]);
+    if falsifier::backend::probe("cuda").is_err() {
+        assert_eq!(gpu.status.code(), Some(1), "{gpu:?}");
+    }
+    std::fs::remove_dir_all(&hist).unwrap();
+}

@@ -10,8 +10,9 @@ mod calibrate;
 mod diff;
 mod gen_model;
 mod lint;
+mod nightly;
 mod promote;
-mod run;
+pub mod run;
 mod stages;
 pub mod trace;
 
@@ -64,6 +65,9 @@ pub enum Command {
     Diff(diff::DiffArgs),
     /// Run contracts (paired forwards, diff, attribution) and write one combined report.
     Run(run::RunArgs),
+    /// The nightly GPU runner: everything, heavy trials included, GPU required; regressions
+    /// against the previous night's run.
+    Nightly(nightly::NightlyArgs),
     /// Measure the f32 noise floor (CPU f32 vs f64 accumulation) and propose per-stage thresholds.
     Calibrate(calibrate::CalibrateArgs),
 }
@@ -83,6 +87,7 @@ pub fn main() -> ExitCode {
         Command::Diff(args) => diff::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Calibrate(args) => calibrate::run(&args),
+        Command::Nightly(args) => nightly::run(&args),
     };
     match result {
         Ok(Outcome::Holds) => ExitCode::SUCCESS,

@@ -8,6 +8,7 @@
 
 pub mod attribution;
 pub mod models;
+pub mod nightly;
 pub mod summary;
 
 use std::path::{Path, PathBuf};
