@@ -199,18 +199,26 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
     // plus the same, so that both traces describe the same stages.
     let full_plan = attribution::reference_plan(&plan);
     let tokens = &f.tokens;
-    let ref_trace = reference.forward(&ForwardRequest {
+    let mut ref_trace = reference.forward(&ForwardRequest {
         tokens,
         plan: &full_plan,
         teacher: None,
         faults: &ref_faults,
     })?;
-    let cand_trace = candidate.forward(&ForwardRequest {
+    let mut cand_trace = candidate.forward(&ForwardRequest {
         tokens,
         plan: &full_plan,
         teacher: None,
         faults: &cand_faults,
     })?;
+    // reports describe each side by what ran it (card and driver for CUDA)
+    for (trace, side) in [(&mut ref_trace, &reference), (&mut cand_trace, &candidate)] {
+        trace
+            .meta
+            .extra
+            .entry("device".into())
+            .or_insert_with(|| side.describe());
+    }
 
     let labels = (ref_name.name().to_string(), cand_name.name().to_string());
     let opts = diff_options(f, &plan, labels)?;
