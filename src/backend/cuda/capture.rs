@@ -1,6 +1,6 @@
 //! Capture of planned stages: asynchronous device-to-host copies into one pinned host arena,
 //! queued on the forward's stream right after each stage is final, and read back after the one
-//! synchronisation at the end of the forward.
+//! synchronisation at the end of the forward, by all host cores at once.
 //!
 //! The arena is sized up front from the plan (every stage's shape is known from the model and
 //! the prompt length) and kept by the backend between forwards, so a traced forward allocates
@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaSlice, DevicePtr, PinnedHostSlice};
+use rayon::prelude::*;
 
 use super::device::Device;
 use crate::error::{Error, Result};
@@ -124,8 +125,10 @@ impl Capture {
             // SAFETY: the arena holds `cap >= used` initialised words once the copies completed.
             unsafe { std::slice::from_raw_parts(self.base, self.used) }
         };
+        // the copies out of the pinned arena into fresh vectors are page-fault bound (tens of
+        // MB a layer at long prompts): spread them over the host's cores
         self.items
-            .into_iter()
+            .into_par_iter()
             .map(|it| {
                 let w = &words[it.off..it.off + it.len];
                 let t = match it.dtype {

@@ -188,6 +188,7 @@ impl Device {
                 .map_err(|e| dev_err(&format!("kernel {k} missing from the module"), e))?;
             funcs.insert(k, f);
         }
+        keep_pool_memory(&ctx);
         let stream = ctx.default_stream();
         let sync_each = std::env::var("FALSIFIER_CUDA_SYNC").is_ok_and(|v| v == "1");
         Ok(Device {
@@ -268,6 +269,28 @@ impl Device {
                 "CUDA error during {what}: {e:?} (rerun with FALSIFIER_CUDA_SYNC=1 to name the kernel)"
             ))
         })
+    }
+}
+
+/// Let the device's default memory pool keep freed memory instead of returning it to the
+/// driver at each synchronisation: every forward allocates its activation buffers anew (stream
+/// ordered), and without this each one maps them again. Best effort: a driver that refuses
+/// leaves the default, which is only slower.
+fn keep_pool_memory(ctx: &CudaContext) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut keep: u64 = u64::MAX;
+    // SAFETY: the context is current (just created and used); both pointers are valid for the
+    // calls, and the attribute takes a u64.
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS
+        {
+            let _ = sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut keep as *mut u64).cast(),
+            );
+        }
     }
 }
 

@@ -394,7 +394,8 @@ fn check_matmul(what: &str, got: &[f32], x: &[f32], w: &[f32], t: usize, rows: u
                 continue; // random BF16/F16 bits include huge values: the f32 sum overflows
             }
             let err = (got[ti * rows + r] as f64 - want).abs();
-            // f32 FMA accumulation: error bounded by ~cols/32 * 2^-24 of the absolute sum
+            // f32 FMA accumulation in k order: rounding of order sqrt(cols) * 2^-24 of the
+            // absolute sum
             assert!(
                 err <= 1e-6 * scale.max(1e-30),
                 "{what} [{ti},{r}]: {} vs {want} (scale {scale})",

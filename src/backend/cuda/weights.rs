@@ -334,15 +334,19 @@ fn check_dims(d: &Dims) -> Result<()> {
     Ok(())
 }
 
-/// Launch config of the matmul kernels: 4 warps (one output feature each) by 8-row tiles.
+/// Launch config of the matmul kernels: blocks of 256 threads over tiles of 64 output features
+/// x 64 rows, one grid layer per expert matrix.
 pub fn matmul_grid(n: usize, rows: usize, mats: usize) -> Result<LaunchConfig> {
-    let gx = u32::try_from(n.div_ceil(4)).ok();
-    let gy = u32::try_from(rows.div_ceil(8)).ok().filter(|&y| y <= 65535);
+    // MM_BN, MM_BT and MM_THREADS of kernels/matmul.cu
+    let gx = u32::try_from(n.div_ceil(64)).ok();
+    let gy = u32::try_from(rows.div_ceil(64))
+        .ok()
+        .filter(|&y| y <= 65535);
     let gz = u32::try_from(mats).ok().filter(|&z| z <= 65535);
     match (gx, gy, gz) {
         (Some(x), Some(y), Some(z)) => Ok(LaunchConfig {
             grid_dim: (x, y.max(1), z.max(1)),
-            block_dim: (128, 1, 1),
+            block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         }),
         _ => Err(Error::input(format!(

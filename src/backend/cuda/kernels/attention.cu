@@ -27,11 +27,16 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     for (int d = threadIdx.x; d < D; d += ATT_THREADS) qs[d] = q[((i64)i * nh + h) * D + d];
     __syncthreads();
     float scale = (float)(1.0 / sqrt((double)D));
-    for (int j = threadIdx.x; j < end; j += ATT_THREADS) {
+    // one warp per key: lanes stride over d (coalesced reads of the key row), then a fixed
+    // xor-butterfly sums the lanes (every lane ends with the same bits; lane 0 writes)
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int j = warp; j < end; j += ATT_THREADS / 32) {
         const float* kr = k + ((i64)j * nkv + kh) * D;
         float s = 0.0f;
-        for (int d = 0; d < D; ++d) s = fmaf(qs[d], kr[d], s);
-        sc[j] = s * scale;
+        for (int d = lane; d < D; d += 32) s = fmaf(qs[d], kr[d], s);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) sc[j] = s * scale;
     }
     __syncthreads();
     // max over the visible keys (NaN propagates: a NaN score makes the row NaN, as on the CPU)
