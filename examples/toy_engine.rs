@@ -432,7 +432,10 @@ fn main() -> std::process::ExitCode {
     let run = || -> Result<DiffReport> {
         // the registry at work: the same engine, opened by name like a shipped backend
         let opened = backend::open("toy", &model)?;
-        println!("registered backend `toy`: {}", opened.describe());
+        println!(
+            "backend::open(\"toy\", ..) opens the registered engine: {}",
+            opened.describe()
+        );
         if let Some(out) = value("--trace-out") {
             let plan = CapturePlan::all();
             let trace =
