@@ -8,7 +8,9 @@ pub mod cpu;
 pub mod cuda;
 pub mod fault;
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use crate::error::{Error, Result};
 use crate::trace::plan::CapturePlan;
@@ -62,11 +64,8 @@ pub trait Backend {
 pub fn probe(name: &str) -> Result<()> {
     match name {
         "cuda" => cuda::CudaBackend::probe(0).map(|_| ()),
-        n if BACKENDS.contains(&n) => Ok(()),
-        other => Err(Error::input(format!(
-            "unknown backend `{other}` (known: {})",
-            BACKENDS.join(", ")
-        ))),
+        n if BACKENDS.contains(&n) || registered(n).is_some() => Ok(()),
+        other => Err(unknown(other)),
     }
 }
 
@@ -84,9 +83,45 @@ pub fn open(name: &str, model: &Path) -> Result<Box<dyn Backend>> {
             CpuBackend::open(model)?.with_precision(Precision::F32),
         )),
         "cuda" => Ok(Box::new(cuda::CudaBackend::open(model, 0)?)),
-        other => Err(Error::input(format!(
-            "unknown backend `{other}` (known: {})",
-            BACKENDS.join(", ")
-        ))),
+        other => match registered(other) {
+            Some(factory) => factory(model),
+            None => Err(unknown(other)),
+        },
     }
+}
+
+/// Opens a registered backend on a model.
+pub type Factory = Arc<dyn Fn(&Path) -> Result<Box<dyn Backend>> + Send + Sync>;
+
+/// Backends registered at run time by programs that link falsifier (their own engines).
+static REGISTRY: RwLock<BTreeMap<String, Factory>> = RwLock::new(BTreeMap::new());
+
+/// Make [`open`] and [`probe`] know the backend `name` (an engine of your own: see
+/// examples/toy_engine.rs). The shipped names cannot be replaced; registering a name again
+/// replaces the earlier factory.
+pub fn register(name: &str, factory: Factory) {
+    if BACKENDS.contains(&name) {
+        return;
+    }
+    // a poisoned lock only means another registration panicked; the map itself is intact
+    let mut map = REGISTRY.write().unwrap_or_else(|e| e.into_inner());
+    map.insert(name.to_string(), factory);
+}
+
+fn registered(name: &str) -> Option<Factory> {
+    let map = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    map.get(name).cloned()
+}
+
+fn unknown(name: &str) -> Error {
+    let map = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
+    let known: Vec<&str> = BACKENDS
+        .iter()
+        .copied()
+        .chain(map.keys().map(String::as_str))
+        .collect();
+    Error::input(format!(
+        "unknown backend `{name}` (known: {})",
+        known.join(", ")
+    ))
 }
