@@ -14,6 +14,7 @@ pub mod cli;
 pub mod contract;
 pub mod diff;
 pub mod error;
+pub mod fs;
 pub mod model;
 pub mod report;
 pub mod runner;

@@ -294,12 +294,7 @@ fn edit(
 
 /// Write via a temp file in the same directory and a rename.
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.promote.tmp"));
+    let tmp = crate::fs::tmp_path(path);
     let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
     f.write_all(text.as_bytes())
         .and_then(|_| f.sync_all())

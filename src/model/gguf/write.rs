@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::{DEFAULT_ALIGNMENT, MAX_DIMS, MetaValue, align_up, vtype};
 use crate::error::{Error, ErrorKind, Result};
@@ -169,7 +169,7 @@ impl GgufWriter {
         path: &Path,
         data: impl FnMut(usize, &mut dyn Write) -> Result<()>,
     ) -> Result<()> {
-        let tmp = tmp_path(path);
+        let tmp = crate::fs::tmp_path(path);
         let result = (|| {
             let file = File::create(&tmp).map_err(|e| Error::io(&tmp, "creating", e))?;
             let mut w = BufWriter::with_capacity(1 << 22, file);
@@ -185,12 +185,6 @@ impl GgufWriter {
         }
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "renaming into place", e))
     }
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
 }
 
 /// Counts the bytes a data callback writes.

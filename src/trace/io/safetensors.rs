@@ -51,7 +51,7 @@ pub fn write_trace(path: &Path, trace: &Trace) -> Result<()> {
     while hbytes.len() % 8 != 0 {
         hbytes.push(b' ');
     }
-    let tmp = tmp_path(path);
+    let tmp = crate::fs::tmp_path(path);
     let write = || -> std::io::Result<()> {
         let file = File::create(&tmp)?;
         let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -84,12 +84,6 @@ fn write_le<W: Write>(w: &mut W, words: impl Iterator<Item = [u8; 4]>) -> std::i
         }
     }
     w.write_all(&buf)
-}
-
-pub(crate) fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{}.tmp", std::process::id()));
-    path.with_file_name(name)
 }
 
 /// One entry of a trace file's index.
