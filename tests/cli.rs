@@ -136,3 +136,33 @@ fn nightly_compares_with_the_previous_night() {
     }
     std::fs::remove_dir_all(&hist).unwrap();
 }
+
+#[test]
+fn diff_compares_only_the_stages_asked_for() {
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-stages-{}", std::process::id()));
+    let golden = "fixtures/qwen3moe-tiny/activations-f32.safetensors";
+    let out = falsifier(&[
+        "diff",
+        golden,
+        golden,
+        "--stages",
+        "attn_norm,logits",
+        "--layers",
+        "1",
+        "--report-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let keys: Vec<&str> = json["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["layer.1.attn_norm", "logits"]);
+    let bad = falsifier(&["diff", golden, golden, "--stages", "bogus"]);
+    assert_eq!(bad.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

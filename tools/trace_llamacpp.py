@@ -162,7 +162,7 @@ def run(model_path, tokens, threads):
 
 def to_trace(seen, T):
     """Map llama.cpp tensor names to canonical keys. Returns (tensors, notes)."""
-    out, notes, skipped, count = {}, [], [], {}
+    out, notes, skipped, argsort = {}, [], [], {}
 
     def put(key, arr):
         if key not in out:
@@ -176,7 +176,7 @@ def to_trace(seen, T):
         if not base or not il.isdigit():
             base, il = name, None
         P = f"layer.{il}." if il is not None else ""
-        if base == "inp_embd":
+        if base in ("inp_embd", "embd"):
             put("embedding", a.reshape(T, -1))
         elif base == "result_norm":
             put("final_norm", a.reshape(T, -1))
@@ -185,17 +185,20 @@ def to_trace(seen, T):
         elif il is None:
             continue
         elif base in ("Qcur", "Kcur"):
-            # the graph names two nodes Qcur-N: the projection, then (graph order) the RoPE'd heads
+            # the graph names three nodes Qcur-N: the projection (2-D), its reshape to heads (3-D,
+            # before the norm), and the RoPE'd heads (3-D, after Qcur_normed-N)
             s = "q" if base == "Qcur" else "k"
-            count[name] = count.get(name, 0) + 1
-            if count[name] == 1:
+            if a.shape[-3] == 1:
                 put(P + f"{s}_proj", a.reshape(T, -1))
-            else:
+            elif P + f"{s}_norm" in out:
                 put(P + f"{s}_rope", a.reshape(T, a.shape[-2], a.shape[-1]))
         elif base in ("Qcur_normed", "Kcur_normed"):
             put(P + ("q_norm" if base == "Qcur_normed" else "k_norm"), a.reshape(T, a.shape[-2], a.shape[-1]))
         elif base == "Vcur":
             put(P + "v_proj", a.reshape(T, -1))
+        elif base == "ffn_moe_argsort":
+            # ffn_moe_topk-N is a strided view of this (its first k columns): take them from here
+            argsort[P] = a.reshape(T, -1)
         elif base in ("kq_soft_max", "kq_soft_max_ext"):   # [heads, T, n_kv]: cut the padded cache
             put(P + "attn_probs", a.reshape(-1, T, a.shape[-1])[:, :, :T])
         else:
@@ -208,6 +211,10 @@ def to_trace(seen, T):
                 out[P + "ffn_out"] = np.ascontiguousarray(a.reshape(T, -1))
             elif base in simple:
                 put(P + simple[base], a.reshape(T, -1))
+    for P, order in argsort.items():
+        w = out.get(P + "topk_weights")
+        if w is not None and P + "topk_ids" not in out:
+            out[P + "topk_ids"] = order[:, : w.shape[-1]]
     # heads: q_proj/k_proj/v_proj as [T, heads, D] (D from the RoPE'd tensors)
     for key in list(out):
         for s in ("q", "k", "v"):

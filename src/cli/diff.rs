@@ -12,6 +12,7 @@ use crate::diff::{DiffOptions, Thresholds, diff};
 use crate::error::Error;
 use crate::report::{ReportContext, default_report_dir, terminal, write_reports};
 use crate::trace::io::open_source;
+use crate::trace::plan::CapturePlan;
 
 #[derive(Args, Debug)]
 pub struct DiffArgs {
@@ -28,6 +29,13 @@ pub struct DiffArgs {
     /// Names of the two sides in reports, e.g. --labels cpu,cuda (default: their backends).
     #[arg(long, value_name = "REF,CAND")]
     pub labels: Option<String>,
+    /// Compare only these stages (comma-separated names, or all), e.g. to leave out stages an
+    /// engine's dump cannot provide; the report says which were compared.
+    #[arg(long)]
+    pub stages: Option<String>,
+    /// Compare only these layers (all, A..B, A..=B or i,j,k).
+    #[arg(long)]
+    pub layers: Option<String>,
     /// Near-tie margin for route flips, relative to the reference's router-logit row norm.
     #[arg(long, value_name = "REL")]
     pub near_tie: Option<f64>,
@@ -47,6 +55,14 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
         thresholds.set_from_str(t)?;
     }
     opts.thresholds = thresholds;
+    if args.stages.is_some() || args.layers.is_some() {
+        let plan = CapturePlan::parse(
+            args.stages.as_deref().unwrap_or("all"),
+            args.layers.as_deref(),
+        )
+        .map_err(|e| Error::input(format!("--stages/--layers: {e}")))?;
+        opts.plan = Some(plan);
+    }
     if let Some(l) = &args.labels {
         let (r, c) = l
             .split_once(',')
