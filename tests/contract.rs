@@ -223,7 +223,7 @@ fn models() {
     assert_rejects(
         &mutate("seed: 1 }", "seed: 1, experts: 4 }"),
         "dense: {",
-        "takes no experts",
+        "a dense model has no experts",
     );
     // a prompt token outside the vocabulary (the fixture's is 260)
     assert_rejects(

@@ -73,28 +73,22 @@ pub fn run(a: &GenModelArgs) -> Result<Outcome> {
             known.join(", ")
         ))
     })?;
-    let set = |field: &mut usize, v: Option<usize>| {
-        if let Some(v) = v {
-            *field = v;
-        }
-    };
-    set(&mut c.n_layers, a.layers);
-    set(&mut c.hidden, a.hidden);
-    set(&mut c.n_heads, a.heads);
-    set(&mut c.n_kv_heads, a.kv_heads);
-    set(&mut c.head_dim, a.head_dim);
-    set(&mut c.ffn_dim, a.ffn);
-    set(&mut c.vocab, a.vocab);
-    set(&mut c.context_length, a.ctx);
-    if c.is_moe() {
-        set(&mut c.n_experts, a.experts);
-        set(&mut c.n_experts_used, a.top_k);
-        set(&mut c.expert_ffn_dim, a.expert_ffn);
-    } else if a.experts.is_some() || a.top_k.is_some() || a.expert_ffn.is_some() {
-        return Err(Error::input(format!(
-            "--preset {}: a dense model has no experts (--experts/--top-k/--expert-ffn)",
-            a.preset
-        )));
+    synth::Overrides {
+        layers: a.layers,
+        hidden: a.hidden,
+        heads: a.heads,
+        kv_heads: a.kv_heads,
+        head_dim: a.head_dim,
+        ffn: a.ffn,
+        vocab: a.vocab,
+        experts: a.experts,
+        top_k: a.top_k,
+        expert_ffn: a.expert_ffn,
+    }
+    .apply(&mut c)
+    .map_err(|e| Error::input(format!("--preset {}: {e}", a.preset)))?;
+    if let Some(ctx) = a.ctx {
+        c.context_length = ctx;
     }
     if let Some(t) = a.rope_theta {
         c.rope_theta = t;

@@ -107,27 +107,20 @@ pub fn preset_config(spec: &ModelSpec) -> Result<(ModelConfig, SynthQuant), Stri
             .collect();
         format!("unknown quant `{q}` (known: {})", known.join(", "))
     })?;
-    let set = |field: &mut usize, v: Option<usize>| {
-        if let Some(v) = v {
-            *field = v;
-        }
-    };
-    set(&mut c.n_layers, spec.layers);
-    set(&mut c.hidden, spec.hidden);
-    set(&mut c.n_heads, spec.heads);
-    set(&mut c.n_kv_heads, spec.kv_heads);
-    set(&mut c.head_dim, spec.head_dim);
-    set(&mut c.ffn_dim, spec.ffn);
-    set(&mut c.vocab, spec.vocab);
-    if c.is_moe() {
-        set(&mut c.n_experts, spec.experts);
-        set(&mut c.n_experts_used, spec.top_k);
-        set(&mut c.expert_ffn_dim, spec.expert_ffn);
-    } else if spec.experts.is_some() || spec.top_k.is_some() || spec.expert_ffn.is_some() {
-        return Err(format!(
-            "preset {name} is dense: it takes no experts, top_k or expert_ffn"
-        ));
+    synth::Overrides {
+        layers: spec.layers,
+        hidden: spec.hidden,
+        heads: spec.heads,
+        kv_heads: spec.kv_heads,
+        head_dim: spec.head_dim,
+        ffn: spec.ffn,
+        vocab: spec.vocab,
+        experts: spec.experts,
+        top_k: spec.top_k,
+        expert_ffn: spec.expert_ffn,
     }
+    .apply(&mut c)
+    .map_err(|e| format!("preset {name}: {e}"))?;
     synth::check_shape(&c).map_err(|e| e.to_string())?;
     Ok((c, quant))
 }

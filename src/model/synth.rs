@@ -147,6 +147,48 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
     }
 }
 
+/// Changes to a preset's shape, as `falsifier gen-model`'s flags and a contract model's keys
+/// spell them; `None` keeps the preset's value.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Overrides {
+    pub layers: Option<usize>,
+    pub hidden: Option<usize>,
+    pub heads: Option<usize>,
+    pub kv_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub ffn: Option<usize>,
+    pub vocab: Option<usize>,
+    pub experts: Option<usize>,
+    pub top_k: Option<usize>,
+    pub expert_ffn: Option<usize>,
+}
+
+impl Overrides {
+    /// Apply to `c`. Expert fields on a dense preset are an error (the message names them).
+    pub fn apply(&self, c: &mut ModelConfig) -> std::result::Result<(), String> {
+        let set = |field: &mut usize, v: Option<usize>| {
+            if let Some(v) = v {
+                *field = v;
+            }
+        };
+        set(&mut c.n_layers, self.layers);
+        set(&mut c.hidden, self.hidden);
+        set(&mut c.n_heads, self.heads);
+        set(&mut c.n_kv_heads, self.kv_heads);
+        set(&mut c.head_dim, self.head_dim);
+        set(&mut c.ffn_dim, self.ffn);
+        set(&mut c.vocab, self.vocab);
+        if c.is_moe() {
+            set(&mut c.n_experts, self.experts);
+            set(&mut c.n_experts_used, self.top_k);
+            set(&mut c.expert_ffn_dim, self.expert_ffn);
+        } else if self.experts.is_some() || self.top_k.is_some() || self.expert_ffn.is_some() {
+            return Err("a dense model has no experts (experts, top_k, expert_ffn)".to_string());
+        }
+        Ok(())
+    }
+}
+
 /// Check that a (possibly overridden) shape makes a model.
 pub fn check_shape(c: &ModelConfig) -> Result<()> {
     let bad = |msg: String| Err(Error::input(format!("model shape: {msg}")));
