@@ -101,10 +101,14 @@ impl Capture {
             // reference to it exists, and it is read only after the stream is synchronised.
             let dst = unsafe { std::slice::from_raw_parts_mut(self.base.add(self.used), len) };
             let (ptr, _sync) = src.device_ptr(&dev.stream);
-            // SAFETY: `src` holds at least `len` 4-byte values; the copy is ordered on the
-            // stream after the kernel that wrote them.
-            unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, ptr, dev.stream.cu_stream()) }
-                .map_err(|e| Error::internal(format!("CUDA: capture copy of {key}: {e:?}")))?;
+            dev.timed("copy to host", &key.to_string(), || {
+                // SAFETY: `src` holds at least `len` 4-byte values; the copy is ordered on the
+                // stream after the kernel that wrote them.
+                unsafe {
+                    cudarc::driver::result::memcpy_dtoh_async(dst, ptr, dev.stream.cu_stream())
+                }
+                .map_err(|e| Error::internal(format!("CUDA: capture copy of {key}: {e:?}")))
+            })?;
         }
         self.items.push(Item {
             key,
@@ -126,13 +130,14 @@ impl Capture {
             unsafe { std::slice::from_raw_parts(self.base, self.used) }
         };
         // the copies out of the pinned arena into fresh vectors are page-fault bound (tens of
-        // MB a layer at long prompts): spread them over the host's cores
+        // MB a layer at long prompts, hundreds for the logits): spread them over the host's
+        // cores, large tensors in slices, so that one big stage does not serialise the rest
         self.items
             .into_par_iter()
             .map(|it| {
                 let w = &words[it.off..it.off + it.len];
                 let t = match it.dtype {
-                    StageDtype::F32 => Tensor::f32(it.shape, w.to_vec()),
+                    StageDtype::F32 => Tensor::f32(it.shape, parallel_copy(w)),
                     StageDtype::I32 => {
                         Tensor::i32(it.shape, w.iter().map(|v| v.to_bits() as i32).collect())
                     }
@@ -140,5 +145,30 @@ impl Capture {
                 (it.key, t)
             })
             .collect()
+    }
+}
+
+/// `src.to_vec()`, in slices over the host's cores. The zeroed vector comes from fresh pages
+/// that are only faulted in by the copy, so the faults are spread too.
+fn parallel_copy(src: &[f32]) -> Vec<f32> {
+    const SLICE: usize = 1 << 18; // 1 MiB
+    if src.len() <= SLICE {
+        return src.to_vec();
+    }
+    let mut dst = vec![0f32; src.len()];
+    dst.par_chunks_mut(SLICE)
+        .zip(src.par_chunks(SLICE))
+        .for_each(|(d, s)| d.copy_from_slice(s));
+    dst
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parallel_copy_copies_every_value() {
+        for n in [0, 5, (1 << 18) + 3, 3 << 18] {
+            let src: Vec<f32> = (0..n).map(|i| i as f32 * 0.5).collect();
+            assert_eq!(super::parallel_copy(&src), src, "{n} values");
+        }
     }
 }

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
-    PushKernelArg, ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
@@ -36,6 +36,7 @@ const SOURCES: [&str; 5] = [
 
 /// Every kernel the forward launches (loaded up front, so a missing one fails at open).
 const KERNELS: &[&str] = &[
+    "sum_splits",
     "rms_norm",
     "rope",
     "add",
@@ -45,6 +46,9 @@ const KERNELS: &[&str] = &[
     "round_q8_0",
     "attn_probs",
     "attn_ctx",
+    "attn_tile_scores",
+    "attn_softmax_rows",
+    "attn_ctx_tiled",
     "softmax_rows",
     "topk",
     "moe_group",
@@ -123,9 +127,31 @@ pub struct Device {
     funcs: HashMap<String, CudaFunction>,
     /// "NVIDIA H100 80GB HBM3, driver 13.0, compute capability 9.0"
     pub description: String,
+    /// Multiprocessors on the card (132 on an H100 SXM): how many blocks fill it.
+    pub sms: usize,
     /// Synchronise after every launch, so that an asynchronous fault names its kernel
     /// (`FALSIFIER_CUDA_SYNC=1`; slow, for debugging).
     sync_each: bool,
+    /// Per-launch GPU time, when profiling (`FALSIFIER_CUDA_PROFILE=1` or [`Device::set_profiling`]).
+    profile: Mutex<Option<Vec<Span>>>,
+}
+
+/// One timed launch or copy: two events around it on the stream.
+struct Span {
+    what: String,
+    stage: String,
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
+/// GPU time of one kind of work in a forward: a kernel (or "copy to host") at one stage, its
+/// layer number folded (`layer.*.q_proj`), summed over the layers.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProfileRow {
+    pub what: String,
+    pub stage: String,
+    pub calls: usize,
+    pub ms: f64,
 }
 
 impl Device {
@@ -173,15 +199,23 @@ impl Device {
         };
         let description =
             format!("{name}, CUDA driver {driver}, compute capability {major}.{minor}");
+        let sms = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(|e| dev_err("multiprocessor count", e))?;
         let arch = format!("compute_{major}{minor}");
         let ptx = compile(&arch)?;
         let module = ctx
             .load_module(Ptx::from_src(ptx))
             .map_err(|e| dev_err("loading the kernels' PTX", e))?;
         let mut funcs = HashMap::new();
-        let typed = TYPE_SUFFIXES
-            .iter()
-            .flat_map(|t| [format!("matmul_{t}"), format!("gather_{t}")]);
+        let typed = TYPE_SUFFIXES.iter().flat_map(|t| {
+            crate::backend::cuda::weights::MatmulKernel::ALL
+                .iter()
+                .map(move |k| k.name(t))
+                .chain([format!("gather_{t}")])
+        });
         for k in KERNELS.iter().map(|k| k.to_string()).chain(typed) {
             let f = module
                 .load_function(&k)
@@ -191,17 +225,95 @@ impl Device {
         keep_pool_memory(&ctx);
         let stream = ctx.default_stream();
         let sync_each = std::env::var("FALSIFIER_CUDA_SYNC").is_ok_and(|v| v == "1");
+        let profiling = std::env::var("FALSIFIER_CUDA_PROFILE").is_ok_and(|v| v == "1");
         Ok(Device {
             ctx,
             stream,
             funcs,
             description,
+            sms: usize::try_from(sms).unwrap_or(1).max(1),
             sync_each,
+            profile: Mutex::new(profiling.then(Vec::new)),
         })
     }
 
     /// Launch `kernel` for `stage` (a trace key or a phase name, for the error message).
     pub fn launch(&self, kernel: &str, stage: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+        self.timed(kernel, stage, || self.launch_now(kernel, stage, cfg, args))
+    }
+
+    /// Turn per-launch timing on (from now, for later [`Device::take_profile`]) or off.
+    pub fn set_profiling(&self, on: bool) {
+        if let Ok(mut p) = self.profile.lock() {
+            *p = on.then(Vec::new);
+        }
+    }
+
+    /// Run `queue` (which queues work on the stream), timed by events around it when profiling.
+    pub fn timed(&self, what: &str, stage: &str, queue: impl FnOnce() -> Result<()>) -> Result<()> {
+        let profiling = self.profile.lock().is_ok_and(|p| p.is_some());
+        if !profiling {
+            return queue();
+        }
+        let event = || {
+            let e = self
+                .ctx
+                .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| Error::internal(format!("CUDA: profiling event: {e:?}")))?;
+            e.record(&self.stream)
+                .map_err(|e| Error::internal(format!("CUDA: profiling event: {e:?}")))?;
+            Ok::<_, Error>(e)
+        };
+        let start = event()?;
+        queue()?;
+        let end = event()?;
+        if let Ok(mut p) = self.profile.lock()
+            && let Some(spans) = p.as_mut()
+        {
+            spans.push(Span {
+                what: what.to_string(),
+                stage: stage.to_string(),
+                start,
+                end,
+            });
+        }
+        Ok(())
+    }
+
+    /// The GPU time of the work timed since profiling began or was last taken, by kind of
+    /// work, largest first. Waits for that work to finish. Empty when not profiling.
+    pub fn take_profile(&self) -> Result<Vec<ProfileRow>> {
+        let spans = match self.profile.lock() {
+            Ok(mut p) => p.as_mut().map(std::mem::take).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let mut rows: Vec<ProfileRow> = Vec::new();
+        let mut at: HashMap<(String, String), usize> = HashMap::new();
+        for s in spans {
+            let ms = s
+                .start
+                .elapsed_ms(&s.end)
+                .map_err(|e| Error::internal(format!("CUDA: profiling {}: {e:?}", s.what)))?;
+            let stage = fold_layer(&s.stage);
+            let i = *at
+                .entry((s.what.clone(), stage.clone()))
+                .or_insert_with(|| {
+                    rows.push(ProfileRow {
+                        what: s.what,
+                        stage,
+                        calls: 0,
+                        ms: 0.0,
+                    });
+                    rows.len() - 1
+                });
+            rows[i].calls += 1;
+            rows[i].ms += f64::from(ms);
+        }
+        rows.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(rows)
+    }
+
+    fn launch_now(&self, kernel: &str, stage: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         let f = self.funcs.get(kernel).ok_or_else(|| {
             Error::internal(format!("kernel {kernel} (stage {stage}) is not loaded"))
         })?;
@@ -254,6 +366,27 @@ impl Device {
         self.stream
             .clone_htod(data)
             .map_err(|e| Error::internal(format!("CUDA: cannot upload {what}: {e:?}")))
+    }
+
+    /// A device buffer of `n` elements that the caller overwrites before reading.
+    pub fn scratch<T: DeviceRepr>(&self, n: usize, what: &str) -> Result<CudaSlice<T>> {
+        // SAFETY: uninitialised device memory; callers write every element they read.
+        unsafe { self.stream.alloc::<T>(n.max(1)) }.map_err(|e| {
+            Error::internal(format!(
+                "CUDA: cannot allocate {n} x {} bytes for {what}: {e:?}",
+                std::mem::size_of::<T>()
+            ))
+        })
+    }
+
+    /// Copy host bytes into a new device buffer followed by `pad` zero bytes.
+    pub fn upload_padded(&self, data: &[u8], pad: usize, what: &str) -> Result<CudaSlice<u8>> {
+        let mut buf = self.zeros::<u8>(data.len() + pad, what)?;
+        let mut head = buf.slice_mut(0..data.len());
+        self.stream
+            .memcpy_htod(data, &mut head)
+            .map_err(|e| Error::internal(format!("CUDA: cannot upload {what}: {e:?}")))?;
+        Ok(buf)
     }
 
     /// The device address of a buffer, for [`Arg::Ptr`].
@@ -312,4 +445,73 @@ pub fn int(v: usize, what: &str) -> Result<Arg> {
             "{what} = {v} does not fit the kernels' 32-bit sizes"
         ))
     })
+}
+
+/// `layer.12.q_proj` -> `layer.*.q_proj`; other names unchanged.
+fn fold_layer(stage: &str) -> String {
+    match stage.strip_prefix("layer.") {
+        Some(rest) => match rest.split_once('.') {
+            Some((n, tail)) if n.chars().all(|c| c.is_ascii_digit()) => format!("layer.*.{tail}"),
+            _ => stage.to_string(),
+        },
+        None => stage.to_string(),
+    }
+}
+
+/// A profile as a table: GPU milliseconds per kind of work, with its share of the total.
+pub fn format_profile(rows: &[ProfileRow]) -> String {
+    let total: f64 = rows.iter().map(|r| r.ms).sum();
+    let mut out = format!(
+        "{:>10} {:>6} {:>7}  {:<16} stage\n",
+        "GPU ms", "share", "calls", "kernel"
+    );
+    for r in rows {
+        out += &format!(
+            "{:>10.3} {:>5.1}% {:>7}  {:<16} {}\n",
+            r.ms,
+            100.0 * r.ms / total.max(f64::MIN_POSITIVE),
+            r.calls,
+            r.what,
+            r.stage
+        );
+    }
+    out += &format!("{total:>10.3} GPU ms in all\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_numbers_fold_for_the_profile() {
+        assert_eq!(fold_layer("layer.12.q_proj"), "layer.*.q_proj");
+        assert_eq!(
+            fold_layer("layer.3.ffn_out (blk.3.ffn_up_exps.weight)"),
+            "layer.*.ffn_out (blk.3.ffn_up_exps.weight)"
+        );
+        assert_eq!(fold_layer("logits"), "logits");
+        assert_eq!(fold_layer("layer.x.q"), "layer.x.q");
+    }
+
+    #[test]
+    fn profile_table_lists_every_row_and_the_total() {
+        let rows = [
+            ProfileRow {
+                what: "matmul_q4_k".into(),
+                stage: "layer.*.q_proj".into(),
+                calls: 48,
+                ms: 3.0,
+            },
+            ProfileRow {
+                what: "rms_norm".into(),
+                stage: "layer.*.attn_norm".into(),
+                calls: 48,
+                ms: 1.0,
+            },
+        ];
+        let t = format_profile(&rows);
+        assert!(t.contains("75.0%") && t.contains("layer.*.q_proj"), "{t}");
+        assert!(t.contains("4.000 GPU ms in all"), "{t}");
+    }
 }

@@ -17,8 +17,8 @@
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
 use super::capture::{Arena, Capture};
-use super::device::{Arg, Device, NULL, grid_1d, int};
-use super::weights::{DeviceMatrix, DeviceWeights, Dims, FfnWeights, kernel_suffix, matmul_grid};
+use super::device::{Arg, Device, grid_1d, int};
+use super::weights::{DeviceMatrix, DeviceWeights, Dims, FfnWeights, GroupPtrs, MatmulCall};
 use crate::backend::{Fault, FaultKind, ForwardRequest};
 use crate::error::{Error, Result};
 use crate::model::quant::GgmlType;
@@ -299,40 +299,37 @@ impl Run<'_> {
             )?;
             input = dev.ptr(rounded);
         }
-        let suffix = kernel_suffix(ty)
-            .ok_or_else(|| Error::internal(format!("{}: no kernel for {ty}", w.name)))?;
-        let (counts, offsets, in_rows, mats, (sa, sb)) = match groups {
-            Some(g) => (
-                Arg::Ptr(dev.ptr(g.counts)),
-                Arg::Ptr(dev.ptr(g.offsets)),
-                g.in_rows.map_or(NULL, |r| Arg::Ptr(dev.ptr(r))),
-                w.mats,
-                g.swap.map_or((-1, -1), |(a, b)| (a as i32, b as i32)),
-            ),
-            None => (NULL, NULL, NULL, 1, (-1, -1)),
+        self.launch_matmul(&key, w, ty, input, rows, y, groups)
+    }
+
+    /// Queue the matmul of `w` decoded as `ty` (see [`MatmulCall`]).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_matmul(
+        &self,
+        key: &str,
+        w: &DeviceMatrix,
+        ty: GgmlType,
+        input: u64,
+        rows: usize,
+        y: &CudaSlice<f32>,
+        groups: Option<&Groups<'_>>,
+    ) -> Result<()> {
+        let dev = self.dev;
+        let call = MatmulCall {
+            w,
+            ty,
+            x: input,
+            rows,
+            // grouped: at most T rows per expert (top-k ids of a token are distinct)
+            max_rows: if groups.is_some() { self.t } else { rows },
+            groups: groups.map(|g| GroupPtrs {
+                counts: dev.ptr(g.counts),
+                offsets: dev.ptr(g.offsets),
+                in_rows: g.in_rows.map(|r| dev.ptr(r)),
+                swap: g.swap,
+            }),
         };
-        // grouped: at most T rows per expert (top-k ids of a token are distinct)
-        let tile_rows = if groups.is_some() { self.t } else { rows };
-        dev.launch(
-            &format!("matmul_{suffix}"),
-            &key,
-            matmul_grid(w.rows, tile_rows, mats)?,
-            &[
-                Arg::Ptr(dev.ptr(&w.data)),
-                Arg::I64(w.row_bytes as i64),
-                Arg::I64(w.mat_bytes() as i64),
-                Arg::Ptr(input),
-                Arg::Ptr(dev.ptr(y)),
-                int(w.rows, "matmul outputs")?,
-                int(w.cols, "matmul inputs")?,
-                int(rows, "matmul rows")?,
-                counts,
-                offsets,
-                in_rows,
-                Arg::I32(sa),
-                Arg::I32(sb),
-            ],
-        )
+        call.launch(dev, key, call.default_kernel(), y)
     }
 
     fn rms_norm(
@@ -411,55 +408,32 @@ impl Run<'_> {
     }
 
     fn attention(&mut self, l: usize, b: &Buffers) -> Result<()> {
-        let d = &self.w.dims;
-        let dev = self.dev;
-        let t = self.t;
-        let lookahead = i32::from(self.has_fault(Some(l), Stage::AttnProbs, |k| {
+        let lookahead = self.has_fault(Some(l), Stage::AttnProbs, |k| {
             matches!(k, FaultKind::CausalMaskOffByOne)
-        }));
-        let (tt, nh) = (u32::try_from(t), u32::try_from(d.n_heads));
-        let (Ok(tt), Ok(nh)) = (tt, nh) else {
-            return Err(Error::input("attention grid too large"));
-        };
-        let shared = 128 * 8 + 4 * (d.head_dim + t);
-        let shared = u32::try_from(shared)
-            .ok()
-            .filter(|&s| s <= 48 * 1024)
-            .ok_or_else(|| {
-                Error::input(format!(
-                    "attention over {t} positions with head_dim {} needs more than 48 KiB of shared memory",
-                    d.head_dim
-                ))
-            })?;
-        let dims = [
-            int(t, "T")?,
-            int(d.n_heads, "heads")?,
-            int(d.n_kv_heads, "kv heads")?,
-            int(d.head_dim, "head_dim")?,
-            Arg::I32(lookahead),
-        ];
-        let cfg = |shared_mem_bytes| LaunchConfig {
-            grid_dim: (tt, nh, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes,
-        };
-        let key = Key::layer(l, Stage::AttnProbs).to_string();
-        let mut args = vec![
-            Arg::Ptr(dev.ptr(&b.qr)),
-            Arg::Ptr(dev.ptr(&b.kr)),
-            Arg::Ptr(dev.ptr(&b.probs)),
-        ];
-        args.extend(dims);
-        dev.launch("attn_probs", &key, cfg(shared), &args)?;
+        });
+        let probs = Key::layer(l, Stage::AttnProbs).to_string();
+        attention_probs(
+            self.dev,
+            &self.w.dims,
+            self.t,
+            lookahead,
+            &b.qr,
+            &b.kr,
+            &b.probs,
+            &probs,
+        )?;
         self.done(Some(l), Stage::AttnProbs, &b.probs)?;
-        let key = Key::layer(l, Stage::AttnCtx).to_string();
-        let mut args = vec![
-            Arg::Ptr(dev.ptr(&b.probs)),
-            Arg::Ptr(dev.ptr(&b.v)),
-            Arg::Ptr(dev.ptr(&b.ctx)),
-        ];
-        args.extend(dims);
-        dev.launch("attn_ctx", &key, cfg(0), &args)?;
+        let ctx = Key::layer(l, Stage::AttnCtx).to_string();
+        attention_ctx(
+            self.dev,
+            &self.w.dims,
+            self.t,
+            lookahead,
+            &b.probs,
+            &b.v,
+            &b.ctx,
+            &ctx,
+        )?;
         self.done(Some(l), Stage::AttnCtx, &b.ctx)
     }
 
@@ -644,10 +618,21 @@ impl Run<'_> {
             None,
         )?;
         self.done(Some(l), Stage::RouterLogits, &b.router_logits)?;
+        let rows = u32::try_from(t).map_err(|_| Error::input("too many tokens"))?;
+        let warp_per_row = |shared_mem_bytes: u32| LaunchConfig {
+            grid_dim: (rows, 1, 1),
+            block_dim: (32, 1, 1),
+            shared_mem_bytes,
+        };
+        // softmax_rows keeps a row's exponentials in f64 shared memory
+        let shared = u32::try_from(e * 8)
+            .ok()
+            .filter(|&b| b <= 48 * 1024)
+            .ok_or_else(|| Error::input(format!("router softmax over {e} experts: too many")))?;
         dev.launch(
             "softmax_rows",
             &ks(Stage::RouterProbs),
-            grid_1d(t)?,
+            warp_per_row(shared),
             &[
                 Arg::Ptr(dev.ptr(&b.router_logits)),
                 Arg::Ptr(dev.ptr(&b.router_probs)),
@@ -663,7 +648,7 @@ impl Run<'_> {
         dev.launch(
             "topk",
             &ks(Stage::TopkIds),
-            grid_1d(t)?,
+            warp_per_row(0),
             &[
                 Arg::Ptr(dev.ptr(&b.router_probs)),
                 Arg::Ptr(dev.ptr(&b.topk_ids)),
@@ -680,7 +665,7 @@ impl Run<'_> {
             "moe_group",
             &ks(Stage::FfnOut),
             LaunchConfig {
-                grid_dim: (1, 1, 1),
+                grid_dim: (u32::try_from(e).unwrap_or(u32::MAX), 1, 1),
                 block_dim: (256, 1, 1),
                 shared_mem_bytes: 0,
             },
@@ -753,31 +738,135 @@ impl Run<'_> {
         y: &CudaSlice<f32>,
         g: &Groups<'_>,
     ) -> Result<()> {
-        let dev = self.dev;
-        let suffix = kernel_suffix(w.ty)
-            .ok_or_else(|| Error::internal(format!("{}: no kernel for {}", w.name, w.ty)))?;
-        let (sa, sb) = g.swap.map_or((-1, -1), |(a, b)| (a as i32, b as i32));
-        dev.launch(
-            &format!("matmul_{suffix}"),
-            &format!("layer.{l}.ffn_out ({})", w.name),
-            matmul_grid(w.rows, self.t, w.mats)?,
-            &[
-                Arg::Ptr(dev.ptr(&w.data)),
-                Arg::I64(w.row_bytes as i64),
-                Arg::I64(w.mat_bytes() as i64),
-                Arg::Ptr(dev.ptr(x)),
-                Arg::Ptr(dev.ptr(y)),
-                int(w.rows, "matmul outputs")?,
-                int(w.cols, "matmul inputs")?,
-                int(slots, "matmul rows")?,
-                Arg::Ptr(dev.ptr(g.counts)),
-                Arg::Ptr(dev.ptr(g.offsets)),
-                g.in_rows.map_or(NULL, |r| Arg::Ptr(dev.ptr(r))),
-                Arg::I32(sa),
-                Arg::I32(sb),
-            ],
-        )
+        let name = w.name.strip_prefix(&format!("blk.{l}.")).unwrap_or(&w.name);
+        let key = format!("layer.{l}.ffn_out ({name})");
+        self.launch_matmul(&key, w, w.ty, self.dev.ptr(x), slots, y, Some(g))
     }
+}
+
+/// Heads up to this size take the tiled attention kernels (kernels/attention.cu).
+const ATT_TILE_MAXD: usize = 128;
+
+/// Launch shape of the attention kernels.
+struct AttentionGrid {
+    rows: LaunchConfig,
+    tiles: LaunchConfig,
+    dims: [Arg; 5],
+}
+
+fn attention_grid(d: &Dims, t: usize, lookahead: bool) -> Result<AttentionGrid> {
+    let (tt, nh, tiles) = (
+        u32::try_from(t),
+        u32::try_from(d.n_heads),
+        u32::try_from(t.div_ceil(32)),
+    );
+    let (Ok(tt), Ok(nh), Ok(tiles)) = (tt, nh, tiles) else {
+        return Err(Error::input("attention grid too large"));
+    };
+    Ok(AttentionGrid {
+        rows: LaunchConfig {
+            grid_dim: (tt, nh, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        },
+        tiles: LaunchConfig {
+            grid_dim: (tiles, nh, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        },
+        dims: [
+            int(t, "T")?,
+            int(d.n_heads, "heads")?,
+            int(d.n_kv_heads, "kv heads")?,
+            int(d.head_dim, "head_dim")?,
+            Arg::I32(i32::from(lookahead)),
+        ],
+    })
+}
+
+/// `probs` [nh, T, T] from `q` [T, nh, D] and `k` [T, nkv, D] (see kernels/attention.cu).
+/// Small heads: 32 queries x 32 keys tiles (`attn_tile_scores`, then `attn_softmax_rows`);
+/// larger ones: a block per (query, head) (`attn_probs`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_probs(
+    dev: &Device,
+    d: &Dims,
+    t: usize,
+    lookahead: bool,
+    q: &CudaSlice<f32>,
+    k: &CudaSlice<f32>,
+    probs: &CudaSlice<f32>,
+    stage: &str,
+) -> Result<()> {
+    let g = attention_grid(d, t, lookahead)?;
+    let mut args = vec![
+        Arg::Ptr(dev.ptr(q)),
+        Arg::Ptr(dev.ptr(k)),
+        Arg::Ptr(dev.ptr(probs)),
+    ];
+    args.extend(g.dims);
+    if d.head_dim <= ATT_TILE_MAXD {
+        let shared = (2 * 32 * (d.head_dim + 1) * 4) as u32;
+        let tiles = LaunchConfig {
+            shared_mem_bytes: shared,
+            ..g.tiles
+        };
+        dev.launch("attn_tile_scores", stage, tiles, &args)?;
+        return dev.launch(
+            "attn_softmax_rows",
+            stage,
+            g.rows,
+            &[
+                Arg::Ptr(dev.ptr(probs)),
+                int(t, "T")?,
+                Arg::I32(i32::from(lookahead)),
+            ],
+        );
+    }
+    let shared = u32::try_from(128 * 8 + 4 * (d.head_dim + t))
+        .ok()
+        .filter(|&s| s <= 48 * 1024)
+        .ok_or_else(|| {
+            Error::input(format!(
+                "attention over {t} positions with head_dim {} needs more than 48 KiB of shared memory",
+                d.head_dim
+            ))
+        })?;
+    let rows = LaunchConfig {
+        shared_mem_bytes: shared,
+        ..g.rows
+    };
+    dev.launch("attn_probs", stage, rows, &args)
+}
+
+/// `ctx` [T, nh * D] = probs · v over the visible keys (see [`attention_probs`] for the paths).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn attention_ctx(
+    dev: &Device,
+    d: &Dims,
+    t: usize,
+    lookahead: bool,
+    probs: &CudaSlice<f32>,
+    v: &CudaSlice<f32>,
+    ctx: &CudaSlice<f32>,
+    stage: &str,
+) -> Result<()> {
+    let g = attention_grid(d, t, lookahead)?;
+    let mut args = vec![
+        Arg::Ptr(dev.ptr(probs)),
+        Arg::Ptr(dev.ptr(v)),
+        Arg::Ptr(dev.ptr(ctx)),
+    ];
+    args.extend(g.dims);
+    if d.head_dim <= ATT_TILE_MAXD {
+        let shared = ((32 * d.head_dim + 32 * 33) * 4) as u32;
+        let tiles = LaunchConfig {
+            shared_mem_bytes: shared,
+            ..g.tiles
+        };
+        return dev.launch("attn_ctx_tiled", stage, tiles, &args);
+    }
+    dev.launch("attn_ctx", stage, g.rows, &args)
 }
 
 /// Run one forward. `arena` is the backend's pinned capture memory, reused across calls.

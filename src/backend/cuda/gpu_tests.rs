@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::CudaBackend;
-use super::device::{Arg, Device, NULL, grid_1d};
-use super::weights::{DeviceMatrix, HostTensor, matmul_grid};
+use super::device::{Arg, Device, grid_1d};
+use super::weights::{DeviceMatrix, GroupPtrs, HostTensor, MatmulCall, MatmulKernel};
 use crate::backend::{Backend, Fault, ForwardRequest};
 use crate::error::ErrorKind;
 use crate::model::quant::GgmlType;
@@ -346,39 +346,57 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// `y = x · Wᵀ` through the kernel `matmul_{suffix}` with rows of `row_bytes`.
+/// Every matmul kernel variant.
+const KERNELS: [MatmulKernel; 4] = MatmulKernel::ALL;
+
+/// A grouping for [`device_matmul_with`]: rows per expert, first row of each, the input row of
+/// each grouped row, a planted swap ((a, a): none).
+type TestGroups<'a> = (&'a [i32], &'a [i32], &'a [i32], (usize, usize));
+
+/// `y = x · Wᵀ` through `kernel`, with `w` decoded as `ty`; with `groups = (counts, offsets,
+/// in_rows, swap)` a grouped expert matmul over `w.mats` matrices (at most `max_rows` rows each).
+#[allow(clippy::too_many_arguments)]
+fn device_matmul_with(
+    dev: &Device,
+    kernel: MatmulKernel,
+    ty: GgmlType,
+    w: &DeviceMatrix,
+    x: &[f32],
+    rows: usize,
+    max_rows: usize,
+    groups: Option<TestGroups<'_>>,
+) -> Vec<f32> {
+    let xd = dev.upload(x, "x").unwrap();
+    let y = dev.zeros::<f32>(rows * w.rows, "y").unwrap();
+    let up = |v: &[i32]| dev.upload(v, "groups").unwrap();
+    let g = groups.map(|(c, o, r, s)| (up(c), up(o), up(r), s));
+    let call = MatmulCall {
+        w,
+        ty,
+        x: dev.ptr(&xd),
+        rows,
+        max_rows,
+        groups: g.as_ref().map(|(c, o, r, s)| GroupPtrs {
+            counts: dev.ptr(c),
+            offsets: dev.ptr(o),
+            in_rows: Some(dev.ptr(r)),
+            swap: (s.0 != s.1).then_some(*s),
+        }),
+    };
+    call.launch(dev, "test", kernel, &y).unwrap();
+    dev.stream.clone_dtoh(&y).unwrap()
+}
+
+/// A plain matmul over `t` rows.
 fn device_matmul(
     dev: &Device,
-    suffix: &str,
+    kernel: MatmulKernel,
+    ty: GgmlType,
     w: &DeviceMatrix,
-    row_bytes: usize,
     x: &[f32],
     t: usize,
 ) -> Vec<f32> {
-    let xd = dev.upload(x, "x").unwrap();
-    let y = dev.zeros::<f32>(t * w.rows, "y").unwrap();
-    dev.launch(
-        &format!("matmul_{suffix}"),
-        "test",
-        matmul_grid(w.rows, t, 1).unwrap(),
-        &[
-            Arg::Ptr(dev.ptr(&w.data)),
-            Arg::I64(row_bytes as i64),
-            Arg::I64((row_bytes * w.rows) as i64),
-            Arg::Ptr(dev.ptr(&xd)),
-            Arg::Ptr(dev.ptr(&y)),
-            Arg::I32(w.rows as i32),
-            Arg::I32(w.cols as i32),
-            Arg::I32(t as i32),
-            NULL,
-            NULL,
-            NULL,
-            Arg::I32(-1),
-            Arg::I32(-1),
-        ],
-    )
-    .unwrap();
-    dev.stream.clone_dtoh(&y).unwrap()
+    device_matmul_with(dev, kernel, ty, w, x, t, t, None)
 }
 
 fn check_matmul(what: &str, got: &[f32], x: &[f32], w: &[f32], t: usize, rows: usize, cols: usize) {
@@ -455,12 +473,26 @@ fn device_decoders_match_gguf_py() {
                 "{ty} value {i}: {g} vs {w}"
             );
         }
-        let t = 5;
-        let x = pseudo_random(t * cols, 7);
-        let suffix = super::weights::kernel_suffix(ty).unwrap();
-        let y = device_matmul(&dev, suffix, &m, m.row_bytes, &x, t);
-        check_matmul(ty.name(), &y, &x, &want, t, rows, cols);
-        eprintln!("{ty}: {rows} x {cols} decoded bitwise, matmul within 1e-6");
+        for kernel in KERNELS {
+            if kernel == MatmulKernel::Vector && !cols.is_multiple_of(8) {
+                continue; // the vector kernel needs K % 8 == 0 (every block type has it)
+            }
+            // 5 rows: one partial tile / pass; 70: several tiles / passes and a partial one
+            for t in [5, 70] {
+                let x = pseudo_random(t * cols, 7 + t as u64);
+                let y = device_matmul(&dev, kernel, ty, &m, &x, t);
+                check_matmul(
+                    &format!("{ty} {kernel:?} T={t}"),
+                    &y,
+                    &x,
+                    &want,
+                    t,
+                    rows,
+                    cols,
+                );
+            }
+        }
+        eprintln!("{ty}: {rows} x {cols} decoded bitwise, every matmul kernel within 1e-6");
     }
 }
 
@@ -483,13 +515,233 @@ fn q6k_as_q4k_kernel_matches_cpu_fault_decoder() {
     let m = matrix(&dev, GgmlType::Q6_K, &raw, rows, cols);
     let t = 3;
     let x = pseudo_random(t * cols, 11);
-    let y = device_matmul(&dev, "q4_k", &m, row_bytes, &x, t);
     let finite = want.iter().all(|v| v.is_finite());
-    if finite {
-        check_matmul("q6k_as_q4k", &y, &x, &want, t, rows, cols);
-    } else {
-        // random Q6_K bytes read as Q4_K scales can be inf/NaN: then both sides must agree on it
-        assert!(y.iter().any(|v| !v.is_finite()));
+    for kernel in KERNELS {
+        let y = device_matmul(&dev, kernel, GgmlType::Q4_K, &m, &x, t);
+        if finite {
+            check_matmul(
+                &format!("q6k_as_q4k {kernel:?}"),
+                &y,
+                &x,
+                &want,
+                t,
+                rows,
+                cols,
+            );
+        } else {
+            // random Q6_K bytes read as Q4_K scales can be inf/NaN: both sides must agree on it
+            assert!(y.iter().any(|v| !v.is_finite()), "{kernel:?}");
+        }
+    }
+}
+
+/// Grouped expert matmuls, every kernel variant, against the host: experts with no rows, one
+/// row, more rows than a vector pass or a row tile holds; rows gathered through `in_rows` (the
+/// token gather) or read in place; a planted expert swap.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn grouped_matmul_kernels_match_host() {
+    let Some(dev) = skip_if_no_device(Device::open(0)) else {
+        return;
+    };
+    let bytes = std::fs::read(fixture("quant-vectors.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
+        let raw = st.tensor(&format!("{}.raw", ty.name())).unwrap().data();
+        let want = st.tensor(&format!("{}.f32", ty.name())).unwrap();
+        let wv: Vec<f32> = want
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        // 4 experts of 2 rows (outputs) each, over cols inputs
+        let (mats, n) = (4, 2);
+        let cols = wv.len() / (mats * n);
+        assert!(
+            cols.is_multiple_of(ty.block_values()),
+            "{ty}: {cols} columns"
+        );
+        let t = 70;
+        let counts = [0, 1, t, 17];
+        let mut offsets = vec![0i32; mats];
+        for e in 1..mats {
+            offsets[e] = offsets[e - 1] + counts[e - 1] as i32;
+        }
+        let slots: usize = counts.iter().sum();
+        // slot s reads token (7 s + 3) mod t: every expert's rows are scattered tokens
+        let in_rows: Vec<i32> = (0..slots).map(|s| ((7 * s + 3) % t) as i32).collect();
+        let x = pseudo_random(t * cols, 21);
+        let counts_i: Vec<i32> = counts.iter().map(|&c| c as i32).collect();
+        let host_tensor = HostTensor {
+            name: "experts",
+            ty,
+            dims: &[cols as u64, n as u64, mats as u64],
+            bytes: raw,
+        };
+        let m = DeviceMatrix::upload(&dev, &host_tensor, cols, n, mats).unwrap();
+        for swap in [(0, 0), (1, 3)] {
+            for kernel in KERNELS {
+                let got = device_matmul_with(
+                    &dev,
+                    kernel,
+                    ty,
+                    &m,
+                    &x,
+                    slots,
+                    t,
+                    Some((&counts_i, &offsets, &in_rows, swap)),
+                );
+                for e in 0..mats {
+                    let we = if e == swap.0 {
+                        swap.1
+                    } else if e == swap.1 {
+                        swap.0
+                    } else {
+                        e
+                    };
+                    for c in 0..counts[e] {
+                        let slot = offsets[e] as usize + c;
+                        let tok = in_rows[slot] as usize;
+                        let xs = &x[tok * cols..(tok + 1) * cols];
+                        let ws = &wv[we * n * cols..(we + 1) * n * cols];
+                        let out = &got[slot * n..(slot + 1) * n];
+                        check_matmul(
+                            &format!("{ty} {kernel:?} swap {swap:?} expert {e} slot {slot}"),
+                            out,
+                            xs,
+                            ws,
+                            1,
+                            n,
+                            cols,
+                        );
+                    }
+                }
+            }
+        }
+        eprintln!("{ty}: grouped matmul, every kernel, matches the host");
+    }
+}
+
+/// The tiled attention kernels against the per-query ones and an f64 host softmax: heads of
+/// 64 and 40 (not a multiple of 8), grouped kv heads, 70 positions (a partial tile), with and
+/// without the planted one-step look-ahead. Masked probabilities are exactly 0 on both paths.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn tiled_attention_matches_per_query_kernels() {
+    let Some(dev) = skip_if_no_device(Device::open(0)) else {
+        return;
+    };
+    let (t, nh, nkv) = (70usize, 4usize, 2usize);
+    for hd in [64usize, 40] {
+        let dims = super::weights::Dims {
+            moe: false,
+            n_layers: 1,
+            hidden: nh * hd,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            n_experts: 0,
+            top_k: 0,
+            ffn: 1,
+            vocab: 1,
+            eps: 1e-6,
+            rope_theta: 1e6,
+            norm_topk: false,
+        };
+        let q = pseudo_random(t * nh * hd, 1);
+        let k = pseudo_random(t * nkv * hd, 2);
+        let v = pseudo_random(t * nkv * hd, 3);
+        let (qd, kd, vd) = (
+            dev.upload(&q, "q").unwrap(),
+            dev.upload(&k, "k").unwrap(),
+            dev.upload(&v, "v").unwrap(),
+        );
+        for look in [false, true] {
+            let probs = dev.zeros::<f32>(nh * t * t, "probs").unwrap();
+            let ctx = dev.zeros::<f32>(t * nh * hd, "ctx").unwrap();
+            super::forward::attention_probs(&dev, &dims, t, look, &qd, &kd, &probs, "test")
+                .unwrap();
+            super::forward::attention_ctx(&dev, &dims, t, look, &probs, &vd, &ctx, "test").unwrap();
+            let (p_tiled, c_tiled) = (
+                dev.stream.clone_dtoh(&probs).unwrap(),
+                dev.stream.clone_dtoh(&ctx).unwrap(),
+            );
+            // the per-query kernels on the same inputs
+            let la = i32::from(look);
+            let dims_args = [
+                Arg::I32(t as i32),
+                Arg::I32(nh as i32),
+                Arg::I32(nkv as i32),
+                Arg::I32(hd as i32),
+                Arg::I32(la),
+            ];
+            let cfg = |shared| cudarc::driver::LaunchConfig {
+                grid_dim: (t as u32, nh as u32, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: shared,
+            };
+            let mut a = vec![
+                Arg::Ptr(dev.ptr(&qd)),
+                Arg::Ptr(dev.ptr(&kd)),
+                Arg::Ptr(dev.ptr(&probs)),
+            ];
+            a.extend(dims_args);
+            dev.launch(
+                "attn_probs",
+                "test",
+                cfg((128 * 8 + 4 * (hd + t)) as u32),
+                &a,
+            )
+            .unwrap();
+            let mut a = vec![
+                Arg::Ptr(dev.ptr(&probs)),
+                Arg::Ptr(dev.ptr(&vd)),
+                Arg::Ptr(dev.ptr(&ctx)),
+            ];
+            a.extend(dims_args);
+            dev.launch("attn_ctx", "test", cfg(0), &a).unwrap();
+            let (p_rows, c_rows) = (
+                dev.stream.clone_dtoh(&probs).unwrap(),
+                dev.stream.clone_dtoh(&ctx).unwrap(),
+            );
+            let what = format!("head_dim {hd}, look-ahead {look}");
+            let scale = 1.0 / (hd as f64).sqrt();
+            for h in 0..nh {
+                let kh = h / (nh / nkv);
+                for i in 0..t {
+                    let end = (i + usize::from(look)).min(t - 1) + 1;
+                    let sc: Vec<f64> = (0..end)
+                        .map(|j| {
+                            (0..hd)
+                                .map(|d| {
+                                    q[(i * nh + h) * hd + d] as f64
+                                        * k[(j * nkv + kh) * hd + d] as f64
+                                })
+                                .sum::<f64>()
+                                * scale
+                        })
+                        .collect();
+                    let m = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let z: f64 = sc.iter().map(|s| (s - m).exp()).sum();
+                    for j in 0..t {
+                        let at = (h * t + i) * t + j;
+                        let want = sc.get(j).map_or(0.0, |s| (s - m).exp() / z);
+                        for (path, got) in [("tiled", p_tiled[at]), ("rows", p_rows[at])] {
+                            if j >= end {
+                                assert_eq!(got.to_bits(), 0, "{what} {path}: masked [{h},{i},{j}]");
+                            }
+                            assert!(
+                                (got as f64 - want).abs() <= 1e-6,
+                                "{what} {path} probs[{h},{i},{j}] = {got}, want {want}"
+                            );
+                        }
+                    }
+                }
+            }
+            let err = rel_l2(&c_tiled, &c_rows);
+            assert!(err <= 1e-6, "{what}: ctx tiled vs rows rel L2 {err}");
+            eprintln!("attention {what}: tiled = per-query within {err:.1e}");
+        }
     }
 }
 
@@ -827,6 +1079,8 @@ fn bench_prefill() {
             let mut last = run(&mut b, &tokens, plan, None, &[]);
             let mut ms = Vec::new();
             for _ in 0..5 {
+                // the previous trace is freed before the clock starts
+                drop(last);
                 let s = std::time::Instant::now();
                 last = run(&mut b, &tokens, plan, None, &[]);
                 ms.push(s.elapsed().as_secs_f64() * 1e3);
@@ -836,6 +1090,23 @@ fn bench_prefill() {
         };
         let (untraced, _) = times(&CapturePlan::none());
         let (traced, trace) = times(&CapturePlan::all());
+        // where the time goes: one more forward of each kind, timed per launch (the events
+        // add a little, so these are not the numbers above)
+        if std::env::var("FALSIFIER_BENCH_PROFILE").is_ok_and(|v| v == "1") {
+            for (what, plan) in [
+                ("untraced", CapturePlan::none()),
+                ("traced", CapturePlan::all()),
+            ] {
+                b.dev.set_profiling(true);
+                run(&mut b, &tokens, &plan, None, &[]);
+                let rows = b.dev.take_profile().unwrap();
+                b.dev.set_profiling(false);
+                eprint!(
+                    "bench T={t} {what} profile:\n{}",
+                    super::device::format_profile(&rows)
+                );
+            }
+        }
         let (bytes, macs) = prefill_work(&b, t, &trace);
         // floors: weights read once at the 3.0 TB/s a device copy reaches; f32 FMAs at the
         // H100 SXM's 67 TFLOP/s (33.5 T FMA/s) of CUDA-core f32

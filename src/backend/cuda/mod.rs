@@ -143,7 +143,17 @@ impl Backend for CudaBackend {
         if req.teacher.is_some() {
             meta.extra.insert("teacher_forced".into(), "true".into());
         }
-        forward::forward(&self.dev, &self.weights, req, &mut self.arena, meta)
+        let trace = forward::forward(&self.dev, &self.weights, req, &mut self.arena, meta)?;
+        if std::env::var("FALSIFIER_CUDA_PROFILE").is_ok_and(|v| v == "1") {
+            let rows = self.dev.take_profile()?;
+            eprint!(
+                "CUDA profile of a {}-token forward (plan {}):\n{}",
+                req.tokens.len(),
+                req.plan,
+                device::format_profile(&rows)
+            );
+        }
+        Ok(trace)
     }
 }
 

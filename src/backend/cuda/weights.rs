@@ -85,6 +85,10 @@ pub fn kernel_suffix(ty: GgmlType) -> Option<&'static str> {
     })
 }
 
+/// Zero bytes after each weight tensor on the device: the 8-value decoders' word loads may read
+/// up to 2 bytes past the values they decode (kernels/common.cuh, `ld8`).
+const WEIGHT_PADDING: usize = 16;
+
 /// A weight matrix (or a stack of expert matrices) on the device: `mats` matrices of `rows`
 /// rows (outputs) of `cols` values (inputs), each row `row_bytes` bytes of blocks.
 pub struct DeviceMatrix {
@@ -148,7 +152,7 @@ impl DeviceMatrix {
                 t.ty
             )));
         }
-        let data = dev.upload(t.bytes, t.name)?;
+        let data = dev.upload_padded(t.bytes, WEIGHT_PADDING, t.name)?;
         Ok(DeviceMatrix {
             name: t.name.to_string(),
             ty: t.ty,
@@ -331,26 +335,220 @@ fn check_dims(d: &Dims) -> Result<()> {
     if d.moe && (d.n_experts == 0 || d.top_k == 0 || d.top_k > d.n_experts) {
         return bad(format!("top-{} of {} experts", d.top_k, d.n_experts));
     }
+    // the top-k kernel keeps a 64-bit mask of chosen experts per lane of a warp
+    if d.moe && d.n_experts > 32 * 64 {
+        return bad(format!(
+            "{} experts; the CUDA router handles at most {}",
+            d.n_experts,
+            32 * 64
+        ));
+    }
     Ok(())
 }
 
-/// Launch config of the matmul kernels: blocks of 256 threads over tiles of 64 output features
-/// x 64 rows, one grid layer per expert matrix.
-pub fn matmul_grid(n: usize, rows: usize, mats: usize) -> Result<LaunchConfig> {
-    // MM_BN, MM_BT and MM_THREADS of kernels/matmul.cu
-    let gx = u32::try_from(n.div_ceil(64)).ok();
-    let gy = u32::try_from(rows.div_ceil(64))
-        .ok()
-        .filter(|&y| y <= 65535);
-    let gz = u32::try_from(mats).ok().filter(|&z| z <= 65535);
-    match (gx, gy, gz) {
-        (Some(x), Some(y), Some(z)) => Ok(LaunchConfig {
-            grid_dim: (x, y.max(1), z.max(1)),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        }),
-        _ => Err(Error::input(format!(
-            "matmul of {n} outputs x {rows} rows x {mats} matrices exceeds the launch grid"
-        ))),
+/// Which matmul kernel serves a launch (see kernels/matmul.cu).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MatmulKernel {
+    /// `matmulv_*`: decode into registers, up to 8 rows per pass; for few rows per matrix.
+    Vector,
+    /// `matmul_*`: shared-memory tiles of `bt` rows x `4096 / bt` features.
+    Tiled { bt: u32 },
+}
+
+/// At most this many rows expected per matrix go to the vector kernel: it decodes every
+/// weight once per 8 rows, and a tile of 16 rows would sit mostly empty. Grouped matmuls take
+/// it only up to 5 expected rows, since the busiest experts then still fit one or two passes.
+const VECTOR_MAX_ROWS: usize = 8;
+const VECTOR_MAX_ROWS_GROUPED: usize = 5;
+/// A split-K slice covers at least this many k values (so a split still streams whole
+/// K-quant blocks, and the partial sums stay few).
+const MIN_SPLIT_K: usize = 256;
+
+impl MatmulKernel {
+    /// The kernel for a matmul over `k` inputs whose matrices each expect `expected` rows (a
+    /// plain matmul: all of them; grouped experts: the average).
+    pub fn choose(k: usize, expected: usize, grouped: bool) -> Self {
+        let vector_max = if grouped {
+            VECTOR_MAX_ROWS_GROUPED
+        } else {
+            VECTOR_MAX_ROWS
+        };
+        if expected <= vector_max && k.is_multiple_of(8) {
+            return MatmulKernel::Vector;
+        }
+        // the widest row tile that the rows fill at least halfway on average (a block's tile
+        // is 4096 outputs whatever its shape, so the shape does not change the block count)
+        let bt = if expected > 40 {
+            64
+        } else if expected > 12 {
+            32
+        } else {
+            16
+        };
+        MatmulKernel::Tiled { bt }
+    }
+
+    /// (features, rows) of one block's tile.
+    fn tile(self) -> (usize, usize) {
+        match self {
+            MatmulKernel::Vector => (64, usize::MAX),
+            MatmulKernel::Tiled { bt } => (4096 / bt as usize, bt as usize),
+        }
+    }
+
+    /// Split-K of a plain matmul of `n` outputs x `rows` rows over `k` inputs on a card of
+    /// `sms` multiprocessors: `(splits, kspan)`, each split summing `kspan` k values (a
+    /// multiple of 32). One split unless the output tiles leave most multiprocessors idle.
+    pub fn split_k(self, n: usize, rows: usize, k: usize, sms: usize) -> (usize, usize) {
+        let (bn, bt) = self.tile();
+        let blocks = n.div_ceil(bn) * rows.div_ceil(bt.min(rows.max(1)));
+        let want = (2 * sms).div_ceil(blocks.max(1));
+        let splits = want.min(k / MIN_SPLIT_K).max(1);
+        if splits == 1 {
+            return (1, k);
+        }
+        let kspan = k.div_ceil(splits).div_ceil(32) * 32;
+        (k.div_ceil(kspan), kspan)
+    }
+
+    /// The kernel's name for the weight type's suffix.
+    pub fn name(self, suffix: &str) -> String {
+        match self {
+            MatmulKernel::Vector => format!("matmulv_{suffix}"),
+            MatmulKernel::Tiled { bt } => format!("matmul_{suffix}_{bt}"),
+        }
+    }
+
+    /// Every kernel variant, as named by [`MatmulKernel::name`].
+    pub const ALL: [MatmulKernel; 4] = [
+        MatmulKernel::Vector,
+        MatmulKernel::Tiled { bt: 16 },
+        MatmulKernel::Tiled { bt: 32 },
+        MatmulKernel::Tiled { bt: 64 },
+    ];
+
+    /// Launch shape for `n` outputs, up to `max_rows` rows per matrix, and `layers` grid
+    /// layers (expert matrices, or K splits of a plain matmul).
+    pub fn config(self, n: usize, max_rows: usize, layers: usize) -> Result<LaunchConfig> {
+        let (bn, bt) = self.tile();
+        let shared = match self {
+            MatmulKernel::Vector => 0,
+            // Ws [32][bn + 4] and Xs [32][bt + 4] floats
+            MatmulKernel::Tiled { .. } => (32 * (bn + 4 + bt + 4) * 4) as u32,
+        };
+        let gx = u32::try_from(n.div_ceil(bn)).ok();
+        let gy = u32::try_from(max_rows.div_ceil(bt))
+            .ok()
+            .filter(|&y| y <= 65535);
+        let gz = u32::try_from(layers).ok().filter(|&z| z <= 65535);
+        match (gx, gy, gz) {
+            (Some(x), Some(y), Some(z)) => Ok(LaunchConfig {
+                grid_dim: (x, y.max(1), z.max(1)),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: shared,
+            }),
+            _ => Err(Error::input(format!(
+                "matmul of {n} outputs x {max_rows} rows x {layers} matrices exceeds the launch grid"
+            ))),
+        }
+    }
+}
+
+/// Device pointers of an expert grouping: rows per expert, their first grouped row, the input
+/// row of each grouped row (none: the input is already grouped), a planted expert swap.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupPtrs {
+    pub counts: u64,
+    pub offsets: u64,
+    pub in_rows: Option<u64>,
+    pub swap: Option<(usize, usize)>,
+}
+
+/// One matmul `y = x · Wᵀ` to queue: `w` decoded as `ty` (its own type, or a planted wrong one),
+/// `rows` input rows at device address `x` (grouped: all experts' rows; at most `max_rows`
+/// per expert).
+pub struct MatmulCall<'a> {
+    pub w: &'a DeviceMatrix,
+    pub ty: GgmlType,
+    pub x: u64,
+    pub rows: usize,
+    pub max_rows: usize,
+    pub groups: Option<GroupPtrs>,
+}
+
+impl MatmulCall<'_> {
+    /// The kernel the forward uses for this call.
+    pub fn default_kernel(&self) -> MatmulKernel {
+        let expected = match self.groups {
+            Some(_) => self.rows.div_ceil(self.w.mats.max(1)),
+            None => self.rows,
+        };
+        MatmulKernel::choose(self.w.cols, expected, self.groups.is_some())
+    }
+
+    /// Queue the call with `kernel` into `y` ([rows, w.rows]), split along K when a plain
+    /// matmul has too few output tiles for the card (`stage` names it in errors).
+    pub fn launch(
+        &self,
+        dev: &Device,
+        stage: &str,
+        kernel: MatmulKernel,
+        y: &CudaSlice<f32>,
+    ) -> Result<()> {
+        let w = self.w;
+        let suffix = kernel_suffix(self.ty)
+            .ok_or_else(|| Error::internal(format!("{}: no kernel for {}", w.name, self.ty)))?;
+        let (splits, kspan) = match self.groups {
+            Some(_) => (1, w.cols),
+            None => kernel.split_k(w.rows, self.rows, w.cols, dev.sms),
+        };
+        let partials = if splits > 1 {
+            Some(dev.scratch::<f32>(splits * self.rows * w.rows, "split-K partial sums")?)
+        } else {
+            None
+        };
+        let out = partials.as_ref().map_or_else(|| dev.ptr(y), |p| dev.ptr(p));
+        let g = self.groups;
+        let (sa, sb) = g
+            .and_then(|g| g.swap)
+            .map_or((-1, -1), |(a, b)| (a as i32, b as i32));
+        let args = [
+            Arg::Ptr(dev.ptr(&w.data)),
+            Arg::I64(w.row_bytes as i64),
+            Arg::I64(w.mat_bytes() as i64),
+            Arg::Ptr(self.x),
+            Arg::Ptr(out),
+            int(w.rows, "matmul outputs")?,
+            int(w.cols, "matmul inputs")?,
+            int(self.rows, "matmul rows")?,
+            g.map_or(NULL, |g| Arg::Ptr(g.counts)),
+            g.map_or(NULL, |g| Arg::Ptr(g.offsets)),
+            g.and_then(|g| g.in_rows).map_or(NULL, Arg::Ptr),
+            Arg::I32(sa),
+            Arg::I32(sb),
+            int(kspan, "split-K span")?,
+        ];
+        let layers = if g.is_some() { w.mats } else { splits };
+        dev.launch(
+            &kernel.name(suffix),
+            stage,
+            kernel.config(w.rows, self.max_rows, layers)?,
+            &args,
+        )?;
+        if let Some(p) = &partials {
+            let n = self.rows * w.rows;
+            dev.launch(
+                "sum_splits",
+                stage,
+                super::device::grid_1d(n)?,
+                &[
+                    Arg::Ptr(dev.ptr(p)),
+                    Arg::Ptr(dev.ptr(y)),
+                    Arg::I64(n as i64),
+                    int(splits, "K splits")?,
+                ],
+            )?;
+        }
+        Ok(())
     }
 }

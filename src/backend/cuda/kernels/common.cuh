@@ -15,6 +15,10 @@ typedef unsigned short u16;
 typedef unsigned int u32;
 typedef long long i64;
 
+// FALSIFIER_HOST_CHECK: tools/cuda-host-check compiles the decoders with a host C++ compiler
+// (and its own definitions of these few device intrinsics) to prove them bit-exact without a
+// GPU.
+#ifndef FALSIFIER_HOST_CHECK
 __device__ __forceinline__ float h2f(u16 h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -26,6 +30,7 @@ __device__ __forceinline__ u16 f2h(float f) {
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
 }
+#endif
 
 // Block fields sit at even offsets but blocks of 18/22/34/210 bytes break wider alignment:
 // assemble them byte by byte.
@@ -146,4 +151,205 @@ template <> __device__ __forceinline__ float dq<T_Q6_K>(const u8* __restrict__ r
     int q = (((lq >> (4 * (s >> 1))) & 15) | (((hb >> (2 * s)) & 3) << 4)) - 32;
     float scale = __fmul_rn(ldh(b + 208), (float)(signed char)b[192 + 8 * h + 2 * s + (j >> 4)]);
     return __fmul_rn(scale, (float)q);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Eight values at a time. The matmul kernels decode weights in runs of 8 consecutive values of
+// one row (k0 % 8 == 0, all 8 in one block): the block's scales are read and combined once per
+// run instead of once per value, and the quants come in with two or three word loads instead
+// of eight byte loads. A run is decoded in two steps so that a kernel can issue the loads of
+// its next chunk before it computes the current one: Run8<TY>::load reads the raw words (the
+// only global memory access), Run8<TY>::decode turns them into floats. dq8 does both; it gives
+// exactly dq<TY>(row, k0 + i) in o[i] (the same roundings in the same order;
+// tools/cuda-host-check proves it bit for bit on random blocks).
+
+// 8 bytes at p, which is only 2-byte aligned (every block size and row size is even): aligned
+// word loads, shifted into place when p sits mid-word. Only then is a third word read, which
+// can reach 2 bytes past the 8: weights are uploaded with 16 bytes of padding for this.
+__device__ __forceinline__ void ld8(const u8* p, u32* lo, u32* hi) {
+    unsigned long long a = (unsigned long long)p;
+    const u32* w = (const u32*)(a & ~3ull);
+    u32 w0 = w[0], w1 = w[1];
+    if ((a & 2) == 0) {
+        *lo = w0;
+        *hi = w1;
+    } else {
+        u32 w2 = w[2];
+        *lo = (w0 >> 16) | (w1 << 16);
+        *hi = (w1 >> 16) | (w2 << 16);
+    }
+}
+
+// Byte i (0..7) of the pair (lo, hi).
+__device__ __forceinline__ u32 byte8(u32 lo, u32 hi, int i) {
+    return ((i < 4 ? lo : hi) >> (8 * (i & 3))) & 255u;
+}
+
+// (float)q for 0 <= q < 2^23, exactly, without the int-to-float unit (a quarter-rate path):
+// the bits of 2^23 + q minus 2^23.
+__device__ __forceinline__ float small_u2f(u32 q) {
+    return __fsub_rn(__uint_as_float(0x4B000000u | q), 8388608.0f);
+}
+
+// Any type: no split, decode reads the row itself.
+template <int TY> struct Run8 {
+    const u8* row;
+    int k0;
+    __device__ __forceinline__ void load(const u8* __restrict__ r, int k) {
+        row = r;
+        k0 = k;
+    }
+    __device__ __forceinline__ void decode(float* __restrict__ o) const {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o[i] = dq<TY>(row, k0 + i);
+    }
+};
+
+template <> struct Run8<T_Q8_0> {
+    u32 d, lo, hi;
+    __device__ __forceinline__ void load(const u8* __restrict__ row, int k0) {
+        const u8* b = row + (i64)(k0 >> 5) * 34;
+        d = *(const u16*)b;
+        ld8(b + 2 + (k0 & 31), &lo, &hi);
+    }
+    __device__ __forceinline__ void decode(float* __restrict__ o) const {
+        float df = h2f((u16)d);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            // int8 q as (q + 128) - 128, both exact in f32
+            float q = __fsub_rn(small_u2f(byte8(lo, hi, i) ^ 128u), 128.0f);
+            o[i] = __fmul_rn(q, df);
+        }
+    }
+};
+
+template <> struct Run8<T_Q4_0> {
+    u32 d, lo, hi;
+    int shift;
+    __device__ __forceinline__ void load(const u8* __restrict__ row, int k0) {
+        const u8* b = row + (i64)(k0 >> 5) * 18;
+        int j0 = k0 & 31;
+        d = *(const u16*)b;
+        ld8(b + 2 + (j0 & 15), &lo, &hi);
+        shift = j0 < 16 ? 0 : 4;
+    }
+    __device__ __forceinline__ void decode(float* __restrict__ o) const {
+        float df = h2f((u16)d);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            float q = __fsub_rn(small_u2f((byte8(lo, hi, i) >> shift) & 15u), 8.0f);
+            o[i] = __fmul_rn(df, q);
+        }
+    }
+};
+
+template <> struct Run8<T_Q4_1> {
+    u32 dm, lo, hi;
+    int shift;
+    __device__ __forceinline__ void load(const u8* __restrict__ row, int k0) {
+        const u8* b = row + (i64)(k0 >> 5) * 20;
+        int j0 = k0 & 31;
+        u32 q4;
+        ld8(b, &dm, &q4);
+        ld8(b + 4 + (j0 & 15), &lo, &hi);
+        shift = j0 < 16 ? 0 : 4;
+    }
+    __device__ __forceinline__ void decode(float* __restrict__ o) const {
+        float d = h2f((u16)(dm & 0xffffu)), m = h2f((u16)(dm >> 16));
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            o[i] = __fadd_rn(__fmul_rn(d, small_u2f((byte8(lo, hi, i) >> shift) & 15u)), m);
+    }
+};
+
+// The (scale, min) pair j of a Q4_K/Q5_K block from its 12 scale bytes as three words.
+__device__ __forceinline__ void scale_min_k4_w(int j, u32 s0, u32 s1, u32 s2, u32* sc,
+                                               u32* m) {
+    int sh = 8 * (j & 3);
+    u32 a = (s0 >> sh) & 255u, b = (s1 >> sh) & 255u, c = (s2 >> sh) & 255u;
+    if (j < 4) {
+        *sc = a & 63u;
+        *m = b & 63u;
+    } else {
+        *sc = (c & 15u) | ((a >> 6) << 4);
+        *m = (c >> 4) | ((b >> 6) << 4);
+    }
+}
+
+template <> struct Run8<T_Q4_K> {
+    u32 dd, s0, s1, s2, lo, up;
+    int j, shift;
+    __device__ __forceinline__ void load(const u8* __restrict__ row, int k0) {
+        const u8* b = row + (i64)(k0 >> 8) * 144;
+        int v = k0 & 255, c = v >> 6, hi = (v >> 5) & 1;
+        ld8(b, &dd, &s0);
+        ld8(b + 8, &s1, &s2);
+        ld8(b + 16 + 32 * c + (v & 31), &lo, &up);
+        j = 2 * c + hi;
+        shift = hi ? 4 : 0;
+    }
+    __device__ __forceinline__ void decode(float* __restrict__ o) const {
+        u32 sc, m;
+        scale_min_k4_w(j, s0, s1, s2, &sc, &m);
+        float ds = __fmul_rn(h2f((u16)(dd & 0xffffu)), small_u2f(sc));
+        float ms = __fmul_rn(h2f((u16)(dd >> 16)), small_u2f(m));
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            o[i] = __fsub_rn(__fmul_rn(ds, small_u2f((byte8(lo, up, i) >> shift) & 15u)), ms);
+    }
+};
+
+template <> struct Run8<T_Q6_K> {
+    u32 ql0, ql1, qh0, qh1, d, sc;
+    int lsh, hsh;
+    __device__ __forceinline__ void load(const u8* __restrict__ row, int k0) {
+        const u8* b = row + (i64)(k0 >> 8) * 210;
+        int v = k0 & 255, h = v >> 7, s = (v >> 5) & 3, j0 = v & 31;
+        ld8(b + 64 * h + 32 * (s & 1) + j0, &ql0, &ql1);
+        ld8(b + 128 + 32 * h + j0, &qh0, &qh1);
+        d = *(const u16*)(b + 208);
+        sc = b[192 + 8 * h + 2 * s + (j0 >> 4)];
+        lsh = 4 * (s >> 1);
+        hsh = 2 * s;
+    }
+    __device__ __forceinline__ void decode(float* __restrict__ o) const {
+        float scale = __fmul_rn(h2f((u16)d), (float)(signed char)sc);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            u32 q = ((byte8(ql0, ql1, i) >> lsh) & 15u) | (((byte8(qh0, qh1, i) >> hsh) & 3u) << 4);
+            o[i] = __fmul_rn(scale, __fsub_rn(small_u2f(q), 32.0f));
+        }
+    }
+};
+
+// F16 and BF16: 16 bytes of 8 halves.
+template <> struct Run8<T_F16> {
+    u32 w[4];
+    __device__ __forceinline__ void load(const u8* __restrict__ row, int k0) {
+        ld8(row + 2 * (i64)k0, &w[0], &w[1]);
+        ld8(row + 2 * (i64)k0 + 8, &w[2], &w[3]);
+    }
+    __device__ __forceinline__ void decode(float* __restrict__ o) const {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o[i] = h2f((u16)(w[i >> 1] >> (16 * (i & 1))));
+    }
+};
+
+template <> struct Run8<T_BF16> {
+    u32 w[4];
+    __device__ __forceinline__ void load(const u8* __restrict__ row, int k0) {
+        ld8(row + 2 * (i64)k0, &w[0], &w[1]);
+        ld8(row + 2 * (i64)k0 + 8, &w[2], &w[3]);
+    }
+    __device__ __forceinline__ void decode(float* __restrict__ o) const {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) o[i] = __uint_as_float((w[i >> 1] >> (16 * (i & 1))) << 16);
+    }
+};
+
+template <int TY>
+__device__ __forceinline__ void dq8(const u8* __restrict__ row, int k0, float* __restrict__ o) {
+    Run8<TY> r;
+    r.load(row, k0);
+    r.decode(o);
 }

@@ -1,66 +1,89 @@
 // y[r, n] = sum_k x[r, k] * W[n, k], with W in its GGUF block format, decoded in the loop.
 //
-// One kernel serves the plain projections and the grouped expert matmuls. Block z is an expert
+// Two kernels serve the plain projections and the grouped expert matmuls. Block z is an expert
 // (z = 0 and counts == NULL for a plain matmul over T rows); its rows are the `counts[z]`
 // rows starting at `offsets[z]` of the grouped layout; `in_rows`, when set, maps each grouped
 // row to the input row it reads (the token gather of expert dispatch), so all experts of a
-// layer run in one launch over (feature tile, row tile, expert).
+// layer run in one launch. Weights are decoded 8 values at a time (Run8, common.cuh), and the
+// raw words of the next chunk are loaded before the current chunk is multiplied, so memory
+// latency hides behind arithmetic.
 //
-// Each block owns MM_BN output features x MM_BT rows. K is walked in chunks of MM_BK: the block
-// decodes the chunk's MM_BN x MM_BK weights once into shared memory (a warp decodes 32
-// consecutive values of one row, so loads coalesce and K-quant scales are shared) next to the
-// chunk's MM_BT x MM_BK inputs, then each thread multiplies a 4 x 4 register tile (4 features
-// x 4 rows) out of shared memory. Every weight is thus decoded once per 64 rows instead of once
-// per row. Each output is accumulated by one thread, in k order, with FMA: no atomics, no
-// reductions across threads, so runs are bitwise repeatable. Warps whose rows all lie past the
-// tile's end (experts often get a few rows) only help decode.
+// A plain matmul with too few output tiles to fill the card is split along K instead (split-K):
+// block z then sums k in [z * kspan, (z + 1) * kspan) into its own slice Y + z * T * N, and
+// sum_splits adds the slices in z order. Without atomics, every sum has a fixed order, so runs
+// are bitwise repeatable.
+//
+// matmul_<type>_<BT> (tiled, for many rows per matrix): each block owns BN output features x
+// BT rows, BT in {16, 32, 64} chosen by the host from the rows a matrix is expected to get, and
+// BN = 4096 / BT so that every block is 256 threads with a 4 x 4 register tile. K is walked in
+// chunks of 32: the block decodes the chunk's BN x 32 weights once into shared memory next to
+// the chunk's BT x 32 inputs, then each thread multiplies its tile out of shared memory, each
+// output accumulated by one thread in k order with FMA.
+//
+// matmulv_<type> (few rows per matrix: decode-bound, as every expert is at short prompts):
+// no shared memory and no barriers. Four adjacent lanes share one output feature, lane p
+// decoding values 8p..8p+7 of every 32-chunk of the row straight into registers and
+// multiplying them with up to 8 input rows at once (read through L1: all features of a block
+// read the same rows); the four partial sums are then added by a fixed butterfly. Needs
+// K % 8 == 0 (every block type has it).
 
-#define MM_BN 64
-#define MM_BT 64
 #define MM_BK 32
 #define MM_THREADS 256
-// rows decoded / loaded per thread per chunk: (MM_BN * MM_BK) / MM_THREADS
-#define MM_LD 8
-// row pitch of the transposed tiles: a multiple of 4 keeps float4 reads aligned, the +4
-// spreads the column-wise stores over the banks
-#define MM_PITCH (MM_BN + 4)
+// Blocks per multiprocessor the compiler must leave registers for (latency hiding needs a few).
+#ifndef MM_MIN_BLOCKS
+#define MM_MIN_BLOCKS 2
+#endif
+#ifndef MV_MIN_BLOCKS
+#define MV_MIN_BLOCKS 4
+#endif
 
-template <int TY>
+// Shared-memory column of tile row r at chunk position k. The XOR (a multiple of 8, so float4
+// groups stay whole) moves the 4 decoding lanes of one row, which write k = 8p.. at the same
+// time, onto different banks.
+__device__ __forceinline__ int mm_swz(int r, int k, int width) {
+    return r ^ ((((k >> 3) & 3) << 3) & (width - 1));
+}
+
+template <int TY, int bt>
 __device__ __forceinline__ void matmul_body(const u8* __restrict__ W, i64 row_bytes,
                                             i64 expert_bytes, const float* __restrict__ X,
                                             float* __restrict__ Y, int N, int K, int T,
                                             const int* __restrict__ counts,
                                             const int* __restrict__ offsets,
                                             const int* __restrict__ in_rows, int swap_a,
-                                            int swap_b) {
-    __shared__ __align__(16) float Ws[MM_BK][MM_PITCH];
-    __shared__ __align__(16) float Xs[MM_BK][MM_PITCH];
-    int e = blockIdx.z;
+                                            int swap_b, int kspan) {
+    // the tile shape is a template parameter: every shared-memory offset of the inner loop
+    // is then a constant
+    extern __shared__ __align__(16) float mm_smem[];
+    constexpr int bn = 4096 / bt;
+    constexpr int wp = bn + 4, xp = bt + 4;  // +4: float4-aligned rows on shifted banks
+    float* Ws = mm_smem;           // [MM_BK][wp], transposed: Ws[k][feature]
+    float* Xs = mm_smem + MM_BK * wp;  // [MM_BK][xp], Xs[k][row]
+    int e = counts ? blockIdx.z : 0;
+    int split = counts ? 0 : blockIdx.z;
     int cnt = counts ? counts[e] : T;
     int off = offsets ? offsets[e] : 0;
-    int t0 = blockIdx.y * MM_BT;
+    int t0 = blockIdx.y * bt;
     if (t0 >= cnt) return;  // uniform over the block, before any barrier
-    int n0 = blockIdx.x * MM_BN;
-    int nt = min(MM_BT, cnt - t0);
+    int n0 = blockIdx.x * bn;
+    int nt = min(bt, cnt - t0);
+    int kbeg = split * kspan, kend = min(K, kbeg + kspan);
+    Y += (i64)split * T * N;
     // planted expert_swap: tokens routed to a run through b's weights, and the other way round
     int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
     const u8* mat = W + (i64)we * expert_bytes;
     int tid = threadIdx.x;
-    // loading: thread tid fills column c = tid % 32 of tile rows tid / 32 + 8 i
-    int c = tid & 31, r0 = tid >> 5;
-    const u8* wrow[MM_LD];
-    const float* xrow[MM_LD];
-#pragma unroll
-    for (int i = 0; i < MM_LD; ++i) {
-        int r = r0 + 8 * i;
-        int n = n0 + r;
-        wrow[i] = n < N ? mat + (i64)n * row_bytes : (const u8*)0;
-        int src = 0;
-        if (r < nt) src = in_rows ? in_rows[off + t0 + r] : off + t0 + r;
-        xrow[i] = r < nt ? X + (i64)src * K : (const float*)0;
+    // loading: lane p = tid % 4 decodes values 8p..8p+7 of the chunk for features
+    // lr + 64 i (i < bn / 64), and loads the same values of input row lr = tid / 4 (when < nt)
+    int p = tid & 3, lr = tid >> 2;
+    constexpr int nr = bn >> 6;
+    const float* xrow = 0;
+    if (lr < nt) {
+        int src = in_rows ? in_rows[off + t0 + lr] : off + t0 + lr;
+        xrow = X + (i64)src * K;
     }
     // computing: thread (tn, tt) owns features n0 + 4 tn + i and rows t0 + 4 tt + j
-    int tn = tid & 15, tt = tid >> 4;
+    int tn = tid % (bn / 4), tt = tid / (bn / 4);
     bool active = 4 * tt < nt;
     float acc[4][4];
 #pragma unroll
@@ -68,31 +91,72 @@ __device__ __forceinline__ void matmul_body(const u8* __restrict__ W, i64 row_by
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
     }
-    for (int k0 = 0; k0 < K; k0 += MM_BK) {
-        int k = k0 + c;
-        bool in_k = k < K;
+    Run8<TY> run[nr];
+    bool whole[nr];
+    float xv[8];
+    // global -> registers: the raw words of chunk k0
+    auto fetch = [&](int k0) {
+        int kp = k0 + 8 * p;
 #pragma unroll
-        for (int i = 0; i < MM_LD; ++i) {
-            int r = r0 + 8 * i;
-            Ws[c][r] = (wrow[i] && in_k) ? dq<TY>(wrow[i], k) : 0.0f;
-            Xs[c][r] = (xrow[i] && in_k) ? xrow[i][k] : 0.0f;
+        for (int i = 0; i < nr; ++i) {
+            int n = n0 + lr + 64 * i;
+            whole[i] = n < N && kp + 8 <= kend;
+            if (whole[i]) run[i].load(mat + (i64)n * row_bytes, kp);
         }
-        __syncthreads();
+        if (lr < bt) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) xv[j] = (xrow && kp + j < kend) ? xrow[kp + j] : 0.0f;
+        }
+    };
+    // registers -> shared: decoded chunk k0 (a run cut by the end of K or N, only possible
+    // for float types with K % 8 != 0 and at the last features, decodes value by value)
+    auto stash = [&](int k0) {
+        int kp = k0 + 8 * p;
+#pragma unroll
+        for (int i = 0; i < nr; ++i) {
+            int r = lr + 64 * i, n = n0 + r;
+            float v[8];
+            if (whole[i]) {
+                run[i].decode(v);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; ++j)
+                    v[j] = (n < N && kp + j < kend) ? dq<TY>(mat + (i64)n * row_bytes, kp + j)
+                                                    : 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < 8; ++j) Ws[(8 * p + j) * wp + mm_swz(r, 8 * p + j, bn)] = v[j];
+        }
+        if (lr < bt) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) Xs[(8 * p + j) * xp + mm_swz(lr, 8 * p + j, bt)] = xv[j];
+        }
+    };
+    fetch(kbeg);
+    stash(kbeg);
+    __syncthreads();
+    for (int k0 = kbeg; k0 < kend; k0 += MM_BK) {
+        bool more = k0 + MM_BK < kend;
+        if (more) fetch(k0 + MM_BK);
         if (active) {
-#pragma unroll 8
+#pragma unroll
             for (int kk = 0; kk < MM_BK; ++kk) {
-                float4 w4 = *(const float4*)&Ws[kk][4 * tn];
-                float4 x4 = *(const float4*)&Xs[kk][4 * tt];
+                float4 w4 = *(const float4*)&Ws[kk * wp + mm_swz(4 * tn, kk, bn)];
+                float4 x4 = *(const float4*)&Xs[kk * xp + mm_swz(4 * tt, kk, bt)];
                 float wv[4] = {w4.x, w4.y, w4.z, w4.w};
-                float xv[4] = {x4.x, x4.y, x4.z, x4.w};
+                float xq[4] = {x4.x, x4.y, x4.z, x4.w};
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(wv[i], xv[j], acc[i][j]);
+                    for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(wv[i], xq[j], acc[i][j]);
                 }
             }
         }
         __syncthreads();
+        if (more) {
+            stash(k0 + MM_BK);
+            __syncthreads();
+        }
     }
     if (!active) return;
 #pragma unroll
@@ -108,6 +172,99 @@ __device__ __forceinline__ void matmul_body(const u8* __restrict__ W, i64 row_by
     }
 }
 
+// Input rows a matvec pass multiplies at once.
+#define MV_ROWS 8
+
+template <int TY>
+__device__ __forceinline__ void matvec_body(const u8* __restrict__ W, i64 row_bytes,
+                                            i64 expert_bytes, const float* __restrict__ X,
+                                            float* __restrict__ Y, int N, int K, int T,
+                                            const int* __restrict__ counts,
+                                            const int* __restrict__ offsets,
+                                            const int* __restrict__ in_rows, int swap_a,
+                                            int swap_b, int kspan) {
+    int e = counts ? blockIdx.z : 0;
+    int split = counts ? 0 : blockIdx.z;
+    int cnt = counts ? counts[e] : T;
+    if (cnt == 0) return;  // uniform over the block
+    int off = offsets ? offsets[e] : 0;
+    int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+    int kbeg = split * kspan, kend = min(K, kbeg + kspan);
+    Y += (i64)split * T * N;
+    int p = threadIdx.x & 3;
+    int n = blockIdx.x * (MM_THREADS / 4) + (threadIdx.x >> 2);
+    // lanes past N keep going (decoding nothing) so that the shuffles see full warps
+    bool valid = n < N;
+    const u8* row = W + (i64)we * expert_bytes + (i64)(valid ? n : 0) * row_bytes;
+    for (int t0 = 0; t0 < cnt; t0 += MV_ROWS) {
+        int nt = min(MV_ROWS, cnt - t0);
+        const float* xr[MV_ROWS];
+#pragma unroll
+        for (int j = 0; j < MV_ROWS; ++j) {
+            int g = off + t0 + min(j, nt - 1);
+            xr[j] = X + (i64)(in_rows ? in_rows[g] : g) * K;
+        }
+        float acc[MV_ROWS];
+#pragma unroll
+        for (int j = 0; j < MV_ROWS; ++j) acc[j] = 0.0f;
+        int k0 = kbeg + 8 * p;
+        Run8<TY> cur;
+        if (valid && k0 < kend) cur.load(row, k0);
+        for (; k0 < kend; k0 += MM_BK) {
+            // the next run's words are on their way while this one is multiplied
+            Run8<TY> nxt;
+            if (valid && k0 + MM_BK < kend) nxt.load(row, k0 + MM_BK);
+            float w[8];
+            if (valid) {
+                cur.decode(w);
+            } else {
+#pragma unroll
+                for (int i = 0; i < 8; ++i) w[i] = 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < MV_ROWS; ++j) {
+                if (j < nt) {
+                    float4 a = *(const float4*)(xr[j] + k0);
+                    float4 b = *(const float4*)(xr[j] + k0 + 4);
+                    float s = acc[j];
+                    s = fmaf(w[0], a.x, s);
+                    s = fmaf(w[1], a.y, s);
+                    s = fmaf(w[2], a.z, s);
+                    s = fmaf(w[3], a.w, s);
+                    s = fmaf(w[4], b.x, s);
+                    s = fmaf(w[5], b.y, s);
+                    s = fmaf(w[6], b.z, s);
+                    s = fmaf(w[7], b.w, s);
+                    acc[j] = s;
+                }
+            }
+            cur = nxt;
+        }
+#pragma unroll
+        for (int j = 0; j < MV_ROWS; ++j) {
+            // (a0 + a1) + (a2 + a3) on every lane of the four: the same bits everywhere
+            acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], 1);
+            acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], 2);
+        }
+        if (valid && p == 0) {
+#pragma unroll
+            for (int j = 0; j < MV_ROWS; ++j)
+                if (j < nt) Y[(i64)(off + t0 + j) * N + n] = acc[j];
+        }
+    }
+}
+
+// y[i] = sum over z of parts[z * n + i], z ascending: the split-K partial sums, added in a
+// fixed order.
+extern "C" __global__ void sum_splits(const float* __restrict__ parts, float* __restrict__ y,
+                                      i64 n, int splits) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float s = parts[i];
+    for (int z = 1; z < splits; ++z) s += parts[(i64)z * n + i];
+    y[i] = s;
+}
+
 // Row gather with decode: out[t, h] = W[ids[t], h] (embedding lookup; ids == NULL reads row 0,
 // which decodes a 1-D tensor such as a norm weight).
 template <int TY>
@@ -121,13 +278,26 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
     out[i] = dq<TY>(W + (i64)id * row_bytes, h);
 }
 
+#define TILED_KERNEL(NAME, TY, BT)                                                              \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS, MM_MIN_BLOCKS)                  \
+        matmul_##NAME##_##BT(const u8* W, i64 row_bytes, i64 expert_bytes, const float* X,     \
+                             float* Y, int N, int K, int T, const int* counts,                 \
+                             const int* offsets, const int* in_rows, int swap_a, int swap_b,   \
+                             int kspan) {                                                       \
+        matmul_body<TY, BT>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets,        \
+                            in_rows, swap_a, swap_b, kspan);                                    \
+    }
+
 #define MATMUL_KERNELS(NAME, TY)                                                                \
-    extern "C" __global__ void __launch_bounds__(MM_THREADS)                                 \
-        matmul_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* X, float* Y,  \
-                      int N, int K, int T, const int* counts, const int* offsets,               \
-                      const int* in_rows, int swap_a, int swap_b) {                             \
-        matmul_body<TY>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets, in_rows,   \
-                        swap_a, swap_b);                                                        \
+    TILED_KERNEL(NAME, TY, 16)                                                                  \
+    TILED_KERNEL(NAME, TY, 32)                                                                  \
+    TILED_KERNEL(NAME, TY, 64)                                                                  \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
+        matmulv_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* X, float* Y, \
+                       int N, int K, int T, const int* counts, const int* offsets,              \
+                       const int* in_rows, int swap_a, int swap_b, int kspan) {                 \
+        matvec_body<TY>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets, in_rows,   \
+                        swap_a, swap_b, kspan);                                                 \
     }                                                                                           \
     extern "C" __global__ void gather_##NAME(const u8* W, i64 row_bytes, const int* ids,        \
                                              float* out, int rows, int H) {                     \

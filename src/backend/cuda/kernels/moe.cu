@@ -2,88 +2,153 @@
 // of (token, rank) pairs by expert, and the weighted combine. Everything is deterministic: no
 // atomics, fixed loop orders, so two runs give bitwise-equal results.
 
-// Softmax over each row of n values, one thread per row, in f64 like the reference:
-// p = exp(x - max) / sum, rounded once.
+// Softmax over each row of n values, in f64 like the reference: p = exp(x - max) / sum,
+// rounded once. One warp per row (block = 32 threads, dynamic shared: n doubles): the lanes
+// compute the exponentials, lane 0 adds them in index order (the reference's order, so the
+// sum is the same double), and the lanes write the quotients.
 extern "C" __global__ void softmax_rows(const float* __restrict__ x, float* __restrict__ y,
                                         int rows, int n) {
-    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    extern __shared__ double sm_exp[];
+    __shared__ double sm_sum;
+    int r = blockIdx.x, lane = threadIdx.x;
     if (r >= rows) return;
     const float* xr = x + (i64)r * n;
     float* yr = y + (i64)r * n;
+    // the max is exact whatever the order (fmaxf skips NaN, as the serial loop did)
     float m = -INFINITY;
-    for (int e = 0; e < n; ++e) m = fmaxf(m, xr[e]);
-    double s = 0.0;
-    for (int e = 0; e < n; ++e) s += exp((double)xr[e] - (double)m);
-    for (int e = 0; e < n; ++e) yr[e] = (float)(exp((double)xr[e] - (double)m) / s);
+    for (int e = lane; e < n; e += 32) m = fmaxf(m, xr[e]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    for (int e = lane; e < n; e += 32) sm_exp[e] = exp((double)xr[e] - (double)m);
+    __syncwarp();
+    if (lane == 0) {
+        double s = 0.0;
+        for (int e = 0; e < n; ++e) s += sm_exp[e];
+        sm_sum = s;
+    }
+    __syncwarp();
+    double s = sm_sum;
+    for (int e = lane; e < n; e += 32) yr[e] = (float)(sm_exp[e] / s);
 }
 
 // a ranks above b: larger value first, NaN above every number, ties to the lower index (the
-// caller scans indices upwards and only replaces on strictly greater).
+// serial scan goes up the indices and only replaces on strictly greater).
 __device__ __forceinline__ bool ranks_above(float a, float b) {
     if (b != b) return false;
     if (a != a) return true;
     return a > b;
 }
 
+// (a, ia) before (b, ib) in the top-k order; an index < 0 is no candidate.
+__device__ __forceinline__ bool topk_before(float a, int ia, float b, int ib) {
+    if (ib < 0) return ia >= 0;
+    if (ia < 0) return false;
+    if (ranks_above(a, b)) return true;
+    if (ranks_above(b, a)) return false;
+    return ia < ib;
+}
+
 // Top-k of each row of probs, descending; weights renormalised to sum 1 (f64 sum in rank
-// order) unless `renorm` is 0 (the planted no_topk_renorm). One thread per token.
+// order) unless `renorm` is 0 (the planted no_topk_renorm). One warp per token (block = 32
+// threads): lane l holds experts l, l + 32, ...; each of the k rounds takes the best untaken
+// one by a butterfly over the lanes, whose order rule makes the result independent of the
+// tree. Needs E <= 32 * 64 (checked by the host).
 extern "C" __global__ void topk(const float* __restrict__ probs, int* __restrict__ ids,
                                 float* __restrict__ w, int T, int E, int k, int renorm) {
-    int t = blockIdx.x * blockDim.x + threadIdx.x;
+    int t = blockIdx.x, lane = threadIdx.x;
     if (t >= T) return;
     const float* p = probs + (i64)t * E;
     int* id = ids + (i64)t * k;
+    unsigned long long taken = 0;  // bit j: expert lane + 32 j is chosen
     for (int r = 0; r < k; ++r) {
-        int best = -1;
         float bv = 0.0f;
-        for (int e = 0; e < E; ++e) {
-            bool taken = false;
-            for (int q = 0; q < r; ++q) taken |= id[q] == e;
-            if (taken) continue;
-            if (best < 0 || ranks_above(p[e], bv)) {
-                best = e;
-                bv = p[e];
+        int bi = -1;
+        for (int j = 0, e = lane; e < E; ++j, e += 32) {
+            if ((taken >> j) & 1ull) continue;
+            float v = p[e];
+            if (topk_before(v, e, bv, bi)) {
+                bv = v;
+                bi = e;
             }
         }
-        id[r] = best;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (topk_before(ov, oi, bv, bi)) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+        if (bi >= 0 && (bi & 31) == lane) taken |= 1ull << (bi >> 5);
+        if (lane == 0) id[r] = bi;
     }
-    double s = 0.0;
-    for (int r = 0; r < k; ++r) s += (double)p[id[r]];
-    for (int r = 0; r < k; ++r)
-        w[(i64)t * k + r] = renorm ? (float)((double)p[id[r]] / s) : p[id[r]];
+    __syncwarp();
+    if (lane == 0) {
+        double s = 0.0;
+        for (int r = 0; r < k; ++r) s += (double)p[id[r]];
+        for (int r = 0; r < k; ++r)
+            w[(i64)t * k + r] = renorm ? (float)((double)p[id[r]] / s) : p[id[r]];
+    }
 }
 
 // Group the T*k (token, rank) pairs by expert. counts[e]: pairs routed to e; offsets: their
-// exclusive prefix sums; slot_token[offsets[e] + c]: token of the c-th pair of e, in token
-// order; slot_of[t*k + r]: the grouped slot of pair (t, r). One block; thread e scans all pairs
-// for expert e, so the grouping depends on nothing but the ids.
-extern "C" __global__ void moe_group(const int* __restrict__ ids, int T, int k, int E,
-                                     int* __restrict__ counts, int* __restrict__ offsets,
-                                     int* __restrict__ slot_token, int* __restrict__ slot_of) {
+// exclusive prefix sums; slot_token[offsets[e] + c]: token of the c-th pair of e, in pair
+// order (token order); slot_of[t*k + r]: the grouped slot of pair (t, r). One block of
+// GROUP_THREADS per expert: it counts the pairs below and at its expert (integer sums, exact in
+// any order), then walks the pairs in order and ranks its own by warp ballots. No atomics: the
+// grouping depends on nothing but the ids.
+#define GROUP_THREADS 256
+extern "C" __global__ void __launch_bounds__(GROUP_THREADS)
+    moe_group(const int* __restrict__ ids, int T, int k, int E, int* __restrict__ counts,
+              int* __restrict__ offsets, int* __restrict__ slot_token,
+              int* __restrict__ slot_of) {
+    __shared__ int warp_n[GROUP_THREADS / 32];
+    __shared__ int red_lt[GROUP_THREADS / 32], red_eq[GROUP_THREADS / 32];
+    int e = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     int n = T * k;
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
-        int c = 0;
-        for (int i = 0; i < n; ++i) c += ids[i] == e;
-        counts[e] = c;
+    int lt = 0, eq = 0;
+    for (int i = tid; i < n; i += GROUP_THREADS) {
+        int v = ids[i];
+        lt += v < e;
+        eq += v == e;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        lt += __shfl_xor_sync(0xffffffffu, lt, o);
+        eq += __shfl_xor_sync(0xffffffffu, eq, o);
+    }
+    if (lane == 0) {
+        red_lt[warp] = lt;
+        red_eq[warp] = eq;
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-        int acc = 0;
-        for (int e = 0; e < E; ++e) {
-            offsets[e] = acc;
-            acc += counts[e];
-        }
+    int base = 0, cnt = 0;
+    for (int w = 0; w < GROUP_THREADS / 32; ++w) {
+        base += red_lt[w];
+        cnt += red_eq[w];
     }
-    __syncthreads();
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
-        int slot = offsets[e];
-        for (int i = 0; i < n; ++i) {
-            if (ids[i] == e) {
-                slot_token[slot] = i / k;
-                slot_of[i] = slot;
-                ++slot;
-            }
+    if (tid == 0) {
+        counts[e] = cnt;
+        offsets[e] = base;
+    }
+    // ranks: chunk by chunk in pair order
+    int done = 0;
+    for (int c0 = 0; c0 < n; c0 += GROUP_THREADS) {
+        int i = c0 + tid;
+        bool mine = i < n && ids[i] == e;
+        unsigned ball = __ballot_sync(0xffffffffu, mine);
+        if (lane == 0) warp_n[warp] = __popc(ball);
+        __syncthreads();
+        int before = done;
+        for (int w = 0; w < warp; ++w) before += warp_n[w];
+        if (mine) {
+            int slot = base + before + __popc(ball & ((1u << lane) - 1u));
+            slot_token[slot] = i / k;
+            slot_of[i] = slot;
         }
+        for (int w = 0; w < GROUP_THREADS / 32; ++w) done += warp_n[w];
+        __syncthreads();
     }
 }
 
