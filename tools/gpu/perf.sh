@@ -40,3 +40,8 @@ for v in $VARIANTS; do
     .gpu/lib-tests --include-ignored --nocapture --exact backend::cuda::gpu_tests::bench_prefill > $P/bench-variant-$n.txt 2>&1
   echo "variant $n ($v) rc=$?"; grep -E "^bench T=" $P/bench-variant-$n.txt
 done
+# the same bench with another build's test binary, on this machine (A/B of kernel changes)
+if [ -x .gpu/base/lib-tests ]; then
+  FALSIFIER_BENCH_MODEL=$M FALSIFIER_BENCH_T=$TS .gpu/base/lib-tests --include-ignored --nocapture --exact backend::cuda::gpu_tests::bench_prefill > $P/bench-base-l$LAYERS.txt 2>&1
+  echo "base build rc=$?"; grep -E "^bench T=" $P/bench-base-l$LAYERS.txt
+fi
