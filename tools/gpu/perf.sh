@@ -45,3 +45,12 @@ if [ -x .gpu/base/lib-tests ]; then
   FALSIFIER_BENCH_MODEL=$M FALSIFIER_BENCH_T=$TS .gpu/base/lib-tests --include-ignored --nocapture --exact backend::cuda::gpu_tests::bench_prefill > $P/bench-base-l$LAYERS.txt 2>&1
   echo "base build rc=$?"; grep -E "^bench T=" $P/bench-base-l$LAYERS.txt
 fi
+# hardware counters of one expert matmul at the longest prompt (NCU=1; ncu works on the
+# Firecracker hosts, with the clocks left alone)
+if [ "${NCU:-0}" = 1 ]; then
+  T1=${TS##*,}
+  FALSIFIER_BENCH_MODEL=$M FALSIFIER_BENCH_T=$T1 timeout 240 ncu --clock-control none --kernel-name regex:'matmul_q4_k_(32|64)' --launch-skip 2 --launch-count 1 \
+    --section SpeedOfLight --section Occupancy --section WarpStateStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis \
+    .gpu/lib-tests --include-ignored --nocapture --exact backend::cuda::gpu_tests::bench_prefill > $P/ncu-t$T1.txt 2>&1
+  echo "ncu rc=$?"; grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|Achieved Occupancy|Registers Per|Issue Slots Busy|Stall|One or More Eligible|Shared Memory|L1/TEX Hit|FMA" $P/ncu-t$T1.txt | head -30
+fi
