@@ -14,6 +14,10 @@ MOE=81,119,101,110,51,77,111,69
 # snapshot after every step, so a run cut short still brings back what it did
 snap() { (cd /tmp && tar czf $OUT/evidence.tgz evidence); }
 
+# 0. the GPU tests of the library (every kernel variant against the CPU / host / gguf-py)
+.gpu/lib-tests --include-ignored --test-threads 1 backend::cuda::gpu_tests --skip bench_prefill > $E/gpu-tests.txt 2>&1
+echo "gpu tests rc=$? $(grep 'test result' $E/gpu-tests.txt)"
+snap
 # 1. the falsify test target, every non-heavy trial, GPU required
 FALSIFY_REQUIRE_GPU=1 FALSIFY_REPORT_DIR=$E/falsify-reports .gpu/falsify > $E/falsify.txt 2>&1
 echo "falsify rc=$? $(grep 'test result' $E/falsify.txt)"
@@ -33,7 +37,16 @@ for tool in memcheck racecheck; do
     echo "sanitizer $tool $m rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-$m.txt)"
   done
 done
+# 4b. the same tools on the kernel tests that cover every matmul variant (vector, each row
+#     tile, split-K, grouped with gather and swap) and both attention paths
+for tool in memcheck racecheck; do
+  for t in grouped_matmul_kernels_match_host device_decoders_match_gguf_py tiled_attention_matches_per_query_kernels; do
+    compute-sanitizer --tool $tool .gpu/lib-tests --include-ignored --exact backend::cuda::gpu_tests::$t > $E/sanitizer-$tool-$t.txt 2>&1
+    echo "sanitizer $tool $t rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-$t.txt)"
+  done
+done
 snap
+[ "${BENCH:-1}" = 1 ] || exit 0
 # 5. prefill timings: tiny MoE, and the 30B-A3B shape cut to 4 and 8 layers (per-layer cost is
 #    the difference; the full model's time is extrapolated from it, and said so in BENCHMARKS.md)
 FALSIFIER_BENCH_MODEL=fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf FALSIFIER_BENCH_T=8,32,512 \
