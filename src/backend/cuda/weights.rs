@@ -377,8 +377,11 @@ impl MatmulKernel {
             return MatmulKernel::Vector;
         }
         // the widest row tile that the rows fill at least halfway on average (a block's tile
-        // is 4096 outputs whatever its shape, so the shape does not change the block count)
-        let bt = if expected > 40 {
+        // is 4096 outputs whatever its shape, so the shape does not change the block count);
+        // experts take 64-row tiles from 25 rows on: the busier experts then still fit one
+        // tile, and the warps past an expert's rows skip the multiply (H100, 30B-A3B shape,
+        // T = 512: expert gate/up 10% faster than with 32-row tiles)
+        let bt = if expected > 40 || (grouped && expected > 24) {
             64
         } else if expected > 12 {
             32
