@@ -47,6 +47,8 @@ impl Deref for Bytes {
 pub struct GgufFile {
     path: PathBuf,
     bytes: Bytes,
+    /// The on-disk version mapped (files opened by path only).
+    stamp: Option<crate::fs::FileStamp>,
     version: u32,
     alignment: u64,
     kv: Vec<(String, MetaValue)>,
@@ -73,8 +75,11 @@ impl GgufFile {
         let file = File::open(path).map_err(|e| Error::io(path, "opening GGUF", e))?;
         // SAFETY: the map is read-only; like every mmap reader we rely on the file not being
         // truncated or rewritten while it is open.
+        let stamp = crate::fs::FileStamp::of_open(path, &file);
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "mapping GGUF", e))?;
-        GgufFile::parse(path.to_path_buf(), Bytes::Map(map))
+        let mut f = GgufFile::parse(path.to_path_buf(), Bytes::Map(map))?;
+        f.stamp = stamp;
+        Ok(f)
     }
 
     /// Parse a GGUF image held in memory; `label` stands for the path in messages.
@@ -133,10 +138,21 @@ impl GgufFile {
         range.and_then(|r| self.bytes.get(r)).unwrap_or(&[])
     }
 
-    /// sha256 of the whole file, lower-case hex.
+    /// sha256 of the whole file, lower-case hex. Files of 256 MiB and more are hashed once per
+    /// version on disk (see [`crate::fs::cached_digest`]): a 17 GB model costs ~10 s to hash,
+    /// and runs name their model by this digest.
     pub fn sha256_hex(&self) -> String {
-        let digest = Sha256::digest(&self.bytes[..]);
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        const CACHE_FROM: usize = 256 << 20;
+        let compute = || {
+            let digest = Sha256::digest(&self.bytes[..]);
+            digest.iter().map(|b| format!("{b:02x}")).collect()
+        };
+        match &self.stamp {
+            Some(stamp) if self.bytes.len() >= CACHE_FROM => {
+                crate::fs::cached_digest(stamp, "sha256", compute)
+            }
+            _ => compute(),
+        }
     }
 
     fn parse(path: PathBuf, bytes: Bytes) -> Result<GgufFile> {
@@ -274,6 +290,7 @@ impl GgufFile {
         Ok(GgufFile {
             path,
             bytes,
+            stamp: None,
             version,
             alignment,
             kv,
