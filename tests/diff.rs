@@ -167,6 +167,12 @@ fn planted_nan_is_found_where_planted() {
         assert_eq!(m.nonfinite_ref.count, 0);
         let at = row.nonfinite_cand_at.unwrap();
         assert_eq!((at.position, at.feature), (Some(1), Some(6)), "{fmt:?}");
+        // the row's detail names the place, and says its metrics skip the NaN
+        let detail = falsifier::report::row_detail(&report, row);
+        assert!(
+            detail.contains("1 non-finite") && detail.contains("finite pairs only"),
+            "{detail}"
+        );
     }
     // without backends (npy) the printed verdict stays neutral; with cpu/cuda backends in the
     // traces' metadata it takes the seed's names

@@ -220,7 +220,12 @@ pub fn row_detail(report: &DiffReport, row: &Row) -> String {
             .into_iter()
             .flatten()
             .collect();
-            parts.join("; ")
+            // the row's cosine and errors leave the non-finite positions out: say so, since a
+            // NaN row would otherwise read as cosine 1 at a glance
+            format!(
+                "{}; cosine and errors over the finite pairs only",
+                parts.join("; ")
+            )
         }
         _ => {
             let m = row.metrics.as_ref();
