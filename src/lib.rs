@@ -10,6 +10,7 @@
 //! (`fn attn_norm`, `fn q_rope`, ...); the stage vocabulary is [`trace::stage::Stage`].
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod contract;
 pub mod diff;

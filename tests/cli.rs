@@ -166,3 +166,40 @@ fn diff_compares_only_the_stages_asked_for() {
     assert_eq!(bad.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_times_untraced_and_traced_prefills_and_counts_their_work() {
+    let out = falsifier(&[
+        "bench",
+        "fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf",
+        "--tokens-count",
+        "8,16",
+        "--runs",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for t in [8, 16] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("T={t}: untraced ")))
+            .unwrap_or_else(|| panic!("no T={t} line:\n{text}"));
+        assert!(line.contains("traced (every stage)"), "{line}");
+        // the tiny MoE's matmuls: weights and multiply-adds are counted, not zero
+        let gmac: f64 = line
+            .split(", ")
+            .find_map(|p| p.strip_suffix(" GMAC"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no GMAC in {line}"));
+        assert!(gmac > 0.0, "{line}");
+    }
+    // a bad prompt length is bad input, named
+    let out = falsifier(&[
+        "bench",
+        "fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf",
+        "--tokens-count",
+        "8,0",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`0` is not a prompt length"));
+}

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod calibrate;
 mod diff;
 mod gen_model;
@@ -70,6 +71,9 @@ pub enum Command {
     Nightly(nightly::NightlyArgs),
     /// Measure the f32 noise floor (CPU f32 vs f64 accumulation) and propose per-stage thresholds.
     Calibrate(calibrate::CalibrateArgs),
+    /// Time prefills (untraced, and traced with every stage) and, on CUDA, compare them with the
+    /// bandwidth and FMA floors of the card.
+    Bench(bench::BenchArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -87,6 +91,7 @@ pub fn main() -> ExitCode {
         Command::Diff(args) => diff::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Calibrate(args) => calibrate::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Nightly(args) => nightly::run(&args),
     };
     match result {

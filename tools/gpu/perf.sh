@@ -22,12 +22,12 @@ if [ "$TESTS" = 1 ]; then
 fi
 FALSIFIER_BENCH_PROFILE=1 FALSIFIER_BENCH_MODEL=fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf FALSIFIER_BENCH_T=8,32,512 \
   .gpu/lib-tests --include-ignored --nocapture --exact backend::cuda::gpu_tests::bench_prefill > $P/bench-tiny.txt 2>&1
-echo "bench tiny rc=$?"; grep -E "^bench T=.*untraced [0-9]" $P/bench-tiny.txt
+echo "bench tiny rc=$?"; grep -A2 -E "^bench T=[0-9]+: untraced" $P/bench-tiny.txt
 M=/tmp/a3b-l$LAYERS.gguf
 [ -f $M ] || { /usr/bin/time -f "gen %e s" $F gen-model --preset qwen3-30b-a3b --quant q4_k_m --layers $LAYERS --seed 1 --out $M > $P/gen-l$LAYERS.txt 2>&1; echo "gen rc=$? $(tail -1 $P/gen-l$LAYERS.txt)"; }
 FALSIFIER_BENCH_PROFILE=1 FALSIFIER_BENCH_MODEL=$M FALSIFIER_BENCH_T=$TS \
   .gpu/lib-tests --include-ignored --nocapture --exact backend::cuda::gpu_tests::bench_prefill > $P/bench-a3b-l$LAYERS.txt 2>&1
-echo "bench a3b L=$LAYERS rc=$?"; grep -E "^bench" $P/bench-a3b-l$LAYERS.txt | grep -v profile
+echo "bench a3b L=$LAYERS rc=$?"; grep -A2 -E "^bench(:| T=[0-9]+: untraced)" $P/bench-a3b-l$LAYERS.txt
 for t in ${TS//,/ }; do
   echo "--- profile T=$t untraced (top 14)"; awk "/^bench T=$t untraced profile/{f=1;next} /^bench/{f=0} f" $P/bench-a3b-l$LAYERS.txt | head -15
 done
@@ -38,12 +38,12 @@ for v in $VARIANTS; do
   { for def in ${v//,/ }; do echo "#define ${def/=/ }"; done; cat $K/matmul.cu; } > $D/matmul.cu
   FALSIFIER_CUDA_KERNELS=$D FALSIFIER_BENCH_MODEL=$M FALSIFIER_BENCH_T=$TS \
     .gpu/lib-tests --include-ignored --nocapture --exact backend::cuda::gpu_tests::bench_prefill > $P/bench-variant-$n.txt 2>&1
-  echo "variant $n ($v) rc=$?"; grep -E "^bench T=" $P/bench-variant-$n.txt
+  echo "variant $n ($v) rc=$?"; grep -A2 -E "^bench T=[0-9]+: untraced" $P/bench-variant-$n.txt
 done
 # the same bench with another build's test binary, on this machine (A/B of kernel changes)
 if [ -x .gpu/base/lib-tests ]; then
   FALSIFIER_BENCH_MODEL=$M FALSIFIER_BENCH_T=$TS .gpu/base/lib-tests --include-ignored --nocapture --exact backend::cuda::gpu_tests::bench_prefill > $P/bench-base-l$LAYERS.txt 2>&1
-  echo "base build rc=$?"; grep -E "^bench T=" $P/bench-base-l$LAYERS.txt
+  echo "base build rc=$?"; grep -A2 -E "^bench T=[0-9]+: untraced" $P/bench-base-l$LAYERS.txt
 fi
 # hardware counters of one expert matmul at the longest prompt (NCU=1; ncu works on the
 # Firecracker hosts, with the clocks left alone)

@@ -1000,129 +1000,14 @@ fn cuda_matches_cpu_reference_clean_and_faulted() {
     }
 }
 
-/// Bytes of weights a prefill touches (each once) and its multiply-adds, from a traced run's
-/// routing: attention and router matrices, the experts any token used, the lm_head, and the
-/// attention products.
-fn prefill_work(b: &CudaBackend, t: usize, trace: &Trace) -> (f64, f64) {
-    use super::weights::FfnWeights;
-    let w = &b.weights;
-    let d = &w.dims;
-    let (mut bytes, mut macs) = (0f64, 0f64);
-    let mat = |m: &DeviceMatrix| m.mat_bytes() as f64;
-    let mm = |m: &DeviceMatrix, rows: usize| (m.rows * m.cols * rows) as f64;
-    for (l, lw) in w.layers.iter().enumerate() {
-        for m in [&lw.q, &lw.k, &lw.v, &lw.o] {
-            bytes += mat(m);
-            macs += mm(m, t);
-        }
-        // QKᵀ and PV over the causal triangle
-        macs += 2.0 * (d.n_heads * d.head_dim) as f64 * (t * (t + 1) / 2) as f64;
-        match &lw.ffn {
-            FfnWeights::Dense { gate, up, down } => {
-                for m in [gate, up, down] {
-                    bytes += mat(m);
-                    macs += mm(m, t);
-                }
-            }
-            FfnWeights::Moe {
-                router,
-                gate,
-                up,
-                down,
-            } => {
-                bytes += mat(router);
-                macs += mm(router, t);
-                let ids = trace
-                    .get(&Key::layer(l, Stage::TopkIds))
-                    .and_then(|x| x.as_i32())
-                    .unwrap();
-                let used: std::collections::BTreeSet<i32> = ids.iter().copied().collect();
-                for m in [gate, up, down] {
-                    bytes += used.len() as f64 * mat(m);
-                    macs += mm(m, t * d.top_k);
-                }
-            }
-        }
-    }
-    bytes += w.lm_head().mat_bytes() as f64;
-    macs += mm(w.lm_head(), t);
-    (bytes, macs)
-}
-
-/// What this card reaches, for the floors of the prefill bench: f32 FMAs a second (8
-/// independent FMA chains per thread, 16 blocks of 256 threads per multiprocessor, timed by
-/// events: the kind of instruction the matmul kernels use), and device-to-device copy bytes a
-/// second counting read plus write (as the issue's 3.0 TB/s was measured).
-fn card_rates(dev: &Device) -> (f64, f64) {
-    use cudarc::driver::{LaunchConfig, PushKernelArg};
-    const SRC: &str = r#"
-extern "C" __global__ void fma_rate(float* out, int iters) {
-    float a[8];
-    for (int j = 0; j < 8; ++j) a[j] = threadIdx.x * 1e-3f + j;
-    float b = 0.999f, c = 1e-3f;
-    for (int i = 0; i < iters; ++i) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) a[j] = fmaf(a[j], b, c);
-    }
-    float s = 0.0f;
-    for (int j = 0; j < 8; ++j) s += a[j];
-    out[blockIdx.x * blockDim.x + threadIdx.x] = s;
-}
-"#;
-    let ptx = cudarc::nvrtc::compile_ptx(SRC).unwrap();
-    let module = dev.ctx.load_module(ptx).unwrap();
-    let f = module.load_function("fma_rate").unwrap();
-    let (blocks, threads, iters) = (dev.sms as u32 * 16, 256u32, 1i32 << 15);
-    let out = dev
-        .zeros::<f32>((blocks * threads) as usize, "fma out")
-        .unwrap();
-    let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let mut best_fma = 0f64;
-    for _ in 0..3 {
-        let (e0, e1) = (
-            dev.ctx.new_event(timing).unwrap(),
-            dev.ctx.new_event(timing).unwrap(),
-        );
-        e0.record(&dev.stream).unwrap();
-        let mut l = dev.stream.launch_builder(&f);
-        l.arg(&out).arg(&iters);
-        // SAFETY: the kernel writes one float per thread into `out`, sized for the grid.
-        unsafe {
-            l.launch(LaunchConfig {
-                grid_dim: (blocks, 1, 1),
-                block_dim: (threads, 1, 1),
-                shared_mem_bytes: 0,
-            })
-        }
-        .unwrap();
-        e1.record(&dev.stream).unwrap();
-        let ms = e0.elapsed_ms(&e1).unwrap() as f64;
-        let fmas = blocks as f64 * threads as f64 * 8.0 * iters as f64;
-        best_fma = best_fma.max(fmas / (ms * 1e-3));
-    }
-    let n = 1usize << 28; // 1 GiB of f32
-    let a = dev.zeros::<f32>(n, "copy src").unwrap();
-    let mut b = dev.zeros::<f32>(n, "copy dst").unwrap();
-    let mut best_copy = 0f64;
-    for _ in 0..3 {
-        let (e0, e1) = (
-            dev.ctx.new_event(timing).unwrap(),
-            dev.ctx.new_event(timing).unwrap(),
-        );
-        e0.record(&dev.stream).unwrap();
-        dev.stream.memcpy_dtod(&a, &mut b).unwrap();
-        e1.record(&dev.stream).unwrap();
-        let ms = e0.elapsed_ms(&e1).unwrap() as f64;
-        best_copy = best_copy.max(2.0 * (n * 4) as f64 / (ms * 1e-3));
-    }
-    (best_fma, best_copy)
-}
-
-/// Prefill timings for BENCHMARKS.md: `FALSIFIER_BENCH_MODEL=path FALSIFIER_BENCH_T=32,512`.
-/// Median of 5 forwards after one warm-up, untraced (empty plan) and traced (every stage).
+/// Prefill timings for BENCHMARKS.md: `FALSIFIER_BENCH_MODEL=path FALSIFIER_BENCH_T=32,512`
+/// (what `falsifier bench --backend cuda` prints, plus per-launch profiles with
+/// `FALSIFIER_BENCH_PROFILE=1`). Median of 5 forwards after one warm-up, untraced (empty plan)
+/// and traced (every stage).
 #[test]
 #[ignore = "needs a CUDA GPU and FALSIFIER_BENCH_MODEL"]
 fn bench_prefill() {
+    use crate::bench::{Rates, format_timing, time_prefill};
     let Ok(path) = std::env::var("FALSIFIER_BENCH_MODEL") else {
         eprintln!("skipped: set FALSIFIER_BENCH_MODEL");
         return;
@@ -1133,41 +1018,39 @@ fn bench_prefill() {
         .map(|s| s.trim().parse().unwrap())
         .collect();
     let start = std::time::Instant::now();
-    let Some(mut b) = skip_if_no_device(CudaBackend::open(std::path::Path::new(&path), 0)) else {
+    let path = std::path::Path::new(&path);
+    let Some(mut b) = skip_if_no_device(CudaBackend::open(path, 0)) else {
         return;
     };
     eprintln!(
-        "bench: {path} loaded in {:.2?} on {}",
+        "bench: {} loaded in {:.2?} on {}",
+        path.display(),
         start.elapsed(),
         b.dev.description
     );
-    let vocab = b.dims().vocab;
-    let (fma_rate, copy_rate) = card_rates(&b.dev);
+    let file = crate::model::gguf::GgufFile::open(path).unwrap();
+    let cfg = crate::model::config::ModelConfig::from_gguf(&file).unwrap();
+    // floors: the weights touched read once at the 3.0 TB/s a device copy reaches on the H100,
+    // f32 FMAs at the H100 SXM's data-sheet 33.5 T FMA/s (67 TFLOP/s at the top clock); and
+    // both at what this card measurably reaches
+    let sheet = Rates {
+        copy_bytes_per_s: 3.0e12,
+        fma_per_s: 33.5e12,
+        source: "3.0 TB/s and the H100 data sheet's 33.5 T FMA/s".into(),
+    };
+    let measured = super::rates::measure(&b.dev).unwrap();
     eprintln!(
-        "bench: this card reaches {:.1} T f32 FMA/s (data sheet 33.5 T at the top clock) and {:.2} TB/s device-to-device copy (read + write)",
-        fma_rate / 1e12,
-        copy_rate / 1e12
+        "bench: this card reaches {:.1} T f32 FMA/s and {:.2} TB/s device-to-device copy (read + write)",
+        measured.fma_per_s / 1e12,
+        measured.copy_bytes_per_s / 1e12
     );
+    let vocab = b.dims().vocab;
     for t in ts {
-        let tokens: Vec<u32> = (0..t).map(|i| ((i * 7919 + 13) % vocab) as u32).collect();
-        let mut times = |plan: &CapturePlan| -> (f64, Trace) {
-            let mut last = run(&mut b, &tokens, plan, None, &[]);
-            let mut ms = Vec::new();
-            for _ in 0..5 {
-                // the previous trace is freed before the clock starts
-                drop(last);
-                let s = std::time::Instant::now();
-                last = run(&mut b, &tokens, plan, None, &[]);
-                ms.push(s.elapsed().as_secs_f64() * 1e3);
-            }
-            ms.sort_by(f64::total_cmp);
-            (ms[2], last)
-        };
-        let (untraced, _) = times(&CapturePlan::none());
-        let (traced, trace) = times(&CapturePlan::all());
+        let tm = time_prefill(&mut b, &file, &cfg, t, 5).unwrap();
         // where the time goes: one more forward of each kind, timed per launch (the events
         // add a little, so these are not the numbers above)
         if std::env::var("FALSIFIER_BENCH_PROFILE").is_ok_and(|v| v == "1") {
+            let tokens = crate::bench::bench_tokens(t, vocab);
             for (what, plan) in [
                 ("untraced", CapturePlan::none()),
                 ("traced", CapturePlan::all()),
@@ -1182,21 +1065,9 @@ fn bench_prefill() {
                 );
             }
         }
-        let (bytes, macs) = prefill_work(&b, t, &trace);
-        // floors: weights read once at the 3.0 TB/s a device copy reaches; f32 FMAs at the
-        // H100 SXM's 67 TFLOP/s (33.5 T FMA/s) of CUDA-core f32, the data-sheet peak at the
-        // top clock (what this card measurably reaches is printed above)
-        let bw_ms = bytes / 3.0e12 * 1e3;
-        let fma_ms = macs / 33.5e12 * 1e3;
-        // the same floors at the rates this card reached above
-        let (bw_card, fma_card) = (bytes / copy_rate * 1e3, macs / fma_rate * 1e3);
         eprintln!(
-            "bench T={t}: untraced {untraced:.2} ms, traced(all) {traced:.2} ms ({:.1} MB captured); weights touched {:.3} GB -> floor {bw_ms:.3} ms; {:.3} GMAC -> floor {fma_ms:.3} ms; untraced / max floor = {:.1}x; at this card's measured rates: floors {bw_card:.3} / {fma_card:.3} ms, untraced / max = {:.1}x",
-            trace.nbytes() as f64 / 1e6,
-            bytes / 1e9,
-            macs / 1e9,
-            untraced / bw_ms.max(fma_ms),
-            untraced / bw_card.max(fma_card)
+            "bench {}",
+            format_timing(&tm, &[sheet.clone(), measured.clone()])
         );
     }
 }

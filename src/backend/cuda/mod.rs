@@ -14,6 +14,7 @@
 pub mod capture;
 pub mod device;
 pub mod forward;
+pub mod rates;
 pub mod weights;
 
 use std::path::Path;

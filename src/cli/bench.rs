@@ -1,0 +1,86 @@
+//! `falsifier bench MODEL.gguf [--backend cpu|cuda] [--tokens-count 32,512] [--runs 5]`:
+//! prefill timings (untraced and traced with every stage) and, on CUDA, the floors they compare
+//! with (see [`crate::bench`]). `FALSIFIER_CUDA_PROFILE=1` adds the GPU time per kernel and
+//! stage of every forward.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+
+use super::Outcome;
+use crate::bench::{Rates, format_timing, time_prefill};
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+use crate::model::gguf::GgufFile;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// The model (GGUF, qwen3moe or qwen3).
+    pub model: PathBuf,
+    /// Which forward to time: cpu, cpu-f32 or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Prompt lengths to time, comma-separated.
+    #[arg(long, default_value = "32,512")]
+    pub tokens_count: String,
+    /// Timed forwards per prompt length and kind (the median is reported), after one warm-up.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+}
+
+pub fn run(args: &BenchArgs) -> Result<Outcome> {
+    let counts: Vec<usize> = args
+        .tokens_count
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>().ok().filter(|&n| n > 0).ok_or_else(|| {
+                Error::input(format!(
+                    "--tokens-count: `{s}` is not a prompt length (a positive integer)"
+                ))
+            })
+        })
+        .collect::<Result<_>>()?;
+    if counts.is_empty() || args.runs == 0 {
+        return Err(Error::input(
+            "bench: give at least one prompt length and one run",
+        ));
+    }
+    let start = Instant::now();
+    let mut backend = crate::backend::open(&args.backend, &args.model)?;
+    let file = GgufFile::open(&args.model)?;
+    let cfg = ModelConfig::from_gguf(&file)?;
+    println!(
+        "{} ({} layers) on {}, opened in {:.2?}",
+        args.model.display(),
+        cfg.n_layers,
+        backend.describe(),
+        start.elapsed()
+    );
+    let rates = card_rates(&args.backend)?;
+    for r in &rates {
+        println!(
+            "rates: {:.2} TB/s copy (read + write), {:.1} T FMA/s: {}",
+            r.copy_bytes_per_s / 1e12,
+            r.fma_per_s / 1e12,
+            r.source
+        );
+    }
+    for t in counts {
+        let tm = time_prefill(backend.as_mut(), &file, &cfg, t, args.runs)?;
+        println!("{}", format_timing(&tm, &rates));
+    }
+    Ok(Outcome::Holds)
+}
+
+/// The rates to give floors at: measured on the card for `cuda`; none for the CPU backends
+/// (their floors would be the host's, which this tool does not measure).
+fn card_rates(backend: &str) -> Result<Vec<Rates>> {
+    if backend != "cuda" {
+        return Ok(Vec::new());
+    }
+    let dev = crate::backend::cuda::device::Device::open(0)?;
+    Ok(vec![crate::backend::cuda::rates::measure(&dev)?])
+}
