@@ -346,9 +346,6 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-/// Every matmul kernel variant.
-const KERNELS: [MatmulKernel; 4] = MatmulKernel::ALL;
-
 /// A grouping for [`device_matmul_with`]: rows per expert, first row of each, the input row of
 /// each grouped row, a planted swap ((a, a): none).
 type TestGroups<'a> = (&'a [i32], &'a [i32], &'a [i32], (usize, usize));
@@ -473,7 +470,7 @@ fn device_decoders_match_gguf_py() {
                 "{ty} value {i}: {g} vs {w}"
             );
         }
-        for kernel in KERNELS {
+        for kernel in MatmulKernel::ALL {
             if kernel == MatmulKernel::Vector && !cols.is_multiple_of(8) {
                 continue; // the vector kernel needs K % 8 == 0 (every block type has it)
             }
@@ -516,7 +513,7 @@ fn q6k_as_q4k_kernel_matches_cpu_fault_decoder() {
     let t = 3;
     let x = pseudo_random(t * cols, 11);
     let finite = want.iter().all(|v| v.is_finite());
-    for kernel in KERNELS {
+    for kernel in MatmulKernel::ALL {
         let y = device_matmul(&dev, kernel, GgmlType::Q4_K, &m, &x, t);
         if finite {
             check_matmul(
@@ -580,7 +577,7 @@ fn grouped_matmul_kernels_match_host() {
         };
         let m = DeviceMatrix::upload(&dev, &host_tensor, cols, n, mats).unwrap();
         for swap in [(0, 0), (1, 3)] {
-            for kernel in KERNELS {
+            for kernel in MatmulKernel::ALL {
                 let got = device_matmul_with(
                     &dev,
                     kernel,
