@@ -555,3 +555,55 @@ impl MatmulCall<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MatmulKernel::{self, Tiled, Vector};
+
+    #[test]
+    fn kernel_choice_follows_the_rows_a_matrix_expects() {
+        // plain matmuls: the vector kernel up to 8 rows, then the row tile they fill halfway
+        assert_eq!(MatmulKernel::choose(2048, 1, false), Vector);
+        assert_eq!(MatmulKernel::choose(2048, 8, false), Vector);
+        assert_eq!(MatmulKernel::choose(2048, 9, false), Tiled { bt: 16 });
+        assert_eq!(MatmulKernel::choose(2048, 32, false), Tiled { bt: 32 });
+        assert_eq!(MatmulKernel::choose(2048, 512, false), Tiled { bt: 64 });
+        // experts: the vector kernel only up to 5 expected rows; 64-row tiles from 25
+        assert_eq!(MatmulKernel::choose(2048, 5, true), Vector);
+        assert_eq!(MatmulKernel::choose(2048, 6, true), Tiled { bt: 16 });
+        assert_eq!(MatmulKernel::choose(2048, 24, true), Tiled { bt: 32 });
+        assert_eq!(MatmulKernel::choose(2048, 32, true), Tiled { bt: 64 });
+        // the vector kernel reads runs of 8: a row length off that takes a tile
+        assert_eq!(MatmulKernel::choose(54, 1, false), Tiled { bt: 16 });
+    }
+
+    #[test]
+    fn split_k_fills_the_card_and_covers_k_exactly_once() {
+        let sms = 132;
+        // enough output tiles: no split
+        assert_eq!(Tiled { bt: 64 }.split_k(151_936, 512, 2048, sms), (1, 2048));
+        // q_proj at T = 512: 4096 / 64 x 512 / 64 = 512 tiles, enough
+        assert_eq!(Tiled { bt: 64 }.split_k(4096, 512, 2048, sms), (1, 2048));
+        for (kernel, n, rows, k) in [
+            (Tiled { bt: 64 }, 512, 512, 2048), // k_proj at T = 512: 64 tiles
+            (Tiled { bt: 32 }, 2048, 32, 4096), // attn_out at T = 32: 16 tiles
+            (Vector, 128, 4, 2048),             // a router at T = 4: 2 blocks
+            (Tiled { bt: 16 }, 4, 5, 4096),     // the GPU tests' small matrices
+        ] {
+            let (splits, kspan) = kernel.split_k(n, rows, k, sms);
+            assert!(splits > 1, "{kernel:?} {n}x{rows}x{k}");
+            assert_eq!(kspan % 32, 0, "{kernel:?}: chunks of 32");
+            assert!(
+                kspan >= 256,
+                "{kernel:?}: a split streams whole K-quant blocks"
+            );
+            // every k in exactly one split: the last one starts before K, none is empty
+            assert!(
+                (splits - 1) * kspan < k && splits * kspan >= k,
+                "{splits} x {kspan} vs {k}"
+            );
+        }
+        // K too short to split
+        assert_eq!(Vector.split_k(64, 1, 256, sms), (1, 256));
+    }
+}
