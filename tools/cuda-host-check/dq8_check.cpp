@@ -5,35 +5,11 @@
 // No GPU needed: `bash tools/cuda-host-check/run.sh`.
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <random>
 #include <vector>
 
-#define FALSIFIER_HOST_CHECK
-#define __device__
-#define __forceinline__ inline
-#define __restrict__ __restrict
-#undef INFINITY
+#include "host_cuda.h"
 
-static float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
-static float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
-static unsigned f2u(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
-// built with -ffp-contract=off: each is one IEEE round-to-nearest operation, as on the device
-static float __fmul_rn(float a, float b) { return a * b; }
-static float __fadd_rn(float a, float b) { return a + b; }
-static float __fsub_rn(float a, float b) { return a - b; }
-// IEEE half to float, exact (every half is a float)
-static float h2f(unsigned short h) {
-    unsigned s = (h >> 15) & 1, e = (h >> 10) & 31, m = h & 1023, u;
-    if (e == 31) u = (s << 31) | 0x7f800000u | (m << 13);
-    else if (e == 0) {
-        if (m == 0) u = s << 31;
-        else { float f = std::ldexp((float)m, -24); return s ? -f : f; }
-    } else u = (s << 31) | ((e + 112) << 23) | (m << 13);
-    return __uint_as_float(u);
-}
-
-#include <cmath>
 #include "../../src/backend/cuda/kernels/common.cuh"
 
 struct Type { const char* name; int id; int block_bytes; int block_values; };
@@ -65,7 +41,7 @@ static long check(const Type& t, std::mt19937_64& rng) {
                 dq8<TY>(row, k0, o);
                 for (int i = 0; i < 8; ++i) {
                     float want = dq<TY>(row, k0 + i);
-                    bool same = f2u(o[i]) == f2u(want) || (std::isnan(o[i]) && std::isnan(want));
+                    bool same = __float_as_uint(o[i]) == __float_as_uint(want) || (std::isnan(o[i]) && std::isnan(want));
                     if (!same && bad++ < 5)
                         std::printf("%s k=%d misalign %d: dq8 %a, dq %a\n", t.name, k0 + i, misalign,
                                     o[i], want);

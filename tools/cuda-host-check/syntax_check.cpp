@@ -1,17 +1,11 @@
 // Syntax and type check of all kernel sources with a host C++ compiler (no GPU, no nvcc): the
 // CUDA built-ins the kernels use get host stand-ins that are never run. Catches typos before
 // a GPU run; NVRTC on the device stays the real compiler.
-#include <cmath>
-#include <cstring>
-#define FALSIFIER_HOST_CHECK
-#define __device__
+#include "host_cuda.h"
 #define __global__
-#define __forceinline__ inline
-#define __restrict__ __restrict
 #define __shared__
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
-#undef INFINITY
 struct dim3 { unsigned x, y, z; };
 static dim3 blockIdx, threadIdx, blockDim, gridDim;
 struct float4 { float x, y, z, w; };
@@ -25,13 +19,6 @@ static int max(int a, int b) { return a > b ? a : b; }
 static float __shfl_xor_sync(unsigned, float v, int) { return v; }
 static double __shfl_xor_sync(unsigned, double v, int) { return v; }
 static int __shfl_xor_sync(unsigned, int v, int) { return v; }
-static float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
-static float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
-static unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
-static float __fmul_rn(float a, float b) { return a * b; }
-static float __fadd_rn(float a, float b) { return a + b; }
-static float __fsub_rn(float a, float b) { return a - b; }
-static float h2f(unsigned short) { return 0; }
 static unsigned short f2h(float) { return 0; }
 #include "../../src/backend/cuda/kernels/common.cuh"
 #include "../../src/backend/cuda/kernels/matmul.cu"
