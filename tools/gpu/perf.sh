@@ -15,7 +15,7 @@ K=src/backend/cuda/kernels
 cat $K/common.cuh $K/matmul.cu $K/ops.cu $K/attention.cu $K/moe.cu > /tmp/kernels.cu
 nvcc -arch=sm_90 -std=c++17 -cubin -Xptxas -v /tmp/kernels.cu -o /tmp/kernels.cubin > $P/ptxas.txt 2>&1
 echo "ptxas rc=$?"
-grep -A3 -E "entry function '(matmulv?_q4_k(_[0-9]+)?|matmulv?_q6_k(_[0-9]+)?)'" $P/ptxas.txt | grep -oE "function '[a-z0-9_]+'|Used [0-9]+ registers|[0-9]+ bytes spill stores" | paste -sd' ' | sed "s/ function/\nfunction/g"; echo
+grep -A3 -E "entry function '(matmul[vw]?_q4_k(_[0-9]+)?|matmul[vw]?_q6_k(_[0-9]+)?)'" $P/ptxas.txt | grep -oE "function '[a-z0-9_]+'|Used [0-9]+ registers|[0-9]+ bytes spill stores" | paste -sd' ' | sed "s/ function/\nfunction/g"; echo
 if [ "$TESTS" = 1 ]; then
   .gpu/lib-tests --include-ignored --test-threads 1 backend::cuda::gpu_tests --skip bench_prefill > $P/gpu-tests.txt 2>&1
   echo "gpu tests rc=$? $(grep 'test result' $P/gpu-tests.txt)"; grep -E "FAILED|panicked" $P/gpu-tests.txt | head -20

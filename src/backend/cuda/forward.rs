@@ -749,19 +749,28 @@ const ATT_TILE_MAXD: usize = 128;
 
 /// Launch shape of the attention kernels.
 struct AttentionGrid {
+    /// a block per (query, head)
     rows: LaunchConfig,
+    /// a block per (64-query tile, head)
     tiles: LaunchConfig,
+    /// a block per (64-query tile, 64-key tile, head)
+    tile_pairs: LaunchConfig,
     dims: [Arg; 5],
 }
 
 fn attention_grid(d: &Dims, t: usize, lookahead: bool) -> Result<AttentionGrid> {
     let (tt, nh, tiles) = (
         u32::try_from(t),
-        u32::try_from(d.n_heads),
-        u32::try_from(t.div_ceil(32)),
+        u32::try_from(d.n_heads).ok().filter(|&h| h <= 65535),
+        u32::try_from(t.div_ceil(64)).ok().filter(|&n| n <= 65535),
     );
-    let (Ok(tt), Ok(nh), Ok(tiles)) = (tt, nh, tiles) else {
+    let (Ok(tt), Some(nh), Some(tiles)) = (tt, nh, tiles) else {
         return Err(Error::input("attention grid too large"));
+    };
+    let tiled = |grid_dim| LaunchConfig {
+        grid_dim,
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
     };
     Ok(AttentionGrid {
         rows: LaunchConfig {
@@ -769,11 +778,8 @@ fn attention_grid(d: &Dims, t: usize, lookahead: bool) -> Result<AttentionGrid> 
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         },
-        tiles: LaunchConfig {
-            grid_dim: (tiles, nh, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        },
+        tiles: tiled((tiles, nh, 1)),
+        tile_pairs: tiled((tiles, tiles, nh)),
         dims: [
             int(t, "T")?,
             int(d.n_heads, "heads")?,
@@ -785,7 +791,7 @@ fn attention_grid(d: &Dims, t: usize, lookahead: bool) -> Result<AttentionGrid> 
 }
 
 /// `probs` [nh, T, T] from `q` [T, nh, D] and `k` [T, nkv, D] (see kernels/attention.cu).
-/// Small heads: 32 queries x 32 keys tiles (`attn_tile_scores`, then `attn_softmax_rows`);
+/// Small heads: 64 queries x 64 keys tiles (`attn_tile_scores`, then `attn_softmax_rows`);
 /// larger ones: a block per (query, head) (`attn_probs`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention_probs(
@@ -806,12 +812,7 @@ pub(super) fn attention_probs(
     ];
     args.extend(g.dims);
     if d.head_dim <= ATT_TILE_MAXD {
-        let shared = (2 * 32 * (d.head_dim + 1) * 4) as u32;
-        let tiles = LaunchConfig {
-            shared_mem_bytes: shared,
-            ..g.tiles
-        };
-        dev.launch("attn_tile_scores", stage, tiles, &args)?;
+        dev.launch("attn_tile_scores", stage, g.tile_pairs, &args)?;
         return dev.launch(
             "attn_softmax_rows",
             stage,
@@ -859,12 +860,7 @@ pub(super) fn attention_ctx(
     ];
     args.extend(g.dims);
     if d.head_dim <= ATT_TILE_MAXD {
-        let shared = ((32 * d.head_dim + 32 * 33) * 4) as u32;
-        let tiles = LaunchConfig {
-            shared_mem_bytes: shared,
-            ..g.tiles
-        };
-        return dev.launch("attn_ctx_tiled", stage, tiles, &args);
+        return dev.launch("attn_ctx_tiled", stage, g.tiles, &args);
     }
     dev.launch("attn_ctx", stage, g.rows, &args)
 }

@@ -493,6 +493,55 @@ fn device_decoders_match_gguf_py() {
     }
 }
 
+/// Matrices wider than one tile of every kernel (200 outputs: several tiles of 64 or 128
+/// features, the last partial), built from gguf-py's blocks in a scrambled order, against the
+/// host at 5, 70 and 130 rows (split-K where the tiles are few).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn wide_matmuls_cover_every_tile_position() {
+    let Some(dev) = skip_if_no_device(Device::open(0)) else {
+        return;
+    };
+    let bytes = std::fs::read(fixture("quant-vectors.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    for ty in [
+        GgmlType::Q4_K,
+        GgmlType::Q6_K,
+        GgmlType::Q8_0,
+        GgmlType::F16,
+    ] {
+        let raw = st.tensor(&format!("{}.raw", ty.name())).unwrap().data();
+        let want = st.tensor(&format!("{}.f32", ty.name())).unwrap();
+        let vals: Vec<f32> = want
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let (bv, bb) = (ty.block_values(), ty.block_bytes());
+        let blocks = vals.len() / bv;
+        // 512 inputs (two K-quant blocks, 16 Q8_0 blocks), 200 outputs
+        let (rows, cols) = (200, 512);
+        let per_row = cols / bv;
+        let (mut wraw, mut w) = (Vec::new(), Vec::new());
+        for r in 0..rows {
+            for b in 0..per_row {
+                let src = (7 * r + 3 * b + r / 5) % blocks;
+                wraw.extend_from_slice(&raw[src * bb..(src + 1) * bb]);
+                w.extend_from_slice(&vals[src * bv..(src + 1) * bv]);
+            }
+        }
+        let m = matrix(&dev, ty, &wraw, rows, cols);
+        for kernel in MatmulKernel::ALL {
+            for t in [5, 70, 130] {
+                let x = pseudo_random(t * cols, 31 + t as u64);
+                let y = device_matmul(&dev, kernel, ty, &m, &x, t);
+                check_matmul(&format!("{ty} {kernel:?} T={t}"), &y, &x, &w, t, rows, cols);
+            }
+        }
+        eprintln!("{ty}: {rows} x {cols}, every kernel and tile position within 1e-6");
+    }
+}
+
 /// The planted q6k_as_q4k path: the Q4_K kernel over Q6_K rows equals the CPU fault decoder.
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -533,8 +582,9 @@ fn q6k_as_q4k_kernel_matches_cpu_fault_decoder() {
 }
 
 /// Grouped expert matmuls, every kernel variant, against the host: experts with no rows, one
-/// row, more rows than a vector pass or a row tile holds; rows gathered through `in_rows` (the
-/// token gather) or read in place; a planted expert swap.
+/// row, more rows than a vector pass or a row tile holds (and than the launch grid covers, so
+/// the kernels loop over row tiles); rows gathered through `in_rows` (the token gather) or read
+/// in place; a planted expert swap.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn grouped_matmul_kernels_match_host() {
@@ -621,7 +671,8 @@ fn grouped_matmul_kernels_match_host() {
 
 /// The tiled attention kernels against the per-query ones and an f64 host softmax: heads of
 /// 64 and 40 (not a multiple of 8), grouped kv heads, 70 positions (a partial tile), with and
-/// without the planted one-step look-ahead. Masked probabilities are exactly 0 on both paths.
+/// without the planted one-step look-ahead. Masked probabilities are exactly 0 on both paths,
+/// and the tiled context equals attn_ctx's bit for bit on the same probabilities.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn tiled_attention_matches_per_query_kernels() {
@@ -677,6 +728,22 @@ fn tiled_attention_matches_per_query_kernels() {
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: shared,
             };
+            // attn_ctx over the tiled probabilities: the same FMA chains, the same bits
+            let mut a = vec![
+                Arg::Ptr(dev.ptr(&probs)),
+                Arg::Ptr(dev.ptr(&vd)),
+                Arg::Ptr(dev.ptr(&ctx)),
+            ];
+            a.extend(dims_args);
+            dev.launch("attn_ctx", "test", cfg(0), &a).unwrap();
+            let c_same = dev.stream.clone_dtoh(&ctx).unwrap();
+            for (x, (a, b)) in c_tiled.iter().zip(&c_same).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "head_dim {hd}: ctx[{x}] {a} vs {b}"
+                );
+            }
             let mut a = vec![
                 Arg::Ptr(dev.ptr(&qd)),
                 Arg::Ptr(dev.ptr(&kd)),

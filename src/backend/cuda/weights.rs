@@ -351,8 +351,10 @@ fn check_dims(d: &Dims) -> Result<()> {
 pub enum MatmulKernel {
     /// `matmulv_*`: decode into registers, up to 8 rows per pass; for few rows per matrix.
     Vector,
-    /// `matmul_*`: shared-memory tiles of `bt` rows x `4096 / bt` features.
+    /// `matmul_*`: shared-memory tiles of `bt` rows x `4096 / bt` features, 4 x 4 a thread.
     Tiled { bt: u32 },
+    /// `matmult_*`: shared-memory tiles of 64 rows x 64 features, 4 x 8 a thread.
+    Tall,
 }
 
 /// At most this many rows expected per matrix go to the vector kernel: it decodes every
@@ -376,19 +378,30 @@ impl MatmulKernel {
         if expected <= vector_max && k.is_multiple_of(8) {
             return MatmulKernel::Vector;
         }
-        // the widest row tile that the rows fill at least halfway on average (a block's tile
-        // is 4096 outputs whatever its shape, so the shape does not change the block count);
-        // experts take 64-row tiles from 25 rows on: the busier experts then still fit one
-        // tile, and the warps past an expert's rows skip the multiply (H100, 30B-A3B shape,
-        // T = 512: expert gate/up 10% faster than with 32-row tiles)
-        let bt = if expected > 40 || (grouped && expected > 24) {
-            64
-        } else if expected > 12 {
-            32
-        } else {
-            16
-        };
-        MatmulKernel::Tiled { bt }
+        // from 25 rows the tall tiles (4 x 8 a thread, 64 x 64; see kernels/matmul.cu for
+        // the numbers), whose second row group is skipped where the rows end; below, the
+        // 4 x 4 kernels' row tile that the rows fill at least halfway on average
+        if expected > 24 {
+            return MatmulKernel::Tall;
+        }
+        MatmulKernel::Tiled {
+            bt: if expected > 12 { 32 } else { 16 },
+        }
+    }
+
+    /// A kernel by its short name (`vector`, `tiled16`, `tiled32`, `tiled64`, `tall`): the `FALSIFIER_CUDA_{PLAIN,EXPERT}_KERNEL` overrides, for timing one kernel
+    /// against another.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.short_name() == name)
+    }
+
+    /// The short name [`MatmulKernel::parse`] reads.
+    pub fn short_name(self) -> String {
+        match self {
+            MatmulKernel::Vector => "vector".into(),
+            MatmulKernel::Tiled { bt } => format!("tiled{bt}"),
+            MatmulKernel::Tall => "tall".into(),
+        }
     }
 
     /// (features, rows) of one block's tile.
@@ -396,6 +409,15 @@ impl MatmulKernel {
         match self {
             MatmulKernel::Vector => (64, usize::MAX),
             MatmulKernel::Tiled { bt } => (4096 / bt as usize, bt as usize),
+            MatmulKernel::Tall => (64, 64),
+        }
+    }
+
+    /// Threads per block.
+    fn threads(self) -> u32 {
+        match self {
+            MatmulKernel::Tall => 128,
+            _ => 256,
         }
     }
 
@@ -404,6 +426,8 @@ impl MatmulKernel {
     /// multiple of 32). One split unless the output tiles leave most multiprocessors idle.
     pub fn split_k(self, n: usize, rows: usize, k: usize, sms: usize) -> (usize, usize) {
         let (bn, bt) = self.tile();
+        // blocks of 4096 outputs (every tile shape): the card is full at two per
+        // multiprocessor
         let blocks = n.div_ceil(bn) * rows.div_ceil(bt.min(rows.max(1)));
         let want = (2 * sms).div_ceil(blocks.max(1));
         let splits = want.min(k / MIN_SPLIT_K).max(1);
@@ -419,15 +443,17 @@ impl MatmulKernel {
         match self {
             MatmulKernel::Vector => format!("matmulv_{suffix}"),
             MatmulKernel::Tiled { bt } => format!("matmul_{suffix}_{bt}"),
+            MatmulKernel::Tall => format!("matmult_{suffix}"),
         }
     }
 
     /// Every kernel variant, as named by [`MatmulKernel::name`].
-    pub const ALL: [MatmulKernel; 4] = [
+    pub const ALL: [MatmulKernel; 5] = [
         MatmulKernel::Vector,
         MatmulKernel::Tiled { bt: 16 },
         MatmulKernel::Tiled { bt: 32 },
         MatmulKernel::Tiled { bt: 64 },
+        MatmulKernel::Tall,
     ];
 
     /// Launch shape for `n` outputs, up to `max_rows` rows per matrix, and `layers` grid
@@ -437,7 +463,7 @@ impl MatmulKernel {
         let shared = match self {
             MatmulKernel::Vector => 0,
             // Ws [32][bn + 4] and Xs [32][bt + 4] floats
-            MatmulKernel::Tiled { .. } => (32 * (bn + 4 + bt + 4) * 4) as u32,
+            MatmulKernel::Tiled { .. } | MatmulKernel::Tall => (32 * (bn + 4 + bt + 4) * 4) as u32,
         };
         let gx = u32::try_from(n.div_ceil(bn)).ok();
         let gy = u32::try_from(max_rows.div_ceil(bt))
@@ -447,7 +473,7 @@ impl MatmulKernel {
         match (gx, gy, gz) {
             (Some(x), Some(y), Some(z)) => Ok(LaunchConfig {
                 grid_dim: (x, y.max(1), z.max(1)),
-                block_dim: (256, 1, 1),
+                block_dim: (self.threads(), 1, 1),
                 shared_mem_bytes: shared,
             }),
             _ => Err(Error::input(format!(
@@ -455,6 +481,28 @@ impl MatmulKernel {
             ))),
         }
     }
+}
+
+/// `FALSIFIER_CUDA_PLAIN_KERNEL` and `FALSIFIER_CUDA_EXPERT_KERNEL` (short names, see
+/// [`MatmulKernel::parse`]): every plain / grouped matmul through that kernel instead of the
+/// chosen one. Read once; an unknown name is ignored with a warning.
+fn kernel_overrides() -> (Option<MatmulKernel>, Option<MatmulKernel>) {
+    static OVERRIDES: std::sync::OnceLock<(Option<MatmulKernel>, Option<MatmulKernel>)> =
+        std::sync::OnceLock::new();
+    *OVERRIDES.get_or_init(|| {
+        let read = |var: &str| {
+            let name = std::env::var(var).ok()?;
+            let kernel = MatmulKernel::parse(name.trim());
+            if kernel.is_none() {
+                eprintln!("warning: {var}={name}: not a matmul kernel (vector, tiled16, tiled32, tiled64, tall); ignored");
+            }
+            kernel
+        };
+        (
+            read("FALSIFIER_CUDA_PLAIN_KERNEL"),
+            read("FALSIFIER_CUDA_EXPERT_KERNEL"),
+        )
+    })
 }
 
 /// Device pointers of an expert grouping: rows per expert, their first grouped row, the input
@@ -486,7 +534,30 @@ impl MatmulCall<'_> {
             Some(_) => self.rows.div_ceil(self.w.mats.max(1)),
             None => self.rows,
         };
-        MatmulKernel::choose(self.w.cols, expected, self.groups.is_some())
+        let grouped = self.groups.is_some();
+        let chosen = MatmulKernel::choose(self.w.cols, expected, grouped);
+        let overrides = kernel_overrides();
+        let forced = if grouped { overrides.1 } else { overrides.0 };
+        match forced {
+            // the vector kernel needs K % 8 == 0
+            Some(MatmulKernel::Vector) if !self.w.cols.is_multiple_of(8) => chosen,
+            Some(k) => k,
+            None => chosen,
+        }
+    }
+
+    /// The rows the launch grid covers per matrix: all of them for a plain matmul; for
+    /// experts twice the average, capped at the most one can get. The tiled kernels loop over
+    /// the row tiles past the grid (kernels/matmul.cu), so a busy expert costs a loop, not a
+    /// grid sized for all T rows of which nearly every block would find no rows.
+    fn grid_rows(&self) -> usize {
+        match self.groups {
+            Some(_) => self
+                .max_rows
+                .min(2 * self.rows.div_ceil(self.w.mats.max(1)))
+                .max(1),
+            None => self.max_rows,
+        }
     }
 
     /// Queue the call with `kernel` into `y` ([rows, w.rows]), split along K when a plain
@@ -535,7 +606,7 @@ impl MatmulCall<'_> {
         dev.launch(
             &kernel.name(suffix),
             stage,
-            kernel.config(w.rows, self.max_rows, layers)?,
+            kernel.config(w.rows, self.grid_rows(), layers)?,
             &args,
         )?;
         if let Some(p) = &partials {
@@ -558,7 +629,7 @@ impl MatmulCall<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::MatmulKernel::{self, Tiled, Vector};
+    use super::MatmulKernel::{self, Tall, Tiled, Vector};
 
     #[test]
     fn kernel_choice_follows_the_rows_a_matrix_expects() {
@@ -566,15 +637,24 @@ mod tests {
         assert_eq!(MatmulKernel::choose(2048, 1, false), Vector);
         assert_eq!(MatmulKernel::choose(2048, 8, false), Vector);
         assert_eq!(MatmulKernel::choose(2048, 9, false), Tiled { bt: 16 });
-        assert_eq!(MatmulKernel::choose(2048, 32, false), Tiled { bt: 32 });
-        assert_eq!(MatmulKernel::choose(2048, 512, false), Tiled { bt: 64 });
-        // experts: the vector kernel only up to 5 expected rows; 64-row tiles from 25
+        assert_eq!(MatmulKernel::choose(2048, 24, false), Tiled { bt: 32 });
+        assert_eq!(MatmulKernel::choose(2048, 25, false), Tall);
+        assert_eq!(MatmulKernel::choose(2048, 512, false), Tall);
+        // experts: the vector kernel only up to 5 expected rows; tall tiles from 25
         assert_eq!(MatmulKernel::choose(2048, 5, true), Vector);
         assert_eq!(MatmulKernel::choose(2048, 6, true), Tiled { bt: 16 });
         assert_eq!(MatmulKernel::choose(2048, 24, true), Tiled { bt: 32 });
-        assert_eq!(MatmulKernel::choose(2048, 32, true), Tiled { bt: 64 });
+        assert_eq!(MatmulKernel::choose(2048, 32, true), Tall);
         // the vector kernel reads runs of 8: a row length off that takes a tile
         assert_eq!(MatmulKernel::choose(54, 1, false), Tiled { bt: 16 });
+    }
+
+    #[test]
+    fn every_kernel_parses_from_its_short_name() {
+        for k in MatmulKernel::ALL {
+            assert_eq!(MatmulKernel::parse(&k.short_name()), Some(k));
+        }
+        assert_eq!(MatmulKernel::parse("tiled48"), None);
     }
 
     #[test]
@@ -583,9 +663,9 @@ mod tests {
         // enough output tiles: no split
         assert_eq!(Tiled { bt: 64 }.split_k(151_936, 512, 2048, sms), (1, 2048));
         // q_proj at T = 512: 4096 / 64 x 512 / 64 = 512 tiles, enough
-        assert_eq!(Tiled { bt: 64 }.split_k(4096, 512, 2048, sms), (1, 2048));
+        assert_eq!(Tall.split_k(4096, 512, 2048, sms), (1, 2048));
         for (kernel, n, rows, k) in [
-            (Tiled { bt: 64 }, 512, 512, 2048), // k_proj at T = 512: 64 tiles
+            (Tall, 512, 512, 2048),             // k_proj at T = 512: 64 tiles
             (Tiled { bt: 32 }, 2048, 32, 4096), // attn_out at T = 32: 16 tiles
             (Vector, 128, 4, 2048),             // a router at T = 4: 2 blocks
             (Tiled { bt: 16 }, 4, 5, 4096),     // the GPU tests' small matrices

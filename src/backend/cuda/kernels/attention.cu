@@ -82,60 +82,99 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
 
 // ---------------------------------------------------------------------------------------------
 // Tiled attention, for head_dim <= ATT_TILE_MAXD (every Qwen3 shape; larger heads take the
-// kernels above, whose shared memory does not grow with the head): the
-// kernels above read every key row once per query, which at long prompts is gigabytes of cache
-// traffic a layer. Here a block takes 32 queries of one head and walks the keys 32 at a time
-// through shared memory. Same results rule: attn_tile_scores + attn_softmax_rows give the
-// probabilities (scores are f32 FMA chains in d order, softmax in f64 as above), and attn_ctx
-// _tiled sums p * v over the visible keys in ascending key order with the same FMA chain as
-// attn_ctx, so its output equals attn_ctx's bit for bit.
+// kernels above): the kernels above read every key row once per query and do one or two
+// shared-memory loads per FMA. These are register-tiled like the 4 x 4 matmuls (matmul.cu):
+// operands staged through shared memory in chunks of 32 along the sum, transposed so that a
+// thread reads four rows as one float4, each thread owning 4 x 4 (scores) or 4 x 8 (context)
+// outputs. Same results rule as above: a score is one f32 FMA chain in d order, the softmax
+// runs in f64 (attn_softmax_rows), and attn_ctx_tiled sums p * v over the visible keys in
+// ascending key order with the same FMA chain as attn_ctx, so its output equals attn_ctx's bit
+// for bit.
 
-#define ATT_TILE 32
+#define ATT_TILE 64
+#define ATT_CHUNK 32
 #define ATT_TILE_THREADS 256
 #define ATT_TILE_MAXD 128
 
-// probs[h, i, j] = (q_i . k_j) * scale for the visible keys of query tile blockIdx.x (the
-// masked entries are written by attn_softmax_rows). grid (ceil(T / 32), nh), block 256,
-// dynamic shared: 2 * 32 * (D + 1) floats.
+// Column of tile row r at chunk position c in a transposed [chunk][64 + 4] stage: the XOR
+// (a multiple of 8, so float4 groups stay whole) spreads the four lanes that stage c = 8 p ..
+// of one row at the same time over different banks (as mm_swz in matmul.cu).
+__device__ __forceinline__ int att_swz(int r, int c) { return r ^ (((c >> 3) & 3) << 3); }
+
+// Stage rows [r0, r0 + 64) x columns [c0, c0 + 32) of a row-major source into S[c][row]
+// (transposed, padded to 68), zeros outside rows < nr and columns < nc: thread (r, p) copies
+// the 8 columns 8p.. of row r (a warp reads 8 rows x 128 contiguous bytes).
+__device__ __forceinline__ void att_stage_t(float* __restrict__ S, const float* __restrict__ src,
+                                            i64 row_stride, int nr, int c0, int nc) {
+    int r = threadIdx.x >> 2, p = threadIdx.x & 3;
+    const float* row = src + (i64)r * row_stride;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        int c = 8 * p + j;
+        float v = (r < nr && c0 + c < nc) ? row[c0 + c] : 0.0f;
+        S[c * (ATT_TILE + 4) + att_swz(r, c)] = v;
+    }
+}
+
+// probs[h, i, j] = (q_i . k_j) * scale for the visible keys of query tile blockIdx.x and key
+// tile blockIdx.y (the masked entries are written by attn_softmax_rows). grid (ceil(T / 64),
+// ceil(T / 64), nh), block 256; tiles wholly past the causal edge exit at once.
 extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS)
     attn_tile_scores(const float* __restrict__ q, const float* __restrict__ k,
                      float* __restrict__ probs, int T, int nh, int nkv, int D, int lookahead) {
-    extern __shared__ float att_tile_sh[];
-    int dp = D + 1;  // padded rows: lanes reading different rows hit different banks
-    float* Qs = att_tile_sh;
-    float* Ks = att_tile_sh + ATT_TILE * dp;
-    int i0 = blockIdx.x * ATT_TILE, h = blockIdx.y;
-    int kh = h / max(nh / nkv, 1);
-    int tid = threadIdx.x;
+    __shared__ __align__(16) float Qs[ATT_CHUNK * (ATT_TILE + 4)];
+    __shared__ __align__(16) float Ks[ATT_CHUNK * (ATT_TILE + 4)];
+    int i0 = blockIdx.x * ATT_TILE, j0 = blockIdx.y * ATT_TILE, h = blockIdx.z;
     int qn = min(ATT_TILE, T - i0);
-    for (int x = tid; x < ATT_TILE * D; x += ATT_TILE_THREADS) {
-        int r = x / D, d = x % D;
-        Qs[r * dp + d] = r < qn ? q[((i64)(i0 + r) * nh + h) * D + d] : 0.0f;
+    if (j0 > last_key(i0 + qn - 1, T, lookahead)) return;  // uniform, before any barrier
+    int kn = min(ATT_TILE, T - j0);
+    int kh = h / max(nh / nkv, 1);
+    const float* qsrc = q + ((i64)i0 * nh + h) * D;
+    const float* ksrc = k + ((i64)j0 * nkv + kh) * D;
+    // thread (tq, tk) owns queries i0 + 4 tq + a and keys j0 + 4 tk + b
+    int tk = threadIdx.x & 15, tq = threadIdx.x >> 4;
+    float acc[4][4];
+#pragma unroll
+    for (int a = 0; a < 4; ++a) {
+#pragma unroll
+        for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
+    }
+    for (int d0 = 0; d0 < D; d0 += ATT_CHUNK) {
+        __syncthreads();  // the previous chunk is used up
+        att_stage_t(Qs, qsrc, (i64)nh * D, qn, d0, D);
+        att_stage_t(Ks, ksrc, (i64)nkv * D, kn, d0, D);
+        __syncthreads();
+        auto step = [&](int dd) {
+            float4 q4 = *(const float4*)&Qs[dd * (ATT_TILE + 4) + att_swz(4 * tq, dd)];
+            float4 k4 = *(const float4*)&Ks[dd * (ATT_TILE + 4) + att_swz(4 * tk, dd)];
+            float qa[4] = {q4.x, q4.y, q4.z, q4.w};
+            float kb[4] = {k4.x, k4.y, k4.z, k4.w};
+#pragma unroll
+            for (int a = 0; a < 4; ++a) {
+#pragma unroll
+                for (int b = 0; b < 4; ++b) acc[a][b] = fmaf(qa[a], kb[b], acc[a][b]);
+            }
+        };
+        // the chunk's padding columns are never multiplied: every chain is exactly d < D
+        int dn = min(ATT_CHUNK, D - d0);
+        if (dn == ATT_CHUNK) {
+#pragma unroll
+            for (int dd = 0; dd < ATT_CHUNK; ++dd) step(dd);
+        } else {
+            for (int dd = 0; dd < dn; ++dd) step(dd);
+        }
     }
     float scale = (float)(1.0 / sqrt((double)D));
-    // thread (qi, jg) scores query i0 + qi against keys j0 + jg + 8 m, m < 4
-    int qi = tid >> 3, jg = tid & 7;
-    int i = i0 + qi;
-    int last = last_key(min(i0 + ATT_TILE - 1, T - 1), T, lookahead);
-    int my_last = i < T ? last_key(i, T, lookahead) : -1;
-    float* pr = probs + ((i64)h * T + (i < T ? i : 0)) * T;
-    for (int j0 = 0; j0 <= last; j0 += ATT_TILE) {
-        __syncthreads();  // the previous key tile is used up (and Qs is written, first time)
-        int kn = min(ATT_TILE, T - j0);
-        for (int x = tid; x < ATT_TILE * D; x += ATT_TILE_THREADS) {
-            int r = x / D, d = x % D;
-            Ks[r * dp + d] = r < kn ? k[((i64)(j0 + r) * nkv + kh) * D + d] : 0.0f;
-        }
-        __syncthreads();
 #pragma unroll
-        for (int m = 0; m < 4; ++m) {
-            int jj = jg + 8 * m, j = j0 + jj;
-            if (j > my_last) continue;
-            const float* qr = Qs + qi * dp;
-            const float* kr = Ks + jj * dp;
-            float s = 0.0f;
-            for (int d = 0; d < D; ++d) s = fmaf(qr[d], kr[d], s);
-            pr[j] = s * scale;
+    for (int a = 0; a < 4; ++a) {
+        int i = i0 + 4 * tq + a;
+        if (i >= T) break;
+        int last = last_key(i, T, lookahead);
+        float* pr = probs + ((i64)h * T + i) * T;
+#pragma unroll
+        for (int b = 0; b < 4; ++b) {
+            int j = j0 + 4 * tk + b;
+            if (j <= last) pr[j] = acc[a][b] * scale;
         }
     }
 }
@@ -173,51 +212,79 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
 }
 
 // ctx[i, h*D + d] = sum_{j <= last(i)} probs[h, i, j] * v[j, kh, d], keys ascending, for the
-// 32 queries of tile blockIdx.x. grid (ceil(T / 32), nh), block 256, dynamic shared:
-// 32 * D + 32 * 33 floats.
+// 64 queries of tile blockIdx.x. grid (ceil(T / 64), nh), block 256. Thread (tq, td) owns
+// queries i0 + 4 tq + a and outputs d = 4 td + c and 64 + 4 td + c.
 extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS)
     attn_ctx_tiled(const float* __restrict__ probs, const float* __restrict__ v,
                    float* __restrict__ ctx, int T, int nh, int nkv, int D, int lookahead) {
-    extern __shared__ float att_tile_sh[];
-    float* Vs = att_tile_sh;              // [32][D]
-    float* Ps = att_tile_sh + ATT_TILE * D;  // [32][33]
+    constexpr int vp = ATT_TILE_MAXD + 4;
+    __shared__ __align__(16) float Ps[ATT_CHUNK * (ATT_TILE + 4)];  // Ps[key][query]
+    __shared__ __align__(16) float Vs[ATT_CHUNK * vp];              // Vs[key][d]
     int i0 = blockIdx.x * ATT_TILE, h = blockIdx.y;
     int kh = h / max(nh / nkv, 1);
-    int tid = threadIdx.x;
-    // thread (qi, dg) owns outputs d = dg + 8 m of query i0 + qi
-    int qi = tid >> 3, dg = tid & 7;
-    int i = i0 + qi;
-    int my_last = i < T ? last_key(i, T, lookahead) : -1;
-    int last = last_key(min(i0 + ATT_TILE - 1, T - 1), T, lookahead);
-    int nd = (D - dg + 7) / 8;  // my outputs: d = dg + 8 m < D
-    float acc[ATT_TILE_MAXD / 8];
+    int qn = min(ATT_TILE, T - i0);
+    int td = threadIdx.x & 15, tq = threadIdx.x >> 4;
+    // the visible keys: all of them up to first_last for every query of the tile, then
+    // per query up to its own last
+    int first_last = last_key(i0, T, lookahead);
+    int tile_last = last_key(i0 + qn - 1, T, lookahead);
+    int my_last[4];
 #pragma unroll
-    for (int m = 0; m < ATT_TILE_MAXD / 8; ++m) acc[m] = 0.0f;
-    for (int j0 = 0; j0 <= last; j0 += ATT_TILE) {
-        __syncthreads();
-        int kn = min(ATT_TILE, T - j0);
-        for (int x = tid; x < ATT_TILE * D; x += ATT_TILE_THREADS) {
-            int r = x / D, d = x % D;
-            Vs[r * D + d] = r < kn ? v[((i64)(j0 + r) * nkv + kh) * D + d] : 0.0f;
-        }
-        for (int x = tid; x < ATT_TILE * ATT_TILE; x += ATT_TILE_THREADS) {
-            int r = x / ATT_TILE, c = x % ATT_TILE;
-            int qq = i0 + r, j = j0 + c;
-            Ps[r * 33 + c] = (qq < T && j < T) ? probs[((i64)h * T + qq) * T + j] : 0.0f;
-        }
-        __syncthreads();
-        int jn = min(ATT_TILE, my_last - j0 + 1);  // visible keys of this tile for my query
-        for (int jj = 0; jj < jn; ++jj) {
-            float p = Ps[qi * 33 + jj];
-            const float* vr = Vs + jj * D + dg;
+    for (int a = 0; a < 4; ++a) {
+        int i = i0 + 4 * tq + a;
+        my_last[a] = i < T ? last_key(i, T, lookahead) : -1;
+    }
+    float acc[4][8];
 #pragma unroll
-            for (int m = 0; m < ATT_TILE_MAXD / 8; ++m)
-                if (m < nd) acc[m] = fmaf(p, vr[8 * m], acc[m]);
+    for (int a = 0; a < 4; ++a) {
+#pragma unroll
+        for (int c = 0; c < 8; ++c) acc[a][c] = 0.0f;
+    }
+    const float* psrc = probs + ((i64)h * T + i0) * T;
+    for (int j0 = 0; j0 <= tile_last; j0 += ATT_CHUNK) {
+        __syncthreads();  // the previous chunk is used up
+        att_stage_t(Ps, psrc, T, qn, j0, T);
+        // V rows j0 .. j0 + 31, d < 128 (zeros past T and D), a warp per 32 values of a row
+#pragma unroll
+        for (int x = threadIdx.x; x < ATT_CHUNK * ATT_TILE_MAXD; x += ATT_TILE_THREADS) {
+            int r = x / ATT_TILE_MAXD, d = x % ATT_TILE_MAXD;
+            Vs[r * vp + d] = (j0 + r < T && d < D) ? v[((i64)(j0 + r) * nkv + kh) * D + d] : 0.0f;
+        }
+        __syncthreads();
+        int jn = min(ATT_CHUNK, tile_last - j0 + 1);
+        bool open = j0 + jn - 1 <= first_last;  // no key of the chunk is masked for any query
+        auto step = [&](int jj) {
+            float4 p4 = *(const float4*)&Ps[jj * (ATT_TILE + 4) + att_swz(4 * tq, jj)];
+            float4 va = *(const float4*)&Vs[jj * vp + 4 * td];
+            float4 vb = *(const float4*)&Vs[jj * vp + 64 + 4 * td];
+            float pa[4] = {p4.x, p4.y, p4.z, p4.w};
+            float vc[8] = {va.x, va.y, va.z, va.w, vb.x, vb.y, vb.z, vb.w};
+            int j = j0 + jj;
+#pragma unroll
+            for (int a = 0; a < 4; ++a) {
+                // masked keys are skipped, not multiplied by 0 (a NaN there must not leak)
+                if (open || j <= my_last[a]) {
+#pragma unroll
+                    for (int c = 0; c < 8; ++c) acc[a][c] = fmaf(pa[a], vc[c], acc[a][c]);
+                }
+            }
+        };
+        if (open && jn == ATT_CHUNK) {
+#pragma unroll
+            for (int jj = 0; jj < ATT_CHUNK; ++jj) step(jj);
+        } else {
+            for (int jj = 0; jj < jn; ++jj) step(jj);
         }
     }
-    if (i >= T) return;
-    float* out = ctx + (i64)i * nh * D + (i64)h * D;
 #pragma unroll
-    for (int m = 0; m < ATT_TILE_MAXD / 8; ++m)
-        if (m < nd) out[dg + 8 * m] = acc[m];
+    for (int a = 0; a < 4; ++a) {
+        int i = i0 + 4 * tq + a;
+        if (i >= T) break;
+        float* out = ctx + (i64)i * nh * D + (i64)h * D;
+#pragma unroll
+        for (int c = 0; c < 8; ++c) {
+            int d = c < 4 ? 4 * td + c : 60 + 4 * td + c;
+            if (d < D) out[d] = acc[a][c];
+        }
+    }
 }

@@ -1,12 +1,17 @@
 // y[r, n] = sum_k x[r, k] * W[n, k], with W in its GGUF block format, decoded in the loop.
 //
-// Two kernels serve the plain projections and the grouped expert matmuls. Block z is an expert
+// The same kernels serve the plain projections and the grouped expert matmuls. Block z is an expert
 // (z = 0 and counts == NULL for a plain matmul over T rows); its rows are the `counts[z]`
 // rows starting at `offsets[z]` of the grouped layout; `in_rows`, when set, maps each grouped
 // row to the input row it reads (the token gather of expert dispatch), so all experts of a
 // layer run in one launch. Weights are decoded 8 values at a time (Run8, common.cuh), and the
 // raw words of the next chunk are loaded before the current chunk is multiplied, so memory
 // latency hides behind arithmetic.
+//
+// Row tiles: block y takes the tiles t0 = BT y, BT (y + gridDim.y), ... below its matrix's row
+// count (BT rows a tile). The host sizes grid y for the rows an expert expects (twice the average), not for
+// the most it could get (all T rows): an expert past that loops, and the launch carries no
+// thousands of blocks that find no rows and exit.
 //
 // A plain matmul with too few output tiles to fill the card is split along K instead (split-K):
 // block z then sums k in [z * kspan, (z + 1) * kspan) into its own slice Y + z * T * N, and
@@ -45,13 +50,13 @@ __device__ __forceinline__ int mm_swz(int r, int k, int width) {
 }
 
 template <int TY, int bt>
-__device__ __forceinline__ void matmul_body(const u8* __restrict__ W, i64 row_bytes,
+__device__ __forceinline__ void matmul_tile(const u8* __restrict__ W, i64 row_bytes,
                                             i64 expert_bytes, const float* __restrict__ X,
                                             float* __restrict__ Y, int N, int K, int T,
                                             const int* __restrict__ counts,
                                             const int* __restrict__ offsets,
                                             const int* __restrict__ in_rows, int swap_a,
-                                            int swap_b, int kspan) {
+                                            int swap_b, int kspan, int t0) {
     // the tile shape is a template parameter: every shared-memory offset of the inner loop
     // is then a constant
     extern __shared__ __align__(16) float mm_smem[];
@@ -63,8 +68,6 @@ __device__ __forceinline__ void matmul_body(const u8* __restrict__ W, i64 row_by
     int split = counts ? 0 : blockIdx.z;
     int cnt = counts ? counts[e] : T;
     int off = offsets ? offsets[e] : 0;
-    int t0 = blockIdx.y * bt;
-    if (t0 >= cnt) return;  // uniform over the block, before any barrier
     int n0 = blockIdx.x * bn;
     int nt = min(bt, cnt - t0);
     int kbeg = split * kspan, kend = min(K, kbeg + kspan);
@@ -168,6 +171,180 @@ __device__ __forceinline__ void matmul_body(const u8* __restrict__ W, i64 row_by
         for (int i = 0; i < 4; ++i) {
             int n = n0 + 4 * tn + i;
             if (n < N) y[n] = acc[i][j];
+        }
+    }
+}
+
+// matmult_<type> (tall tiles, for full tiles of long prompts and for experts): 64 rows x 64
+// features per block of 128 threads, each thread 4 features x 8 rows (two groups of 4 rows, 32
+// apart). Per k step a warp reads three float4 (4 shared-memory wavefronts) for 32 FMA, where
+// the 4 x 4 kernels read two (3 wavefronts) for 16 and are bound by shared-memory bandwidth
+// (H100: L1/shared pipe 89% busy, FMA 38%). An expert has about 32 rows at long prompts: in
+// the 4 x 4 kernel's 64-row tile half the warps then wait at the barriers; here every warp has
+// rows in the first group, and a warp skips its second group when it is past the expert's
+// rows. 127 registers, four blocks a multiprocessor. H200, 30B-A3B shape at T = 512, against
+// the 4 x 4 kernel's 64-row tiles: expert gate 0.73 ms a layer (0.85), q_proj 0.28 (0.38),
+// lm_head 9.8 ms (13.1); an 8 x 8 tile a thread (64 x 128, no room left for the prefetch)
+// was slower than both on experts and between them on the rest.
+#ifndef MT_MIN_BLOCKS
+#define MT_MIN_BLOCKS 4
+#endif
+
+template <int TY>
+__device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 row_bytes,
+                                                 i64 expert_bytes, const float* __restrict__ X,
+                                                 float* __restrict__ Y, int N, int K, int T,
+                                                 const int* __restrict__ counts,
+                                                 const int* __restrict__ offsets,
+                                                 const int* __restrict__ in_rows, int swap_a,
+                                                 int swap_b, int kspan, int t0) {
+    extern __shared__ __align__(16) float mm_smem[];
+    constexpr int bt = 64, bn = 64;
+    constexpr int wp = bn + 4, xp = bt + 4;
+    float* Ws = mm_smem;               // [MM_BK][wp], Ws[k][feature]
+    float* Xs = mm_smem + MM_BK * wp;  // [MM_BK][xp], Xs[k][row]
+    int e = counts ? blockIdx.z : 0;
+    int split = counts ? 0 : blockIdx.z;
+    int cnt = counts ? counts[e] : T;
+    int off = offsets ? offsets[e] : 0;
+    int n0 = blockIdx.x * bn;
+    int nt = min(bt, cnt - t0);
+    int kbeg = split * kspan, kend = min(K, kbeg + kspan);
+    Y += (i64)split * T * N;
+    int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+    const u8* mat = W + (i64)we * expert_bytes;
+    int tid = threadIdx.x;
+    // loading: lane p = tid % 4 decodes values 8p..8p+7 of the chunk for features lr and
+    // lr + 32, and loads the same values of input rows lr and lr + 32 (when < nt), lr = tid / 4
+    int p = tid & 3, lr = tid >> 2;
+    const float* xrow[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        int r = lr + 32 * h;
+        xrow[h] = 0;
+        if (r < nt) {
+            int src = in_rows ? in_rows[off + t0 + r] : off + t0 + r;
+            xrow[h] = X + (i64)src * K;
+        }
+    }
+    bool kvec = (K & 3) == 0 && ((unsigned long long)X & 15) == 0;
+    // computing: thread (tn, tt) owns features n0 + 4 tn + i and rows 4 tt + j (group 0) and
+    // 32 + 4 tt + j (group 1); a warp's two tt cover 8 consecutive rows of each group
+    int tn = tid & 15, tt = tid >> 4;
+    bool act0 = 8 * (tt >> 1) < nt, act1 = 32 + 8 * (tt >> 1) < nt;  // uniform over the warp
+    float acc[2][4][4];
+#pragma unroll
+    for (int g = 0; g < 2; ++g) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[g][i][j] = 0.0f;
+        }
+    }
+    Run8<TY> run[2];
+    bool whole[2];
+    float xv[2][8];
+    auto fetch = [&](int k0) {
+        int kp = k0 + 8 * p;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            int n = n0 + lr + 32 * i;
+            whole[i] = n < N && kp + 8 <= kend;
+            if (whole[i]) run[i].load(mat + (i64)n * row_bytes, kp);
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            if (xrow[h] && kvec && kp + 8 <= kend) {
+                float4 a = *(const float4*)(xrow[h] + kp), b = *(const float4*)(xrow[h] + kp + 4);
+                xv[h][0] = a.x, xv[h][1] = a.y, xv[h][2] = a.z, xv[h][3] = a.w;
+                xv[h][4] = b.x, xv[h][5] = b.y, xv[h][6] = b.z, xv[h][7] = b.w;
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; ++j)
+                    xv[h][j] = (xrow[h] && kp + j < kend) ? xrow[h][kp + j] : 0.0f;
+            }
+        }
+    };
+    auto stash = [&](int k0) {
+        int kp = k0 + 8 * p;
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            int r = lr + 32 * i, n = n0 + r;
+            float v[8];
+            if (whole[i]) {
+                run[i].decode(v);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; ++j)
+                    v[j] = (n < N && kp + j < kend) ? dq<TY>(mat + (i64)n * row_bytes, kp + j)
+                                                    : 0.0f;
+            }
+#pragma unroll
+            for (int j = 0; j < 8; ++j) Ws[(8 * p + j) * wp + mm_swz(r, 8 * p + j, bn)] = v[j];
+        }
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+                Xs[(8 * p + j) * xp + mm_swz(lr + 32 * h, 8 * p + j, bt)] = xv[h][j];
+        }
+    };
+    fetch(kbeg);
+    stash(kbeg);
+    __syncthreads();
+    for (int k0 = kbeg; k0 < kend; k0 += MM_BK) {
+        bool more = k0 + MM_BK < kend;
+        if (more) fetch(k0 + MM_BK);
+        if (act1) {
+#pragma unroll
+            for (int kk = 0; kk < MM_BK; ++kk) {
+                float4 w4 = *(const float4*)&Ws[kk * wp + mm_swz(4 * tn, kk, bn)];
+                float4 xa = *(const float4*)&Xs[kk * xp + mm_swz(4 * tt, kk, bt)];
+                float4 xb = *(const float4*)&Xs[kk * xp + mm_swz(32 + 4 * tt, kk, bt)];
+                float wv[4] = {w4.x, w4.y, w4.z, w4.w};
+                float xq[2][4] = {{xa.x, xa.y, xa.z, xa.w}, {xb.x, xb.y, xb.z, xb.w}};
+#pragma unroll
+                for (int g = 0; g < 2; ++g) {
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+                        for (int j = 0; j < 4; ++j)
+                            acc[g][i][j] = fmaf(wv[i], xq[g][j], acc[g][i][j]);
+                    }
+                }
+            }
+        } else if (act0) {
+#pragma unroll
+            for (int kk = 0; kk < MM_BK; ++kk) {
+                float4 w4 = *(const float4*)&Ws[kk * wp + mm_swz(4 * tn, kk, bn)];
+                float4 xa = *(const float4*)&Xs[kk * xp + mm_swz(4 * tt, kk, bt)];
+                float wv[4] = {w4.x, w4.y, w4.z, w4.w};
+                float xq[4] = {xa.x, xa.y, xa.z, xa.w};
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) acc[0][i][j] = fmaf(wv[i], xq[j], acc[0][i][j]);
+                }
+            }
+        }
+        __syncthreads();
+        if (more) {
+            stash(k0 + MM_BK);
+            __syncthreads();
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < 2; ++g) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            int t = 32 * g + 4 * tt + j;
+            if (t >= nt) break;
+            float* y = Y + (i64)(off + t0 + t) * N;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                int n = n0 + 4 * tn + i;
+                if (n < N) y[n] = acc[g][i][j];
+            }
         }
     }
 }
@@ -284,14 +461,25 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
                              float* Y, int N, int K, int T, const int* counts,                 \
                              const int* offsets, const int* in_rows, int swap_a, int swap_b,   \
                              int kspan) {                                                       \
-        matmul_body<TY, BT>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets,        \
-                            in_rows, swap_a, swap_b, kspan);                                    \
+        int cnt = counts ? counts[blockIdx.z] : T;                                              \
+        for (int t0 = blockIdx.y * BT; t0 < cnt; t0 += gridDim.y * BT)                          \
+            matmul_tile<TY, BT>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets,    \
+                                in_rows, swap_a, swap_b, kspan, t0);                            \
     }
 
 #define MATMUL_KERNELS(NAME, TY)                                                                \
     TILED_KERNEL(NAME, TY, 16)                                                                  \
     TILED_KERNEL(NAME, TY, 32)                                                                  \
     TILED_KERNEL(NAME, TY, 64)                                                                  \
+    extern "C" __global__ void __launch_bounds__(128, MT_MIN_BLOCKS)                          \
+        matmult_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* X, float* Y, \
+                       int N, int K, int T, const int* counts, const int* offsets,              \
+                       const int* in_rows, int swap_a, int swap_b, int kspan) {                 \
+        int cnt = counts ? counts[blockIdx.z] : T;                                              \
+        for (int t0 = blockIdx.y * 64; t0 < cnt; t0 += gridDim.y * 64)                          \
+            matmul_tall_tile<TY>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets,   \
+                                 in_rows, swap_a, swap_b, kspan, t0);                           \
+    }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         matmulv_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* X, float* Y, \
                        int N, int K, int T, const int* counts, const int* offsets,              \
