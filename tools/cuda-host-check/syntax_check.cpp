@@ -10,6 +10,8 @@ struct dim3 { unsigned x, y, z; };
 static dim3 blockIdx, threadIdx, blockDim, gridDim;
 struct float4 { float x, y, z, w; };
 struct float2 { float x, y; };
+struct double2 { double x, y; };
+static double2 make_double2(double x, double y) { return {x, y}; }
 static void __syncthreads() {}
 static void __syncwarp() {}
 static unsigned __ballot_sync(unsigned, bool b) { return b; }

@@ -38,6 +38,7 @@ const SOURCES: [&str; 5] = [
 const KERNELS: &[&str] = &[
     "sum_splits",
     "rms_norm",
+    "rope_table",
     "rope",
     "add",
     "silu_mul",

@@ -128,6 +128,9 @@ struct Buffers {
     down: CudaSlice<f32>,
     /// Matmul input after planted Q8_0 rounding (largest input: [T*k, max(H, F, nh*D)]).
     rounded: CudaSlice<f32>,
+    /// RoPE (cos, sin) per position and frequency, f64 [T, D/2, 2]: computed once, read by
+    /// every layer's q and k.
+    rope_angles: CudaSlice<f64>,
 }
 
 impl Buffers {
@@ -169,6 +172,7 @@ impl Buffers {
             slot_of: i(t * k, "expert slots")?,
             down: f(if d.moe { slots * h } else { 1 }, "expert outputs")?,
             rounded: f(slots * widest, "rounded activations")?,
+            rope_angles: dev.zeros::<f64>(t * (hd / 2).max(1) * 2, "RoPE angles")?,
         })
     }
 }
@@ -443,6 +447,7 @@ impl Run<'_> {
         stage: Stage,
         x: &CudaSlice<f32>,
         y: &CudaSlice<f32>,
+        angles: &CudaSlice<f64>,
         heads: usize,
     ) -> Result<()> {
         let d = &self.w.dims;
@@ -455,10 +460,10 @@ impl Run<'_> {
             &[
                 Arg::Ptr(self.dev.ptr(x)),
                 Arg::Ptr(self.dev.ptr(y)),
+                Arg::Ptr(self.dev.ptr(angles)),
                 int(self.t, "T")?,
                 int(heads, "heads")?,
                 int(d.head_dim, "head_dim")?,
-                Arg::F32(d.rope_theta),
                 Arg::I32(i32::from(adjacent)),
             ],
         )
@@ -504,9 +509,9 @@ impl Run<'_> {
         self.done(Some(l), Stage::QNorm, &b.qn)?;
         self.rms_norm(&ks(Stage::KNorm), &b.k, &lw.k_norm, &b.kn, t * nkv, hd)?;
         self.done(Some(l), Stage::KNorm, &b.kn)?;
-        self.rope(l, Stage::QRope, &b.qn, &b.qr, nh)?;
+        self.rope(l, Stage::QRope, &b.qn, &b.qr, &b.rope_angles, nh)?;
         self.done(Some(l), Stage::QRope, &b.qr)?;
-        self.rope(l, Stage::KRope, &b.kn, &b.kr, nkv)?;
+        self.rope(l, Stage::KRope, &b.kn, &b.kr, &b.rope_angles, nkv)?;
         self.done(Some(l), Stage::KRope, &b.kr)?;
         self.attention(l, b)?;
         self.matmul(
@@ -906,6 +911,17 @@ pub fn forward(
         cap,
     };
     let mut b = Buffers::new(dev, d, t)?;
+    dev.launch(
+        "rope_table",
+        "RoPE angles",
+        grid_1d(t * (d.head_dim / 2).max(1))?,
+        &[
+            Arg::Ptr(dev.ptr(&b.rope_angles)),
+            int(t, "T")?,
+            int(d.head_dim, "head_dim")?,
+            Arg::F32(d.rope_theta),
+        ],
+    )?;
     let toks: Vec<i32> = req.tokens.iter().map(|&v| v as i32).collect();
     let toks_dev = dev.upload(&toks, "tokens")?;
 

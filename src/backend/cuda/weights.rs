@@ -353,8 +353,8 @@ pub enum MatmulKernel {
     Vector,
     /// `matmul_*`: shared-memory tiles of `bt` rows x `4096 / bt` features, 4 x 4 a thread.
     Tiled { bt: u32 },
-    /// `matmult_*`: shared-memory tiles of 64 rows x 64 features, 4 x 8 a thread.
-    Tall,
+    /// `matmult_*`: shared-memory tiles of 64 rows x `bn` features, 4 x 8 a thread.
+    Tall { bn: u32 },
 }
 
 /// At most this many rows expected per matrix go to the vector kernel: it decodes every
@@ -378,18 +378,25 @@ impl MatmulKernel {
         if expected <= vector_max && k.is_multiple_of(8) {
             return MatmulKernel::Vector;
         }
-        // from 25 rows the tall tiles (4 x 8 a thread, 64 x 64; see kernels/matmul.cu for
-        // the numbers), whose second row group is skipped where the rows end; below, the
-        // 4 x 4 kernels' row tile that the rows fill at least halfway on average
-        if expected > 24 {
-            return MatmulKernel::Tall;
+        // the tall tiles (4 x 8 a thread, 64 rows; see kernels/matmul.cu for the numbers):
+        // experts from 25 rows (a warp skips its second row group where an expert's rows
+        // end), 64 features wide (128: 3% slower there); plain matmuls from 41 rows, 128
+        // features wide (the input tile serves twice the outputs: H200, 30B-A3B at T = 512,
+        // lm_head 9.6 ms against 10.1). Fewer rows: the 4 x 4 kernels' row tile that the rows
+        // fill at least halfway on average (at 32 plain rows 3% faster than a tall tile:
+        // T = 32 lm_head)
+        if grouped && expected > 24 {
+            return MatmulKernel::Tall { bn: 64 };
+        }
+        if expected > 40 {
+            return MatmulKernel::Tall { bn: 128 };
         }
         MatmulKernel::Tiled {
             bt: if expected > 12 { 32 } else { 16 },
         }
     }
 
-    /// A kernel by its short name (`vector`, `tiled16`, `tiled32`, `tiled64`, `tall`): the `FALSIFIER_CUDA_{PLAIN,EXPERT}_KERNEL` overrides, for timing one kernel
+    /// A kernel by its short name (`vector`, `tiled16`, `tiled32`, `tiled64`, `tall64`, `tall128`): the `FALSIFIER_CUDA_{PLAIN,EXPERT}_KERNEL` overrides, for timing one kernel
     /// against another.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.short_name() == name)
@@ -400,7 +407,7 @@ impl MatmulKernel {
         match self {
             MatmulKernel::Vector => "vector".into(),
             MatmulKernel::Tiled { bt } => format!("tiled{bt}"),
-            MatmulKernel::Tall => "tall".into(),
+            MatmulKernel::Tall { bn } => format!("tall{bn}"),
         }
     }
 
@@ -409,14 +416,14 @@ impl MatmulKernel {
         match self {
             MatmulKernel::Vector => (64, usize::MAX),
             MatmulKernel::Tiled { bt } => (4096 / bt as usize, bt as usize),
-            MatmulKernel::Tall => (64, 64),
+            MatmulKernel::Tall { bn } => (bn as usize, 64),
         }
     }
 
     /// Threads per block.
     fn threads(self) -> u32 {
         match self {
-            MatmulKernel::Tall => 128,
+            MatmulKernel::Tall { bn } => 2 * bn,
             _ => 256,
         }
     }
@@ -426,9 +433,13 @@ impl MatmulKernel {
     /// multiple of 32). One split unless the output tiles leave most multiprocessors idle.
     pub fn split_k(self, n: usize, rows: usize, k: usize, sms: usize) -> (usize, usize) {
         let (bn, bt) = self.tile();
-        // blocks of 4096 outputs (every tile shape): the card is full at two per
-        // multiprocessor
-        let blocks = n.div_ceil(bn) * rows.div_ceil(bt.min(rows.max(1)));
+        // in blocks of 4096 outputs (the 4 x 4 kernels' tile; a tall one is one or two of
+        // those): the card is full at two per multiprocessor
+        let weight = match self {
+            MatmulKernel::Tall { bn } => bn as usize / 64,
+            _ => 1,
+        };
+        let blocks = weight * n.div_ceil(bn) * rows.div_ceil(bt.min(rows.max(1)));
         let want = (2 * sms).div_ceil(blocks.max(1));
         let splits = want.min(k / MIN_SPLIT_K).max(1);
         if splits == 1 {
@@ -443,17 +454,18 @@ impl MatmulKernel {
         match self {
             MatmulKernel::Vector => format!("matmulv_{suffix}"),
             MatmulKernel::Tiled { bt } => format!("matmul_{suffix}_{bt}"),
-            MatmulKernel::Tall => format!("matmult_{suffix}"),
+            MatmulKernel::Tall { bn } => format!("matmult_{suffix}_{bn}"),
         }
     }
 
     /// Every kernel variant, as named by [`MatmulKernel::name`].
-    pub const ALL: [MatmulKernel; 5] = [
+    pub const ALL: [MatmulKernel; 6] = [
         MatmulKernel::Vector,
         MatmulKernel::Tiled { bt: 16 },
         MatmulKernel::Tiled { bt: 32 },
         MatmulKernel::Tiled { bt: 64 },
-        MatmulKernel::Tall,
+        MatmulKernel::Tall { bn: 64 },
+        MatmulKernel::Tall { bn: 128 },
     ];
 
     /// Launch shape for `n` outputs, up to `max_rows` rows per matrix, and `layers` grid
@@ -463,7 +475,9 @@ impl MatmulKernel {
         let shared = match self {
             MatmulKernel::Vector => 0,
             // Ws [32][bn + 4] and Xs [32][bt + 4] floats
-            MatmulKernel::Tiled { .. } | MatmulKernel::Tall => (32 * (bn + 4 + bt + 4) * 4) as u32,
+            MatmulKernel::Tiled { .. } | MatmulKernel::Tall { .. } => {
+                (32 * (bn + 4 + bt + 4) * 4) as u32
+            }
         };
         let gx = u32::try_from(n.div_ceil(bn)).ok();
         let gy = u32::try_from(max_rows.div_ceil(bt))
@@ -494,7 +508,7 @@ fn kernel_overrides() -> (Option<MatmulKernel>, Option<MatmulKernel>) {
             let name = std::env::var(var).ok()?;
             let kernel = MatmulKernel::parse(name.trim());
             if kernel.is_none() {
-                eprintln!("warning: {var}={name}: not a matmul kernel (vector, tiled16, tiled32, tiled64, tall); ignored");
+                eprintln!("warning: {var}={name}: not a matmul kernel (vector, tiled16, tiled32, tiled64, tall64, tall128); ignored");
             }
             kernel
         };
@@ -637,14 +651,15 @@ mod tests {
         assert_eq!(MatmulKernel::choose(2048, 1, false), Vector);
         assert_eq!(MatmulKernel::choose(2048, 8, false), Vector);
         assert_eq!(MatmulKernel::choose(2048, 9, false), Tiled { bt: 16 });
-        assert_eq!(MatmulKernel::choose(2048, 24, false), Tiled { bt: 32 });
-        assert_eq!(MatmulKernel::choose(2048, 25, false), Tall);
-        assert_eq!(MatmulKernel::choose(2048, 512, false), Tall);
+        assert_eq!(MatmulKernel::choose(2048, 32, false), Tiled { bt: 32 });
+        assert_eq!(MatmulKernel::choose(2048, 40, false), Tiled { bt: 32 });
+        assert_eq!(MatmulKernel::choose(2048, 41, false), Tall { bn: 128 });
+        assert_eq!(MatmulKernel::choose(2048, 512, false), Tall { bn: 128 });
         // experts: the vector kernel only up to 5 expected rows; tall tiles from 25
         assert_eq!(MatmulKernel::choose(2048, 5, true), Vector);
         assert_eq!(MatmulKernel::choose(2048, 6, true), Tiled { bt: 16 });
         assert_eq!(MatmulKernel::choose(2048, 24, true), Tiled { bt: 32 });
-        assert_eq!(MatmulKernel::choose(2048, 32, true), Tall);
+        assert_eq!(MatmulKernel::choose(2048, 32, true), Tall { bn: 64 });
         // the vector kernel reads runs of 8: a row length off that takes a tile
         assert_eq!(MatmulKernel::choose(54, 1, false), Tiled { bt: 16 });
     }
@@ -663,9 +678,11 @@ mod tests {
         // enough output tiles: no split
         assert_eq!(Tiled { bt: 64 }.split_k(151_936, 512, 2048, sms), (1, 2048));
         // q_proj at T = 512: 4096 / 64 x 512 / 64 = 512 tiles, enough
-        assert_eq!(Tall.split_k(4096, 512, 2048, sms), (1, 2048));
+        assert_eq!(Tall { bn: 64 }.split_k(4096, 512, 2048, sms), (1, 2048));
+        assert_eq!(Tall { bn: 128 }.split_k(4096, 512, 2048, sms), (1, 2048));
         for (kernel, n, rows, k) in [
-            (Tall, 512, 512, 2048),             // k_proj at T = 512: 64 tiles
+            (Tall { bn: 64 }, 512, 512, 2048),  // k_proj at T = 512: 64 tiles
+            (Tall { bn: 128 }, 512, 512, 2048), // the same in 32 tiles of twice the work
             (Tiled { bt: 32 }, 2048, 32, 4096), // attn_out at T = 32: 16 tiles
             (Vector, 128, 4, 2048),             // a router at T = 4: 2 blocks
             (Tiled { bt: 16 }, 4, 5, 4096),     // the GPU tests' small matrices

@@ -95,25 +95,33 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
 #define ATT_CHUNK 32
 #define ATT_TILE_THREADS 256
 #define ATT_TILE_MAXD 128
+#define ATT_SM_KEEP 8
 
 // Column of tile row r at chunk position c in a transposed [chunk][64 + 4] stage: the XOR
 // (a multiple of 8, so float4 groups stay whole) spreads the four lanes that stage c = 8 p ..
 // of one row at the same time over different banks (as mm_swz in matmul.cu).
 __device__ __forceinline__ int att_swz(int r, int c) { return r ^ (((c >> 3) & 3) << 3); }
 
-// Stage rows [r0, r0 + 64) x columns [c0, c0 + 32) of a row-major source into S[c][row]
-// (transposed, padded to 68), zeros outside rows < nr and columns < nc: thread (r, p) copies
-// the 8 columns 8p.. of row r (a warp reads 8 rows x 128 contiguous bytes).
-__device__ __forceinline__ void att_stage_t(float* __restrict__ S, const float* __restrict__ src,
-                                            i64 row_stride, int nr, int c0, int nc) {
+// Staging rows [0, 64) x columns [c0, c0 + 32) of a row-major source into S[c][row]
+// (transposed, padded to 68), zeros outside rows < nr and columns < nc, in two steps so that a
+// kernel loads the next chunk into registers while it multiplies the current one: thread
+// (r, p) loads the 8 columns 8p.. of row r (a warp reads 8 rows x 128 contiguous bytes), then
+// stores them.
+__device__ __forceinline__ void att_load_t(float* __restrict__ v, const float* __restrict__ src,
+                                           i64 row_stride, int nr, int c0, int nc) {
     int r = threadIdx.x >> 2, p = threadIdx.x & 3;
     const float* row = src + (i64)r * row_stride;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
         int c = 8 * p + j;
-        float v = (r < nr && c0 + c < nc) ? row[c0 + c] : 0.0f;
-        S[c * (ATT_TILE + 4) + att_swz(r, c)] = v;
+        v[j] = (r < nr && c0 + c < nc) ? row[c0 + c] : 0.0f;
     }
+}
+
+__device__ __forceinline__ void att_store_t(float* __restrict__ S, const float* __restrict__ v) {
+    int r = threadIdx.x >> 2, p = threadIdx.x & 3;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) S[(8 * p + j) * (ATT_TILE + 4) + att_swz(r, 8 * p + j)] = v[j];
 }
 
 // probs[h, i, j] = (q_i . k_j) * scale for the visible keys of query tile blockIdx.x and key
@@ -139,11 +147,18 @@ extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS)
 #pragma unroll
         for (int b = 0; b < 4; ++b) acc[a][b] = 0.0f;
     }
+    float qv[8], kv[8];  // the next chunk, on its way from memory
+    att_load_t(qv, qsrc, (i64)nh * D, qn, 0, D);
+    att_load_t(kv, ksrc, (i64)nkv * D, kn, 0, D);
     for (int d0 = 0; d0 < D; d0 += ATT_CHUNK) {
         __syncthreads();  // the previous chunk is used up
-        att_stage_t(Qs, qsrc, (i64)nh * D, qn, d0, D);
-        att_stage_t(Ks, ksrc, (i64)nkv * D, kn, d0, D);
+        att_store_t(Qs, qv);
+        att_store_t(Ks, kv);
         __syncthreads();
+        if (d0 + ATT_CHUNK < D) {
+            att_load_t(qv, qsrc, (i64)nh * D, qn, d0 + ATT_CHUNK, D);
+            att_load_t(kv, ksrc, (i64)nkv * D, kn, d0 + ATT_CHUNK, D);
+        }
         auto step = [&](int dd) {
             float4 q4 = *(const float4*)&Qs[dd * (ATT_TILE + 4) + att_swz(4 * tq, dd)];
             float4 k4 = *(const float4*)&Ks[dd * (ATT_TILE + 4) + att_swz(4 * tk, dd)];
@@ -183,44 +198,55 @@ extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS)
 // softmax (max-subtracted, f64, rounded once) and exact zeros after. grid (T, nh), block 128.
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     attn_softmax_rows(float* __restrict__ probs, int T, int lookahead) {
-    __shared__ double red[ATT_THREADS];
+    __shared__ double red[ATT_THREADS / 32];
     int i = blockIdx.x, h = blockIdx.y;
     int end = last_key(i, T, lookahead) + 1;
     float* pr = probs + ((i64)h * T + i) * T;
-    // max over the visible keys (NaN propagates: a NaN score makes the row NaN, as on the CPU)
+    // max over the visible keys (a NaN score is dropped here but makes the sum, and so the
+    // row, NaN, as on the CPU); by warp butterflies, then over the warps
     float m = -INFINITY;
     for (int j = threadIdx.x; j < end; j += ATT_THREADS) m = fmaxf(m, pr[j]);
-    red[threadIdx.x] = (double)m;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = (double)m;
     __syncthreads();
-    for (int s = ATT_THREADS / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) red[threadIdx.x] = fmax(red[threadIdx.x], red[threadIdx.x + s]);
-        __syncthreads();
-    }
     double mx = red[0];
+#pragma unroll
+    for (int w = 1; w < ATT_THREADS / 32; ++w) mx = fmax(mx, red[w]);
     __syncthreads();
+    // the first ATT_SM_KEEP exponentials of each thread stay in registers for the division
+    // (f64 exp is the costly part; the sum takes them in the same order either way)
+    double kept[ATT_SM_KEEP];
     double part = 0.0;
-    for (int j = threadIdx.x; j < end; j += ATT_THREADS) part += exp((double)pr[j] - mx);
-    red[threadIdx.x] = part;
-    __syncthreads();
-    for (int s = ATT_THREADS / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
-        __syncthreads();
+#pragma unroll
+    for (int m = 0; m < ATT_SM_KEEP; ++m) {
+        int j = threadIdx.x + m * ATT_THREADS;
+        kept[m] = j < end ? exp((double)pr[j] - mx) : 0.0;
+        if (j < end) part += kept[m];
     }
-    double z = red[0];
-    for (int j = threadIdx.x; j < T; j += ATT_THREADS)
+    for (int j = threadIdx.x + ATT_SM_KEEP * ATT_THREADS; j < end; j += ATT_THREADS)
+        part += exp((double)pr[j] - mx);
+    double z = block_sum(part, red);  // ops.cu: fixed order
+#pragma unroll
+    for (int m = 0; m < ATT_SM_KEEP; ++m) {
+        int j = threadIdx.x + m * ATT_THREADS;
+        if (j < T) pr[j] = j < end ? (float)(kept[m] / z) : 0.0f;
+    }
+    for (int j = threadIdx.x + ATT_SM_KEEP * ATT_THREADS; j < T; j += ATT_THREADS)
         pr[j] = j < end ? (float)(exp((double)pr[j] - mx) / z) : 0.0f;
 }
 
 // ctx[i, h*D + d] = sum_{j <= last(i)} probs[h, i, j] * v[j, kh, d], keys ascending, for the
 // 64 queries of tile blockIdx.x. grid (ceil(T / 64), nh), block 256. Thread (tq, td) owns
 // queries i0 + 4 tq + a and outputs d = 4 td + c and 64 + 4 td + c.
-extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS)
+extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS, 2)
     attn_ctx_tiled(const float* __restrict__ probs, const float* __restrict__ v,
                    float* __restrict__ ctx, int T, int nh, int nkv, int D, int lookahead) {
     constexpr int vp = ATT_TILE_MAXD + 4;
     __shared__ __align__(16) float Ps[ATT_CHUNK * (ATT_TILE + 4)];  // Ps[key][query]
     __shared__ __align__(16) float Vs[ATT_CHUNK * vp];              // Vs[key][d]
-    int i0 = blockIdx.x * ATT_TILE, h = blockIdx.y;
+    // the last query tiles see the most keys: they start first
+    int i0 = (gridDim.x - 1 - blockIdx.x) * ATT_TILE, h = blockIdx.y;
     int kh = h / max(nh / nkv, 1);
     int qn = min(ATT_TILE, T - i0);
     int td = threadIdx.x & 15, tq = threadIdx.x >> 4;
@@ -241,16 +267,30 @@ extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS)
         for (int c = 0; c < 8; ++c) acc[a][c] = 0.0f;
     }
     const float* psrc = probs + ((i64)h * T + i0) * T;
+    // the next chunk, on its way from memory: P as att_load_t; V rows j0 .. j0 + 31, d < 128
+    // (zeros past T and D), a warp per 32 values of a row
+    constexpr int vn = ATT_CHUNK * ATT_TILE_MAXD / ATT_TILE_THREADS;
+    float pv[8], vv[vn];
+    auto load = [&](int j0) {
+        att_load_t(pv, psrc, T, qn, j0, T);
+#pragma unroll
+        for (int m = 0; m < vn; ++m) {
+            int x = threadIdx.x + m * ATT_TILE_THREADS;
+            int r = x / ATT_TILE_MAXD, d = x % ATT_TILE_MAXD;
+            vv[m] = (j0 + r < T && d < D) ? v[((i64)(j0 + r) * nkv + kh) * D + d] : 0.0f;
+        }
+    };
+    load(0);
     for (int j0 = 0; j0 <= tile_last; j0 += ATT_CHUNK) {
         __syncthreads();  // the previous chunk is used up
-        att_stage_t(Ps, psrc, T, qn, j0, T);
-        // V rows j0 .. j0 + 31, d < 128 (zeros past T and D), a warp per 32 values of a row
+        att_store_t(Ps, pv);
 #pragma unroll
-        for (int x = threadIdx.x; x < ATT_CHUNK * ATT_TILE_MAXD; x += ATT_TILE_THREADS) {
-            int r = x / ATT_TILE_MAXD, d = x % ATT_TILE_MAXD;
-            Vs[r * vp + d] = (j0 + r < T && d < D) ? v[((i64)(j0 + r) * nkv + kh) * D + d] : 0.0f;
+        for (int m = 0; m < vn; ++m) {
+            int x = threadIdx.x + m * ATT_TILE_THREADS;
+            Vs[(x / ATT_TILE_MAXD) * vp + x % ATT_TILE_MAXD] = vv[m];
         }
         __syncthreads();
+        if (j0 + ATT_CHUNK <= tile_last) load(j0 + ATT_CHUNK);
         int jn = min(ATT_CHUNK, tile_last - j0 + 1);
         bool open = j0 + jn - 1 <= first_last;  // no key of the chunk is masked for any query
         auto step = [&](int jj) {

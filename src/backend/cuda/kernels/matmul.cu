@@ -175,8 +175,8 @@ __device__ __forceinline__ void matmul_tile(const u8* __restrict__ W, i64 row_by
     }
 }
 
-// matmult_<type> (tall tiles, for full tiles of long prompts and for experts): 64 rows x 64
-// features per block of 128 threads, each thread 4 features x 8 rows (two groups of 4 rows, 32
+// matmult_<type>_<BN> (tall tiles, for full tiles of long prompts and for experts): 64 rows x
+// BN features (64 or 128) per block of 2 BN threads, each thread 4 features x 8 rows (two groups of 4 rows, 32
 // apart). Per k step a warp reads three float4 (4 shared-memory wavefronts) for 32 FMA, where
 // the 4 x 4 kernels read two (3 wavefronts) for 16 and are bound by shared-memory bandwidth
 // (H100: L1/shared pipe 89% busy, FMA 38%). An expert has about 32 rows at long prompts: in
@@ -190,7 +190,7 @@ __device__ __forceinline__ void matmul_tile(const u8* __restrict__ W, i64 row_by
 #define MT_MIN_BLOCKS 4
 #endif
 
-template <int TY>
+template <int TY, int BN>
 __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 row_bytes,
                                                  i64 expert_bytes, const float* __restrict__ X,
                                                  float* __restrict__ Y, int N, int K, int T,
@@ -199,7 +199,9 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
                                                  const int* __restrict__ in_rows, int swap_a,
                                                  int swap_b, int kspan, int t0) {
     extern __shared__ __align__(16) float mm_smem[];
-    constexpr int bt = 64, bn = 64;
+    constexpr int bt = 64, bn = BN;
+    constexpr int lrows = BN / 2;     // loading rows: threads / 4
+    constexpr int xrows = 128 / BN;   // input rows a loading thread stages
     constexpr int wp = bn + 4, xp = bt + 4;
     float* Ws = mm_smem;               // [MM_BK][wp], Ws[k][feature]
     float* Xs = mm_smem + MM_BK * wp;  // [MM_BK][xp], Xs[k][row]
@@ -215,12 +217,13 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
     const u8* mat = W + (i64)we * expert_bytes;
     int tid = threadIdx.x;
     // loading: lane p = tid % 4 decodes values 8p..8p+7 of the chunk for features lr and
-    // lr + 32, and loads the same values of input rows lr and lr + 32 (when < nt), lr = tid / 4
+    // lr + lrows, and loads the same values of input rows lr + lrows h (h < xrows, when < nt),
+    // lr = tid / 4
     int p = tid & 3, lr = tid >> 2;
-    const float* xrow[2];
+    const float* xrow[xrows];
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        int r = lr + 32 * h;
+    for (int h = 0; h < xrows; ++h) {
+        int r = lr + lrows * h;
         xrow[h] = 0;
         if (r < nt) {
             int src = in_rows ? in_rows[off + t0 + r] : off + t0 + r;
@@ -228,9 +231,10 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
         }
     }
     bool kvec = (K & 3) == 0 && ((unsigned long long)X & 15) == 0;
-    // computing: thread (tn, tt) owns features n0 + 4 tn + i and rows 4 tt + j (group 0) and
-    // 32 + 4 tt + j (group 1); a warp's two tt cover 8 consecutive rows of each group
-    int tn = tid & 15, tt = tid >> 4;
+    // computing: thread (tn, tt) owns features n0 + fo + 4 tn + i and rows 4 tt + j (group 0)
+    // and 32 + 4 tt + j (group 1); a warp's two tt cover 8 consecutive rows of each group, the
+    // warps past the first four the next 64 features (fo = 64)
+    int tn = tid & 15, tt = (tid >> 4) & 7, fo = (tid >> 7) * 64;
     bool act0 = 8 * (tt >> 1) < nt, act1 = 32 + 8 * (tt >> 1) < nt;  // uniform over the warp
     float acc[2][4][4];
 #pragma unroll
@@ -243,17 +247,17 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
     }
     Run8<TY> run[2];
     bool whole[2];
-    float xv[2][8];
+    float xv[xrows][8];
     auto fetch = [&](int k0) {
         int kp = k0 + 8 * p;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-            int n = n0 + lr + 32 * i;
+            int n = n0 + lr + lrows * i;
             whole[i] = n < N && kp + 8 <= kend;
             if (whole[i]) run[i].load(mat + (i64)n * row_bytes, kp);
         }
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
+        for (int h = 0; h < xrows; ++h) {
             if (xrow[h] && kvec && kp + 8 <= kend) {
                 float4 a = *(const float4*)(xrow[h] + kp), b = *(const float4*)(xrow[h] + kp + 4);
                 xv[h][0] = a.x, xv[h][1] = a.y, xv[h][2] = a.z, xv[h][3] = a.w;
@@ -269,7 +273,7 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
         int kp = k0 + 8 * p;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-            int r = lr + 32 * i, n = n0 + r;
+            int r = lr + lrows * i, n = n0 + r;
             float v[8];
             if (whole[i]) {
                 run[i].decode(v);
@@ -283,10 +287,10 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
             for (int j = 0; j < 8; ++j) Ws[(8 * p + j) * wp + mm_swz(r, 8 * p + j, bn)] = v[j];
         }
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
+        for (int h = 0; h < xrows; ++h) {
 #pragma unroll
             for (int j = 0; j < 8; ++j)
-                Xs[(8 * p + j) * xp + mm_swz(lr + 32 * h, 8 * p + j, bt)] = xv[h][j];
+                Xs[(8 * p + j) * xp + mm_swz(lr + lrows * h, 8 * p + j, bt)] = xv[h][j];
         }
     };
     fetch(kbeg);
@@ -298,7 +302,7 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
         if (act1) {
 #pragma unroll
             for (int kk = 0; kk < MM_BK; ++kk) {
-                float4 w4 = *(const float4*)&Ws[kk * wp + mm_swz(4 * tn, kk, bn)];
+                float4 w4 = *(const float4*)&Ws[kk * wp + mm_swz(fo + 4 * tn, kk, bn)];
                 float4 xa = *(const float4*)&Xs[kk * xp + mm_swz(4 * tt, kk, bt)];
                 float4 xb = *(const float4*)&Xs[kk * xp + mm_swz(32 + 4 * tt, kk, bt)];
                 float wv[4] = {w4.x, w4.y, w4.z, w4.w};
@@ -316,7 +320,7 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
         } else if (act0) {
 #pragma unroll
             for (int kk = 0; kk < MM_BK; ++kk) {
-                float4 w4 = *(const float4*)&Ws[kk * wp + mm_swz(4 * tn, kk, bn)];
+                float4 w4 = *(const float4*)&Ws[kk * wp + mm_swz(fo + 4 * tn, kk, bn)];
                 float4 xa = *(const float4*)&Xs[kk * xp + mm_swz(4 * tt, kk, bt)];
                 float wv[4] = {w4.x, w4.y, w4.z, w4.w};
                 float xq[4] = {xa.x, xa.y, xa.z, xa.w};
@@ -342,7 +346,7 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
             float* y = Y + (i64)(off + t0 + t) * N;
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                int n = n0 + 4 * tn + i;
+                int n = n0 + fo + 4 * tn + i;
                 if (n < N) y[n] = acc[g][i][j];
             }
         }
@@ -467,19 +471,24 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
                                 in_rows, swap_a, swap_b, kspan, t0);                            \
     }
 
+#define TALL_KERNEL(NAME, TY, BN)                                                               \
+    extern "C" __global__ void __launch_bounds__(2 * BN, MT_MIN_BLOCKS * 64 / BN)              \
+        matmult_##NAME##_##BN(const u8* W, i64 row_bytes, i64 expert_bytes, const float* X,    \
+                              float* Y, int N, int K, int T, const int* counts,                \
+                              const int* offsets, const int* in_rows, int swap_a, int swap_b,  \
+                              int kspan) {                                                      \
+        int cnt = counts ? counts[blockIdx.z] : T;                                              \
+        for (int t0 = blockIdx.y * 64; t0 < cnt; t0 += gridDim.y * 64)                          \
+            matmul_tall_tile<TY, BN>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts,        \
+                                     offsets, in_rows, swap_a, swap_b, kspan, t0);              \
+    }
+
 #define MATMUL_KERNELS(NAME, TY)                                                                \
     TILED_KERNEL(NAME, TY, 16)                                                                  \
     TILED_KERNEL(NAME, TY, 32)                                                                  \
     TILED_KERNEL(NAME, TY, 64)                                                                  \
-    extern "C" __global__ void __launch_bounds__(128, MT_MIN_BLOCKS)                          \
-        matmult_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* X, float* Y, \
-                       int N, int K, int T, const int* counts, const int* offsets,              \
-                       const int* in_rows, int swap_a, int swap_b, int kspan) {                 \
-        int cnt = counts ? counts[blockIdx.z] : T;                                              \
-        for (int t0 = blockIdx.y * 64; t0 < cnt; t0 += gridDim.y * 64)                          \
-            matmul_tall_tile<TY>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets,   \
-                                 in_rows, swap_a, swap_b, kspan, t0);                           \
-    }                                                                                           \
+    TALL_KERNEL(NAME, TY, 64)                                                                   \
+    TALL_KERNEL(NAME, TY, 128)                                                                  \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         matmulv_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* X, float* Y, \
                        int N, int K, int T, const int* counts, const int* offsets,              \

@@ -8,16 +8,17 @@
 
 #define RED_THREADS 128
 
-// Sum of `v` over the block (blockDim.x == RED_THREADS), the same tree every run. All threads
-// get the total. `red` is RED_THREADS doubles of shared memory.
+// Sum of `v` over the block (blockDim.x == RED_THREADS), the same order every run: each warp
+// by a fixed xor butterfly, then the warps' sums in warp order. All threads get the total.
+// `red` is RED_THREADS / 32 doubles of shared memory.
 __device__ __forceinline__ double block_sum(double v, double* red) {
-    red[threadIdx.x] = v;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
     __syncthreads();
-    for (int s = RED_THREADS / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) red[threadIdx.x] += red[threadIdx.x + s];
-        __syncthreads();
-    }
     double total = red[0];
+#pragma unroll
+    for (int w = 1; w < RED_THREADS / 32; ++w) total += red[w];
     __syncthreads();
     return total;
 }
@@ -26,7 +27,7 @@ __device__ __forceinline__ double block_sum(double v, double* red) {
 extern "C" __global__ void __launch_bounds__(RED_THREADS)
     rms_norm(const float* __restrict__ x, const float* __restrict__ g, float* __restrict__ y,
              int n, float eps) {
-    __shared__ double red[RED_THREADS];
+    __shared__ double red[RED_THREADS / 32];
     const float* xr = x + (i64)blockIdx.x * n;
     float* yr = y + (i64)blockIdx.x * n;
     double ss = 0.0;
@@ -37,20 +38,32 @@ extern "C" __global__ void __launch_bounds__(RED_THREADS)
         yr[i] = (float)((double)xr[i] * inv * (double)g[i]);
 }
 
-// RoPE over x [T, heads, D] (position = token index), out of place. inv_freq_j =
-// theta^(-2j/D), angle = pos * inv_freq_j, all in f64. NeoX pairs (j, j + D/2); the planted
-// rope_pair_swap pairs adjacent dimensions (2j, 2j+1) with the same angle index j.
-extern "C" __global__ void rope(const float* __restrict__ x, float* __restrict__ y, int T,
-                                int heads, int D, float theta, int adjacent) {
+// RoPE angles, once per forward for every layer's q and k: tab[pos, j] = (cos a, sin a) with
+// a = pos * inv_freq_j, inv_freq_j = theta^(-2j/D), all in f64 (the costly part of RoPE).
+extern "C" __global__ void rope_table(double2* __restrict__ tab, int T, int D, float theta) {
+    int half = D / 2;
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (i64)T * half) return;
+    int j = (int)(i % half), pos = (int)(i / half);
+    double inv = pow((double)theta, -(double)(2 * j) / (double)D);
+    double a = (double)pos * inv;
+    tab[i] = make_double2(cos(a), sin(a));
+}
+
+// RoPE over x [T, heads, D] (position = token index), out of place, with the angles of
+// rope_table. NeoX pairs (j, j + D/2); the planted rope_pair_swap pairs adjacent dimensions
+// (2j, 2j+1) with the same angle index j.
+extern "C" __global__ void rope(const float* __restrict__ x, float* __restrict__ y,
+                                const double2* __restrict__ tab, int T, int heads, int D,
+                                int adjacent) {
     int half = D / 2;
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (i64)T * heads * half) return;
     int j = (int)(i % half);
     i64 th = i / half;
     int pos = (int)(th / heads);
-    double inv = pow((double)theta, -(double)(2 * j) / (double)D);
-    double a = (double)pos * inv;
-    double c = cos(a), s = sin(a);
+    double2 cs = tab[(i64)pos * half + j];
+    double c = cs.x, s = cs.y;
     i64 base = th * D;
     i64 i1 = adjacent ? base + 2 * j : base + j;
     i64 i2 = adjacent ? base + 2 * j + 1 : base + j + half;
