@@ -12,6 +12,7 @@
 #define __restrict__ __restrict
 #undef INFINITY  // common.cuh defines its own (NVRTC has no math.h)
 
+struct uint2 { unsigned x, y; };
 static float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
 static float __int_as_float(int u) { float f; std::memcpy(&f, &u, 4); return f; }
 static unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }

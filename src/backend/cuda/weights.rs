@@ -365,11 +365,13 @@ const VECTOR_MAX_ROWS_GROUPED: usize = 5;
 /// A split-K slice covers at least this many k values (so a split still streams whole
 /// K-quant blocks, and the partial sums stay few).
 const MIN_SPLIT_K: usize = 256;
+/// Plain matmuls with at least this many outputs take 128-feature tall tiles.
+const WIDE_TALL_MIN_OUTPUTS: usize = 2048;
 
 impl MatmulKernel {
-    /// The kernel for a matmul over `k` inputs whose matrices each expect `expected` rows (a
-    /// plain matmul: all of them; grouped experts: the average).
-    pub fn choose(k: usize, expected: usize, grouped: bool) -> Self {
+    /// The kernel for a matmul of `n` outputs over `k` inputs whose matrices each expect
+    /// `expected` rows (a plain matmul: all of them; grouped experts: the average).
+    pub fn choose(k: usize, n: usize, expected: usize, grouped: bool) -> Self {
         let vector_max = if grouped {
             VECTOR_MAX_ROWS_GROUPED
         } else {
@@ -381,15 +383,17 @@ impl MatmulKernel {
         // the tall tiles (4 x 8 a thread, 64 rows; see kernels/matmul.cu for the numbers):
         // experts from 25 rows (a warp skips its second row group where an expert's rows
         // end), 64 features wide (128: 3% slower there); plain matmuls from 41 rows, 128
-        // features wide (the input tile serves twice the outputs: H200, 30B-A3B at T = 512,
-        // lm_head 9.6 ms against 10.1). Fewer rows: the 4 x 4 kernels' row tile that the rows
+        // features wide from 2048 outputs (the input tile serves twice the outputs: H200,
+        // 30B-A3B at T = 512, lm_head 9.6 ms against 10.1; narrower matrices such as k_proj
+        // fill the card better with 64: 59 against 51 µs a layer). Fewer rows: the 4 x 4 kernels' row tile that the rows
         // fill at least halfway on average (at 32 plain rows 3% faster than a tall tile:
         // T = 32 lm_head)
         if grouped && expected > 24 {
             return MatmulKernel::Tall { bn: 64 };
         }
         if expected > 40 {
-            return MatmulKernel::Tall { bn: 128 };
+            let bn = if n >= WIDE_TALL_MIN_OUTPUTS { 128 } else { 64 };
+            return MatmulKernel::Tall { bn };
         }
         MatmulKernel::Tiled {
             bt: if expected > 12 { 32 } else { 16 },
@@ -549,7 +553,7 @@ impl MatmulCall<'_> {
             None => self.rows,
         };
         let grouped = self.groups.is_some();
-        let chosen = MatmulKernel::choose(self.w.cols, expected, grouped);
+        let chosen = MatmulKernel::choose(self.w.cols, self.w.rows, expected, grouped);
         let overrides = kernel_overrides();
         let forced = if grouped { overrides.1 } else { overrides.0 };
         match forced {
@@ -648,20 +652,35 @@ mod tests {
     #[test]
     fn kernel_choice_follows_the_rows_a_matrix_expects() {
         // plain matmuls: the vector kernel up to 8 rows, then the row tile they fill halfway
-        assert_eq!(MatmulKernel::choose(2048, 1, false), Vector);
-        assert_eq!(MatmulKernel::choose(2048, 8, false), Vector);
-        assert_eq!(MatmulKernel::choose(2048, 9, false), Tiled { bt: 16 });
-        assert_eq!(MatmulKernel::choose(2048, 32, false), Tiled { bt: 32 });
-        assert_eq!(MatmulKernel::choose(2048, 40, false), Tiled { bt: 32 });
-        assert_eq!(MatmulKernel::choose(2048, 41, false), Tall { bn: 128 });
-        assert_eq!(MatmulKernel::choose(2048, 512, false), Tall { bn: 128 });
+        assert_eq!(MatmulKernel::choose(2048, 4096, 1, false), Vector);
+        assert_eq!(MatmulKernel::choose(2048, 4096, 8, false), Vector);
+        assert_eq!(MatmulKernel::choose(2048, 4096, 9, false), Tiled { bt: 16 });
+        assert_eq!(
+            MatmulKernel::choose(2048, 4096, 32, false),
+            Tiled { bt: 32 }
+        );
+        assert_eq!(
+            MatmulKernel::choose(2048, 4096, 40, false),
+            Tiled { bt: 32 }
+        );
+        assert_eq!(
+            MatmulKernel::choose(2048, 4096, 41, false),
+            Tall { bn: 128 }
+        );
+        assert_eq!(
+            MatmulKernel::choose(2048, 4096, 512, false),
+            Tall { bn: 128 }
+        );
+        // narrow matrices (k_proj, a router) fill the card better with 64-feature tiles
+        assert_eq!(MatmulKernel::choose(2048, 512, 512, false), Tall { bn: 64 });
+        assert_eq!(MatmulKernel::choose(2048, 128, 512, false), Tall { bn: 64 });
         // experts: the vector kernel only up to 5 expected rows; tall tiles from 25
-        assert_eq!(MatmulKernel::choose(2048, 5, true), Vector);
-        assert_eq!(MatmulKernel::choose(2048, 6, true), Tiled { bt: 16 });
-        assert_eq!(MatmulKernel::choose(2048, 24, true), Tiled { bt: 32 });
-        assert_eq!(MatmulKernel::choose(2048, 32, true), Tall { bn: 64 });
+        assert_eq!(MatmulKernel::choose(2048, 4096, 5, true), Vector);
+        assert_eq!(MatmulKernel::choose(2048, 4096, 6, true), Tiled { bt: 16 });
+        assert_eq!(MatmulKernel::choose(2048, 4096, 24, true), Tiled { bt: 32 });
+        assert_eq!(MatmulKernel::choose(2048, 4096, 32, true), Tall { bn: 64 });
         // the vector kernel reads runs of 8: a row length off that takes a tile
-        assert_eq!(MatmulKernel::choose(54, 1, false), Tiled { bt: 16 });
+        assert_eq!(MatmulKernel::choose(54, 4096, 1, false), Tiled { bt: 16 });
     }
 
     #[test]
