@@ -384,10 +384,10 @@ impl MatmulKernel {
         // experts from 25 rows (a warp skips its second row group where an expert's rows
         // end), 64 features wide (128: 3% slower there); plain matmuls from 41 rows, 128
         // features wide from 2048 outputs (the input tile serves twice the outputs: H200,
-        // 30B-A3B at T = 512, lm_head 9.6 ms against 10.1; narrower matrices such as k_proj
-        // fill the card better with 64: 59 against 51 µs a layer). Fewer rows: the 4 x 4 kernels' row tile that the rows
-        // fill at least halfway on average (at 32 plain rows 3% faster than a tall tile:
-        // T = 32 lm_head)
+        // 30B-A3B at T = 512, lm_head 9.6 ms against 10.1), 64 below (more blocks on the
+        // card: k_proj 48 against 59 µs a layer). Fewer rows: the 4 x 4 kernels' row tile
+        // that the rows fill at least halfway on average (at 32 plain rows 3% faster than a
+        // tall tile: T = 32 lm_head).
         if grouped && expected > 24 {
             return MatmulKernel::Tall { bn: 64 };
         }
@@ -400,8 +400,9 @@ impl MatmulKernel {
         }
     }
 
-    /// A kernel by its short name (`vector`, `tiled16`, `tiled32`, `tiled64`, `tall64`, `tall128`): the `FALSIFIER_CUDA_{PLAIN,EXPERT}_KERNEL` overrides, for timing one kernel
-    /// against another.
+    /// A kernel by its short name (`vector`, `tiled16`, `tiled32`, `tiled64`, `tall64`,
+    /// `tall128`), as the `FALSIFIER_CUDA_{PLAIN,EXPERT}_KERNEL` overrides name them, for
+    /// timing one kernel against another.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.short_name() == name)
     }

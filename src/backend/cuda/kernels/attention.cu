@@ -86,7 +86,9 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
 // shared-memory loads per FMA. These are register-tiled like the 4 x 4 matmuls (matmul.cu):
 // operands staged through shared memory in chunks of 32 along the sum, transposed so that a
 // thread reads four rows as one float4, each thread owning 4 x 4 (scores) or 4 x 8 (context)
-// outputs. Same results rule as above: a score is one f32 FMA chain in d order, the softmax
+// outputs, the next chunk on its way into registers while the current one is multiplied
+// (H200, 30B-A3B shape at T = 512: scores 1.12 -> 0.24 ms and context 0.85 -> 0.37 ms per 4
+// layers against 32 x 32 tiles with scalar loads). Same results rule as above: a score is one f32 FMA chain in d order, the softmax
 // runs in f64 (attn_softmax_rows), and attn_ctx_tiled sums p * v over the visible keys in
 // ascending key order with the same FMA chain as attn_ctx, so its output equals attn_ctx's bit
 // for bit.

@@ -176,16 +176,18 @@ __device__ __forceinline__ void matmul_tile(const u8* __restrict__ W, i64 row_by
 }
 
 // matmult_<type>_<BN> (tall tiles, for full tiles of long prompts and for experts): 64 rows x
-// BN features (64 or 128) per block of 2 BN threads, each thread 4 features x 8 rows (two groups of 4 rows, 32
-// apart). Per k step a warp reads three float4 (4 shared-memory wavefronts) for 32 FMA, where
-// the 4 x 4 kernels read two (3 wavefronts) for 16 and are bound by shared-memory bandwidth
-// (H100: L1/shared pipe 89% busy, FMA 38%). An expert has about 32 rows at long prompts: in
-// the 4 x 4 kernel's 64-row tile half the warps then wait at the barriers; here every warp has
-// rows in the first group, and a warp skips its second group when it is past the expert's
-// rows. 127 registers, four blocks a multiprocessor. H200, 30B-A3B shape at T = 512, against
-// the 4 x 4 kernel's 64-row tiles: expert gate 0.73 ms a layer (0.85), q_proj 0.28 (0.38),
-// lm_head 9.8 ms (13.1); an 8 x 8 tile a thread (64 x 128, no room left for the prefetch)
-// was slower than both on experts and between them on the rest.
+// BN features (64 or 128) per block of 2 BN threads, each thread 4 features x 8 rows (two
+// groups of 4 rows, 32 apart). Per k step a warp reads three float4 (4 shared-memory
+// wavefronts) for 32 FMA, where the 4 x 4 kernels read two (3 wavefronts) for 16 and are bound
+// by shared-memory bandwidth (H100: L1/shared pipe 89% busy, FMA 38%). An expert has about 32
+// rows at long prompts: in the 4 x 4 kernel's 64-row tile half the warps then wait at the
+// barriers; here every warp has rows in the first group, and a warp skips its second group
+// when it is past the expert's rows. ~127 registers: 16 warps a multiprocessor either way.
+// H200, 30B-A3B shape at T = 512, against the 4 x 4 kernel's 64-row tiles: expert gate 0.73 ms
+// a layer (0.85), q_proj 0.28 (0.38), lm_head 9.8 ms (13.1). An 8 x 8 tile a thread (64 x
+// 128, no registers left for the prefetch) was slower than both on experts and between them
+// on the rest; BN = 128 shares each input tile between twice the outputs, which pays where
+// the matrix is wide enough to fill the card with such blocks (the host's choice).
 #ifndef MT_MIN_BLOCKS
 #define MT_MIN_BLOCKS 4
 #endif
@@ -230,6 +232,7 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
             xrow[h] = X + (i64)src * K;
         }
     }
+    // input rows that start 16-byte aligned take float4 loads
     bool kvec = (K & 3) == 0 && ((unsigned long long)X & 15) == 0;
     // computing: thread (tn, tt) owns features n0 + fo + 4 tn + i and rows 4 tt + j (group 0)
     // and 32 + 4 tt + j (group 1); a warp's two tt cover 8 consecutive rows of each group, the
