@@ -322,6 +322,26 @@ fn planted_faults_first_diverge_at_their_stage() {
     }
 }
 
+/// gguf-py's vectors for one block type (fixtures/quant-vectors.safetensors): the raw blocks
+/// and their dequantized values.
+fn gguf_py_vectors(ty: GgmlType) -> (Vec<u8>, Vec<f32>) {
+    let bytes = std::fs::read(fixture("quant-vectors.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let raw = st
+        .tensor(&format!("{}.raw", ty.name()))
+        .unwrap()
+        .data()
+        .to_vec();
+    let vals = st
+        .tensor(&format!("{}.f32", ty.name()))
+        .unwrap()
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (raw, vals)
+}
+
 /// Upload `raw` blocks of `ty` as a `rows x cols` matrix.
 fn matrix(dev: &Device, ty: GgmlType, raw: &[u8], rows: usize, cols: usize) -> DeviceMatrix {
     let dims = [cols as u64, rows as u64];
@@ -428,8 +448,6 @@ fn device_decoders_match_gguf_py() {
     let Some(dev) = skip_if_no_device(Device::open(0)) else {
         return;
     };
-    let bytes = std::fs::read(fixture("quant-vectors.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     for ty in [
         GgmlType::F16,
         GgmlType::BF16,
@@ -442,13 +460,7 @@ fn device_decoders_match_gguf_py() {
         GgmlType::Q5_K,
         GgmlType::Q6_K,
     ] {
-        let raw = st.tensor(&format!("{}.raw", ty.name())).unwrap();
-        let want = st.tensor(&format!("{}.f32", ty.name())).unwrap();
-        let want: Vec<f32> = want
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let (raw, want) = gguf_py_vectors(ty);
         let n = want.len();
         // a few rows of whole blocks (F16/BF16 vectors have an odd count: 3 rows or 1)
         let rows = [4, 3, 1]
@@ -456,7 +468,7 @@ fn device_decoders_match_gguf_py() {
             .find(|r| n.is_multiple_of(*r) && (n / r).is_multiple_of(ty.block_values()))
             .unwrap();
         let cols = n / rows;
-        let m = matrix(&dev, ty, raw.data(), rows, cols);
+        let m = matrix(&dev, ty, &raw, rows, cols);
         // gather every row: bitwise equal to gguf-py
         let ids: Vec<i32> = (0..rows as i32).collect();
         let ids_d = dev.upload(&ids, "ids").unwrap();
@@ -502,21 +514,13 @@ fn wide_matmuls_cover_every_tile_position() {
     let Some(dev) = skip_if_no_device(Device::open(0)) else {
         return;
     };
-    let bytes = std::fs::read(fixture("quant-vectors.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     for ty in [
         GgmlType::Q4_K,
         GgmlType::Q6_K,
         GgmlType::Q8_0,
         GgmlType::F16,
     ] {
-        let raw = st.tensor(&format!("{}.raw", ty.name())).unwrap().data();
-        let want = st.tensor(&format!("{}.f32", ty.name())).unwrap();
-        let vals: Vec<f32> = want
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let (raw, vals) = gguf_py_vectors(ty);
         let (bv, bb) = (ty.block_values(), ty.block_bytes());
         let blocks = vals.len() / bv;
         // 512 inputs (two K-quant blocks, 16 Q8_0 blocks), 200 outputs
@@ -549,9 +553,7 @@ fn q6k_as_q4k_kernel_matches_cpu_fault_decoder() {
     let Some(dev) = skip_if_no_device(Device::open(0)) else {
         return;
     };
-    let bytes = std::fs::read(fixture("quant-vectors.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let raw = st.tensor("Q6_K.raw").unwrap().data().to_vec();
+    let (raw, _) = gguf_py_vectors(GgmlType::Q6_K);
     let (rows, cols) = (4, 4096);
     let row_bytes = raw.len() / rows;
     let mut want = vec![0f32; rows * cols];
@@ -591,16 +593,8 @@ fn grouped_matmul_kernels_match_host() {
     let Some(dev) = skip_if_no_device(Device::open(0)) else {
         return;
     };
-    let bytes = std::fs::read(fixture("quant-vectors.safetensors")).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
-        let raw = st.tensor(&format!("{}.raw", ty.name())).unwrap().data();
-        let want = st.tensor(&format!("{}.f32", ty.name())).unwrap();
-        let wv: Vec<f32> = want
-            .data()
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
+        let (raw, wv) = gguf_py_vectors(ty);
         // 4 experts of 2 rows (outputs) each, over cols inputs
         let (mats, n) = (4, 2);
         let cols = wv.len() / (mats * n);
@@ -623,7 +617,7 @@ fn grouped_matmul_kernels_match_host() {
             name: "experts",
             ty,
             dims: &[cols as u64, n as u64, mats as u64],
-            bytes: raw,
+            bytes: &raw,
         };
         let m = DeviceMatrix::upload(&dev, &host_tensor, cols, n, mats).unwrap();
         for swap in [(0, 0), (1, 3)] {

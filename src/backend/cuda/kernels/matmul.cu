@@ -49,6 +49,71 @@ __device__ __forceinline__ int mm_swz(int r, int k, int width) {
     return r ^ ((((k >> 3) & 3) << 3) & (width - 1));
 }
 
+// What one block of a matmul launch works on: matrix z (an expert, with counts; or K split z
+// of a plain matmul), its rows [off + t0, off + t0 + nt), k in [kbeg, kend), output rows of
+// its split's slice of Y.
+struct MmBlock {
+    int off, nt, kbeg, kend;
+    const u8* mat;
+    float* Y;
+};
+
+__device__ __forceinline__ MmBlock mm_block(const u8* W, i64 expert_bytes, float* Y, int N, int K,
+                                            int T, const int* counts, const int* offsets,
+                                            int swap_a, int swap_b, int kspan, int t0, int bt) {
+    int e = counts ? blockIdx.z : 0;
+    int split = counts ? 0 : blockIdx.z;
+    int cnt = counts ? counts[e] : T;
+    MmBlock b;
+    b.off = offsets ? offsets[e] : 0;
+    b.nt = min(bt, cnt - t0);
+    b.kbeg = split * kspan;
+    b.kend = min(K, b.kbeg + kspan);
+    b.Y = Y + (i64)split * T * N;
+    // planted expert_swap: tokens routed to a run through b's weights, and the other way round
+    int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+    b.mat = W + (i64)we * expert_bytes;
+    return b;
+}
+
+// The input row of tile row r (the token gather of expert dispatch through in_rows), or null
+// past the tile's rows.
+__device__ __forceinline__ const float* mm_xrow(const float* X, int K, const int* in_rows,
+                                                const MmBlock& b, int t0, int r) {
+    if (r >= b.nt) return 0;
+    int g = b.off + t0 + r;
+    return X + (i64)(in_rows ? in_rows[g] : g) * K;
+}
+
+// Inputs kp .. kp + 7 of a row (zeros past kend, or for a null row); float4 loads when the
+// rows start 16-byte aligned (kvec) and the 8 are whole.
+__device__ __forceinline__ void mm_load_x8(const float* __restrict__ xrow, bool kvec, int kp,
+                                           int kend, float* __restrict__ xv) {
+    if (xrow && kvec && kp + 8 <= kend) {
+        float4 a = *(const float4*)(xrow + kp), b = *(const float4*)(xrow + kp + 4);
+        xv[0] = a.x, xv[1] = a.y, xv[2] = a.z, xv[3] = a.w;
+        xv[4] = b.x, xv[5] = b.y, xv[6] = b.z, xv[7] = b.w;
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) xv[j] = (xrow && kp + j < kend) ? xrow[kp + j] : 0.0f;
+    }
+}
+
+// Weights kp .. kp + 7 of feature n: the fetched run, or, for a run cut by the end of K or N
+// (only float types with K % 8 != 0, and the last features), value by value with zeros past.
+template <int TY>
+__device__ __forceinline__ void mm_decode_run(const Run8<TY>& run, bool whole, const u8* mat,
+                                              i64 row_bytes, int n, int N, int kp, int kend,
+                                              float* __restrict__ v) {
+    if (whole) {
+        run.decode(v);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+            v[j] = (n < N && kp + j < kend) ? dq<TY>(mat + (i64)n * row_bytes, kp + j) : 0.0f;
+    }
+}
+
 template <int TY, int bt>
 __device__ __forceinline__ void matmul_tile(const u8* __restrict__ W, i64 row_bytes,
                                             i64 expert_bytes, const float* __restrict__ X,
@@ -64,27 +129,19 @@ __device__ __forceinline__ void matmul_tile(const u8* __restrict__ W, i64 row_by
     constexpr int wp = bn + 4, xp = bt + 4;  // +4: float4-aligned rows on shifted banks
     float* Ws = mm_smem;           // [MM_BK][wp], transposed: Ws[k][feature]
     float* Xs = mm_smem + MM_BK * wp;  // [MM_BK][xp], Xs[k][row]
-    int e = counts ? blockIdx.z : 0;
-    int split = counts ? 0 : blockIdx.z;
-    int cnt = counts ? counts[e] : T;
-    int off = offsets ? offsets[e] : 0;
+    MmBlock b = mm_block(W, expert_bytes, Y, N, K, T, counts, offsets, swap_a, swap_b, kspan,
+                         t0, bt);
+    int nt = b.nt, kbeg = b.kbeg, kend = b.kend, off = b.off;
+    const u8* mat = b.mat;
+    Y = b.Y;
     int n0 = blockIdx.x * bn;
-    int nt = min(bt, cnt - t0);
-    int kbeg = split * kspan, kend = min(K, kbeg + kspan);
-    Y += (i64)split * T * N;
-    // planted expert_swap: tokens routed to a run through b's weights, and the other way round
-    int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
-    const u8* mat = W + (i64)we * expert_bytes;
     int tid = threadIdx.x;
     // loading: lane p = tid % 4 decodes values 8p..8p+7 of the chunk for features
     // lr + 64 i (i < bn / 64), and loads the same values of input row lr = tid / 4 (when < nt)
     int p = tid & 3, lr = tid >> 2;
     constexpr int nr = bn >> 6;
-    const float* xrow = 0;
-    if (lr < nt) {
-        int src = in_rows ? in_rows[off + t0 + lr] : off + t0 + lr;
-        xrow = X + (i64)src * K;
-    }
+    const float* xrow = mm_xrow(X, K, in_rows, b, t0, lr);
+    bool kvec = (K & 3) == 0 && ((unsigned long long)X & 15) == 0;
     // computing: thread (tn, tt) owns features n0 + 4 tn + i and rows t0 + 4 tt + j
     int tn = tid % (bn / 4), tt = tid / (bn / 4);
     bool active = 4 * tt < nt;
@@ -106,27 +163,16 @@ __device__ __forceinline__ void matmul_tile(const u8* __restrict__ W, i64 row_by
             whole[i] = n < N && kp + 8 <= kend;
             if (whole[i]) run[i].load(mat + (i64)n * row_bytes, kp);
         }
-        if (lr < bt) {
-#pragma unroll
-            for (int j = 0; j < 8; ++j) xv[j] = (xrow && kp + j < kend) ? xrow[kp + j] : 0.0f;
-        }
+        if (lr < bt) mm_load_x8(xrow, kvec, kp, kend, xv);
     };
-    // registers -> shared: decoded chunk k0 (a run cut by the end of K or N, only possible
-    // for float types with K % 8 != 0 and at the last features, decodes value by value)
+    // registers -> shared: decoded chunk k0
     auto stash = [&](int k0) {
         int kp = k0 + 8 * p;
 #pragma unroll
         for (int i = 0; i < nr; ++i) {
-            int r = lr + 64 * i, n = n0 + r;
+            int r = lr + 64 * i;
             float v[8];
-            if (whole[i]) {
-                run[i].decode(v);
-            } else {
-#pragma unroll
-                for (int j = 0; j < 8; ++j)
-                    v[j] = (n < N && kp + j < kend) ? dq<TY>(mat + (i64)n * row_bytes, kp + j)
-                                                    : 0.0f;
-            }
+            mm_decode_run<TY>(run[i], whole[i], mat, row_bytes, n0 + r, N, kp, kend, v);
 #pragma unroll
             for (int j = 0; j < 8; ++j) Ws[(8 * p + j) * wp + mm_swz(r, 8 * p + j, bn)] = v[j];
         }
@@ -207,16 +253,12 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
     constexpr int wp = bn + 4, xp = bt + 4;
     float* Ws = mm_smem;               // [MM_BK][wp], Ws[k][feature]
     float* Xs = mm_smem + MM_BK * wp;  // [MM_BK][xp], Xs[k][row]
-    int e = counts ? blockIdx.z : 0;
-    int split = counts ? 0 : blockIdx.z;
-    int cnt = counts ? counts[e] : T;
-    int off = offsets ? offsets[e] : 0;
+    MmBlock b = mm_block(W, expert_bytes, Y, N, K, T, counts, offsets, swap_a, swap_b, kspan,
+                         t0, bt);
+    int nt = b.nt, kbeg = b.kbeg, kend = b.kend, off = b.off;
+    const u8* mat = b.mat;
+    Y = b.Y;
     int n0 = blockIdx.x * bn;
-    int nt = min(bt, cnt - t0);
-    int kbeg = split * kspan, kend = min(K, kbeg + kspan);
-    Y += (i64)split * T * N;
-    int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
-    const u8* mat = W + (i64)we * expert_bytes;
     int tid = threadIdx.x;
     // loading: lane p = tid % 4 decodes values 8p..8p+7 of the chunk for features lr and
     // lr + lrows, and loads the same values of input rows lr + lrows h (h < xrows, when < nt),
@@ -224,14 +266,7 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
     int p = tid & 3, lr = tid >> 2;
     const float* xrow[xrows];
 #pragma unroll
-    for (int h = 0; h < xrows; ++h) {
-        int r = lr + lrows * h;
-        xrow[h] = 0;
-        if (r < nt) {
-            int src = in_rows ? in_rows[off + t0 + r] : off + t0 + r;
-            xrow[h] = X + (i64)src * K;
-        }
-    }
+    for (int h = 0; h < xrows; ++h) xrow[h] = mm_xrow(X, K, in_rows, b, t0, lr + lrows * h);
     // input rows that start 16-byte aligned take float4 loads
     bool kvec = (K & 3) == 0 && ((unsigned long long)X & 15) == 0;
     // computing: thread (tn, tt) owns features n0 + fo + 4 tn + i and rows 4 tt + j (group 0)
@@ -251,6 +286,7 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
     Run8<TY> run[2];
     bool whole[2];
     float xv[xrows][8];
+    // global -> registers: the raw words of chunk k0
     auto fetch = [&](int k0) {
         int kp = k0 + 8 * p;
 #pragma unroll
@@ -260,32 +296,16 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
             if (whole[i]) run[i].load(mat + (i64)n * row_bytes, kp);
         }
 #pragma unroll
-        for (int h = 0; h < xrows; ++h) {
-            if (xrow[h] && kvec && kp + 8 <= kend) {
-                float4 a = *(const float4*)(xrow[h] + kp), b = *(const float4*)(xrow[h] + kp + 4);
-                xv[h][0] = a.x, xv[h][1] = a.y, xv[h][2] = a.z, xv[h][3] = a.w;
-                xv[h][4] = b.x, xv[h][5] = b.y, xv[h][6] = b.z, xv[h][7] = b.w;
-            } else {
-#pragma unroll
-                for (int j = 0; j < 8; ++j)
-                    xv[h][j] = (xrow[h] && kp + j < kend) ? xrow[h][kp + j] : 0.0f;
-            }
-        }
+        for (int h = 0; h < xrows; ++h) mm_load_x8(xrow[h], kvec, kp, kend, xv[h]);
     };
+    // registers -> shared: decoded chunk k0
     auto stash = [&](int k0) {
         int kp = k0 + 8 * p;
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
-            int r = lr + lrows * i, n = n0 + r;
+            int r = lr + lrows * i;
             float v[8];
-            if (whole[i]) {
-                run[i].decode(v);
-            } else {
-#pragma unroll
-                for (int j = 0; j < 8; ++j)
-                    v[j] = (n < N && kp + j < kend) ? dq<TY>(mat + (i64)n * row_bytes, kp + j)
-                                                    : 0.0f;
-            }
+            mm_decode_run<TY>(run[i], whole[i], mat, row_bytes, n0 + r, N, kp, kend, v);
 #pragma unroll
             for (int j = 0; j < 8; ++j) Ws[(8 * p + j) * wp + mm_swz(r, 8 * p + j, bn)] = v[j];
         }
