@@ -55,7 +55,12 @@ import json
 import os
 import sys
 
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pyreq import need  # noqa: E402
+
+need("numpy")
+
+import numpy as np  # noqa: E402
 
 llama_cpp = None  # imported in run(), so that the name mapping can be used without it
 
@@ -102,6 +107,7 @@ def set_if(params, field, value):
 def run(model_path, tokens, threads):
     """Evaluate the prompt once; returns [(name, numpy array in ggml order reversed)] in graph order."""
     global llama_cpp
+    need(("llama_cpp", "llama-cpp-python"))
     import llama_cpp
     lib = ggml_lib()
     seen = []

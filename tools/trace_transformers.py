@@ -38,8 +38,13 @@ import json
 import os
 import sys
 
-import torch
-import transformers
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pyreq import need  # noqa: E402
+
+need("torch", "transformers", "safetensors", "numpy")
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM

@@ -29,8 +29,13 @@ import os
 import sys
 from collections import OrderedDict
 
-import numpy as np
-import torch
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from pyreq import need  # noqa: E402
+
+need("numpy", "torch", "gguf", "safetensors", "transformers")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 import gguf
 import gguf.quants
