@@ -13,6 +13,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("tools/golden/make_quant_vectors.py", "gguf"),
     ("tools/golden/make_qwen3_golden.py", "transformers"),
     ("tools/golden/make_qwen3moe_golden.py", "transformers"),
+    ("tools/golden/make_llama_golden.py", "torch"),
+    ("tools/golden/make_qwen2_golden.py", "torch"),
 ];
 
 #[test]
