@@ -11,8 +11,14 @@ positions, batch dimension dropped, heads not flattened. Metadata (one flat stri
 falsifier writes it): format, backend=transformers, model, model_sha256 (of the weights file(s)),
 tokens, plan, dtype, plus versions of torch and transformers.
 
-Architectures: Qwen3 (dense), Qwen3-MoE, and Llama-style models (no q_norm/k_norm there: those
-two stages are simply absent, and falsifier reports them Missing if the other side has them).
+Architectures: Qwen3 (dense), Qwen3-MoE, Qwen2 (dense), Qwen2-MoE (with the sigmoid-gated shared
+expert: ffn_shared_gate, ffn_shared_out), and the Llama family (Llama 2/3, Mistral, Mixtral). Stages
+an architecture lacks (q_norm/k_norm outside Qwen3) are simply absent.
+
+Head layout: llama.cpp's converter permutes the Q and K rows of Llama-family models (so that
+adjacent-pair RoPE applies), and a GGUF-based trace holds q_proj, k_proj, q_rope and k_rope in
+that permuted order. For those models this tool writes the same layout (`--layout gguf`, the
+default), so its trace compares directly with falsifier's; `--layout hf` keeps transformers' own.
 The module -> stage mapping is the one tools/golden/make_qwen3moe_golden.py uses:
 
     input_layernorm -> attn_norm        q/k/v_proj -> q_proj/k_proj/v_proj   q/k_norm -> q_norm/k_norm
@@ -72,13 +78,25 @@ def load(model_dir):
     return model.eval().float()
 
 
-def capture(model, tokens):
+# model types whose Q/K rows convert_hf_to_gguf.py permutes (LlamaModel and its subclasses)
+PERMUTED_QK = {"llama", "mistral", "mixtral"}
+
+
+def gguf_head_layout(x):
+    """[T, heads, D] in the converter's permuted layout: per head, position 2j holds j and 2j+1
+    holds D/2 + j (LlamaModel.permute applied to the rows that produce x)."""
+    D = x.shape[-1]
+    return x[..., torch.arange(D).reshape(2, D // 2).t().reshape(D)]
+
+
+def capture(model, tokens, layout="gguf"):
     """Run the forward with hooks; returns {canonical key: tensor} (batch dimension dropped)."""
     cfg = model.config
     nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
     D = getattr(cfg, "head_dim", None) or cfg.hidden_size // nh
+    qk = gguf_head_layout if (layout == "gguf" and cfg.model_type in PERMUTED_QK) else (lambda x: x)
     k_used = getattr(cfg, "num_experts_per_tok", None)
-    cap, handles = {}, []
+    cap, handles, shared = {}, [], {}
 
     def put(key, t):
         if key in cap:
@@ -111,8 +129,8 @@ def capture(model, tokens):
         att, mlp = layer.self_attn, layer.mlp
         hooks = [
             (layer.input_layernorm, "fwd", lambda m, i, o, P=P: put(P + "attn_norm", o[0])),
-            (att.q_proj, "fwd", lambda m, i, o, P=P: put(P + "q_proj", o[0].view(o.shape[1], nh, D))),
-            (att.k_proj, "fwd", lambda m, i, o, P=P: put(P + "k_proj", o[0].view(o.shape[1], nkv, D))),
+            (att.q_proj, "fwd", lambda m, i, o, P=P: put(P + "q_proj", qk(o[0].view(o.shape[1], nh, D)))),
+            (att.k_proj, "fwd", lambda m, i, o, P=P: put(P + "k_proj", qk(o[0].view(o.shape[1], nkv, D)))),
             (att.v_proj, "fwd", lambda m, i, o, P=P: put(P + "v_proj", o[0].view(o.shape[1], nkv, D))),
             (att.o_proj, "pre", lambda m, a, P=P: put(P + "attn_ctx", a[0][0])),
             (att.o_proj, "fwd", lambda m, i, o, P=P: put(P + "attn_out", o[0])),
@@ -126,6 +144,11 @@ def capture(model, tokens):
                       (att.k_norm, "fwd", lambda m, i, o, P=P: put(P + "k_norm", o[0]))]
         if hasattr(mlp, "gate") and hasattr(mlp, "experts"):       # sparse MoE block
             hooks.append((mlp.gate, "fwd", lambda m, i, o, P=P: router(P, o)))
+            if hasattr(mlp, "shared_expert_gate"):                 # Qwen2-MoE: sigmoid-gated shared expert
+                hooks += [(mlp.shared_expert_gate, "fwd",
+                           lambda m, i, o, P=P: shared.__setitem__(P + "gate", o.detach().reshape(-1, 1))),
+                          (mlp.shared_expert, "fwd",
+                           lambda m, i, o, P=P: shared.__setitem__(P + "out", o.detach().reshape(-1, o.shape[-1])))]
         elif hasattr(mlp, "gate_proj"):                            # dense SwiGLU
             hooks += [(mlp.gate_proj, "fwd", lambda m, i, o, P=P: put(P + "ffn_gate", o[0])),
                       (mlp.up_proj, "fwd", lambda m, i, o, P=P: put(P + "ffn_up", o[0])),
@@ -142,8 +165,8 @@ def capture(model, tokens):
 
     def eager(module, query, key, value, attention_mask, scaling, dropout=0.0, **kw):
         P = f"layer.{module.layer_idx}."
-        put(P + "q_rope", query[0].transpose(0, 1))   # [B,nh,T,D] -> [T,nh,D]
-        put(P + "k_rope", key[0].transpose(0, 1))     # [B,nkv,T,D] (before GQA repeat)
+        put(P + "q_rope", qk(query[0].transpose(0, 1)))   # [B,nh,T,D] -> [T,nh,D]
+        put(P + "k_rope", qk(key[0].transpose(0, 1)))     # [B,nkv,T,D] (before GQA repeat)
         out, probs = orig(module, query, key, value, attention_mask, scaling, dropout=dropout, **kw)
         put(P + "attn_probs", probs[0])
         return out, probs
@@ -163,6 +186,10 @@ def capture(model, tokens):
         P = f"layer.{li}."
         if P + "router_logits" in cap:  # softmax over all experts, as the router does before top-k
             cap[P + "router_probs"] = torch.softmax(cap[P + "router_logits"], dim=-1)
+        if P + "gate" in shared:  # the same product the MoE block computes: sigmoid(gate) * shared expert
+            gate = torch.sigmoid(shared[P + "gate"])
+            cap[P + "ffn_shared_gate"] = gate.float().contiguous()
+            cap[P + "ffn_shared_out"] = (gate * shared[P + "out"]).float().contiguous()
     return cap
 
 
@@ -197,13 +224,15 @@ def main():
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: bitwise reproducible)")
     ap.add_argument("--check", help="golden activations safetensors to compare with")
     ap.add_argument("--check-tol", type=float, default=1e-5)
+    ap.add_argument("--layout", choices=["gguf", "hf"], default="gguf",
+                    help="q/k head layout of Llama-family models: the GGUF's permuted rows (default) or HF's")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
     torch.use_deterministic_algorithms(True)
     tokens = [int(t) for t in a.tokens.split(",") if t.strip()]
     model = load(a.model)
-    cap = capture(model, tokens)
+    cap = capture(model, tokens, a.layout)
 
     weights = sorted(os.path.join(a.model, f) for f in os.listdir(a.model) if f.endswith(".safetensors"))
     L = model.config.num_hidden_layers
@@ -220,6 +249,8 @@ def main():
                  + (", eager experts" if any(k.endswith("router_logits") for k in cap) else "")
                  + "; router_probs recomputed as softmax(router_logits)",
         "architecture": type(model).__name__,
+        "qk_layout": "gguf (permuted as convert_hf_to_gguf.py does)"
+                     if (a.layout == "gguf" and model.config.model_type in PERMUTED_QK) else "hf",
         "versions": json.dumps({"torch": torch.__version__, "transformers": transformers.__version__,
                                 "python": sys.version.split()[0]}, sort_keys=True),
     }
