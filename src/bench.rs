@@ -47,6 +47,16 @@ impl Rates {
     }
 }
 
+impl From<crate::backend::cuda::rates::CardRates> for Rates {
+    fn from(r: crate::backend::cuda::rates::CardRates) -> Rates {
+        Rates {
+            copy_bytes_per_s: r.copy_bytes_per_s,
+            fma_per_s: r.fma_per_s,
+            source: format!("this card's measured rates ({})", r.card),
+        }
+    }
+}
+
 /// One prompt length's timing.
 #[derive(Clone, Debug)]
 pub struct Timing {

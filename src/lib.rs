@@ -17,6 +17,7 @@ pub mod diff;
 pub mod error;
 pub mod fs;
 pub mod model;
+pub mod progress;
 pub mod report;
 pub mod runner;
 pub mod trace;

@@ -46,14 +46,47 @@ fn calibrate_proposes_thresholds_above_the_noise_floor() {
 fn run_report_is_promote_evidence() {
     let dir = std::env::temp_dir().join(format!("falsifier-cli-run-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let out = falsifier(&[
-        "run",
-        "contracts/harness-self-test.yaml",
-        "--filter",
-        "FALSIFY-SELF-NAN-002",
-        "--report-dir",
-        dir.to_str().unwrap(),
-    ]);
+    // the contracts promote will edit: a git repository, whose commit the run names (as a run
+    // inside a checkout does), since promote checks the evidence's commit against it
+    let copy = std::env::temp_dir().join(format!(
+        "falsifier-cli-run-contracts-{}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&copy);
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(
+        Path::new(ROOT).join("contracts/harness-self-test.yaml"),
+        copy.join("harness-self-test.yaml"),
+    )
+    .unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(&copy)
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    git(&["init", "-q"]);
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "contracts"]);
+    let head = git(&["rev-parse", "HEAD"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_falsifier"))
+        .args([
+            "run",
+            "contracts/harness-self-test.yaml",
+            "--filter",
+            "FALSIFY-SELF-NAN-002",
+            "--report-dir",
+            dir.to_str().unwrap(),
+        ])
+        .env("FALSIFIER_COMMIT", &head)
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
@@ -72,14 +105,8 @@ fn run_report_is_promote_evidence() {
     for f in ["report.md", "report.html"] {
         assert!(dir.join(f).is_file(), "{f}");
     }
-    // the evidence is what promote reads (dry run: the real contracts are not touched)
-    let copy = dir.join("contracts");
-    std::fs::create_dir_all(&copy).unwrap();
-    std::fs::copy(
-        Path::new(ROOT).join("contracts/harness-self-test.yaml"),
-        copy.join("harness-self-test.yaml"),
-    )
-    .unwrap();
+    assert_eq!(json["environment"]["commit"], head.as_str());
+    // the evidence is what promote reads (dry run: the copy is not touched)
     let promote = falsifier(&[
         "promote",
         "--evidence",
@@ -90,6 +117,7 @@ fn run_report_is_promote_evidence() {
     ]);
     assert_eq!(promote.status.code(), Some(0), "{promote:?}");
     std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&copy).unwrap();
 }
 
 #[test]

@@ -562,16 +562,39 @@ fn copy_contracts(tag: &str) -> PathBuf {
     }
     std::fs::write(
         d.join("single.yaml"),
-        "# single falsifier: the contract status follows it\ncontract: C-SINGLE\nversion: 0.1.0\nstatus: PROPOSED # derived\ndescription: one check\nmodels:\n  moe: { path: fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf }  # fixture\nfalsifiers:\n  # the only one\n  - id: FALSIFY-SINGLE-001\n    rule: r\n    prediction: p\n    if_fails: f\n    models: [moe]\n    backends: [cpu, cpu]\n    tokens: [1, 2]\n    status: PROPOSED # moves\namendment_history:\n  # creation\n  - version: 0.1.0\n    date: 2026-11-25\n    kind: created\n    title: made\n",
+        "# single falsifier: the contract status follows it\ncontract: C-SINGLE\nversion: 0.1.0\nstatus: PROPOSED # derived\ndescription: one check\nmodels:\n  moe: { path: fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf }  # fixture\nfalsifiers:\n  # the only one\n  - id: FALSIFY-SINGLE-001\n    rule: r\n    prediction: p\n    if_fails: f\n    models: [moe]\n    backends: [cpu, cuda]\n    tokens: [1, 2]\n    status: PROPOSED # moves\namendment_history:\n  # creation\n  - version: 0.1.0\n    date: 2026-11-25\n    kind: created\n    title: made\n",
     )
     .unwrap();
+    git_commit(&d);
     d
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Make `dir` a git repository holding its files in one commit: promote checks the evidence's
+/// commit against the contracts' repository. Returns the commit.
+fn git_commit(dir: &Path) -> String {
+    git(dir, &["init", "-q"]);
+    git(dir, &["add", "."]);
+    git(dir, &["commit", "-q", "-m", "contracts"]);
+    git(dir, &["rev-parse", "HEAD"])
 }
 
 fn snapshot(dir: &Path) -> Vec<(PathBuf, String)> {
     let mut v: Vec<(PathBuf, String)> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| !p.ends_with(".git"))
         .map(|p| {
             let t = std::fs::read_to_string(&p).unwrap();
             (p, t)
@@ -593,21 +616,60 @@ fn comments(text: &str) -> Vec<String> {
         .collect()
 }
 
-fn evidence(dir: &Path, rows: &[(&str, &str, &str, bool, Option<&str>)]) -> PathBuf {
+/// A run report over the contracts in `contracts` (made at their repository's HEAD, on a card),
+/// one row per (contract, falsifier, model, holds, level): each row carries its falsifier's
+/// backend pair and planted-fault expectation as `falsifier run` writes them.
+fn evidence(
+    contracts: &Path,
+    dir: &Path,
+    rows: &[(&str, &str, &str, bool, Option<&str>)],
+) -> PathBuf {
+    let head = git(contracts, &["rev-parse", "HEAD"]);
+    evidence_at(contracts, dir, &format!("\"{head}\""), rows)
+}
+
+/// [`evidence`] with `environment.commit` as given (JSON).
+fn evidence_at(
+    contracts: &Path,
+    dir: &Path,
+    commit: &str,
+    rows: &[(&str, &str, &str, bool, Option<&str>)],
+) -> PathBuf {
+    let sources = falsifier::contract::read_sources(
+        &falsifier::contract::collect_files(&[contracts.to_path_buf()]).unwrap(),
+    )
+    .unwrap();
+    let (loaded, _) = lint::lint(&sources);
+    let q = |s: Option<String>| s.map_or("null".to_string(), |s| format!("\"{s}\""));
     let rows: Vec<String> = rows
         .iter()
         .map(|(c, id, m, holds, level)| {
+            let f = loaded
+                .iter()
+                .filter(|l| l.contract.contract == *c)
+                .flat_map(|l| &l.contract.falsifiers)
+                .find(|f| f.id == *id);
+            let (backends, expected) = match f {
+                Some(f) => {
+                    let names: Vec<String> =
+                        f.backends.iter().map(|b| format!("\"{}\"", b.name())).collect();
+                    (names.join(","), f.expected_text())
+                }
+                None => (r#""cpu","cuda""#.to_string(), None),
+            };
             format!(
-                r#"{{"id":"{id}","contract":"{c}","model":"{m}","backends":["cpu","cuda"],"holds":{holds},"level":{},"first_divergence":null,"report_dir":"reports/x/{id}"}}"#,
-                level.map_or("null".to_string(), |l| format!("\"{l}\""))
+                r#"{{"id":"{id}","contract":"{c}","model":"{m}","backends":[{backends}],"holds":{holds},"expected":{},"level":{},"first_divergence":null,"report_dir":"reports/x/{id}"}}"#,
+                q(expected),
+                q(level.map(str::to_string))
             )
         })
         .collect();
-    let p = dir.join(format!("report-{}.json", rows.len()));
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let p = dir.join(format!("report-{}.json", N.fetch_add(1, Ordering::Relaxed)));
     std::fs::write(
         &p,
         format!(
-            r#"{{"schema":"falsifier-report/1","created":"2026-11-25T19:00:00Z","command":"falsifier run contracts --report-dir reports/x","environment":{{"host":"h","card":"NVIDIA H100 80GB HBM3","driver":"580.1","commit":"abc1234"}},"holds":true,"rows_we_ignore":[],"falsifiers":[{}]}}"#,
+            r#"{{"schema":"falsifier-report/1","created":"2026-11-25T19:00:00Z","command":"falsifier run contracts --report-dir reports/x","environment":{{"host":"h","card":"NVIDIA H100 80GB HBM3","driver":"580.1","commit":{commit}}},"holds":true,"rows_we_ignore":[],"falsifiers":[{}]}}"#,
             rows.join(",")
         ),
     )
@@ -649,6 +711,7 @@ fn promote_keeps_comments_is_idempotent_and_refuses_regressions() {
     let d = copy_contracts("promote");
     let ev_dir = temp_dir("promote-ev");
     let ev = evidence(
+        &d,
         &ev_dir,
         &[
             (
@@ -796,7 +859,7 @@ fn promote_keeps_comments_is_idempotent_and_refuses_regressions() {
         "{single}"
     );
     assert!(
-        single.contains(r#"commit: "abc1234""#)
+        single.contains(&format!(r#"commit: "{}""#, git(&d, &["rev-parse", "HEAD"])))
             && single.contains(r#"card: "NVIDIA H100 80GB HBM3""#),
         "{single}"
     );
@@ -825,6 +888,7 @@ fn promote_keeps_comments_is_idempotent_and_refuses_regressions() {
 
     // a regression: reported, exit 1, not applied
     let bad = evidence(
+        &d,
         &ev_dir,
         &[
             ("C-SINGLE", "FALSIFY-SINGLE-001", "moe", false, None),
@@ -861,6 +925,7 @@ fn promote_keeps_comments_is_idempotent_and_refuses_regressions() {
     // never backwards: FUNCTIONAL on the only model of an ACTIVE_ALGORITHM_LEVEL falsifier
     // discharges it; ACTIVE evidence afterwards changes nothing
     let up = evidence(
+        &d,
         &ev_dir,
         &[(
             "C-SINGLE",
@@ -886,6 +951,7 @@ fn promote_keeps_comments_is_idempotent_and_refuses_regressions() {
     );
     assert!(single2.contains("version: 0.1.2\n"), "{single2}");
     let down = evidence(
+        &d,
         &ev_dir,
         &[(
             "C-SINGLE",
@@ -936,6 +1002,242 @@ fn promote_rejects_bad_evidence() {
     ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("expected `falsifier-report/1`"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+fn promote(ev: &Path, d: &Path) -> Output {
+    run(&[
+        "promote",
+        "--evidence",
+        ev.to_str().unwrap(),
+        "--contracts",
+        d.to_str().unwrap(),
+    ])
+}
+
+/// Issue K 19: evidence that says it holds, with a made-up commit, was accepted. The commit
+/// must be a full id that the contracts' repository holds; nothing is written otherwise.
+#[test]
+fn promote_checks_the_evidence_commit() {
+    let d = copy_contracts("commit");
+    let ev_dir = temp_dir("commit-ev");
+    let rows = [(
+        "C-SINGLE",
+        "FALSIFY-SINGLE-001",
+        "moe",
+        true,
+        Some("FUNCTIONAL"),
+    )];
+    let before = snapshot(&d);
+    for (commit, want) in [
+        ("null", "environment.commit is null"),
+        (
+            "\"0000000000000000000000000000000000000000\"",
+            "is not a full commit id",
+        ),
+        ("\"abc1234\"", "is not a full commit id"),
+        (
+            "\"1234567890abcdef1234567890abcdef12345678\"",
+            "is not in the git repository of",
+        ),
+    ] {
+        let ev = evidence_at(&d, &ev_dir, commit, &rows);
+        let out = promote(&ev, &d);
+        assert_eq!(out.status.code(), Some(2), "{commit}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{commit}: {err}");
+        assert_eq!(snapshot(&d), before, "{commit}: wrote");
+    }
+    // contracts outside any git repository: refused, saying so (when the temp dir really is
+    // outside one)
+    let plain = temp_dir("commit-plain");
+    std::fs::copy(d.join("single.yaml"), plain.join("single.yaml")).unwrap();
+    let outside = Command::new("git")
+        .arg("-C")
+        .arg(&plain)
+        .args(["rev-parse", "--git-dir"])
+        .output()
+        .is_ok_and(|o| !o.status.success());
+    if outside {
+        let ev = evidence(&d, &ev_dir, &rows);
+        let out = promote(&ev, &plain);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not in a git repository"), "{err}");
+    }
+    // the real commit promotes
+    let ev = evidence(&d, &ev_dir, &rows);
+    let out = promote(&ev, &d);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        std::fs::read_to_string(d.join("single.yaml"))
+            .unwrap()
+            .contains("status: DISCHARGED # moves")
+    );
+    for x in [&d, &ev_dir, &plain] {
+        let _ = std::fs::remove_dir_all(x);
+    }
+}
+
+/// Issue K 19: a cpu-vs-cpu-f32 row claiming FUNCTIONAL was written as DISCHARGED. Levels are
+/// recomputed from the rows: a CPU pair proves ACTIVE_ALGORITHM_LEVEL; a GPU pair proves
+/// nothing without a card; a row of another backend pair proves nothing.
+#[test]
+fn promote_recomputes_levels_from_the_rows() {
+    let d = copy_contracts("recompute");
+    let ev_dir = temp_dir("recompute-ev");
+    let ev = evidence(
+        &d,
+        &ev_dir,
+        &[
+            (
+                "C-HARNESS-SELF-TEST",
+                "FALSIFY-SELF-CLEAN-003",
+                "moe-f32",
+                true,
+                Some("FUNCTIONAL"),
+            ),
+            (
+                "C-HARNESS-SELF-TEST",
+                "FALSIFY-SELF-CLEAN-003",
+                "dense-f32",
+                true,
+                Some("DISCHARGED"),
+            ),
+        ],
+    );
+    let out = promote(&ev, &d);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        so.contains("FALSIFY-SELF-CLEAN-003 PROPOSED -> ACTIVE_ALGORITHM_LEVEL"),
+        "{so}"
+    );
+    let text = std::fs::read_to_string(d.join("harness-self-test.yaml")).unwrap();
+    assert!(
+        text.contains("levels: { FALSIFY-SELF-CLEAN-003: ACTIVE_ALGORITHM_LEVEL }"),
+        "{text}"
+    );
+
+    // the same rows edited to another pair, on the GPU contract: they prove nothing
+    let text = std::fs::read_to_string(&ev).unwrap();
+    let forged = ev_dir.join("forged.json");
+    std::fs::write(
+        &forged,
+        text.replace("FALSIFY-SELF-CLEAN-003", "FALSIFY-SINGLE-001")
+            .replace("C-HARNESS-SELF-TEST", "C-SINGLE")
+            .replace("\"moe-f32\"", "\"moe\"")
+            .replace("\"dense-f32\"", "\"moe\""),
+    )
+    .unwrap();
+    let before = snapshot(&d);
+    let out = promote(&forged, &d);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the row ran [cpu, cpu-f32], the contract names [cpu, cuda]"),
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("nothing to promote"));
+    assert_eq!(snapshot(&d), before);
+    // and a GPU pair's FUNCTIONAL without a card behind it proves nothing
+    let ev = evidence(
+        &d,
+        &ev_dir,
+        &[(
+            "C-SINGLE",
+            "FALSIFY-SINGLE-001",
+            "moe",
+            true,
+            Some("FUNCTIONAL"),
+        )],
+    );
+    let nocard = ev_dir.join("nocard.json");
+    std::fs::write(
+        &nocard,
+        std::fs::read_to_string(&ev)
+            .unwrap()
+            .replace(r#""card":"NVIDIA H100 80GB HBM3""#, r#""card":null"#),
+    )
+    .unwrap();
+    let out = promote(&nocard, &d);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the report names no card"),
+        "{out:?}"
+    );
+    assert_eq!(snapshot(&d), before);
+    let _ = std::fs::remove_dir_all(&d);
+    let _ = std::fs::remove_dir_all(&ev_dir);
+}
+
+/// Issue K 19: killed promotions left `*.yaml.PID.N.tmp` files. A promote removes those of
+/// writers that are gone (a dry run only names them).
+#[test]
+fn promote_removes_orphan_temp_files() {
+    let d = copy_contracts("orphans");
+    let ev_dir = temp_dir("orphans-ev");
+    // pid 4194305 is above Linux's largest: no such process
+    let orphan = d.join("single.yaml.4194305.0.tmp");
+    std::fs::write(&orphan, "half a contract").unwrap();
+    let other = d.join("notes.txt.4194305.0.tmp");
+    std::fs::write(&other, "not ours").unwrap();
+    let ev = evidence(&d, &ev_dir, &[]);
+    let dry = run(&[
+        "promote",
+        "--evidence",
+        ev.to_str().unwrap(),
+        "--contracts",
+        d.to_str().unwrap(),
+        "--dry-run",
+    ]);
+    assert_eq!(dry.status.code(), Some(0), "{dry:?}");
+    assert!(orphan.exists(), "a dry run removes nothing");
+    let out = promote(&ev, &d);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("temp file of a promotion killed"), "{err}");
+    assert!(!orphan.exists());
+    assert!(other.exists(), "only promotion temps are touched");
+    let _ = std::fs::remove_dir_all(&d);
+    let _ = std::fs::remove_dir_all(&ev_dir);
+}
+
+/// Issue K 19: a promotion killed between its renames left one file new and another old. Its
+/// journal makes every command refuse the half-promoted set, and the next promote completes it
+/// before anything else (even before it reads its report).
+#[test]
+fn a_promotion_killed_after_its_journal_is_completed() {
+    let d = copy_contracts("journal");
+    let target = std::path::absolute(d.join("single.yaml")).unwrap();
+    let promoted = std::fs::read_to_string(&target)
+        .unwrap()
+        .replace("status: PROPOSED # moves", "status: PROPOSED # moved");
+    // what a promote killed after writing its journal, before renaming, leaves on disk
+    let tmp = std::path::absolute(d.join("single.yaml.4194305.0.tmp")).unwrap();
+    std::fs::write(&tmp, &promoted).unwrap();
+    std::fs::write(
+        d.join(".falsifier-promote.journal"),
+        serde_json::json!({ "pid": 4194305, "renames": [[tmp, target]] }).to_string(),
+    )
+    .unwrap();
+    let out = run(&["lint", d.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("half promoted"), "{err}");
+    let out = run(&[
+        "promote",
+        "--evidence",
+        "no-such-report.json",
+        "--contracts",
+        d.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "the report is still missing");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), promoted);
+    assert!(!tmp.exists());
+    assert!(!d.join(".falsifier-promote.journal").exists());
+    let out = run(&["lint", d.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
     let _ = std::fs::remove_dir_all(&d);
 }
 

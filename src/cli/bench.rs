@@ -81,6 +81,6 @@ fn card_rates(backend: &str) -> Result<Vec<Rates>> {
     if backend != "cuda" {
         return Ok(Vec::new());
     }
-    let dev = crate::backend::cuda::device::Device::open(0)?;
-    Ok(vec![crate::backend::cuda::rates::measure(&dev)?])
+    let dev = crate::backend::cuda::open_device(0)?;
+    Ok(vec![crate::backend::cuda::rates::measure(&dev)?.into()])
 }

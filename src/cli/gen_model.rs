@@ -99,7 +99,14 @@ pub fn run(a: &GenModelArgs) -> Result<Outcome> {
         a.seed,
         quant.name()
     );
-    let s = synth::generate(&c, quant, a.seed, &name, &a.out)?;
+    let s = synth::generate_with(
+        &c,
+        quant,
+        a.seed,
+        &name,
+        &a.out,
+        &super::progress::Bar::bytes(),
+    )?;
     let types: Vec<String> = s.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
     println!(
         "wrote {}: {} {} layers, {:.1}M parameters, {} tensors ({}), {:.1} MiB in {:.1}s",

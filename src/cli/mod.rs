@@ -12,6 +12,7 @@ mod diff;
 mod gen_model;
 mod lint;
 mod nightly;
+mod progress;
 mod promote;
 pub mod run;
 mod stages;

@@ -1,11 +1,15 @@
 //! The part of a run's `report.json` (schema `falsifier-report/1`, written by `falsifier run`)
 //! that promotion reads. Unknown fields are ignored here: a report grows, a contract must not.
+//!
+//! A report is a file anyone can write, so nothing in it is taken on its own word: each row's
+//! level is recomputed from the row and the contract ([`Report::row_level`]); the row's own
+//! `level` may only lower it, or say (null) that the trial proved nothing.
 
 use std::path::Path;
 
 use serde::Deserialize;
 
-use super::schema::Status;
+use super::schema::{Falsifier, Status};
 use crate::{Error, Result};
 
 pub const REPORT_SCHEMA: &str = crate::report::json::SCHEMA;
@@ -30,7 +34,11 @@ pub struct FalsifierResult {
     #[serde(default)]
     pub backends: Vec<String>,
     pub holds: bool,
-    /// Level this run proves when it holds (null: it proves nothing, e.g. skipped).
+    /// The planted-fault expectation the trial checked (null for a clean falsifier).
+    #[serde(default)]
+    pub expected: Option<String>,
+    /// Level this run claims when it holds (null: it proves nothing, e.g. skipped). Only ever
+    /// lowers the level promote recomputes.
     pub level: Option<Status>,
     #[serde(default)]
     pub report_dir: Option<String>,
@@ -55,11 +63,17 @@ pub enum Verdict {
     Absent,
     /// At least one model failed.
     Fails { models: Vec<String> },
-    /// Every row held, but none carries a level (e.g. every trial was skipped).
-    NoLevel,
+    /// Every row held, but none proves a level (e.g. every trial was skipped). `discounted`
+    /// says why each row that claimed one proves nothing.
+    NoLevel { discounted: Vec<String> },
     /// Every row held. `level` is what the falsifier reached (see [`Report::verdict`]);
-    /// `missing` lists its models with no level in the report.
-    Level { level: Status, missing: Vec<String> },
+    /// `missing` lists its models with no level in the report; `discounted` says why rows that
+    /// claimed a level prove nothing.
+    Level {
+        level: Status,
+        missing: Vec<String>,
+        discounted: Vec<String>,
+    },
 }
 
 impl Report {
@@ -83,18 +97,73 @@ impl Report {
         Ok(report)
     }
 
-    /// The verdict on falsifier `id` of contract `contract`, which runs on `models`.
+    /// Whether the report names a card: the run had a CUDA trial that ran on a device (`falsifier
+    /// run` sets it from the first GPU trial that ran).
+    fn ran_on_device(&self) -> bool {
+        self.environment
+            .card
+            .as_deref()
+            .is_some_and(|c| !c.trim().is_empty())
+    }
+
+    /// The level a holding row proves for falsifier `f`, recomputed from the row and the
+    /// contract: the contract's backend pair ([`trial_level`]: a CPU pair proves
+    /// ACTIVE_ALGORITHM_LEVEL whatever the row says; a GPU pair FUNCTIONAL only when the report
+    /// names the card it ran on), capped by the row's own claim. `Err` says why the row proves
+    /// nothing: it claims nothing (skipped, or run with overridden backends), it ran another
+    /// backend pair than the contract's, or it checked another planted-fault expectation (an
+    /// older version of the falsifier).
+    pub fn row_level(
+        &self,
+        row: &FalsifierResult,
+        f: &Falsifier,
+    ) -> std::result::Result<Status, String> {
+        let on = |why: String| format!("{} on {}: {why}", row.id, row.model);
+        let claimed = row
+            .level
+            .ok_or_else(|| on("the row claims no level (a skipped or overridden trial)".into()))?;
+        let pair = f
+            .pair()
+            .ok_or_else(|| on("the contract's falsifier has no backend pair".into()))?;
+        let want = [pair.0.name(), pair.1.name()];
+        if row.backends.iter().map(String::as_str).ne(want) {
+            return Err(on(format!(
+                "the row ran [{}], the contract names [{}]; it proves nothing for this falsifier",
+                row.backends.join(", "),
+                want.join(", ")
+            )));
+        }
+        let expected = f.expected_text();
+        if row.expected != expected {
+            let show = |e: &Option<String>| e.clone().unwrap_or_else(|| "none".into());
+            return Err(on(format!(
+                "the row checked the expectation `{}`, the contract's is `{}`; it proves nothing for this falsifier",
+                show(&row.expected),
+                show(&expected)
+            )));
+        }
+        let computed = trial_level(pair, self.ran_on_device()).ok_or_else(|| {
+            on(format!(
+                "a {}-vs-{} trial, but the report names no card: no GPU trial ran",
+                pair.0, pair.1
+            ))
+        })?;
+        Ok(claimed.min(computed))
+    }
+
+    /// The verdict on falsifier `f` of contract `contract`.
     ///
-    /// Rows are per model. Any failing row fails the falsifier. Otherwise its level is the lowest
-    /// level over the models that have one; if that is at least FUNCTIONAL and every model of
-    /// the falsifier has a level, the falsifier is DISCHARGED (FUNCTIONAL everywhere, heavy
-    /// models included); if some model has none, the level is capped at FUNCTIONAL (partial
-    /// coverage never discharges).
-    pub fn verdict(&self, contract: &str, id: &str, models: &[String]) -> Verdict {
+    /// Rows are per model. Any failing row fails the falsifier. Otherwise each holding row's
+    /// level is recomputed ([`Report::row_level`]), and the falsifier's level is the lowest
+    /// over its models that have one; if that is at least FUNCTIONAL and every model of the
+    /// falsifier has a level, the falsifier is DISCHARGED (FUNCTIONAL everywhere, heavy models
+    /// included); if some model has none, the level is capped at FUNCTIONAL (partial coverage
+    /// never discharges).
+    pub fn verdict(&self, contract: &str, f: &Falsifier) -> Verdict {
         let rows: Vec<&FalsifierResult> = self
             .falsifiers
             .iter()
-            .filter(|r| r.contract == contract && r.id == id)
+            .filter(|r| r.contract == contract && r.id == f.id)
             .collect();
         if rows.is_empty() {
             return Verdict::Absent;
@@ -109,24 +178,31 @@ impl Report {
         }
         let mut level: Option<Status> = None;
         let mut missing = Vec::new();
-        for m in models {
+        let mut discounted = Vec::new();
+        for m in &f.models {
             // A model may appear more than once (merged runs): the lowest level counts, and a row
-            // without a level (a skipped trial) proves nothing for that model.
-            let ls: Vec<Option<Status>> = rows
-                .iter()
-                .filter(|r| &r.model == m)
-                .map(|r| r.level)
-                .collect();
-            match ls.iter().copied().collect::<Option<Vec<Status>>>() {
-                Some(v) if !v.is_empty() => {
-                    let lo = v.into_iter().min().unwrap_or(Status::Proposed);
-                    level = Some(level.map_or(lo, |l| l.min(lo)));
+            // that proves nothing (a skipped trial, a discounted row) proves nothing for that
+            // model.
+            let mut lowest: Option<Status> = None;
+            let mut proven = true;
+            for r in rows.iter().filter(|r| &r.model == m) {
+                match self.row_level(r, f) {
+                    Ok(l) => lowest = Some(lowest.map_or(l, |x| x.min(l))),
+                    Err(why) => {
+                        proven = false;
+                        if r.level.is_some() {
+                            discounted.push(why);
+                        }
+                    }
                 }
+            }
+            match lowest {
+                Some(lo) if proven => level = Some(level.map_or(lo, |l| l.min(lo))),
                 _ => missing.push(m.clone()),
             }
         }
         match level {
-            None => Verdict::NoLevel,
+            None => Verdict::NoLevel { discounted },
             Some(l) => {
                 let level = if !missing.is_empty() {
                     l.min(Status::Functional)
@@ -135,7 +211,11 @@ impl Report {
                 } else {
                     l
                 };
-                Verdict::Level { level, missing }
+                Verdict::Level {
+                    level,
+                    missing,
+                    discounted,
+                }
             }
         }
     }
@@ -161,57 +241,190 @@ pub fn trial_level(
 mod tests {
     use super::*;
 
-    fn report(rows: &[(&str, bool, Option<&str>)]) -> Report {
+    /// A falsifier on models a and b with `backends`, and a planted-fault expectation at
+    /// `expect` when given.
+    fn falsifier(backends: &str, expect: Option<&str>) -> Falsifier {
+        let fault = expect.map_or(String::new(), |at| {
+            format!("fault: {{ class: nan, args: [0], at: {at}, side: candidate }}\nexpect: {{ first_divergence: {at} }}\n")
+        });
+        serde_yaml::from_str(&format!(
+            "id: FALSIFY-X\nrule: r\nprediction: p\nif_fails: f\nmodels: [a, b]\nbackends: [{backends}]\ntokens: [1]\nstatus: PROPOSED\n{fault}"
+        ))
+        .unwrap()
+    }
+
+    /// Rows (model, holds, level) of FALSIFY-X run on `backends`, in a report naming `card`.
+    fn report_of(
+        backends: &str,
+        card: Option<&str>,
+        expected: Option<&str>,
+        rows: &[(&str, bool, Option<&str>)],
+    ) -> Report {
+        let q = |s: Option<&str>| s.map_or("null".to_string(), |s| format!("\"{s}\""));
+        let pair: Vec<String> = backends.split(", ").map(|b| format!("\"{b}\"")).collect();
         let rows: Vec<String> = rows
             .iter()
             .map(|(m, h, l)| {
                 format!(
-                    r#"{{"id":"FALSIFY-X","contract":"C-X","model":"{m}","backends":["cpu","cuda"],"holds":{h},"level":{},"first_divergence":null}}"#,
-                    l.map_or("null".to_string(), |l| format!("\"{l}\""))
+                    r#"{{"id":"FALSIFY-X","contract":"C-X","model":"{m}","backends":[{}],"holds":{h},"expected":{},"level":{},"first_divergence":null}}"#,
+                    pair.join(","),
+                    q(expected),
+                    q(*l)
                 )
             })
             .collect();
         let text = format!(
-            r#"{{"schema":"falsifier-report/1","holds":true,"extra":1,"falsifiers":[{}]}}"#,
+            r#"{{"schema":"falsifier-report/1","holds":true,"extra":1,"environment":{{"card":{}}},"falsifiers":[{}]}}"#,
+            q(card),
             rows.join(",")
         );
         serde_json::from_str(&text).unwrap()
     }
 
-    #[test]
-    fn verdicts() {
-        let models = vec!["a".to_string(), "b".to_string()];
-        let lvl = |level, missing: &[&str]| Verdict::Level {
+    fn report(rows: &[(&str, bool, Option<&str>)]) -> Report {
+        report_of("cpu, cuda", Some("NVIDIA H100"), None, rows)
+    }
+
+    fn level(level: Status, missing: &[&str]) -> Verdict {
+        Verdict::Level {
             level,
             missing: missing.iter().map(|s| s.to_string()).collect(),
-        };
-        let v = |r: &Report| r.verdict("C-X", "FALSIFY-X", &models);
+            discounted: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let f = falsifier("cpu, cuda", None);
+        let v = |r: &Report| r.verdict("C-X", &f);
         // FUNCTIONAL on every model discharges
         let r = report(&[
             ("a", true, Some("FUNCTIONAL")),
             ("b", true, Some("FUNCTIONAL")),
         ]);
-        assert_eq!(v(&r), lvl(Status::Discharged, &[]));
-        assert_eq!(r.verdict("C-Y", "FALSIFY-X", &models), Verdict::Absent);
+        assert_eq!(v(&r), level(Status::Discharged, &[]));
+        assert_eq!(r.verdict("C-Y", &f), Verdict::Absent);
         // the weakest model counts
         let r = report(&[
             ("a", true, Some("ACTIVE_ALGORITHM_LEVEL")),
             ("b", true, Some("FUNCTIONAL")),
         ]);
-        assert_eq!(v(&r), lvl(Status::ActiveAlgorithmLevel, &[]));
+        assert_eq!(v(&r), level(Status::ActiveAlgorithmLevel, &[]));
         // partial coverage: capped at FUNCTIONAL, even if a row claims more
         let r = report(&[("a", true, Some("DISCHARGED"))]);
-        assert_eq!(v(&r), lvl(Status::Functional, &["b"]));
+        assert_eq!(v(&r), level(Status::Functional, &["b"]));
         let r = report(&[("a", true, Some("FUNCTIONAL")), ("b", true, None)]);
-        assert_eq!(v(&r), lvl(Status::Functional, &["b"]));
+        assert_eq!(v(&r), level(Status::Functional, &["b"]));
         let r = report(&[("a", true, None)]);
-        assert_eq!(v(&r), Verdict::NoLevel);
+        assert_eq!(
+            v(&r),
+            Verdict::NoLevel {
+                discounted: Vec::new()
+            }
+        );
         let r = report(&[("a", false, None), ("b", true, Some("FUNCTIONAL"))]);
         assert_eq!(
             v(&r),
             Verdict::Fails {
                 models: vec!["a".into()]
             }
+        );
+    }
+
+    /// The issue's case: a cpu-vs-cpu-f32 falsifier whose rows claim FUNCTIONAL was written as
+    /// DISCHARGED. A CPU pair proves ACTIVE_ALGORITHM_LEVEL, whatever its rows say.
+    #[test]
+    fn a_cpu_pair_never_discharges_whatever_its_rows_claim() {
+        let f = falsifier("cpu, cpu-f32", None);
+        for claim in ["FUNCTIONAL", "DISCHARGED"] {
+            let r = report_of(
+                "cpu, cpu-f32",
+                Some("NVIDIA H100"),
+                None,
+                &[("a", true, Some(claim)), ("b", true, Some(claim))],
+            );
+            assert_eq!(
+                r.verdict("C-X", &f),
+                level(Status::ActiveAlgorithmLevel, &[])
+            );
+        }
+    }
+
+    #[test]
+    fn a_gpu_pair_proves_functional_only_where_the_report_names_a_card() {
+        let f = falsifier("cpu, cuda", None);
+        let rows = [
+            ("a", true, Some("FUNCTIONAL")),
+            ("b", true, Some("FUNCTIONAL")),
+        ];
+        let r = report_of("cpu, cuda", None, None, &rows);
+        match r.verdict("C-X", &f) {
+            Verdict::NoLevel { discounted } => {
+                assert_eq!(discounted.len(), 2);
+                assert!(
+                    discounted[0].contains("the report names no card"),
+                    "{discounted:?}"
+                );
+            }
+            v => panic!("{v:?}"),
+        }
+        let r = report_of("cpu, cuda", Some("  "), None, &rows);
+        assert!(matches!(r.verdict("C-X", &f), Verdict::NoLevel { .. }));
+    }
+
+    #[test]
+    fn rows_of_another_pair_or_expectation_prove_nothing() {
+        // a row run with other backends (e.g. an overridden candidate) claiming a level
+        let f = falsifier("cpu, cpu", None);
+        let r = report_of(
+            "cpu, cuda",
+            Some("NVIDIA H100"),
+            None,
+            &[
+                ("a", true, Some("FUNCTIONAL")),
+                ("b", true, Some("FUNCTIONAL")),
+            ],
+        );
+        match r.verdict("C-X", &f) {
+            Verdict::NoLevel { discounted } => {
+                assert!(
+                    discounted[0]
+                        .contains("the row ran [cpu, cuda], the contract names [cpu, cpu]"),
+                    "{discounted:?}"
+                );
+            }
+            v => panic!("{v:?}"),
+        }
+        // a planted-fault row checked a different place than the contract now expects
+        let f = falsifier("cpu, cpu-f32", Some("layer.1.ffn_out"));
+        let rows = [
+            ("a", true, Some("ACTIVE_ALGORITHM_LEVEL")),
+            ("b", true, Some("ACTIVE_ALGORITHM_LEVEL")),
+        ];
+        let r = report_of("cpu, cpu-f32", None, Some("layer.0.ffn_out"), &rows);
+        match r.verdict("C-X", &f) {
+            Verdict::NoLevel { discounted } => assert!(
+                discounted[0].contains("the row checked the expectation `layer.0.ffn_out`, the contract's is `layer.1.ffn_out`"),
+                "{discounted:?}"
+            ),
+            v => panic!("{v:?}"),
+        }
+        // and the same rows with the contract's expectation prove their level
+        let r = report_of("cpu, cpu-f32", None, Some("layer.1.ffn_out"), &rows);
+        assert_eq!(
+            r.verdict("C-X", &f),
+            level(Status::ActiveAlgorithmLevel, &[])
+        );
+        // one model proven, the other discounted: partial coverage, the reason kept
+        let r = report_of(
+            "cpu, cpu-f32",
+            None,
+            Some("layer.1.ffn_out"),
+            &[("a", true, Some("ACTIVE_ALGORITHM_LEVEL"))],
+        );
+        assert_eq!(
+            r.verdict("C-X", &f),
+            level(Status::ActiveAlgorithmLevel, &["b"])
         );
     }
 

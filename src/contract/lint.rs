@@ -31,7 +31,7 @@ use super::shape::{ModelShape, preset_shape, read_shape};
 use super::{Diag, LoadedContract, Source, parse, resolve_model_path};
 use crate::backend::FaultKind;
 use crate::model::quant::GgmlType;
-use crate::trace::plan::LayerSel;
+use crate::trace::plan::{CapturePlan, LayerSel};
 use crate::trace::stage::{Key, Stage};
 
 /// Lint a set of contract texts. Returns the contracts that parsed and every problem found.
@@ -288,6 +288,8 @@ fn lint_one(c: &LoadedContract, shapes: &mut ShapeCache, diags: &mut Vec<Diag>) 
     }
 }
 
+/// Every rule of one falsifier (`falsifiers[i]`), one function per rule below, in the order of
+/// the module's rule list.
 fn lint_falsifier(
     c: &LoadedContract,
     i: usize,
@@ -295,6 +297,19 @@ fn lint_falsifier(
     model_shapes: &BTreeMap<&str, Option<ModelShape>>,
     diags: &mut Vec<Diag>,
 ) {
+    lint_id_and_text(c, i, f, diags);
+    let models = falsifier_models(c, i, f, model_shapes, diags);
+    lint_backends_and_tokens(c, i, f, &models, diags);
+    let plan = lint_stages_and_layers(c, i, f, &models, diags);
+    lint_thresholds(c, i, f, diags);
+    lint_fault(c, i, f, &models, diags);
+    lint_expect(c, i, f, &models, &plan, diags);
+    lint_routing_check(c, i, f, &models, &plan, diags);
+    lint_status_evidence(c, i, f, diags);
+}
+
+/// The id's form, and a non-empty rule, prediction and if_fails.
+fn lint_id_and_text(c: &LoadedContract, i: usize, f: &Falsifier, diags: &mut Vec<Diag>) {
     let at = |k: &str| format!("falsifiers[{i}].{k}");
     let id = &f.id;
     if !id_ok(id, "FALSIFY-") {
@@ -312,8 +327,18 @@ fn lint_falsifier(
             diags.push(c.diag(&at(k), format!("{id}: {k} is empty")));
         }
     }
+}
 
-    // models of this falsifier, with their shapes where known
+/// The falsifier's models: defined in `models`, each once. Returns those with a known shape.
+fn falsifier_models<'a>(
+    c: &LoadedContract,
+    i: usize,
+    f: &'a Falsifier,
+    model_shapes: &'a BTreeMap<&str, Option<ModelShape>>,
+    diags: &mut Vec<Diag>,
+) -> Vec<(&'a str, &'a ModelShape)> {
+    let at = |k: &str| format!("falsifiers[{i}].{k}");
+    let id = &f.id;
     let mut models: Vec<(&str, &ModelShape)> = Vec::new();
     if f.models.is_empty() {
         diags.push(c.diag(&at("models"), format!("{id}: names no model")));
@@ -340,7 +365,19 @@ fn lint_falsifier(
             ));
         }
     }
+    models
+}
 
+/// Exactly two backends; a non-empty prompt inside every model's vocabulary.
+fn lint_backends_and_tokens(
+    c: &LoadedContract,
+    i: usize,
+    f: &Falsifier,
+    models: &[(&str, &ModelShape)],
+    diags: &mut Vec<Diag>,
+) {
+    let at = |k: &str| format!("falsifiers[{i}].{k}");
+    let id = &f.id;
     if f.backends.len() != 2 {
         diags.push(c.diag(
             &at("backends"),
@@ -353,7 +390,7 @@ fn lint_falsifier(
     if f.tokens.is_empty() {
         diags.push(c.diag(&at("tokens"), format!("{id}: empty prompt")));
     }
-    for (name, shape) in &models {
+    for (name, shape) in models {
         if let Some((j, t)) = f
             .tokens
             .iter()
@@ -369,8 +406,18 @@ fn lint_falsifier(
             ));
         }
     }
+}
 
-    // stages and layers
+/// Known stages, and layers within every model's layer count. Returns the capture plan.
+fn lint_stages_and_layers(
+    c: &LoadedContract,
+    i: usize,
+    f: &Falsifier,
+    models: &[(&str, &ModelShape)],
+    diags: &mut Vec<Diag>,
+) -> Result<CapturePlan, String> {
+    let at = |k: &str| format!("falsifiers[{i}].{k}");
+    let id = &f.id;
     match &f.stages {
         Selection::Text(t) if t == "all" => {}
         Selection::Text(t) => {
@@ -406,7 +453,7 @@ fn lint_falsifier(
             if let LayerSel::Some(set) = plan.layers()
                 && let Some(max) = set.iter().next_back()
             {
-                for (name, shape) in &models {
+                for (name, shape) in models {
                     if *max >= shape.layers() {
                         diags.push(c.diag(
                             &at("layers"),
@@ -420,8 +467,13 @@ fn lint_falsifier(
             }
         }
     }
+    plan
+}
 
-    // thresholds
+/// Thresholds: finite, 0 < t <= 1 (`route_margin`: finite, >= 0), keyed by `default`, a
+/// stage or `route_margin`.
+fn lint_thresholds(c: &LoadedContract, i: usize, f: &Falsifier, diags: &mut Vec<Diag>) {
+    let id = &f.id;
     for (key, v) in &f.thresholds {
         let here = format!("falsifiers[{i}].thresholds.{key}");
         if key == "route_margin" {
@@ -448,8 +500,19 @@ fn lint_falsifier(
             ));
         }
     }
+}
 
-    // planted fault and expectation
+/// A planted fault and its `expect` come together; the fault is of a known class, at a place
+/// every model has, with arguments the models allow.
+fn lint_fault(
+    c: &LoadedContract,
+    i: usize,
+    f: &Falsifier,
+    models: &[(&str, &ModelShape)],
+    diags: &mut Vec<Diag>,
+) {
+    let at = |k: &str| format!("falsifiers[{i}].{k}");
+    let id = &f.id;
     match (&f.fault, &f.expect) {
         (Some(_), None) => diags.push(c.diag(
             &at("fault"),
@@ -481,7 +544,7 @@ fn lint_falsifier(
                         layer: fault.layer,
                         stage: fault.stage,
                     };
-                    for (name, shape) in &models {
+                    for (name, shape) in models {
                         if let Err(e) = key_in_model(&key, name, shape) {
                             diags.push(c.diag(&at("fault.at"), format!("{id}: fault at {e}")));
                         }
@@ -501,7 +564,7 @@ fn lint_falsifier(
                     if matches!(fault.kind, FaultKind::Q6kAsQ4k) {
                         // the weight at the place must really be Q6_K (in the file, or in what the
                         // generator writes for a preset), or the fault changes nothing
-                        for (name, shape) in &models {
+                        for (name, shape) in models {
                             if let Some((tensor, ty)) = shape.weight_type(fault.layer, fault.stage)
                                 && ty != GgmlType::Q6_K
                             {
@@ -516,6 +579,19 @@ fn lint_falsifier(
             }
         }
     }
+}
+
+/// Expected keys exist in every model and are captured by the falsifier's plan.
+fn lint_expect(
+    c: &LoadedContract,
+    i: usize,
+    f: &Falsifier,
+    models: &[(&str, &ModelShape)],
+    plan: &Result<CapturePlan, String>,
+    diags: &mut Vec<Diag>,
+) {
+    let at = |k: &str| format!("falsifiers[{i}].{k}");
+    let id = &f.id;
     if let Some(e) = &f.expect {
         for (k, r) in [
             ("first_divergence", e.first_divergence_key()),
@@ -524,7 +600,7 @@ fn lint_falsifier(
             match r {
                 Err(err) => diags.push(c.diag(&at(&format!("expect.{k}")), format!("{id}: {err}"))),
                 Ok(key) => {
-                    if let Ok(plan) = &plan
+                    if let Ok(plan) = plan
                         && !plan.wants_key(&key)
                     {
                         diags.push(c.diag(
@@ -532,7 +608,7 @@ fn lint_falsifier(
                             format!("{id}: expected {key} is not captured (not in this falsifier's stages/layers)"),
                         ));
                     }
-                    for (name, shape) in &models {
+                    for (name, shape) in models {
                         if let Err(err) = key_in_model(&key, name, shape) {
                             diags.push(c.diag(
                                 &at(&format!("expect.{k}")),
@@ -544,9 +620,21 @@ fn lint_falsifier(
             }
         }
     }
+}
 
+/// `check: routing` only on MoE models, with router_logits and topk_ids captured.
+fn lint_routing_check(
+    c: &LoadedContract,
+    i: usize,
+    f: &Falsifier,
+    models: &[(&str, &ModelShape)],
+    plan: &Result<CapturePlan, String>,
+    diags: &mut Vec<Diag>,
+) {
+    let at = |k: &str| format!("falsifiers[{i}].{k}");
+    let id = &f.id;
     if f.check == Check::Routing {
-        if let Ok(plan) = &plan {
+        if let Ok(plan) = plan {
             for need in [Stage::RouterLogits, Stage::TopkIds] {
                 if !plan.stages().any(|s| s == need) {
                     diags.push(c.diag(
@@ -556,7 +644,7 @@ fn lint_falsifier(
                 }
             }
         }
-        for (name, shape) in &models {
+        for (name, shape) in models {
             if !shape.is_moe() {
                 diags.push(c.diag(
                     &at("check"),
@@ -565,8 +653,13 @@ fn lint_falsifier(
             }
         }
     }
+}
 
-    // status against evidence: the last amendment whose evidence names this falsifier
+/// Status against evidence: the last amendment whose evidence names this falsifier shows at
+/// least its status.
+fn lint_status_evidence(c: &LoadedContract, i: usize, f: &Falsifier, diags: &mut Vec<Diag>) {
+    let at = |k: &str| format!("falsifiers[{i}].{k}");
+    let id = &f.id;
     if f.status > Status::Proposed {
         let last = c
             .contract

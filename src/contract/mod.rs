@@ -5,6 +5,8 @@
 //! - [`lint`]: every rule a contract set must satisfy, each error with file:line.
 //! - [`promote`]: move statuses forward on evidence, editing the YAML in place.
 //! - [`evidence`]: the part of a run's report.json that promotion reads.
+//! - [`commit`]: the evidence's commit, checked against the contracts' git repository.
+//! - [`fileset`]: several files replaced all or nothing, across kills (a journal).
 //!
 //! # The status ladder
 //!
@@ -19,11 +21,16 @@
 //!
 //! A falsifier runs once per model, and report.json has one row per falsifier x model whose
 //! `level` is what that one trial proves ([`evidence::trial_level`]: ACTIVE_ALGORITHM_LEVEL for
-//! a CPU pair, FUNCTIONAL for a GPU pair that ran on a device, null for a skipped trial), so
-//! promotion never guesses. Promote combines the rows ([`evidence::Report::verdict`]): any failing
-//! row fails the falsifier; otherwise its level is the lowest over its models, raised to
-//! DISCHARGED when every model of the falsifier is there at FUNCTIONAL or above, and capped at
-//! FUNCTIONAL when some model has no row (partial coverage never discharges).
+//! a CPU pair, FUNCTIONAL for a GPU pair that ran on a device, null for a skipped trial).
+//! Promote does not take a row's word for it: it recomputes each row's level from the row and
+//! the contract ([`evidence::Report::row_level`]: the contract's backend pair, the card the
+//! report names, the row's backends and planted-fault expectation against the contract's), and
+//! the row's own `level` can only lower that. It then combines the rows
+//! ([`evidence::Report::verdict`]): any failing row fails the falsifier; otherwise its level is
+//! the lowest over its models, raised to DISCHARGED when every model of the falsifier is there at
+//! FUNCTIONAL or above, and capped at FUNCTIONAL when some model has no row (partial coverage
+//! never discharges). The report's commit must be a commit of the contracts' git repository
+//! ([`commit`]).
 //!
 //! A contract's status is the minimum of its falsifiers' statuses: a contract is only as proven as
 //! its weakest check, so one PROPOSED falsifier keeps the whole contract PROPOSED. The field is
@@ -43,7 +50,9 @@
 //! that holds a `Cargo.toml`, or, when there is none (a copy of contracts/ in a temp dir), the
 //! current directory. See [`resolve_model_path`].
 
+pub mod commit;
 pub mod evidence;
+pub mod fileset;
 pub mod index;
 pub mod lint;
 pub mod promote;
@@ -183,7 +192,22 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 }
 
 /// Read contract files into memory.
+///
+/// Refuses contracts beside the journal of a promotion killed after it committed
+/// ([`fileset`]): until a promote completes it, some of them are promoted and some not.
 pub fn read_sources(files: &[PathBuf]) -> Result<Vec<Source>> {
+    for f in files {
+        let journal = f
+            .parent()
+            .unwrap_or_else(|| Path::new(""))
+            .join(fileset::JOURNAL);
+        if journal.exists() {
+            return Err(Error::input(format!(
+                "{}: a promotion was interrupted after it committed, so these contracts are half promoted; run `falsifier promote --evidence REPORT --contracts DIR` to complete it (it completes the promotion before it reads the report)",
+                journal.display()
+            )));
+        }
+    }
     files
         .iter()
         .map(|f| {

@@ -6,14 +6,18 @@
 //! (`status` of each promoted falsifier, the contract's `status` and `version`) are replaced and
 //! one flow-style amendment_history entry is appended, so every comment, the key order and the
 //! formatting survive. The edited text is linted together with the other contracts before it is
-//! written (temp file + rename, so a crash never leaves half a contract). A second promote with
-//! the same report finds nothing to move and changes nothing.
+//! written. The changed files are replaced all or nothing, even across a kill ([`fileset`]:
+//! temps, a journal, renames), and a promote first completes or undoes what a killed one left.
+//! A second promote with the same report finds nothing to move and changes nothing.
+//!
+//! Nothing in the report is taken on its word: each row's level is recomputed from the row and
+//! the contract ([`Report::row_level`]), and the report's commit must be a commit of the
+//! contracts' git repository ([`commit`]).
 //!
 //! When a report holds a regression and promotions at once, the promotions are still applied:
 //! each rests on its own falsifier's evidence.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -21,7 +25,7 @@ use yaml_edit::Document;
 
 use super::evidence::{Report, Verdict};
 use super::schema::{Status, parse_version};
-use super::{LoadedContract, Source, collect_files, lint, read_sources};
+use super::{LoadedContract, Source, collect_files, commit, fileset, lint, read_sources};
 use crate::{Error, Result};
 
 /// What to promote from where.
@@ -64,6 +68,8 @@ pub struct Outcome {
 
 /// Run a promotion. Writes files unless `dry_run`; the caller prints the outcome.
 pub fn promote(opts: &Options) -> Result<Outcome> {
+    let dirs = contract_dirs(&opts.contracts);
+    let recovered = fileset::recover(&dirs, opts.dry_run)?;
     let report = Report::load(&opts.evidence)?;
     let sources = read_sources(&collect_files(&opts.contracts)?)?;
     let (loaded, diags) = lint::lint(&sources);
@@ -79,7 +85,12 @@ pub fn promote(opts: &Options) -> Result<Outcome> {
         None => today_utc(),
     };
 
-    let mut out = Outcome::default();
+    commit::check(report.environment.commit.as_deref(), &opts.evidence, &dirs)?;
+
+    let mut out = Outcome {
+        notes: recovered,
+        ..Outcome::default()
+    };
     for r in &report.falsifiers {
         let known = loaded.iter().any(|c| {
             c.contract.contract == r.contract && c.contract.falsifiers.iter().any(|f| f.id == r.id)
@@ -101,7 +112,11 @@ pub fn promote(opts: &Options) -> Result<Outcome> {
     for (ci, c) in loaded.iter().enumerate() {
         let mut moves = Vec::new();
         for f in &c.contract.falsifiers {
-            match report.verdict(&c.contract.contract, &f.id, &f.models) {
+            let verdict = report.verdict(&c.contract.contract, f);
+            if let Verdict::Level { discounted, .. } | Verdict::NoLevel { discounted } = &verdict {
+                out.notes.extend(discounted.iter().cloned());
+            }
+            match verdict {
                 Verdict::Absent => {}
                 Verdict::Fails { models } => {
                     if f.status > Status::Proposed {
@@ -114,11 +129,11 @@ pub fn promote(opts: &Options) -> Result<Outcome> {
                         ));
                     }
                 }
-                Verdict::NoLevel => out.notes.push(format!(
+                Verdict::NoLevel { .. } => out.notes.push(format!(
                     "{}: holds, but the report gives no level for any model; not promoted",
                     f.id
                 )),
-                Verdict::Level { level, missing } => {
+                Verdict::Level { level, missing, .. } => {
                     if !missing.is_empty() && level > f.status {
                         out.notes.push(format!(
                             "{}: no level for model(s) {}: at most FUNCTIONAL",
@@ -185,11 +200,44 @@ pub fn promote(opts: &Options) -> Result<Outcome> {
         }
     }
     if !opts.dry_run {
-        for ch in &out.changes {
-            write_atomic(&ch.path, &ch.new)?;
-        }
+        let files: Vec<(PathBuf, String)> = out
+            .changes
+            .iter()
+            .map(|ch| (ch.path.clone(), ch.new.clone()))
+            .collect();
+        fileset::replace_all(&files)?;
     }
     Ok(out)
+}
+
+/// The directories the contracts live in (none given: `contracts/`), where a killed promotion
+/// may have left a journal or temp files and whose git repository must hold the evidence's
+/// commit.
+fn contract_dirs(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let default = [PathBuf::from("contracts")];
+    let paths = if paths.is_empty() {
+        &default[..]
+    } else {
+        paths
+    };
+    // a path that does not exist is reported by collect_files
+    let mut dirs: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| p.exists())
+        .map(|p| {
+            if p.is_dir() {
+                p.clone()
+            } else {
+                match p.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                    _ => PathBuf::from("."),
+                }
+            }
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
 }
 
 /// A YAML double-quoted scalar (JSON string syntax is valid YAML).
@@ -290,17 +338,6 @@ fn edit(
         .ok_or_else(|| bad("no amendment_history sequence"))?
         .push(entry_map);
     Ok(doc.to_string())
-}
-
-/// Write via a temp file in the same directory and a rename.
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = crate::fs::tmp_path(path);
-    let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, "create", e))?;
-    f.write_all(text.as_bytes())
-        .and_then(|_| f.sync_all())
-        .map_err(|e| Error::io(&tmp, "write", e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, "rename temp file onto", e))
 }
 
 /// Today's date, UTC, as `YYYY-MM-DD`.

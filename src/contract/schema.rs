@@ -304,6 +304,17 @@ pub struct Falsifier {
 pub const DEFAULT_THRESHOLD: f64 = 1.0e-4;
 
 impl Falsifier {
+    /// The expectation of a planted-fault falsifier, as reports print it
+    /// (`layer.3.ffn_out: NanGpu`, or with its origin when that differs); `None` for a clean one.
+    pub fn expected_text(&self) -> Option<String> {
+        self.expect.as_ref().map(|e| match &e.origin {
+            Some(o) if *o != e.first_divergence => {
+                format!("first divergence {}, origin {o}", e.first_divergence)
+            }
+            _ => e.first_divergence.clone(),
+        })
+    }
+
     /// Reference and candidate backend (lint guarantees exactly two).
     pub fn pair(&self) -> Option<(BackendName, BackendName)> {
         match self.backends.as_slice() {

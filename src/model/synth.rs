@@ -16,7 +16,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -24,6 +23,7 @@ use crate::model::GgmlType;
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::gguf::{GgufWriter, MetaValue};
 use crate::model::quant::quantize::quantize;
+use crate::progress::{NoProgress, Progress};
 
 /// Values per generated slice (rounded to whole rows, at least one row).
 const SLICE_VALUES: usize = 1 << 20;
@@ -558,14 +558,26 @@ pub struct Summary {
 }
 
 /// Write a synthetic model of shape `c` to `out`, quantized with `quant`, weights drawn from
-/// `seed`. `name` goes into `general.name`. Shows a progress bar on a terminal once writing
-/// takes more than a second.
+/// `seed`. `name` goes into `general.name`. Reports no progress (see [`generate_with`]).
 pub fn generate(
     c: &ModelConfig,
     quant: SynthQuant,
     seed: u64,
     name: &str,
     out: &Path,
+) -> Result<Summary> {
+    generate_with(c, quant, seed, name, out, &NoProgress)
+}
+
+/// [`generate`], reporting to `progress`: the file's length in bytes, each tensor's name as
+/// its data is written, and the bytes written.
+pub fn generate_with(
+    c: &ModelConfig,
+    quant: SynthQuant,
+    seed: u64,
+    name: &str,
+    out: &Path,
+    progress: &dyn Progress,
 ) -> Result<Summary> {
     check_shape(c)?;
     let start = Instant::now();
@@ -578,19 +590,13 @@ pub fn generate(
         w.add_tensor(&p.name, p.dims.clone(), p.ty)?;
     }
     let total = w.file_len()?;
-    let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>28} [{bar:40}] {bytes}/{total_bytes} ({eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    let mut shown = false;
+    progress.start(total);
     // slices generated at once: enough to keep the cores busy, few enough to bound memory
     // (each slice is ~4 MiB of f32 plus its encoding)
     let batch = (rayon::current_num_threads() * 2).clamp(2, 32);
-    w.write_file(out, |i, sink| {
+    let written = w.write_file(out, |i, sink| {
         let p = &plans[i];
-        bar.set_message(p.name.clone());
+        progress.message(&p.name);
         let n = p.n_slices();
         let mut k = 0;
         while k < n {
@@ -601,17 +607,14 @@ pub fn generate(
                 let chunk = chunk?;
                 sink.write_all(&chunk)
                     .map_err(|e| Error::io(out, "writing tensor data", e))?;
-                bar.inc(chunk.len() as u64);
-            }
-            if !shown && start.elapsed() > Duration::from_secs(1) {
-                bar.set_draw_target(ProgressDrawTarget::stderr());
-                shown = true;
+                progress.advance(chunk.len() as u64);
             }
             k = end;
         }
         Ok(())
-    })?;
-    bar.finish_and_clear();
+    });
+    progress.finish();
+    written?;
     let mut types: Vec<(GgmlType, usize)> = Vec::new();
     for p in &plans {
         match types.iter_mut().find(|(t, _)| *t == p.ty) {
@@ -669,6 +672,43 @@ mod tests {
         assert!(a == b, "same seed, different bytes");
         assert_eq!(a.len(), d.len());
         assert!(a != d, "different seeds, same bytes");
+    }
+
+    /// What a progress callback is told: the file's length first, each tensor by name in file
+    /// order, bytes that add up to the tensor data written, and the end.
+    #[test]
+    fn progress_is_reported_through_the_callback() {
+        use std::sync::Mutex;
+        #[derive(Default)]
+        struct Record(Mutex<(Option<u64>, Vec<String>, u64, bool)>);
+        impl Progress for Record {
+            fn start(&self, total: u64) {
+                self.0.lock().unwrap().0 = Some(total);
+            }
+            fn message(&self, what: &str) {
+                self.0.lock().unwrap().1.push(what.to_string());
+            }
+            fn advance(&self, n: u64) {
+                self.0.lock().unwrap().2 += n;
+            }
+            fn finish(&self) {
+                self.0.lock().unwrap().3 = true;
+            }
+        }
+        let c = preset("tiny-moe").unwrap();
+        let path = tmp("progress.gguf");
+        let rec = Record::default();
+        let s = generate_with(&c, SynthQuant::Q4_K_M, 7, "t", &path, &rec).unwrap();
+        let (total, names, done, finished) = rec.0.into_inner().unwrap();
+        assert_eq!(total, Some(s.bytes));
+        let f = GgufFile::open(&path).unwrap();
+        let want: Vec<String> = f.tensors().iter().map(|t| t.name.clone()).collect();
+        assert_eq!(names, want);
+        let data: u64 = f.tensors().iter().map(|t| t.nbytes).sum();
+        assert_eq!(done, data);
+        assert!(done > 0 && done <= s.bytes);
+        assert!(finished);
+        std::fs::remove_file(&path).unwrap();
     }
 
     /// Pins the generator's stream: a change to the PRNG, seeding, slicing or the writer

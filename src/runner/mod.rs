@@ -311,14 +311,10 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
     })))
 }
 
-/// The expectation of a planted-fault falsifier, as reports print it.
+/// The expectation of a planted-fault falsifier, as reports print it
+/// ([`Falsifier::expected_text`]).
 pub fn expected_text(f: &Falsifier) -> Option<String> {
-    f.expect.as_ref().map(|e| match &e.origin {
-        Some(o) if *o != e.first_divergence => {
-            format!("first divergence {}, origin {o}", e.first_divergence)
-        }
-        _ => e.first_divergence.clone(),
-    })
+    f.expected_text()
 }
 
 /// Decide whether the falsifier's prediction held. Returns (holds, one-line reason).

@@ -167,6 +167,7 @@ pub fn attn_ctx(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use approx::assert_abs_diff_eq;
 
     fn vals(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
@@ -265,6 +266,10 @@ mod tests {
         assert!(probs[1] > 0.0);
         assert_eq!(probs[2], 0.0);
         let last = (s.t - 1) * s.t;
-        assert!((probs[last..last + s.t].iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_abs_diff_eq!(
+            probs[last..last + s.t].iter().sum::<f32>(),
+            1.0,
+            epsilon = 1e-6
+        );
     }
 }

@@ -245,6 +245,7 @@ pub fn topk_desc(row: &[f32], k: usize) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use approx::assert_abs_diff_eq;
 
     fn naive_dot(a: &[f32], b: &[f32]) -> f64 {
         a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
@@ -298,12 +299,12 @@ mod tests {
         for p in [Precision::F64, Precision::F32] {
             let y = softmax_rows(&x, 3, p);
             for r in y.chunks(3) {
-                assert!((r.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+                assert_abs_diff_eq!(r.iter().sum::<f32>(), 1.0, epsilon = 1e-6);
             }
             assert!(y[0] < y[1] && y[1] < y[2]);
             let e = [1f64.exp(), 2f64.exp(), 3f64.exp()];
             let s: f64 = e.iter().sum();
-            assert!((y[2] as f64 - e[2] / s).abs() < 1e-7);
+            assert_abs_diff_eq!(y[2] as f64, e[2] / s, epsilon = 1e-7);
         }
     }
 
@@ -322,7 +323,7 @@ mod tests {
             let y = silu_mul(&g, &u, p);
             for i in 0..3 {
                 let s = g[i] as f64 / (1.0 + (-g[i] as f64).exp());
-                assert!((y[i] as f64 - s * u[i] as f64).abs() < 1e-6);
+                assert_abs_diff_eq!(y[i] as f64, s * u[i] as f64, epsilon = 1e-6);
             }
         }
     }

@@ -156,8 +156,10 @@ pub struct ProfileRow {
 }
 
 impl Device {
-    /// Probe for a driver and a device, then compile and load the kernels.
-    pub fn open(ordinal: usize) -> Result<Device> {
+    /// Probe for a driver and a device, then compile and load the kernels: the fixed ones and
+    /// `matmuls`, the matmul variants by name (`super::matmul::kernel_names`, passed in so that
+    /// this module knows nothing of the matmul dispatch; [`super::open_device`] does it).
+    pub fn open(ordinal: usize, matmuls: &[String]) -> Result<Device> {
         // SAFETY: only tries to dlopen the libraries; touches no CUDA state.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(Error::no_device(
@@ -211,13 +213,9 @@ impl Device {
             .load_module(Ptx::from_src(ptx))
             .map_err(|e| dev_err("loading the kernels' PTX", e))?;
         let mut funcs = HashMap::new();
-        let typed = TYPE_SUFFIXES.iter().flat_map(|t| {
-            crate::backend::cuda::weights::MatmulKernel::ALL
-                .iter()
-                .map(move |k| k.name(t))
-                .chain([format!("gather_{t}")])
-        });
-        for k in KERNELS.iter().map(|k| k.to_string()).chain(typed) {
+        let gathers = TYPE_SUFFIXES.iter().map(|t| format!("gather_{t}"));
+        let named = KERNELS.iter().map(|k| k.to_string());
+        for k in named.chain(gathers).chain(matmuls.iter().cloned()) {
             let f = module
                 .load_function(&k)
                 .map_err(|e| dev_err(&format!("kernel {k} missing from the module"), e))?;

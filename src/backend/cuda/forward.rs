@@ -18,7 +18,8 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 
 use super::capture::{Arena, Capture};
 use super::device::{Arg, Device, grid_1d, int};
-use super::weights::{DeviceMatrix, DeviceWeights, Dims, FfnWeights, GroupPtrs, MatmulCall};
+use super::matmul::{GroupPtrs, MatmulCall};
+use super::weights::{DeviceMatrix, DeviceWeights, Dims, FfnWeights};
 use crate::backend::{Fault, FaultKind, ForwardRequest};
 use crate::error::{Error, Result};
 use crate::model::quant::GgmlType;

@@ -9,8 +9,10 @@ use std::path::PathBuf;
 
 use super::CudaBackend;
 use super::device::{Arg, Device, grid_1d};
-use super::weights::{DeviceMatrix, GroupPtrs, HostTensor, MatmulCall, MatmulKernel};
+use super::matmul::{GroupPtrs, MatmulCall, MatmulKernel};
+use super::weights::{DeviceMatrix, HostTensor};
 use crate::backend::{Backend, Fault, ForwardRequest};
+use crate::diff::{DiffOptions, Thresholds, Verdict, diff};
 use crate::error::ErrorKind;
 use crate::model::quant::GgmlType;
 use crate::model::quant::dequant::{dequantize_q6k_as_q4k, round_activations_q8_0};
@@ -19,9 +21,6 @@ use crate::trace::plan::CapturePlan;
 use crate::trace::stage::{Key, Stage};
 use crate::trace::tensor::TensorData;
 use crate::trace::trace::Trace;
-
-/// Relative L2 error of the golden sets asked of an f32 forward (issue D's acceptance).
-const F32_REL_L2: f64 = 1e-4;
 
 fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures")).join(rel)
@@ -65,24 +64,6 @@ fn run(
     b.forward(&req).unwrap_or_else(|e| panic!("forward: {e}"))
 }
 
-/// ‖a − b‖ / ‖b‖ in f64; infinite when a NaN or infinity shows up on either side.
-fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let (mut num, mut den) = (0f64, 0f64);
-    for (x, y) in a.iter().zip(b) {
-        if !x.is_finite() || !y.is_finite() {
-            return f64::INFINITY;
-        }
-        num += (*x as f64 - *y as f64).powi(2);
-        den += (*y as f64).powi(2);
-    }
-    if den == 0.0 {
-        if num == 0.0 { 0.0 } else { f64::INFINITY }
-    } else {
-        (num / den).sqrt()
-    }
-}
-
 fn bits_equal(a: &TensorData, b: &TensorData) -> bool {
     match (a, b) {
         (TensorData::F32(x), TensorData::F32(y)) => {
@@ -93,37 +74,82 @@ fn bits_equal(a: &TensorData, b: &TensorData) -> bool {
     }
 }
 
-/// Compare every key of `golden` with `got`: f32 stages by relative L2, i32 stages exactly.
-/// Returns the worst error per stage name (over layers).
-fn compare(name: &str, got: &Trace, golden: &Trace, limit: f64) -> BTreeMap<&'static str, f64> {
+/// Diff `candidate` against `reference` through the project's own diff ([`crate::diff::diff`])
+/// at `thresholds` (the project's defaults, or overrides where a test says why), and fail on
+/// every row the diff fails. Rows of keys `reference` does not hold are not judged (a golden
+/// set may capture fewer stages than the backend), nor is the prompt (`tokens`).
+///
+/// With `same_nans`, a fault planted on both sides may leave NaNs on both: such a NanBoth row
+/// passes when the NaNs sit at the same places on both sides and the values finite on both are
+/// within the stage's threshold (the diff's metrics are over those pairs).
+///
+/// Returns the worst relative L2 per stage (over layers); infinite where a row had none.
+fn diff_traces(
+    name: &str,
+    candidate: &Trace,
+    reference: &Trace,
+    thresholds: &Thresholds,
+    same_nans: bool,
+) -> BTreeMap<&'static str, f64> {
+    let opts = DiffOptions {
+        thresholds: thresholds.clone(),
+        ..DiffOptions::default()
+    };
+    let report = diff(reference, candidate, &opts).unwrap_or_else(|e| panic!("{name}: diff: {e}"));
     let mut worst: BTreeMap<&'static str, f64> = BTreeMap::new();
     let mut failures = Vec::new();
-    for (key, want) in &golden.tensors {
-        if key.stage == Stage::Tokens {
+    for row in &report.rows {
+        let key = row.key;
+        if key.stage == Stage::Tokens || reference.get(&key).is_none() {
             continue;
         }
-        let Some(have) = got.get(key) else {
-            failures.push(format!("{key}: missing"));
-            continue;
-        };
-        assert_eq!(have.shape, want.shape, "{name} {key}: shape");
-        let err = match (&have.data, &want.data) {
-            (TensorData::F32(a), TensorData::F32(b)) => rel_l2(a, b),
-            (TensorData::I32(a), TensorData::I32(b)) if a == b => 0.0,
-            _ => f64::INFINITY,
-        };
+        let err = row.rel_l2().unwrap_or(f64::INFINITY);
         let w = worst.entry(key.stage.name()).or_insert(0.0);
         *w = w.max(err);
-        if err.is_nan() || err > limit {
-            failures.push(format!("{key}: relative L2 {err:.3e} > {limit:e}"));
+        let mirrored_nans = same_nans
+            && row.verdict == Verdict::NanBoth
+            && err <= row.threshold.rel_l2
+            && nans_at_same_places(reference, candidate, &key);
+        if row.fails() && !mirrored_nans {
+            failures.push(format!(
+                "{key}: {} ({})",
+                report.verdict_name(row.verdict),
+                crate::report::row_detail(&report, row)
+            ));
         }
     }
-    eprintln!("{name}: worst relative L2 per stage over layers");
-    for (stage, err) in &worst {
-        eprintln!("  {stage:<14} {err:.3e}");
-    }
+    let line: Vec<String> = worst.iter().map(|(s, e)| format!("{s} {e:.1e}")).collect();
+    eprintln!("{name}: worst relative L2 per stage: {}", line.join(", "));
     assert!(failures.is_empty(), "{name}: {failures:#?}");
     worst
+}
+
+/// Whether `key` holds NaNs at exactly the same places in both traces.
+fn nans_at_same_places(a: &Trace, b: &Trace, key: &Key) -> bool {
+    match (a.get(key).map(|t| &t.data), b.get(key).map(|t| &t.data)) {
+        (Some(TensorData::F32(x)), Some(TensorData::F32(y))) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.is_nan() == q.is_nan())
+        }
+        _ => false,
+    }
+}
+
+/// One stage of `candidate` against `reference` by the diff's metrics, within `limit`
+/// (relative L2 over the pairs), with no non-finite value on either side.
+fn assert_close(what: &str, candidate: &[f32], reference: &[f32], limit: f64) -> f64 {
+    assert_eq!(candidate.len(), reference.len(), "{what}: lengths");
+    let m = crate::diff::metrics::compare(reference, candidate);
+    assert_eq!(
+        (m.nonfinite_ref.count, m.nonfinite_cand.count),
+        (0, 0),
+        "{what}: non-finite values (reference, candidate)"
+    );
+    assert!(
+        m.rel_l2 <= limit,
+        "{what}: relative L2 {:e} > {limit:e}",
+        m.rel_l2
+    );
+    m.rel_l2
 }
 
 const GOLDEN_SETS: &[(&str, &str, &str)] = &[
@@ -186,7 +212,13 @@ fn golden_sets_match_per_stage() {
         let golden = read_trace(&fixture(&format!("{dir}/{golden}"))).unwrap();
         let tokens = tokens_of(dir);
         let got = run(&mut b, &tokens, &CapturePlan::all(), None, &[]);
-        compare(&format!("{dir}/{model}"), &got, &golden, F32_REL_L2);
+        diff_traces(
+            &format!("{dir}/{model}"),
+            &got,
+            &golden,
+            &Thresholds::new(),
+            false,
+        );
     }
 }
 
@@ -242,11 +274,12 @@ fn teacher_forcing_replays_each_layer_from_the_reference() {
         Stage::LayerOut,
     ] {
         let key = Key::layer(1, stage);
-        let err = rel_l2(
+        assert_close(
+            &key.to_string(),
             taught.get(&key).unwrap().as_f32().unwrap(),
             golden.get(&key).unwrap().as_f32().unwrap(),
+            Thresholds::new().get(stage).rel_l2,
         );
-        assert!(err <= F32_REL_L2, "{key}: {err:e}");
     }
     let out0 = taught.get(&Key::layer(0, Stage::LayerOut)).unwrap();
     assert!(out0.as_f32().unwrap()[0].is_nan());
@@ -445,7 +478,7 @@ fn check_matmul(what: &str, got: &[f32], x: &[f32], w: &[f32], t: usize, rows: u
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn device_decoders_match_gguf_py() {
-    let Some(dev) = skip_if_no_device(Device::open(0)) else {
+    let Some(dev) = skip_if_no_device(super::open_device(0)) else {
         return;
     };
     for ty in [
@@ -511,7 +544,7 @@ fn device_decoders_match_gguf_py() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn wide_matmuls_cover_every_tile_position() {
-    let Some(dev) = skip_if_no_device(Device::open(0)) else {
+    let Some(dev) = skip_if_no_device(super::open_device(0)) else {
         return;
     };
     for ty in [
@@ -550,7 +583,7 @@ fn wide_matmuls_cover_every_tile_position() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn q6k_as_q4k_kernel_matches_cpu_fault_decoder() {
-    let Some(dev) = skip_if_no_device(Device::open(0)) else {
+    let Some(dev) = skip_if_no_device(super::open_device(0)) else {
         return;
     };
     let (raw, _) = gguf_py_vectors(GgmlType::Q6_K);
@@ -590,7 +623,7 @@ fn q6k_as_q4k_kernel_matches_cpu_fault_decoder() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn grouped_matmul_kernels_match_host() {
-    let Some(dev) = skip_if_no_device(Device::open(0)) else {
+    let Some(dev) = skip_if_no_device(super::open_device(0)) else {
         return;
     };
     for ty in [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0] {
@@ -670,7 +703,7 @@ fn grouped_matmul_kernels_match_host() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn tiled_attention_matches_per_query_kernels() {
-    let Some(dev) = skip_if_no_device(Device::open(0)) else {
+    let Some(dev) = skip_if_no_device(super::open_device(0)) else {
         return;
     };
     let (t, nh, nkv) = (70usize, 4usize, 2usize);
@@ -796,8 +829,13 @@ fn tiled_attention_matches_per_query_kernels() {
                     }
                 }
             }
-            let err = rel_l2(&c_tiled, &c_rows);
-            assert!(err <= 1e-6, "{what}: ctx tiled vs rows rel L2 {err}");
+            // the same arithmetic by two paths: far tighter than any stage threshold
+            let err = assert_close(
+                &format!("{what}: ctx tiled vs rows"),
+                &c_tiled,
+                &c_rows,
+                1e-6,
+            );
             eprintln!("attention {what}: tiled = per-query within {err:.1e}");
         }
     }
@@ -808,7 +846,7 @@ fn tiled_attention_matches_per_query_kernels() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn q8_rounding_kernel_matches_cpu() {
-    let Some(dev) = skip_if_no_device(Device::open(0)) else {
+    let Some(dev) = skip_if_no_device(super::open_device(0)) else {
         return;
     };
     let (rows, k) = (20, 71);
@@ -837,58 +875,6 @@ fn q8_rounding_kernel_matches_cpu() {
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(g.to_bits(), w.to_bits(), "value {i}: {g} vs {w}");
     }
-}
-
-/// CPU-vs-CUDA agreement of two traces of the same forward: f32 stages by relative L2 over the
-/// positions both sides hold finite (a NaN planted on both sides must sit at the same places),
-/// i32 stages exactly. Returns the worst error per stage.
-fn compare_backends(
-    name: &str,
-    cuda: &Trace,
-    cpu: &Trace,
-    limit: f64,
-) -> BTreeMap<&'static str, f64> {
-    let mut worst: BTreeMap<&'static str, f64> = BTreeMap::new();
-    let mut failures = Vec::new();
-    assert_eq!(
-        cuda.tensors.keys().collect::<Vec<_>>(),
-        cpu.tensors.keys().collect::<Vec<_>>(),
-        "{name}: the two backends captured different keys"
-    );
-    for (key, want) in &cpu.tensors {
-        let have = &cuda.tensors[key];
-        assert_eq!(have.shape, want.shape, "{name} {key}: shape");
-        let err = match (&have.data, &want.data) {
-            (TensorData::F32(a), TensorData::F32(b)) => {
-                let same_nan = a.iter().zip(b).all(|(x, y)| x.is_nan() == y.is_nan());
-                let (fa, fb): (Vec<f32>, Vec<f32>) = a
-                    .iter()
-                    .zip(b)
-                    .filter(|(x, y)| !x.is_nan() && !y.is_nan())
-                    .map(|(x, y)| (*x, *y))
-                    .unzip();
-                if same_nan {
-                    rel_l2(&fa, &fb)
-                } else {
-                    f64::INFINITY
-                }
-            }
-            (TensorData::I32(a), TensorData::I32(b)) if a == b => 0.0,
-            _ => f64::INFINITY,
-        };
-        let w = worst.entry(key.stage.name()).or_insert(0.0);
-        *w = w.max(err);
-        if err.is_nan() || err > limit {
-            failures.push(format!("{key}: {err:.3e} > {limit:e}"));
-        }
-    }
-    let line: Vec<String> = worst.iter().map(|(s, e)| format!("{s} {e:.1e}")).collect();
-    eprintln!(
-        "{name}: cuda vs cpu(f64), worst per stage: {}",
-        line.join(", ")
-    );
-    assert!(failures.is_empty(), "{name}: {failures:#?}");
-    worst
 }
 
 /// A synthetic model whose rows are whole 256-value super-blocks, so that Q4_K_M gives Q4_K and
@@ -949,7 +935,7 @@ fn q6k_stage(file: &crate::model::gguf::GgufFile, n_layers: usize, moe: bool) ->
 fn cuda_matches_cpu_reference_clean_and_faulted() {
     use crate::backend::cpu::CpuBackend;
     use crate::model::synth::SynthQuant;
-    if skip_if_no_device(Device::open(0)).is_none() {
+    if skip_if_no_device(super::open_device(0)).is_none() {
         return;
     }
     let mut models: Vec<(String, PathBuf, Vec<u32>, Option<tempfile_path::TempModel>)> =
@@ -991,7 +977,12 @@ fn cuda_matches_cpu_reference_clean_and_faulted() {
         let plan = CapturePlan::all();
         let c = run(&mut cuda, tokens, &plan, None, &[]);
         let r = run(&mut cpu, tokens, &plan, None, &[]);
-        for (s, e) in compare_backends(name, &c, &r, F32_REL_L2) {
+        assert_eq!(
+            c.tensors.keys().collect::<Vec<_>>(),
+            r.tensors.keys().collect::<Vec<_>>(),
+            "{name}: the two backends captured different keys"
+        );
+        for (s, e) in diff_traces(name, &c, &r, &Thresholds::new(), false) {
             let w = summary.entry(s).or_insert(0.0);
             *w = w.max(e);
         }
@@ -1029,12 +1020,16 @@ fn cuda_matches_cpu_reference_clean_and_faulted() {
             // Q8_0 rounding is discontinuous: inputs that differ by 1e-7 between the backends can
             // land on two sides of a rounding boundary, and one flipped level moves that value
             // by amax/127 (under 1%); downstream of the rounding the bound is 1e-2, not 1e-4
-            let limit = if fault.kind == crate::backend::FaultKind::ActQ8Rounding {
-                1e-2
-            } else {
-                F32_REL_L2
-            };
-            compare_backends(&format!("{name} with {f}"), &c, &r, limit);
+            let mut thresholds = Thresholds::new();
+            if fault.kind == crate::backend::FaultKind::ActQ8Rounding {
+                for stage in Stage::ALL {
+                    // integer stages stay exact
+                    if crate::diff::thresholds::default_rel_l2(stage) > 0.0 {
+                        thresholds.set(stage, 1e-2).unwrap();
+                    }
+                }
+            }
+            diff_traces(&format!("{name} with {f}"), &c, &r, &thresholds, true);
             // at T = 1 RoPE rotates nothing (position 0) and the mask has no next position
             let silent =
                 tokens.len() == 1 && matches!(fault.stage, Stage::QRope | Stage::AttnProbs);
@@ -1050,7 +1045,13 @@ fn cuda_matches_cpu_reference_clean_and_faulted() {
         // teacher forcing from the CPU's trace
         let c = run(&mut cuda, tokens, &plan, Some(&r), &[]);
         let rt = run(&mut cpu, tokens, &plan, Some(&r), &[]);
-        compare_backends(&format!("{name} teacher-forced"), &c, &rt, F32_REL_L2);
+        diff_traces(
+            &format!("{name} teacher-forced"),
+            &c,
+            &rt,
+            &Thresholds::new(),
+            false,
+        );
     }
     eprintln!("cuda vs cpu over all models, worst relative L2 per stage:");
     for (s, e) in &summary {
@@ -1096,7 +1097,7 @@ fn bench_prefill() {
         fma_per_s: 33.5e12,
         source: "3.0 TB/s and the H100 data sheet's 33.5 T FMA/s".into(),
     };
-    let measured = super::rates::measure(&b.dev).unwrap();
+    let measured: Rates = super::rates::measure(&b.dev).unwrap().into();
     eprintln!(
         "bench: this card reaches {:.1} T f32 FMA/s and {:.2} TB/s device-to-device copy (read + write)",
         measured.fma_per_s / 1e12,

@@ -4,6 +4,7 @@
 //! - [`device`]: probe (no driver or no card is `ErrorKind::NoDevice`, never a panic), NVRTC
 //!   compilation of `kernels/*.cu` once per process, launches that name kernel and stage.
 //! - [`weights`]: the model's tensors uploaded once in their GGUF block formats.
+//! - [`matmul`]: which matmul kernel serves a launch, its launch shape, and the launch.
 //! - [`forward`]: the batched forward with faults, teacher forcing and capture.
 //! - [`capture`]: planned stages copied asynchronously into pinned host memory.
 //!
@@ -14,6 +15,7 @@
 pub mod capture;
 pub mod device;
 pub mod forward;
+pub mod matmul;
 pub mod rates;
 pub mod weights;
 
@@ -29,6 +31,11 @@ use crate::trace::trace::{Trace, TraceMeta};
 use capture::Arena;
 use device::Device;
 use weights::{DeviceWeights, Dims, HostTensor};
+
+/// Open device `ordinal` with every kernel loaded, the matmul variants included.
+pub fn open_device(ordinal: usize) -> Result<Device> {
+    Device::open(ordinal, &matmul::kernel_names())
+}
 
 /// A model loaded on a CUDA device.
 pub struct CudaBackend {
@@ -46,7 +53,7 @@ impl CudaBackend {
     /// Open device `ordinal` (probe, compile, load kernels) and describe it, without a model.
     /// `Err` with `ErrorKind::NoDevice` when there is no driver or no device.
     pub fn probe(ordinal: usize) -> Result<String> {
-        Device::open(ordinal).map(|d| d.description)
+        open_device(ordinal).map(|d| d.description)
     }
 
     /// Open device `ordinal` and upload a model's weights. `get` returns a tensor by its
@@ -59,7 +66,7 @@ impl CudaBackend {
         model: &str,
         model_sha256: &str,
     ) -> Result<CudaBackend> {
-        let dev = Device::open(ordinal)?;
+        let dev = open_device(ordinal)?;
         let weights = DeviceWeights::upload(&dev, dims, get)?;
         Ok(CudaBackend {
             dev,
@@ -74,7 +81,7 @@ impl CudaBackend {
     /// Open device `ordinal` and upload the GGUF model at `path` (qwen3 or qwen3moe).
     pub fn open(path: &Path, ordinal: usize) -> Result<CudaBackend> {
         // probe first: without a device, say so before reading a large model
-        let dev = Device::open(ordinal)?;
+        let dev = open_device(ordinal)?;
         let f = GgufFile::open(path)?;
         let cfg = ModelConfig::from_gguf(&f)?;
         cfg.validate_tensors(&f)?;

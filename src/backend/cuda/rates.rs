@@ -1,4 +1,5 @@
-//! What a card reaches, for the floors of `falsifier bench` (see [`crate::bench`]): f32 FMAs a
+//! What a card reaches, for the floors of `falsifier bench` (`crate::bench` turns a
+//! [`CardRates`] into its `Rates`; this module knows nothing of the bench): f32 FMAs a
 //! second (8 independent FMA chains per thread, 16 blocks of 256 threads per multiprocessor,
 //! timed by events: the instruction the matmul kernels use) and device-to-device copy bytes a
 //! second counting read plus write (how the issue's 3.0 TB/s for the H100 was measured). Each
@@ -7,8 +8,18 @@
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::device::Device;
-use crate::bench::Rates;
 use crate::error::{Error, Result};
+
+/// What one card measurably reaches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CardRates {
+    /// Bytes a second that a device-to-device copy moves, read plus write.
+    pub copy_bytes_per_s: f64,
+    /// f32 FMAs a second.
+    pub fma_per_s: f64,
+    /// The card's description (name, driver, compute capability).
+    pub card: String,
+}
 
 const FMA_KERNEL: &str = r#"
 extern "C" __global__ void fma_rate(float* out, int iters) {
@@ -26,7 +37,7 @@ extern "C" __global__ void fma_rate(float* out, int iters) {
 "#;
 
 /// Measure `dev`'s f32 FMA rate and copy bandwidth.
-pub fn measure(dev: &Device) -> Result<Rates> {
+pub fn measure(dev: &Device) -> Result<CardRates> {
     let cuda = |what: &str, e: &dyn std::fmt::Debug| {
         Error::internal(format!("CUDA rate measurement: {what}: {e:?}"))
     };
@@ -79,9 +90,9 @@ pub fn measure(dev: &Device) -> Result<Rates> {
         })?;
         copy_bytes_per_s = copy_bytes_per_s.max(2.0 * (n * 4) as f64 / s);
     }
-    Ok(Rates {
+    Ok(CardRates {
         copy_bytes_per_s,
         fma_per_s,
-        source: format!("this card's measured rates ({})", dev.description),
+        card: dev.description.clone(),
     })
 }
