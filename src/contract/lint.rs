@@ -31,7 +31,7 @@ use super::shape::{ModelShape, preset_shape, read_shape};
 use super::{Diag, LoadedContract, Source, parse, resolve_model_path};
 use crate::backend::FaultKind;
 use crate::model::quant::GgmlType;
-use crate::trace::plan::{CapturePlan, LayerSel};
+use crate::trace::plan::CapturePlan;
 use crate::trace::stage::{Key, Stage};
 
 /// Lint a set of contract texts. Returns the contracts that parsed and every problem found.
@@ -405,6 +405,16 @@ fn lint_backends_and_tokens(
                 ),
             ));
         }
+        let ctx = shape.config.context_length;
+        if f.tokens.len() > ctx {
+            diags.push(c.diag(
+                &at("tokens"),
+                format!(
+                    "{id}: the prompt has {} tokens, more than model {name}'s context length of {ctx}",
+                    f.tokens.len()
+                ),
+            ));
+        }
     }
 }
 
@@ -450,11 +460,9 @@ fn lint_stages_and_layers(
             }
         }
         Ok(plan) => {
-            if let LayerSel::Some(set) = plan.layers()
-                && let Some(max) = set.iter().next_back()
-            {
+            if let Some(max) = plan.layers().max() {
                 for (name, shape) in models {
-                    if *max >= shape.layers() {
+                    if max >= shape.layers() {
                         diags.push(c.diag(
                             &at("layers"),
                             format!(
