@@ -9,6 +9,7 @@
 pub mod attribution;
 pub mod models;
 pub mod nightly;
+pub mod overview;
 pub mod summary;
 
 use std::path::{Path, PathBuf};
