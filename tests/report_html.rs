@@ -201,10 +201,10 @@ fn run_overview_renders(chrome: &Path) {
         dom.find(needle)
             .unwrap_or_else(|| panic!("{needle} not on the page"))
     };
-    // summary, then failures and skips, then the matrix, then the trials
-    assert!(at("class=\"counts\"") < at("id=\"attention\""));
-    assert!(at("id=\"attention\"") < at("id=\"matrix\""));
-    assert!(at("id=\"matrix\"") < at("id=\"trials\""));
+    // summary, then the matrix, then failures and skips, then the trials
+    assert!(at("class=\"counts\"") < at("id=\"matrix\""));
+    assert!(at("id=\"matrix\"") < at("id=\"attention\""));
+    assert!(at("id=\"attention\"") < at("id=\"trials\""));
     for chip in [
         "chip holds",
         "chip fails",
@@ -216,16 +216,32 @@ fn run_overview_renders(chrome: &Path) {
     }
     // the failing trial is open at the top; every trial sits folded below
     let failing = &sample.entries[sample.planted_missed].name;
-    let top = &dom[at("id=\"attention\"")..at("id=\"matrix\"")];
+    let top = &dom[at("id=\"attention\"")..at("id=\"trials\"")];
     assert!(
         top.contains("<details class=\"trial fails\" open=\"\">") && top.contains(failing.as_str()),
         "{top}"
     );
+    // skipped and left-out trials are folded in one group per reason
+    assert!(
+        top.contains("<details class=\"group skipped\"><summary><span class=\"state\">skipped</span>1 trial(s): no CUDA device"),
+        "{top}"
+    );
+    assert!(top.contains("1 trial(s): heavy: --include-heavy"), "{top}");
     let all = &dom[at("id=\"trials\"")..];
     assert_eq!(all.matches("<details class=\"trial").count(), n);
     assert!(!all.contains(" open=\"\""), "the full list starts folded");
     // contracts down, models across
-    let matrix = &dom[at("id=\"matrix\"")..at("id=\"trials\"")];
+    let matrix = &dom[at("id=\"matrix\"")..at("id=\"attention\"")];
+    // a planted fault found where planted reads as expected, not as a divergence to look at
+    let found = &sample.entries[sample.planted_found].name;
+    let line = all
+        .split("<details")
+        .find(|d| d.contains(found.as_str()))
+        .unwrap();
+    assert!(
+        line.contains("expected divergence found at its planted place: layer.2.ffn_out"),
+        "{line}"
+    );
     for name in ["C-HARNESS-SELF-TEST", "moe-f32", "a3b-q4km"] {
         assert!(matrix.contains(name), "{name} in the matrix: {matrix}");
     }

@@ -1,6 +1,7 @@
 //! report.html of a `falsifier run`: one self-contained page (inline CSS, a small script, no
-//! network). From the top: the verdict with the counts by state in colour, the failures and
-//! skips, a contracts × models matrix, then every trial as a collapsible `<details>`. The
+//! network). From the top: the verdict with the counts by state in colour, a contracts × models
+//! matrix, the failures (open) and the skips (folded by reason), then every trial as a
+//! collapsible `<details>`. The
 //! script only marks `<body data-rendered="ok">` for the rendering test; the page reads the same
 //! without it.
 
@@ -130,8 +131,12 @@ fn trial(p: &Page, e: &Entry, open: bool) -> String {
         );
     }
     dl.push_str("</dl>");
+    let planted = r.expected.is_some();
     let what = match (&r.first_divergence, state.reason()) {
         (_, Some(why)) => why.to_string(),
+        (Some(f), None) if planted && state == TrialState::Holds => {
+            format!("expected divergence found at its planted place: {f}")
+        }
         (Some(f), None) => format!("first divergence {f}"),
         (None, None) => String::new(),
     };
@@ -144,6 +149,52 @@ fn trial(p: &Page, e: &Entry, open: bool) -> String {
         esc(&what),
         esc(&e.detail(p.require_gpu))
     )
+}
+
+/// Failures and errors one by one, open; skipped and left-out trials folded, one group per
+/// reason, so that a long list of GPU trials skipped on a CPU host does not bury a failure.
+fn attention(p: &Page) -> String {
+    let mut h = String::from("<section id=\"attention\"><h2>Failures and skips</h2>");
+    let states: Vec<(&Entry, TrialState)> = p
+        .entries
+        .iter()
+        .map(|e| (e, e.state(p.require_gpu)))
+        .collect();
+    if states.iter().all(|(_, s)| *s == TrialState::Holds) {
+        h.push_str("<p class=\"good\">Every selected trial ran and held.</p>");
+    }
+    for (e, s) in &states {
+        if matches!(s, TrialState::Fails | TrialState::Error) {
+            h.push_str(&trial(p, e, true));
+        }
+    }
+    let mut groups: Vec<(&TrialState, Vec<&Entry>)> = Vec::new();
+    for (e, s) in &states {
+        if s.reason().is_none() {
+            continue;
+        }
+        match groups.iter_mut().find(|(g, _)| *g == s) {
+            Some((_, list)) => list.push(e),
+            None => groups.push((s, vec![e])),
+        }
+    }
+    groups.sort_by_key(|(s, _)| s.rank());
+    for (s, list) in groups {
+        let _ = write!(
+            h,
+            "<details class=\"group {}\"><summary><span class=\"state\">{}</span>{} trial(s): {}</summary><div class=\"body\">",
+            s.class(),
+            esc(s.name()),
+            list.len(),
+            esc(s.reason().unwrap_or_default())
+        );
+        for e in list {
+            h.push_str(&trial(p, e, false));
+        }
+        h.push_str("</div></details>");
+    }
+    h.push_str("</section>");
+    h
 }
 
 /// Contracts down, models across; each cell counts its trials by state and takes the colour of
@@ -227,29 +278,12 @@ pub fn html(p: &Page) -> String {
         esc(p.env.card.as_deref().unwrap_or("-")),
     );
 
-    let mut attention: Vec<(&Entry, TrialState)> = p
-        .entries
-        .iter()
-        .map(|e| (e, e.state(p.require_gpu)))
-        .filter(|(_, s)| *s != TrialState::Holds)
-        .collect();
-    attention.sort_by_key(|(_, s)| s.rank());
-    h.push_str("<section id=\"attention\"><h2>Failures and skips</h2>");
-    if attention.is_empty() {
-        h.push_str("<p class=\"good\">Every selected trial ran and held.</p>");
-    }
-    for (e, s) in &attention {
-        // failures open, skipped and left-out trials folded: their reason is in the summary line
-        let open = matches!(s, TrialState::Fails | TrialState::Error);
-        h.push_str(&trial(p, e, open));
-    }
-    h.push_str("</section>");
-
     let _ = write!(
         h,
         "<section id=\"matrix\"><h2>Contracts × models</h2>{}</section>",
         matrix(p)
     );
+    h.push_str(&attention(p));
 
     h.push_str("<section id=\"trials\"><h2>All trials</h2>");
     for e in p.entries {
