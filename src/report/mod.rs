@@ -356,10 +356,13 @@ pub fn headline(report: &DiffReport) -> String {
             let later = report.rows.iter().filter(|r| r.downstream).count();
             let origin = match &report.origin {
                 Some(o) if o.key != row.key => format!(
-                    " Attribution places the origin at {}: {} (own rel L2 {}).",
+                    " Attribution places the origin at {}: {}{}.",
                     o.key,
                     report.verdict_name(o.verdict),
-                    sci(o.own_rel_l2)
+                    // none when the origin holds non-finite values: no error is meaningful then
+                    o.own_rel_l2
+                        .map(|e| format!(" (own rel L2 {})", sci(Some(e))))
+                        .unwrap_or_default()
                 ),
                 Some(_) => " Attribution confirms it as the origin.".to_string(),
                 None => String::new(),
