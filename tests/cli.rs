@@ -88,10 +88,16 @@ fn run_report_is_promote_evidence() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("2 trial(s), all hold; report: "),
+        "{stdout}"
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(json["schema"], "falsifier-report/1");
     assert_eq!(json["holds"], true);
+    assert_eq!(json["all_hold"], true);
     let rows = json["falsifiers"].as_array().unwrap();
     assert_eq!(rows.len(), 2, "moe and dense models");
     for r in rows {
@@ -118,6 +124,108 @@ fn run_report_is_promote_evidence() {
     assert_eq!(promote.status.code(), Some(0), "{promote:?}");
     std::fs::remove_dir_all(&dir).unwrap();
     std::fs::remove_dir_all(&copy).unwrap();
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn run_of_nothing_is_an_error_not_a_pass() {
+    let out = falsifier(&["run", "contracts", "--filter", "NOSUCH"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--filter `NOSUCH`: no trial matched"), "{err}");
+
+    // a heavy trial left out is counted, with the flag that would run it; a run of nothing but
+    // it ran nothing
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-heavy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = falsifier(&[
+        "run",
+        "contracts/qwen3-moe-forward-gpu.yaml",
+        "--filter",
+        "FALSIFY-MOE-FWD-101",
+        "--report-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "no trial ran (1 trial(s): 0 hold, 0 fail, 1 not run (heavy: --include-heavy))"
+        ),
+        "{err}"
+    );
+    let json = read_json(&dir.join("report.json"));
+    assert_eq!(json["trials"][0]["state"], "not run");
+    assert_eq!(json["summary"]["not_run"], 1);
+    assert_eq!(json["holds"], false);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn skipped_gpu_trial_is_no_pass_and_fails_everywhere_with_require_gpu() {
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-nogpu-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    // CUDA_VISIBLE_DEVICES="" hides every device, so the trial is skipped on a GPU host too
+    let run = |extra: &[&str], report: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_falsifier"))
+            .args([
+                "run",
+                "contracts/qwen3-moe-forward-gpu.yaml",
+                "--filter",
+                "cpu-vs-cuda::FALSIFY-MOE-FWD-001::moe-f32",
+                "--report-dir",
+            ])
+            .arg(report)
+            .args(extra)
+            .env("CUDA_VISIBLE_DEVICES", "")
+            .env_remove("FALSIFY_REQUIRE_GPU")
+            .current_dir(ROOT)
+            .output()
+            .unwrap()
+    };
+    let out = run(&[], &dir.join("skip"));
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("skip    cpu-vs-cuda::FALSIFY-MOE-FWD-001::moe-f32"),
+        "{err}"
+    );
+    assert!(
+        err.contains("no trial ran (1 trial(s): 0 hold, 0 fail, 1 skipped (no CUDA device))"),
+        "{err}"
+    );
+    let json = read_json(&dir.join("skip/report.json"));
+    assert_eq!(json["trials"][0]["state"], "skipped");
+    assert_eq!(json["falsifiers"][0]["holds"], false);
+    assert_eq!(json["falsifiers"][0]["state"], "skipped");
+
+    // --require-gpu: one truth in the terminal, report.md, report.html and report.json
+    let out = run(&["--require-gpu"], &dir.join("require"));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let sentence = "1 trial(s): 0 hold, 1 fail";
+    assert!(
+        stdout.starts_with(&format!("{sentence}; SOME DO NOT HOLD")),
+        "{stdout}"
+    );
+    let json = read_json(&dir.join("require/report.json"));
+    assert_eq!(json["holds"], false);
+    assert_eq!(json["summary"]["fails"], 1);
+    assert_eq!(json["summary"]["skipped"], 0);
+    assert_eq!(json["trials"][0]["state"], "FAILS");
+    assert_eq!(json["falsifiers"][0]["holds"], false);
+    assert_eq!(json["falsifiers"][0]["state"], "FAILS");
+    for page in ["report.md", "report.html"] {
+        let text = std::fs::read_to_string(dir.join("require").join(page)).unwrap();
+        assert!(
+            text.contains(sentence) && text.contains("SOME DO NOT HOLD"),
+            "{page}: {text}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -173,6 +173,12 @@ fn planted_nan_is_found_where_planted() {
             detail.contains("1 non-finite") && detail.contains("finite pairs only"),
             "{detail}"
         );
+        // over its finite pairs the row would read cosine 1, rel L2 0: no number is given
+        assert_eq!(m.cosine, 1.0, "{fmt:?}: the sums leave the NaN out");
+        assert_eq!(row.rel_l2(), None);
+        assert!(row.finite_metrics().is_none());
+        let cos = falsifier::report::metric_text(row, |m| m.cosine, falsifier::report::cos_text);
+        assert_eq!(cos, "— (1 non-finite)");
     }
     // without backends (npy) the printed verdict stays neutral; with cpu/cuda backends in the
     // traces' metadata it takes the seed's names
@@ -649,6 +655,28 @@ fn cli_exit_codes_and_reports() {
     assert_eq!(json["first_divergence"]["layer"], 1);
     assert_eq!(json["first_divergence"]["stage"], "ffn_out");
     assert_eq!(json["first_divergence"]["verdict"], "NanGpu");
+    // the NaN row: no cosine, error or max over its finite pairs (they read as a perfect match)
+    // anywhere, but a dash with the count
+    let nan_row = json["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "layer.1.ffn_out")
+        .unwrap();
+    for k in ["cosine", "nmse", "rel_l2", "max_abs"] {
+        assert!(nan_row[k].is_null(), "{k}: {nan_row}");
+    }
+    assert_eq!(nan_row["nonfinite"], 1);
+    assert_eq!(nan_row["nonfinite_cand"]["count"], 1);
+    let first_line = stdout.lines().find(|l| l.contains("first")).unwrap();
+    assert!(
+        first_line.contains("1 non-finite") && !first_line.contains("cos 1"),
+        "{first_line}"
+    );
+    for page in ["report.md", "report.html"] {
+        let text = std::fs::read_to_string(rd.join(page)).unwrap();
+        assert!(text.contains("— (1 non-finite)"), "{page}: {text}");
+    }
     assert_eq!(
         json["rows"].as_array().unwrap().len(),
         reference.tensors.len()

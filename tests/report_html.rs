@@ -1,17 +1,27 @@
-//! report.html renders in a real headless Chromium: the page's script runs to the end (it marks
-//! `<body data-rendered="ok">`), no console error is logged, no network is needed, and the
-//! screenshot is a real picture. Skips with a printed reason only when chromium is absent and
-//! this is not CI (CI=true); .ci/run installs chromium.
+//! The reports render in a real headless Chromium: the diff page (report.html of a diff) and the
+//! run overview (report.html of `falsifier run`). For each, the page's script runs to the end (it
+//! marks `<body data-rendered="ok">`), no console error is logged, no network is needed, and the
+//! screenshot is a real picture.
 //!
-//! The screenshot is kept at `$CARGO_TARGET_TMPDIR/report-html/shot.png` for a person to look at.
+//! Whether chromium is there is known only at run time, so this target runs under libtest-mimic
+//! (`harness = false`): without chromium the checks end "ignored" with the reason, never "ok";
+//! with CI=true they fail instead (.ci/run installs chromium).
+//!
+//! The screenshots are kept under `$CARGO_TARGET_TMPDIR/report-html/` for a person to look at.
+
+#[allow(dead_code)] // run_summary uses other parts
+#[path = "common/run_entries.rs"]
+mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
 use falsifier::diff::{DiffOptions, diff};
-use falsifier::report::{ReportContext, write_reports};
+use falsifier::report::{Environment, ReportContext, write_reports};
+use falsifier::runner::summary;
 use falsifier::trace::io::read_trace;
 use falsifier::trace::{Key, Stage, TensorData, Trace};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 fn chromium() -> Option<PathBuf> {
     for name in ["chromium", "chromium-browser", "google-chrome"] {
@@ -82,30 +92,24 @@ fn write_sample(dir: &Path) -> PathBuf {
     dir.join("report.html")
 }
 
-#[test]
-fn report_html_renders_in_headless_chromium() {
-    let Some(chrome) = chromium() else {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("chromium is not installed, and CI=true: .ci/run must install it");
-        }
-        eprintln!(
-            "SKIPPED report_html_renders_in_headless_chromium: chromium not found (apt-get install chromium)"
-        );
-        return;
-    };
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report-html");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let html = write_sample(&dir);
-    let text = std::fs::read_to_string(&html).unwrap();
+/// What Chromium made of a page.
+struct Rendered {
+    /// The DOM after the page's scripts ran.
+    dom: String,
+}
+
+/// Load `html` in headless Chromium: check that its script ran to the end without a console
+/// error and that its screenshot (kept as `shot`) is a real 1400×900 picture.
+fn render(chrome: &Path, html: &Path, shot: &Path) -> Rendered {
+    let text = std::fs::read_to_string(html).unwrap();
     assert!(
         !text.contains("http://") && !text.contains("https://"),
         "the page must not reach the network"
     );
     let url = format!("file://{}", html.display());
-    let profile = dir.join("profile");
+    let profile = shot.with_extension("profile");
     let base_args = |extra: &[&str]| {
-        let mut cmd = Command::new(&chrome);
+        let mut cmd = Command::new(chrome);
         cmd.args([
             "--headless",
             "--no-sandbox",
@@ -127,15 +131,11 @@ fn report_html_renders_in_headless_chromium() {
 
     // the DOM after scripts ran
     let dom = base_args(&["--dump-dom"]);
-    let dom_text = String::from_utf8_lossy(&dom.stdout);
+    let dom_text = String::from_utf8_lossy(&dom.stdout).to_string();
     let log = String::from_utf8_lossy(&dom.stderr);
     assert!(
         dom_text.contains("data-rendered=\"ok\""),
         "script did not finish; stderr:\n{log}"
-    );
-    assert!(
-        dom_text.contains("NanGpu"),
-        "verdict names of a cpu/cuda pair"
     );
     for bad in ["Uncaught", "ERROR:CONSOLE", "SyntaxError", "ReferenceError"] {
         assert!(!log.contains(bad), "console error ({bad}):\n{log}");
@@ -145,9 +145,8 @@ fn report_html_renders_in_headless_chromium() {
     }
 
     // the picture
-    let shot = dir.join("shot.png");
     let out = base_args(&[&format!("--screenshot={}", shot.display())]);
-    let bytes = std::fs::read(&shot).unwrap_or_else(|e| {
+    let bytes = std::fs::read(shot).unwrap_or_else(|e| {
         panic!(
             "no screenshot ({e}); stderr:\n{}",
             String::from_utf8_lossy(&out.stderr)
@@ -157,11 +156,129 @@ fn report_html_renders_in_headless_chromium() {
     let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
     let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
     assert_eq!((w, h), (1400, 900));
-    // a blank or single-colour page compresses to a few KiB; this page has text and colour
+    // a blank or single-colour page compresses to a few KiB; these pages have text and colour
     assert!(
         bytes.len() > 40_000,
         "screenshot only {} bytes",
         bytes.len()
     );
     eprintln!("screenshot: {}", shot.display());
+    Rendered { dom: dom_text }
+}
+
+fn diff_page_renders(chrome: &Path) {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("report-html");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let html = write_sample(&dir);
+    let page = render(chrome, &html, &dir.join("shot.png"));
+    assert!(
+        page.dom.contains("NanGpu"),
+        "verdict names of a cpu/cuda pair"
+    );
+    // a row with a NaN shows no cosine or error over its finite pairs
+    assert!(page.dom.contains("— (1 non-finite)"), "non-finite rows");
+}
+
+/// The run overview: counts by state first, then failures and skips, the contracts × models
+/// matrix, and every trial folded in a `<details>`.
+fn run_overview_renders(chrome: &Path) {
+    let dir = common::scratch("report-html-run");
+    let sample = common::one_of_each(&dir.join("trials"));
+    summary::write(
+        &dir,
+        &sample.entries,
+        "falsifier run contracts",
+        &Environment::default(),
+        false,
+    )
+    .unwrap();
+    let page = render(chrome, &dir.join("report.html"), &dir.join("shot.png"));
+    let dom = &page.dom;
+    let n = sample.entries.len();
+    assert!(dom.contains(&format!("data-trials=\"{n}\"")), "{dom}");
+    let at = |needle: &str| {
+        dom.find(needle)
+            .unwrap_or_else(|| panic!("{needle} not on the page"))
+    };
+    // summary, then the matrix, then failures and skips, then the trials
+    assert!(at("class=\"counts\"") < at("id=\"matrix\""));
+    assert!(at("id=\"matrix\"") < at("id=\"attention\""));
+    assert!(at("id=\"attention\"") < at("id=\"trials\""));
+    for chip in [
+        "chip holds",
+        "chip fails",
+        "chip skipped",
+        "chip notrun",
+        "chip error",
+    ] {
+        assert!(dom.contains(chip), "{chip}");
+    }
+    // the failing trial is open at the top; every trial sits folded below
+    let failing = &sample.entries[sample.planted_missed].name;
+    let top = &dom[at("id=\"attention\"")..at("id=\"trials\"")];
+    assert!(
+        top.contains("<details class=\"trial fails\" open=\"\">") && top.contains(failing.as_str()),
+        "{top}"
+    );
+    // skipped and left-out trials are folded in one group per reason
+    assert!(
+        top.contains("<details class=\"group skipped\"><summary><span class=\"state\">skipped</span>1 trial(s): no CUDA device"),
+        "{top}"
+    );
+    assert!(top.contains("1 trial(s): heavy: --include-heavy"), "{top}");
+    let all = &dom[at("id=\"trials\"")..];
+    assert_eq!(all.matches("<details class=\"trial").count(), n);
+    assert!(!all.contains(" open=\"\""), "the full list starts folded");
+    // contracts down, models across
+    let matrix = &dom[at("id=\"matrix\"")..at("id=\"attention\"")];
+    // a planted fault found where planted reads as expected, not as a divergence to look at
+    let found = &sample.entries[sample.planted_found].name;
+    let line = all
+        .split("<details")
+        .find(|d| d.contains(found.as_str()))
+        .unwrap();
+    assert!(
+        line.contains("expected divergence found at its planted place: layer.2.ffn_out"),
+        "{line}"
+    );
+    for name in ["C-HARNESS-SELF-TEST", "moe-f32", "a3b-q4km"] {
+        assert!(matrix.contains(name), "{name} in the matrix: {matrix}");
+    }
+}
+
+/// A check of a page, given the chromium to render it with.
+type Check = fn(&Path);
+
+/// The checks, each ignored with its reason when chromium is missing outside CI.
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let checks: [(&str, Check); 2] = [
+        (
+            "report_html_renders_in_headless_chromium",
+            diff_page_renders,
+        ),
+        (
+            "run_overview_renders_in_headless_chromium",
+            run_overview_renders,
+        ),
+    ];
+    let tests = checks
+        .into_iter()
+        .map(|(name, check)| {
+            Trial::ignorable_test(name, move || match chromium() {
+                Some(chrome) => {
+                    check(&chrome);
+                    Ok(Completion::Completed)
+                }
+                None if std::env::var("CI").is_ok_and(|v| v == "true") => Err(Failed::from(
+                    "chromium is not installed, and CI=true: .ci/run must install it",
+                )),
+                None => Ok(Completion::ignored_with(
+                    "chromium not found (apt-get install chromium)",
+                )),
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, tests).exit_code()
 }

@@ -13,7 +13,7 @@ use crate::contract::load_checked;
 use crate::contract::schema::BackendName;
 use crate::error::{Error, Result};
 use crate::report::Environment;
-use crate::runner::summary::{self, Entry};
+use crate::runner::summary::{self, Counts, Entry, TrialState};
 use crate::runner::{TrialOutcome, run_trial, trials, with_candidate};
 
 #[derive(Args, Debug)]
@@ -53,22 +53,34 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             ))
         })?),
     };
-    let selected: Vec<_> = trials(&contracts)
+    let matched: Vec<_> = trials(&contracts)
         .into_iter()
         .map(|t| match candidate {
             Some(c) => with_candidate(t, c),
             None => t,
         })
-        .filter(|t| args.include_heavy || !t.heavy())
         .filter(|t| args.filter.as_deref().is_none_or(|f| t.name().contains(f)))
         .collect();
+    if matched.is_empty() {
+        // a run that runs nothing must not read as a pass
+        return Err(Error::input(match &args.filter {
+            Some(f) => format!(
+                "--filter `{f}`: no trial matched (trial names read `reference-vs-candidate::FALSIFY-ID::model`)"
+            ),
+            None => "no trial matched: the contracts hold no falsifier with a model".to_string(),
+        }));
+    }
+    let to_run = matched
+        .iter()
+        .filter(|t| args.include_heavy || !t.heavy())
+        .count();
     let now = std::time::SystemTime::now();
     let dir = args.report_dir.clone().unwrap_or_else(|| {
         let ts = crate::report::rfc3339(now).replace([':', '-'], "");
         PathBuf::from("reports").join(format!("run-{}", ts.trim_end_matches('Z')))
     });
     let bar = if std::io::stderr().is_terminal() {
-        ProgressBar::with_draw_target(Some(selected.len() as u64), ProgressDrawTarget::stderr())
+        ProgressBar::with_draw_target(Some(to_run as u64), ProgressDrawTarget::stderr())
     } else {
         ProgressBar::hidden()
     };
@@ -79,55 +91,71 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     );
     let mut entries = Vec::new();
     let mut env = Environment::detect();
-    for spec in selected {
-        let name = spec.name();
-        bar.set_message(name.clone());
-        let outcome = run_trial(&spec, &dir.join("trials")).map_err(|e| e.to_string());
-        let line = match &outcome {
-            Ok(TrialOutcome::Ran(r)) => {
-                if spec.needs_gpu() {
-                    env.card = Some(r.candidate_device.clone());
-                }
-                let state = if r.holds { "ok    " } else { "FAILED" };
-                let mut l = format!("{state} {name} ({:.2?})", r.elapsed);
-                if !r.holds {
-                    l.push('\n');
-                    l.push_str(&r.message);
-                }
-                l
+    for spec in matched {
+        let entry = if spec.heavy() && !args.include_heavy {
+            Entry::not_run(spec)
+        } else {
+            let name = spec.name();
+            bar.set_message(name.clone());
+            let outcome = run_trial(&spec, &dir.join("trials")).map_err(|e| e.to_string());
+            if let Ok(TrialOutcome::Ran(r)) = &outcome
+                && spec.needs_gpu()
+            {
+                env.card = Some(r.candidate_device.clone());
             }
-            Ok(TrialOutcome::NoDevice(why)) => format!("skip   {name}: {why}"),
-            Err(e) => format!("ERROR  {name}: {e}"),
+            bar.inc(1);
+            Entry {
+                name,
+                spec,
+                outcome: Some(outcome),
+            }
         };
+        let line = trial_line(&entry, require_gpu);
         if bar.is_hidden() {
             eprintln!("{line}");
         } else {
             bar.println(line);
         }
-        bar.inc(1);
-        entries.push(Entry {
-            name,
-            spec,
-            outcome,
-        });
+        entries.push(entry);
     }
     bar.finish_and_clear();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     summary::write(&dir, &entries, &command, &env, require_gpu)?;
-    let holds = summary::holds(&entries, require_gpu);
+    let counts = Counts::of(&entries, require_gpu);
+    let report = dir.join("report.html");
+    if counts.ran() == 0 {
+        return Err(Error::input(format!(
+            "no trial ran ({}); report: {}",
+            counts.sentence(),
+            report.display()
+        )));
+    }
+    let holds = counts.holds();
     println!(
-        "{} trial(s), {}; report: {}",
-        entries.len(),
-        if holds {
-            "all hold"
-        } else {
-            "SOME DO NOT HOLD"
-        },
-        dir.join("report.html").display()
+        "{}{}; report: {}",
+        counts.sentence(),
+        if holds { "" } else { "; SOME DO NOT HOLD" },
+        report.display()
     );
     Ok(if holds {
         Outcome::Holds
     } else {
         Outcome::Fails
     })
+}
+
+/// A trial's line on the terminal, by its state.
+fn trial_line(e: &Entry, require_gpu: bool) -> String {
+    let elapsed = match &e.outcome {
+        Some(Ok(TrialOutcome::Ran(r))) => format!(" ({:.2?})", r.elapsed),
+        _ => String::new(),
+    };
+    let name = &e.name;
+    match e.state(require_gpu) {
+        TrialState::Holds => format!("ok      {name}{elapsed}"),
+        TrialState::Fails => format!("FAILED  {name}{elapsed}\n{}", e.detail(require_gpu)),
+        TrialState::Skipped(_) => format!("skip    {name}: {}", e.detail(require_gpu)),
+        TrialState::NotRun(why) => format!("not run {name}: {why}"),
+        TrialState::Error => format!("ERROR   {name}: {}", e.detail(require_gpu)),
+    }
 }

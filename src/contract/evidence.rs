@@ -34,6 +34,9 @@ pub struct FalsifierResult {
     #[serde(default)]
     pub backends: Vec<String>,
     pub holds: bool,
+    /// `holds`, `FAILS`, `skipped`, `not run` or `ERROR`; absent from older reports.
+    #[serde(default)]
+    pub state: Option<String>,
     /// The planted-fault expectation the trial checked (null for a clean falsifier).
     #[serde(default)]
     pub expected: Option<String>,
@@ -42,6 +45,14 @@ pub struct FalsifierResult {
     pub level: Option<Status>,
     #[serde(default)]
     pub report_dir: Option<String>,
+}
+
+impl FalsifierResult {
+    /// A trial that did not run (skipped for want of a device, or left out as heavy): it holds
+    /// nothing and fails nothing, so it only leaves its model without a level.
+    pub fn did_not_run(&self) -> bool {
+        matches!(self.state.as_deref(), Some("skipped" | "not run"))
+    }
 }
 
 /// A combined run report.
@@ -170,7 +181,7 @@ impl Report {
         }
         let failed: Vec<String> = rows
             .iter()
-            .filter(|r| !r.holds)
+            .filter(|r| !r.holds && !r.did_not_run())
             .map(|r| r.model.clone())
             .collect();
         if !failed.is_empty() {
@@ -425,6 +436,31 @@ mod tests {
         assert_eq!(
             r.verdict("C-X", &f),
             level(Status::ActiveAlgorithmLevel, &["b"])
+        );
+    }
+
+    #[test]
+    fn skipped_and_left_out_rows_neither_hold_nor_fail() {
+        let f = falsifier("cpu, cuda", None);
+        let row = |m: &str, holds: bool, state: &str, level: &str| {
+            format!(
+                r#"{{"id":"FALSIFY-X","contract":"C-X","model":"{m}","backends":["cpu","cuda"],"holds":{holds},"state":"{state}","level":{level}}}"#
+            )
+        };
+        let text = format!(
+            r#"{{"schema":"falsifier-report/1","holds":true,"environment":{{"card":"NVIDIA H100"}},"falsifiers":[{},{}]}}"#,
+            row("a", true, "holds", "\"FUNCTIONAL\""),
+            row("b", false, "skipped", "null"),
+        );
+        let r: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(r.verdict("C-X", &f), level(Status::Functional, &["b"]));
+        let text = text.replace(r#""state":"skipped""#, r#""state":"FAILS""#);
+        let r: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            r.verdict("C-X", &f),
+            Verdict::Fails {
+                models: vec!["b".into()]
+            }
         );
     }
 

@@ -208,8 +208,24 @@ impl Row {
         !(self.verdict.is_match() || (self.verdict == Verdict::RouteFlip && self.near_tie))
     }
 
+    /// Values that are NaN or infinite on either side (equal infinities on both sides are not
+    /// counted).
+    pub fn nonfinite(&self) -> u64 {
+        self.metrics
+            .as_ref()
+            .map_or(0, |m| m.nonfinite_ref.count + m.nonfinite_cand.count)
+    }
+
+    /// The metrics when they describe the whole row: `None` when nothing was compared, or when
+    /// non-finite values were left out of them (cosine, errors and max would then cover only the
+    /// finite pairs, and a NaN row would read as a perfect match).
+    pub fn finite_metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_ref().filter(|_| self.nonfinite() == 0)
+    }
+
+    /// Relative L2 error over the whole row; `None` as for [`Row::finite_metrics`].
     pub fn rel_l2(&self) -> Option<f64> {
-        self.metrics.as_ref().map(|m| m.rel_l2)
+        self.finite_metrics().map(|m| m.rel_l2)
     }
 }
 

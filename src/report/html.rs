@@ -7,7 +7,9 @@
 
 use std::fmt::Write;
 
-use super::{ReportContext, cos_text, headline, index_text, rfc3339, row_detail, sci};
+use super::{
+    ReportContext, cos_text, index_text, judgement, metric_text, rfc3339, row_detail, sci,
+};
 use crate::diff::{DiffReport, Index, Row, SideInfo, Verdict};
 use crate::trace::stage::Stage;
 
@@ -75,16 +77,20 @@ fn tip(report: &DiffReport, r: &Row, first: bool) -> String {
         t.push_str("  (near tie)");
     }
     if let Some(m) = &r.metrics {
+        let at = if r.nonfinite() == 0 {
+            format!(" at {}", at_text(&r.max_abs_at))
+        } else {
+            String::new()
+        };
         let _ = write!(
             t,
-            "\nrel L2 {}  (threshold {}, {})\ncosine {}\nNMSE {}\nmax |a-b| {} at {}\nn {}",
-            sci(Some(m.rel_l2)),
+            "\nrel L2 {}  (threshold {}, {})\ncosine {}\nNMSE {}\nmax |a-b| {}{at}\nn {}",
+            metric_text(r, |m| m.rel_l2, sci),
             sci(Some(r.threshold.rel_l2)),
             r.threshold.source.name(),
-            cos_text(Some(m.cosine)),
-            sci(Some(m.nmse)),
-            sci(Some(m.max_abs)),
-            at_text(&r.max_abs_at),
+            metric_text(r, |m| m.cosine, cos_text),
+            metric_text(r, |m| m.nmse, sci),
+            metric_text(r, |m| m.max_abs, sci),
             m.n
         );
         if m.nonfinite_ref.count > 0 {
@@ -140,7 +146,7 @@ fn tip(report: &DiffReport, r: &Row, first: bool) -> String {
 /// Class, inline style and short text of a cell.
 fn cell_look(r: &Row) -> (&'static str, String, String) {
     match r.verdict {
-        Verdict::Match | Verdict::Diverge => {
+        Verdict::Match | Verdict::Diverge if r.nonfinite() == 0 => {
             let x = r.rel_l2().unwrap_or(0.0);
             let (cr, cg, cb) = heat(x);
             // exact agreement stays blank: the colour says it, and the eye finds the numbers
@@ -165,9 +171,11 @@ fn cell_look(r: &Row) -> (&'static str, String, String) {
                 text,
             )
         }
-        Verdict::NanCand | Verdict::NanRef | Verdict::NanBoth => {
-            ("c nan", String::new(), "NaN".into())
-        }
+        Verdict::NanCand
+        | Verdict::NanRef
+        | Verdict::NanBoth
+        | Verdict::Match
+        | Verdict::Diverge => ("c nan", String::new(), "NaN".into()),
         Verdict::Missing => ("c miss", String::new(), "∅".into()),
         Verdict::ShapeMismatch => ("c shape", String::new(), "≠".into()),
         Verdict::RouteFlip if r.near_tie => ("c flip tie", String::new(), "⇄".into()),
@@ -231,7 +239,7 @@ body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
 header { background: #fff; border-bottom: 1px solid var(--line); padding: 18px 28px 14px; }
 h1 { font-size: 20px; margin: 0 0 6px; display: flex; align-items: center; gap: 12px; }
 .badge { font-size: 13px; font-weight: 700; padding: 3px 10px; border-radius: 12px; color: #fff; letter-spacing: .04em; }
-.badge.holds { background: #1a9850; } .badge.fails { background: #c62828; }
+.badge.holds { background: #1a9850; } .badge.fails { background: #c62828; } .badge.expected { background: #00796b; }
 .headline { font-size: 16px; margin: 4px 0 12px; max-width: 1200px; }
 .sides { display: flex; gap: 16px; flex-wrap: wrap; }
 .side { background: #f6f7f9; border: 1px solid var(--line); border-radius: 8px; padding: 8px 14px; min-width: 360px; flex: 1; }
@@ -299,7 +307,7 @@ const JS: &str = r#"
 
 pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
     let mut h = String::new();
-    let holds = report.holds;
+    let verdict = judgement(report, ctx.planted.as_ref());
     let _ = write!(
         h,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>falsifier diff: {} vs {}</title><style>{CSS}</style></head><body>",
@@ -309,9 +317,9 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
     let _ = write!(
         h,
         "<header><h1>falsifier diff <span class=\"badge {}\">{}</span></h1><p class=\"headline\">{}</p><div class=\"sides\">{}{}</div></header><main>",
-        if holds { "holds" } else { "fails" },
-        if holds { "HOLDS" } else { "FAILS" },
-        esc(&headline(report)),
+        verdict.class,
+        verdict.word,
+        esc(&verdict.headline),
         side_card("reference", &report.reference),
         side_card("candidate", &report.candidate)
     );
@@ -401,7 +409,6 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
     if !bad.is_empty() {
         h.push_str("<section><h2>Non-matching cells</h2><table class=\"rows\"><tr><th>key</th><th>verdict</th><th>rel L2</th><th>threshold</th><th>cosine</th><th>max |a−b|</th><th>at</th><th>note</th></tr>");
         for r in bad.iter().take(200) {
-            let m = r.metrics.as_ref();
             // for non-finite rows the place that matters is the first NaN/Inf
             let at = if r.verdict.is_nan() {
                 let first = match (&r.nonfinite_cand_at, &r.nonfinite_ref_at) {
@@ -433,10 +440,10 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
                 esc(&r.key.to_string()),
                 esc(&report.verdict_name(r.verdict)),
                 mark,
-                sci(m.map(|m| m.rel_l2)),
+                metric_text(r, |m| m.rel_l2, sci),
                 sci(Some(r.threshold.rel_l2)),
-                cos_text(m.map(|m| m.cosine)),
-                sci(m.map(|m| m.max_abs)),
+                metric_text(r, |m| m.cosine, cos_text),
+                metric_text(r, |m| m.max_abs, sci),
                 esc(&at),
                 esc(&note)
             );

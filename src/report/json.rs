@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Environment, FalsifierResult, ReportContext, rfc3339};
+use super::{Environment, FalsifierResult, Planted, ReportContext, judgement, rfc3339};
 use crate::diff::{DiffReport, Index, NonFinite, Row, SideInfo, Verdict};
 use crate::error::{Error, Result};
 
@@ -21,7 +21,16 @@ pub struct JsonReport {
     pub command: String,
     pub reference: JsonSide,
     pub candidate: JsonSide,
+    /// The diff's verdict: no failing row, and something was compared.
     pub holds: bool,
+    /// The sentence at the top of report.md and report.html (for a planted-fault trial, whether
+    /// the divergence was found at its planted place).
+    #[serde(default)]
+    pub headline: String,
+    /// A planted-fault trial's expectation and whether it was met: for such a trial this, not
+    /// `holds`, is the verdict.
+    #[serde(default)]
+    pub planted: Option<Planted>,
     pub summary: JsonSummary,
     pub first_divergence: Option<JsonFirst>,
     pub rows: Vec<JsonRow>,
@@ -132,6 +141,10 @@ pub struct JsonRow {
     pub rel_l2: Option<f64>,
     pub max_abs: Option<f64>,
     pub max_abs_at: Option<JsonIndex>,
+    /// Non-finite values on either side. When it is not 0, `cosine`, `nmse`, `rel_l2` and
+    /// `max_abs` are null: over the finite pairs only they would mislead.
+    #[serde(default)]
+    pub nonfinite: u64,
     pub nonfinite_ref: JsonNonFinite,
     pub nonfinite_cand: JsonNonFinite,
     pub threshold: JsonThreshold,
@@ -177,6 +190,7 @@ fn nonfinite(n: Option<&NonFinite>, at: Option<&Index>) -> JsonNonFinite {
 
 fn row(report: &DiffReport, r: &Row) -> JsonRow {
     let m = r.metrics.as_ref();
+    let whole = r.finite_metrics();
     JsonRow {
         layer: r.key.layer,
         stage: r.key.stage.to_string(),
@@ -189,11 +203,12 @@ fn row(report: &DiffReport, r: &Row) -> JsonRow {
         shape_cand: r.shape_cand.clone(),
         compared_by: r.compared_by.name().to_string(),
         n: m.map_or(0, |m| m.n),
-        cosine: m.and_then(|m| finite(m.cosine)),
-        nmse: m.and_then(|m| finite(m.nmse)),
-        rel_l2: m.and_then(|m| finite(m.rel_l2)),
-        max_abs: m.and_then(|m| finite(m.max_abs)),
-        max_abs_at: r.max_abs_at.as_ref().map(index),
+        cosine: whole.and_then(|m| finite(m.cosine)),
+        nmse: whole.and_then(|m| finite(m.nmse)),
+        rel_l2: whole.and_then(|m| finite(m.rel_l2)),
+        max_abs: whole.and_then(|m| finite(m.max_abs)),
+        max_abs_at: r.max_abs_at.as_ref().filter(|_| whole.is_some()).map(index),
+        nonfinite: r.nonfinite(),
         nonfinite_ref: nonfinite(m.map(|m| &m.nonfinite_ref), r.nonfinite_ref_at.as_ref()),
         nonfinite_cand: nonfinite(m.map(|m| &m.nonfinite_cand), r.nonfinite_cand_at.as_ref()),
         threshold: JsonThreshold {
@@ -253,6 +268,8 @@ pub fn to_json(report: &DiffReport, ctx: &ReportContext) -> JsonReport {
         reference: side(&report.reference),
         candidate: side(&report.candidate),
         holds: report.holds,
+        headline: judgement(report, ctx.planted.as_ref()).headline,
+        planted: ctx.planted.clone(),
         summary: JsonSummary {
             counts,
             compared: s.compared,

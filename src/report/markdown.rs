@@ -3,12 +3,12 @@
 
 use std::fmt::Write;
 
-use super::{ReportContext, cos_text, headline, rfc3339, sci};
+use super::{ReportContext, cos_text, judgement, metric_text, rfc3339, sci};
 use crate::diff::{DiffReport, Index, Row, Verdict};
 use crate::trace::stage::Stage;
 
 fn cell(report: &DiffReport, r: &Row, first: bool) -> String {
-    let cos = r.metrics.as_ref().map(|m| m.cosine);
+    let cos = r.finite_metrics().map(|m| m.cosine);
     let mut s = match r.verdict {
         Verdict::Match => format!("ok {}", cos_text(cos)),
         Verdict::Diverge => format!("**Diverge** {}", cos_text(cos)),
@@ -49,9 +49,9 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
     let mut out = String::new();
     let first = report.first_divergence;
     let _ = writeln!(out, "# falsifier diff\n");
-    let _ = writeln!(out, "{}\n", headline(report));
-    let verdict_word = if report.holds { "HOLDS" } else { "FAILS" };
-    let _ = writeln!(out, "**{verdict_word}**\n");
+    let verdict = judgement(report, ctx.planted.as_ref());
+    let _ = writeln!(out, "{}\n", verdict.headline);
+    let _ = writeln!(out, "**{}**\n", verdict.word);
     let _ = writeln!(out, "- reference: {}", report.reference.describe());
     let _ = writeln!(out, "- candidate: {}", report.candidate.describe());
     if !report.reference.tokens.is_empty() {
@@ -135,15 +135,14 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
         );
         let _ = writeln!(out, "|---|---|---|---|---|---|");
         for (i, r) in model {
-            let m = r.metrics.as_ref();
             let _ = writeln!(
                 out,
                 "| {} | {} | {} | {} | {} | {} |",
                 r.key,
                 cell(report, r, first == Some(i)),
-                cos_text(m.map(|m| m.cosine)),
-                sci(m.map(|m| m.rel_l2)),
-                sci(m.map(|m| m.max_abs)),
+                metric_text(r, |m| m.cosine, cos_text),
+                metric_text(r, |m| m.rel_l2, sci),
+                metric_text(r, |m| m.max_abs, sci),
                 r.notes.join("; ")
             );
         }
@@ -173,9 +172,9 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
                 "| {} | {} | {} | {} | {} | {} | {} / {} |",
                 r.key,
                 report.verdict_name(r.verdict),
-                sci(m.map(|m| m.rel_l2)),
+                metric_text(r, |m| m.rel_l2, sci),
                 sci(Some(r.threshold.rel_l2)),
-                sci(m.map(|m| m.max_abs)),
+                metric_text(r, |m| m.max_abs, sci),
                 at_text(&r.max_abs_at),
                 m.map_or(0, |m| m.nonfinite_ref.count),
                 m.map_or(0, |m| m.nonfinite_cand.count),

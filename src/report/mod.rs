@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::diff::{DiffReport, Index, Row, Verdict};
+use crate::diff::{DiffReport, Index, Metrics, Row, Verdict};
 use crate::error::{Error, Result};
 
 /// Outcome of one contract falsifier, filled in by the contract runner (report.json's
@@ -24,6 +24,10 @@ pub struct FalsifierResult {
     /// (reference, candidate) backends.
     pub backends: Vec<String>,
     pub holds: bool,
+    /// The trial's state in a combined run report: `holds`, `FAILS`, `skipped`, `not run` or
+    /// `ERROR` (`holds` is true exactly when it is `holds`). Absent from older reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
     /// The expected first divergence of a planted-fault check (`layer.3.ffn_out: NanGpu`).
     pub expected: Option<String>,
     /// The first divergence found (`layer.3.ffn_out: NanGpu`), `None` when none.
@@ -88,6 +92,65 @@ pub struct ReportContext {
     pub created: SystemTime,
     pub environment: Environment,
     pub falsifiers: Vec<FalsifierResult>,
+    /// Set by the contract runner for a planted-fault trial.
+    pub planted: Option<Planted>,
+}
+
+/// A planted-fault trial's expectation, judged. For such a trial a divergence at the planted
+/// place is the pass, so its own report leads with this rather than with the diff's verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Planted {
+    /// Where the divergence was expected (`layer.2.ffn_out`, or with its origin).
+    pub expected: String,
+    /// The first divergence and its origin were found where expected.
+    pub found: bool,
+    /// What was expected and what was found, in a sentence.
+    pub finding: String,
+}
+
+/// The verdict a report shows in its badge and headline.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Judgement {
+    /// CSS class: `holds`, `fails` or `expected`.
+    pub class: &'static str,
+    /// The badge: `HOLDS`, `FAILS` or `EXPECTED DIVERGENCE`.
+    pub word: &'static str,
+    pub headline: String,
+}
+
+/// What a trial's (or a diff's) report says at its top: a planted-fault trial is judged by
+/// whether the divergence was found at its planted place, anything else by the diff.
+pub fn judgement(report: &DiffReport, planted: Option<&Planted>) -> Judgement {
+    match planted {
+        Some(p) if p.found => Judgement {
+            class: "expected",
+            word: "EXPECTED DIVERGENCE",
+            headline: format!(
+                "Expected divergence found at its planted place ({}). {}",
+                p.expected,
+                headline(report)
+            ),
+        },
+        Some(p) => Judgement {
+            class: "fails",
+            word: "FAILS",
+            headline: format!(
+                "The planted fault was not found where expected: {}. {}",
+                p.finding,
+                headline(report)
+            ),
+        },
+        None if report.holds => Judgement {
+            class: "holds",
+            word: "HOLDS",
+            headline: headline(report),
+        },
+        None => Judgement {
+            class: "fails",
+            word: "FAILS",
+            headline: headline(report),
+        },
+    }
 }
 
 impl ReportContext {
@@ -97,6 +160,7 @@ impl ReportContext {
             created: SystemTime::now(),
             environment: Environment::detect(),
             falsifiers: Vec::new(),
+            planted: None,
         }
     }
 }
@@ -171,6 +235,20 @@ pub fn cos_text(x: Option<f64>) -> String {
     }
 }
 
+/// A row's metric for people: `format` of the value, or `— (N non-finite)` when the row holds
+/// non-finite values. The metrics then cover only the finite pairs, and a NaN row would read as
+/// cosine 1, rel L2 0.
+pub fn metric_text(
+    row: &Row,
+    value: fn(&Metrics) -> f64,
+    format: fn(Option<f64>) -> String,
+) -> String {
+    match row.nonfinite() {
+        0 => format(row.metrics.as_ref().map(value)),
+        n => format!("— ({n} non-finite)"),
+    }
+}
+
 /// The short metric of a row in a sentence: `rel L2 3.1e-2, cos 0.9995`, or what it is instead.
 pub fn row_detail(report: &DiffReport, row: &Row) -> String {
     match row.verdict {
@@ -220,21 +298,17 @@ pub fn row_detail(report: &DiffReport, row: &Row) -> String {
             .into_iter()
             .flatten()
             .collect();
-            // the row's cosine and errors leave the non-finite positions out: say so, since a
-            // NaN row would otherwise read as cosine 1 at a glance
+            // the row's cosine and errors leave the non-finite positions out, so none is shown
             format!(
-                "{}; cosine and errors over the finite pairs only",
+                "{}; cosine and errors not shown (they would cover the finite pairs only)",
                 parts.join("; ")
             )
         }
-        _ => {
-            let m = row.metrics.as_ref();
-            format!(
-                "rel L2 {}, cos {}",
-                sci(m.map(|m| m.rel_l2)),
-                cos_text(m.map(|m| m.cosine))
-            )
-        }
+        _ => format!(
+            "rel L2 {}, cos {}",
+            metric_text(row, |m| m.rel_l2, sci),
+            metric_text(row, |m| m.cosine, cos_text)
+        ),
     }
 }
 
@@ -282,10 +356,13 @@ pub fn headline(report: &DiffReport) -> String {
             let later = report.rows.iter().filter(|r| r.downstream).count();
             let origin = match &report.origin {
                 Some(o) if o.key != row.key => format!(
-                    " Attribution places the origin at {}: {} (own rel L2 {}).",
+                    " Attribution places the origin at {}: {}{}.",
                     o.key,
                     report.verdict_name(o.verdict),
-                    sci(o.own_rel_l2)
+                    // none when the origin holds non-finite values: no error is meaningful then
+                    o.own_rel_l2
+                        .map(|e| format!(" (own rel L2 {})", sci(Some(e))))
+                        .unwrap_or_default()
                 ),
                 Some(_) => " Attribution confirms it as the origin.".to_string(),
                 None => String::new(),

@@ -9,6 +9,7 @@
 pub mod attribution;
 pub mod models;
 pub mod nightly;
+pub mod overview;
 pub mod summary;
 
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ use crate::diff::{DiffOptions, DiffReport, diff};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::config::ModelConfig;
 use crate::model::gguf::GgufFile;
-use crate::report::{FalsifierResult, ReportContext, write_reports};
+use crate::report::{FalsifierResult, Planted, ReportContext, write_reports};
 use crate::trace::plan::CapturePlan;
 use crate::trace::stage::{Key, Stage};
 use crate::trace::tensor::TensorData;
@@ -259,6 +260,7 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
         model: spec.model_name.clone(),
         backends: vec![ref_name.name().to_string(), cand_name.name().to_string()],
         holds,
+        state: Some(if holds { "holds" } else { "FAILS" }.to_string()),
         expected,
         first_divergence: first.clone(),
         origin: report.origin.as_ref().map(|o| o.key.to_string()),
@@ -273,6 +275,12 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
     if cand_name.needs_gpu() || ref_name.needs_gpu() {
         ctx.environment.card = Some(candidate_device.clone());
     }
+    // a planted-fault trial holds when it diverges where planted: its report says so
+    ctx.planted = record.expected.clone().map(|expected| Planted {
+        expected,
+        found: holds,
+        finding: why.clone(),
+    });
     ctx.falsifiers.push(record.clone());
     write_reports(&dir, &report, &ctx)?;
 

@@ -13,8 +13,28 @@ use crate::error::{Error, Result};
 #[derive(Clone, Debug, Deserialize)]
 pub struct TrialLine {
     pub name: String,
+    /// `holds`, `FAILS`, `skipped`, `not run` or `ERROR` (older reports: `skipped (no CUDA
+    /// device)`).
     pub state: String,
+    /// Why a trial was skipped or not run.
+    #[serde(default)]
+    pub reason: Option<String>,
     pub seconds: Option<f64>,
+}
+
+impl TrialLine {
+    /// A trial left out of this run on purpose (a heavy one in a `--no-heavy` rehearsal): it
+    /// says nothing about the code, so it is neither a regression nor a removal.
+    fn left_out(&self) -> bool {
+        self.state == "not run"
+    }
+
+    fn label(&self) -> String {
+        match &self.reason {
+            Some(r) => format!("{} ({r})", self.state),
+            None => self.state.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -68,11 +88,13 @@ impl Changes {
         let cur: BTreeMap<&str, &TrialLine> = now.iter().map(|t| (t.name.as_str(), t)).collect();
         let mut c = Changes::default();
         for (name, t) in &cur {
+            if t.left_out() {
+                continue;
+            }
             match old.get(name) {
                 None => c.new.push(name.to_string()),
                 Some(o) if o.state == "holds" && t.state != "holds" => {
-                    c.regressions
-                        .push((name.to_string(), o.state.clone(), t.state.clone()))
+                    c.regressions.push((name.to_string(), o.label(), t.label()))
                 }
                 Some(o) if o.state != "holds" && t.state == "holds" => {
                     c.fixed.push(name.to_string())
@@ -149,6 +171,7 @@ mod tests {
         TrialLine {
             name: name.into(),
             state: state.into(),
+            reason: None,
             seconds: Some(s),
         }
     }
@@ -161,6 +184,7 @@ mod tests {
             t("c", "holds", 1.0),
             t("d", "holds", 1.0),
             t("gone", "holds", 1.0),
+            t("heavy", "holds", 1.0),
         ];
         let now = [
             t("a", "FAILS", 1.0),
@@ -168,6 +192,7 @@ mod tests {
             t("c", "holds", 3.0),
             t("d", "skipped (no CUDA device)", 0.0),
             t("e", "holds", 1.0),
+            t("heavy", "not run", 0.0),
         ];
         let c = Changes::between(&before, &now);
         let reg: Vec<&str> = c.regressions.iter().map(|r| r.0.as_str()).collect();
