@@ -107,6 +107,40 @@ fn identical_traces_hold_in_every_format() {
     }
 }
 
+/// Counts what the diff tells its progress callback.
+#[derive(Default)]
+struct CountingProgress {
+    total: std::sync::atomic::AtomicU64,
+    advanced: std::sync::atomic::AtomicU64,
+}
+
+impl falsifier::diff::DiffProgress for CountingProgress {
+    fn start(&self, total: u64) {
+        self.total
+            .fetch_add(total, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn advance(&self) {
+        self.advanced
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn progress_is_reported_through_the_callers_callback() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = base();
+    let progress = std::sync::Arc::new(CountingProgress::default());
+    let opts = DiffOptions {
+        progress: Some(progress.clone()),
+        ..DiffOptions::default()
+    };
+    let report = diff(&t, &t, &opts).unwrap();
+    assert!(report.holds);
+    let rows = report.rows.len() as u64;
+    assert_eq!(progress.total.load(Relaxed), rows);
+    assert_eq!(progress.advanced.load(Relaxed), rows);
+}
+
 #[test]
 fn rounding_level_perturbation_raises_no_alarm() {
     let reference = base();

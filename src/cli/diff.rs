@@ -3,12 +3,15 @@
 //! matches, 1 on any non-Match or when nothing was compared, 2 on bad input.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use clap::Args;
 
 use super::Outcome;
 use crate::diff::thresholds::propose;
-use crate::diff::{DiffOptions, Thresholds, diff};
+use crate::diff::{DiffOptions, DiffProgress, Thresholds, diff};
 use crate::error::Error;
 use crate::report::{ReportContext, default_report_dir, terminal, write_reports};
 use crate::trace::io::open_source;
@@ -46,8 +49,9 @@ pub struct DiffArgs {
 }
 
 pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
+    let bar = Arc::new(DiffBar::new());
     let mut opts = DiffOptions {
-        progress: true,
+        progress: Some(bar.clone()),
         ..DiffOptions::default()
     };
     let mut thresholds = Thresholds::new();
@@ -80,7 +84,9 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
     }
     let reference = open_source(&args.reference)?;
     let candidate = open_source(&args.candidate)?;
-    let report = diff(reference.as_ref(), candidate.as_ref(), &opts)?;
+    let report = diff(reference.as_ref(), candidate.as_ref(), &opts);
+    bar.clear();
+    let report = report?;
     let command: Vec<String> = std::env::args().collect();
     let ctx = ReportContext::new(command.join(" "));
     let dir = args
@@ -106,6 +112,51 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
     } else {
         Outcome::Fails
     })
+}
+
+/// The diff's progress bar on stderr, hidden for the first second so that quick diffs print
+/// nothing but their result.
+struct DiffBar {
+    bar: indicatif::ProgressBar,
+    start: Instant,
+    shown: AtomicBool,
+}
+
+impl DiffBar {
+    fn new() -> DiffBar {
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::hidden());
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "diff {bar:40} {pos}/{len} stages {elapsed_precise}",
+        ) {
+            bar.set_style(style);
+        }
+        DiffBar {
+            bar,
+            start: Instant::now(),
+            shown: AtomicBool::new(false),
+        }
+    }
+
+    fn clear(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl DiffProgress for DiffBar {
+    fn start(&self, total: u64) {
+        self.bar.set_length(total);
+    }
+
+    fn advance(&self) {
+        self.bar.inc(1);
+        if self.start.elapsed() > Duration::from_secs(1)
+            && !self.shown.swap(true, Ordering::Relaxed)
+        {
+            self.bar
+                .set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+    }
 }
 
 /// Print proposed thresholds as a table, as `--threshold` flags and as a contract snippet.

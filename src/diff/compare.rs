@@ -4,7 +4,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -61,12 +60,14 @@ pub fn diff(
         }
     }
 
+    if let Some(p) = &opts.progress {
+        p.start(all.len() as u64);
+    }
     let ctx = Ctx {
         reference,
         candidate,
         opts,
         positions: positions(reference, candidate)?,
-        progress: Progress::new(opts.progress, all.len() as u64),
     };
 
     // phase 1: routes
@@ -104,7 +105,6 @@ pub fn diff(
         rows.push(row);
         bytes += b;
     }
-    ctx.progress.finish();
 
     let mut report = DiffReport {
         reference: ref_info,
@@ -157,58 +157,11 @@ fn positions(reference: &dyn TraceSource, candidate: &dyn TraceSource) -> Result
     Ok(None)
 }
 
-/// A progress bar that stays hidden for the first second.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    start: Instant,
-    shown: AtomicBool,
-}
-
-impl Progress {
-    fn new(enabled: bool, total: u64) -> Progress {
-        let bar = enabled.then(|| {
-            let bar = indicatif::ProgressBar::with_draw_target(
-                Some(total),
-                indicatif::ProgressDrawTarget::hidden(),
-            );
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "diff {bar:40} {pos}/{len} stages {elapsed_precise}",
-            ) {
-                bar.set_style(style);
-            }
-            bar
-        });
-        Progress {
-            bar,
-            start: Instant::now(),
-            shown: AtomicBool::new(false),
-        }
-    }
-
-    fn tick(&self) {
-        if let Some(bar) = &self.bar {
-            bar.inc(1);
-            if self.start.elapsed() > Duration::from_secs(1)
-                && !self.shown.swap(true, Ordering::Relaxed)
-            {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
-}
-
 struct Ctx<'a> {
     reference: &'a dyn TraceSource,
     candidate: &'a dyn TraceSource,
     opts: &'a DiffOptions,
     positions: Option<usize>,
-    progress: Progress,
 }
 
 /// Both sides of one key, read and checked.
@@ -227,6 +180,12 @@ enum Prepared<'a> {
 }
 
 impl<'a> Ctx<'a> {
+    fn advance(&self) {
+        if let Some(p) = &self.opts.progress {
+            p.advance();
+        }
+    }
+
     fn get(&self, side: Side, key: &Key) -> Result<Option<TensorView<'a>>> {
         let src = match side {
             Side::Reference => self.reference,
@@ -332,7 +291,7 @@ impl<'a> Ctx<'a> {
 
     fn compare_routes(&self, key: Key) -> Result<(Row, Option<Routing>, u64)> {
         let out = self.compare_routes_inner(key);
-        self.progress.tick();
+        self.advance();
         out
     }
 
@@ -434,7 +393,7 @@ impl<'a> Ctx<'a> {
 
     fn compare_key(&self, key: Key, routes: &BTreeMap<usize, Routing>) -> Result<(Row, u64)> {
         let out = self.compare_key_inner(key, routes);
-        self.progress.tick();
+        self.advance();
         out
     }
 

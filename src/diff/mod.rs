@@ -14,6 +14,9 @@ pub mod routing;
 pub mod thresholds;
 pub mod verdict;
 
+use std::fmt;
+use std::sync::Arc;
+
 use crate::trace::plan::CapturePlan;
 
 pub use compare::diff;
@@ -23,8 +26,17 @@ pub use routing::{RouteFlip, Routing};
 pub use thresholds::{Threshold, ThresholdSource, Thresholds};
 pub use verdict::{SideTags, Verdict};
 
+/// Told how far a diff has got. The library draws no UI: a caller that wants a progress bar
+/// (the CLI) implements this and draws it.
+pub trait DiffProgress: Send + Sync {
+    /// The diff is about to compare `total` keys.
+    fn start(&self, total: u64);
+    /// One more key compared; called from the comparing threads.
+    fn advance(&self);
+}
+
 /// How to diff.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct DiffOptions {
     pub thresholds: Thresholds,
     /// Near-tie margin for route flips, relative to the reference router-logit row's L2 norm.
@@ -34,8 +46,8 @@ pub struct DiffOptions {
     pub labels: Option<(String, String)>,
     /// Compare only the keys this plan wants (both sides); `None` compares every key.
     pub plan: Option<CapturePlan>,
-    /// Show a progress bar on stderr once the diff has run for about a second.
-    pub progress: bool,
+    /// Told of each key compared (`None`: nobody is told).
+    pub progress: Option<Arc<dyn DiffProgress>>,
 }
 
 impl Default for DiffOptions {
@@ -45,7 +57,19 @@ impl Default for DiffOptions {
             near_tie: thresholds::NEAR_TIE,
             labels: None,
             plan: None,
-            progress: false,
+            progress: None,
         }
+    }
+}
+
+impl fmt::Debug for DiffOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiffOptions")
+            .field("thresholds", &self.thresholds)
+            .field("near_tie", &self.near_tie)
+            .field("labels", &self.labels)
+            .field("plan", &self.plan)
+            .field("progress", &self.progress.is_some())
+            .finish()
     }
 }
