@@ -13,6 +13,8 @@ use crate::trace::io::source::TraceSource;
 use crate::trace::stage::{Key, Stage, StageDtype};
 use crate::trace::tensor::{TensorView, ViewData};
 
+use super::ids::integer_ids;
+use super::prompt;
 use super::report::{ComparedBy, DiffReport, Row, Side, SideInfo, index_of};
 use super::routing::{self, Routing};
 use super::verdict::{SideTags, Verdict};
@@ -42,12 +44,16 @@ pub fn diff(
         SideTags::from_labels("", "")
     };
 
-    let wanted = |k: &Key| opts.plan.as_ref().is_none_or(|p| p.wants(k.layer, k.stage));
+    // the prompt is the forward's input, not a stage: checked here, never given a verdict
+    let prompt_note = prompt::check(reference, candidate)?;
+    let wanted = |k: &Key| {
+        k.stage != Stage::Tokens && opts.plan.as_ref().is_none_or(|p| p.wants(k.layer, k.stage))
+    };
     let ref_keys: BTreeSet<Key> = reference.keys().into_iter().filter(wanted).collect();
     let cand_keys: BTreeSet<Key> = candidate.keys().into_iter().filter(wanted).collect();
     let all: Vec<Key> = ref_keys.union(&cand_keys).copied().collect();
 
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = prompt_note.into_iter().collect();
     for (side, src) in [("reference", reference), ("candidate", candidate)] {
         let other = src.other_names();
         if !other.is_empty() {
@@ -364,31 +370,11 @@ impl<'a> Ctx<'a> {
         Ok((row, Some(routing), bytes))
     }
 
-    /// Integer ids of an integer stage; f32 values (APRT stores only f32) are rounded when they
-    /// sit within 1e-3 of an integer, anything else is bad input.
+    /// Integer ids of an integer stage (see [`integer_ids`]).
     fn ids(&self, side: Side, key: &Key, v: &TensorView<'_>) -> Result<Vec<i32>> {
-        match &v.data {
-            ViewData::I32(x) => Ok(x.to_vec()),
-            ViewData::F32(x) => x
-                .iter()
-                .enumerate()
-                .map(|(i, &f)| {
-                    let r = f.round();
-                    if f.is_finite()
-                        && (f - r).abs() <= 1e-3 * r.abs().max(1.0)
-                        && r.abs() < 2f32.powi(31)
-                    {
-                        Ok(r as i32)
-                    } else {
-                        Err(Error::input(format!(
-                            "{} {}: `{key}` at index {i}: {f} is not an integer id",
-                            side.name(),
-                            self.location(side)
-                        )))
-                    }
-                })
-                .collect(),
-        }
+        integer_ids(v, || {
+            format!("{} {}: `{key}`", side.name(), self.location(side))
+        })
     }
 
     fn compare_key(&self, key: Key, routes: &BTreeMap<usize, Routing>) -> Result<(Row, u64)> {
@@ -404,21 +390,10 @@ impl<'a> Ctx<'a> {
         };
         let mut row = pair.row.clone();
         let n = pair.a.len();
-        // integer stages (tokens) compare exactly through their f32 images
-        let owned: (Vec<f32>, Vec<f32>);
-        let (a, b): (&[f32], &[f32]) = if key.stage.dtype() == StageDtype::I32 {
-            let ra = self.ids(Side::Reference, &key, &pair.a)?;
-            let rb = self.ids(Side::Candidate, &key, &pair.b)?;
-            owned = (
-                ra.iter().map(|&x| x as f32).collect(),
-                rb.iter().map(|&x| x as f32).collect(),
-            );
-            (&owned.0, &owned.1)
-        } else {
-            match (&pair.a.data, &pair.b.data) {
-                (ViewData::F32(x), ViewData::F32(y)) => (x, y),
-                _ => return Err(Error::internal(format!("`{key}`: f32 views expected"))),
-            }
+        // only float stages get here: topk_ids are compared as routes, tokens is the prompt
+        let (a, b): (&[f32], &[f32]) = match (&pair.a.data, &pair.b.data) {
+            (ViewData::F32(x), ViewData::F32(y)) => (x, y),
+            _ => return Err(Error::internal(format!("`{key}`: f32 views expected"))),
         };
 
         // routes decide which positions of topk_weights and ffn_out are comparable
@@ -510,12 +485,11 @@ fn shape_text(v: &TensorView<'_>) -> String {
     }
 }
 
-/// A shape for positions when neither side has one: `[nh, T, T]` for attn_probs, `[T]` for
-/// tokens, `[T, n/T]` otherwise.
+/// A shape for positions when neither side has one: `[nh, T, T]` for attn_probs, `[T, n/T]`
+/// otherwise.
 fn infer_shape(stage: Stage, n: usize, t: Option<usize>) -> Option<Vec<usize>> {
     let t = t.filter(|&t| t > 0)?;
     match stage {
-        Stage::Tokens if n == t => Some(vec![t]),
         Stage::AttnProbs if t.checked_mul(t).is_some_and(|tt| n.is_multiple_of(tt)) => {
             Some(vec![n / (t * t), t, t])
         }

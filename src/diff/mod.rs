@@ -8,7 +8,9 @@
 //! on), then everything else.
 
 mod compare;
+mod ids;
 pub mod metrics;
+mod prompt;
 mod report;
 pub mod routing;
 pub mod thresholds;

@@ -77,6 +77,9 @@ pub fn render(report: &DiffReport, color: bool, report_dir: Option<&std::path::P
         s.excluded_positions,
         secs
     );
+    for n in &report.notes {
+        let _ = writeln!(out, "  note: {n}");
+    }
     let failing: Vec<_> = report
         .rows
         .iter()
