@@ -505,6 +505,45 @@ fn different_prompts_are_bad_input() {
 }
 
 #[test]
+fn different_model_files_are_warned_of_in_every_format() {
+    use falsifier::report::{ReportContext, html, json, markdown, terminal};
+    let mut reference = base();
+    reference.meta.model = "a.gguf".into();
+    reference.meta.model_sha256 = "ab".repeat(32);
+    let mut cand = reference.clone();
+    let report = diff(&reference, &cand, &DiffOptions::default()).unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    cand.meta.model = "b.safetensors".into();
+    cand.meta.model_sha256 = "cd".repeat(32);
+    // written and read back, as `falsifier diff` sees them: a warning, not a refusal
+    let dir = scratch("models");
+    let r = open_source(&write(Fmt::Safetensors, &reference, &dir, "ref")).unwrap();
+    let c = open_source(&write(Fmt::Safetensors, &cand, &dir, "cand")).unwrap();
+    let report = diff(r.as_ref(), c.as_ref(), &DiffOptions::default()).unwrap();
+    assert!(report.holds);
+    let want = "the traces are of different model files: reference a.gguf (sha256 abababababab…), candidate b.safetensors (sha256 cdcdcdcdcdcd…)";
+    assert_eq!(report.warnings.len(), 1);
+    assert!(
+        report.warnings[0].starts_with(want),
+        "{:?}",
+        report.warnings
+    );
+    let ctx = ReportContext::new("test");
+    let text = terminal::render(&report, false, None);
+    assert!(text.contains(&format!("warning: {want}")), "{text}");
+    let md = markdown::render(&report, &ctx);
+    assert!(md.contains(&format!("**warning:** {want}")), "{md}");
+    assert!(html::render(&report, &ctx).contains("different model files"));
+    let js: serde_json::Value =
+        serde_json::from_str(&json::to_string(&report, &ctx).unwrap()).unwrap();
+    assert!(
+        js["warnings"][0].as_str().unwrap().starts_with(want),
+        "{js}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn shape_mismatch_is_found() {
     let reference = base();
     let mut cand = reference.clone();

@@ -15,7 +15,7 @@ use crate::trace::tensor::{TensorView, ViewData};
 
 use super::ids::integer_ids;
 use super::prompt;
-use super::report::{ComparedBy, DiffReport, Row, Side, SideInfo, index_of};
+use super::report::{ComparedBy, DiffReport, Row, Side, SideInfo, index_of, model_warning};
 use super::routing::{self, Routing};
 use super::verdict::{SideTags, Verdict};
 use super::{DiffOptions, metrics};
@@ -112,6 +112,7 @@ pub fn diff(
         bytes += b;
     }
 
+    let warnings = model_warning(&ref_info, &cand_info).into_iter().collect();
     let mut report = DiffReport {
         reference: ref_info,
         candidate: cand_info,
@@ -121,6 +122,7 @@ pub fn diff(
         origin: None,
         holds: false,
         notes,
+        warnings,
         bytes,
         elapsed: Duration::ZERO,
         near_tie: opts.near_tie,

@@ -168,6 +168,31 @@ impl Row {
     }
 }
 
+/// A warning when the two sides were traced from different model files (both name a sha256,
+/// and they differ). Not refused: a transformers model against its GGUF is a fair comparison.
+pub(super) fn model_warning(reference: &SideInfo, candidate: &SideInfo) -> Option<String> {
+    let (r, c) = (&reference.model_sha256, &candidate.model_sha256);
+    if r.is_empty() || c.is_empty() || r.eq_ignore_ascii_case(c) {
+        return None;
+    }
+    let name = |s: &SideInfo| {
+        if s.model.is_empty() {
+            String::new()
+        } else {
+            format!("{} ", s.model)
+        }
+    };
+    let short = |h: &str| h.chars().take(12).collect::<String>();
+    Some(format!(
+        "the traces are of different model files: reference {}(sha256 {}…), candidate {}(sha256 {}…); \
+         differences may come from the models, not the engines",
+        name(reference),
+        short(r),
+        name(candidate),
+        short(c)
+    ))
+}
+
 /// Where attribution (teacher-forced replay) places the origin of the divergence.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Origin {
@@ -204,6 +229,9 @@ pub struct DiffReport {
     pub holds: bool,
     /// Notes on the whole diff (names ignored, nothing compared, ...).
     pub notes: Vec<String>,
+    /// What a reader must not miss although the diff ran (the traces are of different model
+    /// files); every report format shows them.
+    pub warnings: Vec<String>,
     /// Payload bytes of both sides that were compared.
     pub bytes: u64,
     pub elapsed: Duration,

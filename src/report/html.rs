@@ -331,6 +331,9 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
         "<span>compared <b>{}</b></span><span>positions excluded <b>{}</b></span><span>near-tie flips <b>{}</b></span>",
         s.compared, s.excluded_positions, s.near_tie_flips
     );
+    for w in &report.warnings {
+        let _ = write!(h, "<p class=\"note\"><b>warning:</b> {}</p>", esc(w));
+    }
     for n in &report.notes {
         let _ = write!(h, "<p class=\"note\">{}</p>", esc(n));
     }
