@@ -203,3 +203,78 @@ fn bench_times_untraced_and_traced_prefills_and_counts_their_work() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("`0` is not a prompt length"));
 }
+
+#[test]
+fn model_errors_name_the_model_argument() {
+    let out = falsifier(&[
+        "trace",
+        "no-such.gguf",
+        "--backend",
+        "cpu",
+        "--tokens",
+        "1",
+        "--out",
+        "/nonexistent/t.safetensors",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("MODEL: no-such.gguf"), "{stderr}");
+    assert!(!stderr.contains("--backend"), "{stderr}");
+    let out = falsifier(&["bench", "no-such.gguf", "--backend", "cpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MODEL: no-such.gguf"));
+    // an unknown backend is still --backend's fault
+    let out = falsifier(&[
+        "trace",
+        "fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf",
+        "--backend",
+        "tpu",
+        "--tokens",
+        "1",
+        "--out",
+        "/nonexistent/t.safetensors",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--backend tpu: unknown backend"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sides_are_named_by_their_full_backend_and_role() {
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-labels-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = "fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf";
+    let (a, b) = (dir.join("cpu.safetensors"), dir.join("f32.safetensors"));
+    let trace = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["trace", model, "--tokens", "81,119,101", "--out"];
+        args.push(out.to_str().unwrap());
+        args.extend(extra);
+        let o = falsifier(&args);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+    };
+    trace(&a, &[]);
+    trace(
+        &b,
+        &["--precision", "f32", "--fault", "nan[0]@layer.1.ffn_norm"],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_falsifier"))
+        .args(["diff", a.to_str().unwrap(), b.to_str().unwrap()])
+        .arg("--report-dir")
+        .arg(dir.join("report"))
+        .env("NO_COLOR", "1")
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("reference cpu ("), "{stdout}");
+    assert!(stdout.contains("candidate cpu-f32 ("), "{stdout}");
+    assert!(
+        stdout.contains("non-finite on the candidate (cpu-f32) side"),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
