@@ -278,3 +278,44 @@ fn sides_are_named_by_their_full_backend_and_role() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn gen_model_says_which_tensors_fell_back_and_how_to_get_k_quants() {
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-kquant-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("m.gguf");
+    let gen_model = |extra: &[&str]| {
+        let mut args = vec![
+            "gen-model",
+            "--preset",
+            "tiny-moe",
+            "--quant",
+            "q4_k_m",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = falsifier(&args);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // rows of 64 values: every K-quant falls back, as in llama.cpp, and the output says so
+    let text = gen_model(&[]);
+    assert!(
+        text.contains("Q4_K -> Q5_0: 10 tensor(s), rows of 64 values are not a multiple of 256"),
+        "{text}"
+    );
+    assert!(text.contains("no K-quant tensor was written"), "{text}");
+    let flags = text
+        .split("for a shape that has them, add ")
+        .nth(1)
+        .expect("a shape to point to")
+        .trim()
+        .to_string();
+    assert_eq!(flags, "--hidden 256 --head-dim 64 --expert-ffn 256");
+    // the shape it points to does give K-quants, and no fallback at all
+    let text = gen_model(&flags.split(' ').collect::<Vec<_>>());
+    assert!(text.contains(" Q4_K") && text.contains(" Q6_K"), "{text}");
+    assert!(!text.contains("fell back"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
