@@ -90,7 +90,7 @@ fn tip(report: &DiffReport, r: &Row, first: bool) -> String {
         if m.nonfinite_ref.count > 0 {
             let _ = write!(
                 t,
-                "\nnon-finite in {}: {} (first {})",
+                "\nnon-finite in the reference ({}): {} (first {})",
                 report.reference.label,
                 m.nonfinite_ref.count,
                 at_text(&r.nonfinite_ref_at)
@@ -99,7 +99,7 @@ fn tip(report: &DiffReport, r: &Row, first: bool) -> String {
         if m.nonfinite_cand.count > 0 {
             let _ = write!(
                 t,
-                "\nnon-finite in {}: {} (first {})",
+                "\nnon-finite in the candidate ({}): {} (first {})",
                 report.candidate.label,
                 m.nonfinite_cand.count,
                 at_text(&r.nonfinite_cand_at)
