@@ -419,13 +419,14 @@ fn a_side_without_tokens_is_noted_never_judged() {
         report
             .notes
             .iter()
-            .any(|n| n.contains("the candidate carries its prompt (no tokens)")),
+            .any(|n| n
+                .contains("the candidate carries no tokens, so the two prompts were not checked")),
         "{:?}",
         report.notes
     );
     let text = falsifier::report::terminal::render(&report, false, None);
     assert!(
-        text.contains("note: the candidate carries its prompt (no tokens)"),
+        text.contains("note: the candidate carries no tokens, so the two prompts were not checked"),
         "{text}"
     );
     // a NaN planted at layer.1.ffn_norm is the first divergence, not something downstream
@@ -447,7 +448,7 @@ fn a_side_without_tokens_is_noted_never_judged() {
         report
             .notes
             .iter()
-            .any(|n| n.contains("the reference carries its prompt"))
+            .any(|n| n.contains("the reference carries no tokens"))
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }

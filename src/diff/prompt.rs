@@ -37,12 +37,12 @@ pub(super) fn check(
     let c = tokens_of(candidate, Side::Candidate)?;
     let lacking = match (&r, &c) {
         (Some(r), Some(c)) => return same_prompt(r, c, reference, candidate).map(|()| None),
-        (Some(_), None) => "the candidate carries",
-        (None, Some(_)) => "the reference carries",
-        (None, None) => "neither side carries",
+        (Some(_), None) => "the candidate carries no tokens",
+        (None, Some(_)) => "the reference carries no tokens",
+        (None, None) => "neither side carries tokens",
     };
     Ok(Some(format!(
-        "{lacking} its prompt (no tokens): the prompts were not checked to be the same"
+        "{lacking}, so the two prompts were not checked to be the same (tokens is the prompt, not a stage: it gets no verdict)"
     )))
 }
 
