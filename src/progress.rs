@@ -3,8 +3,8 @@
 //! other callers pass [`NoProgress`].
 
 /// Told how a long operation advances. Every method has an empty default, so an implementation
-/// takes only what it draws. `Sync`, so that parallel work may report from any thread.
-pub trait Progress: Sync {
+/// takes only what it draws. `Send + Sync`, so that parallel work may report from any thread.
+pub trait Progress: Send + Sync {
     /// The work ahead: `total` units (bytes, rows, ...), reported once before any
     /// [`Progress::advance`].
     fn start(&self, _total: u64) {}

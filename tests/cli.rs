@@ -400,3 +400,118 @@ fn trace_and_diff_refuse_layers_and_prompts_the_model_cannot_take() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+#[test]
+fn model_errors_name_the_model_argument() {
+    let out = falsifier(&[
+        "trace",
+        "no-such.gguf",
+        "--backend",
+        "cpu",
+        "--tokens",
+        "1",
+        "--out",
+        "/nonexistent/t.safetensors",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("MODEL: no-such.gguf"), "{stderr}");
+    assert!(!stderr.contains("--backend"), "{stderr}");
+    let out = falsifier(&["bench", "no-such.gguf", "--backend", "cpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("MODEL: no-such.gguf"));
+    // an unknown backend is still --backend's fault
+    let out = falsifier(&[
+        "trace",
+        "fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf",
+        "--backend",
+        "tpu",
+        "--tokens",
+        "1",
+        "--out",
+        "/nonexistent/t.safetensors",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--backend tpu: unknown backend"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn sides_are_named_by_their_full_backend_and_role() {
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-labels-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = "fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf";
+    let (a, b) = (dir.join("cpu.safetensors"), dir.join("f32.safetensors"));
+    let trace = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["trace", model, "--tokens", "81,119,101", "--out"];
+        args.push(out.to_str().unwrap());
+        args.extend(extra);
+        let o = falsifier(&args);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+    };
+    trace(&a, &[]);
+    trace(
+        &b,
+        &["--precision", "f32", "--fault", "nan[0]@layer.1.ffn_norm"],
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_falsifier"))
+        .args(["diff", a.to_str().unwrap(), b.to_str().unwrap()])
+        .arg("--report-dir")
+        .arg(dir.join("report"))
+        .env("NO_COLOR", "1")
+        .current_dir(ROOT)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("reference cpu ("), "{stdout}");
+    assert!(stdout.contains("candidate cpu-f32 ("), "{stdout}");
+    assert!(
+        stdout.contains("non-finite on the candidate (cpu-f32) side"),
+        "{stdout}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn gen_model_says_which_tensors_fell_back_and_how_to_get_k_quants() {
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-kquant-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("m.gguf");
+    let gen_model = |extra: &[&str]| {
+        let mut args = vec![
+            "gen-model",
+            "--preset",
+            "tiny-moe",
+            "--quant",
+            "q4_k_m",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = falsifier(&args);
+        assert_eq!(o.status.code(), Some(0), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    // rows of 64 values: every K-quant falls back, as in llama.cpp, and the output says so
+    let text = gen_model(&[]);
+    assert!(
+        text.contains("Q4_K -> Q5_0: 10 tensor(s), rows of 64 values are not a multiple of 256"),
+        "{text}"
+    );
+    assert!(text.contains("no K-quant tensor was written"), "{text}");
+    let flags = text
+        .split("for a shape that has them, add ")
+        .nth(1)
+        .expect("a shape to point to")
+        .trim()
+        .to_string();
+    assert_eq!(flags, "--hidden 256 --head-dim 64 --expert-ffn 256");
+    // the shape it points to does give K-quants, and no fallback at all
+    let text = gen_model(&flags.split(' ').collect::<Vec<_>>());
+    assert!(text.contains(" Q4_K") && text.contains(" Q6_K"), "{text}");
+    assert!(!text.contains("fell back"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -65,6 +65,14 @@ fn diff_as(fmt: Fmt, name: &str, reference: &Trace, candidate: &Trace) -> DiffRe
     report
 }
 
+/// Keys a diff gives a row: every key but `tokens` (the prompt, checked but not judged).
+fn stage_count(t: &Trace) -> usize {
+    t.tensors
+        .keys()
+        .filter(|k| k.stage != Stage::Tokens)
+        .count()
+}
+
 fn f32_mut<'a>(t: &'a mut Trace, key: &str) -> &'a mut Vec<f32> {
     let k: Key = key.parse().unwrap();
     match &mut t.tensors.get_mut(&k).unwrap().data {
@@ -101,10 +109,44 @@ fn identical_traces_hold_in_every_format() {
     for fmt in FORMATS {
         let report = diff_as(fmt, "same", &t, &t);
         assert!(report.holds, "{fmt:?}: {:?}", report.first());
-        assert_eq!(report.rows.len(), t.tensors.len(), "{fmt:?}");
+        assert_eq!(report.rows.len(), stage_count(&t), "{fmt:?}");
         assert!(report.rows.iter().all(|r| r.verdict == Verdict::Match));
-        assert_eq!(report.summary().compared, t.tensors.len());
+        assert_eq!(report.summary().compared, stage_count(&t));
     }
+}
+
+/// Counts what the diff tells its progress callback.
+#[derive(Default)]
+struct CountingProgress {
+    total: std::sync::atomic::AtomicU64,
+    advanced: std::sync::atomic::AtomicU64,
+}
+
+impl falsifier::progress::Progress for CountingProgress {
+    fn start(&self, total: u64) {
+        self.total
+            .fetch_add(total, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn advance(&self, n: u64) {
+        self.advanced
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn progress_is_reported_through_the_callers_callback() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let t = base();
+    let progress = std::sync::Arc::new(CountingProgress::default());
+    let opts = DiffOptions {
+        progress: Some(progress.clone()),
+        ..DiffOptions::default()
+    };
+    let report = diff(&t, &t, &opts).unwrap();
+    assert!(report.holds);
+    let rows = report.rows.len() as u64;
+    assert_eq!(progress.total.load(Relaxed), rows);
+    assert_eq!(progress.advanced.load(Relaxed), rows);
 }
 
 #[test]
@@ -359,6 +401,153 @@ fn missing_stage_is_found_and_never_passes() {
     let report = diff_as(Fmt::Npy, "missing-ref", &cand, &reference);
     assert_found(&report, "layer.2.k_norm", Verdict::Missing, "ref side");
     assert_eq!(report.first().unwrap().missing_on, Some(Side::Reference));
+}
+
+/// An APRT dump as the seed engine writes it: every stage but `tokens`.
+fn without_tokens(t: &Trace) -> Trace {
+    let mut t = t.clone();
+    t.tensors.remove(&Key::model(Stage::Tokens));
+    t.meta.tokens.clear();
+    t
+}
+
+#[test]
+fn a_side_without_tokens_is_noted_never_judged() {
+    let reference = base();
+    let dir = scratch("no-tokens");
+    let r = open_source(&write(Fmt::Safetensors, &reference, &dir, "ref")).unwrap();
+    // an identical dump without tokens holds, and says the prompt was not checked
+    let same = open_source(&write(Fmt::Aprt, &without_tokens(&reference), &dir, "same")).unwrap();
+    let report = diff(r.as_ref(), same.as_ref(), &DiffOptions::default()).unwrap();
+    assert!(report.holds, "{:?}", report.first());
+    assert!(report.row(&Key::model(Stage::Tokens)).is_none());
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n
+                .contains("the candidate carries no tokens, so the two prompts were not checked")),
+        "{:?}",
+        report.notes
+    );
+    let text = falsifier::report::terminal::render(&report, false, None);
+    assert!(
+        text.contains("note: the candidate carries no tokens, so the two prompts were not checked"),
+        "{text}"
+    );
+    // a NaN planted at layer.1.ffn_norm is the first divergence, not something downstream
+    let mut cand = without_tokens(&reference);
+    f32_mut(&mut cand, "layer.1.ffn_norm")[3] = f32::NAN;
+    let c = open_source(&write(Fmt::Aprt, &cand, &dir, "cand")).unwrap();
+    let report = diff(r.as_ref(), c.as_ref(), &DiffOptions::default()).unwrap();
+    assert_found(
+        &report,
+        "layer.1.ffn_norm",
+        Verdict::NanCand,
+        "aprt without tokens",
+    );
+    // and the same with the sides swapped, both in APRT
+    let r2 = open_source(&write(Fmt::Aprt, &reference, &dir, "ref2")).unwrap();
+    let report = diff(c.as_ref(), r2.as_ref(), &DiffOptions::default()).unwrap();
+    assert_found(&report, "layer.1.ffn_norm", Verdict::NanRef, "swapped");
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("the reference carries no tokens"))
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn different_prompts_are_bad_input() {
+    let reference = base();
+    let mut cand = reference.clone();
+    let key = Key::model(Stage::Tokens);
+    let mut ids = match &reference.get(&key).unwrap().data {
+        TensorData::I32(v) => v.clone(),
+        TensorData::F32(_) => panic!("tokens are i32"),
+    };
+    ids[2] += 1;
+    ids[5] += 7;
+    let n = ids.len();
+    cand.insert(key, Tensor::i32(vec![n], ids.clone()));
+    cand.meta.tokens = ids.iter().map(|&t| t as u32).collect();
+    for fmt in FORMATS {
+        let dir = scratch(&format!("prompts-{fmt:?}"));
+        let r = open_source(&write(fmt, &reference, &dir, "ref")).unwrap();
+        let c = open_source(&write(fmt, &cand, &dir, "cand")).unwrap();
+        let e = diff(r.as_ref(), c.as_ref(), &DiffOptions::default()).unwrap_err();
+        let msg = e.to_string();
+        assert_eq!(e.kind, falsifier::ErrorKind::Input, "{fmt:?}: {msg}");
+        assert!(msg.contains("the traces are of different prompts"), "{msg}");
+        assert!(msg.contains("differ at 2 position(s)"), "{msg}");
+        assert!(
+            msg.contains(&format!(
+                "position 2: reference {}, candidate {}",
+                ids[2] - 1,
+                ids[2]
+            )),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    // the CLI: exit 2, the message on stderr
+    let dir = scratch("prompts-cli");
+    let r = write(Fmt::Safetensors, &reference, &dir, "ref");
+    let c = write(Fmt::Safetensors, &cand, &dir, "cand");
+    let out = Command::new(env!("CARGO_BIN_EXE_falsifier"))
+        .args(["diff", r.to_str().unwrap(), c.to_str().unwrap()])
+        .arg("--report-dir")
+        .arg(dir.join("report"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the traces are of different prompts"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn different_model_files_are_warned_of_in_every_format() {
+    use falsifier::report::{ReportContext, html, json, markdown, terminal};
+    let mut reference = base();
+    reference.meta.model = "a.gguf".into();
+    reference.meta.model_sha256 = "ab".repeat(32);
+    let mut cand = reference.clone();
+    let report = diff(&reference, &cand, &DiffOptions::default()).unwrap();
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+    cand.meta.model = "b.safetensors".into();
+    cand.meta.model_sha256 = "cd".repeat(32);
+    // written and read back, as `falsifier diff` sees them: a warning, not a refusal
+    let dir = scratch("models");
+    let r = open_source(&write(Fmt::Safetensors, &reference, &dir, "ref")).unwrap();
+    let c = open_source(&write(Fmt::Safetensors, &cand, &dir, "cand")).unwrap();
+    let report = diff(r.as_ref(), c.as_ref(), &DiffOptions::default()).unwrap();
+    assert!(report.holds);
+    let want = "the traces are of different model files: reference a.gguf (sha256 abababababab…), candidate b.safetensors (sha256 cdcdcdcdcdcd…)";
+    assert_eq!(report.warnings.len(), 1);
+    assert!(
+        report.warnings[0].starts_with(want),
+        "{:?}",
+        report.warnings
+    );
+    let ctx = ReportContext::new("test");
+    let text = terminal::render(&report, false, None);
+    assert!(text.contains(&format!("warning: {want}")), "{text}");
+    let md = markdown::render(&report, &ctx);
+    assert!(md.contains(&format!("**warning:** {want}")), "{md}");
+    assert!(html::render(&report, &ctx).contains("different model files"));
+    let js: serde_json::Value =
+        serde_json::from_str(&json::to_string(&report, &ctx).unwrap()).unwrap();
+    assert!(
+        js["warnings"][0].as_str().unwrap().starts_with(want),
+        "{js}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -679,7 +868,7 @@ fn cli_exit_codes_and_reports() {
     }
     assert_eq!(
         json["rows"].as_array().unwrap().len(),
-        reference.tensors.len()
+        stage_count(&reference)
     );
     assert!(json["falsifiers"].as_array().unwrap().is_empty());
     let md = std::fs::read_to_string(rd.join("report.md")).unwrap();

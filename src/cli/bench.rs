@@ -49,7 +49,7 @@ pub fn run(args: &BenchArgs) -> Result<Outcome> {
         ));
     }
     let start = Instant::now();
-    let mut backend = crate::backend::open(&args.backend, &args.model)?;
+    let mut backend = super::open_backend(&args.backend, &args.model)?;
     let file = GgufFile::open(&args.model)?;
     let cfg = ModelConfig::from_gguf(&file)?;
     println!(

@@ -8,7 +8,7 @@ use clap::Args;
 
 use super::Outcome;
 use super::diff::print_proposals;
-use crate::backend::{self, ForwardRequest};
+use crate::backend::ForwardRequest;
 use crate::diff::thresholds::propose;
 use crate::diff::{DiffOptions, diff};
 use crate::error::{Error, Result};
@@ -36,10 +36,10 @@ pub fn run(args: &CalibrateArgs) -> Result<Outcome> {
     let tokens = super::trace::parse_tokens(&args.tokens)?;
     let plan = CapturePlan::all();
     let req = ForwardRequest::new(&tokens, &plan);
-    let f64_trace = backend::open("cpu", &args.model)?.forward(&req)?;
-    let f32_trace = backend::open("cpu-f32", &args.model)?.forward(&req)?;
+    let f64_trace = super::open_backend("cpu", &args.model)?.forward(&req)?;
+    let f32_trace = super::open_backend("cpu-f32", &args.model)?.forward(&req)?;
     let opts = DiffOptions {
-        labels: Some(("cpu-f64".into(), "cpu-f32".into())),
+        labels: Some(("cpu".into(), "cpu-f32".into())),
         ..DiffOptions::default()
     };
     let report = diff(&f64_trace, &f32_trace, &opts)?;

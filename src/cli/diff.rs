@@ -3,6 +3,7 @@
 //! matches, 1 on any non-Match or when nothing was compared, 2 on bad input.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use clap::Args;
 
@@ -10,6 +11,7 @@ use super::Outcome;
 use crate::diff::thresholds::propose;
 use crate::diff::{DiffOptions, Thresholds, diff};
 use crate::error::Error;
+use crate::progress::Progress;
 use crate::report::{ReportContext, default_report_dir, terminal, write_reports};
 use crate::trace::io::open_source;
 use crate::trace::plan::CapturePlan;
@@ -46,8 +48,9 @@ pub struct DiffArgs {
 }
 
 pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
+    let bar = Arc::new(super::progress::Bar::stages());
     let mut opts = DiffOptions {
-        progress: true,
+        progress: Some(bar.clone()),
         ..DiffOptions::default()
     };
     let mut thresholds = Thresholds::new();
@@ -94,7 +97,9 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
             )));
         }
     }
-    let report = diff(reference.as_ref(), candidate.as_ref(), &opts)?;
+    let report = diff(reference.as_ref(), candidate.as_ref(), &opts);
+    bar.finish();
+    let report = report?;
     let command: Vec<String> = std::env::args().collect();
     let ctx = ReportContext::new(command.join(" "));
     let dir = args

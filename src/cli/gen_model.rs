@@ -7,7 +7,9 @@ use clap::Args;
 
 use super::Outcome;
 use crate::error::{Error, Result};
-use crate::model::synth::{self, PRESETS, SynthQuant};
+use crate::model::GgmlType;
+use crate::model::config::ModelConfig;
+use crate::model::synth::{self, Fallback, PRESETS, SynthQuant};
 
 #[derive(Args, Debug)]
 pub struct GenModelArgs {
@@ -119,5 +121,105 @@ pub fn run(a: &GenModelArgs) -> Result<Outcome> {
         s.bytes as f64 / (1 << 20) as f64,
         s.elapsed.as_secs_f64()
     );
+    print!("{}", fallback_text(&c, quant));
     Ok(Outcome::Holds)
+}
+
+/// Values per K-quant super-block: a row must hold whole super-blocks to be K-quantized.
+const SUPER_BLOCK: u64 = 256;
+
+/// Which tensors fell back from their intended type and why, and, when `q4_k_m` wrote no
+/// K-quant tensor at all, shape flags that give K-quants (checked against the same rules).
+fn fallback_text(c: &ModelConfig, quant: SynthQuant) -> String {
+    let fallbacks = synth::fallbacks(c, quant);
+    let mut out = String::new();
+    if fallbacks.is_empty() {
+        return out;
+    }
+    out.push_str(&format!(
+        "{} tensor(s) fell back from their intended type, as llama.cpp does, because their rows are not whole blocks of it:\n",
+        fallbacks.len()
+    ));
+    // one line per (intended, written, row length), in file order
+    let mut groups: Vec<(&Fallback, Vec<&str>)> = Vec::new();
+    for f in &fallbacks {
+        match groups
+            .iter_mut()
+            .find(|(g, _)| (g.intended, g.written, g.row) == (f.intended, f.written, f.row))
+        {
+            Some((_, names)) => names.push(&f.name),
+            None => groups.push((f, vec![&f.name])),
+        }
+    }
+    for (g, names) in &groups {
+        let shown: Vec<&str> = names.iter().take(4).copied().collect();
+        let more = names.len().saturating_sub(shown.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        out.push_str(&format!(
+            "  {} -> {}: {} tensor(s), rows of {} values are not a multiple of {} ({}{more})\n",
+            g.intended,
+            g.written,
+            names.len(),
+            g.row,
+            g.intended.block_values(),
+            shown.join(", ")
+        ));
+    }
+    let wrote_k = synth::tensor_types(c, quant).iter().any(|t| is_k_quant(*t));
+    if quant == SynthQuant::Q4_K_M && !wrote_k {
+        out.push_str(&format!(
+            "no K-quant tensor was written: K-quants need rows that are multiples of {SUPER_BLOCK} values"
+        ));
+        match k_quant_shape(c) {
+            Some(flags) => out.push_str(&format!("; for a shape that has them, add {flags}\n")),
+            None => out.push('\n'),
+        }
+    }
+    out
+}
+
+fn is_k_quant(t: GgmlType) -> bool {
+    t.block_values() as u64 == SUPER_BLOCK
+}
+
+/// Shape flags that make every row of `c` whole super-blocks (the smallest such sizes at or
+/// above the current ones), when they leave no K-quant to fall back.
+fn k_quant_shape(c: &ModelConfig) -> Option<String> {
+    let up = |x: usize, m: usize| x.div_ceil(m).checked_mul(m);
+    let sb = SUPER_BLOCK as usize;
+    let mut k = c.clone();
+    let mut flags = Vec::new();
+    k.hidden = up(c.hidden, sb)?;
+    if k.hidden != c.hidden {
+        flags.push(format!("--hidden {}", k.hidden));
+    }
+    // attn_output's rows are heads x head_dim values
+    let step = sb / gcd(c.n_heads.max(1), sb);
+    k.head_dim = up(c.head_dim, step)?;
+    if k.head_dim != c.head_dim {
+        flags.push(format!("--head-dim {}", k.head_dim));
+    }
+    if c.n_experts > 0 {
+        k.expert_ffn_dim = up(c.expert_ffn_dim, sb)?;
+        if k.expert_ffn_dim != c.expert_ffn_dim {
+            flags.push(format!("--expert-ffn {}", k.expert_ffn_dim));
+        }
+    } else {
+        k.ffn_dim = up(c.ffn_dim, sb)?;
+        if k.ffn_dim != c.ffn_dim {
+            flags.push(format!("--ffn {}", k.ffn_dim));
+        }
+    }
+    let k_fallbacks = synth::fallbacks(&k, SynthQuant::Q4_K_M)
+        .iter()
+        .any(|f| is_k_quant(f.intended));
+    (!flags.is_empty() && !k_fallbacks).then(|| flags.join(" "))
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 { a } else { gcd(b, a % b) }
 }

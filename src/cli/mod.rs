@@ -2,6 +2,7 @@
 //! dispatches. Exit codes: 0 all checks hold, 1 a divergence or failed check, 2 bad input or
 //! internal error.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,6 +18,18 @@ mod promote;
 pub mod run;
 mod stages;
 pub mod trace;
+
+/// Open backend `name` on the model given as the MODEL argument. Errors name the argument at
+/// fault: an unknown backend or a missing device is `--backend`'s, a model file that cannot be
+/// read or used (bad input, I/O) is MODEL's.
+fn open_backend(name: &str, model: &Path) -> crate::Result<Box<dyn crate::backend::Backend>> {
+    use crate::ErrorKind;
+    crate::backend::probe(name).map_err(|e| e.context(format!("--backend {name}")))?;
+    crate::backend::open(name, model).map_err(|e| match e.kind {
+        ErrorKind::Input | ErrorKind::Io => e.context("MODEL"),
+        ErrorKind::NoDevice | ErrorKind::Internal => e.context(format!("--backend {name}")),
+    })
+}
 
 /// Outcome of a sub-command that ran to completion.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

@@ -16,11 +16,20 @@ pub struct Bar {
 }
 
 impl Bar {
-    /// A bar counting bytes, with the current item's name on its left.
+    /// A bar counting bytes, with the current item's name on its left (gen-model).
     pub fn bytes() -> Bar {
+        Bar::with_template("{msg:>28} [{bar:40}] {bytes}/{total_bytes} ({eta})")
+    }
+
+    /// A bar counting compared stages (diff).
+    pub fn stages() -> Bar {
+        Bar::with_template("diff [{bar:40}] {pos}/{len} stages {elapsed_precise}")
+    }
+
+    fn with_template(template: &str) -> Bar {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
         bar.set_style(
-            ProgressStyle::with_template("{msg:>28} [{bar:40}] {bytes}/{total_bytes} ({eta})")
+            ProgressStyle::with_template(template)
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );

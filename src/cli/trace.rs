@@ -71,7 +71,7 @@ fn open_backend(args: &TraceArgs) -> Result<Box<dyn Backend>> {
         ("cpu", Precision::F32) => "cpu-f32",
         (other, _) => other,
     };
-    crate::backend::open(name, &args.model).map_err(|e| e.context("--backend"))
+    super::open_backend(name, &args.model)
 }
 
 /// Run the forward the arguments describe and return its trace (without writing it).
@@ -106,7 +106,7 @@ pub fn run(args: &TraceArgs) -> Result<Outcome> {
         trace.tensors.len(),
         trace.nbytes() as f64 / 1e6,
         trace.meta.tokens.len(),
-        args.backend,
+        trace.meta.backend,
         start.elapsed(),
         args.out.display()
     );

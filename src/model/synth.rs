@@ -275,20 +275,77 @@ pub fn check_shape(c: &ModelConfig) -> Result<()> {
 /// ggml type of tensor `name` (ggml `dims`) under `quant`.
 pub fn tensor_type(c: &ModelConfig, quant: SynthQuant, name: &str, dims: &[u64]) -> GgmlType {
     let row = dims.first().copied().unwrap_or(1);
+    fit_row(quant, intended_type(c, quant, name, dims), row)
+}
+
+/// The type `name` gets under `quant` when its rows are whole blocks of that type.
+fn intended_type(c: &ModelConfig, quant: SynthQuant, name: &str, dims: &[u64]) -> GgmlType {
     // convert_hf_to_gguf keeps these F32, and llama-quantize does not touch them
     if dims.len() <= 1 || name.ends_with("_norm.weight") || name.contains(".ffn_gate_inp.") {
         return GgmlType::F32;
     }
     if quant != SynthQuant::Q4_K_M {
-        let t = quant.base_type();
-        // convert_hf_to_gguf falls back to F16 when rows are not whole blocks
-        return if row.is_multiple_of(t.block_values() as u64) {
-            t
-        } else {
-            GgmlType::F16
-        };
+        return quant.base_type();
     }
-    q4_k_m_type(c, name, row)
+    q4_k_m_type(c, name)
+}
+
+/// The type a row of `row` values gets when `t` was intended: `t` when the row is whole blocks
+/// of it; else convert_hf_to_gguf falls back to F16, and llama-quantize (Q4_K_M) first to a
+/// legacy type of about the same size (32-value blocks), then to F16.
+fn fit_row(quant: SynthQuant, t: GgmlType, row: u64) -> GgmlType {
+    let fits = |t: GgmlType| row.is_multiple_of(t.block_values() as u64);
+    if fits(t) {
+        return t;
+    }
+    if quant == SynthQuant::Q4_K_M {
+        let legacy = match t {
+            GgmlType::Q4_K => GgmlType::Q5_0,
+            GgmlType::Q5_K => GgmlType::Q5_1,
+            GgmlType::Q6_K => GgmlType::Q8_0,
+            other => other,
+        };
+        if fits(legacy) {
+            return legacy;
+        }
+    }
+    GgmlType::F16
+}
+
+/// The type of every tensor of shape `c` under `quant`, in file order.
+pub fn tensor_types(c: &ModelConfig, quant: SynthQuant) -> Vec<GgmlType> {
+    c.expected_tensors()
+        .iter()
+        .map(|(name, dims)| tensor_type(c, quant, name, dims))
+        .collect()
+}
+
+/// A tensor that did not get its intended type because its rows are not whole blocks of it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fallback {
+    pub name: String,
+    /// Values per row (the tensor's first ggml dimension).
+    pub row: u64,
+    pub intended: GgmlType,
+    pub written: GgmlType,
+}
+
+/// The tensors of shape `c` under `quant` that fall back to another type, in file order.
+pub fn fallbacks(c: &ModelConfig, quant: SynthQuant) -> Vec<Fallback> {
+    c.expected_tensors()
+        .into_iter()
+        .filter_map(|(name, dims)| {
+            let row = dims.first().copied().unwrap_or(1);
+            let intended = intended_type(c, quant, &name, &dims);
+            let written = fit_row(quant, intended, row);
+            (written != intended).then_some(Fallback {
+                name,
+                row,
+                intended,
+                written,
+            })
+        })
+        .collect()
 }
 
 /// llama.cpp's `use_more_bits`: the first and last eighth of the layers, and every third
@@ -298,8 +355,9 @@ pub fn use_more_bits(i: usize, n: usize) -> bool {
     i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2
 }
 
-/// `llama_tensor_get_type` for LLAMA_FTYPE_MOSTLY_Q4_K_M (no imatrix, no overrides).
-fn q4_k_m_type(c: &ModelConfig, name: &str, row: u64) -> GgmlType {
+/// `llama_tensor_get_type` for LLAMA_FTYPE_MOSTLY_Q4_K_M (no imatrix, no overrides), before
+/// the fallback for rows that are not whole blocks ([`fit_row`]).
+fn q4_k_m_type(c: &ModelConfig, name: &str) -> GgmlType {
     let layer = name
         .strip_prefix("blk.")
         .and_then(|s| s.split('.').next())
@@ -308,12 +366,8 @@ fn q4_k_m_type(c: &ModelConfig, name: &str, row: u64) -> GgmlType {
     let eight_experts = c.n_experts == 8;
     let mut t = GgmlType::Q4_K;
     if name == "output.weight" {
-        // Q6_K, or Q8_0 when rows are not whole 256-value super-blocks
-        t = if row.is_multiple_of(GgmlType::Q4_K.block_values() as u64) {
-            GgmlType::Q6_K
-        } else {
-            GgmlType::Q8_0
-        };
+        // Q6_K (Q8_0 when rows are not whole 256-value super-blocks, through fit_row)
+        t = GgmlType::Q6_K;
     } else if name == "token_embd.weight" {
         // the default type
     } else if name.contains("attn_v.weight") {
@@ -333,17 +387,6 @@ fn q4_k_m_type(c: &ModelConfig, name: &str, row: u64) -> GgmlType {
         }
     } else if name.contains("attn_output.weight") && eight_experts {
         t = GgmlType::Q5_K;
-    }
-    if !row.is_multiple_of(t.block_values() as u64) {
-        t = match t {
-            GgmlType::Q4_K => GgmlType::Q5_0,
-            GgmlType::Q5_K => GgmlType::Q5_1,
-            GgmlType::Q6_K => GgmlType::Q8_0,
-            other => other,
-        };
-        if !row.is_multiple_of(t.block_values() as u64) {
-            t = GgmlType::F16;
-        }
     }
     t
 }

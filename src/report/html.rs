@@ -96,7 +96,7 @@ fn tip(report: &DiffReport, r: &Row, first: bool) -> String {
         if m.nonfinite_ref.count > 0 {
             let _ = write!(
                 t,
-                "\nnon-finite in {}: {} (first {})",
+                "\nnon-finite in the reference ({}): {} (first {})",
                 report.reference.label,
                 m.nonfinite_ref.count,
                 at_text(&r.nonfinite_ref_at)
@@ -105,7 +105,7 @@ fn tip(report: &DiffReport, r: &Row, first: bool) -> String {
         if m.nonfinite_cand.count > 0 {
             let _ = write!(
                 t,
-                "\nnon-finite in {}: {} (first {})",
+                "\nnon-finite in the candidate ({}): {} (first {})",
                 report.candidate.label,
                 m.nonfinite_cand.count,
                 at_text(&r.nonfinite_cand_at)
@@ -339,6 +339,9 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
         "<span>compared <b>{}</b></span><span>positions excluded <b>{}</b></span><span>near-tie flips <b>{}</b></span>",
         s.compared, s.excluded_positions, s.near_tie_flips
     );
+    for w in &report.warnings {
+        let _ = write!(h, "<p class=\"note\"><b>warning:</b> {}</p>", esc(w));
+    }
     for n in &report.notes {
         let _ = write!(h, "<p class=\"note\">{}</p>", esc(n));
     }

@@ -37,6 +37,9 @@ pub struct JsonReport {
     pub falsifiers: Vec<FalsifierResult>,
     pub environment: Environment,
     pub notes: Vec<String>,
+    /// What a reader must not miss although the diff ran (traces of different model files).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -283,6 +286,7 @@ pub fn to_json(report: &DiffReport, ctx: &ReportContext) -> JsonReport {
         falsifiers: ctx.falsifiers.clone(),
         environment: ctx.environment.clone(),
         notes: report.notes.clone(),
+        warnings: report.warnings.clone(),
     }
 }
 

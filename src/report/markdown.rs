@@ -73,6 +73,9 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
         s.compared,
         s.excluded_positions
     );
+    for w in &report.warnings {
+        let _ = writeln!(out, "- **warning:** {w}");
+    }
     for n in &report.notes {
         let _ = writeln!(out, "- note: {n}");
     }

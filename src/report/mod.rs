@@ -285,12 +285,12 @@ pub fn row_detail(report: &DiffReport, row: &Row) -> String {
             };
             let parts: Vec<String> = [
                 count(
-                    &report.reference.label,
+                    &format!("reference ({})", report.reference.label),
                     m.map(|m| &m.nonfinite_ref),
                     &row.nonfinite_ref_at,
                 ),
                 count(
-                    &report.candidate.label,
+                    &format!("candidate ({})", report.candidate.label),
                     m.map(|m| &m.nonfinite_cand),
                     &row.nonfinite_cand_at,
                 ),

@@ -77,6 +77,12 @@ pub fn render(report: &DiffReport, color: bool, report_dir: Option<&std::path::P
         s.excluded_positions,
         secs
     );
+    for w in &report.warnings {
+        let _ = writeln!(out, "  {} {w}", p.paint("1;33", "warning:"));
+    }
+    for n in &report.notes {
+        let _ = writeln!(out, "  note: {n}");
+    }
     let failing: Vec<_> = report
         .rows
         .iter()

@@ -18,6 +18,13 @@ snap() { (cd /tmp && tar czf $OUT/evidence.tgz evidence); }
 .gpu/lib-tests --include-ignored --test-threads 1 backend::cuda::gpu_tests --skip bench_prefill > $E/gpu-tests.txt 2>&1
 echo "gpu tests rc=$? $(grep 'test result' $E/gpu-tests.txt)"
 snap
+# 0b. the CLI tests, where a machine with a GPU is the interesting case (a GPU trial with its
+#     device hidden must be skipped, never passed); they find the binary where it was built
+if [ -x .gpu/cli-tests ]; then
+  mkdir -p target/release && cp .gpu/falsifier target/release/falsifier
+  .gpu/cli-tests --test-threads 2 > $E/cli-tests.txt 2>&1
+  echo "cli tests rc=$? $(grep 'test result' $E/cli-tests.txt)"
+fi
 # 1. the falsify test target, every non-heavy trial, GPU required
 FALSIFY_REQUIRE_GPU=1 FALSIFY_REPORT_DIR=$E/falsify-reports .gpu/falsify > $E/falsify.txt 2>&1
 echo "falsify rc=$? $(grep 'test result' $E/falsify.txt)"

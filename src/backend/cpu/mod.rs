@@ -98,8 +98,13 @@ impl CpuBackend {
 }
 
 impl Backend for CpuBackend {
+    /// The name it was opened by (`backend::open`), so that traces and reports tell the f32
+    /// variant from the reference.
     fn name(&self) -> &str {
-        "cpu"
+        match self.precision {
+            Precision::F64 => "cpu",
+            Precision::F32 => "cpu-f32",
+        }
     }
 
     fn describe(&self) -> String {
@@ -117,7 +122,7 @@ impl Backend for CpuBackend {
         let mut pass = pass::Pass::new(req, &self.config, self.precision);
         qwen3::forward(&mut pass, &weights, req.tokens)?;
         let mut meta = TraceMeta {
-            backend: "cpu".into(),
+            backend: self.name().into(),
             model: self.path.display().to_string(),
             model_sha256: self.sha256.get_or_init(|| self.file.sha256_hex()).clone(),
             tokens: req.tokens.to_vec(),
