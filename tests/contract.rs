@@ -17,7 +17,7 @@ contract: C-TEST-BASE
 version: 1.0.1
 status: PROPOSED
 description: base contract for lint tests
-references: [DESIGN.md]
+references: [docs/design.md]
 models:
   moe: { path: fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf }
   dense: { preset: tiny-dense, quant: f32, seed: 1 }

@@ -223,7 +223,7 @@ fn planted_nan_is_found_where_planted() {
         assert_eq!(cos, "— (1 non-finite)");
     }
     // without backends (npy) the printed verdict stays neutral; with cpu/cuda backends in the
-    // traces' metadata it takes the seed's names
+    // traces' metadata it takes the CPU/GPU names
     let report = diff_as(Fmt::Npy, "nan-names", &reference, &cand);
     assert_eq!(
         report.verdict_name(report.first().unwrap().verdict),
@@ -403,7 +403,7 @@ fn missing_stage_is_found_and_never_passes() {
     assert_eq!(report.first().unwrap().missing_on, Some(Side::Reference));
 }
 
-/// An APRT dump as the seed engine writes it: every stage but `tokens`.
+/// An APRT dump as the story's engine writes it: every stage but `tokens`.
 fn without_tokens(t: &Trace) -> Trace {
     let mut t = t.clone();
     t.tensors.remove(&Key::model(Stage::Tokens));

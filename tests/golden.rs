@@ -598,7 +598,7 @@ fn dense_qwen3_forward_and_its_faults() {
             .all(|(o, (a, b))| *o == a + b)
     );
     assert!(get("logits").iter().all(|x| x.is_finite()));
-    // faults on the dense path, and the seed bug on a Q6_K tensor
+    // faults on the dense path, and the story's Q6_K-as-Q4_K bug on a Q6_K tensor
     let dense_base = base;
     let model = path.to_str().unwrap();
     for spec in [

@@ -5,7 +5,7 @@
     falsifier diff TRACE.safetensors OTHER.safetensors --report-dir reports/x
 
 Runs the model in float32 on the CPU (eager attention, eager experts) over the whole prompt once,
-records every stage of DESIGN.md's vocabulary with forward hooks, and writes them under the
+records every stage of the stage vocabulary (docs/design.md) with forward hooks, and writes them under the
 canonical keys (`tokens`, `embedding`, `layer.{i}.{stage}`, `final_norm`, `logits`), all
 positions, batch dimension dropped, heads not flattened. Metadata (one flat string map, as
 falsifier writes it): format, backend=transformers, model, model_sha256 (of the weights file(s)),

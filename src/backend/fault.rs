@@ -1,4 +1,4 @@
-//! Planted faults (DESIGN.md "Planted faults"): the bug classes a harness must catch, planted at
+//! Planted faults (docs/design.md "Planted faults"): the bug classes a harness must catch, planted at
 //! one layer and stage of either side. They prove the harness (a self-test that never caught a
 //! planted bug proves nothing) and reproduce known field bugs.
 
@@ -14,7 +14,7 @@ pub enum FaultKind {
     Nan { index: usize },
     /// The stage's output is multiplied by (1 + eps).
     ScaleDrift { eps: f32 },
-    /// The matmul producing the stage decodes its Q6_K weight as if it were Q4_K (the seed bug:
+    /// The matmul producing the stage decodes its Q6_K weight as if it were Q4_K (the bug of the story in docs/design.md:
     /// a Q4_K_M file mixes both types, and a kernel dispatched on the wrong one).
     Q6kAsQ4k,
     /// Activations entering the matmul producing the stage are rounded to 8-bit blocks

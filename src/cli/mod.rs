@@ -1,4 +1,4 @@
-//! The command line (DESIGN.md "CLI"). One file per sub-command; this file only parses and
+//! The command line (docs/design.md "CLI"). One file per sub-command; this file only parses and
 //! dispatches. Exit codes: 0 all checks hold, 1 a divergence or failed check, 2 bad input or
 //! internal error.
 

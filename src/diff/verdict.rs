@@ -1,7 +1,7 @@
-//! Verdicts per layer × stage (DESIGN.md "Verdicts") and how they are printed.
+//! Verdicts per layer × stage (docs/design.md "Verdicts") and how they are printed.
 //!
 //! Internally the NaN verdicts say which side (`NanRef`, `NanCand`, `NanBoth`). Printed, they use
-//! the seed's names for a CPU-vs-CUDA pair (`NanCpu`, `NanGpu`, `NanBoth`) and the sides' labels
+//! the CPU/GPU names for a CPU-vs-CUDA pair (`NanCpu`, `NanGpu`, `NanBoth`) and the sides' labels
 //! otherwise (`NanTransformers`, `NanLlamaCpp`, ...), falling back to `NanRef`/`NanCand` when the
 //! labels cannot tell the sides apart.
 
@@ -83,7 +83,7 @@ impl fmt::Display for Verdict {
 
 impl FromStr for Verdict {
     type Err = String;
-    /// Accepts the side-neutral codes and the seed's CPU/GPU names.
+    /// Accepts the side-neutral codes and the CPU/GPU names.
     fn from_str(s: &str) -> Result<Verdict, String> {
         match s {
             "NanGpu" => return Ok(Verdict::NanCand),
@@ -105,7 +105,7 @@ pub struct SideTags {
 }
 
 impl SideTags {
-    /// Tags from the sides' labels (usually backend names): the seed's Cpu/Gpu for a cpu-vs-cuda
+    /// Tags from the sides' labels (usually backend names): Cpu/Gpu for a cpu-vs-cuda
     /// pair, else the labels in CamelCase, else Ref/Cand.
     pub fn from_labels(reference: &str, candidate: &str) -> SideTags {
         let gpu = |l: &str| matches!(l.to_ascii_lowercase().as_str(), "cuda" | "gpu");

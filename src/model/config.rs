@@ -355,7 +355,7 @@ impl ModelConfig {
         }
     }
 
-    /// Shape of stage `s` for a prompt of `n_tokens` (DESIGN.md's stage table).
+    /// Shape of stage `s` for a prompt of `n_tokens` (the stage table of docs/design.md).
     pub fn stage_shape(&self, s: Stage, n_tokens: usize) -> Vec<usize> {
         let t = n_tokens;
         let (h, nh, nkv, d) = (self.hidden, self.n_heads, self.n_kv_heads, self.head_dim);

@@ -1,4 +1,4 @@
-//! report.json, schema `falsifier-report/1` (DESIGN.md "CLI" and the diff issue): both sides'
+//! report.json, schema `falsifier-report/1` (docs/design.md "Reports"): both sides'
 //! descriptions, the first divergence, one row per layer × stage with verdict, downstream flag
 //! and metrics, and the falsifier results a contract run adds. Non-finite numbers are written as
 //! null (JSON has no NaN).

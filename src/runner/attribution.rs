@@ -1,4 +1,4 @@
-//! Origin versus propagation (DESIGN.md "Verdicts"): the first divergence is the first symptom;
+//! Origin versus propagation (docs/design.md "Verdicts"): the first divergence is the first symptom;
 //! the origin is the stage whose *own* error exceeds its threshold.
 //!
 //! The candidate is replayed with teacher forcing: every layer starts from the reference's input

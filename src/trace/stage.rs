@@ -1,4 +1,4 @@
-//! The stage vocabulary of DESIGN.md. Stage names are an interface: reports, contracts and trace
+//! The stage vocabulary of docs/design.md. Stage names are an interface: reports, contracts and trace
 //! files use them, so they are spelled here once and never renamed.
 //!
 //! A trace key is either model-level (`tokens`, `embedding`, `final_norm`, `logits`) or per layer

@@ -1,7 +1,7 @@
 //! Attention kernels: NeoX RoPE, causal softmax probabilities with grouped-query heads, and the
 //! probability-weighted sum of values.
 //!
-//! Layouts follow DESIGN.md: q/k/v are `[T, heads, D]`, probabilities `[nh, T, T]`, the context
+//! Layouts follow docs/design.md: q/k/v are `[T, heads, D]`, probabilities `[nh, T, T]`, the context
 //! `[T, nh·D]`. Query head `h` reads kv head `h / (nh / nkv)`.
 
 use rayon::prelude::*;

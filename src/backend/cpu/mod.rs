@@ -3,7 +3,7 @@
 //! Correct before fast: weights are dequantized to f32 row chunk by row chunk (never the whole
 //! model), every reduction accumulates in f64 by default ([`Precision::F32`] measures the f32
 //! noise floor), activations between stages are f32. The whole prompt runs at once; every stage
-//! of DESIGN.md's vocabulary is computed by a function of the same name in [`qwen3`] /
+//! of the stage vocabulary (docs/design.md) is computed by a function of the same name in [`qwen3`] /
 //! [`qwen3moe`], and copied out only when the capture plan wants it.
 //!
 //! Files: `ops` (dot, RMSNorm, softmax, top-k), `matmul` (batched quantized matmul),

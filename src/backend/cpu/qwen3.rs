@@ -1,6 +1,6 @@
 //! Qwen3 (dense) forward, and the parts Qwen3-MoE shares with it: embedding, the attention half
 //! of every block, the final norm and the logits. Each function computes one stage of
-//! DESIGN.md's vocabulary, over the whole prompt at once, and hands it to [`Pass::emit`].
+//! the stage vocabulary (docs/design.md), over the whole prompt at once, and hands it to [`Pass::emit`].
 
 use super::attention::{self, AttnShape, RopePairing};
 use super::ops::{add, rms_norm, silu_mul};

@@ -1,5 +1,5 @@
 //! The qwen3 / qwen3moe forward on the device: the whole prompt at once, every stage of
-//! DESIGN.md's vocabulary, planted faults, teacher forcing and capture.
+//! the stage vocabulary (docs/design.md), planted faults, teacher forcing and capture.
 //!
 //! Semantics mirror the CPU reference stage for stage (see `backend/fault.rs` for the faults
 //! and `ForwardRequest` for teacher forcing): a stage's output is final once the faults planted

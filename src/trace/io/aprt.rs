@@ -1,4 +1,4 @@
-//! APRT dumps: the activation dumps of the engine in DESIGN.md's seed story.
+//! APRT dumps: the activation dumps of the engine in the story of docs/design.md.
 //!
 //! A dump directory holds per-layer files `layer-{N}/{stage}.bin` and model-level files
 //! `{stage}.bin`. Each file is a 12-byte header (magic `APRT`, u32 LE layer, u32 LE element

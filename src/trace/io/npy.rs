@@ -1,4 +1,4 @@
-//! Directories of `{key}.npy` files (DESIGN.md "Trace files"): how engines that are not ours,
+//! Directories of `{key}.npy` files (docs/design.md "Trace files"): how engines that are not ours,
 //! and numpy-based references, hand over their activations.
 //!
 //! Reading maps every file and hands out zero-copy views where the payload is little-endian f32

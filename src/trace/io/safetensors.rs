@@ -1,4 +1,4 @@
-//! Trace files in safetensors format (DESIGN.md "Trace files").
+//! Trace files in safetensors format (docs/design.md "Trace files").
 //!
 //! Writing is done here rather than through `safetensors::serialize` so that files are
 //! byte-reproducible: tensors go in forward order and `__metadata__` keys are sorted (the crate
