@@ -1,0 +1,233 @@
+//! Replays the fuzz corpus kept in the repository through the fuzz targets' own bodies, on
+//! stable Rust: every input that once crashed, hung or blew up memory
+//! (`fuzz/regressions/<target>/`) and the seed inputs (`fuzz/seeds/<target>/`) must now be
+//! read without a panic. The targets themselves run under cargo-fuzz (docs/fuzzing.md).
+//!
+//! `fuzz/pending/<target>/` holds inputs that still fail (their fix is elsewhere); they are not
+//! replayed until they move to `regressions/`.
+
+#[path = "../fuzz/src/lib.rs"]
+#[allow(dead_code)]
+mod entries;
+
+use std::path::{Path, PathBuf};
+
+fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
+    let dir = entries::repo_root().join("fuzz").join(kind).join(target);
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+/// Run every kept input of every target; report all that panic, not just the first.
+fn replay(kind: &str) -> usize {
+    let mut failed = Vec::new();
+    let mut count = 0;
+    for &(target, run) in entries::TARGETS {
+        for path in inputs(kind, target) {
+            let data = std::fs::read(&path).unwrap();
+            count += 1;
+            if std::panic::catch_unwind(|| run(&data)).is_err() {
+                failed.push(path.display().to_string());
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "inputs that panic:\n{}",
+        failed.join("\n")
+    );
+    count
+}
+
+#[test]
+fn regression_inputs_do_not_panic() {
+    replay("regressions");
+}
+
+#[test]
+fn seed_inputs_do_not_panic() {
+    // the seeds are the corpus every fuzzing run starts from: an empty set means a broken layout
+    assert!(replay("seeds") >= entries::TARGETS.len());
+}
+
+#[test]
+fn pack_round_trips_and_refuses_escaping_names() {
+    let files = vec![
+        ("tokens.npy".to_string(), b"abc".to_vec()),
+        ("layer-0/attn_norm.bin".to_string(), Vec::new()),
+    ];
+    let packed = entries::pack(&files);
+    let back: Vec<(String, Vec<u8>)> = entries::unpack(&packed)
+        .into_iter()
+        .map(|(n, c)| (n, c.to_vec()))
+        .collect();
+    assert_eq!(back, files);
+    for bad in [
+        "../x.npy",
+        "/abs.npy",
+        "a/b/c.npy",
+        "./x",
+        "a//b",
+        "sp ace.npy",
+    ] {
+        assert!(
+            entries::unpack(format!("{bad}\ndata").as_bytes()).is_empty(),
+            "{bad}"
+        );
+    }
+}
+
+/// Regenerate `fuzz/seeds/` (run by hand after a format change):
+/// `cargo test --release --test fuzz_replay -- --ignored write_seeds`.
+#[test]
+#[ignore = "writes fuzz/seeds/ into the source tree; run by hand"]
+fn write_seeds() {
+    seeds::write_all(&entries::repo_root().join("fuzz/seeds"));
+}
+
+mod seeds {
+    use super::*;
+    use falsifier::model::gguf::{GgufWriter, MetaValue};
+    use falsifier::model::quant::GgmlType;
+    use falsifier::model::quant::quantize::{is_quantize_supported, quantize};
+    use falsifier::trace::io::aprt::write_aprt_dir;
+    use falsifier::trace::io::npy::write_npy_dir;
+    use falsifier::trace::io::write_trace;
+    use falsifier::trace::{Key, Stage, Tensor, Trace, TraceMeta};
+
+    pub fn write_all(root: &Path) {
+        let put = |target: &str, name: &str, bytes: &[u8]| {
+            let dir = root.join(target);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(name), bytes).unwrap();
+        };
+        put("gguf", "every-dequant-type.gguf", &gguf_seed());
+        let scratch = tempdir();
+        let trace = small_trace();
+        let st = scratch.join("trace.safetensors");
+        write_trace(&st, &trace).unwrap();
+        put(
+            "trace_safetensors",
+            "small.safetensors",
+            &std::fs::read(&st).unwrap(),
+        );
+        let npy = scratch.join("npy");
+        write_npy_dir(&npy, &trace).unwrap();
+        put("trace_npy", "small.pack", &entries::pack(&read_tree(&npy)));
+        let aprt = scratch.join("aprt");
+        write_aprt_dir(&aprt, &trace).unwrap();
+        put(
+            "trace_aprt",
+            "small.pack",
+            &entries::pack(&read_tree(&aprt)),
+        );
+        for f in std::fs::read_dir(entries::repo_root().join("contracts")).unwrap() {
+            let p = f.unwrap().path();
+            if p.extension().is_some_and(|e| e == "yaml") {
+                let name = p.file_name().unwrap().to_string_lossy().into_owned();
+                put("contract", &name, &std::fs::read(&p).unwrap());
+            }
+        }
+        std::fs::remove_dir_all(&scratch).unwrap();
+    }
+
+    fn tempdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("falsifier-seeds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    /// A two-layer trace of a three-token prompt, with an MoE layer's integer stage.
+    fn small_trace() -> Trace {
+        let meta = TraceMeta {
+            backend: "cpu".into(),
+            model: "seed.gguf".into(),
+            tokens: vec![1, 2, 3],
+            plan: "all".into(),
+            dtype: "f32".into(),
+            ..TraceMeta::default()
+        };
+        let mut t = Trace::new(meta);
+        let vals = |n: usize| (0..n).map(|i| i as f32 * 0.25 - 1.0).collect::<Vec<_>>();
+        t.insert(
+            Key::model(Stage::Tokens),
+            Tensor::i32(vec![3], vec![1, 2, 3]),
+        );
+        t.insert(
+            Key::model(Stage::Embedding),
+            Tensor::f32(vec![3, 4], vals(12)),
+        );
+        for layer in 0..2 {
+            t.insert(
+                Key::layer(layer, Stage::AttnNorm),
+                Tensor::f32(vec![3, 4], vals(12)),
+            );
+            t.insert(
+                Key::layer(layer, Stage::TopkIds),
+                Tensor::i32(vec![3, 2], vec![0, 1, 1, 0, 0, 1]),
+            );
+        }
+        t.insert(Key::model(Stage::Logits), Tensor::f32(vec![3, 5], vals(15)));
+        t
+    }
+
+    fn read_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() {
+                for (sub, bytes) in read_tree(&e.path()) {
+                    out.push((format!("{name}/{sub}"), bytes));
+                }
+            } else {
+                out.push((name, std::fs::read(e.path()).unwrap()));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// Metadata of every value type, and a two-row tensor of every type we can quantize to.
+    fn gguf_seed() -> Vec<u8> {
+        let mut w = GgufWriter::new();
+        w.add_kv("general.architecture", MetaValue::String("qwen3".into()));
+        w.add_kv("qwen3.block_count", MetaValue::U32(1));
+        w.add_kv("seed.i64", MetaValue::I64(-3));
+        w.add_kv("seed.f32", MetaValue::F32(0.5));
+        w.add_kv("seed.bool", MetaValue::Bool(true));
+        w.add_kv(
+            "seed.array",
+            MetaValue::Array(vec![MetaValue::U8(1), MetaValue::U8(2)]),
+        );
+        let mut data = Vec::new();
+        for ty in GgmlType::ALL {
+            if !is_quantize_supported(ty) {
+                continue;
+            }
+            let row = ty.block_values().max(32) as u64;
+            w.add_tensor(&format!("t.{}", ty.name()), vec![row, 2], ty)
+                .unwrap();
+            let src: Vec<f32> = (0..2 * row).map(|i| (i as f32 * 0.37).sin()).collect();
+            let mut bytes = Vec::new();
+            quantize(ty, &src, &mut bytes).unwrap();
+            data.push(bytes);
+        }
+        let mut out = Vec::new();
+        w.write_to(&mut out, |i, sink| {
+            sink.write_all(&data[i])
+                .map_err(|e| falsifier::Error::internal(format!("writing seed tensor {i}: {e}")))
+        })
+        .unwrap();
+        out
+    }
+}
