@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use falsifier::contract::{Source, lint::lint};
+use falsifier::diff::{DiffOptions, diff};
 use falsifier::model::gguf::GgufFile;
 use falsifier::model::quant::{dequantize, is_dequant_supported};
 use falsifier::trace::io::{TraceSource, open_source};
@@ -129,7 +130,8 @@ pub fn contract(data: &[u8]) {
     }
 }
 
-/// Read every stage of a source and check that what it hands out agrees with itself.
+/// Read every stage of a source, check that what it hands out agrees with itself, and diff it
+/// against itself.
 fn read_all(source: &dyn TraceSource) {
     let _ = (
         source.meta(),
@@ -152,6 +154,8 @@ fn read_all(source: &dyn TraceSource) {
         }
         let _ = view.to_owned_tensor();
     }
+    // what `falsifier diff` does with a source: a trace compared with itself
+    let _ = diff(source, source, &DiffOptions::default());
 }
 
 /// The repository root: the nearest ancestor of the compiling crate's manifest that holds both
