@@ -203,3 +203,64 @@ fn bench_times_untraced_and_traced_prefills_and_counts_their_work() {
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("`0` is not a prompt length"));
 }
+
+/// Issue 11 items 3, 15 and 16: `trace` refuses layers the model lacks (naming its layer count)
+/// and prompts past its context length, and a huge `--layers` range is one range, refused at
+/// once instead of expanded into memory; `diff` does the same against the traces' layers.
+#[test]
+fn trace_and_diff_refuse_layers_and_prompts_the_model_cannot_take() {
+    let model = "fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf";
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("t.safetensors");
+    let out = out.to_str().unwrap();
+    let trace = |tokens: &str, layers: &str| {
+        falsifier(&[
+            "trace", model, "--tokens", tokens, "--layers", layers, "--out", out,
+        ])
+    };
+    for (layers, first) in [("5..9", 5), ("0..18446744073709551615", 3)] {
+        let start = std::time::Instant::now();
+        let o = trace("1,2,3", layers);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{layers}: {err}");
+        assert!(
+            err.contains(&format!(
+                "layer {first} is out of range: {model} has 3 layers (0..3)"
+            )),
+            "{layers}: {err}"
+        );
+        assert!(start.elapsed().as_secs_f64() < 10.0, "{layers}");
+    }
+    // the fixture's context is 256 tokens
+    let t = |n: usize| vec!["7"; n].join(",");
+    let o = trace(&t(257), "all");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!(
+            "the prompt has 257 tokens, more than the context length of {model} (256 tokens)"
+        )),
+        "{err}"
+    );
+    let o = trace(&t(256), "0..3");
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+
+    let report = dir.join("report");
+    let o = falsifier(&[
+        "diff",
+        out,
+        out,
+        "--layers",
+        "0..18446744073709551615",
+        "--report-dir",
+        report.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--layers: layer 3 is out of range: the traces hold 3 layers (0..3)"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -446,3 +446,86 @@ fn gen_model_cli_writes_a_loadable_model() {
     assert_eq!(o.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The golden q8_0 fixture with metadata keys replaced, written to a temp file.
+fn edited_fixture(tag: &str, edits: &[(&str, MetaValue)]) -> PathBuf {
+    use falsifier::model::gguf::GgufWriter;
+    let f = GgufFile::open(&fixture("qwen3moe-tiny-q8_0.gguf")).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in f.metadata() {
+        let v = edits.iter().find(|(e, _)| e == k).map_or(v, |(_, e)| e);
+        w.add_kv(k, v.clone());
+    }
+    for t in f.tensors() {
+        w.add_tensor(&t.name, t.dims.clone(), t.ty).unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("falsifier-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{tag}.gguf"));
+    w.write_file(&path, |i, sink| {
+        sink.write_all(f.tensor_data(&f.tensors()[i]))
+            .map_err(|e| falsifier::Error::internal(e.to_string()))
+    })
+    .unwrap();
+    path
+}
+
+/// Issue 11 items 14 and 17, end to end: `trace` and `lint` on a GGUF whose counts are absurd
+/// exit 2 at once with the key named (a block_count of 2^32 - 1 aborted `trace` on a 2.6 TB
+/// allocation and grew `lint` until it died; head_count = key_length = 2^32 overflowed).
+#[test]
+fn absurd_gguf_counts_exit_2_at_once() {
+    let bin = env!("CARGO_BIN_EXE_falsifier");
+    let big = MetaValue::U64(1 << 32);
+    let cases = [
+        (
+            "layers-u32max",
+            vec![("qwen3moe.block_count", MetaValue::U32(u32::MAX))],
+            "key 'qwen3moe.block_count': 4294967295 layers, but the file's 39 tensors hold at most 3",
+        ),
+        (
+            "layers-2e63",
+            vec![("qwen3moe.block_count", MetaValue::U64(1 << 63))],
+            "key 'qwen3moe.block_count': 9223372036854775808 layers",
+        ),
+        (
+            "heads-2e32",
+            vec![
+                ("qwen3moe.attention.head_count", big.clone()),
+                ("qwen3moe.attention.key_length", big.clone()),
+                ("qwen3moe.attention.value_length", big),
+            ],
+            "head_count x head_dim = 4294967296 x 4294967296 overflows",
+        ),
+    ];
+    for (tag, edits, msg) in cases {
+        let model = edited_fixture(tag, &edits);
+        let start = std::time::Instant::now();
+        let o = std::process::Command::new(bin)
+            .args(["trace", model.to_str().unwrap(), "--tokens", "1,2"])
+            .args(["--out", model.with_extension("st").to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{tag}: {err}");
+        assert!(err.contains(msg) && err.contains(tag), "{tag}: {err}");
+        let contract = model.with_extension("yaml");
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("contracts/harness-self-test.yaml"),
+        )
+        .unwrap()
+        .replace(
+            "fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf",
+            model.to_str().unwrap(),
+        );
+        std::fs::write(&contract, text).unwrap();
+        let o = std::process::Command::new(bin)
+            .args(["lint", contract.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout) + String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{tag}: {out}");
+        assert!(out.contains(msg), "{tag}: {out}");
+        assert!(start.elapsed().as_secs_f64() < 30.0, "{tag}: slow");
+    }
+}

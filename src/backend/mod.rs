@@ -45,6 +45,30 @@ impl<'a> ForwardRequest<'a> {
     }
 }
 
+/// The checks the shipped backends make before a forward, so that bad input is an error naming
+/// the model (`model`) and never work or memory sized by it: a prompt of at least one token and
+/// at most the model's context length (`{arch}.context_length`), and a capture plan whose layers
+/// the model has.
+pub fn check_request(
+    req: &ForwardRequest<'_>,
+    model: &str,
+    n_layers: usize,
+    context_length: usize,
+) -> Result<()> {
+    let t = req.tokens.len();
+    if t == 0 {
+        return Err(Error::input("empty prompt: give at least one token"));
+    }
+    if t > context_length {
+        return Err(Error::input(format!(
+            "the prompt has {t} tokens, more than the context length of {model} ({context_length} tokens)"
+        )));
+    }
+    req.plan
+        .check_layers(n_layers, model)
+        .map_err(|e| Error::input(format!("capture plan: {e}")))
+}
+
 /// A traced forward implementation.
 pub trait Backend {
     /// Short name used in trace metadata and reports: `cpu`, `cuda`, `my-engine`.

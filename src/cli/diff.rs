@@ -80,6 +80,20 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
     }
     let reference = open_source(&args.reference)?;
     let candidate = open_source(&args.candidate)?;
+    if let Some(plan) = &opts.plan {
+        // layers neither trace holds are an error, never a diff that compares less
+        let held = [reference.as_ref(), candidate.as_ref()]
+            .iter()
+            .flat_map(|s| s.keys())
+            .filter_map(|k| k.layer)
+            .max()
+            .map_or(0, |l| l + 1);
+        if let Some(l) = plan.first_layer_beyond(held) {
+            return Err(Error::input(format!(
+                "--layers: layer {l} is out of range: the traces hold {held} layers (0..{held})"
+            )));
+        }
+    }
     let report = diff(reference.as_ref(), candidate.as_ref(), &opts)?;
     let command: Vec<String> = std::env::args().collect();
     let ctx = ReportContext::new(command.join(" "));

@@ -31,7 +31,6 @@ use super::shape::{ModelShape, preset_shape, read_shape};
 use super::{Diag, LoadedContract, Source, parse, resolve_model_path};
 use crate::backend::FaultKind;
 use crate::model::quant::GgmlType;
-use crate::trace::plan::LayerSel;
 use crate::trace::stage::{Key, Stage};
 
 /// Lint a set of contract texts. Returns the contracts that parsed and every problem found.
@@ -368,6 +367,16 @@ fn lint_falsifier(
                 ),
             ));
         }
+        let ctx = shape.config.context_length;
+        if f.tokens.len() > ctx {
+            diags.push(c.diag(
+                &at("tokens"),
+                format!(
+                    "{id}: the prompt has {} tokens, more than model {name}'s context length of {ctx}",
+                    f.tokens.len()
+                ),
+            ));
+        }
     }
 
     // stages and layers
@@ -403,11 +412,9 @@ fn lint_falsifier(
             }
         }
         Ok(plan) => {
-            if let LayerSel::Some(set) = plan.layers()
-                && let Some(max) = set.iter().next_back()
-            {
+            if let Some(max) = plan.layers().max() {
                 for (name, shape) in &models {
-                    if *max >= shape.layers() {
+                    if max >= shape.layers() {
                         diags.push(c.diag(
                             &at("layers"),
                             format!(

@@ -46,6 +46,7 @@
 pub mod evidence;
 pub mod index;
 pub mod lint;
+pub mod nesting;
 pub mod promote;
 pub mod schema;
 pub mod shape;
@@ -115,8 +116,22 @@ impl LoadedContract {
 }
 
 /// Parse one contract text. A YAML or schema error comes back as a [`Diag`] at the place
-/// yaml_serde reports.
+/// yaml_serde reports; flow nesting past [`nesting::MAX_FLOW_DEPTH`] is refused first.
 pub fn parse(source: &Source) -> std::result::Result<LoadedContract, Diag> {
+    if let Some(at) = nesting::too_deep(&source.text, nesting::MAX_FLOW_DEPTH) {
+        let lc = yaml_edit::byte_offset_to_line_column(&source.text, at);
+        return Err(Diag {
+            file: source.path.clone(),
+            pos: Pos {
+                line: lc.line,
+                column: lc.column,
+            },
+            msg: format!(
+                "flow collections ([...] and {{...}}) nest deeper than {} levels here (refused before parsing; a contract needs a few)",
+                nesting::MAX_FLOW_DEPTH
+            ),
+        });
+    }
     match serde_yaml::from_str::<Contract>(&source.text) {
         Ok(contract) => Ok(LoadedContract {
             path: source.path.clone(),

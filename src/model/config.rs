@@ -41,6 +41,14 @@ impl std::fmt::Display for Arch {
     }
 }
 
+/// Tensors of every model besides its layers' (`token_embd`, `output_norm`; `output` may be tied).
+const MODEL_TENSORS: usize = 2;
+/// Tensors of one dense layer: attn_norm, q, k, v, output, q_norm, k_norm, ffn_norm, and the
+/// ffn gate, up and down.
+const TENSORS_PER_DENSE_LAYER: usize = 11;
+/// Tensors of one MoE layer: the 8 before the FFN, the router and the gate/up/down expert stacks.
+const TENSORS_PER_MOE_LAYER: usize = 12;
+
 /// Hyper-parameters of a qwen3 / qwen3moe model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
@@ -214,8 +222,26 @@ impl ModelConfig {
                 format!("vocabulary size unknown or 0 (no tokens, no {a}.vocab_size, no token_embd.weight)"),
             ));
         }
+        // Counts are trusted only as far as the file backs them: every layer is a fixed set of
+        // tensors, so a block_count the tensor table cannot hold is refused here, before
+        // anything (the expected tensor list, the layer weights) is sized by it.
+        let per_layer = if arch.is_moe() {
+            TENSORS_PER_MOE_LAYER
+        } else {
+            TENSORS_PER_DENSE_LAYER
+        };
+        let held = f.tensors().len().saturating_sub(MODEL_TENSORS) / per_layer;
+        if n_layers > held {
+            return Err(k.err(
+                &key("block_count"),
+                format!(
+                    "{n_layers} layers, but the file's {} tensors hold at most {held} ({per_layer} per {a} layer, plus token_embd and output_norm)",
+                    f.tensors().len()
+                ),
+            ));
+        }
 
-        Ok(ModelConfig {
+        let config = ModelConfig {
             arch,
             n_layers,
             hidden,
@@ -231,7 +257,89 @@ impl ModelConfig {
             n_experts_used,
             expert_ffn_dim,
             norm_topk_prob: arch.is_moe(),
-        })
+        };
+        config
+            .check_products()
+            .map_err(|e| Error::input(format!("{}: {e}", k.label)))?;
+        Ok(config)
+    }
+
+    /// Check that every product of sizes the loaders and forwards compute (tensor element
+    /// counts, head widths) fits ggml's int64 element count, so that no later multiplication
+    /// wraps or overflows: `head_count = key_length = 2^32` is an error here, not a q width of 0.
+    pub fn check_products(&self) -> std::result::Result<(), String> {
+        let mut products: Vec<Vec<(&str, usize)>> = vec![
+            vec![("head_count", self.n_heads), ("head_dim", self.head_dim)],
+            vec![
+                ("head_count_kv", self.n_kv_heads),
+                ("head_dim", self.head_dim),
+            ],
+            vec![("hidden", self.hidden), ("vocab", self.vocab)],
+            vec![
+                ("hidden", self.hidden),
+                ("head_count", self.n_heads),
+                ("head_dim", self.head_dim),
+            ],
+        ];
+        if self.is_moe() {
+            products.push(vec![
+                ("hidden", self.hidden),
+                ("expert_ffn", self.expert_ffn_dim),
+                ("experts", self.n_experts),
+            ]);
+        } else {
+            products.push(vec![("hidden", self.hidden), ("ffn", self.ffn_dim)]);
+        }
+        for factors in products {
+            let fits = factors
+                .iter()
+                .try_fold(1u64, |acc, (_, x)| acc.checked_mul(*x as u64))
+                .is_some_and(|n| n <= i64::MAX as u64);
+            if !fits {
+                let names: Vec<&str> = factors.iter().map(|(n, _)| *n).collect();
+                let values: Vec<String> = factors.iter().map(|(_, v)| v.to_string()).collect();
+                return Err(format!(
+                    "{} = {} overflows a tensor's element count (at most 2^63 - 1)",
+                    names.join(" x "),
+                    values.join(" x ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of weights of a model of this shape (`output.weight` counted, as if untied);
+    /// `None` when it does not fit a u64.
+    pub fn n_params(&self) -> Option<u64> {
+        let u = |x: usize| x as u64;
+        let mul = |xs: &[u64]| xs.iter().try_fold(1u64, |a, &x| a.checked_mul(x));
+        let (h, hd) = (u(self.hidden), u(self.head_dim));
+        let q = mul(&[u(self.n_heads), hd])?;
+        let kv = mul(&[u(self.n_kv_heads), hd])?;
+        let attn = [
+            h,
+            mul(&[h, q])?,
+            mul(&[h, kv])?,
+            mul(&[h, kv])?,
+            mul(&[q, h])?,
+            hd,
+            hd,
+            h,
+        ];
+        let ffn = if self.is_moe() {
+            let (e, f) = (u(self.n_experts), u(self.expert_ffn_dim));
+            vec![mul(&[h, e])?, mul(&[3, h, f, e])?]
+        } else {
+            vec![mul(&[3, h, u(self.ffn_dim)])?]
+        };
+        let layer = attn
+            .iter()
+            .chain(&ffn)
+            .try_fold(0u64, |a, &x| a.checked_add(x))?;
+        let embd = mul(&[2, h, u(self.vocab)])?;
+        mul(&[layer, u(self.n_layers)])?
+            .checked_add(embd)?
+            .checked_add(h)
     }
 
     pub fn is_moe(&self) -> bool {
@@ -275,11 +383,15 @@ impl ModelConfig {
     /// Every tensor a model of this shape holds, with its ggml dims, in the order llama.cpp's
     /// converter writes them. `output.weight` is listed although a file may omit it (tied to
     /// `token_embd.weight`).
+    ///
+    /// Its length is linear in `n_layers`: [`ModelConfig::from_gguf`] has checked that against
+    /// the file's tensor count, `synth::check_shape` against its bound. Products saturate
+    /// rather than wrap (a config that passed [`ModelConfig::check_products`] never saturates).
     pub fn expected_tensors(&self) -> Vec<(String, Vec<u64>)> {
         let u = |x: usize| x as u64;
         let (h, hd) = (u(self.hidden), u(self.head_dim));
-        let q = u(self.n_heads) * hd;
-        let kv = u(self.n_kv_heads) * hd;
+        let q = u(self.n_heads).saturating_mul(hd);
+        let kv = u(self.n_kv_heads).saturating_mul(hd);
         let mut v = vec![("token_embd.weight".to_string(), vec![h, u(self.vocab)])];
         for i in 0..self.n_layers {
             let b = |s: &str| format!("blk.{i}.{s}.weight");
@@ -491,6 +603,43 @@ mod tests {
         assert!(e.contains("missing"), "{e}");
         let e = config_err("qwen3moe.rope.freq_base", Some(MetaValue::F32(f32::NAN)));
         assert!(e.contains("not a positive finite number"), "{e}");
+    }
+
+    /// Issue 11 items 14 and 17: a count the file cannot back, or sizes whose product
+    /// overflows, are errors naming the key before anything is sized by them (a block_count of
+    /// 2^32 - 1 aborted on a 2.6 TB allocation; 2^63 panicked with "capacity overflow").
+    #[test]
+    fn absurd_counts_are_errors_not_allocations() {
+        for n in [MetaValue::U32(u32::MAX), MetaValue::U64(1 << 63)] {
+            let e = config_err("qwen3moe.block_count", Some(n));
+            assert!(
+                e.contains("key 'qwen3moe.block_count': ")
+                    && e.contains(
+                        "layers, but the file's 39 tensors hold at most 3 (12 per qwen3moe layer"
+                    ),
+                "{e}"
+            );
+        }
+        let big = Some(MetaValue::U64(1 << 32));
+        let f = with_keys(&[
+            ("qwen3moe.attention.head_count", big.clone()),
+            ("qwen3moe.attention.key_length", big.clone()),
+            ("qwen3moe.attention.value_length", big),
+        ]);
+        let e = ModelConfig::from_gguf(&f).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "edited.gguf: head_count x head_dim = 4294967296 x 4294967296 overflows a tensor's element count (at most 2^63 - 1)"
+        );
+        // a config built by hand that overflows still lists its tensors without wrapping
+        let c = ModelConfig {
+            n_heads: 1 << 32,
+            head_dim: 1 << 32,
+            ..ModelConfig::from_gguf(&fixture("qwen3moe-tiny-f32.gguf")).unwrap()
+        };
+        assert!(c.check_products().is_err() && c.n_params().is_none());
+        let (_, q_dims) = &c.expected_tensors()[2];
+        assert_eq!(q_dims[1], u64::MAX, "saturated, not wrapped to 0");
     }
 
     #[test]

@@ -189,7 +189,18 @@ impl Overrides {
     }
 }
 
-/// Check that a (possibly overridden) shape makes a model.
+/// Most layers a synthetic model may have: real models have at most a few hundred, and lint
+/// lists every tensor of a preset (12 per layer) without generating it.
+pub const MAX_LAYERS: usize = 1 << 12;
+/// Largest single size (hidden, heads, head_dim, ffn, vocab, experts, ctx) of a synthetic
+/// model: 2^24, far above real models (vocabularies of 262,144, hidden sizes of 16,384), low
+/// enough that the tokenizer the generator writes (one string per token) stays small.
+pub const MAX_SIZE: usize = 1 << 24;
+/// Most weights a synthetic model may have: 2^42 (4.4 T parameters, 17.6 TB as f32).
+pub const MAX_PARAMS: u64 = 1 << 42;
+
+/// Check that a (possibly overridden) shape makes a model, within the bounds above, so that
+/// neither lint nor the generator ever sizes work or memory by an absurd count.
 pub fn check_shape(c: &ModelConfig) -> Result<()> {
     let bad = |msg: String| Err(Error::input(format!("model shape: {msg}")));
     let sizes = [
@@ -203,6 +214,38 @@ pub fn check_shape(c: &ModelConfig) -> Result<()> {
     ];
     if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
         return bad(format!("--{name} must be positive"));
+    }
+    if c.n_layers > MAX_LAYERS {
+        return bad(format!(
+            "--layers {} exceeds the limit of {MAX_LAYERS}",
+            c.n_layers
+        ));
+    }
+    let bounded = [
+        ("hidden", c.hidden),
+        ("heads", c.n_heads),
+        ("kv-heads", c.n_kv_heads),
+        ("head-dim", c.head_dim),
+        ("ffn", c.ffn_dim),
+        ("vocab", c.vocab),
+        ("experts", c.n_experts),
+        ("expert-ffn", c.expert_ffn_dim),
+        ("ctx", c.context_length),
+    ];
+    if let Some((name, v)) = bounded.iter().find(|(_, v)| *v > MAX_SIZE) {
+        return bad(format!(
+            "--{name} {v} exceeds the limit of {MAX_SIZE} (2^24)"
+        ));
+    }
+    c.check_products().or_else(bad)?;
+    match c.n_params() {
+        Some(n) if n <= MAX_PARAMS => {}
+        Some(n) => {
+            return bad(format!(
+                "{n} parameters exceed the limit of {MAX_PARAMS} (2^42)"
+            ));
+        }
+        None => return bad("the parameter count overflows 64 bits".into()),
     }
     if !c.n_heads.is_multiple_of(c.n_kv_heads) {
         return bad(format!(
@@ -652,6 +695,54 @@ mod tests {
         let mut out = vec![0f32; t.n_elements() as usize];
         dequantize(t.ty, f.tensor_data(t), &mut out).unwrap();
         out
+    }
+
+    /// Issue 11 item 17: shapes past the bounds are refused before lint lists their tensors or
+    /// the generator sizes anything by them (vocab 2^64 - 1 panicked in the tokenizer; heads =
+    /// head_dim = 2^32 wrapped to 0 and hung the generator).
+    #[test]
+    fn absurd_shapes_are_refused() {
+        let refuse = |o: Overrides| {
+            let mut c = preset("tiny-moe").unwrap();
+            o.apply(&mut c).unwrap();
+            check_shape(&c).unwrap_err().to_string()
+        };
+        let e = refuse(Overrides {
+            vocab: Some(usize::MAX),
+            ..Overrides::default()
+        });
+        assert_eq!(
+            e,
+            "model shape: --vocab 18446744073709551615 exceeds the limit of 16777216 (2^24)"
+        );
+        let e = refuse(Overrides {
+            heads: Some(1 << 32),
+            head_dim: Some(1 << 32),
+            ..Overrides::default()
+        });
+        assert!(e.contains("--heads 4294967296 exceeds the limit"), "{e}");
+        let e = refuse(Overrides {
+            layers: Some(1_000_000_000_000),
+            ..Overrides::default()
+        });
+        assert_eq!(
+            e,
+            "model shape: --layers 1000000000000 exceeds the limit of 4096"
+        );
+        // every size within bounds, but their products are not
+        let e = refuse(Overrides {
+            hidden: Some(1 << 24),
+            vocab: Some(1 << 24),
+            ..Overrides::default()
+        });
+        assert!(
+            e.contains("parameters exceed the limit of 4398046511104 (2^42)"),
+            "{e}"
+        );
+        // the presets themselves are within bounds, the 30B-A3B shape included
+        for name in PRESETS {
+            check_shape(&preset(name).unwrap()).unwrap();
+        }
     }
 
     #[test]

@@ -178,15 +178,18 @@ pub enum FfnWeights<'a> {
 impl<'a> Qwen3Weights<'a> {
     pub fn load(file: &'a GgufFile, cfg: &ModelConfig) -> Result<Qwen3Weights<'a>> {
         let (h, v, d) = (cfg.hidden, cfg.vocab, cfg.head_dim);
-        let q = cfg.n_heads * d;
-        let kv = cfg.n_kv_heads * d;
+        // ModelConfig::check_products bounds these; saturating keeps a hand-made config from
+        // wrapping (its dims then fail to match any tensor)
+        let q = cfg.n_heads.saturating_mul(d);
+        let kv = cfg.n_kv_heads.saturating_mul(d);
         let norm = |name: &str, n: usize| QTensor::load(file, name, &[n])?.to_f32();
         let token_embd = QTensor::load(file, "token_embd.weight", &[h, v])?;
         let output = match file.tensor("output.weight") {
             Some(_) => QTensor::load(file, "output.weight", &[h, v])?,
             None => token_embd,
         };
-        let mut layers = Vec::with_capacity(cfg.n_layers);
+        // sized by what the file holds, never by the count it claims (each layer is tensors)
+        let mut layers = Vec::with_capacity(cfg.n_layers.min(file.tensors().len()));
         for i in 0..cfg.n_layers {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             let mat = |s: &str, dims: &[usize]| QTensor::load(file, &n(s), dims);

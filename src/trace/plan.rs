@@ -3,6 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::ops::RangeInclusive;
 
 use super::stage::{Key, Stage};
 
@@ -10,8 +11,51 @@ use super::stage::{Key, Stage};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LayerSel {
     All,
-    /// Explicit layer indices.
-    Some(BTreeSet<usize>),
+    /// Explicit layers as sorted, disjoint, non-adjacent inclusive ranges: a range costs one
+    /// entry however many layers it spans, so `0..18446744073709551615` is as cheap as `0..3`
+    /// (and is refused against the model's layer count, see [`CapturePlan::check_layers`]).
+    Some(Vec<RangeInclusive<usize>>),
+}
+
+impl LayerSel {
+    /// Explicit layers from any ranges: sorted and merged. Empty ranges are dropped.
+    pub fn ranges(ranges: impl IntoIterator<Item = RangeInclusive<usize>>) -> LayerSel {
+        let mut v: Vec<RangeInclusive<usize>> =
+            ranges.into_iter().filter(|r| !r.is_empty()).collect();
+        v.sort_by_key(|r| *r.start());
+        let mut merged: Vec<RangeInclusive<usize>> = Vec::with_capacity(v.len());
+        for r in v {
+            match merged.last_mut() {
+                Some(last) if *r.start() <= last.end().saturating_add(1) => {
+                    if r.end() > last.end() {
+                        *last = *last.start()..=*r.end();
+                    }
+                }
+                _ => merged.push(r),
+            }
+        }
+        LayerSel::Some(merged)
+    }
+
+    /// Whether layer `i` is selected.
+    pub fn contains(&self, i: usize) -> bool {
+        match self {
+            LayerSel::All => true,
+            LayerSel::Some(ranges) => {
+                // ranges are sorted and disjoint: the last one starting at or before i decides
+                let k = ranges.partition_point(|r| *r.start() <= i);
+                k > 0 && ranges[k - 1].contains(&i)
+            }
+        }
+    }
+
+    /// The highest layer selected (`None` for all layers or none).
+    pub fn max(&self) -> Option<usize> {
+        match self {
+            LayerSel::All => None,
+            LayerSel::Some(ranges) => ranges.last().map(|r| *r.end()),
+        }
+    }
 }
 
 /// A capture plan. The empty plan captures nothing (an untraced forward).
@@ -87,9 +131,28 @@ impl CapturePlan {
         if !self.stages.contains(&stage) {
             return false;
         }
-        match (layer, &self.layers) {
-            (None, _) | (Some(_), LayerSel::All) => true,
-            (Some(i), LayerSel::Some(set)) => set.contains(&i),
+        layer.is_none_or(|i| self.layers.contains(i))
+    }
+
+    /// The first planned layer at or past `n_layers` (a layer a model of `n_layers` lacks).
+    pub fn first_layer_beyond(&self, n_layers: usize) -> Option<usize> {
+        let LayerSel::Some(ranges) = &self.layers else {
+            return None;
+        };
+        ranges
+            .iter()
+            .find(|r| *r.end() >= n_layers)
+            .map(|r| (*r.start()).max(n_layers))
+    }
+
+    /// Check the planned layers against a model of `n_layers` layers (`model` names it): a
+    /// layer the model does not have is an error, never a plan that silently captures less.
+    pub fn check_layers(&self, n_layers: usize, model: &str) -> Result<(), String> {
+        match self.first_layer_beyond(n_layers) {
+            Some(l) => Err(format!(
+                "layer {l} is out of range: {model} has {n_layers} layers (0..{n_layers})"
+            )),
+            None => Ok(()),
         }
     }
 
@@ -141,28 +204,30 @@ fn parse_layers(text: &str) -> Result<LayerSel, String> {
             .parse::<usize>()
             .map_err(|_| bad("not a layer index"))
     };
-    let mut set = BTreeSet::new();
+    // ranges stay ranges: a huge range is one entry, checked against the model later
+    let mut ranges = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if let Some((a, b)) = part.split_once("..=") {
             let (a, b) = (num(a)?, num(b)?);
             if b < a {
                 return Err(bad("empty range"));
             }
-            set.extend(a..=b);
+            ranges.push(a..=b);
         } else if let Some((a, b)) = part.split_once("..") {
             let (a, b) = (num(a)?, num(b)?);
             if b <= a {
                 return Err(bad("empty range"));
             }
-            set.extend(a..b);
+            ranges.push(a..=b - 1);
         } else {
-            set.insert(num(part)?);
+            let i = num(part)?;
+            ranges.push(i..=i);
         }
     }
-    if set.is_empty() {
+    if ranges.is_empty() {
         return Err(bad("no layers"));
     }
-    Ok(LayerSel::Some(set))
+    Ok(LayerSel::ranges(ranges))
 }
 
 impl fmt::Display for CapturePlan {
@@ -175,8 +240,16 @@ impl fmt::Display for CapturePlan {
         write!(f, "stages={}", stages.join(","))?;
         match &self.layers {
             LayerSel::All => write!(f, " layers=all"),
-            LayerSel::Some(set) => {
-                let l: Vec<String> = set.iter().map(|i| i.to_string()).collect();
+            LayerSel::Some(ranges) => {
+                // the CLI's syntax: `i` for one layer, `a..b` (or `a..=max`) for a run
+                let l: Vec<String> = ranges
+                    .iter()
+                    .map(|r| match (*r.start(), *r.end()) {
+                        (a, b) if a == b => a.to_string(),
+                        (a, usize::MAX) => format!("{a}..={}", usize::MAX),
+                        (a, b) => format!("{a}..{}", b + 1),
+                    })
+                    .collect();
                 write!(f, " layers={}", l.join(","))
             }
         }
@@ -202,6 +275,34 @@ mod tests {
         assert!(CapturePlan::parse("all", Some("x")).is_err());
         assert!(CapturePlan::none().is_empty());
         assert!(!CapturePlan::all().is_empty());
+    }
+
+    /// Issue 11 items 3 and 15: a range is one entry however long (no `set.extend(a..b)` over
+    /// 2^64 layers), and a layer the model lacks is an error naming the model's layer count.
+    #[test]
+    fn huge_ranges_are_cheap_and_checked_against_the_model() {
+        let p = CapturePlan::parse("all", Some("0..18446744073709551615")).unwrap();
+        assert_eq!(
+            p.layers(),
+            &LayerSel::Some(vec![0..=usize::MAX - 1]),
+            "one range, not 2^64 indices"
+        );
+        assert!(p.wants(Some(usize::MAX - 1), Stage::LayerOut));
+        let e = p.check_layers(3, "tiny.gguf").unwrap_err();
+        assert_eq!(e, "layer 3 is out of range: tiny.gguf has 3 layers (0..3)");
+        let p = CapturePlan::parse("all", Some("0..=18446744073709551615")).unwrap();
+        assert!(p.wants(Some(usize::MAX), Stage::LayerOut));
+        assert_eq!(p.to_string(), "stages=all layers=0..=18446744073709551615");
+        let p = CapturePlan::parse("all", Some("5..9")).unwrap();
+        let e = p.check_layers(3, "m").unwrap_err();
+        assert!(e.contains("layer 5 is out of range: m has 3 layers"), "{e}");
+        assert!(p.check_layers(9, "m").is_ok());
+        // overlapping and adjacent parts merge; display keeps the CLI syntax
+        let p = CapturePlan::parse("logits", Some("4,0..2,1..=3,7")).unwrap();
+        assert_eq!(p.layers(), &LayerSel::Some(vec![0..=4, 7..=7]));
+        assert_eq!(p.to_string(), "stages=logits layers=0..5,7");
+        assert!(p.layers().contains(4) && !p.layers().contains(5) && p.layers().contains(7));
+        assert!(CapturePlan::all().check_layers(0, "m").is_ok());
     }
 
     #[test]

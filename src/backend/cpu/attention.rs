@@ -93,35 +93,75 @@ fn last_key(t: usize, n: usize, lookahead: usize) -> usize {
     (t + lookahead).min(n - 1)
 }
 
+/// Probabilities of query `qi` under head `h` over keys `0..row.len()` (the visible ones):
+/// scaled dot products, then softmax. The one place a probability is computed, so the
+/// materialised and the fused paths agree bit for bit.
+fn probs_row(
+    q: &[f32],
+    k: &[f32],
+    s: AttnShape,
+    qi: usize,
+    h: usize,
+    row: &mut [f32],
+    p: Precision,
+) {
+    let AttnShape { nh, nkv, d, .. } = s;
+    let scale = 1.0 / (d as f64).sqrt();
+    let kh = s.kv_head(h);
+    let qv = &q[(qi * nh + h) * d..][..d];
+    for (ki, o) in row.iter_mut().enumerate() {
+        let kv = &k[(ki * nkv + kh) * d..][..d];
+        let raw = dot(qv, kv, p);
+        *o = match p {
+            Precision::F64 => (raw * scale) as f32,
+            Precision::F32 => raw as f32 * scale as f32,
+        };
+    }
+    softmax_in_place(row, p);
+}
+
+/// `out[j] = Σ_s ph[s] · v[s, kv(h), j]` over the visible keys `0..ph.len()` (a masked position is
+/// skipped, not multiplied by 0, so a NaN there cannot leak backwards).
+fn ctx_head(ph: &[f32], v: &[f32], s: AttnShape, h: usize, out: &mut [f32], p: Precision) {
+    let AttnShape { nkv, d, .. } = s;
+    let kh = s.kv_head(h);
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = match p {
+            Precision::F64 => {
+                let mut acc = 0f64;
+                for (si, &w) in ph.iter().enumerate() {
+                    acc += w as f64 * v[(si * nkv + kh) * d + j] as f64;
+                }
+                acc as f32
+            }
+            Precision::F32 => {
+                let mut acc = 0f32;
+                for (si, &w) in ph.iter().enumerate() {
+                    acc += w * v[(si * nkv + kh) * d + j];
+                }
+                acc
+            }
+        };
+    }
+}
+
 /// `softmax(q·kᵀ/√D + causal mask)` as `[nh, T, T]`; masked entries are exactly 0.
 pub fn attn_probs(q: &[f32], k: &[f32], s: AttnShape, lookahead: usize, p: Precision) -> Vec<f32> {
-    let AttnShape { t, nh, nkv, d } = s;
+    let AttnShape { t, nh, .. } = s;
     let mut probs = vec![0f32; nh * t * t];
     if t == 0 {
         return probs;
     }
-    let scale = 1.0 / (d as f64).sqrt();
     probs.par_chunks_mut(t * t).enumerate().for_each(|(h, ph)| {
-        let kh = s.kv_head(h);
         for (qi, row) in ph.chunks_exact_mut(t).enumerate() {
-            let qv = &q[(qi * nh + h) * d..][..d];
             let end = last_key(qi, t, lookahead) + 1;
-            for (ki, o) in row[..end].iter_mut().enumerate() {
-                let kv = &k[(ki * nkv + kh) * d..][..d];
-                let raw = dot(qv, kv, p);
-                *o = match p {
-                    Precision::F64 => (raw * scale) as f32,
-                    Precision::F32 => raw as f32 * scale as f32,
-                };
-            }
-            softmax_in_place(&mut row[..end], p);
+            probs_row(q, k, s, qi, h, &mut row[..end], p);
         }
     });
     probs
 }
 
-/// `ctx[t, h·D + j] = Σ_s probs[h, t, s] · v[s, kv(h), j]` over the positions the mask let in
-/// (a masked position is skipped, not multiplied by 0, so a NaN there cannot leak backwards).
+/// `ctx[t, h·D + j] = Σ_s probs[h, t, s] · v[s, kv(h), j]` over the positions the mask let in.
 pub fn attn_ctx(
     probs: &[f32],
     v: &[f32],
@@ -129,7 +169,7 @@ pub fn attn_ctx(
     lookahead: usize,
     p: Precision,
 ) -> Vec<f32> {
-    let AttnShape { t, nh, nkv, d } = s;
+    let AttnShape { t, nh, d, .. } = s;
     let mut ctx = vec![0f32; t * nh * d];
     if t == 0 {
         return ctx;
@@ -139,28 +179,41 @@ pub fn attn_ctx(
         .for_each(|(qi, row)| {
             let end = last_key(qi, t, lookahead) + 1;
             for h in 0..nh {
-                let kh = s.kv_head(h);
                 let ph = &probs[(h * t + qi) * t..][..end];
-                for (j, o) in row[h * d..(h + 1) * d].iter_mut().enumerate() {
-                    *o = match p {
-                        Precision::F64 => {
-                            let mut acc = 0f64;
-                            for (si, &w) in ph.iter().enumerate() {
-                                acc += w as f64 * v[(si * nkv + kh) * d + j] as f64;
-                            }
-                            acc as f32
-                        }
-                        Precision::F32 => {
-                            let mut acc = 0f32;
-                            for (si, &w) in ph.iter().enumerate() {
-                                acc += w * v[(si * nkv + kh) * d + j];
-                            }
-                            acc
-                        }
-                    };
-                }
+                ctx_head(ph, v, s, h, &mut row[h * d..(h + 1) * d], p);
             }
         });
+    ctx
+}
+
+/// `attn_ctx(attn_probs(q, k), v)` without the `[nh, T, T]` tensor, for a forward that keeps no
+/// probabilities: each (query, head) row of probabilities lives in a scratch row of T values
+/// (memory O(T) per thread instead of O(nh·T²): 60,000 tokens would need 57.6 GB). Bit-identical
+/// to the two-step path: the same row and sum functions in the same order.
+pub fn attn_ctx_fused(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: AttnShape,
+    lookahead: usize,
+    p: Precision,
+) -> Vec<f32> {
+    let AttnShape { t, nh, d, .. } = s;
+    let mut ctx = vec![0f32; t * nh * d];
+    if t == 0 {
+        return ctx;
+    }
+    ctx.par_chunks_mut(nh * d).enumerate().for_each_init(
+        || vec![0f32; t],
+        |scratch, (qi, row)| {
+            let end = last_key(qi, t, lookahead) + 1;
+            for h in 0..nh {
+                let ph = &mut scratch[..end];
+                probs_row(q, k, s, qi, h, ph, p);
+                ctx_head(ph, v, s, h, &mut row[h * d..(h + 1) * d], p);
+            }
+        },
+    );
     ctx
 }
 
@@ -258,6 +311,15 @@ mod tests {
             }
             for (a, b) in ctx.iter().zip(&nc) {
                 assert!((*a as f64 - b).abs() < 1e-5, "{p:?}");
+            }
+        }
+        // the fused path (no [nh, T, T] tensor) is the two-step path bit for bit
+        for p in [Precision::F64, Precision::F32] {
+            for look in [0, 1] {
+                let two_step = attn_ctx(&attn_probs(&q, &k, s, look, p), &v, s, look, p);
+                let fused = attn_ctx_fused(&q, &k, &v, s, look, p);
+                let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&fused), bits(&two_step), "{p:?}, lookahead {look}");
             }
         }
         // off-by-one mask: position 0 now sees position 1

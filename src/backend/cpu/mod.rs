@@ -73,11 +73,16 @@ impl CpuBackend {
         )
     }
 
-    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
-        if tokens.is_empty() {
-            return Err(Error::input("empty prompt: give at least one token"));
-        }
-        if let Some((pos, id)) = tokens
+    fn check_request(&self, req: &ForwardRequest<'_>) -> Result<()> {
+        let model = self.path.display().to_string();
+        crate::backend::check_request(
+            req,
+            &model,
+            self.config.n_layers,
+            self.config.context_length,
+        )?;
+        if let Some((pos, id)) = req
+            .tokens
             .iter()
             .enumerate()
             .find(|(_, t)| **t as usize >= self.config.vocab)
@@ -106,7 +111,7 @@ impl Backend for CpuBackend {
     }
 
     fn forward(&mut self, req: &ForwardRequest<'_>) -> Result<Trace> {
-        self.check_tokens(req.tokens)?;
+        self.check_request(req)?;
         let weights = Qwen3Weights::load(&self.file, &self.config)?;
         pass::check_faults(req.faults, &self.config, &weights)?;
         let mut pass = pass::Pass::new(req, &self.config, self.precision);

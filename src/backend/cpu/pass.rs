@@ -53,6 +53,11 @@ impl<'r> Pass<'r> {
             .map(|f| f.kind)
     }
 
+    /// Whether the capture plan keeps (layer, stage).
+    pub fn keeps(&self, layer: Option<usize>, stage: Stage) -> bool {
+        self.plan.wants(layer, stage)
+    }
+
     /// Whether a fault matching `pred` is planted at (layer, stage).
     pub fn has(
         &self,

@@ -88,8 +88,15 @@ pub(super) fn self_attention(
     );
     let q = q_rope(pass, i, &q);
     let k = k_rope(pass, i, &k);
-    let probs = attn_probs(pass, i, &q, &k);
-    let ctx = attn_ctx(pass, i, &probs, &v);
+    // the [nh, T, T] probabilities exist only when the plan keeps them or a fault is planted
+    // on them; otherwise the fused kernel computes the same context without them
+    let ctx =
+        if pass.keeps(Some(i), Stage::AttnProbs) || pass.has(Some(i), Stage::AttnProbs, |_| true) {
+            let probs = attn_probs(pass, i, &q, &k);
+            attn_ctx(pass, i, &probs, &v)
+        } else {
+            attn_ctx_fused(pass, i, &q, &k, &v)
+        };
     let o = attn_out(pass, i, lw, &ctx)?;
     Ok(attn_residual(pass, i, x, &o))
 }
@@ -174,6 +181,15 @@ fn attn_probs(pass: &mut Pass, i: usize, q: &[f32], k: &[f32]) -> Vec<f32> {
 fn attn_ctx(pass: &mut Pass, i: usize, probs: &[f32], v: &[f32]) -> Vec<f32> {
     let s = attn_shape(pass);
     let mut c = attention::attn_ctx(probs, v, s, lookahead(pass, i), pass.p);
+    pass.emit(Some(i), Stage::AttnCtx, &mut c, &[s.t, s.nh * s.d]);
+    c
+}
+
+/// attn_ctx straight from q, k, v, when no one looks at attn_probs (see
+/// [`attention::attn_ctx_fused`]).
+fn attn_ctx_fused(pass: &mut Pass, i: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    let s = attn_shape(pass);
+    let mut c = attention::attn_ctx_fused(q, k, v, s, lookahead(pass, i), pass.p);
     pass.emit(Some(i), Stage::AttnCtx, &mut c, &[s.t, s.nh * s.d]);
     c
 }

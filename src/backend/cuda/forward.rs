@@ -880,9 +880,7 @@ pub fn forward(
 ) -> Result<Trace> {
     let d = &w.dims;
     let t = req.tokens.len();
-    if t == 0 {
-        return Err(Error::input("forward: the prompt has no tokens"));
-    }
+    crate::backend::check_request(req, &meta.model, d.n_layers, d.context_length)?;
     if let Some((i, tok)) = req
         .tokens
         .iter()

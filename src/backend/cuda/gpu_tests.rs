@@ -686,6 +686,7 @@ fn tiled_attention_matches_per_query_kernels() {
             top_k: 0,
             ffn: 1,
             vocab: 1,
+            context_length: t,
             eps: 1e-6,
             rope_theta: 1e6,
             norm_topk: false,

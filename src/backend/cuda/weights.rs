@@ -39,6 +39,8 @@ pub struct Dims {
     /// FFN width: `feed_forward_length` (dense) or `expert_feed_forward_length` (MoE).
     pub ffn: usize,
     pub vocab: usize,
+    /// Longest prompt the model takes (`{arch}.context_length`).
+    pub context_length: usize,
     pub eps: f32,
     pub rope_theta: f32,
     /// Renormalise the top-k router weights to sum 1 (qwen3moe).
@@ -59,6 +61,7 @@ impl Dims {
             top_k: if moe { c.n_experts_used } else { 0 },
             ffn: if moe { c.expert_ffn_dim } else { c.ffn_dim },
             vocab: c.vocab,
+            context_length: c.context_length,
             eps: c.rms_eps,
             rope_theta: c.rope_theta,
             norm_topk: c.norm_topk_prob,
