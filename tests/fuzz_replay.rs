@@ -95,9 +95,11 @@ fn write_seeds() {
 
 mod seeds {
     use super::*;
+    use falsifier::model::config::ModelConfig;
     use falsifier::model::gguf::{GgufWriter, MetaValue};
     use falsifier::model::quant::GgmlType;
     use falsifier::model::quant::quantize::{is_quantize_supported, quantize};
+    use falsifier::model::synth::{self, SynthQuant};
     use falsifier::trace::io::aprt::write_aprt_dir;
     use falsifier::trace::io::npy::write_npy_dir;
     use falsifier::trace::io::write_trace;
@@ -111,6 +113,14 @@ mod seeds {
         };
         put("gguf", "every-dequant-type.gguf", &gguf_seed());
         let scratch = tempdir();
+        for (preset, quant, file) in [
+            ("tiny-dense", SynthQuant::Q8_0, "tiny-dense-q8_0.gguf"),
+            ("tiny-moe", SynthQuant::Q4_0, "tiny-moe-q4_0.gguf"),
+        ] {
+            let path = scratch.join(file);
+            synth::generate(&small_model(preset), quant, 1, "fuzz seed", &path).unwrap();
+            put("gguf_model", file, &std::fs::read(&path).unwrap());
+        }
         let trace = small_trace();
         let st = scratch.join("trace.safetensors");
         write_trace(&st, &trace).unwrap();
@@ -137,6 +147,27 @@ mod seeds {
             }
         }
         std::fs::remove_dir_all(&scratch).unwrap();
+    }
+
+    /// A preset shrunk to one layer of 32-wide rows, so that a model is a few KB.
+    fn small_model(preset: &str) -> ModelConfig {
+        let mut c = synth::preset(preset).unwrap();
+        let moe = c.is_moe();
+        synth::Overrides {
+            layers: Some(1),
+            hidden: Some(32),
+            heads: Some(2),
+            kv_heads: Some(1),
+            head_dim: Some(32),
+            ffn: Some(32),
+            vocab: Some(32),
+            experts: moe.then_some(2),
+            top_k: moe.then_some(1),
+            expert_ffn: moe.then_some(32),
+        }
+        .apply(&mut c)
+        .unwrap();
+        c
     }
 
     fn tempdir() -> PathBuf {

@@ -12,10 +12,13 @@
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
+use falsifier::backend::cpu::CpuBackend;
+use falsifier::backend::{Backend, ForwardRequest};
 use falsifier::contract::{Source, lint::lint};
 use falsifier::diff::{DiffOptions, diff};
 use falsifier::model::gguf::GgufFile;
 use falsifier::model::quant::{dequantize, is_dequant_supported};
+use falsifier::trace::CapturePlan;
 use falsifier::trace::io::{TraceSource, open_source};
 use falsifier::trace::tensor::ViewData;
 
@@ -25,6 +28,7 @@ pub type Entry = fn(&[u8]);
 /// Every target, by the name of its cargo-fuzz binary and its corpus folders.
 pub const TARGETS: &[(&str, Entry)] = &[
     ("gguf", gguf),
+    ("gguf_model", gguf_model),
     ("trace_safetensors", trace_safetensors),
     ("trace_npy", trace_npy),
     ("trace_aprt", trace_aprt),
@@ -72,6 +76,23 @@ pub fn gguf(data: &[u8]) {
         // the reader validated the size, so dequantizing must succeed
         dequantize(t.ty, bytes, &mut out)
             .unwrap_or_else(|e| panic!("validated tensor {:?} does not dequantize: {e}", t.name));
+    }
+}
+
+/// GGUF model, as `falsifier trace` takes one: the CPU backend opens the file (model config from
+/// the metadata, tensor shapes checked against it, weights loaded), then runs a two-token
+/// forward capturing every stage. The work is bounded by the input: every shape the forward
+/// uses has been checked against a tensor the file holds.
+pub fn gguf_model(data: &[u8]) {
+    let dir = Scratch::new();
+    let path = dir.path().join("model.gguf");
+    std::fs::write(&path, data).expect("writing the scratch file");
+    let Ok(mut backend) = CpuBackend::open(&path) else {
+        return;
+    };
+    let plan = CapturePlan::all();
+    if let Ok(trace) = backend.forward(&ForwardRequest::new(&[0, 1], &plan)) {
+        read_all(&trace);
     }
 }
 
