@@ -93,10 +93,19 @@ fn write_seeds() {
     seeds::write_all(&entries::repo_root().join("fuzz/seeds"));
 }
 
+/// Regenerate the hand-made inputs of `fuzz/regressions/` (issue 11's hostile-input findings,
+/// items 14-18, fixed on the same branch): `cargo test --release --test fuzz_replay --
+/// --ignored write_hostile_regressions`.
+#[test]
+#[ignore = "writes fuzz/regressions/ into the source tree; run by hand"]
+fn write_hostile_regressions() {
+    seeds::write_hostile(&entries::repo_root().join("fuzz/regressions"));
+}
+
 mod seeds {
     use super::*;
     use falsifier::model::config::ModelConfig;
-    use falsifier::model::gguf::{GgufWriter, MetaValue};
+    use falsifier::model::gguf::{GgufFile, GgufWriter, MetaValue};
     use falsifier::model::quant::GgmlType;
     use falsifier::model::quant::quantize::{is_quantize_supported, quantize};
     use falsifier::model::synth::{self, SynthQuant};
@@ -112,7 +121,7 @@ mod seeds {
             std::fs::write(dir.join(name), bytes).unwrap();
         };
         put("gguf", "every-dequant-type.gguf", &gguf_seed());
-        let scratch = tempdir();
+        let scratch = tempdir("seeds");
         for (preset, quant, file) in [
             ("tiny-dense", SynthQuant::Q8_0, "tiny-dense-q8_0.gguf"),
             ("tiny-moe", SynthQuant::Q4_0, "tiny-moe-q4_0.gguf"),
@@ -170,8 +179,129 @@ mod seeds {
         c
     }
 
-    fn tempdir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("falsifier-seeds-{}", std::process::id()));
+    /// Models and contracts with trusted sizes that once aborted, hung or exhausted memory.
+    pub fn write_hostile(root: &Path) {
+        let put = |target: &str, name: &str, bytes: &[u8]| {
+            let dir = root.join(target);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(name), bytes).unwrap();
+        };
+        let scratch = tempdir("hostile");
+        let path = scratch.join("m.gguf");
+        synth::generate(
+            &small_model("tiny-dense"),
+            SynthQuant::Q8_0,
+            1,
+            "hostile",
+            &path,
+        )
+        .unwrap();
+        let model = GgufFile::open(&path).unwrap();
+        let with = |patch: &[(&str, MetaValue)]| rewrite(&model, patch);
+        put(
+            "gguf_model",
+            "issue11-14-block-count-u32-max.gguf",
+            &with(&[("qwen3.block_count", MetaValue::U32(u32::MAX))]),
+        );
+        put(
+            "gguf_model",
+            "issue11-14-block-count-2p63.gguf",
+            &with(&[("qwen3.block_count", MetaValue::U64(1 << 63))]),
+        );
+        put(
+            "gguf_model",
+            "issue11-17-heads-and-key-length-2p32.gguf",
+            &with(&[
+                ("qwen3.attention.head_count", MetaValue::U64(1 << 32)),
+                ("qwen3.attention.key_length", MetaValue::U64(1 << 32)),
+                ("qwen3.attention.value_length", MetaValue::U64(1 << 32)),
+            ]),
+        );
+        put(
+            "gguf_model",
+            "issue11-16-context-length-1.gguf",
+            &with(&[("qwen3.context_length", MetaValue::U32(1))]),
+        );
+        std::fs::remove_dir_all(&scratch).unwrap();
+
+        let base = "contract: C-FUZZ\nversion: 1.0.0\nstatus: PROPOSED\ndescription: d\n\
+                    models:\n  m: { preset: tiny-dense, quant: f32, seed: 1MODEL }\n\
+                    falsifiers:\n  - id: FALSIFY-FUZZ-001\n    rule: r\n    prediction: p\n\
+                    \x20   if_fails: f\n    models: [m]\n    backends: [cpu, cpu-f32]\n\
+                    \x20   tokens: TOKENS\n    stages: all\n    layers: LAYERS\n\
+                    \x20   status: PROPOSED\namendment_history:\n\
+                    \x20 - { version: 1.0.0, date: 2026-01-01, kind: created, title: t }\n";
+        let contract = |model: &str, tokens: &str, layers: &str| {
+            base.replace("MODEL", model)
+                .replace("TOKENS", tokens)
+                .replace("LAYERS", layers)
+        };
+        let tokens: Vec<String> = (0..300).map(|i| (i % 200).to_string()).collect();
+        let long_prompt = format!("[{}]", tokens.join(", "));
+        for (name, text) in [
+            (
+                "issue11-14-preset-layers-1e12.yaml",
+                contract(", layers: 1000000000000", "[1, 2]", "all"),
+            ),
+            (
+                "issue11-15-layer-range-1e12.yaml",
+                contract("", "[1, 2]", "\"0..1000000000000\""),
+            ),
+            (
+                "issue11-15-layer-range-u64-max.yaml",
+                contract("", "[1, 2]", "\"0..18446744073709551615\""),
+            ),
+            (
+                "issue11-16-prompt-past-context.yaml",
+                contract("", &long_prompt, "all"),
+            ),
+            (
+                "issue11-17-vocab-u64-max.yaml",
+                contract(", vocab: 18446744073709551615", "[1, 2]", "all"),
+            ),
+            (
+                "issue11-17-heads-head-dim-2p32.yaml",
+                contract(", heads: 4294967296, head_dim: 4294967296", "[1, 2]", "all"),
+            ),
+            (
+                "issue11-18-flow-nesting-100000.yaml",
+                contract(
+                    "",
+                    &format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000)),
+                    "all",
+                ),
+            ),
+        ] {
+            put("contract", name, text.as_bytes());
+        }
+    }
+
+    /// `model` with some metadata values replaced (or added), tensors unchanged.
+    fn rewrite(model: &GgufFile, patch: &[(&str, MetaValue)]) -> Vec<u8> {
+        let mut w = GgufWriter::new();
+        for (k, v) in model.metadata() {
+            if !patch.iter().any(|(p, _)| p == k) {
+                w.add_kv(k, v.clone());
+            }
+        }
+        for (k, v) in patch {
+            w.add_kv(k, v.clone());
+        }
+        for t in model.tensors() {
+            w.add_tensor(&t.name, t.dims.clone(), t.ty).unwrap();
+        }
+        let mut out = Vec::new();
+        w.write_to(&mut out, |i, sink| {
+            let t = &model.tensors()[i];
+            sink.write_all(model.tensor_data(t))
+                .map_err(|e| falsifier::Error::internal(format!("writing {}: {e}", t.name)))
+        })
+        .unwrap();
+        out
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("falsifier-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
