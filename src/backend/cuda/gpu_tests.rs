@@ -106,9 +106,12 @@ fn diff_traces(
         let err = row.rel_l2().unwrap_or(f64::INFINITY);
         let w = worst.entry(key.stage.name()).or_insert(0.0);
         *w = w.max(err);
+        // a NanBoth row has no whole-row error (Row::rel_l2 is None there); mirrored NaNs are
+        // judged by the pairs finite on both sides, which its metrics cover
+        let finite_pairs = row.metrics.as_ref().map_or(f64::INFINITY, |m| m.rel_l2);
         let mirrored_nans = same_nans
             && row.verdict == Verdict::NanBoth
-            && err <= row.threshold.rel_l2
+            && finite_pairs <= row.threshold.rel_l2
             && nans_at_same_places(reference, candidate, &key);
         if row.fails() && !mirrored_nans {
             failures.push(format!(
