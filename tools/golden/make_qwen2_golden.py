@@ -123,67 +123,33 @@ def load_into_hf(model, w, a):
     model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in new.items()}, strict=True)
 
 
-def first(o):
-    return (o[0] if isinstance(o, tuple) else o)[0]
-
-
 def run_and_capture(model, modeling, a, D, tokens):
-    nh, nkv, H = a.heads, a.kv_heads, a.hidden
+    H = a.hidden
     c = O.Capture()
-    base = model.model
-    c.hook(base.embed_tokens, "embedding")
-    c.hook(base.norm, "final_norm")
-    c.hook(model.lm_head, "logits")
+    O.hook_model(c, model)
     shared = {}
-    for li, layer in enumerate(base.layers):
+    for li, layer in enumerate(model.model.layers):
         p = f"layer.{li}."
-        att = layer.self_attn
-        c.hook(layer.input_layernorm, p + "attn_norm")
-        c.hook(att.q_proj, p + "q_proj", lambda o: o[0].view(o.shape[1], nh, D))
-        c.hook(att.k_proj, p + "k_proj", lambda o: o[0].view(o.shape[1], nkv, D))
-        c.hook(att.v_proj, p + "v_proj", lambda o: o[0].view(o.shape[1], nkv, D))
-        c.pre_hook(att.o_proj, p + "attn_ctx")
-        c.hook(att.o_proj, p + "attn_out")
-        c.pre_hook(layer.post_attention_layernorm, p + "attn_residual")
-        c.hook(layer.post_attention_layernorm, p + "ffn_norm")
-        c.hook(layer, p + "layer_out", first)
+        O.hook_layer(c, layer, p, a.heads, a.kv_heads, D)
         if a.experts:
             moe = layer.mlp
-            c.hook(moe.gate, p + "router_logits", lambda o: o[0] if isinstance(o, tuple) else o)
+            c.hook(moe.gate, p + "router_logits", O.router_logits)
             # the shared expert's input is the flattened [T, H] ffn_norm in every version
             c.handles.append(moe.shared_expert_gate.register_forward_hook(
                 lambda m, i, o, li=li: shared.__setitem__((li, "gate"), o.detach().reshape(-1, 1).clone())))
             c.handles.append(moe.shared_expert.register_forward_hook(
                 lambda m, i, o, li=li: shared.__setitem__((li, "out"), o.detach().reshape(-1, H).clone())))
-            c.hook(moe, p + "ffn_out", first)
+            c.hook(moe, p + "ffn_out", O.first)
         else:
-            c.hook(layer.mlp.gate_proj, p + "ffn_gate")
-            c.hook(layer.mlp.up_proj, p + "ffn_up")
-            c.pre_hook(layer.mlp.down_proj, p + "ffn_act")
-            c.hook(layer.mlp, p + "ffn_out")
-    restore = O.patch_eager_attention(modeling, c)
-    try:
-        with torch.no_grad():
-            out = model(input_ids=torch.tensor([tokens], dtype=torch.long), use_cache=False)
-    finally:
-        restore()
-        c.remove()
-    cap = c.cap
-    assert torch.equal(out.logits[0], cap["logits"])
-    cap["tokens"] = torch.tensor(tokens, dtype=torch.int32)
+            O.hook_dense_mlp(c, layer.mlp, p)
+    cap = O.run_forward(model, modeling, c, tokens)
     margins = []
     for li in range(a.layers if a.experts else 0):
         p = f"layer.{li}."
-        probs = torch.softmax(cap[p + "router_logits"].float(), dim=-1)
-        w, ids = torch.topk(probs, a.top_k, dim=-1)  # norm_topk_prob = False: weights stay probabilities
-        cap[p + "router_probs"] = probs
-        cap[p + "topk_ids"] = ids.to(torch.int32)
-        cap[p + "topk_weights"] = w
+        margins.append(O.add_routes(cap, p, a.top_k, renorm=False))  # norm_topk_prob = False
         gate = torch.sigmoid(shared[(li, "gate")])
         cap[p + "ffn_shared_gate"] = gate
         cap[p + "ffn_shared_out"] = gate * shared[(li, "out")]  # the same product transformers computes
-        srt = cap[p + "router_logits"].sort(dim=-1, descending=True).values
-        margins.append(float((srt[:, a.top_k - 1] - srt[:, a.top_k]).min()))
     return O.ordered_trace(cap, a.layers), margins
 
 
@@ -192,44 +158,26 @@ def independent_check(trace, f32, a, D):
     T = len(trace["tokens"])
     r = O.Recompute(trace)
     inv = a.rope_theta ** (-np.arange(0, D, 2) / D)
+    heads = {"attn_q": a.heads, "attn_k": a.kv_heads, "attn_v": a.kv_heads}
     x = f["token_embd.weight"][trace["tokens"].numpy()]
     r.cmp("embedding", x)
     for i in range(a.layers):
         g, p = f"blk.{i}.", f"layer.{i}."
-        h = O.rms(x, f[g + "attn_norm.weight"], a.eps); r.cmp(p + "attn_norm", h)
-        proj = lambda n, heads: (h @ f[g + n + ".weight"].T + f[g + n + ".bias"]).reshape(T, heads, D)  # noqa: E731
-        q, k, v = proj("attn_q", a.heads), proj("attn_k", a.kv_heads), proj("attn_v", a.kv_heads)
-        r.cmp(p + "q_proj", q); r.cmp(p + "k_proj", k); r.cmp(p + "v_proj", v)
-        q, k = O.rope_neox(q, inv), O.rope_neox(k, inv); r.cmp(p + "q_rope", q); r.cmp(p + "k_rope", k)
-        pr, ctx = O.causal_attention(q, k, v); r.cmp(p + "attn_probs", pr); r.cmp(p + "attn_ctx", ctx)
-        o = ctx @ f[g + "attn_output.weight"].T; r.cmp(p + "attn_out", o)
-        x = x + o; r.cmp(p + "attn_residual", x)
+        proj = lambda n, h: (h @ f[g + n + ".weight"].T + f[g + n + ".bias"]).reshape(T, heads[n], D)  # noqa: E731
+        x = O.recompute_attention(r, f, g, p, x, a.eps, proj, lambda y: O.rope_neox(y, inv))
         hn = O.rms(x, f[g + "ffn_norm.weight"], a.eps); r.cmp(p + "ffn_norm", hn)
         if a.experts:
-            lg = hn @ f[g + "ffn_gate_inp.weight"].T; r.cmp(p + "router_logits", lg)
-            pr, ids, wk = O.topk_route(lg, a.top_k, renorm=False)
-            r.cmp(p + "router_probs", pr)
-            assert np.array_equal(ids, trace[p + "topk_ids"].numpy()), "top-k ids disagree"
-            r.cmp(p + "topk_weights", wk)
-            y = np.zeros_like(x)
-            for t in range(T):
-                for j, e in enumerate(ids[t]):
-                    act = O.silu(f[g + "ffn_gate_exps.weight"][e] @ hn[t]) * (f[g + "ffn_up_exps.weight"][e] @ hn[t])
-                    y[t] += wk[t, j] * (f[g + "ffn_down_exps.weight"][e] @ act)
+            y = O.recompute_routed(r, f, g, p, hn, a.top_k, renorm=False)
             sg = 1 / (1 + np.exp(-(hn @ f[g + "ffn_gate_inp_shexp.weight"].T))); r.cmp(p + "ffn_shared_gate", sg)
             sh = (O.silu(hn @ f[g + "ffn_gate_shexp.weight"].T) * (hn @ f[g + "ffn_up_shexp.weight"].T)) \
                 @ f[g + "ffn_down_shexp.weight"].T
             so = sg * sh; r.cmp(p + "ffn_shared_out", so)
             y = y + so
         else:
-            gt = hn @ f[g + "ffn_gate.weight"].T; r.cmp(p + "ffn_gate", gt)
-            up = hn @ f[g + "ffn_up.weight"].T; r.cmp(p + "ffn_up", up)
-            act = O.silu(gt) * up; r.cmp(p + "ffn_act", act)
-            y = act @ f[g + "ffn_down.weight"].T
+            y = O.recompute_dense(r, f, g, p, hn)
         r.cmp(p + "ffn_out", y)
         x = x + y; r.cmp(p + "layer_out", x)
-    xn = O.rms(x, f["output_norm.weight"], a.eps); r.cmp("final_norm", xn)
-    r.cmp("logits", xn @ f.get("output.weight", f["token_embd.weight"]).T)
+    O.recompute_tail(r, f, x, a.eps)
     return r.diffs
 
 

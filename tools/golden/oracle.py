@@ -326,3 +326,114 @@ def write_outputs(out_dir, stem, qname, gpath, trace, meta, rows, diffs, manifes
     print(f"[{stem} {qname}] {os.path.basename(gpath)} ({os.path.getsize(gpath)} B), {len(rows)} tensors "
           f"verified; numpy float64 recompute max |diff| {worst:.3g} over {len(diffs)} stages")
     assert worst < 1e-3, f"the float64 recompute disagrees with transformers: {diffs}"
+
+
+# --------------------------------------------------------------------------------------------
+# the parts of a Llama-style decoder both families share (hooks, routing, recompute blocks)
+# --------------------------------------------------------------------------------------------
+def first(o):
+    """A module output without its batch dimension, whether it came alone or first in a tuple."""
+    return (o[0] if isinstance(o, tuple) else o)[0]
+
+
+def router_logits(o):
+    """[T, E] from a router: a Linear (transformers 4.x) or a top-k router returning
+    (logits, weights, ids) (5.x)."""
+    return o[0] if isinstance(o, tuple) else o
+
+
+def hook_model(c, model):
+    c.hook(model.model.embed_tokens, "embedding")
+    c.hook(model.model.norm, "final_norm")
+    c.hook(model.lm_head, "logits")
+
+
+def hook_layer(c, layer, p, nh, nkv, D, qk=lambda x: x):
+    """Norms, projections (q/k through `qk`, the head layout), attention output, residual and
+    layer output of one decoder layer."""
+    att = layer.self_attn
+    c.hook(layer.input_layernorm, p + "attn_norm")
+    c.hook(att.q_proj, p + "q_proj", lambda o: qk(o[0].view(o.shape[1], nh, D)))
+    c.hook(att.k_proj, p + "k_proj", lambda o: qk(o[0].view(o.shape[1], nkv, D)))
+    c.hook(att.v_proj, p + "v_proj", lambda o: o[0].view(o.shape[1], nkv, D))
+    c.pre_hook(att.o_proj, p + "attn_ctx")
+    c.hook(att.o_proj, p + "attn_out")
+    c.pre_hook(layer.post_attention_layernorm, p + "attn_residual")
+    c.hook(layer.post_attention_layernorm, p + "ffn_norm")
+    c.hook(layer, p + "layer_out", first)
+
+
+def hook_dense_mlp(c, mlp, p):
+    c.hook(mlp.gate_proj, p + "ffn_gate")
+    c.hook(mlp.up_proj, p + "ffn_up")
+    c.pre_hook(mlp.down_proj, p + "ffn_act")
+    c.hook(mlp, p + "ffn_out")
+
+
+def run_forward(model, modeling, c, tokens, qk=lambda x: x):
+    """The forward with every hook of `c` and the eager attention wrapped; returns the capture
+    with `tokens` added."""
+    restore = patch_eager_attention(modeling, c, qk)
+    try:
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([tokens], dtype=torch.long), use_cache=False)
+    finally:
+        restore()
+        c.remove()
+    cap = c.cap
+    assert torch.equal(out.logits[0], cap["logits"])
+    cap["tokens"] = torch.tensor(tokens, dtype=torch.int32)
+    return cap
+
+
+def add_routes(cap, p, k, renorm):
+    """router_probs, topk_ids and topk_weights from the captured router_logits, as the MoE block
+    computes them (softmax over all experts, top-k, renormalised or not); returns the smallest
+    margin between the k-th and (k+1)-th logit."""
+    probs = torch.softmax(cap[p + "router_logits"].float(), dim=-1)
+    w, ids = torch.topk(probs, k, dim=-1)
+    cap[p + "router_probs"] = probs
+    cap[p + "topk_ids"] = ids.to(torch.int32)
+    cap[p + "topk_weights"] = w / w.sum(-1, keepdim=True) if renorm else w
+    srt = cap[p + "router_logits"].sort(dim=-1, descending=True).values
+    return float((srt[:, k - 1] - srt[:, k]).min())
+
+
+def recompute_attention(r, f, g, p, x, eps, proj, rope):
+    """float64 attention block of one layer from `x`; `proj(name, h, heads)` makes q/k/v (with
+    or without biases), `rope` rotates q and k. Returns the residual stream after attention."""
+    h = rms(x, f[g + "attn_norm.weight"], eps); r.cmp(p + "attn_norm", h)
+    q, k, v = proj("attn_q", h), proj("attn_k", h), proj("attn_v", h)
+    r.cmp(p + "q_proj", q); r.cmp(p + "k_proj", k); r.cmp(p + "v_proj", v)
+    q, k = rope(q), rope(k); r.cmp(p + "q_rope", q); r.cmp(p + "k_rope", k)
+    pr, ctx = causal_attention(q, k, v); r.cmp(p + "attn_probs", pr); r.cmp(p + "attn_ctx", ctx)
+    o = ctx @ f[g + "attn_output.weight"].T; r.cmp(p + "attn_out", o)
+    x = x + o; r.cmp(p + "attn_residual", x)
+    return x
+
+
+def recompute_routed(r, f, g, p, hn, k, renorm):
+    """float64 routed experts of one layer (the ids must equal the captured ones)."""
+    lg = hn @ f[g + "ffn_gate_inp.weight"].T; r.cmp(p + "router_logits", lg)
+    pr, ids, wk = topk_route(lg, k, renorm)
+    r.cmp(p + "router_probs", pr)
+    assert np.array_equal(ids, r.trace[p + "topk_ids"].numpy()), "top-k ids disagree"
+    r.cmp(p + "topk_weights", wk)
+    y = np.zeros_like(hn)
+    for t in range(hn.shape[0]):
+        for j, e in enumerate(ids[t]):
+            act = silu(f[g + "ffn_gate_exps.weight"][e] @ hn[t]) * (f[g + "ffn_up_exps.weight"][e] @ hn[t])
+            y[t] += wk[t, j] * (f[g + "ffn_down_exps.weight"][e] @ act)
+    return y
+
+
+def recompute_dense(r, f, g, p, hn):
+    gt = hn @ f[g + "ffn_gate.weight"].T; r.cmp(p + "ffn_gate", gt)
+    up = hn @ f[g + "ffn_up.weight"].T; r.cmp(p + "ffn_up", up)
+    act = silu(gt) * up; r.cmp(p + "ffn_act", act)
+    return act @ f[g + "ffn_down.weight"].T
+
+
+def recompute_tail(r, f, x, eps):
+    xn = rms(x, f["output_norm.weight"], eps); r.cmp("final_norm", xn)
+    r.cmp("logits", xn @ f.get("output.weight", f["token_embd.weight"]).T)
