@@ -1020,3 +1020,43 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// The shared-expert stages of the vocabulary (qwen2moe) are read and compared like any other:
+/// the golden qwen2moe trace from transformers holds them at every layer, diffs against itself
+/// as Match, and against its Q8_0 twin gives each of them a row of its own.
+#[test]
+fn shared_expert_stages_are_read_and_compared() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/qwen2moe-tiny");
+    let f32 = open_source(&dir.join("activations-f32.safetensors")).unwrap();
+    let q8 = open_source(&dir.join("activations-q8_0.safetensors")).unwrap();
+    let same = diff(f32.as_ref(), f32.as_ref(), &DiffOptions::default()).unwrap();
+    assert!(same.holds, "{:?}", same.first());
+    let report = diff(f32.as_ref(), q8.as_ref(), &DiffOptions::default()).unwrap();
+    for layer in 0..2 {
+        for stage in [Stage::FfnSharedGate, Stage::FfnSharedOut] {
+            let key = Key::layer(layer, stage);
+            let row = report.rows.iter().find(|r| r.key == key);
+            let row = row.unwrap_or_else(|| panic!("no row for {key}"));
+            let want: &[usize] = if stage == Stage::FfnSharedGate {
+                &[14, 1]
+            } else {
+                &[14, 64]
+            };
+            assert_eq!(row.shape_ref.as_deref(), Some(want), "{key}");
+            assert!(
+                row.rel_l2().is_some_and(|e| e > 0.0 && e < 0.1),
+                "{key}: {row:?}"
+            );
+        }
+    }
+    // forward order: the shared expert's stages sit between the routing and ffn_out
+    let order: Vec<Stage> = report
+        .rows
+        .iter()
+        .filter(|r| r.key.layer == Some(0))
+        .map(|r| r.key.stage)
+        .collect();
+    let at = |s: Stage| order.iter().position(|&x| x == s).unwrap();
+    assert!(at(Stage::TopkWeights) < at(Stage::FfnSharedGate));
+    assert!(at(Stage::FfnSharedOut) < at(Stage::FfnOut));
+}

@@ -348,6 +348,9 @@ impl ModelConfig {
 
     /// Whether this model's forward has stage `s` (dense: no router/top-k; MoE: no dense FFN).
     pub fn has_stage(&self, s: Stage) -> bool {
+        if s.is_shared_expert_only() {
+            return false; // no shared-expert architecture yet
+        }
         if self.is_moe() {
             !s.is_dense_only()
         } else {
@@ -376,6 +379,8 @@ impl ModelConfig {
             Stage::RouterLogits | Stage::RouterProbs => vec![t, self.n_experts],
             Stage::TopkIds | Stage::TopkWeights => vec![t, self.n_experts_used],
             Stage::FfnGate | Stage::FfnUp | Stage::FfnAct => vec![t, self.ffn_dim],
+            Stage::FfnSharedGate => vec![t, 1],
+            Stage::FfnSharedOut => vec![t, self.hidden],
             Stage::Logits => vec![t, self.vocab],
         }
     }

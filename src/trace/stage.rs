@@ -36,6 +36,10 @@ pub enum Stage {
     FfnGate,
     FfnUp,
     FfnAct,
+    /// Shared-expert MoE (qwen2moe): the sigmoid gate of the shared expert.
+    FfnSharedGate,
+    /// Shared-expert MoE: the gated shared expert's output (ffn_out = routed + this).
+    FfnSharedOut,
     FfnOut,
     LayerOut,
     // model level, after the layers
@@ -63,7 +67,7 @@ pub enum StageDtype {
 
 impl Stage {
     /// Every stage, in forward order.
-    pub const ALL: [Stage; 26] = [
+    pub const ALL: [Stage; 28] = [
         Stage::Tokens,
         Stage::Embedding,
         Stage::AttnNorm,
@@ -86,6 +90,8 @@ impl Stage {
         Stage::FfnGate,
         Stage::FfnUp,
         Stage::FfnAct,
+        Stage::FfnSharedGate,
+        Stage::FfnSharedOut,
         Stage::FfnOut,
         Stage::LayerOut,
         Stage::FinalNorm,
@@ -117,6 +123,8 @@ impl Stage {
             Stage::FfnGate => "ffn_gate",
             Stage::FfnUp => "ffn_up",
             Stage::FfnAct => "ffn_act",
+            Stage::FfnSharedGate => "ffn_shared_gate",
+            Stage::FfnSharedOut => "ffn_shared_out",
             Stage::FfnOut => "ffn_out",
             Stage::LayerOut => "layer_out",
             Stage::FinalNorm => "final_norm",
@@ -154,6 +162,12 @@ impl Stage {
     /// Stages only a dense FFN layer has.
     pub const fn is_dense_only(self) -> bool {
         matches!(self, Stage::FfnGate | Stage::FfnUp | Stage::FfnAct)
+    }
+
+    /// Stages only a MoE layer with a gated shared expert has (qwen2moe; no architecture the
+    /// backends run today).
+    pub const fn is_shared_expert_only(self) -> bool {
+        matches!(self, Stage::FfnSharedGate | Stage::FfnSharedOut)
     }
 
     /// Position in forward order (0 = tokens).

@@ -28,6 +28,9 @@ use crate::trace::trace::{Trace, TraceMeta};
 
 /// Whether the architecture computes `stage`.
 pub fn has_stage(d: &Dims, stage: Stage) -> bool {
+    if stage.is_shared_expert_only() {
+        return false; // no shared-expert architecture yet
+    }
     if d.moe {
         !stage.is_dense_only()
     } else {
@@ -51,6 +54,8 @@ pub fn stage_shape(d: &Dims, t: usize, stage: Stage) -> Vec<usize> {
         RouterLogits | RouterProbs => vec![t, d.n_experts],
         TopkIds | TopkWeights => vec![t, d.top_k],
         FfnGate | FfnUp | FfnAct => vec![t, d.ffn],
+        FfnSharedGate => vec![t, 1],
+        FfnSharedOut => vec![t, h],
         Logits => vec![t, d.vocab],
     }
 }
