@@ -1015,7 +1015,7 @@ fn promote(ev: &Path, d: &Path) -> Output {
     ])
 }
 
-/// Issue K 19: evidence that says it holds, with a made-up commit, was accepted. The commit
+/// Once, evidence that says it holds, with a made-up commit, was accepted. The commit
 /// must be a full id that the contracts' repository holds; nothing is written otherwise.
 #[test]
 fn promote_checks_the_evidence_commit() {
@@ -1079,7 +1079,7 @@ fn promote_checks_the_evidence_commit() {
     }
 }
 
-/// Issue K 19: a cpu-vs-cpu-f32 row claiming FUNCTIONAL was written as DISCHARGED. Levels are
+/// Once, a cpu-vs-cpu-f32 row claiming FUNCTIONAL was written as DISCHARGED. Levels are
 /// recomputed from the rows: a CPU pair proves ACTIVE_ALGORITHM_LEVEL; a GPU pair proves
 /// nothing without a card; a row of another backend pair proves nothing.
 #[test]
@@ -1171,7 +1171,7 @@ fn promote_recomputes_levels_from_the_rows() {
     let _ = std::fs::remove_dir_all(&ev_dir);
 }
 
-/// Issue K 19: killed promotions left `*.yaml.PID.N.tmp` files. A promote removes those of
+/// Once, killed promotions left `*.yaml.PID.N.tmp` files. A promote removes those of
 /// writers that are gone (a dry run only names them).
 #[test]
 fn promote_removes_orphan_temp_files() {
@@ -1203,7 +1203,7 @@ fn promote_removes_orphan_temp_files() {
     let _ = std::fs::remove_dir_all(&ev_dir);
 }
 
-/// Issue K 19: a promotion killed between its renames left one file new and another old. Its
+/// Once, a promotion killed between its renames left one file new and another old. Its
 /// journal makes every command refuse the half-promoted set, and the next promote completes it
 /// before anything else (even before it reads its report).
 #[test]
@@ -1289,7 +1289,7 @@ fn lint_survives_mangled_contracts() {
     );
 }
 
-// ---- hostile input: never a panic, a hang or an exhausted machine (issue 11) --------------
+// ---- hostile input: never a panic, a hang or an exhausted machine --------------
 
 /// Item 14/17: preset overrides past the bounds are lint errors at the model's line, before lint
 /// lists a tensor of them (`layers: 1000000000000` grew memory until the machine died).

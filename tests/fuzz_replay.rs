@@ -93,7 +93,7 @@ fn write_seeds() {
     seeds::write_all(&entries::repo_root().join("fuzz/seeds"));
 }
 
-/// Regenerate the hand-made inputs of `fuzz/regressions/` (issue 11's hostile-input findings,
+/// Regenerate the hand-made inputs of `fuzz/regressions/` (the hostile inputs an outside fuzzing run found,
 /// items 14-18, fixed on the same branch): `cargo test --release --test fuzz_replay --
 /// --ignored write_hostile_regressions`.
 #[test]
