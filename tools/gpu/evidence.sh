@@ -47,7 +47,7 @@ done
 # 4b. the same tools on the kernel tests that cover every matmul variant (vector, each row
 #     tile, split-K, grouped with gather and swap) and both attention paths
 for tool in memcheck racecheck; do
-  for t in grouped_matmul_kernels_match_host wide_matmuls_cover_every_tile_position device_decoders_match_gguf_py tiled_attention_matches_per_query_kernels; do
+  for t in grouped_matmul_kernels_match_host wide_matmuls_cover_every_tile_position device_decoders_match_gguf_py tiled_attention_matches_per_query_kernels blocked_attention_equals_whole; do
     compute-sanitizer --tool $tool .gpu/lib-tests --include-ignored --exact backend::cuda::gpu_tests::$t > $E/sanitizer-$tool-$t.txt 2>&1
     echo "sanitizer $tool $t rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-$t.txt)"
   done

@@ -14,6 +14,8 @@
 //! softmaxes, RoPE, SiLU and the expert combine run in f64 like the reference. So f32 models
 //! agree to about 1e-6 relative L2 per stage, two orders under the 1e-4 the golden data asks.
 
+use std::ops::Range;
+
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
 use super::capture::{Arena, Capture};
@@ -112,7 +114,10 @@ struct Buffers {
     kn: CudaSlice<f32>,
     qr: CudaSlice<f32>,
     kr: CudaSlice<f32>,
+    /// Attention probabilities of `probs_rows` queries, [nh, probs_rows, T]: all T when the
+    /// run keeps them, else a bounded block ([`attention_block_rows`]).
     probs: CudaSlice<f32>,
+    probs_rows: usize,
     ctx: CudaSlice<f32>,
     attn_out: CudaSlice<f32>,
     resid: CudaSlice<f32>,
@@ -140,7 +145,7 @@ struct Buffers {
 }
 
 impl Buffers {
-    fn new(dev: &Device, d: &Dims, t: usize) -> Result<Buffers> {
+    fn new(dev: &Device, d: &Dims, t: usize, probs_rows: usize) -> Result<Buffers> {
         let (h, nh, nkv, hd) = (d.hidden, d.n_heads, d.n_kv_heads, d.head_dim);
         let slots = if d.moe { t * d.top_k } else { t };
         let e = d.n_experts.max(1);
@@ -159,7 +164,8 @@ impl Buffers {
             kn: f(t * nkv * hd, "k_norm")?,
             qr: f(t * nh * hd, "q_rope")?,
             kr: f(t * nkv * hd, "k_rope")?,
-            probs: f(nh * t * t, "attn_probs")?,
+            probs: f(nh * probs_rows * t, "attn_probs")?,
+            probs_rows,
             ctx: f(t * nh * hd, "attn_ctx")?,
             attn_out: f(t * h, "attn_out")?,
             resid: f(t * h, "attn_residual")?,
@@ -417,33 +423,74 @@ impl Run<'_> {
             .map_err(|e| Error::internal(format!("CUDA: upload of teacher {key}: {e:?}")))
     }
 
+    /// Whether the whole [nh, T, T] probabilities of some layer are needed: captured, or
+    /// acted on by a planted output fault.
+    fn keeps_all_probs(&self) -> bool {
+        (0..self.w.dims.n_layers).any(|l| self.req.plan.wants(Some(l), Stage::AttnProbs))
+            || self.req.faults.iter().any(|f| f.stage == Stage::AttnProbs)
+    }
+
     fn attention(&mut self, l: usize, b: &Buffers) -> Result<()> {
         let lookahead = self.has_fault(Some(l), Stage::AttnProbs, |k| {
             matches!(k, FaultKind::CausalMaskOffByOne)
         });
         let probs = Key::layer(l, Stage::AttnProbs).to_string();
-        attention_probs(
-            self.dev,
-            &self.w.dims,
-            self.t,
-            lookahead,
-            &b.qr,
-            &b.kr,
-            &b.probs,
-            &probs,
-        )?;
-        self.done(Some(l), Stage::AttnProbs, &b.probs)?;
         let ctx = Key::layer(l, Stage::AttnCtx).to_string();
-        attention_ctx(
-            self.dev,
-            &self.w.dims,
-            self.t,
-            lookahead,
-            &b.probs,
-            &b.v,
-            &b.ctx,
-            &ctx,
-        )?;
+        if b.probs_rows == self.t {
+            let all = 0..self.t;
+            attention_probs(
+                self.dev,
+                &self.w.dims,
+                self.t,
+                &all,
+                lookahead,
+                &b.qr,
+                &b.kr,
+                &b.probs,
+                &probs,
+            )?;
+            self.done(Some(l), Stage::AttnProbs, &b.probs)?;
+            attention_ctx(
+                self.dev,
+                &self.w.dims,
+                self.t,
+                &all,
+                lookahead,
+                &b.probs,
+                &b.v,
+                &b.ctx,
+                &ctx,
+            )?;
+            return self.done(Some(l), Stage::AttnCtx, &b.ctx);
+        }
+        // the plan keeps no probabilities and no fault acts on them (Buffers::new): the
+        // queries go through the bounded buffer block by block, each block's context rows
+        // written in place
+        for start in (0..self.t).step_by(b.probs_rows) {
+            let rows = start..(start + b.probs_rows).min(self.t);
+            attention_probs(
+                self.dev,
+                &self.w.dims,
+                self.t,
+                &rows,
+                lookahead,
+                &b.qr,
+                &b.kr,
+                &b.probs,
+                &probs,
+            )?;
+            attention_ctx(
+                self.dev,
+                &self.w.dims,
+                self.t,
+                &rows,
+                lookahead,
+                &b.probs,
+                &b.v,
+                &b.ctx,
+                &ctx,
+            )?;
+        }
         self.done(Some(l), Stage::AttnCtx, &b.ctx)
     }
 
@@ -758,7 +805,7 @@ impl Run<'_> {
 /// Heads up to this size take the tiled attention kernels (kernels/attention.cu).
 const ATT_TILE_MAXD: usize = 128;
 
-/// Launch shape of the attention kernels.
+/// Launch shape of the attention kernels over one block of queries.
 struct AttentionGrid {
     /// a block per (query, head)
     rows: LaunchConfig,
@@ -766,16 +813,58 @@ struct AttentionGrid {
     tiles: LaunchConfig,
     /// a block per (64-query tile, 64-key tile, head)
     tile_pairs: LaunchConfig,
-    dims: [Arg; 5],
+    dims: [Arg; 7],
 }
 
-fn attention_grid(d: &Dims, t: usize, lookahead: bool) -> Result<AttentionGrid> {
-    let (tt, nh, tiles) = (
-        u32::try_from(t),
+/// The attention kernels' probabilities buffer holds the rows of at most this many bytes when
+/// the plan does not keep `attn_probs`: the queries are walked in blocks through it. 256 MiB
+/// keeps every prompt that fits a 30B-A3B layer's [nh, T, T] in one block (T <= 1448 at 32
+/// heads), so the usual runs launch as before, while a 40,000-token prompt at 32 heads holds
+/// 64-query blocks of 328 MB rather than 205 GB at once.
+pub(super) const ATT_PROBS_BUDGET: usize = 256 << 20;
+
+/// Query rows per block of the attention: all `t` when the whole [nh, T, T] fits `budget` bytes
+/// (or must be kept), else the most whole 64-query tiles that fit it, at least one tile. Tile
+/// multiples keep blocked and whole runs bit-identical (kernels/attention.cu).
+pub(super) fn attention_block_rows(
+    n_heads: usize,
+    t: usize,
+    keep_all: bool,
+    budget: usize,
+) -> usize {
+    let row_bytes = n_heads.max(1).saturating_mul(t).saturating_mul(4);
+    let fit = budget / row_bytes.max(1);
+    if keep_all || fit >= t {
+        return t;
+    }
+    ((fit / 64).max(1) * 64).min(t)
+}
+
+/// `rows`: the block of queries whose probabilities `probs` holds ([nh, rows.len(), T]).
+fn attention_grid(
+    d: &Dims,
+    t: usize,
+    lookahead: bool,
+    rows: &Range<usize>,
+) -> Result<AttentionGrid> {
+    let qn = rows.len();
+    if rows.end > t
+        || qn == 0
+        || !rows.start.is_multiple_of(64)
+        || (rows.end != t && !rows.end.is_multiple_of(64))
+    {
+        return Err(Error::internal(format!(
+            "attention query block {rows:?} of {t} is not whole 64-query tiles"
+        )));
+    }
+    let (rows_n, nh, tiles, key_tiles) = (
+        u32::try_from(qn),
         u32::try_from(d.n_heads).ok().filter(|&h| h <= 65535),
+        u32::try_from(qn.div_ceil(64)).ok(),
         u32::try_from(t.div_ceil(64)).ok().filter(|&n| n <= 65535),
     );
-    let (Ok(tt), Some(nh), Some(tiles)) = (tt, nh, tiles) else {
+    let (Ok(rows_n), Some(nh), Some(tiles), Some(key_tiles)) = (rows_n, nh, tiles, key_tiles)
+    else {
         return Err(Error::input("attention grid too large"));
     };
     let tiled = |grid_dim| LaunchConfig {
@@ -785,37 +874,40 @@ fn attention_grid(d: &Dims, t: usize, lookahead: bool) -> Result<AttentionGrid> 
     };
     Ok(AttentionGrid {
         rows: LaunchConfig {
-            grid_dim: (tt, nh, 1),
+            grid_dim: (rows_n, nh, 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         },
         tiles: tiled((tiles, nh, 1)),
-        tile_pairs: tiled((tiles, tiles, nh)),
+        tile_pairs: tiled((tiles, key_tiles, nh)),
         dims: [
             int(t, "T")?,
             int(d.n_heads, "heads")?,
             int(d.n_kv_heads, "kv heads")?,
             int(d.head_dim, "head_dim")?,
             Arg::I32(i32::from(lookahead)),
+            int(rows.start, "first query")?,
+            int(qn, "queries")?,
         ],
     })
 }
 
-/// `probs` [nh, T, T] from `q` [T, nh, D] and `k` [T, nkv, D] (see kernels/attention.cu).
-/// Small heads: 64 queries x 64 keys tiles (`attn_tile_scores`, then `attn_softmax_rows`);
-/// larger ones: a block per (query, head) (`attn_probs`).
+/// `probs` [nh, rows.len(), T] for the queries `rows` from `q` [T, nh, D] and `k` [T, nkv, D]
+/// (see kernels/attention.cu). Small heads: 64 queries x 64 keys tiles (`attn_tile_scores`,
+/// then `attn_softmax_rows`); larger ones: a block per (query, head) (`attn_probs`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention_probs(
     dev: &Device,
     d: &Dims,
     t: usize,
+    rows: &Range<usize>,
     lookahead: bool,
     q: &CudaSlice<f32>,
     k: &CudaSlice<f32>,
     probs: &CudaSlice<f32>,
     stage: &str,
 ) -> Result<()> {
-    let g = attention_grid(d, t, lookahead)?;
+    let g = attention_grid(d, t, lookahead, rows)?;
     let mut args = vec![
         Arg::Ptr(dev.ptr(q)),
         Arg::Ptr(dev.ptr(k)),
@@ -832,6 +924,8 @@ pub(super) fn attention_probs(
                 Arg::Ptr(dev.ptr(probs)),
                 int(t, "T")?,
                 Arg::I32(i32::from(lookahead)),
+                int(rows.start, "first query")?,
+                int(rows.len(), "queries")?,
             ],
         );
     }
@@ -844,26 +938,28 @@ pub(super) fn attention_probs(
                 d.head_dim
             ))
         })?;
-    let rows = LaunchConfig {
+    let launch = LaunchConfig {
         shared_mem_bytes: shared,
         ..g.rows
     };
-    dev.launch("attn_probs", stage, rows, &args)
+    dev.launch("attn_probs", stage, launch, &args)
 }
 
-/// `ctx` [T, nh * D] = probs · v over the visible keys (see [`attention_probs`] for the paths).
+/// `ctx` rows `rows` of [T, nh * D] = probs · v over the visible keys, `probs` holding those
+/// rows as [`attention_probs`] wrote them.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn attention_ctx(
     dev: &Device,
     d: &Dims,
     t: usize,
+    rows: &Range<usize>,
     lookahead: bool,
     probs: &CudaSlice<f32>,
     v: &CudaSlice<f32>,
     ctx: &CudaSlice<f32>,
     stage: &str,
 ) -> Result<()> {
-    let g = attention_grid(d, t, lookahead)?;
+    let g = attention_grid(d, t, lookahead, rows)?;
     let mut args = vec![
         Arg::Ptr(dev.ptr(probs)),
         Arg::Ptr(dev.ptr(v)),
@@ -876,13 +972,15 @@ pub(super) fn attention_ctx(
     dev.launch("attn_ctx", stage, g.rows, &args)
 }
 
-/// Run one forward. `arena` is the backend's pinned capture memory, reused across calls.
+/// Run one forward. `arena` is the backend's pinned capture memory, reused across calls;
+/// `att_probs_budget` bounds the attention probabilities when the plan keeps none.
 pub fn forward(
     dev: &Device,
     w: &DeviceWeights,
     req: &ForwardRequest<'_>,
     arena: &mut Arena,
     meta: TraceMeta,
+    att_probs_budget: usize,
 ) -> Result<Trace> {
     let d = &w.dims;
     let t = req.tokens.len();
@@ -914,7 +1012,8 @@ pub fn forward(
         t,
         cap,
     };
-    let mut b = Buffers::new(dev, d, t)?;
+    let probs_rows = attention_block_rows(d.n_heads, t, run.keeps_all_probs(), att_probs_budget);
+    let mut b = Buffers::new(dev, d, t, probs_rows)?;
     dev.launch(
         "rope_table",
         "RoPE angles",
@@ -976,4 +1075,33 @@ pub fn forward(
         trace.insert(key, tensor);
     }
     Ok(trace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ATT_PROBS_BUDGET, attention_block_rows};
+
+    /// Blocks are whole 64-query tiles that fit the budget (at least one tile), or the whole
+    /// prompt when it fits or must be kept.
+    #[test]
+    fn attention_blocks_fit_the_budget_in_whole_tiles() {
+        let b = ATT_PROBS_BUDGET;
+        // the 30B-A3B shape (32 heads): whole up to T = 1448, blocks past it
+        assert_eq!(attention_block_rows(32, 1448, false, b), 1448);
+        assert_eq!(attention_block_rows(32, 1449, false, b), 1408);
+        assert_eq!(attention_block_rows(32, 40_000, false, b), 64);
+        // kept probabilities are never blocked, however large
+        assert_eq!(attention_block_rows(32, 40_000, true, b), 40_000);
+        for (nh, t) in [(4, 70), (32, 2000), (64, 5000), (40, 40_960), (1, 1 << 20)] {
+            let rows = attention_block_rows(nh, t, false, b);
+            assert!(
+                rows == t || rows.is_multiple_of(64),
+                "{nh} heads, T {t}: {rows}"
+            );
+            assert!(rows == 64 || rows == t || nh * rows * t * 4 <= b);
+        }
+        // a budget of one byte walks every prompt longer than a tile in single tiles
+        assert_eq!(attention_block_rows(4, 150, false, 1), 64);
+        assert_eq!(attention_block_rows(4, 50, false, 1), 50);
+    }
 }

@@ -254,6 +254,50 @@ fn traced_equals_untraced_and_runs_repeat_bitwise() {
     assert!(none.tensors.is_empty());
 }
 
+/// A plan without `attn_probs` walks the attention in 64-query blocks through a bounded
+/// buffer (here a budget of one byte forces that at 150 tokens): every stage it captures, and
+/// the logits, equal the whole-matrix run's bit for bit. A fault on attn_probs, or a plan that
+/// keeps it, takes the whole matrix again.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn blocked_attention_forward_equals_whole() {
+    let path = fixture("qwen3moe-tiny/qwen3moe-tiny-f32.gguf");
+    let Some(mut whole) = skip_if_no_device(CudaBackend::open(&path, 0)) else {
+        return;
+    };
+    let mut blocked = CudaBackend::open(&path, 0).unwrap();
+    blocked.att_probs_budget = 1;
+    let tokens: Vec<u32> = (0..150u32).map(|i| (i * 37 + 11) % 200).collect();
+    let all = run(&mut whole, &tokens, &CapturePlan::all(), None, &[]);
+    let no_probs = CapturePlan::new(
+        Stage::ALL
+            .iter()
+            .copied()
+            .filter(|&s| s != Stage::AttnProbs),
+        crate::trace::plan::LayerSel::All,
+    );
+    let got = run(&mut blocked, &tokens, &no_probs, None, &[]);
+    assert!(got.tensors.len() > 10);
+    for (k, v) in &got.tensors {
+        assert!(bits_equal(&v.data, &all.tensors[k].data), "{k} differs");
+    }
+    // kept probabilities: the whole matrix, whatever the budget
+    let kept = run(&mut blocked, &tokens, &CapturePlan::all(), None, &[]);
+    for (k, v) in &all.tensors {
+        assert!(bits_equal(&v.data, &kept.tensors[k].data), "{k} differs");
+    }
+    // a NaN planted on attn_probs acts on the whole matrix as before
+    let nan: Fault = "nan[5]@layer.1.attn_probs".parse().unwrap();
+    let a = run(&mut whole, &tokens, &no_probs, None, &[nan]);
+    let b = run(&mut blocked, &tokens, &no_probs, None, &[nan]);
+    for (k, v) in &a.tensors {
+        assert!(
+            bits_equal(&v.data, &b.tensors[k].data),
+            "{k} differs under the fault"
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn teacher_forcing_replays_each_layer_from_the_reference() {
@@ -738,9 +782,11 @@ fn tiled_attention_matches_per_query_kernels() {
         for look in [false, true] {
             let probs = dev.zeros::<f32>(nh * t * t, "probs").unwrap();
             let ctx = dev.zeros::<f32>(t * nh * hd, "ctx").unwrap();
-            super::forward::attention_probs(&dev, &dims, t, look, &qd, &kd, &probs, "test")
+            let all = 0..t;
+            super::forward::attention_probs(&dev, &dims, t, &all, look, &qd, &kd, &probs, "test")
                 .unwrap();
-            super::forward::attention_ctx(&dev, &dims, t, look, &probs, &vd, &ctx, "test").unwrap();
+            super::forward::attention_ctx(&dev, &dims, t, &all, look, &probs, &vd, &ctx, "test")
+                .unwrap();
             let (p_tiled, c_tiled) = (
                 dev.stream.clone_dtoh(&probs).unwrap(),
                 dev.stream.clone_dtoh(&ctx).unwrap(),
@@ -753,6 +799,8 @@ fn tiled_attention_matches_per_query_kernels() {
                 Arg::I32(nkv as i32),
                 Arg::I32(hd as i32),
                 Arg::I32(la),
+                Arg::I32(0),
+                Arg::I32(t as i32),
             ];
             let cfg = |shared| cudarc::driver::LaunchConfig {
                 grid_dim: (t as u32, nh as u32, 1),
@@ -841,6 +889,118 @@ fn tiled_attention_matches_per_query_kernels() {
                 1e-6,
             );
             eprintln!("attention {what}: tiled = per-query within {err:.1e}");
+        }
+    }
+}
+
+/// Attention walked in blocks of 64 queries (as a forward whose plan keeps no `attn_probs`
+/// runs a long prompt) equals the whole-matrix run bit for bit: every block's probability rows
+/// and the context, on the tiled path (head_dim 64) and the per-query one (head_dim 160), 200
+/// positions (a partial last tile), with and without the planted look-ahead.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn blocked_attention_equals_whole() {
+    let Some(dev) = skip_if_no_device(super::open_device(0)) else {
+        return;
+    };
+    let (t, nh, nkv, block) = (200usize, 4usize, 2usize, 64usize);
+    assert_eq!(super::forward::attention_block_rows(nh, t, false, 1), block);
+    for hd in [64usize, 160] {
+        let dims = super::weights::Dims {
+            moe: false,
+            n_layers: 1,
+            hidden: nh * hd,
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            n_experts: 0,
+            top_k: 0,
+            ffn: 1,
+            vocab: 1,
+            context_length: t,
+            eps: 1e-6,
+            rope_theta: 1e6,
+            norm_topk: false,
+        };
+        let q = pseudo_random(t * nh * hd, 4);
+        let k = pseudo_random(t * nkv * hd, 5);
+        let v = pseudo_random(t * nkv * hd, 6);
+        let (qd, kd, vd) = (
+            dev.upload(&q, "q").unwrap(),
+            dev.upload(&k, "k").unwrap(),
+            dev.upload(&v, "v").unwrap(),
+        );
+        for look in [false, true] {
+            let what = format!("head_dim {hd}, look-ahead {look}");
+            let probs = dev.zeros::<f32>(nh * t * t, "probs").unwrap();
+            let ctx = dev.zeros::<f32>(t * nh * hd, "ctx").unwrap();
+            let all = 0..t;
+            super::forward::attention_probs(&dev, &dims, t, &all, look, &qd, &kd, &probs, "test")
+                .unwrap();
+            super::forward::attention_ctx(&dev, &dims, t, &all, look, &probs, &vd, &ctx, "test")
+                .unwrap();
+            let (p_whole, c_whole) = (
+                dev.stream.clone_dtoh(&probs).unwrap(),
+                dev.stream.clone_dtoh(&ctx).unwrap(),
+            );
+            let block_probs = dev.zeros::<f32>(nh * block * t, "block probs").unwrap();
+            let block_ctx = dev.zeros::<f32>(t * nh * hd, "block ctx").unwrap();
+            for start in (0..t).step_by(block) {
+                let rows = start..(start + block).min(t);
+                super::forward::attention_probs(
+                    &dev,
+                    &dims,
+                    t,
+                    &rows,
+                    look,
+                    &qd,
+                    &kd,
+                    &block_probs,
+                    "test",
+                )
+                .unwrap();
+                super::forward::attention_ctx(
+                    &dev,
+                    &dims,
+                    t,
+                    &rows,
+                    look,
+                    &block_probs,
+                    &vd,
+                    &block_ctx,
+                    "test",
+                )
+                .unwrap();
+                let p_block = dev.stream.clone_dtoh(&block_probs).unwrap();
+                for h in 0..nh {
+                    for i in rows.clone() {
+                        let whole = &p_whole[(h * t + i) * t..][..t];
+                        let part = &p_block[(h * rows.len() + i - start) * t..][..t];
+                        for (j, (a, b)) in whole.iter().zip(part).enumerate() {
+                            assert_eq!(a.to_bits(), b.to_bits(), "{what}: probs[{h},{i},{j}]");
+                        }
+                    }
+                }
+            }
+            let c_block = dev.stream.clone_dtoh(&block_ctx).unwrap();
+            for (x, (a, b)) in c_whole.iter().zip(&c_block).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{what}: ctx[{x}] {a} vs {b}");
+            }
+            // a block that is not whole tiles is refused, not computed wrongly
+            assert!(
+                super::forward::attention_probs(
+                    &dev,
+                    &dims,
+                    t,
+                    &(10..74),
+                    look,
+                    &qd,
+                    &kd,
+                    &block_probs,
+                    "test"
+                )
+                .is_err()
+            );
         }
     }
 }

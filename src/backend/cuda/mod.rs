@@ -47,6 +47,9 @@ pub struct CudaBackend {
     /// The model file, kept mapped for its sha256 (computed on first use: 17 GB take seconds).
     file: Option<GgufFile>,
     model_sha256: OnceLock<String>,
+    /// Bytes the attention probabilities may take when the plan does not keep them
+    /// (`forward::ATT_PROBS_BUDGET`; tests lower it to walk short prompts in blocks).
+    att_probs_budget: usize,
 }
 
 impl CudaBackend {
@@ -75,6 +78,7 @@ impl CudaBackend {
             model: model.to_string(),
             file: None,
             model_sha256: OnceLock::from(model_sha256.to_string()),
+            att_probs_budget: forward::ATT_PROBS_BUDGET,
         })
     }
 
@@ -103,6 +107,7 @@ impl CudaBackend {
             model: path.display().to_string(),
             file: Some(f),
             model_sha256: OnceLock::new(),
+            att_probs_budget: forward::ATT_PROBS_BUDGET,
         })
     }
 
@@ -151,7 +156,14 @@ impl Backend for CudaBackend {
         if req.teacher.is_some() {
             meta.extra.insert("teacher_forced".into(), "true".into());
         }
-        let trace = forward::forward(&self.dev, &self.weights, req, &mut self.arena, meta)?;
+        let trace = forward::forward(
+            &self.dev,
+            &self.weights,
+            req,
+            &mut self.arena,
+            meta,
+            self.att_probs_budget,
+        )?;
         if std::env::var("FALSIFIER_CUDA_PROFILE").is_ok_and(|v| v == "1") {
             let rows = self.dev.take_profile()?;
             eprint!(

@@ -4,6 +4,12 @@
 // q [T, nh, D], k and v [T, nkv, D]; query head h reads kv head h / (nh / nkv). Query i sees
 // keys 0 ..= last(i), last(i) = min(i + lookahead, T - 1) (lookahead 1 is the planted
 // causal_mask_off_by_one). probs [nh, T, T] with masked entries exactly 0; ctx [T, nh*D].
+//
+// Every kernel takes a block of queries q0 .. q0 + QN - 1 and probs holds only their rows,
+// [nh, QN, T] (row i - q0): when the plan does not keep attn_probs the forward walks the
+// queries in such blocks through a bounded buffer instead of allocating [nh, T, T]. q0 is a
+// multiple of the 64-query tile, so a query's tiles, and so its every operation, are the same
+// whatever the block: blocked and whole runs agree bit for bit.
 // Scores are f32 dot products; the softmax (max-subtracted, so it cannot overflow) runs in f64
 // over them, as the reference does, and is rounded once.
 
@@ -13,15 +19,16 @@ __device__ __forceinline__ int last_key(int i, int T, int lookahead) {
     return min(i + lookahead, T - 1);
 }
 
-// grid (T, nh), block ATT_THREADS, dynamic shared: (D + T) floats + ATT_THREADS doubles.
+// grid (QN, nh), block ATT_THREADS, dynamic shared: (D + T) floats + ATT_THREADS doubles.
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     attn_probs(const float* __restrict__ q, const float* __restrict__ k,
-               float* __restrict__ probs, int T, int nh, int nkv, int D, int lookahead) {
+               float* __restrict__ probs, int T, int nh, int nkv, int D, int lookahead,
+               int q0, int QN) {
     extern __shared__ double att_sh[];
     double* red = att_sh;
     float* qs = (float*)(att_sh + ATT_THREADS);
     float* sc = qs + D;
-    int i = blockIdx.x, h = blockIdx.y;
+    int i = q0 + blockIdx.x, h = blockIdx.y;
     int kh = h / max(nh / nkv, 1);
     int end = last_key(i, T, lookahead) + 1;
     for (int d = threadIdx.x; d < D; d += ATT_THREADS) qs[d] = q[((i64)i * nh + h) * D + d];
@@ -59,20 +66,21 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
         __syncthreads();
     }
     double z = red[0];
-    float* pr = probs + ((i64)h * T + i) * T;
+    float* pr = probs + ((i64)h * QN + blockIdx.x) * T;
     for (int j = threadIdx.x; j < T; j += ATT_THREADS)
         pr[j] = j < end ? (float)(exp((double)sc[j] - mx) / z) : 0.0f;
 }
 
 // ctx[i, h*D + d] = sum_{j <= last(i)} probs[h, i, j] * v[j, kh, d]. Masked positions are
-// skipped, not multiplied by 0, so a NaN there cannot leak backwards. grid (T, nh).
+// skipped, not multiplied by 0, so a NaN there cannot leak backwards. grid (QN, nh).
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     attn_ctx(const float* __restrict__ probs, const float* __restrict__ v,
-             float* __restrict__ ctx, int T, int nh, int nkv, int D, int lookahead) {
-    int i = blockIdx.x, h = blockIdx.y;
+             float* __restrict__ ctx, int T, int nh, int nkv, int D, int lookahead, int q0,
+             int QN) {
+    int i = q0 + blockIdx.x, h = blockIdx.y;
     int kh = h / max(nh / nkv, 1);
     int end = last_key(i, T, lookahead) + 1;
-    const float* pr = probs + ((i64)h * T + i) * T;
+    const float* pr = probs + ((i64)h * QN + blockIdx.x) * T;
     for (int d = threadIdx.x; d < D; d += ATT_THREADS) {
         float acc = 0.0f;
         for (int j = 0; j < end; ++j) acc = fmaf(pr[j], v[((i64)j * nkv + kh) * D + d], acc);
@@ -127,15 +135,17 @@ __device__ __forceinline__ void att_store_t(float* __restrict__ S, const float* 
 }
 
 // probs[h, i, j] = (q_i . k_j) * scale for the visible keys of query tile blockIdx.x and key
-// tile blockIdx.y (the masked entries are written by attn_softmax_rows). grid (ceil(T / 64),
+// tile blockIdx.y (the masked entries are written by attn_softmax_rows). grid (ceil(QN / 64),
 // ceil(T / 64), nh), block 256; tiles wholly past the causal edge exit at once.
 extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS)
     attn_tile_scores(const float* __restrict__ q, const float* __restrict__ k,
-                     float* __restrict__ probs, int T, int nh, int nkv, int D, int lookahead) {
+                     float* __restrict__ probs, int T, int nh, int nkv, int D, int lookahead,
+                     int q0, int QN) {
     __shared__ __align__(16) float Qs[ATT_CHUNK * (ATT_TILE + 4)];
     __shared__ __align__(16) float Ks[ATT_CHUNK * (ATT_TILE + 4)];
-    int i0 = blockIdx.x * ATT_TILE, j0 = blockIdx.y * ATT_TILE, h = blockIdx.z;
-    int qn = min(ATT_TILE, T - i0);
+    int i0 = q0 + blockIdx.x * ATT_TILE, j0 = blockIdx.y * ATT_TILE, h = blockIdx.z;
+    int qend = q0 + QN;
+    int qn = min(ATT_TILE, qend - i0);
     if (j0 > last_key(i0 + qn - 1, T, lookahead)) return;  // uniform, before any barrier
     int kn = min(ATT_TILE, T - j0);
     int kh = h / max(nh / nkv, 1);
@@ -185,9 +195,9 @@ extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS)
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
         int i = i0 + 4 * tq + a;
-        if (i >= T) break;
+        if (i >= qend) break;
         int last = last_key(i, T, lookahead);
-        float* pr = probs + ((i64)h * T + i) * T;
+        float* pr = probs + ((i64)h * QN + (i - q0)) * T;
 #pragma unroll
         for (int b = 0; b < 4; ++b) {
             int j = j0 + 4 * tk + b;
@@ -197,13 +207,13 @@ extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS)
 }
 
 // In place over probs: row (i, h) holds the scores of keys 0 ..= last(i); it becomes their
-// softmax (max-subtracted, f64, rounded once) and exact zeros after. grid (T, nh), block 128.
+// softmax (max-subtracted, f64, rounded once) and exact zeros after. grid (QN, nh), block 128.
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attn_softmax_rows(float* __restrict__ probs, int T, int lookahead) {
+    attn_softmax_rows(float* __restrict__ probs, int T, int lookahead, int q0, int QN) {
     __shared__ double red[ATT_THREADS / 32];
-    int i = blockIdx.x, h = blockIdx.y;
+    int i = q0 + blockIdx.x, h = blockIdx.y;
     int end = last_key(i, T, lookahead) + 1;
-    float* pr = probs + ((i64)h * T + i) * T;
+    float* pr = probs + ((i64)h * QN + blockIdx.x) * T;
     // max over the visible keys (a NaN score is dropped here but makes the sum, and so the
     // row, NaN, as on the CPU); by warp butterflies, then over the warps
     float m = -INFINITY;
@@ -239,18 +249,20 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
 }
 
 // ctx[i, h*D + d] = sum_{j <= last(i)} probs[h, i, j] * v[j, kh, d], keys ascending, for the
-// 64 queries of tile blockIdx.x. grid (ceil(T / 64), nh), block 256. Thread (tq, td) owns
+// 64 queries of tile blockIdx.x. grid (ceil(QN / 64), nh), block 256. Thread (tq, td) owns
 // queries i0 + 4 tq + a and outputs d = 4 td + c and 64 + 4 td + c.
 extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS, 2)
     attn_ctx_tiled(const float* __restrict__ probs, const float* __restrict__ v,
-                   float* __restrict__ ctx, int T, int nh, int nkv, int D, int lookahead) {
+                   float* __restrict__ ctx, int T, int nh, int nkv, int D, int lookahead,
+                   int q0, int QN) {
     constexpr int vp = ATT_TILE_MAXD + 4;
     __shared__ __align__(16) float Ps[ATT_CHUNK * (ATT_TILE + 4)];  // Ps[key][query]
     __shared__ __align__(16) float Vs[ATT_CHUNK * vp];              // Vs[key][d]
     // the last query tiles see the most keys: they start first
-    int i0 = (gridDim.x - 1 - blockIdx.x) * ATT_TILE, h = blockIdx.y;
+    int i0 = q0 + (gridDim.x - 1 - blockIdx.x) * ATT_TILE, h = blockIdx.y;
     int kh = h / max(nh / nkv, 1);
-    int qn = min(ATT_TILE, T - i0);
+    int qend = q0 + QN;
+    int qn = min(ATT_TILE, qend - i0);
     int td = threadIdx.x & 15, tq = threadIdx.x >> 4;
     // the visible keys: all of them up to first_last for every query of the tile, then
     // per query up to its own last
@@ -260,7 +272,7 @@ extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS, 2)
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
         int i = i0 + 4 * tq + a;
-        my_last[a] = i < T ? last_key(i, T, lookahead) : -1;
+        my_last[a] = i < qend ? last_key(i, T, lookahead) : -1;
     }
     float acc[4][8];
 #pragma unroll
@@ -268,7 +280,7 @@ extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS, 2)
 #pragma unroll
         for (int c = 0; c < 8; ++c) acc[a][c] = 0.0f;
     }
-    const float* psrc = probs + ((i64)h * T + i0) * T;
+    const float* psrc = probs + ((i64)h * QN + (i0 - q0)) * T;
     // the next chunk, on its way from memory: P as att_load_t; V rows j0 .. j0 + 31, d < 128
     // (zeros past T and D), a warp per 32 values of a row
     constexpr int vn = ATT_CHUNK * ATT_TILE_MAXD / ATT_TILE_THREADS;
@@ -321,7 +333,7 @@ extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS, 2)
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
         int i = i0 + 4 * tq + a;
-        if (i >= T) break;
+        if (i >= qend) break;
         float* out = ctx + (i64)i * nh * D + (i64)h * D;
 #pragma unroll
         for (int c = 0; c < 8; ++c) {
