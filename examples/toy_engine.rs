@@ -23,9 +23,10 @@ use std::sync::Arc;
 
 use falsifier::backend::{self, Backend, ForwardRequest};
 use falsifier::diff::{DiffOptions, DiffReport, diff};
+use falsifier::model::config::Arch;
 use falsifier::model::config::ModelConfig;
 use falsifier::model::gguf::GgufFile;
-use falsifier::model::weights::{FfnWeights, QTensor, Qwen3Weights};
+use falsifier::model::weights::{FfnWeights, ModelWeights, QTensor};
 use falsifier::trace::{CapturePlan, Key, Stage, Tensor, Trace, TraceMeta};
 use falsifier::{Error, Result};
 
@@ -68,19 +69,25 @@ fn f32s(t: &QTensor) -> Result<Vec<f32>> {
     t.to_f32()
 }
 
+/// A per-head norm gain qwen3moe always has.
+fn norm_of(gain: &Option<Vec<f32>>, name: &str) -> Result<Vec<f32>> {
+    gain.clone()
+        .ok_or_else(|| Error::input(format!("a qwen3moe layer without {name}")))
+}
+
 impl ToyEngine {
     /// Read a qwen3moe GGUF through falsifier's model reader and dequantize every weight.
     pub fn open(path: &Path, bug: Option<Bug>) -> Result<ToyEngine> {
         let file = GgufFile::open(path)?;
         let cfg = ModelConfig::from_gguf(&file)?;
-        if !cfg.is_moe() {
+        if cfg.arch != Arch::Qwen3Moe {
             return Err(Error::input(format!(
                 "{}: the toy engine runs qwen3moe only, this is {}",
                 path.display(),
                 cfg.arch
             )));
         }
-        let w = Qwen3Weights::load(&file, &cfg)?;
+        let w = ModelWeights::load(&file, &cfg)?;
         let mut layers = Vec::new();
         for l in &w.layers {
             let FfnWeights::Moe {
@@ -88,6 +95,7 @@ impl ToyEngine {
                 ffn_gate_exps,
                 ffn_up_exps,
                 ffn_down_exps,
+                ..
             } = &l.ffn
             else {
                 return Err(Error::input("a dense layer in a qwen3moe model"));
@@ -98,8 +106,8 @@ impl ToyEngine {
                 wk: f32s(&l.attn_k)?,
                 wv: f32s(&l.attn_v)?,
                 wo: f32s(&l.attn_output)?,
-                q_norm: l.attn_q_norm.clone(),
-                k_norm: l.attn_k_norm.clone(),
+                q_norm: norm_of(&l.attn_q_norm, "attn_q_norm")?,
+                k_norm: norm_of(&l.attn_k_norm, "attn_k_norm")?,
                 ffn_norm: l.ffn_norm.clone(),
                 router: f32s(ffn_gate_inp)?,
                 gate: f32s(ffn_gate_exps)?,

@@ -152,6 +152,27 @@ fn dense_q8_0_model_matches_transformers() {
     );
 }
 
+/// Every other architecture family from its own transformers implementation (tools/golden/
+/// make_llama_golden.py, make_qwen2_golden.py): Llama 2 (MHA), Llama 3 (GQA, RoPE frequencies
+/// scaled through `rope_freqs`), Mistral, Mixtral (experts, renormalised top-k), Qwen2 (q/k/v
+/// biases, tied output), Qwen2-MoE (no renormalisation, sigmoid-gated shared expert); F32 and
+/// Q8_0, every stage to 1e-5 relative L2, expert ids exact. The llama q/k stages are in the
+/// converter's permuted layout on both sides.
+#[test]
+fn other_architectures_match_transformers() {
+    for family in [
+        "llama2", "llama3", "mistral", "mixtral", "qwen2", "qwen2moe",
+    ] {
+        let d = golden_dir(&format!("{family}-tiny"));
+        for ty in ["f32", "q8_0"] {
+            check_golden_set(
+                &d.join(format!("{family}-tiny-{ty}.gguf")),
+                &d.join(format!("activations-{ty}.safetensors")),
+            );
+        }
+    }
+}
+
 /// More shapes from transformers (fixtures/README.md): MHA with a 54-token prompt, T = 1 for
 /// both architectures, GQA 4:1 with top-4 of 16 experts and head_dim 16 (nh*D != hidden),
 /// MQA with head_dim 64 and top-3.

@@ -53,8 +53,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// List the stage vocabulary (names used by traces, contracts and reports), in forward order.
-    Stages,
+    /// List the stage vocabulary (names used by traces, contracts and reports), in forward order;
+    /// with --arch, what one architecture computes.
+    Stages(stages::StagesArgs),
     /// Run one traced forward and write its trace (safetensors).
     Trace(Box<trace::TraceArgs>),
     /// Check contracts: schema, ids, stages, models, thresholds, planted places, statuses.
@@ -93,7 +94,7 @@ pub enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: crate::Result<Outcome> = match cli.command {
-        Command::Stages => stages::run(),
+        Command::Stages(args) => stages::run(&args),
         Command::Trace(args) => trace::run(&args),
         Command::Lint { paths } => lint::run(&paths),
         Command::Promote {

@@ -46,22 +46,15 @@ impl ModelShape {
         self.config.has_stage(stage)
     }
 
-    /// The weight tensor of the matmul producing `stage` at `layer`, as llama.cpp names it.
+    /// The weight tensor of the matmul producing `stage` at `layer`, as llama.cpp names it
+    /// (from the architecture's tensor table).
     pub fn weight_of(&self, layer: Option<usize>, stage: Stage) -> Option<String> {
-        let exps = if self.is_moe() { "_exps" } else { "" };
-        let name = match stage {
-            Stage::QProj => "attn_q".to_string(),
-            Stage::KProj => "attn_k".to_string(),
-            Stage::VProj => "attn_v".to_string(),
-            Stage::AttnOut => "attn_output".to_string(),
-            Stage::RouterLogits => "ffn_gate_inp".to_string(),
-            Stage::FfnGate => format!("ffn_gate{exps}"),
-            Stage::FfnUp => format!("ffn_up{exps}"),
-            Stage::FfnOut => format!("ffn_down{exps}"),
-            Stage::Logits => return Some("output.weight".to_string()),
-            _ => return None,
-        };
-        layer.map(|l| format!("blk.{l}.{name}.weight"))
+        let spec = self.config.weight_producing(stage)?;
+        if stage.is_layer_stage() {
+            layer.map(|l| format!("blk.{l}.{}", spec.name))
+        } else {
+            Some(spec.name.to_string())
+        }
     }
 
     /// Weight type of the matmul producing `stage` (a tied output reads token_embd).

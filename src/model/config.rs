@@ -6,53 +6,15 @@ use crate::error::{Error, Result};
 use crate::model::gguf::{GgufFile, MetaValue};
 use crate::trace::stage::Stage;
 
-/// Supported `general.architecture` values.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum Arch {
-    /// Qwen3 mixture of experts (Qwen3-30B-A3B, Qwen3-Coder).
-    Qwen3Moe,
-    /// Qwen3 dense.
-    Qwen3,
-}
+pub use super::arch::Arch;
+use super::arch::{ArchDesc, Dim, FfnKind, TensorSpec};
 
-impl Arch {
-    pub const ALL: [Arch; 2] = [Arch::Qwen3Moe, Arch::Qwen3];
-
-    /// The `general.architecture` string, also the prefix of the arch's keys.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Qwen3Moe => "qwen3moe",
-            Arch::Qwen3 => "qwen3",
-        }
-    }
-
-    pub fn from_name(s: &str) -> Option<Arch> {
-        Arch::ALL.into_iter().find(|a| a.name() == s)
-    }
-
-    pub fn is_moe(self) -> bool {
-        self == Arch::Qwen3Moe
-    }
-}
-
-impl std::fmt::Display for Arch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Tensors of every model besides its layers' (`token_embd`, `output_norm`; `output` may be tied).
-const MODEL_TENSORS: usize = 2;
-/// Tensors of one dense layer: attn_norm, q, k, v, output, q_norm, k_norm, ffn_norm, and the
-/// ffn gate, up and down.
-const TENSORS_PER_DENSE_LAYER: usize = 11;
-/// Tensors of one MoE layer: the 8 before the FFN, the router and the gate/up/down expert stacks.
-const TENSORS_PER_MOE_LAYER: usize = 12;
-
-/// Hyper-parameters of a qwen3 / qwen3moe model.
+/// Hyper-parameters of a model of one of the supported architectures ([`Arch`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
     pub arch: Arch,
+    /// Whether the layers route to experts (qwen3moe, qwen2moe; llama with `expert_count`).
+    pub moe: bool,
     pub n_layers: usize,
     pub hidden: usize,
     pub n_heads: usize,
@@ -62,13 +24,17 @@ pub struct ModelConfig {
     pub rope_theta: f32,
     pub rms_eps: f32,
     pub context_length: usize,
-    /// Dense FFN width; for MoE the (unused) `feed_forward_length`, 0 when absent.
+    /// Dense FFN width; for MoE the `feed_forward_length` (unused, or the expert width where
+    /// the converter writes it there), 0 when absent.
     pub ffn_dim: usize,
     /// 0 for dense models.
     pub n_experts: usize,
     pub n_experts_used: usize,
     pub expert_ffn_dim: usize,
-    /// Renormalise the top-k router weights to sum 1: llama.cpp hard-codes true for qwen3moe.
+    /// The shared expert's width (qwen2moe), 0 without one.
+    pub shared_ffn_dim: usize,
+    /// Renormalise the top-k router weights to sum 1 (the architecture's router, as llama.cpp
+    /// builds it).
     pub norm_topk_prob: bool,
 }
 
@@ -189,21 +155,48 @@ impl ModelConfig {
             .ok_or_else(|| k.err(&eps_key, "missing"))?;
         let context_length = k.size(&key("context_length"))?;
 
-        let (ffn_dim, n_experts, n_experts_used, expert_ffn_dim) = match arch {
-            Arch::Qwen3 => (k.size(&key("feed_forward_length"))?, 0, 0, 0),
-            Arch::Qwen3Moe => {
-                let e = k.size(&key("expert_count"))?;
-                let used = k.size(&key("expert_used_count"))?;
-                if used > e {
-                    return Err(k.err(
-                        &key("expert_used_count"),
-                        format!("{used} exceeds expert_count {e}"),
-                    ));
-                }
-                let ffn = k.opt_uint(&key("feed_forward_length"))?.unwrap_or(0);
-                (ffn, e, used, k.size(&key("expert_feed_forward_length"))?)
-            }
+        let desc = arch.desc();
+        if let Some(n) = k.opt_size(&key("rope.dimension_count"))?
+            && n != head_dim
+        {
+            return Err(k.err(
+                &key("rope.dimension_count"),
+                format!(
+                    "{n} differs from the head width {head_dim} (partial RoPE is not supported)"
+                ),
+            ));
+        }
+        let moe = match desc.ffn {
+            FfnKind::Dense => false,
+            FfnKind::Moe(_) => true,
+            // llama: Mixtral when the file counts experts
+            FfnKind::DenseOrMoe(_) => k.opt_uint(&key("expert_count"))?.unwrap_or(0) > 0,
         };
+        let (ffn_dim, n_experts, n_experts_used, expert_ffn_dim, shared_ffn_dim) =
+            match desc.moe().filter(|_| moe) {
+                None => (k.size(&key("feed_forward_length"))?, 0, 0, 0, 0),
+                Some(m) => {
+                    let e = k.size(&key("expert_count"))?;
+                    let used = k.size(&key("expert_used_count"))?;
+                    if used > e {
+                        return Err(k.err(
+                            &key("expert_used_count"),
+                            format!("{used} exceeds expert_count {e}"),
+                        ));
+                    }
+                    let shared = match m.shared_expert_width_key {
+                        Some(w) => k.size(&key(w))?,
+                        None => 0,
+                    };
+                    (
+                        k.opt_uint(&key("feed_forward_length"))?.unwrap_or(0),
+                        e,
+                        used,
+                        k.size(&key(m.width_key))?,
+                        shared,
+                    )
+                }
+            };
 
         let vocab = match f.get("tokenizer.ggml.tokens") {
             Some(MetaValue::Array(t)) => t.len(),
@@ -225,24 +218,28 @@ impl ModelConfig {
         // Counts are trusted only as far as the file backs them: every layer is a fixed set of
         // tensors, so a block_count the tensor table cannot hold is refused here, before
         // anything (the expected tensor list, the layer weights) is sized by it.
-        let per_layer = if arch.is_moe() {
-            TENSORS_PER_MOE_LAYER
-        } else {
-            TENSORS_PER_DENSE_LAYER
-        };
-        let held = f.tensors().len().saturating_sub(MODEL_TENSORS) / per_layer;
+        let per_layer = desc.layer_tensors(moe).count();
+        let model_tensors = desc.model_tensors().filter(|t| !t.optional).count();
+        let held = f.tensors().len().saturating_sub(model_tensors) / per_layer;
         if n_layers > held {
+            let required: Vec<&str> = desc
+                .model_tensors()
+                .filter(|t| !t.optional)
+                .map(|t| t.name.trim_end_matches(".weight"))
+                .collect();
             return Err(k.err(
                 &key("block_count"),
                 format!(
-                    "{n_layers} layers, but the file's {} tensors hold at most {held} ({per_layer} per {a} layer, plus token_embd and output_norm)",
-                    f.tensors().len()
+                    "{n_layers} layers, but the file's {} tensors hold at most {held} ({per_layer} per {a} layer, plus {})",
+                    f.tensors().len(),
+                    required.join(" and ")
                 ),
             ));
         }
 
         let config = ModelConfig {
             arch,
+            moe,
             n_layers,
             hidden,
             n_heads,
@@ -256,7 +253,8 @@ impl ModelConfig {
             n_experts,
             n_experts_used,
             expert_ffn_dim,
-            norm_topk_prob: arch.is_moe(),
+            shared_ffn_dim,
+            norm_topk_prob: moe && desc.moe().is_some_and(|m| m.renorm_topk),
         };
         config
             .check_products()
@@ -287,6 +285,10 @@ impl ModelConfig {
                 ("expert_ffn", self.expert_ffn_dim),
                 ("experts", self.n_experts),
             ]);
+            products.push(vec![
+                ("hidden", self.hidden),
+                ("shared_ffn", self.shared_ffn_dim),
+            ]);
         } else {
             products.push(vec![("hidden", self.hidden), ("ffn", self.ffn_dim)]);
         }
@@ -308,128 +310,129 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// Number of weights of a model of this shape (`output.weight` counted, as if untied);
-    /// `None` when it does not fit a u64.
+    /// Number of weights of a model of this shape (`output.weight` counted, as if untied;
+    /// optional tensors such as `rope_freqs` counted); `None` when it does not fit a u64.
     pub fn n_params(&self) -> Option<u64> {
-        let u = |x: usize| x as u64;
-        let mul = |xs: &[u64]| xs.iter().try_fold(1u64, |a, &x| a.checked_mul(x));
-        let (h, hd) = (u(self.hidden), u(self.head_dim));
-        let q = mul(&[u(self.n_heads), hd])?;
-        let kv = mul(&[u(self.n_kv_heads), hd])?;
-        let attn = [
-            h,
-            mul(&[h, q])?,
-            mul(&[h, kv])?,
-            mul(&[h, kv])?,
-            mul(&[q, h])?,
-            hd,
-            hd,
-            h,
-        ];
-        let ffn = if self.is_moe() {
-            let (e, f) = (u(self.n_experts), u(self.expert_ffn_dim));
-            vec![mul(&[h, e])?, mul(&[3, h, f, e])?]
-        } else {
-            vec![mul(&[3, h, u(self.ffn_dim)])?]
+        let desc = self.desc();
+        let count = |t: &TensorSpec| {
+            t.dims
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(self.dim(d) as u64))
         };
-        let layer = attn
-            .iter()
-            .chain(&ffn)
-            .try_fold(0u64, |a, &x| a.checked_add(x))?;
-        let embd = mul(&[2, h, u(self.vocab)])?;
-        mul(&[layer, u(self.n_layers)])?
-            .checked_add(embd)?
-            .checked_add(h)
+        let layer = desc
+            .layer_tensors(self.moe)
+            .try_fold(0u64, |a, t| a.checked_add(count(t)?))?;
+        let model = desc
+            .model_tensors()
+            .try_fold(0u64, |a, t| a.checked_add(count(t)?))?;
+        layer.checked_mul(self.n_layers as u64)?.checked_add(model)
+    }
+
+    /// The architecture's description.
+    pub fn desc(&self) -> &'static ArchDesc {
+        self.arch.desc()
+    }
+
+    /// The size a tensor dimension takes in this model (saturating: a config that passed
+    /// [`ModelConfig::check_products`] never saturates).
+    pub fn dim(&self, d: Dim) -> usize {
+        match d {
+            Dim::Hidden => self.hidden,
+            Dim::Vocab => self.vocab,
+            Dim::HeadDim => self.head_dim,
+            Dim::QWidth => self.n_heads.saturating_mul(self.head_dim),
+            Dim::KvWidth => self.n_kv_heads.saturating_mul(self.head_dim),
+            Dim::HalfHeadDim => self.head_dim / 2,
+            Dim::Ffn => self.ffn_dim,
+            Dim::ExpertFfn => self.expert_ffn_dim,
+            Dim::Experts => self.n_experts,
+            Dim::SharedFfn => self.shared_ffn_dim,
+            Dim::One => 1,
+        }
     }
 
     pub fn is_moe(&self) -> bool {
-        self.arch.is_moe()
+        self.moe
     }
 
-    /// Whether this model's forward has stage `s` (dense: no router/top-k; MoE: no dense FFN).
+    /// Whether this model's forward has stage `s` (the architecture's stage set: q/k norms
+    /// only where it has them; dense: no router/top-k; MoE: no dense FFN; shared-expert stages
+    /// only with a shared expert).
     pub fn has_stage(&self, s: Stage) -> bool {
-        if s.is_shared_expert_only() {
-            return false; // no shared-expert architecture yet
-        }
-        if self.is_moe() {
-            !s.is_dense_only()
-        } else {
-            !s.is_moe_only()
-        }
+        self.desc().has_stage(self.moe, s)
     }
 
-    /// Shape of stage `s` for a prompt of `n_tokens` (the stage table of docs/design.md).
+    /// The tensor a layer or the model feeds `stage` through a matmul (`q6k_as_q4k`,
+    /// `act_q8_rounding` act there), as llama.cpp names it without `blk.N.`.
+    pub fn weight_producing(&self, stage: Stage) -> Option<&'static TensorSpec> {
+        let desc = self.desc();
+        desc.layer_tensors(self.moe)
+            .chain(desc.model_tensors())
+            .find(|t| t.role == super::arch::Role::Produces(stage))
+    }
+
+    /// Shape of stage `s` for a prompt of `n_tokens` (the stage table of docs/design.md,
+    /// [`super::arch::stage_dims`], with this model's sizes).
     pub fn stage_shape(&self, s: Stage, n_tokens: usize) -> Vec<usize> {
-        let t = n_tokens;
-        let (h, nh, nkv, d) = (self.hidden, self.n_heads, self.n_kv_heads, self.head_dim);
-        match s {
-            Stage::Tokens => vec![t],
-            Stage::Embedding
-            | Stage::AttnNorm
-            | Stage::AttnOut
-            | Stage::AttnResidual
-            | Stage::FfnNorm
-            | Stage::FfnOut
-            | Stage::LayerOut
-            | Stage::FinalNorm => vec![t, h],
-            Stage::QProj | Stage::QNorm | Stage::QRope => vec![t, nh, d],
-            Stage::KProj | Stage::VProj | Stage::KNorm | Stage::KRope => vec![t, nkv, d],
-            Stage::AttnProbs => vec![nh, t, t],
-            Stage::AttnCtx => vec![t, nh * d],
-            Stage::RouterLogits | Stage::RouterProbs => vec![t, self.n_experts],
-            Stage::TopkIds | Stage::TopkWeights => vec![t, self.n_experts_used],
-            Stage::FfnGate | Stage::FfnUp | Stage::FfnAct => vec![t, self.ffn_dim],
-            Stage::FfnSharedGate => vec![t, 1],
-            Stage::FfnSharedOut => vec![t, self.hidden],
-            Stage::Logits => vec![t, self.vocab],
-        }
+        use super::arch::Size;
+        super::arch::stage_dims(s)
+            .iter()
+            .map(|d| match d {
+                Size::Tokens => n_tokens,
+                Size::Hidden => self.hidden,
+                Size::Heads => self.n_heads,
+                Size::KvHeads => self.n_kv_heads,
+                Size::HeadDim => self.head_dim,
+                Size::QWidth => self.n_heads.saturating_mul(self.head_dim),
+                Size::Experts => self.n_experts,
+                Size::TopK => self.n_experts_used,
+                Size::Ffn => self.ffn_dim,
+                Size::One => 1,
+                Size::Vocab => self.vocab,
+            })
+            .collect()
     }
 
-    /// Every tensor a model of this shape holds, with its ggml dims, in the order llama.cpp's
-    /// converter writes them. `output.weight` is listed although a file may omit it (tied to
-    /// `token_embd.weight`).
+    /// Every tensor a model of this shape holds, with its ggml dims and its row of the
+    /// architecture's table, in the order llama.cpp's converter writes them. Optional tensors
+    /// (`output.weight`, tied to the embedding when absent; `rope_freqs.weight`) are listed.
     ///
     /// Its length is linear in `n_layers`: [`ModelConfig::from_gguf`] has checked that against
     /// the file's tensor count, `synth::check_shape` against its bound. Products saturate
     /// rather than wrap (a config that passed [`ModelConfig::check_products`] never saturates).
-    pub fn expected_tensors(&self) -> Vec<(String, Vec<u64>)> {
-        let u = |x: usize| x as u64;
-        let (h, hd) = (u(self.hidden), u(self.head_dim));
-        let q = u(self.n_heads).saturating_mul(hd);
-        let kv = u(self.n_kv_heads).saturating_mul(hd);
-        let mut v = vec![("token_embd.weight".to_string(), vec![h, u(self.vocab)])];
+    pub fn tensor_table(&self) -> Vec<(String, Vec<u64>, &'static TensorSpec)> {
+        let desc = self.desc();
+        let dims = |t: &TensorSpec| t.dims.iter().map(|&d| self.dim(d) as u64).collect();
+        let mut v: Vec<_> = desc
+            .head_tensors
+            .iter()
+            .map(|t| (t.name.to_string(), dims(t), t))
+            .collect();
         for i in 0..self.n_layers {
-            let b = |s: &str| format!("blk.{i}.{s}.weight");
-            v.push((b("attn_norm"), vec![h]));
-            v.push((b("attn_q"), vec![h, q]));
-            v.push((b("attn_k"), vec![h, kv]));
-            v.push((b("attn_v"), vec![h, kv]));
-            v.push((b("attn_output"), vec![q, h]));
-            v.push((b("attn_q_norm"), vec![hd]));
-            v.push((b("attn_k_norm"), vec![hd]));
-            v.push((b("ffn_norm"), vec![h]));
-            if self.is_moe() {
-                let (e, f) = (u(self.n_experts), u(self.expert_ffn_dim));
-                v.push((b("ffn_gate_inp"), vec![h, e]));
-                v.push((b("ffn_gate_exps"), vec![h, f, e]));
-                v.push((b("ffn_up_exps"), vec![h, f, e]));
-                v.push((b("ffn_down_exps"), vec![f, h, e]));
-            } else {
-                let f = u(self.ffn_dim);
-                v.push((b("ffn_gate"), vec![h, f]));
-                v.push((b("ffn_up"), vec![h, f]));
-                v.push((b("ffn_down"), vec![f, h]));
+            for t in desc.layer_tensors(self.moe) {
+                v.push((format!("blk.{i}.{}", t.name), dims(t), t));
             }
         }
-        v.push(("output_norm.weight".to_string(), vec![h]));
-        v.push(("output.weight".to_string(), vec![h, u(self.vocab)]));
+        v.extend(
+            desc.tail_tensors
+                .iter()
+                .map(|t| (t.name.to_string(), dims(t), t)),
+        );
         v
+    }
+
+    /// [`ModelConfig::tensor_table`]'s names and dims.
+    pub fn expected_tensors(&self) -> Vec<(String, Vec<u64>)> {
+        self.tensor_table()
+            .into_iter()
+            .map(|(name, dims, _)| (name, dims))
+            .collect()
     }
 
     /// Check that `f` holds every tensor this config needs, with the right dims.
     pub fn validate_tensors(&self, f: &GgufFile) -> Result<()> {
         let label = f.path().display();
-        for (name, want) in self.expected_tensors() {
+        for (name, want, spec) in self.tensor_table() {
             match f.tensor(&name) {
                 Some(t) if t.dims == want => {}
                 Some(t) => {
@@ -438,8 +441,9 @@ impl ModelConfig {
                         t.dims
                     )));
                 }
-                // llama.cpp ties the output projection to the embedding when it is absent
-                None if name == "output.weight" => {}
+                // llama.cpp ties the output projection to the embedding when it is absent;
+                // rope_freqs only scaled models have
+                None if spec.optional => {}
                 None => {
                     return Err(Error::input(format!(
                         "{label}: tensor '{name}' is missing (expected dims {want:?}, ggml order)"
@@ -558,6 +562,7 @@ mod tests {
         // a dense config does not fit the MoE file: the first dense tensor is named
         let dense = ModelConfig {
             arch: Arch::Qwen3,
+            moe: false,
             ..c
         };
         assert!(dense.has_stage(Stage::FfnAct) && !dense.has_stage(Stage::TopkIds));
@@ -584,10 +589,12 @@ mod tests {
     fn bad_keys_are_named() {
         let e = config_err(
             "general.architecture",
-            Some(MetaValue::String("llama".into())),
+            Some(MetaValue::String("mamba".into())),
         );
         assert!(
-            e.contains("'llama' is not supported (supported: qwen3moe, qwen3)"),
+            e.contains(
+                "'mamba' is not supported (supported: qwen3moe, qwen3, llama, qwen2, qwen2moe)"
+            ),
             "{e}"
         );
         let e = config_err("general.architecture", None);

@@ -1,5 +1,6 @@
 //! Models: GGUF files, GGML block formats, hyper-parameters, and synthetic models.
 
+pub mod arch;
 pub mod config;
 pub mod gguf;
 pub mod quant;

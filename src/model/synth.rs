@@ -100,6 +100,7 @@ pub const PRESETS: [&str; 3] = ["tiny-moe", "tiny-dense", "qwen3-30b-a3b"];
 pub fn preset(name: &str) -> Option<ModelConfig> {
     let tiny = ModelConfig {
         arch: Arch::Qwen3Moe,
+        moe: true,
         n_layers: 3,
         hidden: 64,
         n_heads: 4,
@@ -113,12 +114,14 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
         n_experts: 8,
         n_experts_used: 2,
         expert_ffn_dim: 32,
+        shared_ffn_dim: 0,
         norm_topk_prob: true,
     };
     match name {
         "tiny-moe" => Some(tiny),
         "tiny-dense" => Some(ModelConfig {
             arch: Arch::Qwen3,
+            moe: false,
             n_layers: 2,
             n_experts: 0,
             n_experts_used: 0,
@@ -128,6 +131,7 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
         }),
         "qwen3-30b-a3b" => Some(ModelConfig {
             arch: Arch::Qwen3Moe,
+            moe: true,
             n_layers: 48,
             hidden: 2048,
             n_heads: 32,
@@ -141,6 +145,7 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
             n_experts: 128,
             n_experts_used: 8,
             expert_ffn_dim: 768,
+            shared_ffn_dim: 0,
             norm_topk_prob: true,
         }),
         _ => None,

@@ -10,6 +10,7 @@ use crate::model::config::ModelConfig;
 use crate::model::gguf::GgufFile;
 use crate::model::quant::GgmlType;
 use crate::model::quant::dequant::{dequantize, dequantize_q6k_as_q4k};
+use crate::trace::stage::Stage;
 
 /// A quantized 2-D weight `[rows][cols]` (`cols` = row length, ggml `dims[0]`), or a stack of
 /// `experts` such matrices `[experts][rows][cols]` (the `*_exps` tensors).
@@ -133,10 +134,13 @@ impl<'a> QTensor<'a> {
     }
 }
 
-/// Weights of a Qwen3 or Qwen3-MoE model.
+/// Weights of a model of any supported architecture; the parts an architecture lacks are
+/// `None` (see `model::arch`).
 #[derive(Clone, Debug)]
-pub struct Qwen3Weights<'a> {
+pub struct ModelWeights<'a> {
     pub token_embd: QTensor<'a>,
+    /// RoPE frequency divisors `[D/2]` (llama 3 scaling), when the file has them.
+    pub rope_freqs: Option<Vec<f32>>,
     pub output_norm: Vec<f32>,
     /// `output.weight`, or `token_embd.weight` when the file ties them (as llama.cpp does).
     pub output: QTensor<'a>,
@@ -150,9 +154,14 @@ pub struct LayerWeights<'a> {
     pub attn_q: QTensor<'a>,
     pub attn_k: QTensor<'a>,
     pub attn_v: QTensor<'a>,
+    /// q/k/v projection biases (qwen2, qwen2moe).
+    pub attn_q_bias: Option<Vec<f32>>,
+    pub attn_k_bias: Option<Vec<f32>>,
+    pub attn_v_bias: Option<Vec<f32>>,
     pub attn_output: QTensor<'a>,
-    pub attn_q_norm: Vec<f32>,
-    pub attn_k_norm: Vec<f32>,
+    /// Per-head RMSNorm gains of q and k (qwen3, qwen3moe).
+    pub attn_q_norm: Option<Vec<f32>>,
+    pub attn_k_norm: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
     pub ffn: FfnWeights<'a>,
 }
@@ -160,14 +169,16 @@ pub struct LayerWeights<'a> {
 /// The feed-forward half of a block.
 #[derive(Clone, Debug)]
 pub enum FfnWeights<'a> {
-    /// qwen3moe: router `[E][H]`, experts gate/up `[E][F][H]`, down `[E][H][F]`.
+    /// Routed experts: router `[E][H]`, experts gate/up `[E][F][H]`, down `[E][H][F]`, and
+    /// optionally a shared expert.
     Moe {
         ffn_gate_inp: QTensor<'a>,
         ffn_gate_exps: QTensor<'a>,
         ffn_up_exps: QTensor<'a>,
         ffn_down_exps: QTensor<'a>,
+        shared: Option<Box<SharedExpert<'a>>>,
     },
-    /// qwen3: gate/up `[F][H]`, down `[H][F]`.
+    /// Dense SwiGLU: gate/up `[F][H]`, down `[H][F]`.
     Dense {
         ffn_gate: QTensor<'a>,
         ffn_up: QTensor<'a>,
@@ -175,55 +186,94 @@ pub enum FfnWeights<'a> {
     },
 }
 
-impl<'a> Qwen3Weights<'a> {
-    pub fn load(file: &'a GgufFile, cfg: &ModelConfig) -> Result<Qwen3Weights<'a>> {
-        let (h, v, d) = (cfg.hidden, cfg.vocab, cfg.head_dim);
-        // ModelConfig::check_products bounds these; saturating keeps a hand-made config from
-        // wrapping (its dims then fail to match any tensor)
-        let q = cfg.n_heads.saturating_mul(d);
-        let kv = cfg.n_kv_heads.saturating_mul(d);
-        let norm = |name: &str, n: usize| QTensor::load(file, name, &[n])?.to_f32();
-        let token_embd = QTensor::load(file, "token_embd.weight", &[h, v])?;
+/// qwen2moe's shared expert: its gate logit row `[1][H]` and a SwiGLU FFN of width `S`.
+#[derive(Clone, Debug)]
+pub struct SharedExpert<'a> {
+    pub ffn_gate_inp_shexp: QTensor<'a>,
+    pub ffn_gate_shexp: QTensor<'a>,
+    pub ffn_up_shexp: QTensor<'a>,
+    pub ffn_down_shexp: QTensor<'a>,
+}
+
+impl<'a> ModelWeights<'a> {
+    /// The weights of `file`. Names and dims come from the architecture's tensor table
+    /// ([`ModelConfig::tensor_table`]), each checked as it is loaded.
+    pub fn load(file: &'a GgufFile, cfg: &ModelConfig) -> Result<ModelWeights<'a>> {
+        // the expected dims of every tensor the architecture has, by name
+        let table: std::collections::HashMap<String, Vec<usize>> = cfg
+            .tensor_table()
+            .into_iter()
+            .map(|(name, dims, _)| (name, dims.into_iter().map(|d| d as usize).collect()))
+            .collect();
+        let dims_of = |name: &str| {
+            table.get(name).ok_or_else(|| {
+                Error::internal(format!("{} has no tensor '{name}' in its table", cfg.arch))
+            })
+        };
+        let mat = |name: &str| QTensor::load(file, name, dims_of(name)?);
+        let vector = |name: &str| mat(name)?.to_f32();
+        let opt_vector = |name: &str| match file.tensor(name) {
+            Some(_) if table.contains_key(name) => vector(name).map(Some),
+            _ => Ok(None),
+        };
+        let token_embd = mat("token_embd.weight")?;
         let output = match file.tensor("output.weight") {
-            Some(_) => QTensor::load(file, "output.weight", &[h, v])?,
+            Some(_) => mat("output.weight")?,
             None => token_embd,
         };
+        let desc = cfg.desc();
         // sized by what the file holds, never by the count it claims (each layer is tensors)
         let mut layers = Vec::with_capacity(cfg.n_layers.min(file.tensors().len()));
         for i in 0..cfg.n_layers {
-            let n = |s: &str| format!("blk.{i}.{s}.weight");
-            let mat = |s: &str, dims: &[usize]| QTensor::load(file, &n(s), dims);
+            let n = |s: &str| format!("blk.{i}.{s}");
+            let m = |s: &str| mat(&n(s));
+            let v = |s: &str| vector(&n(s));
             let ffn = if cfg.is_moe() {
-                let (e, f) = (cfg.n_experts, cfg.expert_ffn_dim);
+                let shared = if cfg.has_stage(Stage::FfnSharedOut) {
+                    Some(Box::new(SharedExpert {
+                        ffn_gate_inp_shexp: m("ffn_gate_inp_shexp.weight")?,
+                        ffn_gate_shexp: m("ffn_gate_shexp.weight")?,
+                        ffn_up_shexp: m("ffn_up_shexp.weight")?,
+                        ffn_down_shexp: m("ffn_down_shexp.weight")?,
+                    }))
+                } else {
+                    None
+                };
                 FfnWeights::Moe {
-                    ffn_gate_inp: mat("ffn_gate_inp", &[h, e])?,
-                    ffn_gate_exps: mat("ffn_gate_exps", &[h, f, e])?,
-                    ffn_up_exps: mat("ffn_up_exps", &[h, f, e])?,
-                    ffn_down_exps: mat("ffn_down_exps", &[f, h, e])?,
+                    ffn_gate_inp: m("ffn_gate_inp.weight")?,
+                    ffn_gate_exps: m("ffn_gate_exps.weight")?,
+                    ffn_up_exps: m("ffn_up_exps.weight")?,
+                    ffn_down_exps: m("ffn_down_exps.weight")?,
+                    shared,
                 }
             } else {
-                let f = cfg.ffn_dim;
                 FfnWeights::Dense {
-                    ffn_gate: mat("ffn_gate", &[h, f])?,
-                    ffn_up: mat("ffn_up", &[h, f])?,
-                    ffn_down: mat("ffn_down", &[f, h])?,
+                    ffn_gate: m("ffn_gate.weight")?,
+                    ffn_up: m("ffn_up.weight")?,
+                    ffn_down: m("ffn_down.weight")?,
                 }
             };
+            let bias = |s: &str| desc.qkv_bias.then(|| v(s)).transpose();
+            let qk_norm = |s: &str| desc.qk_norm.then(|| v(s)).transpose();
             layers.push(LayerWeights {
-                attn_norm: norm(&n("attn_norm"), h)?,
-                attn_q: mat("attn_q", &[h, q])?,
-                attn_k: mat("attn_k", &[h, kv])?,
-                attn_v: mat("attn_v", &[h, kv])?,
-                attn_output: mat("attn_output", &[q, h])?,
-                attn_q_norm: norm(&n("attn_q_norm"), d)?,
-                attn_k_norm: norm(&n("attn_k_norm"), d)?,
-                ffn_norm: norm(&n("ffn_norm"), h)?,
+                attn_norm: v("attn_norm.weight")?,
+                attn_q: m("attn_q.weight")?,
+                attn_k: m("attn_k.weight")?,
+                attn_v: m("attn_v.weight")?,
+                attn_q_bias: bias("attn_q.bias")?,
+                attn_k_bias: bias("attn_k.bias")?,
+                attn_v_bias: bias("attn_v.bias")?,
+                attn_output: m("attn_output.weight")?,
+                attn_q_norm: qk_norm("attn_q_norm.weight")?,
+                attn_k_norm: qk_norm("attn_k_norm.weight")?,
+                ffn_norm: v("ffn_norm.weight")?,
                 ffn,
             });
         }
-        Ok(Qwen3Weights {
+        Ok(ModelWeights {
             token_embd,
-            output_norm: norm("output_norm.weight", h)?,
+            rope_freqs: opt_vector("rope_freqs.weight")?,
+            output_norm: vector("output_norm.weight")?,
             output,
             layers,
         })
@@ -247,7 +297,7 @@ mod tests {
         for name in ["qwen3moe-tiny-f32.gguf", "qwen3moe-tiny-q8_0.gguf"] {
             let f = fixture(name);
             let cfg = ModelConfig::from_gguf(&f).unwrap();
-            let w = Qwen3Weights::load(&f, &cfg).unwrap();
+            let w = ModelWeights::load(&f, &cfg).unwrap();
             assert_eq!(w.layers.len(), cfg.n_layers);
             let FfnWeights::Moe { ffn_down_exps, .. } = &w.layers[0].ffn else {
                 panic!("expected MoE weights");

@@ -1,4 +1,4 @@
-//! Attention kernels: NeoX RoPE, causal softmax probabilities with grouped-query heads, and the
+//! Attention kernels: RoPE (NeoX or adjacent pairs), causal softmax probabilities with grouped-query heads, and the
 //! probability-weighted sum of values.
 //!
 //! Layouts follow docs/design.md: q/k/v are `[T, heads, D]`, probabilities `[nh, T, T]`, the context
@@ -24,23 +24,18 @@ impl AttnShape {
     }
 }
 
-/// How RoPE pairs the dimensions of a head.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum RopePairing {
-    /// Qwen3 / NeoX: (j, j + D/2).
-    NeoX,
-    /// The planted fault: adjacent (2j, 2j+1) rotated by the same angle index j.
-    Adjacent,
-}
+pub use crate::model::arch::RopePairing;
 
 /// Rotate every head of `x` (`[T, heads, D]`) by its position's angles. `inv_freq[j] =
-/// theta^(-2j/D)` and `angle = pos · inv_freq[j]` are computed in f64 (position = token index),
-/// then the rotation runs in `p`.
+/// theta^(-2j/D) / freq_factors[j]` (the divisors of `rope_freqs`, llama 3 scaling; 1 without)
+/// and `angle = pos · inv_freq[j]` are computed in f64 (position = token index), then the
+/// rotation runs in `p`.
 pub fn rope(
     x: &[f32],
     t: usize,
     d: usize,
     theta: f32,
+    freq_factors: Option<&[f32]>,
     pairing: RopePairing,
     p: Precision,
 ) -> Vec<f32> {
@@ -51,7 +46,12 @@ pub fn rope(
     }
     let heads = x.len() / (t * d);
     let inv_freq: Vec<f64> = (0..half)
-        .map(|j| (theta as f64).powf(-((2 * j) as f64) / d as f64))
+        .map(|j| {
+            let factor = freq_factors
+                .and_then(|f| f.get(j))
+                .map_or(1.0, |&f| f as f64);
+            (theta as f64).powf(-((2 * j) as f64) / d as f64) / factor
+        })
         .collect();
     for pos in 0..t {
         let cs: Vec<(f64, f64)> = inv_freq
@@ -232,7 +232,7 @@ mod tests {
     fn rope_neox_matches_rotate_half() {
         let (t, heads, d, theta) = (3, 2, 8, 10000.0f32);
         let x = vals(t * heads * d, 1);
-        let y = rope(&x, t, d, theta, RopePairing::NeoX, Precision::F64);
+        let y = rope(&x, t, d, theta, None, RopePairing::NeoX, Precision::F64);
         for pos in 0..t {
             for h in 0..heads {
                 for j in 0..d / 2 {
@@ -246,7 +246,7 @@ mod tests {
         }
         // position 0 is the identity
         assert_eq!(&y[..heads * d], &x[..heads * d]);
-        let z = rope(&x, t, d, theta, RopePairing::Adjacent, Precision::F64);
+        let z = rope(&x, t, d, theta, None, RopePairing::Adjacent, Precision::F64);
         assert_eq!(&z[..heads * d], &x[..heads * d]);
         assert_ne!(z, y);
     }

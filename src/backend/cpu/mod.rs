@@ -1,21 +1,22 @@
-//! The CPU reference backend: a batched, traced forward of `qwen3moe` and `qwen3` GGUF models.
+//! The CPU reference backend: a batched, traced forward of GGUF models of every supported
+//! architecture (`model::arch`: qwen3, qwen3moe, llama incl. Mixtral, qwen2, qwen2moe).
 //!
 //! Correct before fast: weights are dequantized to f32 row chunk by row chunk (never the whole
 //! model), every reduction accumulates in f64 by default ([`Precision::F32`] measures the f32
 //! noise floor), activations between stages are f32. The whole prompt runs at once; every stage
-//! of the stage vocabulary (docs/design.md) is computed by a function of the same name in [`qwen3`] /
-//! [`qwen3moe`], and copied out only when the capture plan wants it.
+//! of the stage vocabulary (docs/design.md) is computed by a function of the same name in
+//! [`decoder`] / [`moe`], and copied out only when the capture plan wants it.
 //!
 //! Files: `ops` (dot, RMSNorm, softmax, top-k), `matmul` (batched quantized matmul),
 //! `attention` (RoPE, causal GQA attention), `pass` (capture plan, planted faults, teacher
-//! forcing), `qwen3` (the forward chain), `qwen3moe` (the expert FFN).
+//! forcing), `decoder` (the forward chain), `moe` (the expert FFN and the shared expert).
 
 pub mod attention;
+mod decoder;
 pub mod matmul;
+mod moe;
 pub mod ops;
 mod pass;
-mod qwen3;
-mod qwen3moe;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -26,7 +27,7 @@ use crate::backend::{Backend, ForwardRequest};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::gguf::GgufFile;
-use crate::model::weights::Qwen3Weights;
+use crate::model::weights::ModelWeights;
 use crate::trace::trace::{Trace, TraceMeta};
 
 pub struct CpuBackend {
@@ -43,7 +44,7 @@ impl CpuBackend {
     pub fn open(path: &Path) -> Result<CpuBackend> {
         let file = GgufFile::open(path)?;
         let config = ModelConfig::from_gguf(&file)?;
-        Qwen3Weights::load(&file, &config)?;
+        ModelWeights::load(&file, &config)?;
         Ok(CpuBackend {
             path: path.to_path_buf(),
             file,
@@ -117,10 +118,10 @@ impl Backend for CpuBackend {
 
     fn forward(&mut self, req: &ForwardRequest<'_>) -> Result<Trace> {
         self.check_request(req)?;
-        let weights = Qwen3Weights::load(&self.file, &self.config)?;
+        let weights = ModelWeights::load(&self.file, &self.config)?;
         pass::check_faults(req.faults, &self.config, &weights)?;
         let mut pass = pass::Pass::new(req, &self.config, self.precision);
-        qwen3::forward(&mut pass, &weights, req.tokens)?;
+        decoder::forward(&mut pass, &weights, req.tokens)?;
         let mut meta = TraceMeta {
             backend: self.name().into(),
             model: self.path.display().to_string(),

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::quant::GgmlType;
 use crate::model::quant::dequant::round_activations_q8_0;
-use crate::model::weights::{FfnWeights, QTensor, Qwen3Weights};
+use crate::model::weights::{FfnWeights, ModelWeights, QTensor};
 use crate::trace::plan::CapturePlan;
 use crate::trace::stage::{Key, Stage};
 use crate::trace::tensor::{Tensor, TensorData};
@@ -155,7 +155,7 @@ impl<'r> Pass<'r> {
 /// The weight the matmul producing (layer, stage) multiplies with; `None` where that stage is
 /// no matmul (or the architecture lacks it). MoE `ffn_out` is the down projection of the experts.
 pub(super) fn weight_for<'a>(
-    w: &'a Qwen3Weights,
+    w: &'a ModelWeights,
     layer: Option<usize>,
     stage: Stage,
 ) -> Option<&'a QTensor<'a>> {
@@ -170,6 +170,18 @@ pub(super) fn weight_for<'a>(
         (Stage::AttnOut, _) => Some(&lw.attn_output),
         (Stage::RouterLogits, FfnWeights::Moe { ffn_gate_inp, .. }) => Some(ffn_gate_inp),
         (Stage::FfnOut, FfnWeights::Moe { ffn_down_exps, .. }) => Some(ffn_down_exps),
+        (
+            Stage::FfnSharedGate,
+            FfnWeights::Moe {
+                shared: Some(s), ..
+            },
+        ) => Some(&s.ffn_gate_inp_shexp),
+        (
+            Stage::FfnSharedOut,
+            FfnWeights::Moe {
+                shared: Some(s), ..
+            },
+        ) => Some(&s.ffn_down_shexp),
         (Stage::FfnGate, FfnWeights::Dense { ffn_gate, .. }) => Some(ffn_gate),
         (Stage::FfnUp, FfnWeights::Dense { ffn_up, .. }) => Some(ffn_up),
         (Stage::FfnOut, FfnWeights::Dense { ffn_down, .. }) => Some(ffn_down),
@@ -179,7 +191,7 @@ pub(super) fn weight_for<'a>(
 
 /// Check every planted fault against this model before running: a fault that cannot fire is
 /// an error, never a silent clean run.
-pub(super) fn check_faults(faults: &[Fault], cfg: &ModelConfig, w: &Qwen3Weights) -> Result<()> {
+pub(super) fn check_faults(faults: &[Fault], cfg: &ModelConfig, w: &ModelWeights) -> Result<()> {
     for f in faults {
         let bad = |why: String| Error::input(format!("fault `{f}`: {why}"));
         f.check_place().map_err(Error::input)?;

@@ -19,47 +19,24 @@ use std::ops::Range;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
 use super::capture::{Arena, Capture};
-use super::device::{Arg, Device, grid_1d, int};
+use super::device::{Arg, Device, NULL, grid_1d, int};
 use super::matmul::{GroupPtrs, MatmulCall};
-use super::weights::{DeviceMatrix, DeviceWeights, Dims, FfnWeights};
+use super::weights::{DeviceMatrix, DeviceWeights, Dims, FfnWeights, SharedExpert};
 use crate::backend::{Fault, FaultKind, ForwardRequest};
 use crate::error::{Error, Result};
+use crate::model::arch::RopePairing;
 use crate::model::quant::GgmlType;
 use crate::trace::stage::{Key, Stage};
 use crate::trace::trace::{Trace, TraceMeta};
 
-/// Whether the architecture computes `stage`.
+/// Whether the architecture computes `stage` (its description says; see `model::arch`).
 pub fn has_stage(d: &Dims, stage: Stage) -> bool {
-    if stage.is_shared_expert_only() {
-        return false; // no shared-expert architecture yet
-    }
-    if d.moe {
-        !stage.is_dense_only()
-    } else {
-        !stage.is_moe_only()
-    }
+    d.config.has_stage(stage)
 }
 
 /// Shape of a stage's tensor for a prompt of `t` tokens.
 pub fn stage_shape(d: &Dims, t: usize, stage: Stage) -> Vec<usize> {
-    use Stage::*;
-    let (h, nh, nkv, hd) = (d.hidden, d.n_heads, d.n_kv_heads, d.head_dim);
-    match stage {
-        Tokens => vec![t],
-        Embedding | AttnNorm | AttnOut | AttnResidual | FfnNorm | FfnOut | LayerOut | FinalNorm => {
-            vec![t, h]
-        }
-        QProj | QNorm | QRope => vec![t, nh, hd],
-        KProj | VProj | KNorm | KRope => vec![t, nkv, hd],
-        AttnProbs => vec![nh, t, t],
-        AttnCtx => vec![t, nh * hd],
-        RouterLogits | RouterProbs => vec![t, d.n_experts],
-        TopkIds | TopkWeights => vec![t, d.top_k],
-        FfnGate | FfnUp | FfnAct => vec![t, d.ffn],
-        FfnSharedGate => vec![t, 1],
-        FfnSharedOut => vec![t, h],
-        Logits => vec![t, d.vocab],
-    }
+    d.config.stage_shape(stage, t)
 }
 
 /// Check the faults against the model before any work is queued.
@@ -69,8 +46,7 @@ fn check_faults(d: &Dims, faults: &[Fault]) -> Result<()> {
         if !has_stage(d, f.stage) {
             return Err(Error::input(format!(
                 "fault {f}: a {} model has no stage {}",
-                if d.moe { "qwen3moe" } else { "qwen3" },
-                f.stage
+                d.config.arch, f.stage
             )));
         }
         if let Some(l) = f.layer
@@ -142,6 +118,10 @@ struct Buffers {
     /// RoPE (cos, sin) per position and frequency, f64 [T, D/2, 2]: computed once, read by
     /// every layer's q and k.
     rope_angles: CudaSlice<f64>,
+    /// Shared expert (qwen2moe): gate [T], its SwiGLU [T, S] x 3, output [T, H].
+    sh_gate: CudaSlice<f32>,
+    sh_ffn: [CudaSlice<f32>; 3],
+    sh_out: CudaSlice<f32>,
 }
 
 impl Buffers {
@@ -150,7 +130,8 @@ impl Buffers {
         let slots = if d.moe { t * d.top_k } else { t };
         let e = d.n_experts.max(1);
         let k = d.top_k.max(1);
-        let widest = h.max(d.ffn).max(nh * hd);
+        let widest = h.max(d.ffn).max(nh * hd).max(d.shared_ffn);
+        let sh = |n: usize| if d.shared_ffn > 0 { n } else { 1 };
         let f = |n: usize, what: &str| dev.zeros::<f32>(n, what);
         let i = |n: usize, what: &str| dev.zeros::<i32>(n, what);
         Ok(Buffers {
@@ -185,6 +166,13 @@ impl Buffers {
             down: f(if d.moe { slots * h } else { 1 }, "expert outputs")?,
             rounded: f(slots * widest, "rounded activations")?,
             rope_angles: dev.zeros::<f64>(t * (hd / 2).max(1) * 2, "RoPE angles")?,
+            sh_gate: f(sh(t), "ffn_shared_gate")?,
+            sh_ffn: [
+                f(sh(t * d.shared_ffn), "shared expert gate")?,
+                f(sh(t * d.shared_ffn), "shared expert up")?,
+                f(sh(t * d.shared_ffn), "shared expert act")?,
+            ],
+            sh_out: f(sh(t * h), "ffn_shared_out")?,
         })
     }
 }
@@ -504,7 +492,11 @@ impl Run<'_> {
         heads: usize,
     ) -> Result<()> {
         let d = &self.w.dims;
-        let adjacent = self.has_fault(Some(l), stage, |k| matches!(k, FaultKind::RopePairSwap));
+        let mut pairing = d.rope;
+        if self.has_fault(Some(l), stage, |k| matches!(k, FaultKind::RopePairSwap)) {
+            pairing = pairing.swapped();
+        }
+        let adjacent = pairing == RopePairing::Adjacent;
         let n = self.t * heads * (d.head_dim / 2);
         self.dev.launch(
             "rope",
@@ -552,19 +544,31 @@ impl Run<'_> {
         )?;
         self.done(Some(l), Stage::AttnNorm, &b.attn_norm)?;
         let r = &b.rounded;
-        self.matmul(Some(l), Stage::QProj, &lw.q, &b.attn_norm, t, &b.q, r, None)?;
-        self.done(Some(l), Stage::QProj, &b.q)?;
-        self.matmul(Some(l), Stage::KProj, &lw.k, &b.attn_norm, t, &b.k, r, None)?;
-        self.done(Some(l), Stage::KProj, &b.k)?;
-        self.matmul(Some(l), Stage::VProj, &lw.v, &b.attn_norm, t, &b.v, r, None)?;
-        self.done(Some(l), Stage::VProj, &b.v)?;
-        self.rms_norm(&ks(Stage::QNorm), &b.q, &lw.q_norm, &b.qn, t * nh, hd)?;
-        self.done(Some(l), Stage::QNorm, &b.qn)?;
-        self.rms_norm(&ks(Stage::KNorm), &b.k, &lw.k_norm, &b.kn, t * nkv, hd)?;
-        self.done(Some(l), Stage::KNorm, &b.kn)?;
-        self.rope(l, Stage::QRope, &b.qn, &b.qr, &b.rope_angles, nh)?;
+        let projections = [
+            (Stage::QProj, &lw.q, &b.q, nh),
+            (Stage::KProj, &lw.k, &b.k, nkv),
+            (Stage::VProj, &lw.v, &b.v, nkv),
+        ];
+        for (j, (stage, wt, y, heads)) in projections.into_iter().enumerate() {
+            self.matmul(Some(l), stage, wt, &b.attn_norm, t, y, r, None)?;
+            if let Some(bias) = &lw.qkv_bias {
+                self.add_bias_rows(&ks(stage), y, &bias[j], t, heads * hd)?;
+            }
+            self.done(Some(l), stage, y)?;
+        }
+        let (q_in, k_in) = match &lw.qk_norm {
+            Some([qg, kg]) => {
+                self.rms_norm(&ks(Stage::QNorm), &b.q, qg, &b.qn, t * nh, hd)?;
+                self.done(Some(l), Stage::QNorm, &b.qn)?;
+                self.rms_norm(&ks(Stage::KNorm), &b.k, kg, &b.kn, t * nkv, hd)?;
+                self.done(Some(l), Stage::KNorm, &b.kn)?;
+                (&b.qn, &b.kn)
+            }
+            None => (&b.q, &b.k),
+        };
+        self.rope(l, Stage::QRope, q_in, &b.qr, &b.rope_angles, nh)?;
         self.done(Some(l), Stage::QRope, &b.qr)?;
-        self.rope(l, Stage::KRope, &b.kn, &b.kr, &b.rope_angles, nkv)?;
+        self.rope(l, Stage::KRope, k_in, &b.kr, &b.rope_angles, nkv)?;
         self.done(Some(l), Stage::KRope, &b.kr)?;
         self.attention(l, b)?;
         self.matmul(
@@ -619,14 +623,110 @@ impl Run<'_> {
                 gate,
                 up,
                 down,
+                shared,
             } => {
                 self.moe(l, b, router, gate, up, down)?;
+                if let Some(s) = shared {
+                    self.shared_expert(l, b, s)?;
+                    self.dev.launch(
+                        "accumulate",
+                        &ks(Stage::FfnOut),
+                        grid_1d(t * h)?,
+                        &[
+                            Arg::Ptr(self.dev.ptr(&b.ffn_out)),
+                            Arg::Ptr(self.dev.ptr(&b.sh_out)),
+                            Arg::I64((t * h) as i64),
+                        ],
+                    )?;
+                }
             }
         }
         self.done(Some(l), Stage::FfnOut, &b.ffn_out)?;
         self.add(&ks(Stage::LayerOut), &b.resid, &b.ffn_out, &b.x, t * h)?;
         self.done(Some(l), Stage::LayerOut, &b.x)?;
         Ok(())
+    }
+
+    /// qwen2moe's shared expert over every token: ffn_shared_gate = sigmoid(x · gate_inp),
+    /// ffn_shared_out = gate * down(silu(x · gate) * (x · up)), into `b.sh_out`.
+    fn shared_expert(&mut self, l: usize, b: &Buffers, s: &SharedExpert) -> Result<()> {
+        let (t, h, sf) = (self.t, self.w.dims.hidden, self.w.dims.shared_ffn);
+        let ks = |s: Stage| Key::layer(l, s).to_string();
+        let dev = self.dev;
+        let r = &b.rounded;
+        let [g, u, a] = &b.sh_ffn;
+        // the gate logit lands in sh_gate, then becomes its sigmoid in place
+        self.matmul(
+            Some(l),
+            Stage::FfnSharedGate,
+            &s.gate_inp,
+            &b.ffn_norm,
+            t,
+            &b.sh_gate,
+            r,
+            None,
+        )?;
+        dev.launch(
+            "sigmoid",
+            &ks(Stage::FfnSharedGate),
+            grid_1d(t)?,
+            &[
+                Arg::Ptr(dev.ptr(&b.sh_gate)),
+                Arg::Ptr(dev.ptr(&b.sh_gate)),
+                Arg::I64(t as i64),
+            ],
+        )?;
+        self.done(Some(l), Stage::FfnSharedGate, &b.sh_gate)?;
+        // the shared expert's gate and up are no stages: keyed under ffn_shared_out
+        let key = ks(Stage::FfnSharedOut);
+        let input = dev.ptr(&b.ffn_norm);
+        self.launch_matmul(&key, &s.gate, s.gate.ty, input, t, g, None)?;
+        self.launch_matmul(&key, &s.up, s.up.ty, input, t, u, None)?;
+        self.silu_mul(&key, g, u, a, t * sf)?;
+        self.matmul(
+            Some(l),
+            Stage::FfnSharedOut,
+            &s.down,
+            a,
+            t,
+            &b.sh_out,
+            r,
+            None,
+        )?;
+        dev.launch(
+            "scale_rows",
+            &key,
+            grid_1d(t * h)?,
+            &[
+                Arg::Ptr(dev.ptr(&b.sh_out)),
+                Arg::Ptr(dev.ptr(&b.sh_gate)),
+                Arg::I64(t as i64),
+                int(h, "hidden")?,
+            ],
+        )?;
+        self.done(Some(l), Stage::FfnSharedOut, &b.sh_out)
+    }
+
+    /// `y[r, c] += bias[c]` for `rows` rows of `n`.
+    fn add_bias_rows(
+        &self,
+        stage: &str,
+        y: &CudaSlice<f32>,
+        bias: &CudaSlice<f32>,
+        rows: usize,
+        n: usize,
+    ) -> Result<()> {
+        self.dev.launch(
+            "add_bias_rows",
+            stage,
+            grid_1d(rows * n)?,
+            &[
+                Arg::Ptr(self.dev.ptr(y)),
+                Arg::Ptr(self.dev.ptr(bias)),
+                Arg::I64(rows as i64),
+                int(n, "row length")?,
+            ],
+        )
     }
 
     fn silu_mul(
@@ -1023,6 +1123,7 @@ pub fn forward(
             int(t, "T")?,
             int(d.head_dim, "head_dim")?,
             Arg::F32(d.rope_theta),
+            w.rope_freqs.as_ref().map_or(NULL, |f| Arg::Ptr(dev.ptr(f))),
         ],
     )?;
     let toks: Vec<i32> = req.tokens.iter().map(|&v| v as i32).collect();

@@ -37,6 +37,14 @@ fn skip_if_no_device<T>(r: crate::Result<T>) -> Option<T> {
     }
 }
 
+/// The dims of a one-layer dense model whose attention has these sizes (for kernel tests).
+fn attention_dims(t: usize, nh: usize, nkv: usize, hd: usize) -> super::weights::Dims {
+    let mut c = crate::model::synth::preset("tiny-dense").unwrap();
+    (c.n_layers, c.hidden, c.n_heads, c.n_kv_heads, c.head_dim) = (1, nh * hd, nh, nkv, hd);
+    c.context_length = t;
+    super::weights::Dims::from_config(&c)
+}
+
 fn tokens_of(dir: &str) -> Vec<u32> {
     let text = std::fs::read_to_string(fixture(&format!("{dir}/manifest.json"))).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -200,6 +208,67 @@ const GOLDEN_SETS: &[(&str, &str, &str)] = &[
         "shapes/qwen3moe-t1",
         "qwen3moe-tiny-f32.gguf",
         "activations-f32.safetensors",
+    ),
+    // the other architecture families (tools/golden/make_llama_golden.py, make_qwen2_golden.py)
+    (
+        "llama2-tiny",
+        "llama2-tiny-f32.gguf",
+        "activations-f32.safetensors",
+    ),
+    (
+        "llama2-tiny",
+        "llama2-tiny-q8_0.gguf",
+        "activations-q8_0.safetensors",
+    ),
+    (
+        "llama3-tiny",
+        "llama3-tiny-f32.gguf",
+        "activations-f32.safetensors",
+    ),
+    (
+        "llama3-tiny",
+        "llama3-tiny-q8_0.gguf",
+        "activations-q8_0.safetensors",
+    ),
+    (
+        "mistral-tiny",
+        "mistral-tiny-f32.gguf",
+        "activations-f32.safetensors",
+    ),
+    (
+        "mistral-tiny",
+        "mistral-tiny-q8_0.gguf",
+        "activations-q8_0.safetensors",
+    ),
+    (
+        "mixtral-tiny",
+        "mixtral-tiny-f32.gguf",
+        "activations-f32.safetensors",
+    ),
+    (
+        "mixtral-tiny",
+        "mixtral-tiny-q8_0.gguf",
+        "activations-q8_0.safetensors",
+    ),
+    (
+        "qwen2-tiny",
+        "qwen2-tiny-f32.gguf",
+        "activations-f32.safetensors",
+    ),
+    (
+        "qwen2-tiny",
+        "qwen2-tiny-q8_0.gguf",
+        "activations-q8_0.safetensors",
+    ),
+    (
+        "qwen2moe-tiny",
+        "qwen2moe-tiny-f32.gguf",
+        "activations-f32.safetensors",
+    ),
+    (
+        "qwen2moe-tiny",
+        "qwen2moe-tiny-q8_0.gguf",
+        "activations-q8_0.safetensors",
     ),
 ];
 
@@ -755,22 +824,7 @@ fn tiled_attention_matches_per_query_kernels() {
     };
     let (t, nh, nkv) = (70usize, 4usize, 2usize);
     for hd in [64usize, 40] {
-        let dims = super::weights::Dims {
-            moe: false,
-            n_layers: 1,
-            hidden: nh * hd,
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: hd,
-            n_experts: 0,
-            top_k: 0,
-            ffn: 1,
-            vocab: 1,
-            context_length: t,
-            eps: 1e-6,
-            rope_theta: 1e6,
-            norm_topk: false,
-        };
+        let dims = attention_dims(t, nh, nkv, hd);
         let q = pseudo_random(t * nh * hd, 1);
         let k = pseudo_random(t * nkv * hd, 2);
         let v = pseudo_random(t * nkv * hd, 3);
@@ -906,22 +960,7 @@ fn blocked_attention_equals_whole() {
     let (t, nh, nkv, block) = (200usize, 4usize, 2usize, 64usize);
     assert_eq!(super::forward::attention_block_rows(nh, t, false, 1), block);
     for hd in [64usize, 160] {
-        let dims = super::weights::Dims {
-            moe: false,
-            n_layers: 1,
-            hidden: nh * hd,
-            n_heads: nh,
-            n_kv_heads: nkv,
-            head_dim: hd,
-            n_experts: 0,
-            top_k: 0,
-            ffn: 1,
-            vocab: 1,
-            context_length: t,
-            eps: 1e-6,
-            rope_theta: 1e6,
-            norm_topk: false,
-        };
+        let dims = attention_dims(t, nh, nkv, hd);
         let q = pseudo_random(t * nh * hd, 4);
         let k = pseudo_random(t * nkv * hd, 5);
         let v = pseudo_random(t * nkv * hd, 6);
@@ -1152,9 +1191,16 @@ fn cuda_matches_cpu_reference_clean_and_faulted() {
         }
         // every fault class, planted on both sides: the candidate must mirror the reference
         let last = n_layers - 1;
+        let config = cuda.dims().config.clone();
+        // a scale drift where the architecture has a q norm, else on k_proj
+        let drift_at = if config.has_stage(Stage::QNorm) {
+            "q_norm"
+        } else {
+            "k_proj"
+        };
         let mut faults = vec![
             format!("nan[7]@layer.{last}.attn_out"),
-            "scale_drift[0.02]@layer.0.q_norm".to_string(),
+            format!("scale_drift[0.02]@layer.0.{drift_at}"),
             format!("act_q8_rounding@layer.{last}.ffn_out"),
             "act_q8_rounding@logits".to_string(),
             "rope_pair_swap@layer.0.q_rope".to_string(),
@@ -1172,6 +1218,11 @@ fn cuda_matches_cpu_reference_clean_and_faulted() {
             let a = ids[0] as usize;
             let b = (a + 1) % cuda.dims().n_experts;
             faults.push(format!("expert_swap[{a},{b}]@layer.{l}.ffn_out"));
+        }
+        if config.has_stage(Stage::FfnSharedOut) {
+            faults.push(format!("nan[3]@layer.{last}.ffn_shared_gate"));
+            faults.push("scale_drift[0.05]@layer.0.ffn_shared_out".to_string());
+            faults.push("act_q8_rounding@layer.0.ffn_shared_out".to_string());
         }
         let file = crate::model::gguf::GgufFile::open(path).unwrap();
         if let Some(key) = q6k_stage(&file, n_layers, moe) {

@@ -10,8 +10,10 @@ use cudarc::driver::CudaSlice;
 
 use super::device::{Arg, Device, NULL, grid_1d, int};
 use crate::error::{Error, Result};
+use crate::model::arch::RopePairing;
 use crate::model::config::ModelConfig;
 use crate::model::quant::GgmlType;
+use crate::trace::stage::Stage;
 
 /// A tensor as the model file holds it: name, GGML type, dims in ggml order (`dims[0]` is the
 /// row length) and the raw bytes.
@@ -23,10 +25,12 @@ pub struct HostTensor<'a> {
     pub bytes: &'a [u8],
 }
 
-/// Hyper-parameters of a qwen3 / qwen3moe model, as the forward uses them.
+/// Hyper-parameters of a model, as the forward uses them; `config` is the whole model config,
+/// whose architecture description (`model::arch`) says which stages there are and their shapes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dims {
-    /// qwen3moe (router + experts) or qwen3 (dense FFN).
+    pub config: ModelConfig,
+    /// Routed experts (qwen3moe, Mixtral, qwen2moe) or a dense FFN.
     pub moe: bool,
     pub n_layers: usize,
     pub hidden: usize,
@@ -44,14 +48,23 @@ pub struct Dims {
     pub context_length: usize,
     pub eps: f32,
     pub rope_theta: f32,
-    /// Renormalise the top-k router weights to sum 1 (qwen3moe).
+    /// Renormalise the top-k router weights to sum 1 (qwen3moe, Mixtral).
     pub norm_topk: bool,
+    /// Per-head q/k RMSNorm before RoPE (qwen3).
+    pub qk_norm: bool,
+    /// q/k/v projection biases (qwen2).
+    pub qkv_bias: bool,
+    pub rope: RopePairing,
+    /// The shared expert's width (qwen2moe); 0 without one.
+    pub shared_ffn: usize,
 }
 
 impl Dims {
     pub fn from_config(c: &ModelConfig) -> Dims {
         let moe = c.is_moe();
+        let desc = c.desc();
         Dims {
+            config: c.clone(),
             moe,
             n_layers: c.n_layers,
             hidden: c.hidden,
@@ -66,6 +79,14 @@ impl Dims {
             eps: c.rms_eps,
             rope_theta: c.rope_theta,
             norm_topk: c.norm_topk_prob,
+            qk_norm: desc.qk_norm,
+            qkv_bias: desc.qkv_bias,
+            rope: desc.rope,
+            shared_ffn: if c.has_stage(Stage::FfnSharedOut) {
+                c.shared_ffn_dim
+            } else {
+                0
+            },
         }
     }
 }
@@ -201,14 +222,16 @@ impl DeviceMatrix {
     }
 }
 
-/// One transformer layer's weights.
+/// One transformer layer's weights; the parts an architecture lacks are `None`.
 pub struct LayerWeights {
     pub attn_norm: CudaSlice<f32>,
     pub q: DeviceMatrix,
     pub k: DeviceMatrix,
     pub v: DeviceMatrix,
-    pub q_norm: CudaSlice<f32>,
-    pub k_norm: CudaSlice<f32>,
+    /// q/k/v biases (qwen2, qwen2moe).
+    pub qkv_bias: Option<[CudaSlice<f32>; 3]>,
+    /// q/k norm gains (qwen3, qwen3moe).
+    pub qk_norm: Option<[CudaSlice<f32>; 2]>,
     pub o: DeviceMatrix,
     pub ffn_norm: CudaSlice<f32>,
     pub ffn: FfnWeights,
@@ -226,7 +249,16 @@ pub enum FfnWeights {
         gate: DeviceMatrix,
         up: DeviceMatrix,
         down: DeviceMatrix,
+        shared: Option<Box<SharedExpert>>,
     },
+}
+
+/// qwen2moe's shared expert: the gate logit row `[1][H]` and its SwiGLU FFN.
+pub struct SharedExpert {
+    pub gate_inp: DeviceMatrix,
+    pub gate: DeviceMatrix,
+    pub up: DeviceMatrix,
+    pub down: DeviceMatrix,
 }
 
 /// All weights of a model, on the device.
@@ -237,6 +269,8 @@ pub struct DeviceWeights {
     pub output_norm: CudaSlice<f32>,
     /// `output.weight`, or `None` when the model ties it to `token_embd`.
     pub output: Option<DeviceMatrix>,
+    /// RoPE frequency divisors `[D/2]` (llama 3 `rope_freqs`), when the model has them.
+    pub rope_freqs: Option<CudaSlice<f32>>,
 }
 
 impl DeviceWeights {
@@ -272,11 +306,23 @@ impl DeviceWeights {
             let n = |s: &str| format!("blk.{i}.{s}.weight");
             let ffn = if dims.moe {
                 let e = dims.n_experts;
+                let sf = dims.shared_ffn;
+                let shared = if sf > 0 {
+                    Some(Box::new(SharedExpert {
+                        gate_inp: mat(&n("ffn_gate_inp_shexp"), h, 1)?,
+                        gate: mat(&n("ffn_gate_shexp"), h, sf)?,
+                        up: mat(&n("ffn_up_shexp"), h, sf)?,
+                        down: mat(&n("ffn_down_shexp"), sf, h)?,
+                    }))
+                } else {
+                    None
+                };
                 FfnWeights::Moe {
                     router: mat(&n("ffn_gate_inp"), h, e)?,
                     gate: DeviceMatrix::upload(dev, &need(&n("ffn_gate_exps"))?, h, f, e)?,
                     up: DeviceMatrix::upload(dev, &need(&n("ffn_up_exps"))?, h, f, e)?,
                     down: DeviceMatrix::upload(dev, &need(&n("ffn_down_exps"))?, f, h, e)?,
+                    shared,
                 }
             } else {
                 FfnWeights::Dense {
@@ -285,13 +331,31 @@ impl DeviceWeights {
                     down: mat(&n("ffn_down"), f, h)?,
                 }
             };
+            let bias = |s: &str, len: usize| vec_f32(&format!("blk.{i}.{s}.bias"), len);
+            let qkv_bias = if dims.qkv_bias {
+                Some([
+                    bias("attn_q", nh * d)?,
+                    bias("attn_k", nkv * d)?,
+                    bias("attn_v", nkv * d)?,
+                ])
+            } else {
+                None
+            };
+            let qk_norm = if dims.qk_norm {
+                Some([
+                    vec_f32(&n("attn_q_norm"), d)?,
+                    vec_f32(&n("attn_k_norm"), d)?,
+                ])
+            } else {
+                None
+            };
             layers.push(LayerWeights {
                 attn_norm: vec_f32(&n("attn_norm"), h)?,
                 q: mat(&n("attn_q"), h, nh * d)?,
                 k: mat(&n("attn_k"), h, nkv * d)?,
                 v: mat(&n("attn_v"), h, nkv * d)?,
-                q_norm: vec_f32(&n("attn_q_norm"), d)?,
-                k_norm: vec_f32(&n("attn_k_norm"), d)?,
+                qkv_bias,
+                qk_norm,
                 o: mat(&n("attn_output"), nh * d, h)?,
                 ffn_norm: vec_f32(&n("ffn_norm"), h)?,
                 ffn,
@@ -302,6 +366,10 @@ impl DeviceWeights {
             Some(t) => Some(DeviceMatrix::upload(dev, &t, h, dims.vocab, 1)?),
             None => None,
         };
+        let rope_freqs = match get("rope_freqs.weight") {
+            Some(_) => Some(vec_f32("rope_freqs.weight", d / 2)?),
+            None => None,
+        };
         dev.sync("weight upload")?;
         Ok(DeviceWeights {
             dims,
@@ -309,6 +377,7 @@ impl DeviceWeights {
             layers,
             output_norm,
             output,
+            rope_freqs,
         })
     }
 

@@ -39,20 +39,24 @@ extern "C" __global__ void __launch_bounds__(RED_THREADS)
 }
 
 // RoPE angles, once per forward for every layer's q and k: tab[pos, j] = (cos a, sin a) with
-// a = pos * inv_freq_j, inv_freq_j = theta^(-2j/D), all in f64 (the costly part of RoPE).
-extern "C" __global__ void rope_table(double2* __restrict__ tab, int T, int D, float theta) {
+// a = pos * inv_freq_j, inv_freq_j = theta^(-2j/D) / factors[j] (the divisors of llama 3's
+// rope_freqs; factors NULL for none), all in f64 (the costly part of RoPE).
+extern "C" __global__ void rope_table(double2* __restrict__ tab, int T, int D, float theta,
+                                      const float* __restrict__ factors) {
     int half = D / 2;
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (i64)T * half) return;
     int j = (int)(i % half), pos = (int)(i / half);
     double inv = pow((double)theta, -(double)(2 * j) / (double)D);
+    if (factors) inv = inv / (double)factors[j];
     double a = (double)pos * inv;
     tab[i] = make_double2(cos(a), sin(a));
 }
 
 // RoPE over x [T, heads, D] (position = token index), out of place, with the angles of
-// rope_table. NeoX pairs (j, j + D/2); the planted rope_pair_swap pairs adjacent dimensions
-// (2j, 2j+1) with the same angle index j.
+// rope_table. NeoX pairs (j, j + D/2) (qwen2, qwen3); adjacent pairs (2j, 2j+1) with the same
+// angle index j (llama, on the converter's permuted rows). The planted rope_pair_swap runs the
+// other pairing.
 extern "C" __global__ void rope(const float* __restrict__ x, float* __restrict__ y,
                                 const double2* __restrict__ tab, int T, int heads, int D,
                                 int adjacent) {
@@ -70,6 +74,32 @@ extern "C" __global__ void rope(const float* __restrict__ x, float* __restrict__
     double x1 = x[i1], x2 = x[i2];
     y[i1] = (float)(x1 * c - x2 * s);
     y[i2] = (float)(x2 * c + x1 * s);
+}
+
+// y[r, c] += b[c] for the rows of y [rows, n]: a projection's bias (qwen2), one f32 rounding.
+extern "C" __global__ void add_bias_rows(float* __restrict__ y, const float* __restrict__ b,
+                                         i64 rows, int n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < rows * n) y[i] = y[i] + b[i % n];
+}
+
+// y[i] = sigmoid(x[i]) in f64, rounded once: the shared expert's gate (qwen2moe).
+extern "C" __global__ void sigmoid(const float* __restrict__ x, float* __restrict__ y, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = (float)(1.0 / (1.0 + exp(-(double)x[i])));
+}
+
+// x[r, c] *= g[r] for x [rows, n]: the shared expert's output scaled by its gate.
+extern "C" __global__ void scale_rows(float* __restrict__ x, const float* __restrict__ g,
+                                      i64 rows, int n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < rows * n) x[i] = x[i] * g[i / n];
+}
+
+// y[i] += b[i] in place (the shared expert added to the routed experts' sum).
+extern "C" __global__ void accumulate(float* __restrict__ y, const float* __restrict__ b, i64 n) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = y[i] + b[i];
 }
 
 // Residual add, one f32 rounding per element.

@@ -1,18 +1,21 @@
-//! Qwen3 (dense) forward, and the parts Qwen3-MoE shares with it: embedding, the attention half
-//! of every block, the final norm and the logits. Each function computes one stage of
-//! the stage vocabulary (docs/design.md), over the whole prompt at once, and hands it to [`Pass::emit`].
+//! The decoder forward every supported architecture shares: embedding, blocks of attention and
+//! FFN, final norm, logits. What differs between architectures (q/k norms, q/k/v biases, RoPE
+//! pairing and frequency scaling, dense or expert FFN) is read from the model's description
+//! (`model::arch`), never decided here by its name. Each function computes one stage of the
+//! stage vocabulary (docs/design.md), over the whole prompt at once, and hands it to
+//! [`Pass::emit`]; the expert FFN is in [`moe`].
 
-use super::attention::{self, AttnShape, RopePairing};
+use super::attention::{self, AttnShape};
+use super::moe;
 use super::ops::{add, rms_norm, silu_mul};
 use super::pass::Pass;
-use super::qwen3moe;
 use crate::backend::FaultKind;
 use crate::error::{Error, Result};
-use crate::model::weights::{FfnWeights, LayerWeights, QTensor, Qwen3Weights};
+use crate::model::weights::{FfnWeights, LayerWeights, ModelWeights, QTensor};
 use crate::trace::stage::{Key, Stage};
 
 /// The whole forward: embedding, every block, final norm, logits.
-pub(super) fn forward(pass: &mut Pass, w: &Qwen3Weights, tokens: &[u32]) -> Result<()> {
+pub(super) fn forward(pass: &mut Pass, w: &ModelWeights, tokens: &[u32]) -> Result<()> {
     let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
     pass.emit_i32(None, Stage::Tokens, &ids, &[pass.t]);
     let mut x = embedding(pass, w, tokens)?;
@@ -25,7 +28,7 @@ pub(super) fn forward(pass: &mut Pass, w: &Qwen3Weights, tokens: &[u32]) -> Resu
         if let Some(forced) = pass.teacher(input)? {
             x = forced;
         }
-        x = block(pass, i, lw, &x)?;
+        x = block(pass, w, i, lw, &x)?;
     }
     if let Some(last) = w.layers.len().checked_sub(1)
         && let Some(forced) = pass.teacher(Key::layer(last, Stage::LayerOut))?
@@ -40,7 +43,7 @@ pub(super) fn forward(pass: &mut Pass, w: &Qwen3Weights, tokens: &[u32]) -> Resu
     Ok(())
 }
 
-fn embedding(pass: &mut Pass, w: &Qwen3Weights, tokens: &[u32]) -> Result<Vec<f32>> {
+fn embedding(pass: &mut Pass, w: &ModelWeights, tokens: &[u32]) -> Result<Vec<f32>> {
     let h = pass.cfg.hidden;
     let mut x = vec![0f32; tokens.len() * h];
     for (&tok, row) in tokens.iter().zip(x.chunks_exact_mut(h)) {
@@ -51,8 +54,14 @@ fn embedding(pass: &mut Pass, w: &Qwen3Weights, tokens: &[u32]) -> Result<Vec<f3
 }
 
 /// One transformer block: attention half, then the FFN (dense or MoE).
-fn block(pass: &mut Pass, i: usize, lw: &LayerWeights, x: &[f32]) -> Result<Vec<f32>> {
-    let r = self_attention(pass, i, lw, x)?;
+fn block(
+    pass: &mut Pass,
+    w: &ModelWeights,
+    i: usize,
+    lw: &LayerWeights,
+    x: &[f32],
+) -> Result<Vec<f32>> {
+    let r = self_attention(pass, w, i, lw, x)?;
     let h = ffn_norm(pass, i, lw, &r);
     let y = match &lw.ffn {
         FfnWeights::Dense {
@@ -60,34 +69,37 @@ fn block(pass: &mut Pass, i: usize, lw: &LayerWeights, x: &[f32]) -> Result<Vec<
             ffn_up,
             ffn_down,
         } => dense_ffn(pass, i, [ffn_gate, ffn_up, ffn_down], &h)?,
-        FfnWeights::Moe { .. } => qwen3moe::moe_ffn(pass, i, &lw.ffn, &h)?,
+        FfnWeights::Moe { .. } => moe::moe_ffn(pass, i, &lw.ffn, &h)?,
     };
     Ok(layer_out(pass, i, &r, &y))
 }
 
-/// attn_norm → q/k/v projections → q/k norms → RoPE → probabilities → context → output
-/// projection → residual. Returns attn_residual.
-pub(super) fn self_attention(
+/// attn_norm → q/k/v projections (with their biases) → q/k norms (where the architecture has
+/// them) → RoPE → probabilities → context → output projection → residual. Returns
+/// attn_residual.
+fn self_attention(
     pass: &mut Pass,
+    w: &ModelWeights,
     i: usize,
     lw: &LayerWeights,
     x: &[f32],
 ) -> Result<Vec<f32>> {
+    let (nh, nkv) = (pass.cfg.n_heads, pass.cfg.n_kv_heads);
     let a = attn_norm(pass, i, lw, x);
-    let q = proj(pass, i, Stage::QProj, &lw.attn_q, &a, pass.cfg.n_heads)?;
-    let k = proj(pass, i, Stage::KProj, &lw.attn_k, &a, pass.cfg.n_kv_heads)?;
-    let v = proj(pass, i, Stage::VProj, &lw.attn_v, &a, pass.cfg.n_kv_heads)?;
-    let q = head_norm(pass, i, Stage::QNorm, &lw.attn_q_norm, &q, pass.cfg.n_heads);
-    let k = head_norm(
-        pass,
-        i,
-        Stage::KNorm,
-        &lw.attn_k_norm,
-        &k,
-        pass.cfg.n_kv_heads,
-    );
-    let q = q_rope(pass, i, &q);
-    let k = k_rope(pass, i, &k);
+    let q = proj(pass, i, Stage::QProj, &lw.attn_q, &lw.attn_q_bias, &a, nh)?;
+    let k = proj(pass, i, Stage::KProj, &lw.attn_k, &lw.attn_k_bias, &a, nkv)?;
+    let v = proj(pass, i, Stage::VProj, &lw.attn_v, &lw.attn_v_bias, &a, nkv)?;
+    let q = match &lw.attn_q_norm {
+        Some(g) => head_norm(pass, i, Stage::QNorm, g, &q, nh),
+        None => q,
+    };
+    let k = match &lw.attn_k_norm {
+        Some(g) => head_norm(pass, i, Stage::KNorm, g, &k, nkv),
+        None => k,
+    };
+    let freqs = w.rope_freqs.as_deref();
+    let q = rope(pass, i, Stage::QRope, &q, nh, freqs);
+    let k = rope(pass, i, Stage::KRope, &k, nkv, freqs);
     // the [nh, T, T] probabilities exist only when the plan keeps them or a fault is planted
     // on them; otherwise the fused kernel computes the same context without them
     let ctx =
@@ -107,21 +119,27 @@ fn attn_norm(pass: &mut Pass, i: usize, lw: &LayerWeights, x: &[f32]) -> Vec<f32
     y
 }
 
-/// q_proj / k_proj / v_proj: `[T, heads, D]`.
+/// q_proj / k_proj / v_proj: `[T, heads, D]`, the bias (qwen2) included.
 fn proj(
     pass: &mut Pass,
     i: usize,
     stage: Stage,
     wt: &QTensor,
+    bias: &Option<Vec<f32>>,
     a: &[f32],
     heads: usize,
 ) -> Result<Vec<f32>> {
     let mut y = pass.matmul(Some(i), stage, a, wt)?;
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(v, bv)| *v += bv);
+        }
+    }
     pass.emit(Some(i), stage, &mut y, &[pass.t, heads, pass.cfg.head_dim]);
     Ok(y)
 }
 
-/// q_norm / k_norm: Qwen3's per-head RMSNorm over D, before RoPE.
+/// q_norm / k_norm: the per-head RMSNorm over D before RoPE (qwen3, qwen3moe).
 fn head_norm(
     pass: &mut Pass,
     i: usize,
@@ -135,24 +153,24 @@ fn head_norm(
     y
 }
 
-fn rope(pass: &mut Pass, i: usize, stage: Stage, x: &[f32], heads: usize) -> Vec<f32> {
-    let pairing = if pass.has(Some(i), stage, |k| *k == FaultKind::RopePairSwap) {
-        RopePairing::Adjacent
-    } else {
-        RopePairing::NeoX
-    };
+/// q_rope / k_rope: the architecture's pairing (the other one under the planted
+/// `rope_pair_swap`), frequencies divided by `rope_freqs` where the model has them.
+fn rope(
+    pass: &mut Pass,
+    i: usize,
+    stage: Stage,
+    x: &[f32],
+    heads: usize,
+    freqs: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut pairing = pass.cfg.desc().rope;
+    if pass.has(Some(i), stage, |k| *k == FaultKind::RopePairSwap) {
+        pairing = pairing.swapped();
+    }
     let d = pass.cfg.head_dim;
-    let mut y = attention::rope(x, pass.t, d, pass.cfg.rope_theta, pairing, pass.p);
+    let mut y = attention::rope(x, pass.t, d, pass.cfg.rope_theta, freqs, pairing, pass.p);
     pass.emit(Some(i), stage, &mut y, &[pass.t, heads, d]);
     y
-}
-
-fn q_rope(pass: &mut Pass, i: usize, q: &[f32]) -> Vec<f32> {
-    rope(pass, i, Stage::QRope, q, pass.cfg.n_heads)
-}
-
-fn k_rope(pass: &mut Pass, i: usize, k: &[f32]) -> Vec<f32> {
-    rope(pass, i, Stage::KRope, k, pass.cfg.n_kv_heads)
 }
 
 fn attn_shape(pass: &Pass) -> AttnShape {
@@ -242,13 +260,13 @@ fn layer_out(pass: &mut Pass, i: usize, r: &[f32], y: &[f32]) -> Vec<f32> {
     x
 }
 
-fn final_norm(pass: &mut Pass, w: &Qwen3Weights, x: &[f32]) -> Vec<f32> {
+fn final_norm(pass: &mut Pass, w: &ModelWeights, x: &[f32]) -> Vec<f32> {
     let mut h = rms_norm(x, &w.output_norm, pass.cfg.rms_eps, pass.p);
     pass.emit(None, Stage::FinalNorm, &mut h, &[pass.t, pass.cfg.hidden]);
     h
 }
 
-fn logits(pass: &mut Pass, w: &Qwen3Weights, h: &[f32]) -> Result<()> {
+fn logits(pass: &mut Pass, w: &ModelWeights, h: &[f32]) -> Result<()> {
     let mut l = pass.matmul(None, Stage::Logits, h, &w.output)?;
     if l.len() != pass.t * pass.cfg.vocab {
         return Err(Error::internal(

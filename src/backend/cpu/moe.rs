@@ -1,25 +1,29 @@
-//! Qwen3-MoE: the Qwen3 block with a sparse expert FFN. Everything but the FFN is shared with
-//! [`super::qwen3`]. The FFN routes each token to its top-k experts, runs every used expert
-//! once over the tokens routed to it (in parallel), and combines per token in top-k rank order,
-//! so the result does not depend on thread scheduling.
+//! The expert FFN (qwen3moe, Mixtral, qwen2moe); everything else of the block is in
+//! [`super::decoder`]. It routes each token to its top-k experts (softmax over all experts,
+//! top-k, renormalised where the architecture says so), runs every used expert once over the
+//! tokens routed to it (in parallel), and combines per token in top-k rank order, so the result
+//! does not depend on thread scheduling. A shared expert (qwen2moe) runs on every token, scaled
+//! by its sigmoid gate, and is added to the routed sum.
 
 use rayon::prelude::*;
 
 use super::matmul::matmul;
-use super::ops::{Precision, silu_mul, softmax_rows, topk_desc};
+use super::ops::{Precision, add, silu_mul, softmax_rows, topk_desc};
 use super::pass::Pass;
 use crate::backend::FaultKind;
 use crate::error::{Error, Result};
-use crate::model::weights::{FfnWeights, QTensor};
+use crate::model::weights::{FfnWeights, QTensor, SharedExpert};
 use crate::trace::stage::Stage;
 
-/// router_logits → router_probs → topk_ids → topk_weights → ffn_out.
+/// router_logits → router_probs → topk_ids → topk_weights → (ffn_shared_gate →
+/// ffn_shared_out) → ffn_out.
 pub(super) fn moe_ffn(pass: &mut Pass, i: usize, ffn: &FfnWeights, h: &[f32]) -> Result<Vec<f32>> {
     let FfnWeights::Moe {
         ffn_gate_inp,
         ffn_gate_exps,
         ffn_up_exps,
         ffn_down_exps,
+        shared,
     } = ffn
     else {
         return Err(Error::internal("moe_ffn called on a dense layer"));
@@ -28,14 +32,58 @@ pub(super) fn moe_ffn(pass: &mut Pass, i: usize, ffn: &FfnWeights, h: &[f32]) ->
     let probs = router_probs(pass, i, &logits);
     let ids = topk_ids(pass, i, &probs);
     let weights = topk_weights(pass, i, &probs, &ids);
-    ffn_out(
+    let routed = routed_experts(
         pass,
         i,
         [ffn_gate_exps, ffn_up_exps, ffn_down_exps],
         h,
         &ids,
         &weights,
-    )
+    )?;
+    let mut y = match shared {
+        Some(s) => {
+            let gate = ffn_shared_gate(pass, i, s, h)?;
+            let out = ffn_shared_out(pass, i, s, h, &gate)?;
+            add(&routed, &out)
+        }
+        None => routed,
+    };
+    pass.emit(Some(i), Stage::FfnOut, &mut y, &[pass.t, pass.cfg.hidden]);
+    Ok(y)
+}
+
+/// `[T, 1]`: sigmoid of the shared expert's gate logit, per token.
+fn ffn_shared_gate(pass: &mut Pass, i: usize, s: &SharedExpert, h: &[f32]) -> Result<Vec<f32>> {
+    let logit = pass.matmul(Some(i), Stage::FfnSharedGate, h, &s.ffn_gate_inp_shexp)?;
+    let mut g: Vec<f32> = logit
+        .iter()
+        .map(|&x| match pass.p {
+            Precision::F64 => (1.0 / (1.0 + (-(x as f64)).exp())) as f32,
+            Precision::F32 => 1.0 / (1.0 + (-x).exp()),
+        })
+        .collect();
+    pass.emit(Some(i), Stage::FfnSharedGate, &mut g, &[pass.t, 1]);
+    Ok(g)
+}
+
+/// `[T, H]`: the shared SwiGLU expert over every token, scaled by its gate.
+fn ffn_shared_out(
+    pass: &mut Pass,
+    i: usize,
+    s: &SharedExpert,
+    h: &[f32],
+    gate: &[f32],
+) -> Result<Vec<f32>> {
+    let g = matmul(h, pass.t, &s.ffn_gate_shexp, pass.p)?;
+    let u = matmul(h, pass.t, &s.ffn_up_shexp, pass.p)?;
+    let act = silu_mul(&g, &u, pass.p);
+    let mut y = pass.matmul(Some(i), Stage::FfnSharedOut, &act, &s.ffn_down_shexp)?;
+    let hd = pass.cfg.hidden;
+    for (row, &gv) in y.chunks_exact_mut(hd).zip(gate) {
+        row.iter_mut().for_each(|v| *v *= gv);
+    }
+    pass.emit(Some(i), Stage::FfnSharedOut, &mut y, &[pass.t, hd]);
+    Ok(y)
 }
 
 fn router_logits(pass: &mut Pass, i: usize, gate_inp: &QTensor, h: &[f32]) -> Result<Vec<f32>> {
@@ -49,7 +97,7 @@ fn router_logits(pass: &mut Pass, i: usize, gate_inp: &QTensor, h: &[f32]) -> Re
     Ok(l)
 }
 
-/// Softmax over all experts (before top-k, as qwen3moe does).
+/// Softmax over all experts (before top-k, as every router here does).
 fn router_probs(pass: &mut Pass, i: usize, logits: &[f32]) -> Vec<f32> {
     let e = pass.cfg.n_experts;
     let mut p = softmax_rows(logits, e, pass.p);
@@ -69,8 +117,8 @@ fn topk_ids(pass: &mut Pass, i: usize, probs: &[f32]) -> Vec<usize> {
     ids
 }
 
-/// The chosen probabilities, renormalised to sum 1 when the model says so (qwen3moe does),
-/// unless the fault `no_topk_renorm` is planted here.
+/// The chosen probabilities, renormalised to sum 1 when the architecture says so (qwen3moe and
+/// Mixtral do, qwen2moe does not), unless the fault `no_topk_renorm` is planted here.
 fn topk_weights(pass: &mut Pass, i: usize, probs: &[f32], ids: &[usize]) -> Vec<f32> {
     let (e, k) = (pass.cfg.n_experts, pass.cfg.n_experts_used);
     let renorm = pass.cfg.norm_topk_prob
@@ -99,8 +147,9 @@ fn topk_weights(pass: &mut Pass, i: usize, probs: &[f32], ids: &[usize]) -> Vec<
     w
 }
 
-/// Run each used expert over its tokens, then `y[t] = Σ_rank w[t, rank] · expert_out[t, rank]`.
-fn ffn_out(
+/// Run each used expert over its tokens, then `y[t] = Σ_rank w[t, rank] · expert_out[t, rank]`
+/// (ffn_out without a shared expert).
+fn routed_experts(
     pass: &mut Pass,
     i: usize,
     [gate, up, down]: [&QTensor; 3],
@@ -175,6 +224,5 @@ fn ffn_out(
             };
         }
     }
-    pass.emit(Some(i), Stage::FfnOut, &mut y, &[t, hd]);
     Ok(y)
 }
