@@ -11,7 +11,8 @@ cargo build --release
 cargo test --release --no-run 2>/dev/null
 newest() {  # newest executable target/release/deps/$1-* for which `--list` shows $2
   for t in $(ls -t target/release/deps/"$1"-* | grep -v '\.d$'); do
-    [ -x "$t" ] && "$t" --list 2>/dev/null | grep -q -- "$2" && { echo "$t"; return; }
+    # grep reads the whole listing: with -q it would stop early and pipefail would see SIGPIPE
+    [ -x "$t" ] && "$t" --list 2>/dev/null | grep -- "$2" >/dev/null && { echo "$t"; return; }
   done
   echo "no test binary $1 listing $2" >&2; exit 2
 }
