@@ -36,6 +36,8 @@ pub struct ModelConfig {
     /// Renormalise the top-k router weights to sum 1 (the architecture's router, as llama.cpp
     /// builds it).
     pub norm_topk_prob: bool,
+    /// The file holds `rope_freqs.weight` (llama 3 RoPE scaling).
+    pub rope_freqs: bool,
 }
 
 /// Reads typed keys of one file, with errors naming the file and the key.
@@ -255,6 +257,7 @@ impl ModelConfig {
             expert_ffn_dim,
             shared_ffn_dim,
             norm_topk_prob: moe && desc.moe().is_some_and(|m| m.renorm_topk),
+            rope_freqs: f.tensor("rope_freqs.weight").is_some(),
         };
         config
             .check_products()
@@ -394,8 +397,9 @@ impl ModelConfig {
     }
 
     /// Every tensor a model of this shape holds, with its ggml dims and its row of the
-    /// architecture's table, in the order llama.cpp's converter writes them. Optional tensors
-    /// (`output.weight`, tied to the embedding when absent; `rope_freqs.weight`) are listed.
+    /// architecture's table, in the order llama.cpp's converter writes them. `output.weight`
+    /// is listed although a file may tie it to the embedding; `rope_freqs.weight` when the
+    /// config says the model has it.
     ///
     /// Its length is linear in `n_layers`: [`ModelConfig::from_gguf`] has checked that against
     /// the file's tensor count, `synth::check_shape` against its bound. Products saturate
@@ -406,6 +410,7 @@ impl ModelConfig {
         let mut v: Vec<_> = desc
             .head_tensors
             .iter()
+            .filter(|t| t.role != super::arch::Role::RopeFreqs || self.rope_freqs)
             .map(|t| (t.name.to_string(), dims(t), t))
             .collect();
         for i in 0..self.n_layers {

@@ -93,10 +93,24 @@ impl SynthQuant {
     }
 }
 
-/// Preset names, for help and error messages.
-pub const PRESETS: [&str; 3] = ["tiny-moe", "tiny-dense", "qwen3-30b-a3b"];
+/// Preset names, for help and error messages: a tiny model and a real shape per architecture.
+pub const PRESETS: [&str; 11] = [
+    "tiny-moe",
+    "tiny-dense",
+    "qwen3-30b-a3b",
+    "tiny-llama",
+    "tiny-mixtral",
+    "tiny-qwen2",
+    "tiny-qwen2moe",
+    "llama3-8b",
+    "mixtral-8x7b",
+    "qwen2.5-7b",
+    "qwen2-57b-a14b",
+];
 
-/// The shape of a named preset.
+/// The shape of a named preset. Real shapes are the models' own (their Hugging Face configs as
+/// llama.cpp's converter writes them); a contract or `--layers` cuts the layer count where the
+/// whole model cannot be generated and checked in one go (Mixtral 8x7B is 47 B weights).
 pub fn preset(name: &str) -> Option<ModelConfig> {
     let tiny = ModelConfig {
         arch: Arch::Qwen3Moe,
@@ -116,19 +130,21 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
         expert_ffn_dim: 32,
         shared_ffn_dim: 0,
         norm_topk_prob: true,
+        rope_freqs: false,
+    };
+    let dense = |arch| ModelConfig {
+        arch,
+        moe: false,
+        n_layers: 2,
+        n_experts: 0,
+        n_experts_used: 0,
+        expert_ffn_dim: 0,
+        norm_topk_prob: false,
+        ..tiny.clone()
     };
     match name {
         "tiny-moe" => Some(tiny),
-        "tiny-dense" => Some(ModelConfig {
-            arch: Arch::Qwen3,
-            moe: false,
-            n_layers: 2,
-            n_experts: 0,
-            n_experts_used: 0,
-            expert_ffn_dim: 0,
-            norm_topk_prob: false,
-            ..tiny
-        }),
+        "tiny-dense" => Some(dense(Arch::Qwen3)),
         "qwen3-30b-a3b" => Some(ModelConfig {
             arch: Arch::Qwen3Moe,
             moe: true,
@@ -147,6 +163,117 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
             expert_ffn_dim: 768,
             shared_ffn_dim: 0,
             norm_topk_prob: true,
+            rope_freqs: false,
+        }),
+        // Llama 3 style: GQA, head_dim 16, RoPE scaled through rope_freqs
+        "tiny-llama" => Some(ModelConfig {
+            head_dim: 16,
+            rope_theta: 5e5,
+            rms_eps: 1e-5,
+            rope_freqs: true,
+            ..dense(Arch::Llama)
+        }),
+        // Mixtral: llama with experts, the expert width written as feed_forward_length
+        "tiny-mixtral" => Some(ModelConfig {
+            arch: Arch::Llama,
+            head_dim: 16,
+            rms_eps: 1e-5,
+            ffn_dim: 32,
+            n_layers: 2,
+            ..tiny.clone()
+        }),
+        "tiny-qwen2" => Some(ModelConfig {
+            head_dim: 16,
+            ..dense(Arch::Qwen2)
+        }),
+        "tiny-qwen2moe" => Some(ModelConfig {
+            arch: Arch::Qwen2Moe,
+            head_dim: 16,
+            n_layers: 2,
+            shared_ffn_dim: 64,
+            norm_topk_prob: false,
+            ..tiny.clone()
+        }),
+        // Meta-Llama-3.1-8B: rope_freqs from its llama3 rope_scaling
+        "llama3-8b" => Some(ModelConfig {
+            arch: Arch::Llama,
+            moe: false,
+            n_layers: 32,
+            hidden: 4096,
+            n_heads: 32,
+            n_kv_heads: 8,
+            head_dim: 128,
+            vocab: 128256,
+            rope_theta: 5e5,
+            rms_eps: 1e-5,
+            context_length: 131072,
+            ffn_dim: 14336,
+            n_experts: 0,
+            n_experts_used: 0,
+            expert_ffn_dim: 0,
+            shared_ffn_dim: 0,
+            norm_topk_prob: false,
+            rope_freqs: true,
+        }),
+        "mixtral-8x7b" => Some(ModelConfig {
+            arch: Arch::Llama,
+            moe: true,
+            n_layers: 32,
+            hidden: 4096,
+            n_heads: 32,
+            n_kv_heads: 8,
+            head_dim: 128,
+            vocab: 32000,
+            rope_theta: 1e6,
+            rms_eps: 1e-5,
+            context_length: 32768,
+            ffn_dim: 14336,
+            n_experts: 8,
+            n_experts_used: 2,
+            expert_ffn_dim: 14336,
+            shared_ffn_dim: 0,
+            norm_topk_prob: true,
+            rope_freqs: false,
+        }),
+        "qwen2.5-7b" => Some(ModelConfig {
+            arch: Arch::Qwen2,
+            moe: false,
+            n_layers: 28,
+            hidden: 3584,
+            n_heads: 28,
+            n_kv_heads: 4,
+            head_dim: 128,
+            vocab: 152064,
+            rope_theta: 1e6,
+            rms_eps: 1e-6,
+            context_length: 32768,
+            ffn_dim: 18944,
+            n_experts: 0,
+            n_experts_used: 0,
+            expert_ffn_dim: 0,
+            shared_ffn_dim: 0,
+            norm_topk_prob: false,
+            rope_freqs: false,
+        }),
+        "qwen2-57b-a14b" => Some(ModelConfig {
+            arch: Arch::Qwen2Moe,
+            moe: true,
+            n_layers: 28,
+            hidden: 3584,
+            n_heads: 28,
+            n_kv_heads: 4,
+            head_dim: 128,
+            vocab: 151936,
+            rope_theta: 1e6,
+            rms_eps: 1e-6,
+            context_length: 32768,
+            ffn_dim: 18944,
+            n_experts: 64,
+            n_experts_used: 8,
+            expert_ffn_dim: 2560,
+            shared_ffn_dim: 20480,
+            norm_topk_prob: false,
+            rope_freqs: false,
         }),
         _ => None,
     }
@@ -445,13 +572,48 @@ enum Init {
     Linear { fan_in: u64, gain: f64 },
     /// 1 + 0.2 * N(0,1): RMSNorm gains away from 1, so a missing multiply shows
     Norm,
+    /// `rope_freqs`: the divisors llama.cpp's converter derives from Llama 3.1's
+    /// `rope_scaling` (factor 8, low/high frequency factors 1 and 4, original context 8192)
+    Llama3RopeFactors { theta: f64, head_dim: usize },
+}
+
+/// Llama 3.1's RoPE frequency divisors, as `convert_hf_to_gguf.py` writes `rope_freqs.weight`:
+/// 1 for wavelengths under 8192/4, 8 over 8192, and a smooth blend between.
+fn llama3_rope_factors(theta: f64, head_dim: usize) -> Vec<f32> {
+    let (factor, low, high, old_ctx) = (8.0f64, 1.0f64, 4.0f64, 8192.0f64);
+    (0..head_dim / 2)
+        .map(|j| {
+            let freq = 1.0 / theta.powf((2 * j) as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let f = if wavelen < old_ctx / high {
+                1.0
+            } else if wavelen > old_ctx / low {
+                factor
+            } else {
+                let smooth = (old_ctx / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            };
+            f as f32
+        })
+        .collect()
 }
 
 fn init_for(c: &ModelConfig, name: &str, dims: &[u64]) -> Init {
     let fan_in = dims.first().copied().unwrap_or(1);
     // residual branches scaled so 48 layers of additions keep the stream's scale
     let residual = 1.0 / ((2 * c.n_layers) as f64).sqrt();
-    if dims.len() <= 1 || name.ends_with("_norm.weight") {
+    if name == "rope_freqs.weight" {
+        Init::Llama3RopeFactors {
+            theta: c.rope_theta as f64,
+            head_dim: c.head_dim,
+        }
+    } else if name.ends_with(".bias") {
+        // projection biases of the size a trained qwen2 has (a few tenths)
+        Init::Linear {
+            fan_in: 1,
+            gain: 0.1,
+        }
+    } else if dims.len() <= 1 || name.ends_with("_norm.weight") {
         Init::Norm
     } else if name == "token_embd.weight" {
         Init::Normal
@@ -506,6 +668,7 @@ impl Plan {
                 let scale = (gain / (fan_in as f64).sqrt()) as f32;
                 (0..n).map(|_| rng.normal() * scale).collect()
             }
+            Init::Llama3RopeFactors { theta, head_dim } => llama3_rope_factors(theta, head_dim),
         };
         let mut out = Vec::new();
         quantize(self.ty, &vals, &mut out)
@@ -539,7 +702,16 @@ fn metadata(c: &ModelConfig, quant: SynthQuant, name: &str) -> Vec<(String, Meta
     put(format!("{a}.block_count"), u(c.n_layers));
     put(format!("{a}.context_length"), u(c.context_length));
     put(format!("{a}.embedding_length"), u(c.hidden));
-    put(format!("{a}.feed_forward_length"), u(c.ffn_dim));
+    let mixtral_width = c.is_moe()
+        && c.desc()
+            .moe()
+            .is_some_and(|m| m.width_key == "feed_forward_length");
+    let ffn = if mixtral_width {
+        c.expert_ffn_dim
+    } else {
+        c.ffn_dim
+    };
+    put(format!("{a}.feed_forward_length"), u(ffn));
     put(format!("{a}.attention.head_count"), u(c.n_heads));
     put(format!("{a}.attention.head_count_kv"), u(c.n_kv_heads));
     put(format!("{a}.rope.freq_base"), MetaValue::F32(c.rope_theta));
@@ -547,16 +719,22 @@ fn metadata(c: &ModelConfig, quant: SynthQuant, name: &str) -> Vec<(String, Meta
         format!("{a}.attention.layer_norm_rms_epsilon"),
         MetaValue::F32(c.rms_eps),
     );
-    if c.is_moe() {
+    if let Some(m) = c.desc().moe().filter(|_| c.is_moe()) {
         put(format!("{a}.expert_count"), u(c.n_experts));
         put(format!("{a}.expert_used_count"), u(c.n_experts_used));
-        put(
-            format!("{a}.expert_feed_forward_length"),
-            u(c.expert_ffn_dim),
-        );
+        // Mixtral's converter writes the expert width as feed_forward_length (above)
+        if m.width_key != "feed_forward_length" {
+            put(format!("{a}.{}", m.width_key), u(c.expert_ffn_dim));
+        }
+        if let Some(shared) = m.shared_expert_width_key {
+            put(format!("{a}.{shared}"), u(c.shared_ffn_dim));
+        }
     }
     put(format!("{a}.attention.key_length"), u(c.head_dim));
     put(format!("{a}.attention.value_length"), u(c.head_dim));
+    if c.arch == Arch::Llama {
+        put(format!("{a}.rope.dimension_count"), u(c.head_dim));
+    }
     put(
         "general.file_type".into(),
         MetaValue::U32(quant.file_type()),
@@ -796,6 +974,55 @@ mod tests {
         }
     }
 
+    /// Every tiny preset, of every architecture, reads back as the config it was made from and
+    /// runs on the CPU reference with exactly its architecture's stages, all finite; the llama
+    /// preset holds Llama 3.1's RoPE divisors, the Mixtral one its expert width under
+    /// `feed_forward_length`, the qwen2 ones their biases and the shared expert.
+    #[test]
+    fn tiny_presets_of_every_architecture_round_trip_and_run() {
+        use crate::backend::cpu::CpuBackend;
+        use crate::backend::{Backend, ForwardRequest};
+        use crate::trace::plan::CapturePlan;
+        use crate::trace::stage::Stage;
+        let mut archs = Vec::new();
+        for name in PRESETS.iter().filter(|n| n.starts_with("tiny-")) {
+            let c = preset(name).unwrap();
+            archs.push(c.arch);
+            for q in [SynthQuant::F32, SynthQuant::Q8_0] {
+                let path = tmp(&format!("every-arch-{name}-{}.gguf", q.name()));
+                generate(&c, q, 5, name, &path).unwrap();
+                let f = GgufFile::open(&path).unwrap();
+                let back = ModelConfig::from_gguf(&f).unwrap();
+                assert_eq!(back, c, "{name}: the config read back differs");
+                back.validate_tensors(&f).unwrap();
+                let tokens: Vec<u32> = (0..12).map(|i| (i * 29 + 3) % c.vocab as u32).collect();
+                let t = CpuBackend::open(&path)
+                    .unwrap()
+                    .forward(&ForwardRequest::new(&tokens, &CapturePlan::all()))
+                    .unwrap();
+                std::fs::remove_file(&path).unwrap();
+                for s in Stage::ALL {
+                    let present = t.tensors.keys().any(|k| k.stage == s);
+                    assert_eq!(present, c.has_stage(s), "{name}: stage {s}");
+                }
+                for (k, v) in &t.tensors {
+                    if let Some(x) = v.as_f32() {
+                        assert!(x.iter().all(|v| v.is_finite()), "{name}: {k}");
+                    }
+                }
+            }
+        }
+        archs.dedup();
+        assert_eq!(
+            archs.len(),
+            crate::model::arch::Arch::ALL.len(),
+            "{archs:?}"
+        );
+        let f = llama3_rope_factors(5e5, 128);
+        assert_eq!((f[0], f[63]), (1.0, 8.0));
+        assert!(f.iter().any(|&x| x > 1.0 && x < 8.0), "a smooth band");
+    }
+
     #[test]
     fn same_seed_same_bytes() {
         let c = preset("tiny-moe").unwrap();
@@ -932,6 +1159,8 @@ mod tests {
                         Init::Normal => 1.0,
                         Init::Norm => (1.0f64 + 0.04).sqrt(),
                         Init::Linear { fan_in, gain } => gain / (fan_in as f64).sqrt(),
+                        // exact values, checked in tiny_presets_of_every_architecture_...
+                        Init::Llama3RopeFactors { .. } => continue,
                     };
                     // 4-bit blocks add noise; the scale must still be right within 20%
                     assert!(

@@ -1083,7 +1083,13 @@ fn q8_rounding_kernel_matches_cpu() {
 /// A synthetic model whose rows are whole 256-value super-blocks, so that Q4_K_M gives Q4_K and
 /// Q6_K tensors (and the MoE one Q5_0/Q8_0 fallbacks where llama.cpp's rule says).
 fn synthetic(moe: bool, quant: crate::model::synth::SynthQuant) -> tempfile_path::TempModel {
-    let mut c = crate::model::synth::preset(if moe { "tiny-moe" } else { "tiny-dense" }).unwrap();
+    synthetic_of(if moe { "tiny-moe" } else { "tiny-dense" }, quant)
+}
+
+/// A preset widened to whole K-quant super-blocks (rows of 256), 3 layers.
+fn synthetic_of(preset: &str, quant: crate::model::synth::SynthQuant) -> tempfile_path::TempModel {
+    let mut c = crate::model::synth::preset(preset).unwrap();
+    let moe = c.is_moe();
     c.hidden = 256;
     c.head_dim = 64;
     c.n_heads = 4;
@@ -1091,11 +1097,15 @@ fn synthetic(moe: bool, quant: crate::model::synth::SynthQuant) -> tempfile_path
     c.vocab = 512;
     c.ffn_dim = 512;
     c.expert_ffn_dim = 256;
+    if c.arch == crate::model::arch::Arch::Llama && moe {
+        c.ffn_dim = 256; // Mixtral: the expert width is feed_forward_length
+    }
+    if c.shared_ffn_dim > 0 {
+        c.shared_ffn_dim = 512;
+    }
     c.n_layers = 3;
-    assert_eq!(c.is_moe(), moe);
     let path = std::env::temp_dir().join(format!(
-        "falsifier-cuda-{}-{}-{}.gguf",
-        if moe { "moe" } else { "dense" },
+        "falsifier-cuda-{preset}-{}-{}.gguf",
         quant.name(),
         std::process::id()
     ));
@@ -1168,6 +1178,14 @@ fn cuda_matches_cpu_reference_clean_and_faulted() {
                 if moe { "moe" } else { "dense" },
                 q.name()
             );
+            models.push((name, m.0.clone(), prompt.clone(), Some(m)));
+        }
+    }
+    // the other architectures' generated models, in the K-quant mix and Q8_0
+    for preset in ["tiny-llama", "tiny-mixtral", "tiny-qwen2", "tiny-qwen2moe"] {
+        for q in [SynthQuant::Q4_K_M, SynthQuant::Q8_0] {
+            let m = synthetic_of(preset, q);
+            let name = format!("synthetic {preset} {}", q.name());
             models.push((name, m.0.clone(), prompt.clone(), Some(m)));
         }
     }
