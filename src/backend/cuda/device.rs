@@ -43,6 +43,10 @@ const KERNELS: &[&str] = &[
     "add",
     "silu_mul",
     "scale_inplace",
+    "add_bias_rows",
+    "sigmoid",
+    "scale_rows",
+    "accumulate",
     "set_nan",
     "round_q8_0",
     "attn_probs",
@@ -481,6 +485,41 @@ pub fn format_profile(rows: &[ProfileRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every kernel the sources define with a plain name is loaded at open (a kernel missing
+    /// from KERNELS fails only when a forward first launches it, on a GPU; this runs in CI).
+    #[test]
+    fn every_defined_kernel_is_loaded() {
+        let src = SOURCES.join("\n");
+        let mut defined = Vec::new();
+        for part in src.split("extern \"C\"").skip(1) {
+            // `__global__ void [__launch_bounds__(..)] name(`
+            let head = &part[..part.find('(').unwrap_or(0)];
+            let head = match part.find("__launch_bounds__") {
+                Some(lb) if lb < head.len() + 20 => {
+                    let after = &part[lb..];
+                    let close = after.find(')').unwrap_or(0) + 1;
+                    &after[close..close + after[close..].find('(').unwrap_or(0)]
+                }
+                _ => head,
+            };
+            let name = head.split_whitespace().last().unwrap_or("").to_string();
+            // the typed matmul/gather families are macro-made (`matmul_##NAME##_##BT`)
+            if !name.is_empty() && !name.contains("##") {
+                defined.push(name);
+            }
+        }
+        assert!(defined.len() > 20, "{defined:?}");
+        for name in defined {
+            let typed = TYPE_SUFFIXES
+                .iter()
+                .any(|t| name.ends_with(&format!("_{t}")) || name.contains(&format!("_{t}_")));
+            assert!(
+                typed || KERNELS.contains(&name.as_str()),
+                "kernel {name} is defined but not in KERNELS"
+            );
+        }
+    }
 
     #[test]
     fn layer_numbers_fold_for_the_profile() {
