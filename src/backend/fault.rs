@@ -67,6 +67,8 @@ impl FaultKind {
             RouterLogits,
             FfnGate,
             FfnUp,
+            FfnSharedGate,
+            FfnSharedOut,
             FfnOut,
             Logits,
         ];
@@ -91,6 +93,8 @@ impl FaultKind {
             FfnGate,
             FfnUp,
             FfnAct,
+            FfnSharedGate,
+            FfnSharedOut,
             FfnOut,
             LayerOut,
             FinalNorm,
@@ -120,6 +124,41 @@ impl Fault {
     /// Whether this fault fires at (layer, stage).
     pub fn is_at(&self, layer: Option<usize>, stage: Stage) -> bool {
         self.layer == layer && self.stage == stage
+    }
+
+    /// Check that this fault can fire in a model of shape `cfg`: its place ([`Fault::check_place`]),
+    /// a stage the architecture has, a layer and experts in range, a matmul at the stage for the
+    /// matmul faults, and a router that renormalises for `no_topk_renorm` (qwen2moe's does not,
+    /// so there the fault would change nothing). A fault that cannot fire is an error, never a
+    /// silent clean run. Backends add what only they can see (a weight's block type).
+    pub fn check_model(&self, cfg: &crate::model::config::ModelConfig) -> Result<(), String> {
+        self.check_place()?;
+        if !cfg.has_stage(self.stage) {
+            return Err(format!("a {} model has no stage {}", cfg.arch, self.stage));
+        }
+        if let Some(l) = self.layer.filter(|&l| l >= cfg.n_layers) {
+            return Err(format!(
+                "layer {l} out of range (the model has {} layers)",
+                cfg.n_layers
+            ));
+        }
+        match self.kind {
+            FaultKind::ExpertSwap { a, b } if a.max(b) >= cfg.n_experts => Err(format!(
+                "expert {} out of range (the model has {} experts)",
+                a.max(b),
+                cfg.n_experts
+            )),
+            FaultKind::NoTopkRenorm if !cfg.norm_topk_prob => Err(format!(
+                "a {} router does not renormalise its top-k weights, so no_topk_renorm changes nothing",
+                cfg.arch
+            )),
+            FaultKind::Q6kAsQ4k | FaultKind::ActQ8Rounding
+                if cfg.weight_producing(self.stage).is_none() =>
+            {
+                Err(format!("no matmul produces {} in this model", self.stage))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Check that the class can live at this stage and that layer and stage scope agree.
@@ -259,6 +298,29 @@ impl FromStr for Fault {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fault must be able to fire in the model it is planted in: a stage the architecture
+    /// has, and a router that renormalises for no_topk_renorm (qwen2moe's does not).
+    #[test]
+    fn faults_that_cannot_fire_in_a_model_are_refused() {
+        use crate::model::synth::preset;
+        let check = |p: &str, f: &str| {
+            let fault: Fault = f.parse().unwrap();
+            fault.check_model(&preset(p).unwrap())
+        };
+        check("tiny-moe", "no_topk_renorm@layer.0.topk_weights").unwrap();
+        check("tiny-mixtral", "no_topk_renorm@layer.1.topk_weights").unwrap();
+        let e = check("tiny-qwen2moe", "no_topk_renorm@layer.0.topk_weights").unwrap_err();
+        assert!(e.contains("qwen2moe router does not renormalise"), "{e}");
+        let e = check("tiny-llama", "scale_drift[0.1]@layer.0.q_norm").unwrap_err();
+        assert_eq!(e, "a llama model has no stage q_norm");
+        check("tiny-qwen2moe", "act_q8_rounding@layer.0.ffn_shared_out").unwrap();
+        check("tiny-qwen2moe", "nan[1]@layer.1.ffn_shared_gate").unwrap();
+        let e = check("tiny-moe", "nan[1]@layer.0.ffn_shared_gate").unwrap_err();
+        assert!(e.contains("has no stage ffn_shared_gate"), "{e}");
+        let e = check("tiny-llama", "nan[0]@layer.7.attn_out").unwrap_err();
+        assert!(e.contains("layer 7 out of range"), "{e}");
+    }
 
     #[test]
     fn parse_print_round_trip() {

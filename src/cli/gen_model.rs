@@ -13,7 +13,8 @@ use crate::model::synth::{self, Fallback, PRESETS, SynthQuant};
 
 #[derive(Args, Debug)]
 pub struct GenModelArgs {
-    /// Shape preset: tiny-moe, tiny-dense or qwen3-30b-a3b.
+    /// Shape preset: tiny-moe, tiny-dense, tiny-llama, tiny-mixtral, tiny-qwen2, tiny-qwen2moe,
+    /// qwen3-30b-a3b, llama3-8b, mixtral-8x7b, qwen2.5-7b or qwen2-57b-a14b.
     #[arg(long)]
     pub preset: String,
     /// Weight type: f32, f16, bf16, q8_0, q4_0 or q4_k_m (llama.cpp's Q4_K_M mix).

@@ -556,6 +556,18 @@ fn lint_fault(
                         if let Err(e) = key_in_model(&key, name, shape) {
                             diags.push(c.diag(&at("fault.at"), format!("{id}: fault at {e}")));
                         }
+                        if fault.kind == FaultKind::NoTopkRenorm
+                            && shape.is_moe()
+                            && !shape.config.norm_topk_prob
+                        {
+                            diags.push(c.diag(
+                                &at("fault.class"),
+                                format!(
+                                    "{id}: no_topk_renorm: model {name} is {}, whose router does not renormalise (the fault would change nothing)",
+                                    shape.arch()
+                                ),
+                            ));
+                        }
                         if let FaultKind::ExpertSwap { a, b } = fault.kind
                             && shape.is_moe()
                             && a.max(b) >= shape.experts()

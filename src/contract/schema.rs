@@ -90,7 +90,7 @@ pub struct Contract {
 pub struct ModelSpec {
     /// GGUF file, relative to the repository root (see [`super::resolve_model_path`]).
     pub path: Option<String>,
-    /// Synthetic preset: tiny-moe, tiny-dense or qwen3-30b-a3b ([`crate::model::synth::PRESETS`]).
+    /// Synthetic preset: a tiny one per architecture or a real shape ([`crate::model::synth::PRESETS`]).
     pub preset: Option<String>,
     /// Weight type of the synthetic model: f32, f16, bf16, q8_0, q4_0 or q4_k_m.
     pub quant: Option<String>,

@@ -194,40 +194,17 @@ pub(super) fn weight_for<'a>(
 pub(super) fn check_faults(faults: &[Fault], cfg: &ModelConfig, w: &ModelWeights) -> Result<()> {
     for f in faults {
         let bad = |why: String| Error::input(format!("fault `{f}`: {why}"));
-        f.check_place().map_err(Error::input)?;
-        if !cfg.has_stage(f.stage) {
-            return Err(bad(format!(
-                "a {} model has no stage {}",
-                cfg.arch.name(),
-                f.stage
-            )));
-        }
-        if let Some(l) = f.layer.filter(|&l| l >= cfg.n_layers) {
-            return Err(bad(format!(
-                "layer {l} out of range (the model has {} layers)",
-                cfg.n_layers
-            )));
-        }
-        match f.kind {
-            FaultKind::ExpertSwap { a, b } if a.max(b) >= cfg.n_experts => {
+        f.check_model(cfg).map_err(bad)?;
+        if f.kind == FaultKind::Q6kAsQ4k {
+            let Some(wt) = weight_for(w, f.layer, f.stage) else {
+                return Err(bad(format!("no matmul produces {} in this model", f.stage)));
+            };
+            if wt.ty != GgmlType::Q6_K {
                 return Err(bad(format!(
-                    "expert {} out of range (the model has {} experts)",
-                    a.max(b),
-                    cfg.n_experts
+                    "the model has no Q6_K tensor there: '{}' is {}",
+                    wt.name, wt.ty
                 )));
             }
-            FaultKind::Q6kAsQ4k | FaultKind::ActQ8Rounding => {
-                let Some(wt) = weight_for(w, f.layer, f.stage) else {
-                    return Err(bad(format!("no matmul produces {} in this model", f.stage)));
-                };
-                if f.kind == FaultKind::Q6kAsQ4k && wt.ty != GgmlType::Q6_K {
-                    return Err(bad(format!(
-                        "the model has no Q6_K tensor there: '{}' is {}",
-                        wt.name, wt.ty
-                    )));
-                }
-            }
-            _ => {}
         }
     }
     Ok(())

@@ -39,32 +39,12 @@ pub fn stage_shape(d: &Dims, t: usize, stage: Stage) -> Vec<usize> {
     d.config.stage_shape(stage, t)
 }
 
-/// Check the faults against the model before any work is queued.
+/// Check the faults against the model before any work is queued (a Q6_K weight for
+/// `q6k_as_q4k` is checked where the matmul runs).
 fn check_faults(d: &Dims, faults: &[Fault]) -> Result<()> {
     for f in faults {
-        f.check_place().map_err(Error::input)?;
-        if !has_stage(d, f.stage) {
-            return Err(Error::input(format!(
-                "fault {f}: a {} model has no stage {}",
-                d.config.arch, f.stage
-            )));
-        }
-        if let Some(l) = f.layer
-            && l >= d.n_layers
-        {
-            return Err(Error::input(format!(
-                "fault {f}: the model has {} layers",
-                d.n_layers
-            )));
-        }
-        if let FaultKind::ExpertSwap { a, b } = f.kind
-            && a.max(b) >= d.n_experts
-        {
-            return Err(Error::input(format!(
-                "fault {f}: the model has {} experts",
-                d.n_experts
-            )));
-        }
+        f.check_model(&d.config)
+            .map_err(|e| Error::input(format!("fault {f}: {e}")))?;
     }
     Ok(())
 }
