@@ -136,6 +136,48 @@ fn transformers_trace_matches_golden_and_cpu_reference() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Both sides of llama's head permutation: transformers' trace written in the converter's
+/// permuted q/k layout (`--layout gguf`) matches the CPU reference at every stage, and the same
+/// trace left in transformers' own layout (`--layout hf`, what an engine that forgot the
+/// permutation would produce) is caught at the first permuted stage, layer.0.q_proj.
+fn llama_head_permutation_both_sides() {
+    let dir = std::env::temp_dir().join(format!("falsifier-perm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = "76,108,97,109,97,32,51,46,49,44,32,116,105,110,121";
+    let toks: Vec<u32> = tokens.split(',').map(|t| t.parse().unwrap()).collect();
+    let mut cpu = backend::open("cpu", &fixture("llama3-tiny/llama3-tiny-f32.gguf")).unwrap();
+    let reference = cpu
+        .forward(&ForwardRequest::new(&toks, &CapturePlan::all()))
+        .unwrap();
+    for layout in ["gguf", "hf"] {
+        let out = dir.join(format!("llama3-{layout}.safetensors"));
+        let status = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/trace_transformers.py"))
+            .arg("--model")
+            .arg(fixture("llama3-tiny/hf_model"))
+            .args(["--tokens", tokens, "--layout", layout, "--out"])
+            .arg(&out)
+            .env("CUDA_VISIBLE_DEVICES", "")
+            .status()
+            .unwrap();
+        assert!(status.success(), "llama3 --layout {layout}: trace failed");
+        let hf = TraceFile::open(&out).unwrap();
+        let report = diff(&reference, &hf, &DiffOptions::default()).unwrap();
+        let first = report.first().map(|r| r.key.to_string());
+        if layout == "gguf" {
+            assert!(report.holds, "permuted layout: first divergence {first:?}");
+        } else {
+            assert!(!report.holds);
+            assert_eq!(
+                first.as_deref(),
+                Some("layer.0.q_proj"),
+                "transformers' own layout"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() -> ExitCode {
     let args = Arguments::from_args();
     let plain = |name: &str, f: fn()| {
@@ -165,6 +207,18 @@ fn main() -> ExitCode {
                 ))),
                 Ok(()) => {
                     transformers_trace_matches_golden_and_cpu_reference();
+                    Ok(Completion::Completed)
+                }
+            },
+        ),
+        Trial::ignorable_test(
+            "llama_head_permutation_both_sides",
+            || match python_with_torch() {
+                Err(why) => Ok(Completion::ignored_with(format!(
+                    "needs python3 with torch, transformers, safetensors: {why}"
+                ))),
+                Ok(()) => {
+                    llama_head_permutation_both_sides();
                     Ok(Completion::Completed)
                 }
             },
