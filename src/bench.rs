@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use crate::backend::{Backend, ForwardRequest};
 use crate::error::{Error, Result};
+use crate::model::arch::{Dim, Role};
 use crate::model::config::ModelConfig;
 use crate::model::gguf::GgufFile;
 use crate::trace::plan::CapturePlan;
@@ -137,37 +138,37 @@ pub fn prefill_work(file: &GgufFile, cfg: &ModelConfig, t: usize, trace: &Trace)
     };
     let (mut bytes, mut macs) = (0f64, 0f64);
     let t_f = t as f64;
-    for l in 0..cfg.n_layers {
-        for w in ["attn_q", "attn_k", "attn_v", "attn_output"] {
-            let (b, m) = matrix(&format!("blk.{l}.{w}.weight"), 1)?;
-            bytes += b;
-            macs += m * t_f;
+    // every matrix of the architecture's tensor table; expert stacks count the experts the
+    // traced run used (each read once) and k experts' work per token
+    for (name, dims, spec) in cfg.tensor_table() {
+        let matmul = matches!(spec.role, Role::Produces(_) | Role::Inner);
+        if !matmul || spec.role == Role::Produces(Stage::Logits) {
+            continue;
         }
-        // QKᵀ and PV over the causal triangle
-        macs += 2.0 * (cfg.n_heads * cfg.head_dim) as f64 * (t * (t + 1) / 2) as f64;
-        if cfg.is_moe() {
-            let (b, m) = matrix(&format!("blk.{l}.ffn_gate_inp.weight"), 1)?;
-            bytes += b;
-            macs += m * t_f;
+        if dims.len() == 3 && spec.dims.last() == Some(&Dim::Experts) {
+            let l: usize = name
+                .strip_prefix("blk.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| Error::internal(format!("bench: {name} is not a layer tensor")))?;
             let key = Key::layer(l, Stage::TopkIds);
             let ids = trace
                 .get(&key)
                 .and_then(|x| x.as_i32())
                 .ok_or_else(|| Error::input(format!("bench: the traced run has no i32 {key}")))?;
             let used: std::collections::BTreeSet<i32> = ids.iter().copied().collect();
-            for w in ["ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"] {
-                let (b, m) = matrix(&format!("blk.{l}.{w}.weight"), cfg.n_experts)?;
-                bytes += used.len() as f64 * b;
-                macs += m * (t * cfg.n_experts_used) as f64;
-            }
+            let (b, m) = matrix(&name, cfg.n_experts)?;
+            bytes += used.len() as f64 * b;
+            macs += m * (t * cfg.n_experts_used) as f64;
         } else {
-            for w in ["ffn_gate", "ffn_up", "ffn_down"] {
-                let (b, m) = matrix(&format!("blk.{l}.{w}.weight"), 1)?;
-                bytes += b;
-                macs += m * t_f;
-            }
+            let (b, m) = matrix(&name, 1)?;
+            bytes += b;
+            macs += m * t_f;
         }
     }
+    // QKᵀ and PV over the causal triangle
+    macs +=
+        cfg.n_layers as f64 * 2.0 * (cfg.n_heads * cfg.head_dim) as f64 * (t * (t + 1) / 2) as f64;
     // the lm_head: output.weight, or the embedding when the file ties them
     let head = if file.tensor("output.weight").is_some() {
         "output.weight"
@@ -206,6 +207,50 @@ pub fn format_timing(tm: &Timing, rates: &[Rates]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The work comes from the architecture's tensor table: a dense model reads every matrix
+    /// once (qwen2, its biases and norms not counted, its tied embedding as the lm_head); an
+    /// expert model adds the shared expert's matrices (qwen2moe) in full and the routed experts
+    /// the trace used.
+    #[test]
+    fn work_counts_every_matrix_of_the_architecture() {
+        use crate::backend::cpu::CpuBackend;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        for (name, dense) in [("qwen2", true), ("qwen2moe", false), ("llama3", true)] {
+            let path = dir.join(format!("{name}-tiny/{name}-tiny-q8_0.gguf"));
+            let file = GgufFile::open(&path).unwrap();
+            let cfg = ModelConfig::from_gguf(&file).unwrap();
+            let tokens = [5u32, 9, 77, 3];
+            let trace = CpuBackend::open(&path)
+                .unwrap()
+                .forward(&ForwardRequest::new(&tokens, &CapturePlan::all()))
+                .unwrap();
+            let w = prefill_work(&file, &cfg, tokens.len(), &trace).unwrap();
+            let matrices: f64 = file
+                .tensors()
+                .iter()
+                .filter(|t| {
+                    t.dims.len() == 2 && (t.name != "token_embd.weight" || !cfg_has_output(&file))
+                })
+                .map(|t| t.nbytes as f64)
+                .sum();
+            if dense {
+                assert_eq!(w.weight_bytes, matrices, "{name}");
+            } else {
+                let shexp: f64 = file
+                    .tensors()
+                    .iter()
+                    .filter(|t| t.name.contains("_shexp"))
+                    .map(|t| t.nbytes as f64)
+                    .sum();
+                assert!(shexp > 0.0 && w.weight_bytes > matrices, "{name}");
+            }
+        }
+    }
+
+    fn cfg_has_output(f: &GgufFile) -> bool {
+        f.tensor("output.weight").is_some()
+    }
 
     #[test]
     fn floors_divide_work_by_rates() {
