@@ -404,37 +404,11 @@ impl Run<'_> {
         });
         let probs = Key::layer(l, Stage::AttnProbs).to_string();
         let ctx = Key::layer(l, Stage::AttnCtx).to_string();
-        if b.probs_rows == self.t {
-            let all = 0..self.t;
-            attention_probs(
-                self.dev,
-                &self.w.dims,
-                self.t,
-                &all,
-                lookahead,
-                &b.qr,
-                &b.kr,
-                &b.probs,
-                &probs,
-            )?;
-            self.done(Some(l), Stage::AttnProbs, &b.probs)?;
-            attention_ctx(
-                self.dev,
-                &self.w.dims,
-                self.t,
-                &all,
-                lookahead,
-                &b.probs,
-                &b.v,
-                &b.ctx,
-                &ctx,
-            )?;
-            return self.done(Some(l), Stage::AttnCtx, &b.ctx);
-        }
-        // the plan keeps no probabilities and no fault acts on them (Buffers::new): the
-        // queries go through the bounded buffer block by block, each block's context rows
-        // written in place
-        for start in (0..self.t).step_by(b.probs_rows) {
+        // the whole [nh, T, T] in one block when the plan keeps it or a fault acts on it
+        // (Buffers::new); otherwise the queries go through the bounded buffer block by block,
+        // each block's context rows written in place
+        let whole = b.probs_rows == self.t;
+        for start in (0..self.t).step_by(b.probs_rows.max(1)) {
             let rows = start..(start + b.probs_rows).min(self.t);
             attention_probs(
                 self.dev,
@@ -447,6 +421,9 @@ impl Run<'_> {
                 &b.probs,
                 &probs,
             )?;
+            if whole {
+                self.done(Some(l), Stage::AttnProbs, &b.probs)?;
+            }
             attention_ctx(
                 self.dev,
                 &self.w.dims,

@@ -37,6 +37,25 @@ fn skip_if_no_device<T>(r: crate::Result<T>) -> Option<T> {
     }
 }
 
+/// Pseudo-random q [T, nh, D], k and v [T, nkv, D] (seeds `seed`, +1, +2), on the host and the
+/// device.
+#[allow(clippy::type_complexity)]
+fn qkv(
+    dev: &super::device::Device,
+    (t, nh, nkv, hd): (usize, usize, usize, usize),
+    seed: u64,
+) -> ([Vec<f32>; 3], [cudarc::driver::CudaSlice<f32>; 3]) {
+    let q = pseudo_random(t * nh * hd, seed);
+    let k = pseudo_random(t * nkv * hd, seed + 1);
+    let v = pseudo_random(t * nkv * hd, seed + 2);
+    let d = [
+        dev.upload(&q, "q").unwrap(),
+        dev.upload(&k, "k").unwrap(),
+        dev.upload(&v, "v").unwrap(),
+    ];
+    ([q, k, v], d)
+}
+
 /// The dims of a one-layer dense model whose attention has these sizes (for kernel tests).
 fn attention_dims(t: usize, nh: usize, nkv: usize, hd: usize) -> super::weights::Dims {
     let mut c = crate::model::synth::preset("tiny-dense").unwrap();
@@ -825,14 +844,7 @@ fn tiled_attention_matches_per_query_kernels() {
     let (t, nh, nkv) = (70usize, 4usize, 2usize);
     for hd in [64usize, 40] {
         let dims = attention_dims(t, nh, nkv, hd);
-        let q = pseudo_random(t * nh * hd, 1);
-        let k = pseudo_random(t * nkv * hd, 2);
-        let v = pseudo_random(t * nkv * hd, 3);
-        let (qd, kd, vd) = (
-            dev.upload(&q, "q").unwrap(),
-            dev.upload(&k, "k").unwrap(),
-            dev.upload(&v, "v").unwrap(),
-        );
+        let ([q, k, _], [qd, kd, vd]) = qkv(&dev, (t, nh, nkv, hd), 1);
         for look in [false, true] {
             let probs = dev.zeros::<f32>(nh * t * t, "probs").unwrap();
             let ctx = dev.zeros::<f32>(t * nh * hd, "ctx").unwrap();
@@ -961,14 +973,7 @@ fn blocked_attention_equals_whole() {
     assert_eq!(super::forward::attention_block_rows(nh, t, false, 1), block);
     for hd in [64usize, 160] {
         let dims = attention_dims(t, nh, nkv, hd);
-        let q = pseudo_random(t * nh * hd, 4);
-        let k = pseudo_random(t * nkv * hd, 5);
-        let v = pseudo_random(t * nkv * hd, 6);
-        let (qd, kd, vd) = (
-            dev.upload(&q, "q").unwrap(),
-            dev.upload(&k, "k").unwrap(),
-            dev.upload(&v, "v").unwrap(),
-        );
+        let (_, [qd, kd, vd]) = qkv(&dev, (t, nh, nkv, hd), 4);
         for look in [false, true] {
             let what = format!("head_dim {hd}, look-ahead {look}");
             let probs = dev.zeros::<f32>(nh * t * t, "probs").unwrap();
