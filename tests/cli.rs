@@ -90,7 +90,7 @@ fn run_report_is_promote_evidence() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.starts_with("2 trial(s), all hold; report: "),
+        stdout.starts_with("6 trial(s), all hold; report: "),
         "{stdout}"
     );
     let json: serde_json::Value =
@@ -99,7 +99,7 @@ fn run_report_is_promote_evidence() {
     assert_eq!(json["holds"], true);
     assert_eq!(json["all_hold"], true);
     let rows = json["falsifiers"].as_array().unwrap();
-    assert_eq!(rows.len(), 2, "moe and dense models");
+    assert_eq!(rows.len(), 6, "moe, dense and the four other architectures");
     for r in rows {
         assert_eq!(r["id"], "FALSIFY-SELF-NAN-002");
         assert_eq!(r["first_divergence"], "layer.2.ffn_out: NanCand");
