@@ -13,23 +13,27 @@ tensor, then mapped to falsifier's stage vocabulary. ggml lays tensors out rever
 (ne0 = features, ne1 = tokens), i.e. a row-major [T, features] array; heads are reshaped to
 [T, heads, D] where the vocabulary wants them.
 
-llama.cpp name (qwen3 / qwen3moe graphs)     -> falsifier stage
+llama.cpp name (qwen3, qwen3moe, llama, qwen2, qwen2moe graphs) -> falsifier stage
     inp_embd                                  embedding
     attn_norm-N                               layer.N.attn_norm
-    Qcur-N, Kcur-N (2-D: the matmul output)   q_proj, k_proj
-    Qcur_normed-N, Kcur_normed-N              q_norm, k_norm
-    Qcur-N, Kcur-N (3-D: after RoPE)          q_rope, k_rope
-    Vcur-N                                    v_proj
+    Qcur-N, Kcur-N (the last 2-D one: the     q_proj, k_proj
+      matmul output, after its bias in qwen2)
+    Qcur_normed-N, Kcur_normed-N              q_norm, k_norm (qwen3 only)
+    Qcur-N, Kcur-N (the last 3-D one: RoPE'd) q_rope, k_rope
+    Vcur-N (the last 2-D one)                 v_proj
     kq_soft_max-N (flash attention off)       attn_probs   (KV-cache columns cut to T)
     kqv_out-N                                 attn_ctx
     attn_out-N (where the version names it)   attn_out
     ffn_inp-N                                 attn_residual
     ffn_norm-N                                ffn_norm
     ffn_moe_logits-N / ffn_moe_probs-N        router_logits / router_probs
-    ffn_moe_topk-N / ffn_moe_weights_norm-N   topk_ids / topk_weights (rows sorted by weight, desc.)
-    ffn_moe_out-N                             ffn_out (qwen3moe)
-    ffn_gate-N / ffn_up-N / ffn_swiglu-N      ffn_gate / ffn_up / ffn_act (qwen3 dense)
-    ffn_out-N                                 ffn_out (qwen3 dense)
+    ffn_moe_topk-N / ffn_moe_weights_norm-N   topk_ids / topk_weights (rows sorted by weight, desc.;
+      (ffn_moe_weights-N where not renormalised)  qwen2moe's router does not renormalise)
+    ffn_shexp_gate-N / ffn_shexp_out-N        ffn_shared_gate / ffn_shared_out (qwen2moe)
+    ffn_moe_out-N                             ffn_out (qwen3moe, Mixtral)
+    ffn_out-N after ffn_shexp_out-N           ffn_out (qwen2moe: routed + shared)
+    ffn_gate-N / ffn_up-N / ffn_swiglu-N      ffn_gate / ffn_up / ffn_act (dense FFNs)
+    ffn_out-N                                 ffn_out (dense FFNs)
     l_out-N                                   layer_out
     result_norm / result_output               final_norm / logits
 
@@ -190,18 +194,17 @@ def to_trace(seen, T):
             put("logits", a.reshape(T, -1))
         elif il is None:
             continue
-        elif base in ("Qcur", "Kcur"):
-            # the graph names three nodes Qcur-N: the projection (2-D), its reshape to heads (3-D,
-            # before the norm), and the RoPE'd heads (3-D, after Qcur_normed-N)
-            s = "q" if base == "Qcur" else "k"
+        elif base in ("Qcur", "Kcur", "Vcur"):
+            # the graph names several nodes Qcur-N, in graph order: the projection (2-D), again
+            # after its bias (qwen2), its reshape to heads (3-D; qwen3 then has Qcur_normed-N),
+            # and the RoPE'd heads (3-D). The last 2-D one is q_proj, the last 3-D one q_rope.
+            s = base[0].lower()
             if a.shape[-3] == 1:
-                put(P + f"{s}_proj", a.reshape(T, -1))
-            elif P + f"{s}_norm" in out:
-                put(P + f"{s}_rope", a.reshape(T, a.shape[-2], a.shape[-1]))
+                out[P + f"{s}_proj"] = np.ascontiguousarray(a.reshape(T, -1))
+            elif s != "v":
+                out[P + f"{s}_rope"] = np.ascontiguousarray(a.reshape(T, a.shape[-2], a.shape[-1]))
         elif base in ("Qcur_normed", "Kcur_normed"):
             put(P + ("q_norm" if base == "Qcur_normed" else "k_norm"), a.reshape(T, a.shape[-2], a.shape[-1]))
-        elif base == "Vcur":
-            put(P + "v_proj", a.reshape(T, -1))
         elif base == "ffn_moe_argsort":
             # ffn_moe_topk-N is a strided view of this (its first k columns): take them from here
             argsort[P] = a.reshape(T, -1)
@@ -212,9 +215,15 @@ def to_trace(seen, T):
                       "ffn_inp": "attn_residual", "ffn_norm": "ffn_norm", "ffn_moe_logits": "router_logits",
                       "ffn_moe_probs": "router_probs", "ffn_moe_out": "ffn_out", "ffn_gate": "ffn_gate",
                       "ffn_up": "ffn_up", "ffn_swiglu": "ffn_act", "ffn_out": "ffn_out", "l_out": "layer_out",
-                      "ffn_moe_topk": "topk_ids", "ffn_moe_weights_norm": "topk_weights"}
+                      "ffn_moe_topk": "topk_ids", "ffn_moe_weights": "topk_weights",
+                      "ffn_shexp_gate": "ffn_shared_gate", "ffn_shexp_out": "ffn_shared_out"}
             if base == "ffn_moe_out":                  # the MoE output wins over any ffn_out
                 out[P + "ffn_out"] = np.ascontiguousarray(a.reshape(T, -1))
+            elif base == "ffn_out" and P + "ffn_shared_out" in out:
+                # qwen2moe: ffn_out-N is the routed experts plus the gated shared expert
+                out[P + "ffn_out"] = np.ascontiguousarray(a.reshape(T, -1))
+            elif base == "ffn_moe_weights_norm":       # renormalised weights win over the raw ones
+                out[P + "topk_weights"] = np.ascontiguousarray(a.reshape(T, -1))
             elif base in simple:
                 put(P + simple[base], a.reshape(T, -1))
     for P, order in argsort.items():
@@ -264,10 +273,16 @@ def main():
 
     layers = sorted({int(k.split(".")[1]) for k in out if k.startswith("layer.")})
     moe = any(k.endswith(".router_logits") for k in out)
-    stages = ["attn_norm", "q_proj", "k_proj", "v_proj", "q_norm", "k_norm", "q_rope", "k_rope", "attn_probs",
-              "attn_ctx", "attn_out", "attn_residual", "ffn_norm"]
+    # the architecture's stage set, as its graph shows it: q/k norms (qwen3) and a shared
+    # expert (qwen2moe) only where the graph has those nodes; falsifier diff, which knows the
+    # architecture, still reports any stage the reference has and this trace lacks as Missing
+    names = {name.rpartition("-")[0] for name, _ in seen}
+    stages = ["attn_norm", "q_proj", "k_proj", "v_proj"]
+    stages += ["q_norm", "k_norm"] if "Qcur_normed" in names else []
+    stages += ["q_rope", "k_rope", "attn_probs", "attn_ctx", "attn_out", "attn_residual", "ffn_norm"]
     stages += (["router_logits", "router_probs", "topk_ids", "topk_weights"] if moe
                else ["ffn_gate", "ffn_up", "ffn_act"])
+    stages += ["ffn_shared_gate", "ffn_shared_out"] if "ffn_shexp_out" in names else []
     stages += ["ffn_out", "layer_out"]
     missing = [s for s in stages if any(f"layer.{i}.{s}" not in out for i in layers)]
     missing += [k for k in ("embedding", "final_norm", "logits") if k not in out]
