@@ -44,18 +44,19 @@ fn main() -> ExitCode {
     };
     let candidate = match std::env::var("FALSIFY_CANDIDATE") {
         Err(_) => None,
-        Ok(c) => match serde_yaml::from_str::<BackendName>(&c) {
-            Ok(b) => Some(b),
-            Err(_) => {
-                eprintln!("falsify: FALSIFY_CANDIDATE=`{c}` is not a backend (cpu, cpu-f32, cuda)");
-                return ExitCode::from(2);
-            }
-        },
+        Ok(c) if falsifier::backend::is_known(&c) => Some(BackendName::new(&c)),
+        Ok(c) => {
+            eprintln!(
+                "falsify: FALSIFY_CANDIDATE: {}",
+                falsifier::backend::unknown_backend(&c)
+            );
+            return ExitCode::from(2);
+        }
     };
     let tests: Vec<Trial> = trials(&contracts)
         .into_iter()
-        .map(|spec| match candidate {
-            Some(c) => with_candidate(spec, c),
+        .map(|spec| match &candidate {
+            Some(c) => with_candidate(spec, c.clone()),
             None => spec,
         })
         .map(|spec| {

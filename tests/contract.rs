@@ -97,6 +97,23 @@ fn base_is_clean() {
     assert_eq!(loaded.len(), 1);
 }
 
+/// Backend names are an open set: an engine a program registers is a backend its contracts can
+/// pair, and a name nobody registered is refused at its line, listing the known ones.
+#[test]
+fn registered_engines_are_contract_backends() {
+    let t = mutate("backends: [cpu, cuda]", "backends: [cpu, my-engine]");
+    assert_rejects(&t, "my-engine", "unknown backend `my-engine`");
+    falsifier::backend::register(
+        "my-engine",
+        std::sync::Arc::new(|_| Err(falsifier::Error::input("not a real engine"))),
+    );
+    let (_, diags) = lint::lint(&[src("t", &t)]);
+    assert!(
+        !diags.iter().any(|d| d.msg.contains("backend")),
+        "{diags:?}"
+    );
+}
+
 #[test]
 fn schema_errors_name_the_line() {
     let t = mutate("    heavy: false\n", "    heavy: false\n    bogus_key: 1\n");
@@ -104,7 +121,11 @@ fn schema_errors_name_the_line() {
     let t = mutate("description:", "descripton:");
     assert_rejects(&t, "descripton", "unknown field `descripton`");
     let t = mutate("backends: [cpu, cuda]", "backends: [cpu, rocm]");
-    assert_rejects(&t, "rocm", "unknown variant `rocm`");
+    assert_rejects(
+        &t,
+        "rocm",
+        "unknown backend `rocm` (known: cpu, cpu-f32, cuda",
+    );
     let t = mutate("check: routing", "check: vibes");
     assert_rejects(&t, "vibes", "unknown variant `vibes`");
     let t = mutate(

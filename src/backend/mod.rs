@@ -88,13 +88,31 @@ pub trait Backend {
 pub fn probe(name: &str) -> Result<()> {
     match name {
         "cuda" => cuda::CudaBackend::probe(0).map(|_| ()),
-        n if BACKENDS.contains(&n) || registered(n).is_some() => Ok(()),
+        n if is_known(n) => Ok(()),
         other => Err(unknown(other)),
     }
 }
 
 /// The backends falsifier ships, by the names the CLI and contracts use.
 pub const BACKENDS: [&str; 3] = ["cpu", "cpu-f32", "cuda"];
+
+/// Whether `name` is a backend this program knows (shipped or registered), without probing a
+/// device. Lint checks contracts' backend names with it.
+pub fn is_known(name: &str) -> bool {
+    BACKENDS.contains(&name) || registered(name).is_some()
+}
+
+/// The error for a backend name this program does not know, listing the ones it does.
+pub fn unknown_backend(name: &str) -> Error {
+    unknown(name)
+}
+
+/// Whether backend `name` needs a GPU (its trials are skipped without one, and a holding trial
+/// on a device proves FUNCTIONAL). Only `cuda` among the shipped ones; registered engines run
+/// where their program runs.
+pub fn needs_gpu(name: &str) -> bool {
+    name == "cuda"
+}
 
 /// Open a shipped backend on a model: `cpu` (the reference: f64 accumulation), `cpu-f32` (the
 /// same forward accumulating in f32, the noise floor a calibration measures), `cuda`.

@@ -46,17 +46,18 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
     let contracts = load_checked(&args.paths)?;
     let candidate = match &args.candidate {
         None => None,
-        Some(c) => Some(serde_yaml::from_str::<BackendName>(c).map_err(|_| {
-            Error::input(format!(
-                "--candidate: unknown backend `{c}` (known: {})",
-                crate::backend::BACKENDS.join(", ")
-            ))
-        })?),
+        Some(c) if crate::backend::is_known(c) => Some(BackendName::new(c)),
+        Some(c) => {
+            return Err(Error::input(format!(
+                "--candidate: {}",
+                crate::backend::unknown_backend(c)
+            )));
+        }
     };
     let matched: Vec<_> = trials(&contracts)
         .into_iter()
-        .map(|t| match candidate {
-            Some(c) => with_candidate(t, c),
+        .map(|t| match &candidate {
+            Some(c) => with_candidate(t, c.clone()),
             None => t,
         })
         .filter(|t| args.filter.as_deref().is_none_or(|f| t.name().contains(f)))

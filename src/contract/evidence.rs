@@ -153,7 +153,7 @@ impl Report {
                 show(&expected)
             )));
         }
-        let computed = trial_level(pair, self.ran_on_device()).ok_or_else(|| {
+        let computed = trial_level(pair.clone(), self.ran_on_device()).ok_or_else(|| {
             on(format!(
                 "a {}-vs-{} trial, but the report names no card: no GPU trial ran",
                 pair.0, pair.1
@@ -466,16 +466,25 @@ mod tests {
 
     #[test]
     fn trial_levels() {
-        use crate::contract::schema::BackendName::*;
+        use crate::contract::schema::BackendName;
+        let b = BackendName::new;
         assert_eq!(
-            trial_level((Cpu, Cpu), false),
+            trial_level((b("cpu"), b("cpu")), false),
             Some(Status::ActiveAlgorithmLevel)
         );
         assert_eq!(
-            trial_level((Cpu, CpuF32), true),
+            trial_level((b("cpu"), b("cpu-f32")), true),
             Some(Status::ActiveAlgorithmLevel)
         );
-        assert_eq!(trial_level((Cpu, Cuda), true), Some(Status::Functional));
-        assert_eq!(trial_level((Cpu, Cuda), false), None);
+        assert_eq!(
+            trial_level((b("cpu"), b("cuda")), true),
+            Some(Status::Functional)
+        );
+        assert_eq!(trial_level((b("cpu"), b("cuda")), false), None);
+        // a registered engine is a CPU-level pair unless it needs a GPU
+        assert_eq!(
+            trial_level((b("cpu"), b("toy")), false),
+            Some(Status::ActiveAlgorithmLevel)
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! just the first), each with file:line:column.
 //!
 //! Rules, per contract file:
-//! - the schema (unknown keys, wrong types, unknown backends/checks/statuses: from yaml_serde);
+//! - the schema (unknown keys, wrong types, unknown checks/statuses: from yaml_serde);
+//! - backend names known to this program's backend registry (shipped or registered);
 //! - ids: `C-[A-Z0-9-]+` and `FALSIFY-[A-Z0-9-]+`, each unique across all files;
 //! - version `MAJOR.MINOR.PATCH`, equal to the last amendment's version; amendment versions
 //!   strictly increase; dates `YYYY-MM-DD`; the first amendment is `created`;
@@ -386,6 +387,15 @@ fn lint_backends_and_tokens(
                 f.backends.len()
             ),
         ));
+    }
+    // the set of backends is open: the registry of this program says which names exist
+    for (j, b) in f.backends.iter().enumerate() {
+        if !crate::backend::is_known(b.name()) {
+            diags.push(c.diag(
+                &at(&format!("backends[{j}]")),
+                format!("{id}: {}", crate::backend::unknown_backend(b.name())),
+            ));
+        }
     }
     if f.tokens.is_empty() {
         diags.push(c.diag(&at("tokens"), format!("{id}: empty prompt")));

@@ -133,31 +133,25 @@ impl ModelSpec {
     }
 }
 
-/// Backends a falsifier can pair.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
-pub enum BackendName {
-    /// CPU reference (f64 accumulation where it matters).
-    #[serde(rename = "cpu")]
-    Cpu,
-    /// CPU with f32 accumulation (the noise floor a candidate is allowed).
-    #[serde(rename = "cpu-f32")]
-    CpuF32,
-    #[serde(rename = "cuda")]
-    Cuda,
-}
+/// A backend a falsifier pairs, by the name the backend registry knows it by: the shipped
+/// `cpu`, `cpu-f32` and `cuda`, or an engine a program registered (`backend::register`). The set
+/// is open: lint asks the registry ([`crate::backend::is_known`]), not a list here.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(transparent)]
+pub struct BackendName(String);
 
 impl BackendName {
-    pub const fn name(self) -> &'static str {
-        match self {
-            BackendName::Cpu => "cpu",
-            BackendName::CpuF32 => "cpu-f32",
-            BackendName::Cuda => "cuda",
-        }
+    pub fn new(name: &str) -> BackendName {
+        BackendName(name.to_string())
     }
 
-    /// Whether the backend needs a GPU.
-    pub const fn needs_gpu(self) -> bool {
-        matches!(self, BackendName::Cuda)
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the backend needs a GPU (the registry says).
+    pub fn needs_gpu(&self) -> bool {
+        crate::backend::needs_gpu(&self.0)
     }
 }
 
@@ -318,7 +312,7 @@ impl Falsifier {
     /// Reference and candidate backend (lint guarantees exactly two).
     pub fn pair(&self) -> Option<(BackendName, BackendName)> {
         match self.backends.as_slice() {
-            [r, c] => Some((*r, *c)),
+            [r, c] => Some((r.clone(), c.clone())),
             _ => None,
         }
     }

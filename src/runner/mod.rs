@@ -149,7 +149,7 @@ fn diff_options(
     Ok(opts)
 }
 
-fn open_side(name: BackendName, model: &Path) -> Result<Box<dyn Backend>> {
+fn open_side(name: &BackendName, model: &Path) -> Result<Box<dyn Backend>> {
     backend::open(name.name(), model)
 }
 
@@ -161,7 +161,7 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
     let (ref_name, cand_name) = f
         .pair()
         .ok_or_else(|| Error::input(format!("{}: backends must name exactly two", at())))?;
-    for side in [ref_name, cand_name] {
+    for side in [&ref_name, &cand_name] {
         match backend::probe(side.name()) {
             Err(e) if e.kind == ErrorKind::NoDevice => {
                 return Ok(TrialOutcome::NoDevice(e.to_string()));
@@ -182,13 +182,13 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
         None => (vec![], vec![]),
     };
 
-    let mut reference = match open_side(ref_name, &model_path) {
+    let mut reference = match open_side(&ref_name, &model_path) {
         Err(e) if e.kind == ErrorKind::NoDevice => {
             return Ok(TrialOutcome::NoDevice(e.to_string()));
         }
         r => r?,
     };
-    let mut candidate = match open_side(cand_name, &model_path) {
+    let mut candidate = match open_side(&cand_name, &model_path) {
         Err(e) if e.kind == ErrorKind::NoDevice => {
             return Ok(TrialOutcome::NoDevice(e.to_string()));
         }
@@ -250,7 +250,7 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
         .map(|r| format!("{}: {}", r.key, report.verdict_name(r.verdict)));
     let expected = expected_text(f);
     let level = if holds && !spec.overridden {
-        trial_level((ref_name, cand_name), true).map(|s| s.name().to_string())
+        trial_level((ref_name.clone(), cand_name.clone()), true).map(|s| s.name().to_string())
     } else {
         None
     };
