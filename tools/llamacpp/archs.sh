@@ -7,7 +7,7 @@
 set -u
 PY=${PY:-python3}; F=${F:-target/release/falsifier}; O=${1:-/tmp/llamacpp-archs}; mkdir -p $O
 tok() { python3 -c "import json;print(','.join(map(str,json.load(open('$1'))['tokens'])))"; }
-for fam in llama2 llama3 mistral mixtral qwen2 qwen2moe; do
+for fam in qwen3moe qwen3 llama2 llama3 mistral mixtral qwen2 qwen2moe; do
   M=fixtures/$fam-tiny/$fam-tiny-f32.gguf; T=$(tok fixtures/$fam-tiny/manifest.json)
   $PY tools/trace_llamacpp.py --model $M --tokens $T --out $O/llama-$fam.safetensors > $O/llama-$fam.txt 2>&1
   $F trace $M --backend cpu --tokens $T --out $O/cpu-$fam.safetensors > /dev/null
