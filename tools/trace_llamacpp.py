@@ -226,6 +226,13 @@ def to_trace(seen, T):
                 out[P + "topk_weights"] = np.ascontiguousarray(a.reshape(T, -1))
             elif base in simple:
                 put(P + simple[base], a.reshape(T, -1))
+    # an expert layer has no dense FFN stages: qwen2moe's shared expert is built by the same
+    # helper as a dense FFN and names its nodes ffn_gate-N/ffn_up-N/ffn_swiglu-N
+    for key in [k for k in out if k.endswith(".router_logits")]:
+        P = key[: -len("router_logits")]
+        for s in ("ffn_gate", "ffn_up", "ffn_act"):
+            if out.pop(P + s, None) is not None:
+                notes.append("the shared expert's inner ffn_gate/ffn_up/ffn_swiglu nodes left out (no stages of an expert layer)")
     for P, order in argsort.items():
         w = out.get(P + "topk_weights")
         if w is not None and P + "topk_ids" not in out:
