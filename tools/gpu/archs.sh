@@ -18,6 +18,13 @@ $F run contracts --require-gpu --report-dir $E/run > $E/run.txt 2>&1
 echo "run rc=$? $(tail -1 $E/run.txt)"; grep -E "^(FAIL|ERROR)" $E/run.txt | head -5; rm -rf $E/run/trials
 $F run contracts/harness-self-test.yaml contracts/architectures-forward.yaml --candidate cuda --report-dir $E/selftest-cuda > $E/selftest-cuda.txt 2>&1
 echo "selftest-cuda rc=$? $(tail -1 $E/selftest-cuda.txt)"; grep -E "^(FAIL|ERROR)" $E/selftest-cuda.txt | head -5; rm -rf $E/selftest-cuda/trials; snap
+# HEAVY=1: the real shapes end to end, CUDA against the CPU reference at every stage (T = 32;
+# FALSIFY-ARCH-HEAVY-001: llama3-8b and qwen2.5-7b whole, Mixtral-8x7B and Qwen2-57B-A14B at 4
+# layers; about 4 minutes of generation on the host's 16 cores, cached in /tmp/falsifier-models)
+if [ "${HEAVY:-0}" = 1 ]; then
+  FALSIFIER_MODEL_CACHE=/tmp/falsifier-models $F run contracts/architectures-forward.yaml --include-heavy --filter FALSIFY-ARCH-HEAVY --require-gpu --report-dir $E/heavy > $E/heavy.txt 2>&1
+  echo "heavy rc=$? $(tail -1 $E/heavy.txt)"; rm -rf $E/heavy/trials; snap
+fi
 [ "${BENCH:-1}" = 1 ] || exit 0
 for spec in "llama3-8b" "qwen2-57b-a14b --layers 4" "mixtral-8x7b --layers 4"; do
   set -- $spec; name=$1; M=/tmp/$name.gguf
