@@ -336,7 +336,30 @@ fn planted_fault_places() {
             "first_divergence: layer.1.attn_out, origin: layer.1.attn_out",
             "first_divergence: layer.1.ffn_out",
         );
-    assert_rejects(&t, "    fault: {", "model moe has 8 experts");
+    assert_rejects(
+        &t,
+        "    fault: {",
+        "model moe: expert 8 out of range (the model has 8 experts)",
+    );
+    // no_topk_renorm where the router does not renormalise (qwen2moe): it would change nothing
+    let t = BASE
+        .replace(
+            "dense: { preset: tiny-dense, quant: f32, seed: 1 }",
+            "dense: { preset: tiny-qwen2moe, quant: f32, seed: 1 }",
+        )
+        .replace(
+            "class: nan, at: layer.1.attn_out, args: [2]",
+            "class: no_topk_renorm, at: layer.1.topk_weights",
+        )
+        .replace(
+            "first_divergence: layer.1.attn_out, origin: layer.1.attn_out",
+            "first_divergence: layer.1.topk_weights",
+        );
+    assert_rejects(
+        &t,
+        "    fault: {",
+        "model dense: a qwen2moe router does not renormalise its top-k weights",
+    );
     // q6k_as_q4k on a synthetic model without Q6_K tensors
     let t = BASE
         .replace("models: [moe, dense]", "models: [dense]")

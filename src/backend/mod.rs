@@ -89,7 +89,7 @@ pub fn probe(name: &str) -> Result<()> {
     match name {
         "cuda" => cuda::CudaBackend::probe(0).map(|_| ()),
         n if is_known(n) => Ok(()),
-        other => Err(unknown(other)),
+        other => Err(unknown_backend(other)),
     }
 }
 
@@ -100,11 +100,6 @@ pub const BACKENDS: [&str; 3] = ["cpu", "cpu-f32", "cuda"];
 /// device. Lint checks contracts' backend names with it.
 pub fn is_known(name: &str) -> bool {
     BACKENDS.contains(&name) || registered(name).is_some()
-}
-
-/// The error for a backend name this program does not know, listing the ones it does.
-pub fn unknown_backend(name: &str) -> Error {
-    unknown(name)
 }
 
 /// Whether backend `name` needs a GPU (its trials are skipped without one, and a holding trial
@@ -127,7 +122,7 @@ pub fn open(name: &str, model: &Path) -> Result<Box<dyn Backend>> {
         "cuda" => Ok(Box::new(cuda::CudaBackend::open(model, 0)?)),
         other => match registered(other) {
             Some(factory) => factory(model),
-            None => Err(unknown(other)),
+            None => Err(unknown_backend(other)),
         },
     }
 }
@@ -155,7 +150,8 @@ fn registered(name: &str) -> Option<Factory> {
     map.get(name).cloned()
 }
 
-fn unknown(name: &str) -> Error {
+/// The error for a backend name this program does not know, listing the ones it does.
+pub fn unknown_backend(name: &str) -> Error {
     let map = REGISTRY.read().unwrap_or_else(|e| e.into_inner());
     let known: Vec<&str> = BACKENDS
         .iter()

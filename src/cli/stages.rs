@@ -6,7 +6,7 @@ use clap::Args;
 
 use super::Outcome;
 use crate::error::Error;
-use crate::model::arch::{Arch, ArchDesc, FfnKind, Role, When, stage_dims};
+use crate::model::arch::{Arch, ArchDesc, FfnKind, Role, TensorSpec, When, stage_dims};
 use crate::trace::stage::{Scope, Stage, StageDtype};
 
 #[derive(Args, Debug)]
@@ -113,28 +113,24 @@ pub fn describe(d: &ArchDesc) -> String {
         }
     }
     out += "tensors (ggml dims, fastest first):\n";
-    let row = |name: String, dims: &[crate::model::arch::Dim], what: String| {
-        let dims: Vec<&str> = dims.iter().map(|x| x.symbol()).collect();
-        format!("  {name:<34} [{}] {what}\n", dims.join(","))
-    };
-    for t in d.head_tensors {
-        out += &row(t.name.to_string(), t.dims, role(t.role, t.optional, t.when));
-    }
-    for t in d.layer_tensors {
-        out += &row(
-            format!("blk.N.{}", t.name),
-            t.dims,
-            role(t.role, t.optional, t.when),
-        );
-    }
-    for t in d.tail_tensors {
-        out += &row(t.name.to_string(), t.dims, role(t.role, t.optional, t.when));
+    let layer = d
+        .layer_tensors
+        .iter()
+        .map(|t| (format!("blk.N.{}", t.name), t));
+    let model = |ts: &'static [TensorSpec]| ts.iter().map(|t| (t.name.to_string(), t));
+    for (name, t) in model(d.head_tensors)
+        .chain(layer)
+        .chain(model(d.tail_tensors))
+    {
+        let dims: Vec<&str> = t.dims.iter().map(|x| x.symbol()).collect();
+        out += &format!("  {name:<34} [{}] {}\n", dims.join(","), role(t));
     }
     out
 }
 
-fn role(r: Role, optional: bool, when: When) -> String {
-    let mut s = match r {
+/// What a tensor is to the forward, in words.
+fn role(t: &TensorSpec) -> String {
+    let mut s = match t.role {
         Role::Produces(st) => format!("produces {st}"),
         Role::Inner => "matmul inside the FFN".to_string(),
         Role::Gain(st) => format!("gain of {st}"),
@@ -142,13 +138,13 @@ fn role(r: Role, optional: bool, when: When) -> String {
         Role::Embedding => "embedding rows".to_string(),
         Role::RopeFreqs => "RoPE frequency divisors".to_string(),
     };
-    match when {
+    match t.when {
         When::Always => {}
         When::Dense => s += " (dense layers)",
         When::Moe => s += " (expert layers)",
         When::SharedExpert => s += " (shared expert)",
     }
-    if optional {
+    if t.optional {
         s += " (optional)";
     }
     s

@@ -565,30 +565,14 @@ fn lint_fault(
                     for (name, shape) in models {
                         if let Err(e) = key_in_model(&key, name, shape) {
                             diags.push(c.diag(&at("fault.at"), format!("{id}: fault at {e}")));
+                            continue;
                         }
-                        if fault.kind == FaultKind::NoTopkRenorm
-                            && shape.is_moe()
-                            && !shape.config.norm_topk_prob
-                        {
-                            diags.push(c.diag(
-                                &at("fault.class"),
-                                format!(
-                                    "{id}: no_topk_renorm: model {name} is {}, whose router does not renormalise (the fault would change nothing)",
-                                    shape.arch()
-                                ),
-                            ));
-                        }
-                        if let FaultKind::ExpertSwap { a, b } = fault.kind
-                            && shape.is_moe()
-                            && a.max(b) >= shape.experts()
-                        {
-                            diags.push(c.diag(
-                                &at("fault.args"),
-                                format!(
-                                    "{id}: expert_swap[{a},{b}]: model {name} has {} experts",
-                                    shape.experts()
-                                ),
-                            ));
+                        // what the class needs of the model (experts in range, a router that
+                        // renormalises, a matmul at the place): the check every backend makes
+                        if let Err(e) = fault.check_model(&shape.config) {
+                            diags.push(
+                                c.diag(&at("fault"), format!("{id}: {fault}: model {name}: {e}")),
+                            );
                         }
                     }
                     if matches!(fault.kind, FaultKind::Q6kAsQ4k) {
