@@ -515,3 +515,81 @@ fn gen_model_says_which_tensors_fell_back_and_how_to_get_k_quants() {
     assert!(!text.contains("fell back"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `falsifier diff A.gguf B.gguf`: the drift report, its bounds as the exit code, and the inputs
+/// it refuses.
+#[test]
+fn diff_of_two_model_files_reports_drift_and_follows_its_bounds() {
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-drift-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (f32, q8) = (
+        "fixtures/llama3-tiny/llama3-tiny-f32.gguf",
+        "fixtures/llama3-tiny/llama3-tiny-q8_0.gguf",
+    );
+    let report = dir.join("r");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["diff", f32, q8, "--report-dir", report.to_str().unwrap()];
+        args.extend(extra);
+        falsifier(&args)
+    };
+    let tokens = ["--tokens", "81,119,101,110,50,45,77,111,69"];
+    let ok = run(&[&tokens[..], &["--kld", "1e-3", "--top1", "1"]].concat());
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        out.contains("drift HOLDS") && out.contains("place(s) that lose most"),
+        "{out}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["drift_check"]["holds"], true);
+    assert_eq!(json["logits"]["positions"], 9);
+    let kld = json["logits"]["kld_mean"].as_f64().unwrap();
+    assert!(kld > 0.0 && kld < 1e-3, "{kld}");
+    // 2 layers, the embedding and the output head, ranked largest first
+    let places = json["drift"]["layers"].as_array().unwrap();
+    assert_eq!(places.len(), 4);
+    let own: Vec<f64> = places
+        .iter()
+        .map(|p| p["own_rel_l2"].as_f64().unwrap())
+        .collect();
+    assert!(own.windows(2).all(|w| w[0] >= w[1]), "{own:?}");
+    assert!(
+        std::fs::read_to_string(report.join("report.html"))
+            .unwrap()
+            .contains("The places that lose most")
+    );
+    // a bound the Q8_0 file cannot meet fails
+    let tight = run(&[&tokens[..], &["--kld", "1e-9"]].concat());
+    assert_eq!(tight.status.code(), Some(1), "{tight:?}");
+    assert!(String::from_utf8_lossy(&tight.stdout).contains("drift FAILS"));
+    // bad input: no prompt, a model against a trace, bounds on traces
+    let no_tokens = run(&[]);
+    assert_eq!(no_tokens.status.code(), Some(2), "{no_tokens:?}");
+    assert!(String::from_utf8_lossy(&no_tokens.stderr).contains("--tokens"));
+    let trace = dir.join("t.safetensors");
+    let t = falsifier(&[
+        "trace",
+        f32,
+        "--tokens",
+        "81,119",
+        "--out",
+        trace.to_str().unwrap(),
+    ]);
+    assert_eq!(t.status.code(), Some(0), "{t:?}");
+    let mixed = falsifier(&["diff", f32, trace.to_str().unwrap()]);
+    assert_eq!(mixed.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&mixed.stderr).contains("llama3-tiny-f32.gguf is a model file")
+    );
+    let bounds_on_traces = falsifier(&[
+        "diff",
+        trace.to_str().unwrap(),
+        trace.to_str().unwrap(),
+        "--kld",
+        "1",
+    ]);
+    assert_eq!(bounds_on_traces.status.code(), Some(2));
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -279,6 +279,73 @@ fn thresholds_out_of_range() {
     );
 }
 
+/// `check: drift`: a second model file of the same shape, bounds on the logits, no fault.
+#[test]
+fn drift_checks() {
+    // a valid drift falsifier in place of FALSIFY-TEST-002
+    let drift = BASE.replacen(
+        "    stages: [router_logits, topk_ids]\n    layers: 0..2\n    check: routing",
+        "    candidate_model: moe8\n    stages: all\n    layers: all\n    thresholds: { kld: 1.0e-3, top1: 0.9 }\n    check: drift",
+        1,
+    )
+    .replacen(
+        "  dense: { preset: tiny-dense, quant: f32, seed: 1 }",
+        "  dense: { preset: tiny-dense, quant: f32, seed: 1 }\n  moe8: { path: fixtures/qwen3moe-tiny/qwen3moe-tiny-q8_0.gguf }",
+        1,
+    )
+    .replacen("backends: [cpu, cuda]", "backends: [cpu, cpu]", 1);
+    let (_, diags) = lint::lint(&[src("t", &drift)]);
+    assert!(diags.is_empty(), "{diags:?}");
+    let edit = |from: &str, to: &str| {
+        assert!(drift.contains(from), "{from}");
+        drift.replacen(from, to, 1)
+    };
+    assert_rejects(
+        &edit("    candidate_model: moe8\n", ""),
+        "check: drift",
+        "name the second in `candidate_model`",
+    );
+    assert_rejects(
+        &edit("candidate_model: moe8", "candidate_model: nope"),
+        "candidate_model: nope",
+        "candidate_model `nope` is not defined",
+    );
+    assert_rejects(
+        &edit("candidate_model: moe8", "candidate_model: dense"),
+        "candidate_model: dense",
+        "not the same architecture and shape as model moe (architecture: qwen3moe vs qwen3)",
+    );
+    assert_rejects(
+        &edit("{ kld: 1.0e-3, top1: 0.9 }", "{ default: 1.0e-3 }"),
+        "{ default: 1.0e-3 }",
+        "check drift needs a bound on the logits",
+    );
+    assert_rejects(
+        &edit("top1: 0.9", "top1: 1.5"),
+        "top1: 1.5",
+        "top1 1.5 must be within 0..=1",
+    );
+    assert_rejects(
+        &edit("kld: 1.0e-3", "kld: -1"),
+        "kld: -1",
+        "kld -1 must be finite and >= 0",
+    );
+    assert_rejects(
+        &edit(
+            "    stages: all\n    layers: all\n    thresholds: { kld",
+            "    stages: [layer_out]\n    layers: all\n    thresholds: { kld",
+        ),
+        "stages: [layer_out]",
+        "check drift needs the logits stage captured",
+    );
+    // logits bounds belong to drift checks only
+    assert_rejects(
+        &mutate("logits: 1.0e-3 }", "logits: 1.0e-3, kld: 0.1 }"),
+        "kld: 0.1",
+        "`kld` bounds the logits of a drift check",
+    );
+}
+
 #[test]
 fn planted_fault_places() {
     // the fixture MoE and the dense preset both have 3 layers

@@ -1,6 +1,11 @@
 //! `falsifier diff REF CAND`: compare two traces (safetensors files, `{key}.npy` directories or
 //! APRT dumps), print a summary and write report.json/.md/.html. Exit 0 when every stage
 //! matches, 1 on any non-Match or when nothing was compared, 2 on bad input.
+//!
+//! `falsifier diff A.gguf B.gguf --tokens ...`: two model files of one architecture and shape
+//! (a full-precision model and its quantization) run the prompt on one backend; the report adds
+//! the logits as distributions (KL divergence, top-1, top-k) and the layers that lose most.
+//! With `--kld`/`--top1` the exit code follows those bounds instead of the stage thresholds.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +50,29 @@ pub struct DiffArgs {
     /// and propose per-stage thresholds of FACTOR x the measured noise floor (exit 0).
     #[arg(long, value_name = "FACTOR", num_args = 0..=1, default_missing_value = "10")]
     pub propose_thresholds: Option<f64>,
+    /// Two model files: the prompt's token ids (comma-separated).
+    #[arg(long)]
+    pub tokens: Option<String>,
+    /// Two model files: the backend both run on.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Two model files: largest allowed mean KL divergence of the logits (nats); the exit code
+    /// then follows the logits bounds, not the stage thresholds.
+    #[arg(long, value_name = "NATS")]
+    pub kld: Option<f64>,
+    /// Two model files: smallest allowed top-1 agreement (0..=1).
+    #[arg(long, value_name = "FRACTION")]
+    pub top1: Option<f64>,
+}
+
+/// Whether `path` is a GGUF file (its magic), not a trace.
+fn is_gguf(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
 }
 
 pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
@@ -80,6 +108,32 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
             )));
         }
         opts.near_tie = nt;
+    }
+    let models = (is_gguf(&args.reference), is_gguf(&args.candidate));
+    let bounds = crate::diff::LogitBounds {
+        kld: args.kld,
+        top1: args.top1,
+    };
+    match models {
+        (true, true) => return diff_models(args, opts, bounds, &bar),
+        (false, false) if args.tokens.is_some() || !bounds.is_empty() => {
+            return Err(Error::input(
+                "--tokens, --kld and --top1 belong to a diff of two model files (.gguf); REF and CAND are traces",
+            ));
+        }
+        (false, false) => {}
+        (r, _) => {
+            let (gguf, trace) = if r {
+                (&args.reference, &args.candidate)
+            } else {
+                (&args.candidate, &args.reference)
+            };
+            return Err(Error::input(format!(
+                "{} is a model file and {} is not: give two traces, or two model files with --tokens",
+                gguf.display(),
+                trace.display()
+            )));
+        }
     }
     let reference = open_source(&args.reference)?;
     let candidate = open_source(&args.candidate)?;
@@ -121,6 +175,85 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
         return Ok(Outcome::Holds);
     }
     Ok(if report.holds {
+        Outcome::Holds
+    } else {
+        Outcome::Fails
+    })
+}
+
+/// Two model files through one backend: the drift report (runner::drift).
+fn diff_models(
+    args: &DiffArgs,
+    opts: DiffOptions,
+    bounds: crate::diff::LogitBounds,
+    bar: &super::progress::Bar,
+) -> crate::Result<Outcome> {
+    if let Some(k) = bounds.kld
+        && !(k.is_finite() && k >= 0.0)
+    {
+        return Err(Error::input(format!(
+            "--kld {k}: expected a finite number >= 0 (nats)"
+        )));
+    }
+    if let Some(t) = bounds.top1
+        && !(0.0..=1.0).contains(&t)
+    {
+        return Err(Error::input(format!(
+            "--top1 {t}: expected a fraction in 0..=1"
+        )));
+    }
+    if args.propose_thresholds.is_some() {
+        return Err(Error::input(
+            "--propose-thresholds calibrates two traces of one forward; two model files differ by their weights",
+        ));
+    }
+    let tokens = args.tokens.as_deref().ok_or_else(|| {
+        Error::input("two model files: give the prompt with --tokens (comma-separated ids)")
+    })?;
+    let tokens = super::trace::parse_tokens(tokens)?;
+    let plan = opts.plan.clone().unwrap_or_else(CapturePlan::all);
+    let open = |p: &std::path::Path| super::open_backend(&args.backend, p);
+    let report = crate::runner::drift::diff_models(
+        &args.reference,
+        &args.candidate,
+        &open,
+        &tokens,
+        &plan,
+        &opts,
+    );
+    bar.finish();
+    let report = report?;
+    let command: Vec<String> = std::env::args().collect();
+    let mut ctx = ReportContext::new(command.join(" "));
+    let judged = (!bounds.is_empty()).then(|| bounds.judge(report.logits.as_ref()));
+    if let Some((holds, finding)) = &judged {
+        ctx.drift = Some(crate::report::DriftCheck {
+            bounds: bounds.text(),
+            holds: *holds,
+            finding: finding.clone(),
+        });
+    }
+    let dir = args
+        .report_dir
+        .clone()
+        .unwrap_or_else(|| default_report_dir(ctx.created));
+    write_reports(&dir, &report, &ctx)?;
+    print!(
+        "{}",
+        terminal::render(&report, terminal::use_color(), Some(&dir))
+    );
+    let holds = match judged {
+        Some((holds, finding)) => {
+            println!(
+                "drift {}: {finding} ({})",
+                if holds { "HOLDS" } else { "FAILS" },
+                bounds.text()
+            );
+            holds
+        }
+        None => report.holds,
+    };
+    Ok(if holds {
         Outcome::Holds
     } else {
         Outcome::Fails

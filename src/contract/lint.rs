@@ -13,7 +13,8 @@
 //! - falsifiers: models defined in `models`; exactly two backends; a non-empty prompt whose
 //!   tokens are inside every model's vocabulary; known stages; layers within every model's layer
 //!   count; thresholds finite with 0 < t <= 1 (`route_margin`: finite, >= 0), keyed by
-//!   `default`, a stage or `route_margin`;
+//!   `default`, a stage or `route_margin`; `kld` (>= 0) and `top1` (0..=1) only for `check:
+//!   drift`;
 //! - planted faults: a known class at a place the class can live, at a stage and layer every
 //!   model of the falsifier has (dense models have no router/top-k, MoE models no
 //!   ffn_gate/ffn_up/ffn_act), expert indices below the expert count, and `q6k_as_q4k` only
@@ -21,6 +22,9 @@
 //!   for a preset); a fault needs an `expect` and an `expect` needs a fault; expected keys must
 //!   exist in every model and be captured by the falsifier's stages/layers;
 //! - `check: routing` only on MoE models, with router_logits and topk_ids captured;
+//! - `candidate_model` defined, of the same architecture and shape as every trial model;
+//!   `check: drift` with a `candidate_model`, a `kld` or `top1` bound, logits captured and no
+//!   planted fault;
 //! - statuses: no falsifier claims more than its last evidence shows (see [`super`]), and the
 //!   contract status is the minimum of its falsifiers'.
 
@@ -306,6 +310,7 @@ fn lint_falsifier(
     lint_fault(c, i, f, &models, diags);
     lint_expect(c, i, f, &models, &plan, diags);
     lint_routing_check(c, i, f, &models, &plan, diags);
+    lint_drift_check(c, i, f, &models, model_shapes, &plan, diags);
     lint_status_evidence(c, i, f, diags);
 }
 
@@ -488,26 +493,48 @@ fn lint_stages_and_layers(
     plan
 }
 
-/// Thresholds: finite, 0 < t <= 1 (`route_margin`: finite, >= 0), keyed by `default`, a
-/// stage or `route_margin`.
+/// Thresholds: finite, 0 < t <= 1 (`route_margin`: finite, >= 0; `kld`: finite, >= 0; `top1`:
+/// 0..=1, the last two only with `check: drift`), keyed by `default`, a stage, `route_margin`,
+/// `kld` or `top1`.
 fn lint_thresholds(c: &LoadedContract, i: usize, f: &Falsifier, diags: &mut Vec<Diag>) {
     let id = &f.id;
     for (key, v) in &f.thresholds {
         let here = format!("falsifiers[{i}].thresholds.{key}");
-        if key == "route_margin" {
-            if !v.is_finite() || *v < 0.0 {
-                diags.push(c.diag(
-                    &here,
-                    format!("{id}: route_margin {v} must be finite and >= 0"),
-                ));
+        let bad = |what: &str| format!("{id}: {key} {v} must be {what}");
+        match key.as_str() {
+            "route_margin" => {
+                if !v.is_finite() || *v < 0.0 {
+                    diags.push(c.diag(&here, bad("finite and >= 0")));
+                }
+                continue;
             }
-            continue;
+            "kld" | "top1" => {
+                if f.check != Check::Drift {
+                    diags.push(c.diag(
+                        &here,
+                        format!("{id}: `{key}` bounds the logits of a drift check; this falsifier's check is not `drift`"),
+                    ));
+                }
+                let ok = v.is_finite() && *v >= 0.0 && (key == "kld" || *v <= 1.0);
+                if !ok {
+                    diags.push(c.diag(
+                        &here,
+                        bad(if key == "kld" {
+                            "finite and >= 0 (a mean KL divergence in nats)"
+                        } else {
+                            "within 0..=1 (a fraction of positions)"
+                        }),
+                    ));
+                }
+                continue;
+            }
+            _ => {}
         }
         if key != "default" && key.parse::<Stage>().is_err() {
             diags.push(c.diag(
                 &here,
                 format!(
-                    "{id}: threshold key `{key}` is not `default`, `route_margin` or a stage name"
+                    "{id}: threshold key `{key}` is not `default`, `route_margin`, `kld`, `top1` or a stage name"
                 ),
             ));
         }
@@ -666,6 +693,78 @@ fn lint_routing_check(
                 ));
             }
         }
+    }
+}
+
+/// `candidate_model` names a defined model of the same architecture and shape as every trial
+/// model; `check: drift` has one, at least one logits bound, the logits captured, and no planted
+/// fault (a drift check measures the files, not a fault).
+fn lint_drift_check(
+    c: &LoadedContract,
+    i: usize,
+    f: &Falsifier,
+    models: &[(&str, &ModelShape)],
+    model_shapes: &BTreeMap<&str, Option<ModelShape>>,
+    plan: &Result<CapturePlan, String>,
+    diags: &mut Vec<Diag>,
+) {
+    let at = |k: &str| format!("falsifiers[{i}].{k}");
+    let id = &f.id;
+    if let Some(cm) = &f.candidate_model {
+        match model_shapes.get(cm.as_str()) {
+            None => {
+                let known: Vec<&str> = model_shapes.keys().copied().collect();
+                diags.push(c.diag(
+                    &at("candidate_model"),
+                    format!(
+                        "{id}: candidate_model `{cm}` is not defined in `models` (defined: {})",
+                        known.join(", ")
+                    ),
+                ));
+            }
+            Some(None) => {} // already reported at the model
+            Some(Some(cand)) => {
+                for (name, shape) in models {
+                    if let Some(d) = shape.config.differs_from(&cand.config) {
+                        diags.push(c.diag(
+                            &at("candidate_model"),
+                            format!("{id}: candidate_model {cm} is not the same architecture and shape as model {name} ({d})"),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if f.check != Check::Drift {
+        return;
+    }
+    if f.candidate_model.is_none() {
+        diags.push(c.diag(
+            &at("check"),
+            format!(
+                "{id}: check drift compares two model files: name the second in `candidate_model`"
+            ),
+        ));
+    }
+    if f.logit_bounds().is_empty() {
+        diags.push(c.diag(
+            &at("thresholds"),
+            format!("{id}: check drift needs a bound on the logits: thresholds.kld (largest mean KL divergence) and/or thresholds.top1 (smallest top-1 agreement)"),
+        ));
+    }
+    if let Ok(plan) = plan
+        && !plan.wants(None, Stage::Logits)
+    {
+        diags.push(c.diag(
+            &at("stages"),
+            format!("{id}: check drift needs the logits stage captured"),
+        ));
+    }
+    if f.fault.is_some() {
+        diags.push(c.diag(
+            &at("fault"),
+            format!("{id}: a drift check measures two model files; it plants no fault"),
+        ));
     }
 }
 

@@ -191,6 +191,12 @@ pub enum Check {
     /// Routing parity: a top-k set may differ from the reference only where the reference's margin
     /// (k-th minus (k+1)-th router logit) is below `thresholds.route_margin`.
     Routing,
+    /// Quantization drift: the candidate runs `candidate_model` (a second file of the same
+    /// architecture and shape), and its logits must stay within `thresholds.kld` (largest mean
+    /// KL divergence, nats) and `thresholds.top1` (smallest top-1 agreement). Stage verdicts are
+    /// reported, not judged: every stage of a quantized model drifts. The teacher-forced replay
+    /// ranks the layers by their own error.
+    Drift,
 }
 
 /// Which side of the pair a fault is planted on.
@@ -270,6 +276,10 @@ pub struct Falsifier {
     pub if_fails: String,
     /// Names from the contract's `models`; one trial per model.
     pub models: Vec<String>,
+    /// A name from the contract's `models` the candidate runs instead of the trial's model
+    /// (`check: drift`: a quantized file against its full-precision source).
+    #[serde(default)]
+    pub candidate_model: Option<String>,
     /// `[reference, candidate]`.
     pub backends: Vec<BackendName>,
     /// Prompt token ids.
@@ -278,8 +288,9 @@ pub struct Falsifier {
     pub stages: Selection<String>,
     #[serde(default)]
     pub layers: Selection<usize>,
-    /// Per-stage relative-L2 bounds: `default`, any stage name, and `route_margin` (a router-logit
-    /// margin below which a route flip is tolerated).
+    /// Per-stage relative-L2 bounds: `default`, any stage name, `route_margin` (a router-logit
+    /// margin below which a route flip is tolerated), and for `check: drift` `kld` (largest mean
+    /// KL divergence of the logits, nats) and `top1` (smallest top-1 agreement, 0..=1).
     #[serde(default)]
     pub thresholds: BTreeMap<String, f64>,
     #[serde(default)]
@@ -345,6 +356,14 @@ impl Falsifier {
     /// Router-logit margin below which a route flip is tolerated (0: none is).
     pub fn route_margin(&self) -> f64 {
         self.thresholds.get("route_margin").copied().unwrap_or(0.0)
+    }
+
+    /// The logits bounds of a drift check (`thresholds.kld`, `thresholds.top1`).
+    pub fn logit_bounds(&self) -> crate::diff::LogitBounds {
+        crate::diff::LogitBounds {
+            kld: self.thresholds.get("kld").copied(),
+            top1: self.thresholds.get("top1").copied(),
+        }
     }
 
     /// The planted fault, parsed.

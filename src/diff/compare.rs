@@ -14,6 +14,7 @@ use crate::trace::stage::{Key, Stage, StageDtype};
 use crate::trace::tensor::{TensorView, ViewData};
 
 use super::ids::integer_ids;
+use super::logits::LogitAgreement;
 use super::prompt;
 use super::report::{ComparedBy, DiffReport, Row, Side, SideInfo, index_of, model_warning};
 use super::routing::{self, Routing};
@@ -112,7 +113,22 @@ pub fn diff(
         bytes += b;
     }
 
-    let warnings = model_warning(&ref_info, &cand_info).into_iter().collect();
+    let logits_key = Key::model(Stage::Logits);
+    let logits = if all.contains(&logits_key) {
+        match (
+            ctx.get(Side::Reference, &logits_key)?,
+            ctx.get(Side::Candidate, &logits_key)?,
+        ) {
+            (Some(a), Some(b)) => LogitAgreement::of(&a, &b, ctx.positions),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let warnings = model_warning(&ref_info, &cand_info)
+        .filter(|_| !opts.two_models)
+        .into_iter()
+        .collect();
     let mut report = DiffReport {
         reference: ref_info,
         candidate: cand_info,
@@ -120,6 +136,8 @@ pub fn diff(
         rows,
         first_divergence: None,
         origin: None,
+        logits,
+        drift: None,
         holds: false,
         notes,
         warnings,

@@ -8,7 +8,9 @@
 //! on), then everything else.
 
 mod compare;
+pub mod drift;
 mod ids;
+pub mod logits;
 pub mod metrics;
 mod prompt;
 mod report;
@@ -23,6 +25,8 @@ use crate::progress::Progress;
 use crate::trace::plan::CapturePlan;
 
 pub use compare::diff;
+pub use drift::{Drift, LayerLoss};
+pub use logits::{LogitAgreement, LogitBounds};
 pub use metrics::{Metrics, NonFinite};
 pub use report::{ComparedBy, DiffReport, Index, Origin, Row, Side, SideInfo, Summary, index_of};
 pub use routing::{RouteFlip, Routing};
@@ -43,6 +47,8 @@ pub struct DiffOptions {
     /// Told of the keys to compare and of each one compared (`None`: nobody is told); the
     /// library draws no UI, the CLI passes a bar.
     pub progress: Option<Arc<dyn Progress>>,
+    /// The sides are two model files on purpose (a drift diff): no warning that they differ.
+    pub two_models: bool,
 }
 
 impl Default for DiffOptions {
@@ -53,6 +59,7 @@ impl Default for DiffOptions {
             labels: None,
             plan: None,
             progress: None,
+            two_models: false,
         }
     }
 }
@@ -65,6 +72,7 @@ impl fmt::Debug for DiffOptions {
             .field("labels", &self.labels)
             .field("plan", &self.plan)
             .field("progress", &self.progress.is_some())
+            .field("two_models", &self.two_models)
             .finish()
     }
 }

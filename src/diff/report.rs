@@ -241,6 +241,12 @@ pub struct DiffReport {
     pub first_divergence: Option<usize>,
     /// Filled by attribution when it ran.
     pub origin: Option<Origin>,
+    /// The logits as next-token distributions (KL divergence, top-1, top-k), when both sides
+    /// hold finite f32 logits of one `[T, V]` shape.
+    pub logits: Option<super::logits::LogitAgreement>,
+    /// Layers ranked by their own error: set when the sides are two model files and the
+    /// teacher-forced replay ran (a drift check).
+    pub drift: Option<super::drift::Drift>,
     /// No failing row, and something was compared.
     pub holds: bool,
     /// Notes on the whole diff (names ignored, nothing compared, ...).

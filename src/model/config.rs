@@ -332,6 +332,56 @@ impl ModelConfig {
     }
 
     /// The architecture's description.
+    /// Why `other` is not the same model in another encoding: the first of architecture and
+    /// shape (layers, widths, heads, experts, vocabulary, norms and RoPE) that differs, as
+    /// `field: a vs b`; `None` when only the weights' types (or values) can differ. Two files
+    /// that pass can be diffed stage by stage (a quantization drift check).
+    pub fn differs_from(&self, other: &ModelConfig) -> Option<String> {
+        let ints = [
+            ("layers", self.n_layers, other.n_layers),
+            ("hidden", self.hidden, other.hidden),
+            ("heads", self.n_heads, other.n_heads),
+            ("kv heads", self.n_kv_heads, other.n_kv_heads),
+            ("head_dim", self.head_dim, other.head_dim),
+            ("vocab", self.vocab, other.vocab),
+            ("ffn", self.ffn_dim, other.ffn_dim),
+            ("experts", self.n_experts, other.n_experts),
+            ("experts used", self.n_experts_used, other.n_experts_used),
+            ("expert ffn", self.expert_ffn_dim, other.expert_ffn_dim),
+            (
+                "shared expert ffn",
+                self.shared_ffn_dim,
+                other.shared_ffn_dim,
+            ),
+        ];
+        if self.arch != other.arch {
+            return Some(format!(
+                "architecture: {} vs {}",
+                self.arch.name(),
+                other.arch.name()
+            ));
+        }
+        if let Some((name, a, b)) = ints.into_iter().find(|(_, a, b)| a != b) {
+            return Some(format!("{name}: {a} vs {b}"));
+        }
+        let flags = [
+            ("moe", self.moe, other.moe),
+            ("norm_topk_prob", self.norm_topk_prob, other.norm_topk_prob),
+            ("rope_freqs", self.rope_freqs, other.rope_freqs),
+        ];
+        if let Some((name, a, b)) = flags.into_iter().find(|(_, a, b)| a != b) {
+            return Some(format!("{name}: {a} vs {b}"));
+        }
+        let floats = [
+            ("rope theta", self.rope_theta, other.rope_theta),
+            ("rms eps", self.rms_eps, other.rms_eps),
+        ];
+        floats
+            .into_iter()
+            .find(|(_, a, b)| a.to_bits() != b.to_bits())
+            .map(|(name, a, b)| format!("{name}: {a} vs {b}"))
+    }
+
     pub fn desc(&self) -> &'static ArchDesc {
         self.arch.desc()
     }

@@ -307,7 +307,7 @@ const JS: &str = r#"
 
 pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
     let mut h = String::new();
-    let verdict = judgement(report, ctx.planted.as_ref());
+    let verdict = judgement(report, ctx);
     let _ = write!(
         h,
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>falsifier diff: {} vs {}</title><style>{CSS}</style></head><body>",
@@ -346,6 +346,7 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
         let _ = write!(h, "<p class=\"note\">{}</p>", esc(n));
     }
     h.push_str("</section>");
+    drift_sections(&mut h, report);
 
     // heatmap
     let stages: Vec<Stage> = Stage::ALL
@@ -467,6 +468,59 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
         "</main><div id=\"tip\"></div><script>{JS}</script></body></html>"
     );
     h
+}
+
+/// The logits as distributions, and for a diff of two model files the layers that lose most.
+fn drift_sections(h: &mut String, report: &DiffReport) {
+    if let Some(g) = &report.logits {
+        let _ = write!(
+            h,
+            "<section><h2>Logits as next-token distributions</h2><table class=\"rows\"><tr><th>KL mean (nats)</th><th>KL p99</th><th>KL max</th><th>top-1 agreement</th><th>top-{} overlap</th></tr><tr><td>{:.3e}</td><td>{:.3e}</td><td>{:.3e}</td><td>{}/{} ({:.1}%)</td><td>{:.3}</td></tr></table>",
+            g.k,
+            g.kld_mean(),
+            g.kld_p99(),
+            g.kld_max(),
+            g.top1.iter().filter(|&&s| s).count(),
+            g.positions,
+            100.0 * g.top1_rate(),
+            g.topk_overlap_mean()
+        );
+        let misses = g.top1_misses();
+        if !misses.is_empty() {
+            let shown: Vec<String> = misses
+                .iter()
+                .take(16)
+                .map(|p| format!("position {p}"))
+                .collect();
+            let _ = write!(
+                h,
+                "<p class=\"note\">Top-1 differs at {}{}.</p>",
+                esc(&shown.join(", ")),
+                if misses.len() > 16 {
+                    format!(" and {} more", misses.len() - 16)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        h.push_str("</section>");
+    }
+    if let Some(d) = &report.drift {
+        h.push_str("<section><h2>The places that lose most</h2><p class=\"note\">Own error: relative L2 of a layer's <code>layer_out</code> when the layer starts from the reference's input (teacher-forced replay), of the <code>embedding</code>, and of the <code>logits</code> computed from the reference's <code>final_norm</code> (the output head); accumulated: the same stage running free, with everything inherited.</p><table class=\"rows\"><tr><th>rank</th><th>place</th><th>own rel L2</th><th>worst own stage</th><th>accumulated rel L2</th></tr>");
+        for (i, l) in d.top().iter().enumerate() {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{:.3e}</td><td>{} ({:.3e})</td><td>{}</td></tr>",
+                i + 1,
+                esc(&l.place()),
+                l.own_rel_l2,
+                esc(l.worst_stage.name()),
+                l.worst_own_rel_l2,
+                esc(&super::sci(l.accumulated_rel_l2))
+            );
+        }
+        h.push_str("</table></section>");
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Environment, FalsifierResult, Planted, ReportContext, judgement, rfc3339};
+use super::{DriftCheck, Environment, FalsifierResult, Planted, ReportContext, judgement, rfc3339};
 use crate::diff::{DiffReport, Index, NonFinite, Row, SideInfo, Verdict};
 use crate::error::{Error, Result};
 
@@ -31,6 +31,16 @@ pub struct JsonReport {
     /// `holds`, is the verdict.
     #[serde(default)]
     pub planted: Option<Planted>,
+    /// A drift check's bounds and whether they were met: for such a trial this, not `holds`,
+    /// is the verdict.
+    #[serde(default)]
+    pub drift_check: Option<DriftCheck>,
+    /// The logits as next-token distributions, when both sides hold finite logits.
+    #[serde(default)]
+    pub logits: Option<JsonLogits>,
+    /// Layers ranked by their own (teacher-forced) error, for a diff of two model files.
+    #[serde(default)]
+    pub drift: Option<JsonDrift>,
     pub summary: JsonSummary,
     pub first_divergence: Option<JsonFirst>,
     pub rows: Vec<JsonRow>,
@@ -40,6 +50,51 @@ pub struct JsonReport {
     /// What a reader must not miss although the diff ran (traces of different model files).
     #[serde(default)]
     pub warnings: Vec<String>,
+}
+
+/// `logits`: KL(P_ref ‖ P_cand) in nats per position with its mean, 99th percentile and max;
+/// top-1 agreement (fraction of positions); top-k overlap (k = `k`, mean fraction).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct JsonLogits {
+    pub positions: usize,
+    pub vocab: usize,
+    pub kld_mean: f64,
+    pub kld_p99: f64,
+    pub kld_max: f64,
+    pub top1: f64,
+    pub k: usize,
+    pub topk_overlap: f64,
+    /// Positions whose top-1 token differs.
+    pub top1_misses: Vec<usize>,
+    pub per_position: Vec<JsonLogitsAt>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct JsonLogitsAt {
+    pub position: usize,
+    pub kld: f64,
+    pub top1: bool,
+    pub topk_overlap: f64,
+}
+
+/// `drift`: every layer (`layer.N.layer_out`), the embedding and the output head (`logits`),
+/// ranked by `own_rel_l2` (the stage's relative L2 in the teacher-forced replay), largest first;
+/// `shown` is how many the report lists as the places that lose most.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct JsonDrift {
+    pub shown: usize,
+    pub layers: Vec<JsonLayerLoss>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct JsonLayerLoss {
+    pub key: String,
+    pub layer: Option<usize>,
+    pub stage: String,
+    pub own_rel_l2: f64,
+    pub worst_stage: String,
+    pub worst_own_rel_l2: f64,
+    pub accumulated_rel_l2: Option<f64>,
 }
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -271,8 +326,44 @@ pub fn to_json(report: &DiffReport, ctx: &ReportContext) -> JsonReport {
         reference: side(&report.reference),
         candidate: side(&report.candidate),
         holds: report.holds,
-        headline: judgement(report, ctx.planted.as_ref()).headline,
+        headline: judgement(report, ctx).headline,
         planted: ctx.planted.clone(),
+        drift_check: ctx.drift.clone(),
+        logits: report.logits.as_ref().map(|g| JsonLogits {
+            positions: g.positions,
+            vocab: g.vocab,
+            kld_mean: g.kld_mean(),
+            kld_p99: g.kld_p99(),
+            kld_max: g.kld_max(),
+            top1: g.top1_rate(),
+            k: g.k,
+            topk_overlap: g.topk_overlap_mean(),
+            top1_misses: g.top1_misses(),
+            per_position: (0..g.positions)
+                .map(|p| JsonLogitsAt {
+                    position: p,
+                    kld: g.kld[p],
+                    top1: g.top1[p],
+                    topk_overlap: g.topk_overlap[p],
+                })
+                .collect(),
+        }),
+        drift: report.drift.as_ref().map(|d| JsonDrift {
+            shown: d.top().len(),
+            layers: d
+                .layers
+                .iter()
+                .map(|l| JsonLayerLoss {
+                    key: l.key.to_string(),
+                    layer: l.key.layer,
+                    stage: l.key.stage.to_string(),
+                    own_rel_l2: l.own_rel_l2,
+                    worst_stage: l.worst_stage.to_string(),
+                    worst_own_rel_l2: l.worst_own_rel_l2,
+                    accumulated_rel_l2: l.accumulated_rel_l2.and_then(finite),
+                })
+                .collect(),
+        }),
         summary: JsonSummary {
             counts,
             compared: s.compared,

@@ -49,7 +49,7 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
     let mut out = String::new();
     let first = report.first_divergence;
     let _ = writeln!(out, "# falsifier diff\n");
-    let verdict = judgement(report, ctx.planted.as_ref());
+    let verdict = judgement(report, ctx);
     let _ = writeln!(out, "{}\n", verdict.headline);
     let _ = writeln!(out, "**{}**\n", verdict.word);
     let _ = writeln!(out, "- reference: {}", report.reference.describe());
@@ -79,6 +79,7 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
     for n in &report.notes {
         let _ = writeln!(out, "- note: {n}");
     }
+    drift_sections(&mut out, report);
 
     // layers x stages
     let stages: Vec<Stage> = Stage::ALL
@@ -234,4 +235,78 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
         }
     }
     out
+}
+
+/// The logits as distributions, and for a diff of two model files the layers that lose most.
+fn drift_sections(out: &mut String, report: &DiffReport) {
+    if let Some(g) = &report.logits {
+        let _ = writeln!(out, "\n## Logits as next-token distributions\n");
+        let _ = writeln!(
+            out,
+            "KL(reference ‖ candidate) per position, in nats; top-1: the same most likely token.\n"
+        );
+        let _ = writeln!(
+            out,
+            "| KL mean | KL p99 | KL max | top-1 agreement | top-{} overlap |",
+            g.k
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|");
+        let _ = writeln!(
+            out,
+            "| {:.3e} | {:.3e} | {:.3e} | {}/{} ({:.1}%) | {:.3} |",
+            g.kld_mean(),
+            g.kld_p99(),
+            g.kld_max(),
+            g.top1.iter().filter(|&&s| s).count(),
+            g.positions,
+            100.0 * g.top1_rate(),
+            g.topk_overlap_mean()
+        );
+        let misses = g.top1_misses();
+        if !misses.is_empty() {
+            let shown: Vec<String> = misses
+                .iter()
+                .take(16)
+                .map(|p| format!("position {p}"))
+                .collect();
+            let more = misses.len().saturating_sub(16);
+            let _ = writeln!(
+                out,
+                "\nTop-1 differs at {}{}.",
+                shown.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    if let Some(d) = &report.drift {
+        let _ = writeln!(out, "\n## The places that lose most\n");
+        let _ = writeln!(
+            out,
+            "Own error: relative L2 of a layer's `layer_out` when the layer starts from the reference's input (teacher-forced replay), of the `embedding`, and of the `logits` computed from the reference's `final_norm` (the output head); accumulated: the same stage running free, with everything inherited.\n"
+        );
+        let _ = writeln!(
+            out,
+            "| rank | place | own rel L2 | worst own stage | accumulated rel L2 |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|");
+        for (i, l) in d.top().iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.3e} | {} ({:.3e}) | {} |",
+                i + 1,
+                l.place(),
+                l.own_rel_l2,
+                l.worst_stage,
+                l.worst_own_rel_l2,
+                crate::report::sci(l.accumulated_rel_l2)
+            );
+        }
+        if d.layers.is_empty() {
+            let _ = writeln!(out, "{}", d.summary());
+        }
+    }
 }

@@ -39,6 +39,21 @@ pub struct FalsifierResult {
     /// The status level the evidence supports (e.g. FUNCTIONAL); `None` when the trial proves
     /// nothing (it failed, or a GPU trial found no device).
     pub level: Option<String>,
+    /// A drift check's bounds on the logits (`kld <= 0.001, top1 >= 1`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<String>,
+}
+
+impl FalsifierResult {
+    /// What the trial expected, in words: the planted fault's place, a drift check's bounds,
+    /// or `all Match`.
+    pub fn expectation(&self) -> String {
+        match (&self.expected, &self.drift) {
+            (Some(e), _) => e.clone(),
+            (None, Some(b)) => format!("drift within {b}"),
+            (None, None) => "all Match".to_string(),
+        }
+    }
 }
 
 /// Where a report was made.
@@ -94,6 +109,20 @@ pub struct ReportContext {
     pub falsifiers: Vec<FalsifierResult>,
     /// Set by the contract runner for a planted-fault trial.
     pub planted: Option<Planted>,
+    /// Set for a drift check (two model files, judged by bounds on the logits).
+    pub drift: Option<DriftCheck>,
+}
+
+/// A drift check, judged: two model files of one shape, held to bounds on the logits' KL
+/// divergence and top-1 agreement rather than to per-stage thresholds (every stage of a
+/// quantized model drifts; how much is what the report shows).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DriftCheck {
+    /// The bounds, e.g. `kld <= 0.05, top1 >= 0.9`.
+    pub bounds: String,
+    pub holds: bool,
+    /// What was measured against the bounds, in a sentence.
+    pub finding: String,
 }
 
 /// A planted-fault trial's expectation, judged. For such a trial a divergence at the planted
@@ -119,9 +148,27 @@ pub struct Judgement {
 }
 
 /// What a trial's (or a diff's) report says at its top: a planted-fault trial is judged by
-/// whether the divergence was found at its planted place, anything else by the diff.
-pub fn judgement(report: &DiffReport, planted: Option<&Planted>) -> Judgement {
-    match planted {
+/// whether the divergence was found at its planted place, a drift check by its logits bounds,
+/// anything else by the diff.
+pub fn judgement(report: &DiffReport, ctx: &ReportContext) -> Judgement {
+    if let Some(d) = &ctx.drift {
+        let losers = report
+            .drift
+            .as_ref()
+            .map(|r| format!(" {}.", capitalise(&r.summary())))
+            .unwrap_or_default();
+        return Judgement {
+            class: if d.holds { "holds" } else { "fails" },
+            word: if d.holds { "HOLDS" } else { "FAILS" },
+            headline: format!(
+                "Drift {} the bounds ({}): {}.{losers}",
+                if d.holds { "within" } else { "outside" },
+                d.bounds,
+                d.finding
+            ),
+        };
+    }
+    match ctx.planted.as_ref() {
         Some(p) if p.found => Judgement {
             class: "expected",
             word: "EXPECTED DIVERGENCE",
@@ -161,6 +208,7 @@ impl ReportContext {
             environment: Environment::detect(),
             falsifiers: Vec::new(),
             planted: None,
+            drift: None,
         }
     }
 }
@@ -375,6 +423,14 @@ pub fn headline(report: &DiffReport) -> String {
                 if later == 1 { " is" } else { "s are" },
             )
         }
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
     }
 }
 

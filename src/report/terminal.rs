@@ -77,6 +77,12 @@ pub fn render(report: &DiffReport, color: bool, report_dir: Option<&std::path::P
         s.excluded_positions,
         secs
     );
+    if let Some(g) = &report.logits {
+        let _ = writeln!(out, "  logits: {}", g.summary());
+    }
+    if let Some(d) = &report.drift {
+        let _ = writeln!(out, "  drift: {}", d.summary());
+    }
     for w in &report.warnings {
         let _ = writeln!(out, "  {} {w}", p.paint("1;33", "warning:"));
     }

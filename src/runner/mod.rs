@@ -7,6 +7,7 @@
 //! [`run_trial`].
 
 pub mod attribution;
+pub mod drift;
 pub mod models;
 pub mod nightly;
 pub mod overview;
@@ -37,6 +38,8 @@ pub struct TrialSpec {
     pub falsifier: Falsifier,
     pub model_name: String,
     pub model: ModelSpec,
+    /// The falsifier's `candidate_model`, with its spec: the file the candidate runs.
+    pub candidate_model: Option<(String, ModelSpec)>,
     /// The backends were overridden ([`with_candidate`]): the record carries no level.
     pub overridden: bool,
 }
@@ -86,6 +89,10 @@ pub fn trials(contracts: &[LoadedContract]) -> Vec<TrialSpec> {
                     falsifier: f.clone(),
                     model_name: m.clone(),
                     model: c.model(m).cloned().unwrap_or_default(),
+                    candidate_model: f
+                        .candidate_model
+                        .as_ref()
+                        .map(|n| (n.clone(), c.model(n).cloned().unwrap_or_default())),
                     overridden: false,
                 });
             }
@@ -170,6 +177,15 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
         }
     }
     let model_path = models::resolve(&spec.contract_file, &spec.model_name, &spec.model)?;
+    let cand_model_path = match &spec.candidate_model {
+        None => model_path.clone(),
+        Some((name, m)) => {
+            let p = models::resolve(&spec.contract_file, name, m)?;
+            drift::check_same_model(&model_path, &p)
+                .map_err(|e| e.context(format!("{}: candidate_model {name}", at())))?;
+            p
+        }
+    };
     let plan = f
         .plan()
         .map_err(|e| Error::input(format!("{}: {e}", at())))?;
@@ -188,7 +204,7 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
         }
         r => r?,
     };
-    let mut candidate = match open_side(&cand_name, &model_path) {
+    let mut candidate = match open_side(&cand_name, &cand_model_path) {
         Err(e) if e.kind == ErrorKind::NoDevice => {
             return Ok(TrialOutcome::NoDevice(e.to_string()));
         }
@@ -222,9 +238,19 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
     }
 
     let labels = (ref_name.name().to_string(), cand_name.name().to_string());
-    let opts = diff_options(f, &plan, labels)?;
+    let mut opts = diff_options(f, &plan, labels)?;
+    opts.two_models = spec.candidate_model.is_some();
     let mut report = diff(&ref_trace, &cand_trace, &opts)?;
-    if report.first().is_some() {
+    if f.check == Check::Drift {
+        drift::rank_layers(
+            candidate.as_mut(),
+            &ref_trace,
+            tokens,
+            &plan,
+            &opts,
+            &mut report,
+        )?;
+    } else if report.first().is_some() {
         let (origin, _) = attribution::attribute(
             candidate.as_mut(),
             &ref_trace,
@@ -241,7 +267,7 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
         &report,
         &cand_trace,
         candidate.as_mut(),
-        &model_path,
+        &cand_model_path,
         &plan,
     )?;
     let dir = trial_dir(report_root, spec);
@@ -266,6 +292,7 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
         origin: report.origin.as_ref().map(|o| o.key.to_string()),
         report_dir: Some(dir.display().to_string()),
         level,
+        drift: drift_text(f),
     };
     let mut ctx = ReportContext::new(format!(
         "falsifier run {} (trial {})",
@@ -281,11 +308,23 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
         found: holds,
         finding: why.clone(),
     });
+    if f.check == Check::Drift {
+        ctx.drift = Some(crate::report::DriftCheck {
+            bounds: drift_text(f).unwrap_or_default(),
+            holds,
+            finding: why.clone(),
+        });
+    }
     ctx.falsifiers.push(record.clone());
     write_reports(&dir, &report, &ctx)?;
 
     let mut message = why;
-    if let Some(row) = report.first() {
+    if f.check == Check::Drift {
+        // every stage of a second file drifts: the layers' own errors, not a first divergence
+        if let Some(d) = &report.drift {
+            message.push_str(&format!("\n  {}", d.summary()));
+        }
+    } else if let Some(row) = report.first() {
         message.push_str(&format!(
             "\n  first divergence: {}",
             crate::report::row_detail(&report, row)
@@ -323,6 +362,11 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
 /// ([`Falsifier::expected_text`]).
 pub fn expected_text(f: &Falsifier) -> Option<String> {
     f.expected_text()
+}
+
+/// A drift check's bounds, as reports print them (`kld <= 0.001, top1 >= 1`).
+pub fn drift_text(f: &Falsifier) -> Option<String> {
+    (f.check == Check::Drift).then(|| f.logit_bounds().text())
 }
 
 /// Decide whether the falsifier's prediction held. Returns (holds, one-line reason).
@@ -396,6 +440,7 @@ fn judge(
             })
         }
         Check::CaptureComplete => capture_complete(spec, cand_trace, candidate, model_path, plan),
+        Check::Drift => Ok(f.logit_bounds().judge(report.logits.as_ref())),
     }
 }
 

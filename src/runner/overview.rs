@@ -104,10 +104,7 @@ fn trial(p: &Page, e: &Entry, open: bool) -> String {
         ("contract", r.contract.clone()),
         ("model", r.model.clone()),
         ("backends", r.backends.join(" vs ")),
-        (
-            "expected",
-            r.expected.clone().unwrap_or_else(|| "all Match".into()),
-        ),
+        ("expected", r.expectation()),
     ];
     if let Some(f) = &r.first_divergence {
         facts.push(("first divergence", f.clone()));

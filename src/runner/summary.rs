@@ -143,6 +143,7 @@ impl Entry {
                 holds: state == TrialState::Holds,
                 state: Some(state.name().to_string()),
                 expected: super::expected_text(&self.spec.falsifier),
+                drift: super::drift_text(&self.spec.falsifier),
                 ..FalsifierResult::default()
             },
         }
@@ -435,7 +436,7 @@ fn markdown(p: &super::overview::Page) -> String {
             e.state(rg).label(),
             r.first_divergence.as_deref().unwrap_or("-"),
             r.origin.as_deref().unwrap_or("-"),
-            r.expected.as_deref().unwrap_or("all Match"),
+            r.expectation(),
         );
     }
     s
