@@ -59,6 +59,17 @@ impl FileStamp {
     }
 }
 
+impl FileStamp {
+    /// One stamp for several files read as one (the shards of a split model): it changes when
+    /// any of them does.
+    pub fn joined(stamps: &[&FileStamp]) -> FileStamp {
+        let keys: Vec<&str> = stamps.iter().map(|s| s.key.as_str()).collect();
+        FileStamp {
+            key: keys.join("\n--\n"),
+        }
+    }
+}
+
 /// Where digests are cached: `$FALSIFIER_CACHE_DIR`, else `$XDG_CACHE_HOME/falsifier`, else
 /// `~/.cache/falsifier` (then `digests/` below it).
 fn digest_dir() -> Option<PathBuf> {

@@ -593,3 +593,137 @@ fn diff_of_two_model_files_reports_drift_and_follows_its_bounds() {
     assert_eq!(bounds_on_traces.status.code(), Some(2));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// The bytes of tensor data in a safetensors trace file: what follows its header.
+fn trace_payload(path: &Path) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    bytes.len() as u64 - 8 - header
+}
+
+/// `inspect --json` on a fixture and on a split model: the numbers are the reader's and the
+/// config's, the stages the architecture's, and the traced-run estimate holds the CPU trace
+/// of that model at T tokens (its payload exactly; device + trace past the whole file).
+#[test]
+fn inspect_reports_what_the_reader_and_stages_say() {
+    use falsifier::model::config::ModelConfig;
+    use falsifier::model::gguf::GgufFile;
+    use falsifier::trace::Stage;
+
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-inspect-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let split_out = dir.join("q2.gguf");
+    let made = falsifier(&[
+        "gen-model",
+        "--preset",
+        "tiny-qwen2moe",
+        "--quant",
+        "q8_0",
+        "--split-max-size",
+        "100000",
+        "--out",
+        split_out.to_str().unwrap(),
+    ]);
+    assert_eq!(made.status.code(), Some(0), "{made:?}");
+    let first = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().contains("-00001-of-"))
+        .unwrap();
+    let models = [
+        Path::new(ROOT).join("fixtures/qwen3moe-tiny/qwen3moe-tiny-q8_0.gguf"),
+        first,
+    ];
+    for model in &models {
+        let m = model.to_str().unwrap();
+        let out = falsifier(&["inspect", m, "--tokens-count", "8,40", "--json"]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let f = GgufFile::open(model).unwrap();
+        let cfg = ModelConfig::from_gguf(&f).unwrap();
+        assert_eq!(j["arch"], cfg.arch.name());
+        let sh = &j["shape"];
+        assert_eq!(sh["layers"], cfg.n_layers);
+        assert_eq!(sh["hidden"], cfg.hidden);
+        assert_eq!(sh["heads"], cfg.n_heads);
+        assert_eq!(sh["kv_heads"], cfg.n_kv_heads);
+        assert_eq!(sh["experts"], cfg.n_experts);
+        assert_eq!(sh["shared_expert_ffn"], cfg.shared_ffn_dim);
+        assert_eq!(sh["vocab"], cfg.vocab);
+        assert_eq!(j["tensors"], f.tensors().len());
+        let bytes: u64 = f.tensors().iter().map(|t| t.nbytes).sum();
+        let params: u64 = f.tensors().iter().map(|t| t.n_elements()).sum();
+        assert_eq!(j["tensor_bytes"], bytes);
+        assert_eq!(j["params"], params);
+        let by_type: u64 = j["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["bytes"].as_u64().unwrap())
+            .sum();
+        assert_eq!(by_type, bytes);
+        let files = j["files"].as_array().unwrap();
+        assert_eq!(files.len(), f.shards().len());
+        for (a, s) in files.iter().zip(f.shards()) {
+            assert_eq!(a["path"], s.path().display().to_string());
+            assert_eq!(a["bytes"], s.file_len());
+            assert_eq!(a["tensors"], s.n_tensors());
+        }
+        let stages: Vec<&str> = j["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        let want: Vec<&str> = Stage::ALL
+            .into_iter()
+            .filter(|&s| cfg.has_stage(s))
+            .map(|s| s.name())
+            .collect();
+        assert_eq!(stages, want);
+        // the text names the same stages, as `stages --arch` prints them
+        let text = falsifier(&["inspect", m]);
+        assert_eq!(text.status.code(), Some(0));
+        let text = String::from_utf8_lossy(&text.stdout);
+        let arch = falsifier(&["stages", "--arch", cfg.arch.name()]);
+        assert!(text.contains(String::from_utf8_lossy(&arch.stdout).as_ref()));
+        assert!(text.contains("T=32:"), "{text}");
+
+        for (i, t) in [8usize, 40].into_iter().enumerate() {
+            let est = &j["memory"][i];
+            assert_eq!(est["tokens"], t);
+            let tokens: Vec<String> = (0..t).map(|k| (k % 200 + 1).to_string()).collect();
+            let trace = dir.join(format!("t{t}.safetensors"));
+            let run = falsifier(&[
+                "trace",
+                m,
+                "--backend",
+                "cpu",
+                "--stages",
+                "all",
+                "--tokens",
+                &tokens.join(","),
+                "--out",
+                trace.to_str().unwrap(),
+            ]);
+            assert_eq!(run.status.code(), Some(0), "{run:?}");
+            let file_len = std::fs::metadata(&trace).unwrap().len();
+            assert_eq!(est["trace"], trace_payload(&trace), "{m} T={t}");
+            let total = est["device"].as_u64().unwrap() + est["trace"].as_u64().unwrap();
+            assert!(total >= file_len, "{m} T={t}: {total} < {file_len}");
+            assert!(est["weights"].as_u64().unwrap() >= bytes);
+        }
+    }
+    // bad input exits 2
+    let fixture = models[0].to_str().unwrap();
+    for args in [
+        vec!["inspect", "no-such.gguf"],
+        vec!["inspect", fixture, "--tokens-count", "0"],
+        vec!["inspect", fixture, "--tokens-count", "100000"],
+    ] {
+        let out = falsifier(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -29,9 +29,9 @@ pub struct BenchArgs {
     pub runs: usize,
 }
 
-pub fn run(args: &BenchArgs) -> Result<Outcome> {
-    let counts: Vec<usize> = args
-        .tokens_count
+/// `--tokens-count`: positive prompt lengths, comma-separated, at least one.
+pub(super) fn parse_counts(text: &str) -> Result<Vec<usize>> {
+    let counts: Vec<usize> = text
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -43,10 +43,18 @@ pub fn run(args: &BenchArgs) -> Result<Outcome> {
             })
         })
         .collect::<Result<_>>()?;
-    if counts.is_empty() || args.runs == 0 {
+    if counts.is_empty() {
         return Err(Error::input(
-            "bench: give at least one prompt length and one run",
+            "--tokens-count: give at least one prompt length",
         ));
+    }
+    Ok(counts)
+}
+
+pub fn run(args: &BenchArgs) -> Result<Outcome> {
+    let counts = parse_counts(&args.tokens_count)?;
+    if args.runs == 0 {
+        return Err(Error::input("bench: --runs must be at least 1"));
     }
     let start = Instant::now();
     let mut backend = super::open_backend(&args.backend, &args.model)?;

@@ -9,6 +9,7 @@ use super::Outcome;
 use crate::error::{Error, Result};
 use crate::model::GgmlType;
 use crate::model::config::ModelConfig;
+use crate::model::gguf::parse_size;
 use crate::model::synth::{self, Fallback, PRESETS, SynthQuant};
 
 #[derive(Args, Debug)]
@@ -55,6 +56,11 @@ pub struct GenModelArgs {
     /// Context length written to the metadata.
     #[arg(long)]
     pub ctx: Option<usize>,
+    /// Split the model as llama.cpp's gguf-split does, at most SIZE of tensor data per shard
+    /// (500M = 500*10^6 bytes, 2G = 2*10^9, or bytes): OUT without .gguf, then
+    /// -00001-of-0000N.gguf, ...; the first shard holds the metadata.
+    #[arg(long, value_name = "SIZE")]
+    pub split_max_size: Option<String>,
 }
 
 pub fn run(a: &GenModelArgs) -> Result<Outcome> {
@@ -102,18 +108,31 @@ pub fn run(a: &GenModelArgs) -> Result<Outcome> {
         a.seed,
         quant.name()
     );
-    let s = synth::generate_with(
-        &c,
-        quant,
-        a.seed,
-        &name,
-        &a.out,
-        &super::progress::Bar::bytes(),
-    )?;
+    let split = a
+        .split_max_size
+        .as_deref()
+        .map(|v| parse_size(v).map_err(|e| e.context("--split-max-size")))
+        .transpose()?;
+    let bar = super::progress::Bar::bytes();
+    let s = match split {
+        None => synth::generate_with(&c, quant, a.seed, &name, &a.out, &bar)?,
+        Some(max) => synth::generate_split_with(&c, quant, a.seed, &name, &a.out, max, &bar)?,
+    };
     let types: Vec<String> = s.types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    let wrote = match s.files.as_slice() {
+        [one] if split.is_none() => one.display().to_string(),
+        [first, .., last] => format!(
+            "{} shards {} .. {}",
+            s.files.len(),
+            first.display(),
+            last.display()
+        ),
+        [one] => format!("1 shard {}", one.display()),
+        [] => String::new(),
+    };
     println!(
         "wrote {}: {} {} layers, {:.1}M parameters, {} tensors ({}), {:.1} MiB in {:.1}s",
-        a.out.display(),
+        wrote,
         c.arch,
         c.n_layers,
         s.n_params as f64 / 1e6,

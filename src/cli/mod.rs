@@ -11,6 +11,7 @@ mod bench;
 mod calibrate;
 mod diff;
 mod gen_model;
+mod inspect;
 mod lint;
 mod nightly;
 mod progress;
@@ -86,6 +87,8 @@ pub enum Command {
     Nightly(nightly::NightlyArgs),
     /// Measure the f32 noise floor (CPU f32 vs f64 accumulation) and propose per-stage thresholds.
     Calibrate(calibrate::CalibrateArgs),
+    /// What a model is: shape, files, tensor types, stages, and the memory of a traced CUDA run.
+    Inspect(inspect::InspectArgs),
     /// Time prefills (untraced, and traced with every stage) and, on CUDA, compare them with the
     /// bandwidth and FMA floors of the card.
     Bench(bench::BenchArgs),
@@ -107,6 +110,7 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run::run(&args),
         Command::Calibrate(args) => calibrate::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Inspect(args) => inspect::run(&args),
         Command::Nightly(args) => nightly::run(&args),
     };
     match result {

@@ -4,6 +4,7 @@ pub mod arch;
 pub mod config;
 pub mod gguf;
 pub mod quant;
+pub mod summary;
 pub mod synth;
 pub mod weights;
 

@@ -13,7 +13,8 @@
 //! falls back to F16). `q4_k_m` follows llama.cpp's `llama_tensor_get_type` for
 //! LLAMA_FTYPE_MOSTLY_Q4_K_M, fallbacks included.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -818,11 +819,14 @@ fn tokenizer(c: &ModelConfig) -> Vec<(String, MetaValue)> {
 /// What `generate` wrote.
 #[derive(Clone, Debug)]
 pub struct Summary {
+    /// All files together.
     pub bytes: u64,
     pub n_params: u64,
     pub n_tensors: usize,
     /// Tensors per ggml type, in order of first use.
     pub types: Vec<(GgmlType, usize)>,
+    /// The files written: one, or the shards of a split model in order.
+    pub files: Vec<PathBuf>,
     pub elapsed: Duration,
 }
 
@@ -848,6 +852,34 @@ pub fn generate_with(
     out: &Path,
     progress: &dyn Progress,
 ) -> Result<Summary> {
+    write_model(c, quant, seed, name, out, None, progress)
+}
+
+/// [`generate_with`], split into shards of at most `max_size` bytes of tensor data as
+/// llama.cpp's gguf-split writes them (`gguf::split`): `PREFIX-00001-of-0000N.gguf`, ..., where
+/// PREFIX is `out` without its `.gguf`. The tensors and their bytes are those of the unsplit
+/// file.
+pub fn generate_split_with(
+    c: &ModelConfig,
+    quant: SynthQuant,
+    seed: u64,
+    name: &str,
+    out: &Path,
+    max_size: u64,
+    progress: &dyn Progress,
+) -> Result<Summary> {
+    write_model(c, quant, seed, name, out, Some(max_size), progress)
+}
+
+fn write_model(
+    c: &ModelConfig,
+    quant: SynthQuant,
+    seed: u64,
+    name: &str,
+    out: &Path,
+    split: Option<u64>,
+    progress: &dyn Progress,
+) -> Result<Summary> {
     check_shape(c)?;
     let start = Instant::now();
     let plans = plan(c, quant);
@@ -858,12 +890,10 @@ pub fn generate_with(
     for p in &plans {
         w.add_tensor(&p.name, p.dims.clone(), p.ty)?;
     }
-    let total = w.file_len()?;
-    progress.start(total);
     // slices generated at once: enough to keep the cores busy, few enough to bound memory
     // (each slice is ~4 MiB of f32 plus its encoding)
     let batch = (rayon::current_num_threads() * 2).clamp(2, 32);
-    let written = w.write_file(out, |i, sink| {
+    let data = |i: usize, sink: &mut dyn Write| {
         let p = &plans[i];
         progress.message(&p.name);
         let n = p.n_slices();
@@ -881,9 +911,25 @@ pub fn generate_with(
             k = end;
         }
         Ok(())
-    });
+    };
+    let (total, written) = match split {
+        None => {
+            let total = w.file_len()?;
+            progress.start(total);
+            (
+                total,
+                w.write_file(out, data).map(|()| vec![out.to_path_buf()]),
+            )
+        }
+        Some(max_size) => {
+            let shards = w.split(max_size)?;
+            let total = shards.file_len()?;
+            progress.start(total);
+            (total, shards.write_files(&split_prefix_of(out), data))
+        }
+    };
     progress.finish();
-    written?;
+    let files = written?;
     let mut types: Vec<(GgmlType, usize)> = Vec::new();
     for p in &plans {
         match types.iter_mut().find(|(t, _)| *t == p.ty) {
@@ -896,8 +942,17 @@ pub fn generate_with(
         n_params: plans.iter().map(|p| p.dims.iter().product::<u64>()).sum(),
         n_tensors: plans.len(),
         types,
+        files,
         elapsed: start.elapsed(),
     })
+}
+
+/// The shard prefix for an output named `out`: `m.gguf` -> `m` (shards `m-00001-of-00003.gguf`).
+fn split_prefix_of(out: &Path) -> PathBuf {
+    match out.to_str().and_then(|s| s.strip_suffix(".gguf")) {
+        Some(stem) if !stem.is_empty() => PathBuf::from(stem),
+        _ => out.to_path_buf(),
+    }
 }
 
 #[cfg(test)]

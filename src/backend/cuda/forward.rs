@@ -157,6 +157,31 @@ impl Buffers {
     }
 }
 
+/// Bytes [`Buffers::new`] allocates for a `t`-token forward, without the attention
+/// probabilities (`probs`, sized by the caller's block rows): the activation buffers, for
+/// `falsifier inspect`'s estimate. Written from the same sizes as `Buffers::new`, which it must
+/// follow when a buffer is added there.
+pub fn buffer_bytes(d: &Dims, t: usize) -> u64 {
+    let (h, nh, nkv, hd) = (d.hidden, d.n_heads, d.n_kv_heads, d.head_dim);
+    let slots = if d.moe { t * d.top_k } else { t };
+    let e = d.n_experts.max(1);
+    let k = d.top_k.max(1);
+    let widest = h.max(d.ffn).max(nh * hd).max(d.shared_ffn);
+    let sh = |n: usize| if d.shared_ffn > 0 { n } else { 1 };
+    let words = 7 * t * h // x, layer_in, attn_norm, attn_out, resid, ffn_norm, ffn_out
+        + 4 * t * nh * hd // q, qn, qr, ctx
+        + 4 * t * nkv * hd // k, v, kn, kr
+        + 3 * slots * d.ffn // gate, up, act
+        + 2 * t * e // router logits, probs
+        + 4 * t * k // topk ids, weights, slot_token, slot_of
+        + 2 * e // counts, offsets
+        + if d.moe { slots * h } else { 1 } // down
+        + slots * widest // rounded
+        + sh(t) + 3 * sh(t * d.shared_ffn) + sh(t * h); // shared expert
+    let rope = t * (hd / 2).max(1) * 2 * 8; // f64 (cos, sin)
+    (words * 4 + rope) as u64
+}
+
 /// One forward in flight.
 struct Run<'a> {
     dev: &'a Device,
@@ -878,7 +903,7 @@ struct AttentionGrid {
 /// keeps every prompt that fits a 30B-A3B layer's [nh, T, T] in one block (T <= 1448 at 32
 /// heads), so the usual runs launch as before, while a 40,000-token prompt at 32 heads holds
 /// 64-query blocks of 328 MB rather than 205 GB at once.
-pub(super) const ATT_PROBS_BUDGET: usize = 256 << 20;
+pub const ATT_PROBS_BUDGET: usize = 256 << 20;
 
 /// Query rows per block of the attention: all `t` when the whole [nh, T, T] fits `budget` bytes
 /// (or must be kept), else the most whole 64-query tiles that fit it, at least one tile. Tile

@@ -16,6 +16,7 @@ pub mod capture;
 pub mod device;
 pub mod forward;
 pub mod matmul;
+pub mod memory;
 pub mod rates;
 pub mod weights;
 

@@ -112,7 +112,7 @@ pub fn kernel_suffix(ty: GgmlType) -> Option<&'static str> {
 
 /// Zero bytes after each weight tensor on the device: the 8-value decoders' word loads may read
 /// up to 2 bytes past the values they decode (kernels/common.cuh, `ld8`).
-const WEIGHT_PADDING: usize = 16;
+pub const WEIGHT_PADDING: usize = 16;
 
 /// A weight matrix (or a stack of expert matrices) on the device: `mats` matrices of `rows`
 /// rows (outputs) of `cols` values (inputs), each row `row_bytes` bytes of blocks.

@@ -6,9 +6,12 @@
 //! data section, where each tensor's offset is relative to the section's start.
 
 mod read;
+pub mod split;
+mod split_write;
 mod write;
 
-pub use read::GgufFile;
+pub use read::{GgufFile, Shard};
+pub use split_write::{SplitWriter, parse_size, plan_shards};
 pub use write::GgufWriter;
 
 use crate::model::quant::GgmlType;
@@ -154,9 +157,11 @@ pub struct TensorInfo {
     /// ggml order: `dims[0]` is the row length (numpy's shape reversed).
     pub dims: Vec<u64>,
     pub ty: GgmlType,
-    /// Relative to the start of the data section.
+    /// Relative to the start of its shard's data section.
     pub offset: u64,
     pub nbytes: u64,
+    /// The file holding the data: an index into [`GgufFile::shards`] (0 unless split).
+    pub shard: usize,
 }
 
 impl TensorInfo {

@@ -28,7 +28,7 @@ fn reserve(n: u64) -> usize {
 const MAX_ARRAY_DEPTH: usize = 8;
 
 /// The bytes of a GGUF file: a read-only map, or an owned buffer for in-memory files.
-enum Bytes {
+pub(super) enum Bytes {
     Map(Mmap),
     Owned(Vec<u8>),
 }
@@ -43,60 +43,25 @@ impl Deref for Bytes {
     }
 }
 
-/// A validated GGUF file.
-pub struct GgufFile {
-    path: PathBuf,
-    bytes: Bytes,
+/// One mapped and validated GGUF file: the whole model, or one shard of a split model.
+pub struct Shard {
+    pub(super) path: PathBuf,
+    pub(super) bytes: Bytes,
     /// The on-disk version mapped (files opened by path only).
-    stamp: Option<crate::fs::FileStamp>,
-    version: u32,
-    alignment: u64,
-    kv: Vec<(String, MetaValue)>,
-    tensors: Vec<TensorInfo>,
-    data_start: u64,
+    pub(super) stamp: Option<crate::fs::FileStamp>,
+    pub(super) alignment: u64,
+    pub(super) data_start: u64,
+    pub(super) n_tensors: usize,
 }
 
-impl std::fmt::Debug for GgufFile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GgufFile")
-            .field("path", &self.path)
-            .field("version", &self.version)
-            .field("alignment", &self.alignment)
-            .field("n_kv", &self.kv.len())
-            .field("n_tensors", &self.tensors.len())
-            .field("data_start", &self.data_start)
-            .finish()
-    }
-}
-
-impl GgufFile {
-    /// Map and validate the file at `path`.
-    pub fn open(path: &Path) -> Result<GgufFile> {
-        let file = File::open(path).map_err(|e| Error::io(path, "opening GGUF", e))?;
-        // SAFETY: the map is read-only; like every mmap reader we rely on the file not being
-        // truncated or rewritten while it is open.
-        let stamp = crate::fs::FileStamp::of_open(path, &file);
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "mapping GGUF", e))?;
-        let mut f = GgufFile::parse(path.to_path_buf(), Bytes::Map(map))?;
-        f.stamp = stamp;
-        Ok(f)
-    }
-
-    /// Parse a GGUF image held in memory; `label` stands for the path in messages.
-    pub fn from_bytes(label: &str, bytes: Vec<u8>) -> Result<GgufFile> {
-        GgufFile::parse(PathBuf::from(label), Bytes::Owned(bytes))
-    }
-
+impl Shard {
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    pub fn version(&self) -> u32 {
-        self.version
-    }
-
-    pub fn alignment(&self) -> u64 {
-        self.alignment
+    /// Length of the file in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.bytes.len() as u64
     }
 
     /// Offset of the data section from the start of the file.
@@ -104,12 +69,107 @@ impl GgufFile {
         self.data_start
     }
 
-    /// Length of the whole file in bytes.
-    pub fn file_len(&self) -> u64 {
-        self.bytes.len() as u64
+    /// Tensors whose infos and data this file holds.
+    pub fn n_tensors(&self) -> usize {
+        self.n_tensors
     }
 
-    /// Key/value metadata in file order.
+    pub fn alignment(&self) -> u64 {
+        self.alignment
+    }
+}
+
+/// One file as parsed, before it is put together with the other shards of its model.
+pub(super) struct Parsed {
+    pub shard: Shard,
+    pub version: u32,
+    pub kv: Vec<(String, MetaValue)>,
+    pub tensors: Vec<TensorInfo>,
+}
+
+impl Parsed {
+    /// Map and validate the file at `path`, shard number `shard` (0-based) of its model.
+    pub fn open(path: &Path, shard: usize) -> Result<Parsed> {
+        let file = File::open(path).map_err(|e| Error::io(path, "opening GGUF", e))?;
+        // SAFETY: the map is read-only; like every mmap reader we rely on the file not being
+        // truncated or rewritten while it is open.
+        let stamp = crate::fs::FileStamp::of_open(path, &file);
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, "mapping GGUF", e))?;
+        let mut p = parse(path.to_path_buf(), Bytes::Map(map), shard)?;
+        p.shard.stamp = stamp;
+        Ok(p)
+    }
+
+    pub fn get(&self, key: &str) -> Option<&MetaValue> {
+        self.kv.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+/// A validated GGUF model: one file, or every shard of a split model (see `split.rs`) seen as
+/// one. Metadata come from the first file; each tensor's data is a slice of its own shard's map.
+pub struct GgufFile {
+    pub(super) shards: Vec<Shard>,
+    pub(super) version: u32,
+    pub(super) kv: Vec<(String, MetaValue)>,
+    /// Every shard's tensors, in shard order then file order.
+    pub(super) tensors: Vec<TensorInfo>,
+}
+
+impl std::fmt::Debug for GgufFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path())
+            .field("shards", &self.shards.len())
+            .field("version", &self.version)
+            .field("n_kv", &self.kv.len())
+            .field("n_tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+impl GgufFile {
+    /// Map and validate the model at `path`: a GGUF file, or the first shard of a split model
+    /// (`name-00001-of-0000N.gguf`), whose other shards are found next to it and mapped too.
+    pub fn open(path: &Path) -> Result<GgufFile> {
+        super::split::assemble(Parsed::open(path, 0)?)
+    }
+
+    /// Parse a GGUF image held in memory; `label` stands for the path in messages. A shard of
+    /// a split model is refused: its other shards cannot be found from memory.
+    pub fn from_bytes(label: &str, bytes: Vec<u8>) -> Result<GgufFile> {
+        super::split::single(parse(PathBuf::from(label), Bytes::Owned(bytes), 0)?)
+    }
+
+    /// The file opened (the first shard of a split model).
+    pub fn path(&self) -> &Path {
+        &self.shards[0].path
+    }
+
+    /// The files of the model, in shard order: one for a model that is not split.
+    pub fn shards(&self) -> &[Shard] {
+        &self.shards
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// The first file's alignment (each shard keeps its own for its tensors).
+    pub fn alignment(&self) -> u64 {
+        self.shards[0].alignment
+    }
+
+    /// Offset of the first file's data section from its start.
+    pub fn data_start(&self) -> u64 {
+        self.shards[0].data_start
+    }
+
+    /// Length of the model in bytes: all its files together.
+    pub fn file_len(&self) -> u64 {
+        self.shards.iter().map(Shard::file_len).sum()
+    }
+
+    /// Key/value metadata in file order (of the first file, which holds them for a split model).
     pub fn metadata(&self) -> &[(String, MetaValue)] {
         &self.kv
     }
@@ -118,7 +178,7 @@ impl GgufFile {
         self.kv.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 
-    /// Tensor infos in file order.
+    /// Tensor infos in shard order, then file order.
     pub fn tensors(&self) -> &[TensorInfo] {
         &self.tensors
     }
@@ -127,182 +187,200 @@ impl GgufFile {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// The raw bytes of a tensor of this file (empty for an info from elsewhere that does not
-    /// fit; infos read from this file were range-checked at open).
+    /// The raw bytes of a tensor, a slice of its shard's map (empty for an info from elsewhere
+    /// that does not fit; infos read from this model were range-checked at open).
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
-        let range = self
+        let Some(shard) = self.shards.get(info.shard) else {
+            return &[];
+        };
+        let range = shard
             .data_start
             .checked_add(info.offset)
             .and_then(|s| Some((s, s.checked_add(info.nbytes)?)))
             .and_then(|(s, e)| Some(usize::try_from(s).ok()?..usize::try_from(e).ok()?));
-        range.and_then(|r| self.bytes.get(r)).unwrap_or(&[])
+        range.and_then(|r| shard.bytes.get(r)).unwrap_or(&[])
     }
 
-    /// sha256 of the whole file, lower-case hex. Files of 256 MiB and more are hashed once per
-    /// version on disk (see [`crate::fs::cached_digest`]): a 17 GB model costs ~10 s to hash,
-    /// and runs name their model by this digest.
+    /// sha256 of the model, lower-case hex: of the file, or for a split model of its shards'
+    /// bytes one after the other (what `cat name-*-of-*.gguf | sha256sum` prints). Models of
+    /// 256 MiB and more are hashed once per version on disk (see [`crate::fs::cached_digest`]):
+    /// a 17 GB model costs ~10 s to hash, and runs name their model by this digest.
     pub fn sha256_hex(&self) -> String {
-        const CACHE_FROM: usize = 256 << 20;
+        const CACHE_FROM: u64 = 256 << 20;
         let compute = || {
-            let digest = Sha256::digest(&self.bytes[..]);
-            digest.iter().map(|b| format!("{b:02x}")).collect()
+            let mut h = Sha256::new();
+            for s in &self.shards {
+                h.update(&s.bytes[..]);
+            }
+            h.finalize().iter().map(|b| format!("{b:02x}")).collect()
         };
-        match &self.stamp {
-            Some(stamp) if self.bytes.len() >= CACHE_FROM => {
-                crate::fs::cached_digest(stamp, "sha256", compute)
+        let stamps: Option<Vec<&crate::fs::FileStamp>> =
+            self.shards.iter().map(|s| s.stamp.as_ref()).collect();
+        match stamps {
+            Some(stamps) if self.file_len() >= CACHE_FROM => {
+                crate::fs::cached_digest(&crate::fs::FileStamp::joined(&stamps), "sha256", compute)
             }
             _ => compute(),
         }
     }
+}
 
-    fn parse(path: PathBuf, bytes: Bytes) -> Result<GgufFile> {
-        let label = path.display().to_string();
-        let mut c = Cursor {
-            buf: &bytes,
-            pos: 0,
-            label: &label,
-            ctx: String::new(),
-        };
-        let magic = c.take(4, "magic")?;
-        if magic != b"GGUF" {
+/// Parse and validate one file; its tensors are numbered as shard `shard`.
+fn parse(path: PathBuf, bytes: Bytes, shard: usize) -> Result<Parsed> {
+    let label = path.display().to_string();
+    let mut c = Cursor {
+        buf: &bytes,
+        pos: 0,
+        label: &label,
+        ctx: String::new(),
+    };
+    let magic = c.take(4, "magic")?;
+    if magic != b"GGUF" {
+        return Err(c.err_at(
+            0,
+            format!("not a GGUF file (magic {magic:02x?}, want \"GGUF\")"),
+        ));
+    }
+    let version = c.u32("version")?;
+    match version {
+        2 | 3 => {}
+        1 => {
             return Err(c.err_at(
-                0,
-                format!("not a GGUF file (magic {magic:02x?}, want \"GGUF\")"),
+                4,
+                "GGUF version 1 is not supported (only versions 2 and 3; v1 used 32-bit counts)",
             ));
         }
-        let version = c.u32("version")?;
-        match version {
-            2 | 3 => {}
-            1 => {
-                return Err(c.err_at(
-                    4,
-                    "GGUF version 1 is not supported (only versions 2 and 3; v1 used 32-bit counts)",
-                ));
-            }
-            v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
-                return Err(c.err_at(4, "big-endian GGUF is not supported"));
-            }
-            v => {
-                return Err(c.err_at(
-                    4,
-                    format!("GGUF version {v} is not supported (only versions 2 and 3)"),
-                ));
-            }
+        v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
+            return Err(c.err_at(4, "big-endian GGUF is not supported"));
         }
-        let n_tensors_at = c.pos;
-        let n_tensors = c.u64("tensor count")?;
-        let n_kv_at = c.pos;
-        let n_kv = c.u64("metadata count")?;
-        // A kv takes at least 8 (key length) + 4 (type) + 1 bytes, a tensor info at least
-        // 8 (name length) + 4 (n_dims) + 4 (type) + 8 (offset).
-        c.check_count(n_kv, 13, n_kv_at, "metadata count")?;
-
-        let mut kv: Vec<(String, MetaValue)> = Vec::with_capacity(reserve(n_kv));
-        let mut keys = HashSet::with_capacity(reserve(n_kv));
-        for _ in 0..n_kv {
-            let key_at = c.pos;
-            let key = c.string("metadata key")?;
-            if !keys.insert(key.clone()) {
-                return Err(c.err_at(key_at, format!("duplicate metadata key '{key}'")));
-            }
-            let ty_at = c.pos;
-            let ty = c.u32("value type")?;
-            c.ctx = format!("key '{key}': ");
-            let value = c.value(ty, ty_at, 0)?;
-            c.ctx.clear();
-            kv.push((key, value));
+        v => {
+            return Err(c.err_at(
+                4,
+                format!("GGUF version {v} is not supported (only versions 2 and 3)"),
+            ));
         }
-        // Checked after the kv section, whose size we only know now.
-        c.check_count(n_tensors, 24, n_tensors_at, "tensor count")?;
+    }
+    let n_tensors_at = c.pos;
+    let n_tensors = c.u64("tensor count")?;
+    let n_kv_at = c.pos;
+    let n_kv = c.u64("metadata count")?;
+    // A kv takes at least 8 (key length) + 4 (type) + 1 bytes, a tensor info at least
+    // 8 (name length) + 4 (n_dims) + 4 (type) + 8 (offset).
+    c.check_count(n_kv, 13, n_kv_at, "metadata count")?;
 
-        let alignment = match kv.iter().find(|(k, _)| k == "general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some((_, MetaValue::U32(a))) if *a != 0 && a.is_power_of_two() => *a as u64,
-            Some((_, MetaValue::U32(a))) => {
-                return Err(Error::input(format!(
-                    "{label}: general.alignment is {a}: must be a non-zero power of two"
-                )));
-            }
-            Some((_, v)) => {
-                return Err(Error::input(format!(
-                    "{label}: general.alignment has type {}, want u32",
-                    v.type_name()
-                )));
-            }
-        };
-
-        let mut tensors: Vec<TensorInfo> = Vec::with_capacity(reserve(n_tensors));
-        let mut names = HashSet::with_capacity(reserve(n_tensors));
-        for _ in 0..n_tensors {
-            let info_at = c.pos;
-            let name = c.string("tensor name")?;
-            if !names.insert(name.clone()) {
-                return Err(c.err_at(info_at, format!("duplicate tensor name '{name}'")));
-            }
-            let nd_at = c.pos;
-            let n_dims = c.u32("tensor n_dims")?;
-            if n_dims as usize > MAX_DIMS {
-                return Err(c.err_at(
-                    nd_at,
-                    format!(
-                        "tensor '{name}' has {n_dims} dimensions (ggml allows at most {MAX_DIMS})"
-                    ),
-                ));
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                dims.push(c.u64("tensor dimension")?);
-            }
-            let ty_at = c.pos;
-            let ty_id = c.u32("tensor type")?;
-            let ty = GgmlType::from_id(ty_id).ok_or_else(|| {
-                c.err_at(
-                    ty_at,
-                    format!("tensor '{name}' has unknown ggml type id {ty_id}"),
-                )
-            })?;
-            let offset_at = c.pos;
-            let offset = c.u64("tensor offset")?;
-            let info = tensor_info(name, dims, ty, offset)
-                .map_err(|e| e.context(format_args!("{label}: at byte {info_at}")))?;
-            if info.offset % alignment != 0 {
-                return Err(c.err_at(
-                    offset_at,
-                    format!(
-                        "tensor '{}' offset {} is not a multiple of the alignment {alignment}",
-                        info.name, info.offset
-                    ),
-                ));
-            }
-            tensors.push(info);
+    let mut kv: Vec<(String, MetaValue)> = Vec::with_capacity(reserve(n_kv));
+    let mut keys = HashSet::with_capacity(reserve(n_kv));
+    for _ in 0..n_kv {
+        let key_at = c.pos;
+        let key = c.string("metadata key")?;
+        if !keys.insert(key.clone()) {
+            return Err(c.err_at(key_at, format!("duplicate metadata key '{key}'")));
         }
+        let ty_at = c.pos;
+        let ty = c.u32("value type")?;
+        c.ctx = format!("key '{key}': ");
+        let value = c.value(ty, ty_at, 0)?;
+        c.ctx.clear();
+        kv.push((key, value));
+    }
+    // Checked after the kv section, whose size we only know now.
+    c.check_count(n_tensors, 24, n_tensors_at, "tensor count")?;
 
-        let header_end = c.pos as u64;
-        let data_start = align_up(header_end, alignment).ok_or_else(|| {
-            Error::input(format!(
-                "{label}: at byte {header_end}: data section start overflows"
-            ))
+    let alignment = match kv.iter().find(|(k, _)| k == "general.alignment") {
+        None => DEFAULT_ALIGNMENT,
+        Some((_, MetaValue::U32(a))) if *a != 0 && a.is_power_of_two() => *a as u64,
+        Some((_, MetaValue::U32(a))) => {
+            return Err(Error::input(format!(
+                "{label}: general.alignment is {a}: must be a non-zero power of two"
+            )));
+        }
+        Some((_, v)) => {
+            return Err(Error::input(format!(
+                "{label}: general.alignment has type {}, want u32",
+                v.type_name()
+            )));
+        }
+    };
+
+    let mut tensors: Vec<TensorInfo> = Vec::with_capacity(reserve(n_tensors));
+    let mut names = HashSet::with_capacity(reserve(n_tensors));
+    for _ in 0..n_tensors {
+        let info_at = c.pos;
+        let name = c.string("tensor name")?;
+        if !names.insert(name.clone()) {
+            return Err(c.err_at(info_at, format!("duplicate tensor name '{name}'")));
+        }
+        let nd_at = c.pos;
+        let n_dims = c.u32("tensor n_dims")?;
+        if n_dims as usize > MAX_DIMS {
+            return Err(c.err_at(
+                nd_at,
+                format!("tensor '{name}' has {n_dims} dimensions (ggml allows at most {MAX_DIMS})"),
+            ));
+        }
+        let mut dims = Vec::with_capacity(n_dims as usize);
+        for _ in 0..n_dims {
+            dims.push(c.u64("tensor dimension")?);
+        }
+        let ty_at = c.pos;
+        let ty_id = c.u32("tensor type")?;
+        let ty = GgmlType::from_id(ty_id).ok_or_else(|| {
+            c.err_at(
+                ty_at,
+                format!("tensor '{name}' has unknown ggml type id {ty_id}"),
+            )
         })?;
-        let file_len = bytes.len() as u64;
-        let data_len = file_len.saturating_sub(data_start);
-        check_ranges(&label, &tensors, data_start, data_len)?;
+        let offset_at = c.pos;
+        let offset = c.u64("tensor offset")?;
+        let info = tensor_info(name, dims, ty, offset, shard)
+            .map_err(|e| e.context(format_args!("{label}: at byte {info_at}")))?;
+        if info.offset % alignment != 0 {
+            return Err(c.err_at(
+                offset_at,
+                format!(
+                    "tensor '{}' offset {} is not a multiple of the alignment {alignment}",
+                    info.name, info.offset
+                ),
+            ));
+        }
+        tensors.push(info);
+    }
 
-        Ok(GgufFile {
+    let header_end = c.pos as u64;
+    let data_start = align_up(header_end, alignment).ok_or_else(|| {
+        Error::input(format!(
+            "{label}: at byte {header_end}: data section start overflows"
+        ))
+    })?;
+    let file_len = bytes.len() as u64;
+    let data_len = file_len.saturating_sub(data_start);
+    check_ranges(&label, &tensors, data_start, data_len)?;
+
+    let n_tensors = tensors.len();
+    Ok(Parsed {
+        shard: Shard {
             path,
             bytes,
             stamp: None,
-            version,
             alignment,
-            kv,
-            tensors,
             data_start,
-        })
-    }
+            n_tensors,
+        },
+        version,
+        kv,
+        tensors,
+    })
 }
 
 /// Build and check one tensor info (dims, block size, byte size). Errors name the tensor;
 /// the caller adds the file and byte offset.
-fn tensor_info(name: String, dims: Vec<u64>, ty: GgmlType, offset: u64) -> Result<TensorInfo> {
+fn tensor_info(
+    name: String,
+    dims: Vec<u64>,
+    ty: GgmlType,
+    offset: u64,
+    shard: usize,
+) -> Result<TensorInfo> {
     // ggml keeps ne as int64_t: every dimension and the product must fit.
     let mut n: u64 = 1;
     for &d in &dims {
@@ -333,6 +411,7 @@ fn tensor_info(name: String, dims: Vec<u64>, ty: GgmlType, offset: u64) -> Resul
         ty,
         offset,
         nbytes,
+        shard,
     })
 }
 

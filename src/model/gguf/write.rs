@@ -12,18 +12,18 @@ use super::{DEFAULT_ALIGNMENT, MAX_DIMS, MetaValue, align_up, vtype};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::quant::GgmlType;
 
-struct PendingTensor {
-    name: String,
-    dims: Vec<u64>,
-    ty: GgmlType,
-    nbytes: u64,
+pub(super) struct PendingTensor {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ty: GgmlType,
+    pub nbytes: u64,
 }
 
 /// Collects metadata and tensor infos, then writes the file in one pass.
 #[derive(Default)]
 pub struct GgufWriter {
-    kv: Vec<(String, MetaValue)>,
-    tensors: Vec<PendingTensor>,
+    pub(super) kv: Vec<(String, MetaValue)>,
+    pub(super) tensors: Vec<PendingTensor>,
 }
 
 impl GgufWriter {
