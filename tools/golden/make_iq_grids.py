@@ -88,13 +88,15 @@ def main():
         f.write("\n".join(rs) + "\n")
 
     cu = ["// " + line for line in head.split("\n")]
-    cu += ["", "#pragma once", "", f"#define IQ1S_DELTA {delta!r}f", "",
-           "__device__ const u8 ksigns_iq2xs[128] = {"]
+    cu += ["// Compiled first (src/backend/cuda/device.rs, FILES): plain C types, so that it needs",
+           "// nothing from common.cuh, whose decoders read these tables.", "",
+           f"#define IQ1S_DELTA {delta!r}f", "",
+           "__device__ const unsigned char ksigns_iq2xs[128] = {"]
     cu += ["    " + r for r in rows(ksigns, lambda v: f"0x{v:02x}", 16)] + ["};", ""]
     cu += [f"__device__ const signed char kvalues_iq4nl[16] = {{{', '.join(map(str, iq4nl))}}};", ""]
     cu += [f"__device__ const signed char kvalues_mxfp4[16] = {{{', '.join(map(str, mxfp4))}}};"]
     for name, words, w in grids:
-        ty = "unsigned long long" if w == 8 else "u32"
+        ty = "unsigned long long" if w == 8 else "unsigned int"
         digits = 2 * w
         suffix = "ull" if w == 8 else "u"
         cu += ["", f"__device__ const {ty} {name.lower()}[{len(words)}] = {{"]
