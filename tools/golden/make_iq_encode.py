@@ -9,7 +9,7 @@ library that llama-cpp-python installs, called through ctypes: the path llama-qu
 
 Output: quant-encode-ggml-iq.safetensors with `input` (float32 [48, 256]) and one uint8 key per
 type (IQ4_NL, IQ4_XS, MXFP4: the 48 rows' blocks, row after row); the ggml version and commit in
-the metadata.
+the metadata (key `ggml`).
 Run:  pip install llama-cpp-python numpy safetensors && python3 make_iq_encode.py [--out DIR]
 """
 import argparse
@@ -61,9 +61,10 @@ def main():
         out[name] = dst
     version = lib.ggml_version().decode()
     commit = lib.ggml_commit().decode()
-    meta = {"ggml_version": version, "ggml_commit": commit, "library": os.path.basename(path),
-            "llama_cpp_python": llama_cpp.__version__,
-            "call": "ggml_quantize_chunk(type, input, dst, 0, 48, 256, NULL)"}
+    # one metadata key: safetensors writes several in a random order, and the file should
+    # regenerate byte for byte
+    meta = {"ggml": f"ggml {version} (commit {commit}), {os.path.basename(path)} of llama-cpp-python "
+                    f"{llama_cpp.__version__}: ggml_quantize_chunk(type, input, dst, 0, 48, 256, NULL)"}
     os.makedirs(a.out, exist_ok=True)
     dest = os.path.join(a.out, "quant-encode-ggml-iq.safetensors")
     save_file(out, dest, metadata=meta)

@@ -196,8 +196,10 @@ def main():
         out[f"{name}.f32"] = f32
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, "iq-vectors.safetensors")
-    save_file(out, path, metadata={"gguf_py": __import__("importlib.metadata").metadata.version("gguf"),
-                                   "numpy": np.__version__})
+    # one metadata key: safetensors writes several in a random order, and the file should
+    # regenerate byte for byte
+    made = f'{__import__("importlib.metadata").metadata.version("gguf")} (numpy {np.__version__})'
+    save_file(out, path, metadata={"gguf_py": made})
     print("wrote", path, {k: v.shape for k, v in out.items() if k.endswith(".raw")})
 
 
