@@ -18,7 +18,8 @@ pub struct GenModelArgs {
     /// qwen3-30b-a3b, llama3-8b, mixtral-8x7b, qwen2.5-7b or qwen2-57b-a14b.
     #[arg(long)]
     pub preset: String,
-    /// Weight type: f32, f16, bf16, q8_0, q4_0 or q4_k_m (llama.cpp's Q4_K_M mix).
+    /// Weight type: f32, f16, bf16, q8_0, q4_0, iq4_nl, mxfp4 (one type for every weight), or a
+    /// llama.cpp mix: q4_k_m or iq4_xs (what llama-quantize writes for Q4_K_M / IQ4_XS).
     #[arg(long, default_value = "f32")]
     pub quant: String,
     /// Seed of the weights; the same seed gives the same file.
@@ -148,8 +149,9 @@ pub fn run(a: &GenModelArgs) -> Result<Outcome> {
 /// Values per K-quant super-block: a row must hold whole super-blocks to be K-quantized.
 const SUPER_BLOCK: u64 = 256;
 
-/// Which tensors fell back from their intended type and why, and, when `q4_k_m` wrote no
-/// K-quant tensor at all, shape flags that give K-quants (checked against the same rules).
+/// Which tensors fell back from their intended type and why, and, when a mix (`q4_k_m`,
+/// `iq4_xs`) wrote no tensor of 256-value super-blocks at all, shape flags that give them
+/// (checked against the same rules).
 fn fallback_text(c: &ModelConfig, quant: SynthQuant) -> String {
     let fallbacks = synth::fallbacks(c, quant);
     let mut out = String::new();
@@ -190,11 +192,16 @@ fn fallback_text(c: &ModelConfig, quant: SynthQuant) -> String {
         ));
     }
     let wrote_k = synth::tensor_types(c, quant).iter().any(|t| is_k_quant(*t));
-    if quant == SynthQuant::Q4_K_M && !wrote_k {
+    if quant.is_mix() && !wrote_k {
+        let what = if quant == SynthQuant::IQ4_XS {
+            "IQ4_XS or K-quant"
+        } else {
+            "K-quant"
+        };
         out.push_str(&format!(
-            "no K-quant tensor was written: K-quants need rows that are multiples of {SUPER_BLOCK} values"
+            "no {what} tensor was written: they need rows that are multiples of {SUPER_BLOCK} values"
         ));
-        match k_quant_shape(c) {
+        match k_quant_shape(c, quant) {
             Some(flags) => out.push_str(&format!("; for a shape that has them, add {flags}\n")),
             None => out.push('\n'),
         }
@@ -208,7 +215,7 @@ fn is_k_quant(t: GgmlType) -> bool {
 
 /// Shape flags that make every row of `c` whole super-blocks (the smallest such sizes at or
 /// above the current ones), when they leave no K-quant to fall back.
-fn k_quant_shape(c: &ModelConfig) -> Option<String> {
+fn k_quant_shape(c: &ModelConfig, quant: SynthQuant) -> Option<String> {
     let up = |x: usize, m: usize| x.div_ceil(m).checked_mul(m);
     let sb = SUPER_BLOCK as usize;
     let mut k = c.clone();
@@ -234,7 +241,7 @@ fn k_quant_shape(c: &ModelConfig) -> Option<String> {
             flags.push(format!("--ffn {}", k.ffn_dim));
         }
     }
-    let k_fallbacks = synth::fallbacks(&k, SynthQuant::Q4_K_M)
+    let k_fallbacks = synth::fallbacks(&k, quant)
         .iter()
         .any(|f| is_k_quant(f.intended));
     (!flags.is_empty() && !k_fallbacks).then(|| flags.join(" "))

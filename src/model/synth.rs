@@ -10,8 +10,10 @@
 //!
 //! Quantization: `f32`, `f16`, `bf16`, `q8_0` and `q4_0` follow convert_hf_to_gguf / the golden
 //! script (1-D tensors, `*_norm` and `ffn_gate_inp` stay F32; a row that is not whole blocks
-//! falls back to F16). `q4_k_m` follows llama.cpp's `llama_tensor_get_type` for
-//! LLAMA_FTYPE_MOSTLY_Q4_K_M, fallbacks included.
+//! falls back to F16). `iq4_nl` and `mxfp4` put every such tensor in that one type (a row that
+//! is not whole 32-value blocks falls back to F16; llama-quantize would refuse it). `q4_k_m` and
+//! `iq4_xs` follow llama.cpp's `llama_tensor_get_type` for LLAMA_FTYPE_MOSTLY_Q4_K_M and
+//! LLAMA_FTYPE_MOSTLY_IQ4_XS (no importance matrix), fallbacks included.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -39,16 +41,22 @@ pub enum SynthQuant {
     Q8_0,
     Q4_0,
     Q4_K_M,
+    IQ4_NL,
+    IQ4_XS,
+    MXFP4,
 }
 
 impl SynthQuant {
-    pub const ALL: [SynthQuant; 6] = [
+    pub const ALL: [SynthQuant; 9] = [
         SynthQuant::F32,
         SynthQuant::F16,
         SynthQuant::BF16,
         SynthQuant::Q8_0,
         SynthQuant::Q4_0,
         SynthQuant::Q4_K_M,
+        SynthQuant::IQ4_NL,
+        SynthQuant::IQ4_XS,
+        SynthQuant::MXFP4,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +67,9 @@ impl SynthQuant {
             SynthQuant::Q8_0 => "Q8_0",
             SynthQuant::Q4_0 => "Q4_0",
             SynthQuant::Q4_K_M => "Q4_K_M",
+            SynthQuant::IQ4_NL => "IQ4_NL",
+            SynthQuant::IQ4_XS => "IQ4_XS",
+            SynthQuant::MXFP4 => "MXFP4",
         }
     }
 
@@ -77,6 +88,10 @@ impl SynthQuant {
             SynthQuant::Q4_0 => 2,
             SynthQuant::Q8_0 => 7,
             SynthQuant::Q4_K_M => 15,
+            SynthQuant::IQ4_NL => 25,
+            SynthQuant::IQ4_XS => 30,
+            // LLAMA_FTYPE_MOSTLY_MXFP4_MOE, the only MXFP4 file type llama.cpp names
+            SynthQuant::MXFP4 => 38,
             SynthQuant::BF16 => 32,
         }
     }
@@ -90,7 +105,16 @@ impl SynthQuant {
             SynthQuant::Q8_0 => GgmlType::Q8_0,
             SynthQuant::Q4_0 => GgmlType::Q4_0,
             SynthQuant::Q4_K_M => GgmlType::Q4_K,
+            SynthQuant::IQ4_NL => GgmlType::IQ4_NL,
+            SynthQuant::IQ4_XS => GgmlType::IQ4_XS,
+            SynthQuant::MXFP4 => GgmlType::MXFP4,
         }
+    }
+
+    /// Whether this is a llama-quantize mix (per-tensor types and llama.cpp's fallbacks for
+    /// rows that are not whole blocks) rather than one type for every weight.
+    pub fn is_mix(self) -> bool {
+        matches!(self, SynthQuant::Q4_K_M | SynthQuant::IQ4_XS)
     }
 }
 
@@ -417,25 +441,27 @@ fn intended_type(c: &ModelConfig, quant: SynthQuant, name: &str, dims: &[u64]) -
     if dims.len() <= 1 || name.ends_with("_norm.weight") || name.contains(".ffn_gate_inp.") {
         return GgmlType::F32;
     }
-    if quant != SynthQuant::Q4_K_M {
-        return quant.base_type();
+    match quant {
+        SynthQuant::Q4_K_M => q4_k_m_type(c, name),
+        SynthQuant::IQ4_XS => iq4_xs_type(c, name),
+        _ => quant.base_type(),
     }
-    q4_k_m_type(c, name)
 }
 
 /// The type a row of `row` values gets when `t` was intended: `t` when the row is whole blocks
-/// of it; else convert_hf_to_gguf falls back to F16, and llama-quantize (Q4_K_M) first to a
-/// legacy type of about the same size (32-value blocks), then to F16.
+/// of it; else convert_hf_to_gguf falls back to F16, and llama-quantize (Q4_K_M, IQ4_XS) first
+/// to a type of about the same size with 32-value blocks, then to F16.
 fn fit_row(quant: SynthQuant, t: GgmlType, row: u64) -> GgmlType {
     let fits = |t: GgmlType| row.is_multiple_of(t.block_values() as u64);
     if fits(t) {
         return t;
     }
-    if quant == SynthQuant::Q4_K_M {
+    if quant.is_mix() {
         let legacy = match t {
             GgmlType::Q4_K => GgmlType::Q5_0,
             GgmlType::Q5_K => GgmlType::Q5_1,
             GgmlType::Q6_K => GgmlType::Q8_0,
+            GgmlType::IQ4_XS => GgmlType::IQ4_NL,
             other => other,
         };
         if fits(legacy) {
@@ -522,6 +548,54 @@ fn q4_k_m_type(c: &ModelConfig, name: &str) -> GgmlType {
         t = GgmlType::Q5_K;
     }
     t
+}
+
+/// `llama_tensor_get_type` for LLAMA_FTYPE_MOSTLY_IQ4_XS without an importance matrix, before
+/// the fallback for rows that are not whole blocks ([`fit_row`]): IQ4_XS by default and for the
+/// embedding; Q6_K for the output; Q5_K for attn_v when 4 or more query heads share a KV head,
+/// for ffn_down in the first eighth of the ffn_down tensors, and for attn_output of 8-expert
+/// models; Q8_0 for attn_k/attn_v of 8-expert models.
+fn iq4_xs_type(c: &ModelConfig, name: &str) -> GgmlType {
+    let eight_experts = c.n_experts == 8;
+    if name == "output.weight" {
+        GgmlType::Q6_K
+    } else if name.contains("attn_v.weight") {
+        if eight_experts {
+            GgmlType::Q8_0
+        } else if c.n_kv_heads > 0 && c.n_heads / c.n_kv_heads >= 4 {
+            GgmlType::Q5_K
+        } else {
+            GgmlType::IQ4_XS
+        }
+    } else if name.contains("attn_k.weight") && eight_experts {
+        GgmlType::Q8_0
+    } else if (name.contains("ffn_down") && ffn_down_in_first_eighth(c, name))
+        || (name.contains("attn_output.weight") && eight_experts)
+    {
+        GgmlType::Q5_K
+    } else {
+        GgmlType::IQ4_XS
+    }
+}
+
+/// llama-quantize's `i_layer < n_layer/8` for an ffn_down tensor, where `n_layer` counts the
+/// model's tensors named `*ffn_down*` (a shared expert's too) and `i_layer` is the layer in the
+/// name for MoE models, the tensor's rank among them otherwise.
+fn ffn_down_in_first_eighth(c: &ModelConfig, name: &str) -> bool {
+    let downs: Vec<String> = c
+        .expected_tensors()
+        .into_iter()
+        .map(|(n, _)| n)
+        .filter(|n| n.contains("ffn_down"))
+        .collect();
+    let i = if c.n_experts > 1 {
+        name.strip_prefix("blk.")
+            .and_then(|s| s.split('.').next())
+            .and_then(|s| s.parse::<usize>().ok())
+    } else {
+        downs.iter().position(|n| n == name)
+    };
+    i.is_some_and(|i| i < downs.len() / 8)
 }
 
 /// splitmix64: a 64-bit PRNG whose every step is integer arithmetic.
@@ -1333,6 +1407,130 @@ mod tests {
             tensor_type(&tiny, SynthQuant::Q8_0, "blk.0.attn_q.weight", &[48, 64]),
             F16
         );
+    }
+
+    #[test]
+    fn iq4_xs_mix_follows_llama_cpp() {
+        use GgmlType::*;
+        // 8 layers, 4 experts, GQA 4:1 (attn_v -> Q5_K), rows of 256 except attn_output (128)
+        let c = ModelConfig {
+            n_layers: 8,
+            hidden: 256,
+            n_heads: 8,
+            n_kv_heads: 2,
+            head_dim: 16,
+            n_experts: 4,
+            expert_ffn_dim: 256,
+            ..preset("tiny-moe").unwrap()
+        };
+        let path = tmp("iq4xs-mix.gguf");
+        generate(&c, SynthQuant::IQ4_XS, 3, "mix", &path).unwrap();
+        let f = GgufFile::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(f.get("general.file_type").unwrap().as_u64(), Some(30));
+        let ty = |n: &str| f.tensor(n).unwrap().ty;
+        assert_eq!(ty("token_embd.weight"), IQ4_XS);
+        assert_eq!(ty("output.weight"), Q6_K);
+        for i in 0..8 {
+            let b = |s: &str| ty(&format!("blk.{i}.{s}.weight"));
+            assert_eq!(b("attn_q"), IQ4_XS);
+            assert_eq!(b("attn_k"), IQ4_XS);
+            assert_eq!(b("attn_v"), Q5_K, "n_gqa 4");
+            assert_eq!(b("attn_output"), IQ4_NL, "rows of 128: IQ4_XS falls back");
+            assert_eq!(b("ffn_gate_exps"), IQ4_XS);
+            // the first eighth of the ffn_down tensors: layer 0 of 8
+            assert_eq!(b("ffn_down_exps"), if i == 0 { Q5_K } else { IQ4_XS });
+            assert_eq!(b("ffn_gate_inp"), F32);
+        }
+        // eight experts: attn_k/attn_v Q8_0, attn_output Q5_K (Q5_1 on rows of 64)
+        let tiny = preset("tiny-moe").unwrap();
+        let t = |n: &str, d: &[u64]| tensor_type(&tiny, SynthQuant::IQ4_XS, n, d);
+        assert_eq!(t("blk.0.attn_k.weight", &[64, 64]), Q8_0);
+        assert_eq!(t("blk.0.attn_v.weight", &[64, 64]), Q8_0);
+        assert_eq!(t("blk.0.attn_output.weight", &[128, 64]), Q5_1);
+        assert_eq!(t("output.weight", &[64, 260]), Q8_0);
+        assert_eq!(t("blk.0.attn_q.weight", &[64, 128]), IQ4_NL);
+        // a dense model counts its ffn_down tensors: 16 layers, the first 2 get Q5_K
+        let dense = ModelConfig {
+            n_layers: 16,
+            ..preset("tiny-dense").unwrap()
+        };
+        let d = |n: &str| tensor_type(&dense, SynthQuant::IQ4_XS, n, &[256, 256]);
+        assert_eq!(d("blk.1.ffn_down.weight"), Q5_K);
+        assert_eq!(d("blk.2.ffn_down.weight"), IQ4_XS);
+        // one-type schemes: rows not whole 32-value blocks fall back to F16
+        let odd = ModelConfig {
+            hidden: 48,
+            ..tiny.clone()
+        };
+        for q in [SynthQuant::IQ4_NL, SynthQuant::MXFP4] {
+            assert_eq!(tensor_type(&odd, q, "blk.0.attn_q.weight", &[48, 128]), F16);
+            assert!(!q.is_mix());
+        }
+        assert_eq!(
+            tensor_type(&tiny, SynthQuant::MXFP4, "output.weight", &[64, 260]),
+            MXFP4
+        );
+    }
+
+    /// iq4_nl, iq4_xs and mxfp4 models (rows of 256, so IQ4_XS is really written) read back as
+    /// their config, run on the CPU reference, and stay close to the same seed in F32.
+    #[test]
+    fn iq4_and_mxfp4_models_round_trip_and_run() {
+        use crate::backend::cpu::CpuBackend;
+        use crate::backend::{Backend, ForwardRequest};
+        use crate::trace::plan::CapturePlan;
+        for base in ["tiny-moe", "tiny-dense"] {
+            let c = ModelConfig {
+                hidden: 256,
+                head_dim: 64,
+                ffn_dim: 256,
+                expert_ffn_dim: if base == "tiny-moe" { 256 } else { 0 },
+                ..preset(base).unwrap()
+            };
+            let tokens: Vec<u32> = (0..6).map(|i| (i * 41 + 5) % c.vocab as u32).collect();
+            let run = |q: SynthQuant| {
+                let path = tmp(&format!("iq-run-{base}-{}.gguf", q.name()));
+                generate(&c, q, 9, base, &path).unwrap();
+                let f = GgufFile::open(&path).unwrap();
+                let back = ModelConfig::from_gguf(&f).unwrap();
+                assert_eq!(back, c, "{base} {q:?}");
+                back.validate_tensors(&f).unwrap();
+                let types: Vec<GgmlType> = f.tensors().iter().map(|t| t.ty).collect();
+                let t = CpuBackend::open(&path)
+                    .unwrap()
+                    .forward(&ForwardRequest::new(&tokens, &CapturePlan::all()))
+                    .unwrap();
+                std::fs::remove_file(&path).unwrap();
+                (types, t)
+            };
+            let (_, want) = run(SynthQuant::F32);
+            for (q, ty) in [
+                (SynthQuant::IQ4_NL, GgmlType::IQ4_NL),
+                (SynthQuant::IQ4_XS, GgmlType::IQ4_XS),
+                (SynthQuant::MXFP4, GgmlType::MXFP4),
+            ] {
+                let (types, got) = run(q);
+                let n = types.iter().filter(|t| **t == ty).count();
+                assert!(n >= 4, "{base} {q:?}: only {n} {ty} tensors");
+                let mut worst = 1f64;
+                for (k, w) in &want.tensors {
+                    let (Some(w), Some(g)) = (w.as_f32(), got.tensors[k].as_f32()) else {
+                        continue;
+                    };
+                    assert!(g.iter().all(|v| v.is_finite()), "{base} {q:?} {k}");
+                    let dot: f64 = w.iter().zip(g).map(|(a, b)| *a as f64 * *b as f64).sum();
+                    let nw: f64 = w.iter().map(|a| (*a as f64).powi(2)).sum();
+                    let ng: f64 = g.iter().map(|a| (*a as f64).powi(2)).sum();
+                    if nw > 0.0 && ng > 0.0 {
+                        worst = worst.min(dot / (nw * ng).sqrt());
+                    }
+                }
+                println!("{base} {q:?}: worst stage cosine against F32 {worst:.4}");
+                // measured: 0.913 (tiny-moe MXFP4) to 0.982 (tiny-dense IQ4_NL/IQ4_XS)
+                assert!(worst > 0.85, "{base} {q:?}: cosine {worst}");
+            }
+        }
     }
 
     #[test]

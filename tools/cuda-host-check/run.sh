@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Prove the 8-value device decoders bit-exact against the 1-value ones, on the host.
+# Prove the 8-value device decoders bit-exact against the 1-value ones, and the i-quant,
+# ternary and MXFP4 ones against gguf-py's vectors, on the host.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 "${CXX:-c++}" -std=c++17 -O2 -ffp-contract=off -o "$out/dq8_check" "$here/dq8_check.cpp"
-"$out/dq8_check"
+"$out/dq8_check" "$here/../../fixtures/iq-vectors.safetensors"
 "${CXX:-c++}" -std=c++17 -fsyntax-only -Wall -Werror -Wno-unused-function -Wno-unknown-pragmas -Wno-sign-compare \
     "$here/syntax_check.cpp"
 echo "kernel sources: host syntax check ok"

@@ -22,6 +22,7 @@ static float __shfl_xor_sync(unsigned, float v, int) { return v; }
 static double __shfl_xor_sync(unsigned, double v, int) { return v; }
 static int __shfl_xor_sync(unsigned, int v, int) { return v; }
 static unsigned short f2h(float) { return 0; }
+#include "../../src/backend/cuda/kernels/grids.cuh"
 #include "../../src/backend/cuda/kernels/common.cuh"
 #include "../../src/backend/cuda/kernels/matmul.cu"
 #include "../../src/backend/cuda/kernels/ops.cu"

@@ -490,10 +490,31 @@ fn planted_faults_first_diverge_at_their_stage() {
     }
 }
 
-/// gguf-py's vectors for one block type (fixtures/quant-vectors.safetensors): the raw blocks
-/// and their dequantized values.
+/// The i-quant, ternary and MXFP4 types, whose vectors are in fixtures/iq-vectors.safetensors.
+const IQ_TYPES: [GgmlType; 12] = [
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+    GgmlType::IQ3_XXS,
+    GgmlType::IQ3_S,
+    GgmlType::IQ2_XXS,
+    GgmlType::IQ2_XS,
+    GgmlType::IQ2_S,
+    GgmlType::IQ1_S,
+    GgmlType::IQ1_M,
+    GgmlType::TQ1_0,
+    GgmlType::TQ2_0,
+    GgmlType::MXFP4,
+];
+
+/// gguf-py's vectors for one block type (fixtures/quant-vectors.safetensors, or
+/// iq-vectors.safetensors for [`IQ_TYPES`]): the raw blocks and their dequantized values.
 fn gguf_py_vectors(ty: GgmlType) -> (Vec<u8>, Vec<f32>) {
-    let bytes = std::fs::read(fixture("quant-vectors.safetensors")).unwrap();
+    let file = if IQ_TYPES.contains(&ty) {
+        "iq-vectors.safetensors"
+    } else {
+        "quant-vectors.safetensors"
+    };
+    let bytes = std::fs::read(fixture(file)).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let raw = st
         .tensor(&format!("{}.raw", ty.name()))
@@ -608,8 +629,9 @@ fn check_matmul(what: &str, got: &[f32], x: &[f32], w: &[f32], t: usize, rows: u
     }
 }
 
-/// Every block decoder against gguf-py's dequantization (fixtures/quant-vectors.safetensors):
-/// the gather kernel bitwise, the matmul kernel against an f64 dot product.
+/// Every block decoder against gguf-py's dequantization (fixtures/quant-vectors.safetensors and
+/// iq-vectors.safetensors): the gather kernel bitwise, the matmul kernel against an f64 dot
+/// product.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn device_decoders_match_gguf_py() {
@@ -627,7 +649,10 @@ fn device_decoders_match_gguf_py() {
         GgmlType::Q4_K,
         GgmlType::Q5_K,
         GgmlType::Q6_K,
-    ] {
+    ]
+    .into_iter()
+    .chain(IQ_TYPES)
+    {
         let (raw, want) = gguf_py_vectors(ty);
         let n = want.len();
         // a few rows of whole blocks (F16/BF16 vectors have an odd count: 3 rows or 1)
@@ -675,7 +700,8 @@ fn device_decoders_match_gguf_py() {
 
 /// Matrices wider than one tile of every kernel (200 outputs: several tiles of 64 or 128
 /// features, the last partial), built from gguf-py's blocks in a scrambled order, against the
-/// host at 5, 70 and 130 rows (split-K where the tiles are few).
+/// host at 5, 70 and 130 rows (split-K where the tiles are few). MXFP4 rows are 480 values, 15
+/// blocks of 17 bytes: odd row sizes, so every other row starts at an odd address.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn wide_matmuls_cover_every_tile_position() {
@@ -687,12 +713,16 @@ fn wide_matmuls_cover_every_tile_position() {
         GgmlType::Q6_K,
         GgmlType::Q8_0,
         GgmlType::F16,
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+        GgmlType::MXFP4,
     ] {
         let (raw, vals) = gguf_py_vectors(ty);
         let (bv, bb) = (ty.block_values(), ty.block_bytes());
         let blocks = vals.len() / bv;
         // 512 inputs (two K-quant blocks, 16 Q8_0 blocks), 200 outputs
-        let (rows, cols) = (200, 512);
+        let cols = if ty == GgmlType::MXFP4 { 480 } else { 512 };
+        let rows = 200;
         let per_row = cols / bv;
         let (mut wraw, mut w) = (Vec::new(), Vec::new());
         for r in 0..rows {
@@ -1147,7 +1177,8 @@ fn q6k_stage(file: &crate::model::gguf::GgufFile, n_layers: usize, moe: bool) ->
 }
 
 /// CUDA against the CPU reference on every fixture model and on synthetic Q4_K_M / Q8_0 /
-/// Q4_0 / BF16 / F16 models, clean and with each planted fault class on both sides.
+/// Q4_0 / BF16 / F16 / IQ4_NL / IQ4_XS / MXFP4 models, clean and with each planted fault class
+/// on both sides.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn cuda_matches_cpu_reference_clean_and_faulted() {
@@ -1176,6 +1207,9 @@ fn cuda_matches_cpu_reference_clean_and_faulted() {
             SynthQuant::Q4_0,
             SynthQuant::BF16,
             SynthQuant::F16,
+            SynthQuant::IQ4_NL,
+            SynthQuant::IQ4_XS,
+            SynthQuant::MXFP4,
         ] {
             let m = synthetic(moe, q);
             let name = format!(

@@ -106,6 +106,18 @@ pub fn kernel_suffix(ty: GgmlType) -> Option<&'static str> {
         Q4_K => "q4_k",
         Q5_K => "q5_k",
         Q6_K => "q6_k",
+        IQ2_XXS => "iq2_xxs",
+        IQ2_XS => "iq2_xs",
+        IQ2_S => "iq2_s",
+        IQ3_XXS => "iq3_xxs",
+        IQ3_S => "iq3_s",
+        IQ1_S => "iq1_s",
+        IQ1_M => "iq1_m",
+        IQ4_NL => "iq4_nl",
+        IQ4_XS => "iq4_xs",
+        TQ1_0 => "tq1_0",
+        TQ2_0 => "tq2_0",
+        MXFP4 => "mxfp4",
         _ => return None,
     })
 }

@@ -11,7 +11,7 @@
 
 use half::f16;
 
-use super::GgmlType;
+use super::{GgmlType, iq};
 use crate::{Error, Result};
 
 /// Values in a K-quant super-block.
@@ -39,6 +39,18 @@ pub fn is_dequant_supported(ty: GgmlType) -> bool {
             | Q5_K
             | Q6_K
             | Q8_K
+            | IQ2_XXS
+            | IQ2_XS
+            | IQ2_S
+            | IQ3_XXS
+            | IQ3_S
+            | IQ1_S
+            | IQ1_M
+            | IQ4_NL
+            | IQ4_XS
+            | TQ1_0
+            | TQ2_0
+            | MXFP4
     )
 }
 
@@ -101,6 +113,18 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         Q5_K => blocks(bytes, out, q5_k),
         Q6_K => blocks(bytes, out, q6_k),
         Q8_K => blocks(bytes, out, q8_k),
+        IQ2_XXS => blocks(bytes, out, iq::iq2_xxs),
+        IQ2_XS => blocks(bytes, out, iq::iq2_xs),
+        IQ2_S => blocks(bytes, out, iq::iq2_s),
+        IQ3_XXS => blocks(bytes, out, iq::iq3_xxs),
+        IQ3_S => blocks(bytes, out, iq::iq3_s),
+        IQ1_S => blocks(bytes, out, iq::iq1_s),
+        IQ1_M => blocks(bytes, out, iq::iq1_m),
+        IQ4_NL => blocks(bytes, out, iq::iq4_nl),
+        IQ4_XS => blocks(bytes, out, iq::iq4_xs),
+        TQ1_0 => blocks(bytes, out, iq::tq1_0),
+        TQ2_0 => blocks(bytes, out, iq::tq2_0),
+        MXFP4 => blocks(bytes, out, iq::mxfp4),
         _ => {
             return Err(Error::internal(format!(
                 "dequantize: {ty} is listed as supported but has no decoder"
@@ -238,7 +262,7 @@ fn blocks<const B: usize, const V: usize>(
 }
 
 #[inline]
-fn f16_at(b: &[u8], at: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], at: usize) -> f32 {
     match b.get(at..at + 2) {
         Some(&[lo, hi]) => f16::from_le_bytes([lo, hi]).to_f32(),
         _ => f32::NAN,
@@ -462,12 +486,52 @@ mod tests {
         GgmlType::Q6_K,
     ];
 
+    /// The types fixtures/iq-vectors.safetensors covers.
+    pub(crate) const IQ_TYPES: [GgmlType; 12] = [
+        GgmlType::IQ4_NL,
+        GgmlType::IQ4_XS,
+        GgmlType::IQ3_XXS,
+        GgmlType::IQ3_S,
+        GgmlType::IQ2_XXS,
+        GgmlType::IQ2_XS,
+        GgmlType::IQ2_S,
+        GgmlType::IQ1_S,
+        GgmlType::IQ1_M,
+        GgmlType::TQ1_0,
+        GgmlType::TQ2_0,
+        GgmlType::MXFP4,
+    ];
+
     fn fixture() -> Vec<u8> {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/quant-vectors.safetensors"
-        );
-        std::fs::read(path).expect("read fixtures/quant-vectors.safetensors")
+        read_fixture("quant-vectors.safetensors")
+    }
+
+    fn read_fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+    }
+
+    /// Every fixture block of each type in `types` decodes to gguf-py's values, bit for bit.
+    fn check_bit_exact(st: &SafeTensors, types: &[GgmlType]) {
+        for &ty in types {
+            let (raw, want) = vectors(st, ty);
+            assert!(want.len() >= 64, "{ty}: too few fixture values");
+            let mut got = vec![f32::NAN; want.len()];
+            dequantize(ty, &raw, &mut got).unwrap();
+            let bad: Vec<usize> = (0..want.len())
+                .filter(|&i| got[i].to_bits() != want[i].to_bits())
+                .collect();
+            assert!(
+                bad.is_empty(),
+                "{ty}: {} of {} values differ; first at {} (block {}): got {:e} want {:e}",
+                bad.len(),
+                want.len(),
+                bad[0],
+                bad[0] / ty.block_values(),
+                got[bad[0]],
+                want[bad[0]]
+            );
+        }
     }
 
     /// (raw bytes, expected values) of the fixture's blocks of `ty`.
@@ -493,24 +557,20 @@ mod tests {
     fn bit_exact_against_gguf_py() {
         let bytes = fixture();
         let st = SafeTensors::deserialize(&bytes).expect("parse fixture");
-        for ty in TYPES {
-            let (raw, want) = vectors(&st, ty);
-            assert!(want.len() >= 64, "{ty}: too few fixture values");
-            let mut got = vec![f32::NAN; want.len()];
-            dequantize(ty, &raw, &mut got).unwrap();
-            let bad: Vec<usize> = (0..want.len())
-                .filter(|&i| got[i].to_bits() != want[i].to_bits())
-                .collect();
-            assert!(
-                bad.is_empty(),
-                "{ty}: {} of {} values differ; first at {}: got {:e} want {:e}",
-                bad.len(),
-                want.len(),
-                bad[0],
-                got[bad[0]],
-                want[bad[0]]
-            );
-        }
+        check_bit_exact(&st, &TYPES);
+    }
+
+    /// fixtures/iq-vectors.safetensors (tools/golden/make_iq_vectors.py): random blocks, every
+    /// grid point, sign pattern and scale code, zero scales, all-0x00/0xFF codes, MXFP4's
+    /// extreme exponents.
+    #[test]
+    fn iq_ternary_mxfp4_bit_exact_against_gguf_py() {
+        let bytes = read_fixture("iq-vectors.safetensors");
+        let st = SafeTensors::deserialize(&bytes).expect("parse fixture");
+        check_bit_exact(&st, &IQ_TYPES);
+        // the extreme exponents reach subnormal values
+        let (_, want) = vectors(&st, GgmlType::MXFP4);
+        assert!(want.iter().any(|v| v.is_subnormal()));
     }
 
     #[test]
@@ -549,9 +609,13 @@ mod tests {
         let err = dequantize(GgmlType::Q8_0, &[0u8; 34], &mut out[..31]).unwrap_err();
         assert!(err.message().contains("Q8_0") && err.message().contains("31"));
         assert!(dequantize(GgmlType::F32, &[0u8; 3], &mut out[..1]).is_err());
-        let err = dequantize(GgmlType::IQ2_XXS, &[0u8; 66], &mut out).unwrap_err();
-        assert!(err.message().contains("IQ2_XXS"), "{}", err.message());
-        assert!(!is_dequant_supported(GgmlType::IQ4_XS));
+        let err = dequantize(GgmlType::Q8_1, &[0u8; 36], &mut out[..32]).unwrap_err();
+        assert!(err.message().contains("Q8_1"), "{}", err.message());
+        assert!(!is_dequant_supported(GgmlType::I64));
+        let err = dequantize(GgmlType::MXFP4, &[0u8; 16], &mut out[..32]).unwrap_err();
+        assert!(err.message().contains("MXFP4") && err.message().contains("17"));
+        let err = dequantize(GgmlType::IQ1_M, &[0u8; 56], &mut out[..128]).unwrap_err();
+        assert!(err.message().contains("IQ1_M") && err.message().contains("128"));
         assert!(dequantize_q6k_as_q4k(&[0u8; 209], &mut out).is_err());
         assert!(dequantize_q6k_as_q4k(&[0u8; 210], &mut out[..100]).is_err());
         // Empty input is a valid, empty tensor.

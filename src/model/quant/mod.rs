@@ -7,6 +7,8 @@
 use std::fmt;
 
 pub mod dequant;
+pub(crate) mod grids;
+mod iq;
 pub mod quantize;
 
 pub use dequant::{

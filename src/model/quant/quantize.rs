@@ -6,6 +6,9 @@
 //! order. Rust never contracts `a * b + c` into an FMA, and f16 conversion rounds to nearest
 //! even whether `half` uses F16C or software, so a given input encodes to the same bytes on
 //! every machine; this is what lets the synthetic model generator write reproducible files.
+//! IQ4_NL and IQ4_XS follow `quantize_iq4_nl`/`quantize_iq4_xs` without an importance matrix
+//! (the search llama-quantize runs, 15 extra scale tries; recent ggml's `quantize_row_iq4_nl_ref`
+//! skips them), MXFP4 `quantize_row_mxfp4_ref`.
 //! (A C build of ggml with FMA contraction, e.g. `-march=native`, differs from its own
 //! reference in a few K-quant blocks; ours matches the uncontracted reference.)
 
@@ -13,6 +16,8 @@ use half::f16;
 
 use super::GgmlType;
 use super::dequant::{q8_0_level, q8_0_scale, q8_k_level, q8_k_scale};
+use super::grids::{KVALUES_IQ4NL, KVALUES_MXFP4};
+use super::iq::e8m0_to_f32_half;
 use crate::{Error, Result};
 
 /// ggml's GROUP_MAX_EPS: below this a group counts as all zero.
@@ -36,6 +41,9 @@ pub fn is_quantize_supported(ty: GgmlType) -> bool {
             | Q5_K
             | Q6_K
             | Q8_K
+            | IQ4_NL
+            | IQ4_XS
+            | MXFP4
     )
 }
 
@@ -88,6 +96,9 @@ pub fn quantize(ty: GgmlType, src: &[f32], out: &mut Vec<u8>) -> Result<()> {
         Q5_K => blocks(src, dst, q5_k),
         Q6_K => blocks(src, dst, q6_k),
         Q8_K => blocks(src, dst, q8_k),
+        IQ4_NL => blocks(src, dst, iq4_nl),
+        IQ4_XS => blocks(src, dst, iq4_xs),
+        MXFP4 => blocks(src, dst, mxfp4),
         _ => {
             out.truncate(start);
             return Err(Error::internal(format!(
@@ -737,6 +748,175 @@ fn q8_k(x: &[f32; 256], y: &mut [u8; 292]) {
     d.copy_from_slice(&(1.0 / iscale).to_le_bytes());
 }
 
+/// ggml's `best_index_int8` for the 16 sorted IQ4 levels: the level `x` is nearest to, found
+/// as ggml finds it (a branchless binary search on midpoints, compared at twice the scale so
+/// that both sides are exact; a tie goes to the upper level).
+fn best_index_iq4(x: f32) -> usize {
+    let v = &KVALUES_IQ4NL;
+    let x2 = x + x;
+    let mut idx = 0;
+    let mut step = 8;
+    while step > 0 {
+        let j = idx + step;
+        if x2 >= (v[j - 1] as i32 + v[j] as i32) as f32 {
+            idx = j;
+        }
+        step >>= 1;
+    }
+    idx
+}
+
+/// `Σ w·q·x` and `Σ w·q²` over a 32-value group for levels picked at inverse scale `id`
+/// (weights `x²`, as ggml without an importance matrix), in ggml's order.
+fn iq4_sums(xb: &[f32; 32], id: f32, l: Option<&mut [u8; 32]>) -> (f32, f32) {
+    let (mut sumqx, mut sumq2) = (0f32, 0f32);
+    let mut levels = [0u8; 32];
+    for (j, &x) in xb.iter().enumerate() {
+        let li = best_index_iq4(id * x);
+        levels[j] = li as u8;
+        let q = KVALUES_IQ4NL[li] as f32;
+        let w = x * x;
+        sumqx += w * q * x;
+        sumq2 += w * q * q;
+    }
+    if let Some(l) = l {
+        *l = levels;
+    }
+    (sumqx, sumq2)
+}
+
+/// The scale search of ggml's `quantize_row_iq4_nl_impl` for one 32-value group, with
+/// `ntry = 7` (what `quantize_iq4_nl`/`quantize_iq4_xs` use without an importance matrix):
+/// the least-squares scale for the levels at `-max/-127`, then the best of 15 more starting
+/// points `(itry - 127)/max`. Returns the scale (0 for an all-zero group).
+fn iq4_group_scale(xb: &[f32; 32]) -> f32 {
+    const NTRY: i32 = 7;
+    let mut amax = 0f32;
+    let mut max = 0f32;
+    for &x in xb {
+        if x.abs() > amax {
+            amax = x.abs();
+            max = x;
+        }
+    }
+    if amax < GROUP_MAX_EPS {
+        return 0.0;
+    }
+    let v0 = KVALUES_IQ4NL[0] as i32;
+    let d = -max / v0 as f32;
+    let (sumqx, sumq2) = iq4_sums(xb, 1.0 / d, None);
+    let mut d = if sumq2 > 0.0 { sumqx / sumq2 } else { 0.0 };
+    let mut best = d * sumqx;
+    for itry in -NTRY..=NTRY {
+        let id = (itry + v0) as f32 / max;
+        let (sumqx, sumq2) = iq4_sums(xb, id, None);
+        if sumq2 > 0.0 && sumqx * sumqx > best * sumq2 {
+            d = sumqx / sumq2;
+            best = d * sumqx;
+        }
+    }
+    d
+}
+
+/// Pack 32 4-bit codes as IQ4_NL/IQ4_XS/MXFP4 store them: value j in the low nibble of byte
+/// j, value 16 + j in its high nibble.
+fn pack_nibbles(l: &[u8; 32], q: &mut [u8]) {
+    for (j, q) in q.iter_mut().enumerate().take(16) {
+        *q = l[j] | (l[j + 16] << 4);
+    }
+}
+
+/// block_iq4_nl: d, qs[16] (`quantize_iq4_nl` without an importance matrix).
+fn iq4_nl(x: &[f32; 32], y: &mut [u8; 18]) {
+    let d = iq4_group_scale(x);
+    put_f16(y, 0, d);
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut l = [0u8; 32];
+    for (l, &v) in l.iter_mut().zip(x) {
+        *l = best_index_iq4(id * v) as u8;
+    }
+    pack_nibbles(&l, &mut y[2..]);
+}
+
+/// block_iq4_xs: d, scales_h (u16), scales_l[4], qs[128] (`quantize_iq4_xs` without an
+/// importance matrix): eight group scales searched as IQ4_NL's, stored as 6-bit multiples of
+/// `d = -max_scale/32`, then every value re-picked at its group's stored scale.
+fn iq4_xs(x: &[f32; 256], y: &mut [u8; 136]) {
+    let groups = x.as_chunks::<32>().0;
+    let mut scales = [0f32; 8];
+    let (mut max_scale, mut amax_scale) = (0f32, 0f32);
+    for (s, xb) in scales.iter_mut().zip(groups) {
+        *s = iq4_group_scale(xb);
+        if s.abs() > amax_scale {
+            amax_scale = s.abs();
+            max_scale = *s;
+        }
+    }
+    let d = -max_scale / 32.0;
+    put_f16(y, 0, d);
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut scales_h = 0u16;
+    let (head, qs) = y.split_at_mut(8);
+    let scales_l = &mut head[4..8];
+    scales_l.fill(0);
+    for (ib, (xb, q)) in groups.iter().zip(qs.chunks_exact_mut(16)).enumerate() {
+        let ls = nearest_int(id * scales[ib]).clamp(-32, 31);
+        let dl = d * ls as f32;
+        let idl = if dl != 0.0 { 1.0 / dl } else { 0.0 };
+        let mut l = [0u8; 32];
+        for (l, &v) in l.iter_mut().zip(xb) {
+            *l = best_index_iq4(idl * v) as u8;
+        }
+        pack_nibbles(&l, q);
+        let ls = (ls + 32) as u8;
+        scales_l[ib / 2] |= (ls & 0xF) << (4 * (ib % 2));
+        scales_h |= ((ls >> 4) as u16) << (2 * ib);
+    }
+    head[2..4].copy_from_slice(&scales_h.to_le_bytes());
+}
+
+/// The MXFP4 code nearest `x` at half-scale `d`: the first of the 16 (doubled) e2m1 values
+/// with the smallest `|k*d - x|` (ggml's `best_index_mxfp4`).
+fn best_index_mxfp4(x: f32, d: f32) -> u8 {
+    let mut best = 0;
+    let mut best_err = (KVALUES_MXFP4[0] as f32 * d - x).abs();
+    for (i, &k) in KVALUES_MXFP4.iter().enumerate().skip(1) {
+        let err = (k as f32 * d - x).abs();
+        if err < best_err {
+            best = i as u8;
+            best_err = err;
+        }
+    }
+    best
+}
+
+/// block_mxfp4: e (e8m0), qs[16] (`quantize_row_mxfp4_ref`): `e = floor(log2(amax)) - 2 + 127`
+/// so the largest value lands near the top e2m1 level 6, then the nearest code per value.
+///
+/// ggml takes `log2f` from the C library; this takes the f64 logarithm rounded to f32, which is
+/// the correctly rounded `log2f` (glibc's agrees) and does not depend on the platform's libm.
+/// It matters only just below a power of two, where the rounded logarithm reaches the integer.
+fn mxfp4(x: &[f32; 32], y: &mut [u8; 17]) {
+    let mut amax = 0f32;
+    for v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+        }
+    }
+    // C's float-to-uint8 cast goes through int on x86; `as i32 as u8` wraps the same way.
+    let e = if amax > 0.0 {
+        (((amax as f64).log2() as f32).floor() - 2.0 + 127.0) as i32 as u8
+    } else {
+        0
+    };
+    let d = e8m0_to_f32_half(e);
+    y[0] = e;
+    let (lo, hi) = x.split_at(16);
+    for ((q, a), b) in y[1..].iter_mut().zip(lo).zip(hi) {
+        *q = best_index_mxfp4(*a, d) | (best_index_mxfp4(*b, d) << 4);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -805,7 +985,8 @@ mod tests {
     fn round_trip_error_within_format_bounds() {
         // Measured on this data (70 rows, seed 5; mean of per-row rel RMS): F16 2.10e-4,
         // BF16 1.65e-3, Q8_0 5.38e-3, Q8_K 6.93e-3, Q6_K 1.84e-2, Q5_1 3.76e-2, Q5_K 3.62e-2, Q5_0 4.25e-2,
-        // Q4_1 7.81e-2, Q4_K 7.12e-2, Q4_0 8.59e-2, Q3_K 0.150, Q2_K 0.296, in line with a
+        // Q4_1 7.81e-2, Q4_K 7.12e-2, Q4_0 8.59e-2, Q3_K 0.150, Q2_K 0.296, IQ4_NL 7.57e-2,
+        // IQ4_XS 7.67e-2, MXFP4 0.117 (a power-of-two scale, no search), in line with a
         // uniform rounding error of step/sqrt(12) per format. Bounds are about 1.2x those.
         let bounds = [
             (GgmlType::F32, 0.0),
@@ -822,6 +1003,9 @@ mod tests {
             (GgmlType::Q4_0, 0.103),
             (GgmlType::Q3_K, 0.18),
             (GgmlType::Q2_K, 0.355),
+            (GgmlType::IQ4_NL, 9.1e-2),
+            (GgmlType::IQ4_XS, 9.2e-2),
+            (GgmlType::MXFP4, 0.14),
         ];
         let x = weights(5, 70);
         let mut errs = std::collections::HashMap::new();
@@ -845,6 +1029,9 @@ mod tests {
             (Q4_K, Q4_0),
             (Q5_1, Q5_0),
             (Q4_1, Q4_0),
+            (IQ4_NL, Q4_0),
+            (IQ4_XS, Q4_0),
+            (Q4_0, MXFP4),
         ] {
             assert!(errs[&better] < errs[&worse], "{better} should beat {worse}");
         }
@@ -890,6 +1077,49 @@ mod tests {
                 got.len() / bb,
                 bad[0],
                 bad[0] * ty.block_values()
+            );
+        }
+    }
+
+    /// fixtures/quant-encode-ggml-iq.safetensors: the same 48 rows encoded by ggml itself
+    /// (`ggml_quantize_chunk` of the libggml that llama-cpp-python 0.3.36 ships, ggml 0.25.3;
+    /// tools/golden/make_iq_encode.py).
+    #[test]
+    fn iq4_and_mxfp4_bit_exact_against_ggml() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/quant-encode-ggml-iq.safetensors"
+        );
+        let bytes = std::fs::read(path).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let input = st.tensor("input").unwrap();
+        assert_eq!(input.shape(), [48, 256]);
+        let x: Vec<f32> = input
+            .data()
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .map(|b| f32::from_le_bytes(*b))
+            .collect();
+        for ty in [GgmlType::IQ4_NL, GgmlType::IQ4_XS, GgmlType::MXFP4] {
+            let want = st.tensor(ty.name()).unwrap().data();
+            let mut got = Vec::new();
+            quantize(ty, &x, &mut got).unwrap();
+            assert_eq!(got.len(), want.len(), "{ty}: size");
+            let bb = ty.block_bytes();
+            let bad: Vec<usize> = (0..got.len() / bb)
+                .filter(|&b| got[b * bb..(b + 1) * bb] != want[b * bb..(b + 1) * bb])
+                .collect();
+            assert!(
+                bad.is_empty(),
+                "{ty}: {} of {} blocks differ from ggml, first block {} (values from {}): \
+                 got {:?} want {:?}",
+                bad.len(),
+                got.len() / bb,
+                bad[0],
+                bad[0] * ty.block_values(),
+                &got[bad[0] * bb..(bad[0] + 1) * bb],
+                &want[bad[0] * bb..(bad[0] + 1) * bb]
             );
         }
     }
@@ -990,8 +1220,10 @@ mod tests {
         let err = quantize(GgmlType::Q4_K, &[0.0; 255], &mut out).unwrap_err();
         assert_eq!(err.kind, crate::ErrorKind::Input);
         assert!(err.message().contains("Q4_K") && err.message().contains("255"));
-        let err = quantize(GgmlType::IQ4_XS, &[0.0; 256], &mut out).unwrap_err();
-        assert!(err.message().contains("IQ4_XS"), "{}", err.message());
+        let err = quantize(GgmlType::IQ3_S, &[0.0; 256], &mut out).unwrap_err();
+        assert!(err.message().contains("IQ3_S"), "{}", err.message());
+        let err = quantize(GgmlType::IQ4_XS, &[0.0; 32], &mut out).unwrap_err();
+        assert!(err.message().contains("IQ4_XS") && err.message().contains("32"));
         assert!(quantize(GgmlType::IQ2_XXS, &[0.0; 256], &mut out).is_err());
         assert_eq!(out, [7]);
         quantize(GgmlType::Q6_K, &[], &mut out).unwrap();

@@ -47,7 +47,19 @@ __device__ __forceinline__ float ldh(const u8* p) { return h2f((u16)p[0] | ((u16
 #define T_Q4_K 12
 #define T_Q5_K 13
 #define T_Q6_K 14
+#define T_IQ2_XXS 16
+#define T_IQ2_XS 17
+#define T_IQ3_XXS 18
+#define T_IQ1_S 19
+#define T_IQ4_NL 20
+#define T_IQ3_S 21
+#define T_IQ2_S 22
+#define T_IQ4_XS 23
+#define T_IQ1_M 29
 #define T_BF16 30
+#define T_TQ1_0 34
+#define T_TQ2_0 35
+#define T_MXFP4 39
 
 template <int TY> __device__ __forceinline__ float dq(const u8* __restrict__ row, int k);
 
@@ -151,6 +163,165 @@ template <> __device__ __forceinline__ float dq<T_Q6_K>(const u8* __restrict__ r
     int q = (((lq >> (4 * (s >> 1))) & 15) | (((hb >> (2 * s)) & 3) << 4)) - 32;
     float scale = __fmul_rn(ldh(b + 208), (float)(signed char)b[192 + 8 * h + 2 * s + (j >> 4)]);
     return __fmul_rn(scale, (float)q);
+}
+
+// ---------------------------------------------------------------------------------------------
+// i-quants, ternary and MXFP4 (layouts: ggml-common.h; lattice tables: grids.cuh, generated
+// from gguf-py). Same arithmetic, in the same order, as src/model/quant/iq.rs and gguf-py:
+// the scale first, e.g. (d * (0.5 + s)) * 0.25, then (scale * grid) * sign. Blocks of 17, 50,
+// 54, 66, 74, 82, 98 and 110 bytes leave no useful alignment: every field is read bytewise.
+
+__device__ __forceinline__ u32 ld16(const u8* p) { return (u32)p[0] | ((u32)p[1] << 8); }
+
+// Coordinate j of a packed grid point (byte j), as float.
+__device__ __forceinline__ float gcoord(unsigned long long p, int j) {
+    return (float)(u32)((p >> (8 * j)) & 255ull);
+}
+
+// +1 or -1 from bit j of a sign byte (set: negative).
+__device__ __forceinline__ float sgn(u32 bits, int j) { return ((bits >> j) & 1u) ? -1.0f : 1.0f; }
+
+// The 4-bit scale g of IQ2_XS/IQ2_S/IQ3_S: low nibble for even g, high for odd.
+__device__ __forceinline__ u32 nib_scale(const u8* scales, int g) {
+    return (scales[g >> 1] >> (4 * (g & 1))) & 15u;
+}
+
+// IQ2_XXS: d, then per 32 values 4 grid-index bytes and a word of four 7-bit sign indices with
+// the scale on top.
+template <> __device__ __forceinline__ float dq<T_IQ2_XXS>(const u8* __restrict__ row, int k) {
+    const u8* b = row + (i64)(k >> 8) * 66;
+    int v = k & 255, l = (v >> 3) & 3, j = v & 7;
+    const u8* w = b + 2 + 8 * (v >> 5);
+    u32 aux1 = ld32(w + 4);
+    float db = __fmul_rn(__fmul_rn(ldh(b), __fadd_rn(0.5f, (float)(aux1 >> 28))), 0.25f);
+    u32 signs = ksigns_iq2xs[(aux1 >> (7 * l)) & 127u];
+    return __fmul_rn(__fmul_rn(db, gcoord(iq2xxs_grid[w[l]], j)), sgn(signs, j));
+}
+
+// IQ2_XS: d, qs[32] (u16: 9-bit grid index, 7-bit sign index), scales[8] (a nibble per 16).
+template <> __device__ __forceinline__ float dq<T_IQ2_XS>(const u8* __restrict__ row, int k) {
+    const u8* b = row + (i64)(k >> 8) * 74;
+    int v = k & 255, j = v & 7;
+    u32 q = ld16(b + 2 + 2 * (v >> 3));
+    float s = (float)nib_scale(b + 66, v >> 4);
+    float db = __fmul_rn(__fmul_rn(ldh(b), __fadd_rn(0.5f, s)), 0.25f);
+    return __fmul_rn(__fmul_rn(db, gcoord(iq2xs_grid[q & 511u], j)), sgn(ksigns_iq2xs[q >> 9], j));
+}
+
+// IQ2_S: d, qs[32] (index low bytes), signs[32], qh[8] (index top 2 bits), scales[8].
+template <> __device__ __forceinline__ float dq<T_IQ2_S>(const u8* __restrict__ row, int k) {
+    const u8* b = row + (i64)(k >> 8) * 82;
+    int v = k & 255, i = v >> 3, j = v & 7;
+    u32 idx = (u32)b[2 + i] | (((b[66 + (i >> 2)] >> (2 * (i & 3))) & 3u) << 8);
+    float s = (float)nib_scale(b + 74, v >> 4);
+    float db = __fmul_rn(__fmul_rn(ldh(b), __fadd_rn(0.5f, s)), 0.25f);
+    return __fmul_rn(__fmul_rn(db, gcoord(iq2s_grid[idx], j)), sgn(b[34 + i], j));
+}
+
+// IQ3_XXS: d, qs[64] (grid indices, 4 values each), then per 32 values a word of four 7-bit
+// sign indices with the scale on top.
+template <> __device__ __forceinline__ float dq<T_IQ3_XXS>(const u8* __restrict__ row, int k) {
+    const u8* b = row + (i64)(k >> 8) * 98;
+    int v = k & 255, ib = v >> 5, w = v & 31;
+    u32 aux = ld32(b + 66 + 4 * ib);
+    float db = __fmul_rn(__fmul_rn(ldh(b), __fadd_rn(0.5f, (float)(aux >> 28))), 0.5f);
+    u32 signs = ksigns_iq2xs[(aux >> (7 * (w >> 3))) & 127u];
+    float g = gcoord(iq3xxs_grid[b[2 + 8 * ib + (w >> 2)]], w & 3);
+    return __fmul_rn(__fmul_rn(db, g), sgn(signs, w & 7));
+}
+
+// IQ3_S: d, qs[64] (index low bytes), qh[8] (9th bits), signs[32], scales[4] (scale 1 + 2s).
+template <> __device__ __forceinline__ float dq<T_IQ3_S>(const u8* __restrict__ row, int k) {
+    const u8* b = row + (i64)(k >> 8) * 110;
+    int v = k & 255, ib = v >> 5, w = v & 31, i = 8 * ib + (w >> 2);
+    u32 idx = (u32)b[2 + i] | (((b[66 + (i >> 3)] >> (i & 7)) & 1u) << 8);
+    float db = __fmul_rn(ldh(b), (float)(1u + 2u * nib_scale(b + 106, ib)));
+    float g = gcoord(iq3s_grid[idx], w & 3);
+    return __fmul_rn(__fmul_rn(db, g), sgn(b[74 + 4 * ib + (w >> 3)], w & 7));
+}
+
+// IQ1 grid coordinate j: an int8 -1, 0 or 1.
+__device__ __forceinline__ float g1coord(unsigned long long p, int j) {
+    return (float)(signed char)(u8)((p >> (8 * j)) & 255ull);
+}
+
+// IQ1_S: d, qs[32], qh[8] (u16 per 32 values: four 3-bit index tops, 3-bit scale, delta sign).
+template <> __device__ __forceinline__ float dq<T_IQ1_S>(const u8* __restrict__ row, int k) {
+    const u8* b = row + (i64)(k >> 8) * 50;
+    int v = k & 255, ib = v >> 5, l = (v >> 3) & 3;
+    u32 h = ld16(b + 34 + 2 * ib);
+    float dl = __fmul_rn(ldh(b), (float)(2u * ((h >> 12) & 7u) + 1u));
+    float delta = (h & 0x8000u) ? -IQ1S_DELTA : IQ1S_DELTA;
+    u32 idx = (u32)b[2 + 4 * ib + l] | (((h >> (3 * l)) & 7u) << 8);
+    return __fmul_rn(dl, __fadd_rn(g1coord(iq1s_grid[idx], v & 7), delta));
+}
+
+// IQ1_M: qs[32], qh[16] (a nibble per 8 values: 3 index bits, delta sign), scales[8] (sixteen
+// 3-bit scales; the f16 d in the top nibbles of the four u16 words).
+template <> __device__ __forceinline__ float dq<T_IQ1_M>(const u8* __restrict__ row, int k) {
+    const u8* b = row + (i64)(k >> 8) * 56;
+    int v = k & 255, i = v >> 3, t = i >> 1;
+    u32 s0 = ld16(b + 48), s1 = ld16(b + 50), s2 = ld16(b + 52), s3 = ld16(b + 54);
+    u32 dbits = (s0 >> 12) | ((s1 >> 8) & 0x00F0u) | ((s2 >> 4) & 0x0F00u) | (s3 & 0xF000u);
+    u32 sw = ld16(b + 48 + 2 * (t >> 2));
+    float dl = __fmul_rn(h2f((u16)dbits), (float)(2u * ((sw >> (3 * (t & 3))) & 7u) + 1u));
+    u32 nib = (b[32 + (i >> 1)] >> (4 * (i & 1))) & 15u;
+    float delta = (nib & 8u) ? -IQ1S_DELTA : IQ1S_DELTA;
+    u32 idx = (u32)b[i] | ((nib & 7u) << 8);
+    return __fmul_rn(dl, __fadd_rn(g1coord(iq1s_grid[idx], v & 7), delta));
+}
+
+// TQ1_0: qs[48] (5 trits per byte), qh[4] (4 per byte), d. Trit n of a byte: the byte times
+// 3^n, wrapped to 8 bits, then (q * 3) >> 8, minus 1.
+template <> __device__ __forceinline__ float dq<T_TQ1_0>(const u8* __restrict__ row, int k) {
+    const u8* b = row + (i64)(k >> 8) * 54;
+    int v = k & 255, n, at;
+    if (v < 160) { n = v >> 5; at = v & 31; }
+    else if (v < 240) { n = (v - 160) >> 4; at = 32 + ((v - 160) & 15); }
+    else { n = (v - 240) >> 2; at = 48 + ((v - 240) & 3); }
+    const u32 pow3[5] = {1, 3, 9, 27, 81};
+    u32 q = (b[at] * pow3[n]) & 255u;
+    return __fmul_rn(ldh(b + 52), (float)((int)((q * 3u) >> 8) - 1));
+}
+
+// TQ2_0: qs[64] (value 128h + 32l + m in bits 2l of qs[32h + m], level - 1), d.
+template <> __device__ __forceinline__ float dq<T_TQ2_0>(const u8* __restrict__ row, int k) {
+    const u8* b = row + (i64)(k >> 8) * 66;
+    int v = k & 255;
+    u32 q = (b[32 * (v >> 7) + (v & 31)] >> (2 * ((v >> 5) & 3))) & 3u;
+    return __fmul_rn(ldh(b + 64), (float)((int)q - 1));
+}
+
+// ggml's GGML_E8M0_TO_FP32_HALF: 2^(e-128) exactly (e = 0, 1: subnormals).
+__device__ __forceinline__ float e8m0_half(u32 e) {
+    return __uint_as_float(e < 2 ? (0x00200000u << e) : ((e - 1) << 23));
+}
+
+// MXFP4: e (e8m0), qs[16]; value 2^(e-128) * doubled e2m1 level.
+template <> __device__ __forceinline__ float dq<T_MXFP4>(const u8* __restrict__ row, int k) {
+    const u8* b = row + (i64)(k >> 5) * 17;
+    return __fmul_rn(e8m0_half(b[0]), (float)kvalues_mxfp4[nibble32(b + 1, k & 31)]);
+}
+
+// IQ4_NL: d, qs[16]; value d * kvalues_iq4nl[code].
+template <> __device__ __forceinline__ float dq<T_IQ4_NL>(const u8* __restrict__ row, int k) {
+    const u8* b = row + (i64)(k >> 5) * 18;
+    return __fmul_rn(ldh(b), (float)kvalues_iq4nl[nibble32(b + 2, k & 31)]);
+}
+
+// IQ4_XS's 6-bit scale of group ib, minus 32: low nibble from scales_l, top 2 bits from
+// the u16 scales_h.
+__device__ __forceinline__ int iq4xs_scale(u32 scales_h, u32 scales_l_byte, int ib) {
+    u32 lo = (scales_l_byte >> (4 * (ib & 1))) & 15u, hi = (scales_h >> (2 * ib)) & 3u;
+    return (int)(lo | (hi << 4)) - 32;
+}
+
+// IQ4_XS: d, scales_h (u16), scales_l[4], qs[128]; group ib (32 values) has scale d * ls.
+template <> __device__ __forceinline__ float dq<T_IQ4_XS>(const u8* __restrict__ row, int k) {
+    const u8* b = row + (i64)(k >> 8) * 136;
+    int v = k & 255, ib = v >> 5;
+    float dl = __fmul_rn(ldh(b), (float)iq4xs_scale(ld16(b + 2), b[4 + (ib >> 1)], ib));
+    return __fmul_rn(dl, (float)kvalues_iq4nl[nibble32(b + 8 + 16 * ib, v & 31)]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -333,6 +504,68 @@ template <> struct Run8<T_Q6_K> {
             u32 q = ((byte8(ql0, ql1, i) >> lsh) & 15u) | (((byte8(qh0, qh1, i) >> hsh) & 3u) << 4);
             o[i] = __fmul_rn(scale, __fsub_rn(small_u2f(q), 32.0f));
         }
+    }
+};
+
+// IQ4_NL: Q4_0's layout (18-byte blocks: 2-byte aligned) with the level table for the codes.
+template <> struct Run8<T_IQ4_NL> {
+    u32 d, lo, hi;
+    int shift;
+    __device__ __forceinline__ void load(const u8* __restrict__ row, int k0) {
+        const u8* b = row + (i64)(k0 >> 5) * 18;
+        int j0 = k0 & 31;
+        d = *(const u16*)b;
+        ld8(b + 2 + (j0 & 15), &lo, &hi);
+        shift = j0 < 16 ? 0 : 4;
+    }
+    __device__ __forceinline__ void decode(float* __restrict__ o) const {
+        float df = h2f((u16)d);
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            o[i] = __fmul_rn(df, (float)kvalues_iq4nl[(byte8(lo, hi, i) >> shift) & 15u]);
+    }
+};
+
+// IQ4_XS: 136-byte blocks keep rows 8-aligned, as Q4_K's: word loads throughout.
+template <> struct Run8<T_IQ4_XS> {
+    u32 dsh, sl, lo, hi;
+    int ib, shift;
+    __device__ __forceinline__ void load(const u8* __restrict__ row, int k0) {
+        const u8* b = row + (i64)(k0 >> 8) * 136;
+        int v = k0 & 255, j0 = v & 31;
+        ib = v >> 5;
+        ld8w(b, &dsh, &sl);
+        ld8w(b + 8 + 16 * ib + (j0 & 15), &lo, &hi);
+        shift = j0 < 16 ? 0 : 4;
+    }
+    __device__ __forceinline__ void decode(float* __restrict__ o) const {
+        int ls = iq4xs_scale(dsh >> 16, (sl >> (8 * (ib >> 1))) & 255u, ib);
+        float dl = __fmul_rn(h2f((u16)(dsh & 0xffffu)), (float)ls);
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            o[i] = __fmul_rn(dl, (float)kvalues_iq4nl[(byte8(lo, hi, i) >> shift) & 15u]);
+    }
+};
+
+// MXFP4: 17-byte blocks, so a row may start at any byte: bytewise loads, but the scale is
+// decoded once per run.
+template <> struct Run8<T_MXFP4> {
+    u32 e, lo, hi;
+    int shift;
+    __device__ __forceinline__ void load(const u8* __restrict__ row, int k0) {
+        const u8* b = row + (i64)(k0 >> 5) * 17;
+        int j0 = k0 & 31;
+        const u8* q = b + 1 + (j0 & 15);
+        e = b[0];
+        lo = ld32(q);
+        hi = ld32(q + 4);
+        shift = j0 < 16 ? 0 : 4;
+    }
+    __device__ __forceinline__ void decode(float* __restrict__ o) const {
+        float d = e8m0_half(e);
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            o[i] = __fmul_rn(d, (float)kvalues_mxfp4[(byte8(lo, hi, i) >> shift) & 15u]);
     }
 };
 
