@@ -553,7 +553,7 @@ fn q4_k_m_type(c: &ModelConfig, name: &str) -> GgmlType {
 /// `llama_tensor_get_type` for LLAMA_FTYPE_MOSTLY_IQ4_XS without an importance matrix, before
 /// the fallback for rows that are not whole blocks ([`fit_row`]): IQ4_XS by default and for the
 /// embedding; Q6_K for the output; Q5_K for attn_v when 4 or more query heads share a KV head,
-/// for ffn_down in the first eighth of the ffn_down tensors, and for attn_output of 8-expert
+/// for ffn_down in the first eighth of the layers, and for attn_output of 8-expert
 /// models; Q8_0 for attn_k/attn_v of 8-expert models.
 fn iq4_xs_type(c: &ModelConfig, name: &str) -> GgmlType {
     let eight_experts = c.n_experts == 8;
@@ -578,24 +578,15 @@ fn iq4_xs_type(c: &ModelConfig, name: &str) -> GgmlType {
     }
 }
 
-/// llama-quantize's `i_layer < n_layer/8` for an ffn_down tensor, where `n_layer` counts the
-/// model's tensors named `*ffn_down*` (a shared expert's too) and `i_layer` is the layer in the
-/// name for MoE models, the tensor's rank among them otherwise.
+/// llama-quantize's `i_layer < n_layer/8` for an ffn_down tensor. `n_layer` is the model's
+/// layer count (llama-quant.cpp sets `n_ffn_down = n_layer`, so a shared expert's ffn_down does
+/// not double it), and `i_layer` the layer in the name (for MoE models it parses the name; for
+/// dense ones it counts ffn_down tensors, one per layer in order: the same number).
 fn ffn_down_in_first_eighth(c: &ModelConfig, name: &str) -> bool {
-    let downs: Vec<String> = c
-        .expected_tensors()
-        .into_iter()
-        .map(|(n, _)| n)
-        .filter(|n| n.contains("ffn_down"))
-        .collect();
-    let i = if c.n_experts > 1 {
-        name.strip_prefix("blk.")
-            .and_then(|s| s.split('.').next())
-            .and_then(|s| s.parse::<usize>().ok())
-    } else {
-        downs.iter().position(|n| n == name)
-    };
-    i.is_some_and(|i| i < downs.len() / 8)
+    name.strip_prefix("blk.")
+        .and_then(|s| s.split('.').next())
+        .and_then(|s| s.parse::<usize>().ok())
+        .is_some_and(|i| i < c.n_layers / 8)
 }
 
 /// splitmix64: a 64-bit PRNG whose every step is integer arithmetic.
@@ -1450,7 +1441,19 @@ mod tests {
         assert_eq!(t("blk.0.attn_output.weight", &[128, 64]), Q5_1);
         assert_eq!(t("output.weight", &[64, 260]), Q8_0);
         assert_eq!(t("blk.0.attn_q.weight", &[64, 128]), IQ4_NL);
-        // a dense model counts its ffn_down tensors: 16 layers, the first 2 get Q5_K
+        // the first eighth of the layers, by the layer in the name: 16 layers, the first 2 get
+        // Q5_K; a shared expert's ffn_down does not double the count (llama-quant.cpp sets
+        // n_ffn_down = n_layer), so on qwen2moe it is still layers 0 and 1, both tensors
+        let q2m = ModelConfig {
+            n_layers: 16,
+            ..preset("tiny-qwen2moe").unwrap()
+        };
+        let m = |n: &str| tensor_type(&q2m, SynthQuant::IQ4_XS, n, &[256, 256, 8]);
+        for l in 0..4 {
+            let want = if l < 2 { Q5_K } else { IQ4_XS };
+            assert_eq!(m(&format!("blk.{l}.ffn_down_exps.weight")), want, "layer {l}");
+            assert_eq!(m(&format!("blk.{l}.ffn_down_shexp.weight")), want, "layer {l}");
+        }
         let dense = ModelConfig {
             n_layers: 16,
             ..preset("tiny-dense").unwrap()
