@@ -1405,3 +1405,57 @@ fn bench_prefill() {
         );
     }
 }
+
+/// Matmul time per weight type for BENCHMARKS.md: a 4096 x 4096 matrix (a Llama-8B attention
+/// projection) built by repeating gguf-py's vector blocks of each type, at T = 1, 32 and 512
+/// rows, through the kernel the forward picks for that many rows. Median of 20 launches after
+/// 3 warm-ups, each launch synchronised (so a launch's latency is in it); GB/s is the weight
+/// bytes over that time. Q4_K is the yardstick the new types are set against.
+#[test]
+#[ignore = "needs a CUDA GPU (timing, for BENCHMARKS.md)"]
+fn bench_matmul_types() {
+    let Some(dev) = skip_if_no_device(super::open_device(0)) else {
+        return;
+    };
+    let (n, k) = (4096usize, 4096usize);
+    let types = [GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::Q8_0]
+        .into_iter()
+        .chain(IQ_TYPES);
+    for ty in types {
+        let (raw, _) = gguf_py_vectors(ty);
+        let want = ty.bytes_for((n * k) as u64).unwrap() as usize;
+        let bytes: Vec<u8> = raw.iter().copied().cycle().take(want).collect();
+        let m = matrix(&dev, ty, &bytes, n, k);
+        let mut line = format!("{:<8} {:>6.1} MB", ty.name(), want as f64 / 1e6);
+        for t in [1usize, 32, 512] {
+            let kernel = MatmulKernel::choose(k, n, t, false);
+            let x = pseudo_random(t * k, 3);
+            let xd = dev.upload(&x, "x").unwrap();
+            let y = dev.zeros::<f32>(t * n, "y").unwrap();
+            let call = MatmulCall {
+                w: &m,
+                ty,
+                x: dev.ptr(&xd),
+                rows: t,
+                max_rows: t,
+                groups: None,
+            };
+            let mut ms = Vec::new();
+            for i in 0..23 {
+                let start = std::time::Instant::now();
+                call.launch(&dev, "bench", kernel, &y).unwrap();
+                dev.sync("bench").unwrap();
+                if i >= 3 {
+                    ms.push(start.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            ms.sort_by(f64::total_cmp);
+            let med = ms[ms.len() / 2];
+            line.push_str(&format!(
+                "  T={t:<3} {med:>7.3} ms {:>6.0} GB/s ({kernel:?})",
+                want as f64 / (med / 1e3) / 1e9
+            ));
+        }
+        eprintln!("bench matmul {line}");
+    }
+}

@@ -691,28 +691,44 @@ mod tests {
         assert!(z.iter().all(|v| *v == 0.0));
     }
 
-    /// Throughput of the hot decoders (run with
-    /// `cargo test --release --lib dequant::tests::throughput -- --ignored --nocapture`).
+    /// Decoding throughput of one thread, for BENCHMARKS.md (run with
+    /// `cargo test --release --lib dequant::tests::throughput -- --ignored --nocapture`). The
+    /// blocks are gguf-py's vectors (fixtures/quant-vectors and iq-vectors) repeated to 4 M
+    /// values, so every scale is finite and every grid index real.
     #[test]
     #[ignore]
     fn throughput() {
-        let mut rng = SplitMix(1);
         let n = 1 << 22;
-        for ty in [
+        let types = [
             GgmlType::Q4_K,
+            GgmlType::Q5_K,
             GgmlType::Q6_K,
             GgmlType::Q8_0,
-            GgmlType::Q5_K,
-        ] {
+            GgmlType::IQ4_NL,
+            GgmlType::IQ4_XS,
+            GgmlType::MXFP4,
+            GgmlType::IQ3_S,
+            GgmlType::IQ3_XXS,
+            GgmlType::IQ2_S,
+            GgmlType::IQ2_XS,
+            GgmlType::IQ2_XXS,
+            GgmlType::IQ1_M,
+            GgmlType::IQ1_S,
+            GgmlType::TQ2_0,
+            GgmlType::TQ1_0,
+        ];
+        for ty in types {
+            let file = if ty == GgmlType::Q8_0 || ty.name().starts_with("Q") {
+                "quant-vectors.safetensors"
+            } else {
+                "iq-vectors.safetensors"
+            };
+            let path = format!("{}/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
+            let data = std::fs::read(&path).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&data).unwrap();
+            let raw = st.tensor(&format!("{}.raw", ty.name())).unwrap().data().to_vec();
             let nbytes = ty.bytes_for(n as u64).unwrap() as usize;
-            let mut bytes: Vec<u8> = (0..nbytes).map(|_| rng.next_u64() as u8).collect();
-            // Finite scales keep the timing free of denormal/NaN effects.
-            let (bv, bb) = ty.block();
-            for b in bytes.chunks_exact_mut(bb) {
-                let h = f16::from_f32(1e-2).to_le_bytes();
-                let at = if ty == GgmlType::Q6_K { 208 } else { 0 };
-                b[at..at + 2].copy_from_slice(&h);
-            }
+            let bytes: Vec<u8> = raw.iter().copied().cycle().take(nbytes).collect();
             let mut out = vec![0f32; n];
             dequantize(ty, &bytes, &mut out).unwrap();
             let reps = 20;
@@ -722,8 +738,13 @@ mod tests {
                 std::hint::black_box(&out);
             }
             let s = t.elapsed().as_secs_f64();
-            let gbs = (reps * n * 4) as f64 / s / 1e9;
-            println!("{ty}: {gbs:.2} GB/s of f32 output ({bv}-value blocks)");
+            let values = (reps * n) as f64 / s;
+            println!(
+                "{ty}: {:.0} M values/s, {:.2} GB/s of f32 output, {:.2} GB/s of blocks",
+                values / 1e6,
+                values * 4.0 / 1e9,
+                values * nbytes as f64 / n as f64 / 1e9
+            );
         }
     }
 }
