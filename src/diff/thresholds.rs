@@ -123,17 +123,26 @@ impl Thresholds {
     pub fn set_from_str(&mut self, spec: &str) -> Result<()> {
         let bad = |why: String| {
             Error::input(format!(
-                "--threshold {spec}: {why} (form: STAGE=RELL2, e.g. ffn_out=1e-3)"
+                "--threshold {spec}: {why} (form: STAGE=RELL2 or default=RELL2, e.g. ffn_out=1e-3)"
             ))
         };
         let (stage, value) = spec
             .split_once('=')
             .ok_or_else(|| bad("missing `=`".into()))?;
-        let stage: Stage = stage.trim().parse().map_err(|e| bad(format!("{e}")))?;
         let value: f64 = value
             .trim()
             .parse()
             .map_err(|_| bad(format!("`{value}` is not a number")))?;
+        // `default` is every stage without its own entry, as in contracts, whatever the order
+        if stage.trim() == "default" {
+            for st in Stage::ALL {
+                if !self.overrides.contains_key(&st) {
+                    self.set(st, value).map_err(|e| bad(e.to_string()))?;
+                }
+            }
+            return Ok(());
+        }
+        let stage: Stage = stage.trim().parse().map_err(|e| bad(format!("{e}")))?;
         self.set(stage, value).map_err(|e| bad(e.to_string()))
     }
 
@@ -176,6 +185,16 @@ mod tests {
             "ffn_out=nan",
         ] {
             assert!(t.set_from_str(bad).is_err(), "{bad}");
+        }
+        // `default` fills every stage without its own entry, in either order
+        for specs in [["default=1e-6", "ffn_out=2e-3"], ["ffn_out=2e-3", "default=1e-6"]] {
+            let mut t = Thresholds::new();
+            for s in specs {
+                t.set_from_str(s).unwrap();
+            }
+            assert_eq!(t.get(Stage::FfnOut).rel_l2, 2e-3);
+            assert_eq!(t.get(Stage::AttnProbs).rel_l2, 1e-6);
+            assert_eq!(t.get(Stage::Logits).source, ThresholdSource::Override);
         }
     }
 
