@@ -5,6 +5,7 @@ pub mod config;
 pub mod gguf;
 pub mod quant;
 pub mod synth;
+pub mod tokenizer;
 pub mod weights;
 
 pub use quant::GgmlType;
