@@ -362,6 +362,52 @@ impl GgufTokenizer {
     }
 }
 
+/// The tokenizer of the GGUF file at `path` (see [`GgufTokenizer::from_gguf`]).
+pub fn open(path: &std::path::Path) -> Result<Option<GgufTokenizer>> {
+    GgufTokenizer::from_gguf(&GgufFile::open(path)?)
+}
+
+/// A forward's prompt: the ids, and each position's piece when the model has a tokenizer that
+/// knows every id (empty otherwise: ids from elsewhere, or a model without a tokenizer).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Prompt {
+    pub tokens: Vec<u32>,
+    pub pieces: Vec<String>,
+}
+
+impl Prompt {
+    /// `text` tokenized with the tokenizer of the model at `model`. An error when the model has
+    /// none, or when the text gives no token at all.
+    pub fn from_text(model: &std::path::Path, text: &str) -> Result<Prompt> {
+        let tok = open(model)?.ok_or_else(|| {
+            Error::input(format!(
+                "{}: the model has no tokenizer (no tokenizer.ggml.model, or `none`): give token ids instead",
+                model.display()
+            ))
+        })?;
+        let tokens = tok.encode(text)?;
+        if tokens.is_empty() {
+            return Err(Error::input(format!(
+                "the prompt {text:?} gives no tokens with {}'s tokenizer (and it adds no BOS)",
+                model.display()
+            )));
+        }
+        let pieces = tok.pieces(&tokens).unwrap_or_default();
+        Ok(Prompt { tokens, pieces })
+    }
+
+    /// Ids given as such, with their pieces when the model at `model` has a tokenizer that
+    /// knows them all. Tokenizer metadata that cannot be read only costs the pieces: the
+    /// forward needs the ids alone.
+    pub fn from_ids(model: &std::path::Path, tokens: Vec<u32>) -> Prompt {
+        let pieces = match open(model) {
+            Ok(Some(tok)) => tok.pieces(&tokens).unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        Prompt { tokens, pieces }
+    }
+}
+
 /// Built parts: the tokenizer, the piece decoder, and the vocabulary as the model spells it.
 type Built = (Tokenizer, DecoderWrapper, HashMap<String, u32>);
 

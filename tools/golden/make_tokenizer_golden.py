@@ -3,7 +3,7 @@
 tokenizer metadata (`AutoTokenizer.from_pretrained(dir, gguf_file=name)`), gives for each
 (tokenizer, string) pair. tests/tokenizer.rs checks falsifier's ids against every one.
 
-    pip install torch transformers gguf numpy
+    python3 -m pip install torch transformers tokenizers gguf numpy
     python3 tools/golden/make_tokenizer_golden.py [--llamacpp /path/to/python-with-llama_cpp]
 
 Tokenizers: the byte-level ones of the golden fixtures (fixtures/*/), and llama.cpp's vocab-only
@@ -29,13 +29,15 @@ import tempfile
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
-try:
-    import gguf
-    import tokenizers
-    import transformers
-    from transformers import AutoTokenizer
-except ImportError as e:  # one line, as the other tools do
-    sys.exit(f"missing {e.name}: pip install torch transformers gguf numpy")
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from pyreq import need  # noqa: E402
+
+need("torch", "transformers", "tokenizers", "gguf", "numpy")
+
+import gguf  # noqa: E402
+import tokenizers  # noqa: E402
+import transformers  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
 
 # Tokenizer files, relative to the repository root. One fixture per distinct tokenizer kind.
 TOKENIZERS = [
