@@ -12,6 +12,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use crate::backend::Fault;
+use crate::model::tokenizer::Prompt;
 use crate::trace::plan::CapturePlan;
 use crate::trace::stage::{Key, Stage};
 
@@ -272,8 +273,13 @@ pub struct Falsifier {
     pub models: Vec<String>,
     /// `[reference, candidate]`.
     pub backends: Vec<BackendName>,
-    /// Prompt token ids.
+    /// Prompt token ids. A falsifier gives exactly one of `tokens` and `prompt` (lint checks);
+    /// absent reads as empty.
+    #[serde(default)]
     pub tokens: Vec<u32>,
+    /// Prompt text, tokenized per model with the model's own tokenizer (its GGUF metadata).
+    #[serde(default)]
+    pub prompt: Option<String>,
     #[serde(default)]
     pub stages: Selection<String>,
     #[serde(default)]
@@ -345,6 +351,16 @@ impl Falsifier {
     /// Router-logit margin below which a route flip is tolerated (0: none is).
     pub fn route_margin(&self) -> f64 {
         self.thresholds.get("route_margin").copied().unwrap_or(0.0)
+    }
+
+    /// The prompt as ids for the model at `model`: `tokens`, or `prompt` tokenized with the
+    /// model's tokenizer; with each position's piece when the model has a tokenizer.
+    pub fn prompt_for(&self, model: &std::path::Path) -> crate::Result<Prompt> {
+        match &self.prompt {
+            Some(text) => Prompt::from_text(model, text)
+                .map_err(|e| e.context(format!("{}: prompt", self.id))),
+            None => Ok(Prompt::from_ids(model, self.tokens.clone())),
+        }
     }
 
     /// The planted fault, parsed.
