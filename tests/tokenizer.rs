@@ -215,3 +215,23 @@ fn golden_file_records_its_versions() {
     }
     assert!(Path::new(&root().join("tools/golden/make_tokenizer_golden.py")).exists());
 }
+
+/// A hand-made SentencePiece vocabulary without merges (fuzz/seeds/gguf/tokenizer-spm.gguf,
+/// written by tests/fuzz_replay.rs): the merges come from the scores, byte fallback spells the
+/// newline. Expected ids are transformers 5.24.0's for the same file.
+#[test]
+fn small_sentencepiece_vocabulary_matches_transformers() {
+    let f = GgufFile::open(&root().join("fuzz/seeds/gguf/tokenizer-spm.gguf")).unwrap();
+    let tok = GgufTokenizer::from_gguf(&f).unwrap().unwrap();
+    for (text, want) in [
+        ("ab a", vec![1, 264, 262]),
+        (" ab", vec![1, 264]),
+        ("abc", vec![1, 264, 102]),
+        ("<s>a", vec![1, 1, 260]),
+        ("b\nab", vec![1, 259, 261, 13, 263]),
+    ] {
+        assert_eq!(tok.encode(text).unwrap(), want, "{text:?}");
+    }
+    assert_eq!(tok.piece(13).as_deref(), Some("\n"));
+    assert_eq!(tok.piece(264).as_deref(), Some(" ab"));
+}
