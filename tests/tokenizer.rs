@@ -235,3 +235,40 @@ fn small_sentencepiece_vocabulary_matches_transformers() {
     assert_eq!(tok.piece(13).as_deref(), Some("\n"));
     assert_eq!(tok.piece(264).as_deref(), Some(" ab"));
 }
+
+/// With `tokenizer.ggml.add_bos_token = true` a byte-level tokenizer prepends BOS, as
+/// transformers does (checked by hand: "Hello world" gives [128000, 9906, 1917] there with the
+/// Llama 3 vocabulary so patched); the rest of each sequence is the golden one.
+#[test]
+fn add_bos_token_prepends_bos_to_a_byte_level_tokenizer() {
+    let file = "fixtures/tokenizers/ggml-vocab-llama-bpe.gguf.gz";
+    let src = open(file);
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata() {
+        w.add_kv(k, v.clone());
+    }
+    w.add_kv("tokenizer.ggml.add_bos_token", MetaValue::Bool(true));
+    let mut bytes = Vec::new();
+    w.write_to(&mut bytes, |_, _| Ok(())).unwrap();
+    let tok = GgufTokenizer::from_gguf(&GgufFile::from_bytes("bos.gguf", bytes).unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(tok.encode("Hello world").unwrap(), [128000, 9906, 1917]);
+    let g = golden();
+    let set = g["tokenizers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["file"] == file)
+        .unwrap();
+    for (s, want) in g["strings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(set["ids"].as_array().unwrap())
+    {
+        let mut want = ids(want);
+        want.insert(0, 128000);
+        assert_eq!(tok.encode(s.as_str().unwrap()).unwrap(), want, "{s}");
+    }
+}
