@@ -560,6 +560,20 @@ fn diff_of_two_model_files_reports_drift_and_follows_its_bounds() {
             .unwrap()
             .contains("The places that lose most")
     );
+    // a text prompt, tokenized with REF's own tokenizer; each position's piece in the report
+    let text = run(&["--prompt", "Hi there", "--kld", "1e-2"]);
+    assert_eq!(text.status.code(), Some(0), "{text:?}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("report.json")).unwrap())
+            .unwrap();
+    assert_eq!(json["logits"]["positions"], 8, "{json}");
+    let pieces: Vec<&str> = json["reference"]["pieces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(pieces.concat(), "Hi there", "{pieces:?}");
     // a bound the Q8_0 file cannot meet fails
     let tight = run(&[&tokens[..], &["--kld", "1e-9"]].concat());
     assert_eq!(tight.status.code(), Some(1), "{tight:?}");
@@ -726,4 +740,121 @@ fn inspect_reports_what_the_reader_and_stages_say() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--prompt TEXT` runs the same forward as the ids the model's own tokenizer gives (here the
+/// fixture's byte-level one: one token per byte, `<|im_start|>` whole), records each position's
+/// piece in the trace, and is exclusive with `--tokens`.
+#[test]
+fn trace_and_calibrate_take_a_text_prompt() {
+    use falsifier::trace::io::read_trace;
+    let model = "fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf";
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-prompt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let by_text = dir.join("text.safetensors");
+    let by_ids = dir.join("ids.safetensors");
+    let o = falsifier(&[
+        "trace",
+        model,
+        "--prompt",
+        "<|im_start|>Hi é",
+        "--layers",
+        "0..1",
+        "--out",
+        by_text.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    // é is two bytes: two byte tokens, each piece a lone byte (U+FFFD as text)
+    let ids = "257,72,105,32,195,169";
+    let o = falsifier(&[
+        "trace",
+        model,
+        "--tokens",
+        ids,
+        "--layers",
+        "0..1",
+        "--out",
+        by_ids.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let (t, i) = (read_trace(&by_text).unwrap(), read_trace(&by_ids).unwrap());
+    assert_eq!(t.meta.tokens, [257, 72, 105, 32, 195, 169]);
+    assert_eq!(t.tensors, i.tensors);
+    assert_eq!(
+        t.meta.pieces(),
+        ["<|im_start|>", "H", "i", " ", "\u{fffd}", "\u{fffd}"]
+    );
+    // ids given as such still get their pieces: the model has a tokenizer
+    assert_eq!(i.meta.pieces(), t.meta.pieces());
+
+    let both = falsifier(&[
+        "trace", model, "--tokens", "1", "--prompt", "a", "--out", "x",
+    ]);
+    assert_eq!(both.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+    let neither = falsifier(&["trace", model, "--out", "x"]);
+    assert_eq!(neither.status.code(), Some(2));
+    let empty = falsifier(&["trace", model, "--prompt", "", "--out", "x"]);
+    let err = String::from_utf8_lossy(&empty.stderr);
+    assert_eq!(empty.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--prompt: the prompt \"\" gives no tokens"),
+        "{err}"
+    );
+
+    let cal = falsifier(&["calibrate", model, "--prompt", "Qwen3MoE"]);
+    assert_eq!(cal.status.code(), Some(0), "{cal:?}");
+    assert!(String::from_utf8_lossy(&cal.stdout).contains("(8 tokens)"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A model whose tokenizer metadata is bad: `--prompt` names the file and the key; `--tokens`
+/// still runs (the forward needs no tokenizer).
+#[test]
+fn prompt_on_a_model_with_bad_tokenizer_metadata_is_an_error_naming_file_and_key() {
+    use falsifier::model::gguf::{GgufFile, GgufWriter, MetaValue};
+    let src =
+        GgufFile::open(&Path::new(ROOT).join("fixtures/qwen3-tiny/qwen3-tiny-f32.gguf")).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in src.metadata() {
+        let v = match k.as_str() {
+            "tokenizer.ggml.pre" => MetaValue::String("no-such-pre".into()),
+            _ => v.clone(),
+        };
+        w.add_kv(k, v);
+    }
+    for t in src.tensors() {
+        w.add_tensor(&t.name, t.dims.clone(), t.ty).unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-badtok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("bad-tok.gguf");
+    w.write_file(&model, |i, sink| {
+        let t = &src.tensors()[i];
+        sink.write_all(src.tensor_data(t))
+            .map_err(|e| falsifier::Error::internal(e.to_string()))
+    })
+    .unwrap();
+    let m = model.to_str().unwrap();
+    let out = dir.join("t.safetensors");
+    let o = falsifier(&["trace", m, "--prompt", "hi", "--out", out.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(m)
+            && err.contains("key 'tokenizer.ggml.pre'")
+            && err.contains("`no-such-pre` is not supported"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    let o = falsifier(&[
+        "trace",
+        m,
+        "--tokens",
+        "1,2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1505,3 +1505,154 @@ fn huge_and_deep_contracts_lint_quickly() {
         "{diags:?}"
     );
 }
+
+// ---- text prompts ------------------------------------------------------------------------
+
+#[test]
+fn a_falsifier_gives_exactly_one_of_tokens_and_prompt() {
+    assert_rejects(
+        &mutate(
+            "tokens: [1, 2, 3]\n    stages: all",
+            "tokens: [1, 2, 3]\n    prompt: Hi\n    stages: all",
+        ),
+        "prompt: Hi",
+        "give exactly one of tokens: (ids) and prompt: (text), not both",
+    );
+    assert_rejects(
+        &mutate("tokens: [1, 2, 3]\n    stages: all", "stages: all"),
+        "- id: FALSIFY-TEST-001",
+        "empty prompt: give exactly one of tokens: (ids) and prompt: (text)",
+    );
+    assert_rejects(
+        &mutate(
+            "tokens: [1, 2, 3]\n    stages: all",
+            "prompt: \"\"\n    stages: all",
+        ),
+        "prompt: \"\"",
+        "empty prompt",
+    );
+    let (_, diags) = lint::lint(&[src(
+        "t",
+        &mutate(
+            "tokens: [1, 2, 3]\n    stages: all",
+            "prompt: \"Hi <|im_start|>\"\n    stages: all",
+        ),
+    )]);
+    assert!(diags.is_empty(), "{diags:?}");
+
+    // a file model whose tokenizer metadata cannot be used: named at the prompt's line
+    use falsifier::model::gguf::{GgufFile, GgufWriter, MetaValue};
+    let fixture = Path::new(ROOT).join("fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf");
+    let src_model = GgufFile::open(&fixture).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in src_model.metadata() {
+        let v = match k.as_str() {
+            "tokenizer.ggml.model" => MetaValue::String("wordpiece".into()),
+            _ => v.clone(),
+        };
+        w.add_kv(k, v);
+    }
+    for t in src_model.tensors() {
+        w.add_tensor(&t.name, t.dims.clone(), t.ty).unwrap();
+    }
+    let dir = temp_dir("lint-prompt");
+    let bad = dir.join("bad-tok.gguf");
+    w.write_file(&bad, |i, sink| {
+        let t = &src_model.tensors()[i];
+        sink.write_all(src_model.tensor_data(t))
+            .map_err(|e| falsifier::Error::internal(e.to_string()))
+    })
+    .unwrap();
+    let text = mutate(
+        "tokens: [1, 2, 3]\n    stages: all",
+        "prompt: \"Hi\"\n    stages: all",
+    )
+    .replace(
+        "fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf",
+        bad.to_str().unwrap(),
+    );
+    assert_rejects(
+        &text,
+        "prompt: \"Hi\"",
+        "key 'tokenizer.ggml.model': tokenizer model `wordpiece` is not supported",
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `prompt:` end to end: the runner tokenizes it with the model's own tokenizer, the planted
+/// NaN is found where planted, and every report names the position with its token's text.
+#[test]
+fn a_prompt_contract_runs_and_reports_name_positions_by_their_text() {
+    let dir = temp_dir("prompt");
+    let model = Path::new(ROOT).join("fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf");
+    let contract = format!(
+        r#"contract: C-TEST-PROMPT
+version: 1.0.0
+status: PROPOSED
+description: a text prompt
+models:
+  moe: {{ path: "{}" }}
+falsifiers:
+  - id: FALSIFY-TEST-PROMPT-001
+    rule: r
+    prediction: p
+    if_fails: f
+    models: [moe]
+    backends: [cpu, cpu]
+    prompt: "Qwen3 <|im_start|>"
+    fault: {{ class: nan, at: layer.1.attn_out, args: [66] }}
+    expect: {{ first_divergence: layer.1.attn_out }}
+    status: PROPOSED
+amendment_history:
+  - {{ version: 1.0.0, date: 2026-12-02, kind: created, title: t }}
+"#,
+        model.display()
+    );
+    let file = dir.join("prompt.yaml");
+    std::fs::write(&file, contract).unwrap();
+    let lint_out = run(&["lint", file.to_str().unwrap()]);
+    assert_eq!(lint_out.status.code(), Some(0), "{lint_out:?}");
+    let reports = dir.join("reports");
+    let out = run(&[
+        "run",
+        file.to_str().unwrap(),
+        "--report-dir",
+        reports.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // flat index 66 of [T, 64] is position 1, feature 2: the token "w"
+    let mut found = Vec::new();
+    let mut stack = vec![reports.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                found.push(p);
+            }
+        }
+    }
+    let trial = |name: &str| {
+        found
+            .iter()
+            .find(|p| p.file_name().unwrap() == name && p.parent().unwrap() != reports.as_path())
+            .unwrap_or_else(|| panic!("no trial {name} in {found:?}"))
+    };
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(trial("report.json")).unwrap()).unwrap();
+    let ids: Vec<u64> = "Qwen3 ".bytes().map(u64::from).chain([257]).collect();
+    assert_eq!(json["reference"]["tokens"], serde_json::json!(ids));
+    assert_eq!(
+        json["reference"]["pieces"],
+        serde_json::json!(["Q", "w", "e", "n", "3", " ", "<|im_start|>"])
+    );
+    let md = std::fs::read_to_string(trial("report.md")).unwrap();
+    assert!(md.contains("position 1 \"w\", feature 2"), "{md}");
+    let html = std::fs::read_to_string(trial("report.html")).unwrap();
+    assert!(
+        html.contains("position 1 &quot;w&quot;, feature 2"),
+        "{html}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -13,6 +13,7 @@ use falsifier::model::gguf::GgufFile;
 use falsifier::model::gguf::GgufWriter;
 use falsifier::model::quant::{GgmlType, dequantize, quantize::quantize};
 use falsifier::model::synth::{self, SynthQuant};
+use falsifier::model::tokenizer::Prompt;
 use falsifier::runner::drift::diff_models;
 use falsifier::trace::plan::CapturePlan;
 
@@ -70,6 +71,13 @@ fn cpu(p: &Path) -> falsifier::Result<Box<dyn Backend>> {
 
 const TOKENS: [u32; 12] = [1, 17, 42, 99, 3, 250, 8, 77, 120, 5, 64, 200];
 
+fn prompt() -> Prompt {
+    Prompt {
+        tokens: TOKENS.to_vec(),
+        pieces: Vec::new(),
+    }
+}
+
 #[test]
 fn the_coarsest_layer_ranks_first_though_later_layers_drift_more() {
     let dir = scratch("rank");
@@ -86,7 +94,7 @@ fn the_coarsest_layer_ranks_first_though_later_layers_drift_more() {
         &full,
         &mixed,
         &cpu,
-        &TOKENS,
+        &prompt(),
         &CapturePlan::all(),
         &DiffOptions::default(),
     )
@@ -129,7 +137,7 @@ fn a_file_against_its_own_copy_has_no_drift() {
         &full,
         &copy,
         &cpu,
-        &TOKENS,
+        &prompt(),
         &CapturePlan::all(),
         &DiffOptions::default(),
     )
@@ -159,7 +167,7 @@ fn coarser_quantization_drifts_more_at_the_logits() {
             &full,
             &p,
             &cpu,
-            &TOKENS,
+            &prompt(),
             &CapturePlan::all(),
             &DiffOptions::default(),
         )
@@ -183,7 +191,7 @@ fn two_models_of_different_shapes_are_refused_naming_both() {
         &full,
         &other,
         &cpu,
-        &TOKENS,
+        &prompt(),
         &CapturePlan::all(),
         &DiffOptions::default(),
     )

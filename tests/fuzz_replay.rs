@@ -121,6 +121,9 @@ mod seeds {
             std::fs::write(dir.join(name), bytes).unwrap();
         };
         put("gguf", "every-dequant-type.gguf", &gguf_seed());
+        for (name, bytes) in tokenizer_seeds() {
+            put("gguf", name, &bytes);
+        }
         let scratch = tempdir("seeds");
         for (preset, quant, file) in [
             ("tiny-dense", SynthQuant::Q8_0, "tiny-dense-q8_0.gguf"),
@@ -359,6 +362,65 @@ mod seeds {
     }
 
     /// Metadata of every value type, and a two-row tensor of every type we can quantize to.
+    /// Tokenizer metadata alone (no tensors): the qwen3-tiny fixture's byte-level `gpt2`
+    /// tokenizer, and a small SentencePiece `llama` one with scores and byte tokens.
+    fn tokenizer_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let write = |kv: Vec<(String, MetaValue)>| {
+            let mut w = GgufWriter::new();
+            for (k, v) in kv {
+                w.add_kv(&k, v);
+            }
+            let mut out = Vec::new();
+            w.write_to(&mut out, |_, _| Ok(())).unwrap();
+            out
+        };
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let fixture =
+            GgufFile::open(&root.join("fixtures/qwen3-tiny/qwen3-tiny-f32.gguf")).unwrap();
+        let gpt2: Vec<(String, MetaValue)> = fixture
+            .metadata()
+            .iter()
+            .filter(|(k, _)| k.starts_with("tokenizer.") || k == "general.architecture")
+            .cloned()
+            .collect();
+        let s = |t: &str| MetaValue::String(t.into());
+        let mut tokens = vec![s("<unk>"), s("<s>"), s("</s>")];
+        tokens.extend((0..=255u8).map(|b| s(&format!("<0x{b:02X}>"))));
+        let words = ["▁", "a", "b", "▁a", "ab", "▁ab"];
+        tokens.extend(words.iter().map(|w| s(w)));
+        let n = tokens.len();
+        let mut types = vec![MetaValue::I32(2), MetaValue::I32(3), MetaValue::I32(3)];
+        types.extend((0..256).map(|_| MetaValue::I32(6)));
+        types.extend(words.iter().map(|_| MetaValue::I32(1)));
+        let scores = (0..n).map(|i| MetaValue::F32(-(i as f32))).collect();
+        let spm = vec![
+            ("general.architecture".to_string(), s("llama")),
+            ("tokenizer.ggml.model".to_string(), s("llama")),
+            (
+                "tokenizer.ggml.tokens".to_string(),
+                MetaValue::Array(tokens),
+            ),
+            (
+                "tokenizer.ggml.scores".to_string(),
+                MetaValue::Array(scores),
+            ),
+            (
+                "tokenizer.ggml.token_type".to_string(),
+                MetaValue::Array(types),
+            ),
+            ("tokenizer.ggml.bos_token_id".to_string(), MetaValue::U32(1)),
+            ("tokenizer.ggml.eos_token_id".to_string(), MetaValue::U32(2)),
+            (
+                "tokenizer.ggml.unknown_token_id".to_string(),
+                MetaValue::U32(0),
+            ),
+        ];
+        vec![
+            ("tokenizer-gpt2.gguf", write(gpt2)),
+            ("tokenizer-spm.gguf", write(spm)),
+        ]
+    }
+
     fn gguf_seed() -> Vec<u8> {
         let mut w = GgufWriter::new();
         w.add_kv("general.architecture", MetaValue::String("qwen3".into()));

@@ -18,6 +18,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("tools/golden/make_qwen3moe_golden.py", "transformers"),
     ("tools/golden/make_llama_golden.py", "torch"),
     ("tools/golden/make_qwen2_golden.py", "torch"),
+    ("tools/golden/make_tokenizer_golden.py", "transformers"),
 ];
 
 #[test]

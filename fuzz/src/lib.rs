@@ -18,6 +18,7 @@ use falsifier::contract::{Source, lint::lint};
 use falsifier::diff::{DiffOptions, diff};
 use falsifier::model::gguf::GgufFile;
 use falsifier::model::quant::{dequantize, is_dequant_supported};
+use falsifier::model::tokenizer::GgufTokenizer;
 use falsifier::trace::CapturePlan;
 use falsifier::trace::io::{TraceSource, open_source};
 use falsifier::trace::tensor::ViewData;
@@ -76,6 +77,31 @@ pub fn gguf(data: &[u8]) {
         // the reader validated the size, so dequantizing must succeed
         dequantize(t.ty, bytes, &mut out)
             .unwrap_or_else(|e| panic!("validated tensor {:?} does not dequantize: {e}", t.name));
+    }
+    tokenizer(&f);
+}
+
+/// The tokenizer a GGUF's metadata describes (`--prompt`): built, then run on awkward text; an
+/// id it gives must be inside the vocabulary and have a piece.
+fn tokenizer(f: &GgufFile) {
+    let Ok(Some(tok)) = GgufTokenizer::from_gguf(f) else {
+        return;
+    };
+    for text in [
+        "",
+        "Hello world",
+        " \t\n  日本 🦙 e\u{301} 12345",
+        "<|im_start|><s>",
+    ] {
+        if let Ok(ids) = tok.encode(text) {
+            for id in ids {
+                assert!(
+                    (id as usize) < tok.vocab_size(),
+                    "id {id} past the vocabulary"
+                );
+                assert!(tok.piece(id).is_some(), "id {id} has no piece");
+            }
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! `falsifier calibrate MODEL.gguf --tokens 1,2,3 [--factor F]`: measure the noise floor of f32
+//! `falsifier calibrate MODEL.gguf --tokens 1,2,3|--prompt TEXT [--factor F]`: measure the noise floor of f32
 //! arithmetic on a model and prompt — the CPU reference accumulating in f32 against the same
 //! forward accumulating in f64 — and propose per-stage thresholds of F × that floor.
 
@@ -19,8 +19,11 @@ pub struct CalibrateArgs {
     /// The model (GGUF).
     pub model: PathBuf,
     /// Prompt token ids, comma-separated.
+    #[arg(long, required_unless_present = "prompt", conflicts_with = "prompt")]
+    pub tokens: Option<String>,
+    /// Prompt text, tokenized with the model's own tokenizer (its GGUF metadata).
     #[arg(long)]
-    pub tokens: String,
+    pub prompt: Option<String>,
     /// Proposed threshold = FACTOR x the worst f32-vs-f64 relative L2 error of the stage.
     #[arg(long, default_value_t = 10.0)]
     pub factor: f64,
@@ -33,7 +36,8 @@ pub fn run(args: &CalibrateArgs) -> Result<Outcome> {
             args.factor
         )));
     }
-    let tokens = super::trace::parse_tokens(&args.tokens)?;
+    let prompt = super::trace::prompt(&args.model, args.tokens.as_deref(), args.prompt.as_deref())?;
+    let tokens = prompt.tokens;
     let plan = CapturePlan::all();
     let req = ForwardRequest::new(&tokens, &plan);
     let f64_trace = super::open_backend("cpu", &args.model)?.forward(&req)?;

@@ -2,7 +2,7 @@
 //! APRT dumps), print a summary and write report.json/.md/.html. Exit 0 when every stage
 //! matches, 1 on any non-Match or when nothing was compared, 2 on bad input.
 //!
-//! `falsifier diff A.gguf B.gguf --tokens ...`: two model files of one architecture and shape
+//! `falsifier diff A.gguf B.gguf --tokens ...|--prompt TEXT`: two model files of one architecture and shape
 //! (a full-precision model and its quantization) run the prompt on one backend; the report adds
 //! the logits as distributions (KL divergence, top-1, top-k) and the layers that lose most.
 //! With `--kld`/`--top1` the exit code follows those bounds instead of the stage thresholds.
@@ -51,8 +51,11 @@ pub struct DiffArgs {
     #[arg(long, value_name = "FACTOR", num_args = 0..=1, default_missing_value = "10")]
     pub propose_thresholds: Option<f64>,
     /// Two model files: the prompt's token ids (comma-separated).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "prompt")]
     pub tokens: Option<String>,
+    /// Two model files: the prompt as text, tokenized with REF's own tokenizer.
+    #[arg(long)]
+    pub prompt: Option<String>,
     /// Two model files: the backend both run on.
     #[arg(long, default_value = "cpu")]
     pub backend: String,
@@ -116,9 +119,9 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
     };
     match models {
         (true, true) => return diff_models(args, opts, bounds, &bar),
-        (false, false) if args.tokens.is_some() || !bounds.is_empty() => {
+        (false, false) if args.tokens.is_some() || args.prompt.is_some() || !bounds.is_empty() => {
             return Err(Error::input(
-                "--tokens, --kld and --top1 belong to a diff of two model files (.gguf); REF and CAND are traces",
+                "--tokens, --prompt, --kld and --top1 belong to a diff of two model files (.gguf); REF and CAND are traces",
             ));
         }
         (false, false) => {}
@@ -129,7 +132,7 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
                 (&args.candidate, &args.reference)
             };
             return Err(Error::input(format!(
-                "{} is a model file and {} is not: give two traces, or two model files with --tokens",
+                "{} is a model file and {} is not: give two traces, or two model files with --tokens or --prompt",
                 gguf.display(),
                 trace.display()
             )));
@@ -207,17 +210,23 @@ fn diff_models(
             "--propose-thresholds calibrates two traces of one forward; two model files differ by their weights",
         ));
     }
-    let tokens = args.tokens.as_deref().ok_or_else(|| {
-        Error::input("two model files: give the prompt with --tokens (comma-separated ids)")
-    })?;
-    let tokens = super::trace::parse_tokens(tokens)?;
+    if args.tokens.is_none() && args.prompt.is_none() {
+        return Err(Error::input(
+            "two model files: give the prompt with --tokens IDS or --prompt TEXT",
+        ));
+    }
+    let prompt = super::trace::prompt(
+        &args.reference,
+        args.tokens.as_deref(),
+        args.prompt.as_deref(),
+    )?;
     let plan = opts.plan.clone().unwrap_or_else(CapturePlan::all);
     let open = |p: &std::path::Path| super::open_backend(&args.backend, p);
     let report = crate::runner::drift::diff_models(
         &args.reference,
         &args.candidate,
         &open,
-        &tokens,
+        &prompt,
         &plan,
         &opts,
     );

@@ -1,8 +1,8 @@
-//! `falsifier trace MODEL.gguf --backend cpu|cuda --tokens 1,2,3 [--stages LIST|all]
+//! `falsifier trace MODEL.gguf --backend cpu|cuda --tokens 1,2,3|--prompt TEXT [--stages LIST|all]
 //! [--layers A..B] --out TRACE.safetensors [--fault SPEC]... [--precision f64|f32]
 //! [--teacher TRACE.safetensors]`: run one traced forward and write its trace.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
@@ -11,6 +11,7 @@ use super::Outcome;
 use crate::backend::cpu::Precision;
 use crate::backend::{Backend, Fault, ForwardRequest};
 use crate::error::{Error, Result};
+use crate::model::tokenizer::Prompt;
 use crate::trace::io::{read_trace, write_trace};
 use crate::trace::plan::CapturePlan;
 use crate::trace::trace::Trace;
@@ -23,8 +24,11 @@ pub struct TraceArgs {
     #[arg(long, default_value = "cpu")]
     pub backend: String,
     /// Prompt token ids, comma-separated.
+    #[arg(long, required_unless_present = "prompt", conflicts_with = "prompt")]
+    pub tokens: Option<String>,
+    /// Prompt text, tokenized with the model's own tokenizer (its GGUF metadata).
     #[arg(long)]
-    pub tokens: String,
+    pub prompt: Option<String>,
     /// Stages to capture: a comma-separated list of stage names, or `all`.
     #[arg(long, default_value = "all")]
     pub stages: String,
@@ -61,6 +65,18 @@ pub fn parse_tokens(text: &str) -> Result<Vec<u32>> {
         .collect()
 }
 
+/// The prompt of `--tokens` or `--prompt` (clap makes them exclusive and one of them required),
+/// with each position's piece when the model has a tokenizer.
+pub fn prompt(model: &Path, tokens: Option<&str>, text: Option<&str>) -> Result<Prompt> {
+    match (tokens, text) {
+        (_, Some(text)) => Prompt::from_text(model, text).map_err(|e| e.context("--prompt")),
+        (Some(t), None) => Ok(Prompt::from_ids(model, parse_tokens(t)?)),
+        (None, None) => Err(Error::input(
+            "give the prompt as --tokens IDS or --prompt TEXT",
+        )),
+    }
+}
+
 /// Open the backend named on the command line (`--precision f32` turns `cpu` into `cpu-f32`).
 fn open_backend(args: &TraceArgs) -> Result<Box<dyn Backend>> {
     let precision: Precision = args
@@ -76,7 +92,7 @@ fn open_backend(args: &TraceArgs) -> Result<Box<dyn Backend>> {
 
 /// Run the forward the arguments describe and return its trace (without writing it).
 pub fn trace(args: &TraceArgs) -> Result<Trace> {
-    let tokens = parse_tokens(&args.tokens)?;
+    let prompt = prompt(&args.model, args.tokens.as_deref(), args.prompt.as_deref())?;
     let plan = CapturePlan::parse(&args.stages, args.layers.as_deref()).map_err(Error::input)?;
     let faults: Vec<Fault> = args
         .faults
@@ -89,12 +105,14 @@ pub fn trace(args: &TraceArgs) -> Result<Trace> {
     let teacher = args.teacher.as_deref().map(read_trace).transpose()?;
     let mut backend = open_backend(args)?;
     let req = ForwardRequest {
-        tokens: &tokens,
+        tokens: &prompt.tokens,
         plan: &plan,
         teacher: teacher.as_ref(),
         faults: &faults,
     };
-    backend.forward(&req)
+    let mut trace = backend.forward(&req)?;
+    trace.meta.set_pieces(&prompt.pieces);
+    Ok(trace)
 }
 
 pub fn run(args: &TraceArgs) -> Result<Outcome> {

@@ -10,8 +10,9 @@
 //! - models: exactly one of `path` (a GGUF file that exists and validates: metadata and tensor
 //!   table) or `preset` (known, with a known `quant`, a `seed`, and overrides that make a model);
 //!   shape overrides only for presets;
-//! - falsifiers: models defined in `models`; exactly two backends; a non-empty prompt whose
-//!   tokens are inside every model's vocabulary; known stages; layers within every model's layer
+//! - falsifiers: models defined in `models`; exactly two backends; exactly one of `tokens` (a
+//!   non-empty list of ids inside every model's vocabulary) and `prompt` (non-empty text that
+//!   every file model's own tokenizer can tokenize within its context); known stages; layers within every model's layer
 //!   count; thresholds finite with 0 < t <= 1 (`route_margin`: finite, >= 0), keyed by
 //!   `default`, a stage or `route_margin`; `kld` (>= 0) and `top1` (0..=1) only for `check:
 //!   drift`;
@@ -305,6 +306,7 @@ fn lint_falsifier(
     lint_id_and_text(c, i, f, diags);
     let models = falsifier_models(c, i, f, model_shapes, diags);
     lint_backends_and_tokens(c, i, f, &models, diags);
+    lint_text_prompt(c, i, f, diags);
     let plan = lint_stages_and_layers(c, i, f, &models, diags);
     lint_thresholds(c, i, f, diags);
     lint_fault(c, i, f, &models, diags);
@@ -402,8 +404,20 @@ fn lint_backends_and_tokens(
             ));
         }
     }
-    if f.tokens.is_empty() {
-        diags.push(c.diag(&at("tokens"), format!("{id}: empty prompt")));
+    match (&f.prompt, f.tokens.is_empty()) {
+        (Some(_), false) => diags.push(c.diag(
+            &at("prompt"),
+            format!("{id}: give exactly one of tokens: (ids) and prompt: (text), not both"),
+        )),
+        (Some(text), true) if text.is_empty() => {
+            diags.push(c.diag(&at("prompt"), format!("{id}: empty prompt")));
+        }
+        (Some(_), true) => {}
+        (None, true) => diags.push(c.diag(
+            &at("tokens"),
+            format!("{id}: empty prompt: give exactly one of tokens: (ids) and prompt: (text)"),
+        )),
+        (None, false) => {}
     }
     for (name, shape) in models {
         if let Some((j, t)) = f
@@ -429,6 +443,42 @@ fn lint_backends_and_tokens(
                     f.tokens.len()
                 ),
             ));
+        }
+    }
+}
+
+/// A text prompt tokenizes with every file model's own tokenizer, within its context length.
+/// (Synthetic presets are generated at run time; the runner tokenizes for them.)
+fn lint_text_prompt(c: &LoadedContract, i: usize, f: &Falsifier, diags: &mut Vec<Diag>) {
+    let Some(text) = f.prompt.as_deref().filter(|t| !t.is_empty()) else {
+        return;
+    };
+    let at = format!("falsifiers[{i}].prompt");
+    let id = &f.id;
+    for name in &f.models {
+        let Some(path) = c.model(name).and_then(|m| m.path.as_deref()) else {
+            continue;
+        };
+        let full = resolve_model_path(&c.path, path);
+        if !full.is_file() {
+            continue; // lint_model says so at the model
+        }
+        match crate::model::tokenizer::Prompt::from_text(&full, text) {
+            Err(e) => diags.push(c.diag(&at, format!("{id}: model {name}: {e}"))),
+            Ok(p) => {
+                if let Ok(shape) = read_shape(&full)
+                    && p.tokens.len() > shape.config.context_length
+                {
+                    diags.push(c.diag(
+                        &at,
+                        format!(
+                            "{id}: the prompt has {} tokens with model {name}'s tokenizer, more than its context length of {}",
+                            p.tokens.len(),
+                            shape.config.context_length
+                        ),
+                    ));
+                }
+            }
         }
     }
 }

@@ -12,6 +12,7 @@ use std::str::FromStr;
 use serde::Deserialize;
 
 use crate::backend::Fault;
+use crate::model::tokenizer::Prompt;
 use crate::trace::plan::CapturePlan;
 use crate::trace::stage::{Key, Stage};
 
@@ -282,8 +283,13 @@ pub struct Falsifier {
     pub candidate_model: Option<String>,
     /// `[reference, candidate]`.
     pub backends: Vec<BackendName>,
-    /// Prompt token ids.
+    /// Prompt token ids. A falsifier gives exactly one of `tokens` and `prompt` (lint checks);
+    /// absent reads as empty.
+    #[serde(default)]
     pub tokens: Vec<u32>,
+    /// Prompt text, tokenized per model with the model's own tokenizer (its GGUF metadata).
+    #[serde(default)]
+    pub prompt: Option<String>,
     #[serde(default)]
     pub stages: Selection<String>,
     #[serde(default)]
@@ -363,6 +369,16 @@ impl Falsifier {
         crate::diff::LogitBounds {
             kld: self.thresholds.get("kld").copied(),
             top1: self.thresholds.get("top1").copied(),
+        }
+    }
+
+    /// The prompt as ids for the model at `model`: `tokens`, or `prompt` tokenized with the
+    /// model's tokenizer; with each position's piece when the model has a tokenizer.
+    pub fn prompt_for(&self, model: &std::path::Path) -> crate::Result<Prompt> {
+        match &self.prompt {
+            Some(text) => Prompt::from_text(model, text)
+                .map_err(|e| e.context(format!("{}: prompt", self.id))),
+            None => Ok(Prompt::from_ids(model, self.tokens.clone())),
         }
     }
 

@@ -24,6 +24,9 @@ pub struct SideInfo {
     pub model: String,
     pub model_sha256: String,
     pub tokens: Vec<u32>,
+    /// Each prompt position's token piece, when the trace recorded them (the prompt went through
+    /// a tokenizer, or the model has one); empty otherwise.
+    pub pieces: Vec<String>,
     pub device: String,
 }
 
@@ -47,6 +50,7 @@ impl SideInfo {
             model: meta.model.clone(),
             model_sha256: meta.model_sha256.clone(),
             tokens: meta.tokens.clone(),
+            pieces: meta.pieces(),
             device: meta.extra.get("device").cloned().unwrap_or_default(),
         }
     }
@@ -261,6 +265,23 @@ pub struct DiffReport {
 }
 
 impl DiffReport {
+    /// The token piece at prompt position `p`: the reference's, else the candidate's.
+    pub fn piece(&self, p: usize) -> Option<&str> {
+        [&self.reference, &self.candidate]
+            .into_iter()
+            .find_map(|s| s.pieces.get(p))
+            .map(String::as_str)
+    }
+
+    /// `position 3`, with the token's text when known: `position 3 " world"` (quoted and
+    /// escaped, so spaces and newlines show).
+    pub fn position_text(&self, p: usize) -> String {
+        match self.piece(p) {
+            Some(piece) => format!("position {p} {piece:?}"),
+            None => format!("position {p}"),
+        }
+    }
+
     pub fn first(&self) -> Option<&Row> {
         self.first_divergence.and_then(|i| self.rows.get(i))
     }

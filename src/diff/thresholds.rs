@@ -187,7 +187,10 @@ mod tests {
             assert!(t.set_from_str(bad).is_err(), "{bad}");
         }
         // `default` fills every stage without its own entry, in either order
-        for specs in [["default=1e-6", "ffn_out=2e-3"], ["ffn_out=2e-3", "default=1e-6"]] {
+        for specs in [
+            ["default=1e-6", "ffn_out=2e-3"],
+            ["ffn_out=2e-3", "default=1e-6"],
+        ] {
             let mut t = Thresholds::new();
             for s in specs {
                 t.set_from_str(s).unwrap();

@@ -6,6 +6,7 @@ pub mod gguf;
 pub mod quant;
 pub mod summary;
 pub mod synth;
+pub mod tokenizer;
 pub mod weights;
 
 pub use quant::GgmlType;

@@ -1451,8 +1451,16 @@ mod tests {
         let m = |n: &str| tensor_type(&q2m, SynthQuant::IQ4_XS, n, &[256, 256, 8]);
         for l in 0..4 {
             let want = if l < 2 { Q5_K } else { IQ4_XS };
-            assert_eq!(m(&format!("blk.{l}.ffn_down_exps.weight")), want, "layer {l}");
-            assert_eq!(m(&format!("blk.{l}.ffn_down_shexp.weight")), want, "layer {l}");
+            assert_eq!(
+                m(&format!("blk.{l}.ffn_down_exps.weight")),
+                want,
+                "layer {l}"
+            );
+            assert_eq!(
+                m(&format!("blk.{l}.ffn_down_shexp.weight")),
+                want,
+                "layer {l}"
+            );
         }
         let dense = ModelConfig {
             n_layers: 16,

@@ -58,8 +58,8 @@ pub fn heat(rel_l2: f64) -> (u8, u8, u8) {
     (out.0 as u8, out.1 as u8, out.2 as u8)
 }
 
-fn at_text(i: &Option<Index>) -> String {
-    i.as_ref().map_or("-".into(), index_text)
+fn at_text(report: &DiffReport, i: &Option<Index>) -> String {
+    i.as_ref().map_or("-".into(), |i| index_text(report, i))
 }
 
 /// Tooltip text of a row (newline-separated; escaped by the caller).
@@ -78,7 +78,7 @@ fn tip(report: &DiffReport, r: &Row, first: bool) -> String {
     }
     if let Some(m) = &r.metrics {
         let at = if r.nonfinite() == 0 {
-            format!(" at {}", at_text(&r.max_abs_at))
+            format!(" at {}", at_text(report, &r.max_abs_at))
         } else {
             String::new()
         };
@@ -99,7 +99,7 @@ fn tip(report: &DiffReport, r: &Row, first: bool) -> String {
                 "\nnon-finite in the reference ({}): {} (first {})",
                 report.reference.label,
                 m.nonfinite_ref.count,
-                at_text(&r.nonfinite_ref_at)
+                at_text(report, &r.nonfinite_ref_at)
             );
         }
         if m.nonfinite_cand.count > 0 {
@@ -108,7 +108,7 @@ fn tip(report: &DiffReport, r: &Row, first: bool) -> String {
                 "\nnon-finite in the candidate ({}): {} (first {})",
                 report.candidate.label,
                 m.nonfinite_cand.count,
-                at_text(&r.nonfinite_cand_at)
+                at_text(report, &r.nonfinite_cand_at)
             );
         }
     }
@@ -126,8 +126,8 @@ fn tip(report: &DiffReport, r: &Row, first: bool) -> String {
     for f in r.route_flips.iter().take(4) {
         let _ = write!(
             t,
-            "\nposition {}: {:?} -> {:?}, margin {}{}",
-            f.position,
+            "\n{}: {:?} -> {:?}, margin {}{}",
+            report.position_text(f.position),
             f.ref_ids,
             f.cand_ids,
             f.margin.map_or("unknown".into(), |m| format!("{m:.2e}")),
@@ -223,6 +223,9 @@ fn side_card(title: &str, s: &SideInfo) -> String {
     }
     if !s.tokens.is_empty() {
         rows.push(("tokens", format!("{:?}", s.tokens)));
+    }
+    if !s.pieces.is_empty() {
+        rows.push(("pieces", format!("{:?}", s.pieces)));
     }
     let mut h = format!("<div class=\"side\"><h3>{}</h3><dl>", esc(title));
     for (k, v) in rows {
@@ -419,9 +422,9 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
                     (Some(c), _) => Some(*c),
                     (None, r) => *r,
                 };
-                format!("first non-finite: {}", at_text(&first))
+                format!("first non-finite: {}", at_text(report, &first))
             } else {
-                at_text(&r.max_abs_at)
+                at_text(report, &r.max_abs_at)
             };
             let note = if r.verdict.is_nan() {
                 let mut n = vec![row_detail(report, r)];

@@ -112,6 +112,9 @@ pub struct JsonSide {
     pub model: String,
     pub model_sha256: String,
     pub tokens: Vec<u32>,
+    /// Each prompt position's token piece (`pieces[p]` is position p's text), when known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pieces: Vec<String>,
     pub device: String,
 }
 
@@ -234,6 +237,7 @@ fn side(s: &SideInfo) -> JsonSide {
         model: s.model.clone(),
         model_sha256: s.model_sha256.clone(),
         tokens: s.tokens.clone(),
+        pieces: s.pieces.clone(),
         device: s.device.clone(),
     }
 }

@@ -26,7 +26,12 @@ fn cell(report: &DiffReport, r: &Row, first: bool) -> String {
     s
 }
 
-fn at_text(i: &Option<Index>) -> String {
+/// Text for a table cell: a token piece may hold `|` (`<|im_start|>`), which would end the cell.
+fn cell_text(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+fn at_text(report: &DiffReport, i: &Option<Index>) -> String {
     match i {
         None => "-".into(),
         Some(i) => {
@@ -36,8 +41,10 @@ fn at_text(i: &Option<Index>) -> String {
             }
             match (i.head.is_some(), i.position, i.feature) {
                 (true, Some(q), Some(k)) => parts.push(format!("query {q}, key {k}")),
-                (_, Some(p), Some(f)) => parts.push(format!("position {p}, feature {f}")),
-                (_, Some(p), None) => parts.push(format!("position {p}")),
+                (_, Some(p), Some(f)) => {
+                    parts.push(format!("{}, feature {f}", report.position_text(p)))
+                }
+                (_, Some(p), None) => parts.push(report.position_text(p)),
                 _ => {}
             }
             parts.join(", ")
@@ -56,6 +63,9 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
     let _ = writeln!(out, "- candidate: {}", report.candidate.describe());
     if !report.reference.tokens.is_empty() {
         let _ = writeln!(out, "- tokens: {:?}", report.reference.tokens);
+        if !report.reference.pieces.is_empty() {
+            let _ = writeln!(out, "- pieces: {:?}", report.reference.pieces);
+        }
     }
     let _ = writeln!(out, "- command: `{}`", ctx.command);
     let _ = writeln!(out, "- created: {}", rfc3339(ctx.created));
@@ -179,7 +189,7 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
                 metric_text(r, |m| m.rel_l2, sci),
                 sci(Some(r.threshold.rel_l2)),
                 metric_text(r, |m| m.max_abs, sci),
-                at_text(&r.max_abs_at),
+                cell_text(&at_text(report, &r.max_abs_at)),
                 m.map_or(0, |m| m.nonfinite_ref.count),
                 m.map_or(0, |m| m.nonfinite_cand.count),
             );
@@ -210,7 +220,11 @@ pub fn render(report: &DiffReport, ctx: &ReportContext) -> String {
                     out,
                     "| {} | {} | {:?} | {:?} | {} | {} |",
                     r.key.layer.map(|l| l.to_string()).unwrap_or("-".into()),
-                    f.position,
+                    cell_text(
+                        &report
+                            .piece(f.position)
+                            .map_or(f.position.to_string(), |p| format!("{} {p:?}", f.position))
+                    ),
                     f.ref_ids,
                     f.cand_ids,
                     f.margin

@@ -308,9 +308,9 @@ pub fn row_detail(report: &DiffReport, row: &Row) -> String {
         Verdict::RouteFlip if !row.route_flips.is_empty() => {
             let f = &row.route_flips[0];
             format!(
-                "{} position(s) route differently, first at position {} ({:?} vs {:?}, reference margin {})",
+                "{} position(s) route differently, first at {} ({:?} vs {:?}, reference margin {})",
                 row.route_flips.len(),
-                f.position,
+                report.position_text(f.position),
                 f.ref_ids,
                 f.cand_ids,
                 f.margin
@@ -325,7 +325,7 @@ pub fn row_detail(report: &DiffReport, row: &Row) -> String {
                     format!(
                         "{} non-finite on the {side} side, first at {}",
                         n.count,
-                        at.map(|i| index_text(&i))
+                        at.map(|i| index_text(report, &i))
                             .or(n.first.map(|i| format!("flat {i}")))
                             .unwrap_or_default()
                     )
@@ -360,12 +360,15 @@ pub fn row_detail(report: &DiffReport, row: &Row) -> String {
     }
 }
 
-/// An index in words: `flat 70 (position 1, feature 6)`, `flat 171 (head 2, query 5, key 3)`.
-pub fn index_text(i: &Index) -> String {
+/// An index in words: `flat 70 (position 1 " world", feature 6)`, `flat 171 (head 2, query 5,
+/// key 3)`; a position shows its token's text when the report knows it.
+pub fn index_text(report: &DiffReport, i: &Index) -> String {
     match (i.head, i.position, i.feature) {
         (Some(h), Some(q), Some(k)) => format!("flat {} (head {h}, query {q}, key {k})", i.flat),
-        (None, Some(p), Some(f)) => format!("flat {} (position {p}, feature {f})", i.flat),
-        (None, Some(p), None) => format!("flat {} (position {p})", i.flat),
+        (None, Some(p), Some(f)) => {
+            format!("flat {} ({}, feature {f})", i.flat, report.position_text(p))
+        }
+        (None, Some(p), None) => format!("flat {} ({})", i.flat, report.position_text(p)),
         _ => format!("flat {}", i.flat),
     }
 }

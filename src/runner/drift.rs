@@ -11,6 +11,7 @@ use crate::diff::{DiffOptions, DiffReport, Drift, Origin, diff};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::gguf::GgufFile;
+use crate::model::tokenizer::Prompt;
 use crate::trace::plan::CapturePlan;
 use crate::trace::trace::Trace;
 
@@ -68,7 +69,7 @@ pub fn rank_layers(
     Ok(())
 }
 
-/// Run `tokens` through both models on `backend` (both sides, one backend: only the files
+/// Run the prompt through both models on `backend` (both sides, one backend: only the files
 /// differ), capturing `plan` plus what teacher forcing needs, and diff them with the layers
 /// ranked. `open` opens a backend on a model file (the CLI passes one that names the argument
 /// at fault).
@@ -76,17 +77,21 @@ pub fn diff_models(
     reference: &Path,
     candidate: &Path,
     open: &dyn Fn(&Path) -> Result<Box<dyn Backend>>,
-    tokens: &[u32],
+    prompt: &Prompt,
     plan: &CapturePlan,
     opts: &DiffOptions,
 ) -> Result<DiffReport> {
     check_same_model(reference, candidate)?;
+    let tokens = &prompt.tokens;
     let full = attribution::reference_plan(plan);
     let mut ref_backend = open(reference)?;
     let mut cand_backend = open(candidate)?;
-    let ref_trace = ref_backend.forward(&ForwardRequest::new(tokens, &full))?;
+    let mut ref_trace = ref_backend.forward(&ForwardRequest::new(tokens, &full))?;
     drop(ref_backend);
-    let cand_trace = cand_backend.forward(&ForwardRequest::new(tokens, &full))?;
+    let mut cand_trace = cand_backend.forward(&ForwardRequest::new(tokens, &full))?;
+    for t in [&mut ref_trace, &mut cand_trace] {
+        t.meta.set_pieces(&prompt.pieces);
+    }
     let opts = DiffOptions {
         plan: Some(plan.clone()),
         two_models: true,

@@ -215,7 +215,8 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
     // The reference keeps what teacher forcing needs; the candidate what the check compares
     // plus the same, so that both traces describe the same stages.
     let full_plan = attribution::reference_plan(&plan);
-    let tokens = &f.tokens;
+    let prompt = f.prompt_for(&model_path)?;
+    let tokens = &prompt.tokens;
     let mut ref_trace = reference.forward(&ForwardRequest {
         tokens,
         plan: &full_plan,
@@ -228,8 +229,10 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
         teacher: None,
         faults: &cand_faults,
     })?;
-    // reports describe each side by what ran it (card and driver for CUDA)
+    // reports describe each side by what ran it (card and driver for CUDA), and each
+    // position by its token's text
     for (trace, side) in [(&mut ref_trace, &reference), (&mut cand_trace, &candidate)] {
+        trace.meta.set_pieces(&prompt.pieces);
         trace
             .meta
             .extra
@@ -439,7 +442,7 @@ fn judge(
                 Some((k, i)) => (false, format!("non-finite value in {k} at flat index {i}")),
             })
         }
-        Check::CaptureComplete => capture_complete(spec, cand_trace, candidate, model_path, plan),
+        Check::CaptureComplete => capture_complete(cand_trace, candidate, model_path, plan),
         Check::Drift => Ok(f.logit_bounds().judge(report.logits.as_ref())),
     }
 }
@@ -447,7 +450,6 @@ fn judge(
 /// FALSIFY-MOE-SUB-001: every planned stage the architecture has was captured, and capturing
 /// changes nothing (the logits of an untraced forward are bit-identical).
 fn capture_complete(
-    spec: &TrialSpec,
     traced: &Trace,
     candidate: &mut dyn Backend,
     model_path: &Path,
@@ -472,7 +474,7 @@ fn capture_complete(
         ));
     }
     let logits_only = CapturePlan::new([Stage::Logits], crate::trace::plan::LayerSel::All);
-    let untraced = candidate.forward(&ForwardRequest::new(&spec.falsifier.tokens, &logits_only))?;
+    let untraced = candidate.forward(&ForwardRequest::new(&traced.meta.tokens, &logits_only))?;
     let key = Key::model(Stage::Logits);
     let same = match (traced.get(&key), untraced.get(&key)) {
         (Some(a), Some(b)) => match (&a.data, &b.data) {

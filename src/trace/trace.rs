@@ -25,7 +25,30 @@ pub struct TraceMeta {
     pub extra: BTreeMap<String, String>,
 }
 
+/// The `extra` key under which a trace keeps each prompt position's token piece (a JSON array
+/// of strings, one per token), when the prompt came through a tokenizer.
+pub const PIECES_KEY: &str = "token_pieces";
+
 impl TraceMeta {
+    /// Each prompt position's token piece (`" world"`), when the producer recorded them and
+    /// there is one per token; empty otherwise.
+    pub fn pieces(&self) -> Vec<String> {
+        self.extra
+            .get(PIECES_KEY)
+            .and_then(|j| serde_json::from_str::<Vec<String>>(j).ok())
+            .filter(|p| p.len() == self.tokens.len())
+            .unwrap_or_default()
+    }
+
+    /// Record the pieces (none recorded when `pieces` is empty).
+    pub fn set_pieces(&mut self, pieces: &[String]) {
+        if pieces.is_empty() {
+            self.extra.remove(PIECES_KEY);
+        } else if let Ok(j) = serde_json::to_string(pieces) {
+            self.extra.insert(PIECES_KEY.into(), j);
+        }
+    }
+
     /// The metadata as the flat string map safetensors stores. Sorted, so two runs of the same
     /// forward write byte-identical files.
     pub fn to_map(&self) -> BTreeMap<String, String> {

@@ -726,7 +726,11 @@ mod tests {
             let path = format!("{}/fixtures/{file}", env!("CARGO_MANIFEST_DIR"));
             let data = std::fs::read(&path).unwrap();
             let st = safetensors::SafeTensors::deserialize(&data).unwrap();
-            let raw = st.tensor(&format!("{}.raw", ty.name())).unwrap().data().to_vec();
+            let raw = st
+                .tensor(&format!("{}.raw", ty.name()))
+                .unwrap()
+                .data()
+                .to_vec();
             let nbytes = ty.bytes_for(n as u64).unwrap() as usize;
             let bytes: Vec<u8> = raw.iter().copied().cycle().take(nbytes).collect();
             let mut out = vec![0f32; n];
