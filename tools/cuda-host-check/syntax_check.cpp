@@ -28,3 +28,28 @@ static unsigned short f2h(float) { return 0; }
 #include "../../src/backend/cuda/kernels/ops.cu"
 #include "../../src/backend/cuda/kernels/attention.cu"
 #include "../../src/backend/cuda/kernels/moe.cu"
+// every block type's family, as the host instantiates it one module per type (device.rs,
+// type_instantiation); tests check that this list names every TYPE_SUFFIXES entry
+MATMUL_KERNELS(f32, T_F32)
+MATMUL_KERNELS(f16, T_F16)
+MATMUL_KERNELS(bf16, T_BF16)
+MATMUL_KERNELS(q8_0, T_Q8_0)
+MATMUL_KERNELS(q4_0, T_Q4_0)
+MATMUL_KERNELS(q4_1, T_Q4_1)
+MATMUL_KERNELS(q5_0, T_Q5_0)
+MATMUL_KERNELS(q5_1, T_Q5_1)
+MATMUL_KERNELS(q4_k, T_Q4_K)
+MATMUL_KERNELS(q5_k, T_Q5_K)
+MATMUL_KERNELS(q6_k, T_Q6_K)
+MATMUL_KERNELS(iq2_xxs, T_IQ2_XXS)
+MATMUL_KERNELS(iq2_xs, T_IQ2_XS)
+MATMUL_KERNELS(iq2_s, T_IQ2_S)
+MATMUL_KERNELS(iq3_xxs, T_IQ3_XXS)
+MATMUL_KERNELS(iq3_s, T_IQ3_S)
+MATMUL_KERNELS(iq1_s, T_IQ1_S)
+MATMUL_KERNELS(iq1_m, T_IQ1_M)
+MATMUL_KERNELS(iq4_nl, T_IQ4_NL)
+MATMUL_KERNELS(iq4_xs, T_IQ4_XS)
+MATMUL_KERNELS(tq1_0, T_TQ1_0)
+MATMUL_KERNELS(tq2_0, T_TQ2_0)
+MATMUL_KERNELS(mxfp4, T_MXFP4)

@@ -70,17 +70,17 @@ pub const TYPE_SUFFIXES: &[&str] = &[
     "tq1_0", "tq2_0", "mxfp4",
 ];
 
-/// PTX per target architecture, compiled at most once per process.
-fn ptx_cache() -> &'static Mutex<HashMap<String, String>> {
-    static CACHE: OnceLock<Mutex<HashMap<String, String>>> = OnceLock::new();
+/// PTX per (target architecture, module), compiled at most once per process.
+fn ptx_cache() -> &'static Mutex<HashMap<(String, String), String>> {
+    static CACHE: OnceLock<Mutex<HashMap<(String, String), String>>> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// The kernels' text: built in, or read from the directory `FALSIFIER_CUDA_KERNELS` names (for
+/// The kernels' files: built in, or read from the directory `FALSIFIER_CUDA_KERNELS` names (for
 /// kernel development on a GPU machine without rebuilding the binary).
-fn kernel_source() -> Result<String> {
+fn kernel_files() -> Result<Vec<String>> {
     match std::env::var_os("FALSIFIER_CUDA_KERNELS") {
-        None => Ok(SOURCES.join("\n")),
+        None => Ok(SOURCES.iter().map(|s| s.to_string()).collect()),
         Some(dir) => {
             let dir = std::path::PathBuf::from(dir);
             let mut parts = Vec::new();
@@ -91,30 +91,93 @@ fn kernel_source() -> Result<String> {
                         .map_err(|e| Error::io(&p, "reading a CUDA kernel source", e))?,
                 );
             }
-            Ok(parts.join("\n"))
+            Ok(parts)
         }
     }
 }
 
-/// Compile the kernels for `arch` (`compute_90` for an H100), or return the cached PTX.
-fn compile(arch: &str) -> Result<String> {
+/// The program of one module: `core` (every kernel but the typed matmul/gather families: the
+/// files as they are, their macros uninstantiated), or a block type's suffix (`q4_k`): the
+/// grids, the decoders and the matmul templates, with only that type's family instantiated.
+///
+/// Why per type: the driver compiles PTX to machine code when a module is loaded, and the
+/// i-quant matmuls (grid lookups unrolled 8 values at a time in 7 tiling variants) made one
+/// module of every type take ~150 s to load on an H200. A model uses a few types; only those
+/// are compiled, on first use.
+fn module_source(module: &str) -> Result<String> {
+    let files = kernel_files()?;
+    if module == CORE_MODULE {
+        return Ok(files.join("\n"));
+    }
+    // grids.cuh, common.cuh, matmul.cu: what a typed family needs
+    let matmul = FILES.iter().position(|f| *f == "matmul.cu").unwrap_or(2);
+    Ok(format!(
+        "{}\n{}\n",
+        files[..=matmul].join("\n"),
+        type_instantiation(module)
+    ))
+}
+
+/// The line that instantiates a type's matmul/gather family (kernels/matmul.cu,
+/// `MATMUL_KERNELS`): `q4_k` decodes with `T_Q4_K` (kernels/common.cuh).
+pub fn type_instantiation(suffix: &str) -> String {
+    format!(
+        "MATMUL_KERNELS({suffix}, T_{})",
+        suffix.to_ascii_uppercase()
+    )
+}
+
+/// The module of the kernels that are not typed.
+const CORE_MODULE: &str = "core";
+
+/// Compile `module` ([`module_source`]) for `arch` (`compute_90` for an H100), or return the
+/// cached PTX.
+fn compile(arch: &str, module: &str) -> Result<String> {
+    let key = (arch.to_string(), module.to_string());
     let mut cache = ptx_cache()
         .lock()
         .map_err(|_| Error::internal("NVRTC cache lock poisoned"))?;
-    if let Some(ptx) = cache.get(arch) {
+    if let Some(ptx) = cache.get(&key) {
         return Ok(ptx.clone());
     }
-    let src = kernel_source()?;
+    let src = module_source(module)?;
     let opts = CompileOptions {
         options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
-        name: Some("falsifier_kernels.cu".into()),
+        name: Some(format!("falsifier_{module}.cu")),
         ..Default::default()
     };
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts)
-        .map_err(|e| Error::internal(format!("NVRTC could not compile the kernels: {e}")))?
+        .map_err(|e| {
+            Error::internal(format!(
+                "NVRTC could not compile the kernels (module {module}): {e}"
+            ))
+        })?
         .to_src();
-    cache.insert(arch.to_string(), ptx.clone());
+    cache.insert(key, ptx.clone());
     Ok(ptx)
+}
+
+/// Compile `module` for `arch` and load its kernels `names` into `funcs`.
+fn load_module(
+    ctx: &Arc<CudaContext>,
+    arch: &str,
+    module: &str,
+    names: &[String],
+    funcs: &mut HashMap<String, CudaFunction>,
+) -> Result<()> {
+    let err =
+        |what: String, e: cudarc::driver::DriverError| Error::internal(format!("{what}: {e:?}"));
+    let ptx = compile(arch, module)?;
+    let loaded = ctx
+        .load_module(Ptx::from_src(ptx))
+        .map_err(|e| err(format!("loading the PTX of kernel module {module}"), e))?;
+    for k in names {
+        let f = loaded
+            .load_function(k)
+            .map_err(|e| err(format!("kernel {k} missing from module {module}"), e))?;
+        funcs.insert(k.clone(), f);
+    }
+    Ok(())
 }
 
 /// One kernel argument. Device pointers travel as raw `u64` addresses: every buffer lives until
@@ -134,7 +197,12 @@ pub const NULL: Arg = Arg::Ptr(0);
 pub struct Device {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
-    funcs: HashMap<String, CudaFunction>,
+    /// Loaded kernels: the core module's at open, a block type's family when first launched.
+    funcs: Mutex<HashMap<String, CudaFunction>>,
+    /// `compute_90`: what the modules are compiled for.
+    arch: String,
+    /// The kernel names of one block type's family (`super::matmul::type_kernel_names`).
+    type_kernels: fn(&str) -> Vec<String>,
     /// "NVIDIA H100 80GB HBM3, driver 13.0, compute capability 9.0"
     pub description: String,
     /// Multiprocessors on the card (132 on an H100 SXM): how many blocks fill it.
@@ -165,10 +233,12 @@ pub struct ProfileRow {
 }
 
 impl Device {
-    /// Probe for a driver and a device, then compile and load the kernels: the fixed ones and
-    /// `matmuls`, the matmul variants by name (`super::matmul::kernel_names`, passed in so that
-    /// this module knows nothing of the matmul dispatch; [`super::open_device`] does it).
-    pub fn open(ordinal: usize, matmuls: &[String]) -> Result<Device> {
+    /// Probe for a driver and a device, then compile and load the core kernels. A block type's
+    /// matmul/gather family is compiled and loaded when one of its kernels is first launched
+    /// (or by [`Device::load_types`]); `type_kernels` names a family's kernels
+    /// (`super::matmul::type_kernel_names`, passed in so that this module knows nothing of the
+    /// matmul dispatch; [`super::open_device`] does it).
+    pub fn open(ordinal: usize, type_kernels: fn(&str) -> Vec<String>) -> Result<Device> {
         // SAFETY: only tries to dlopen the libraries; touches no CUDA state.
         if !unsafe { cudarc::driver::sys::is_culib_present() } {
             return Err(Error::no_device(
@@ -217,19 +287,10 @@ impl Device {
             )
             .map_err(|e| dev_err("multiprocessor count", e))?;
         let arch = format!("compute_{major}{minor}");
-        let ptx = compile(&arch)?;
-        let module = ctx
-            .load_module(Ptx::from_src(ptx))
-            .map_err(|e| dev_err("loading the kernels' PTX", e))?;
         let mut funcs = HashMap::new();
-        let gathers = TYPE_SUFFIXES.iter().map(|t| format!("gather_{t}"));
-        let named = KERNELS.iter().map(|k| k.to_string());
-        for k in named.chain(gathers).chain(matmuls.iter().cloned()) {
-            let f = module
-                .load_function(&k)
-                .map_err(|e| dev_err(&format!("kernel {k} missing from the module"), e))?;
-            funcs.insert(k, f);
-        }
+        let names: Vec<String> = KERNELS.iter().map(|k| k.to_string()).collect();
+        load_module(&ctx, &arch, CORE_MODULE, &names, &mut funcs)
+            .map_err(|e| e.context(format!("CUDA device {ordinal}")))?;
         keep_pool_memory(&ctx);
         let stream = ctx.default_stream();
         let sync_each = std::env::var("FALSIFIER_CUDA_SYNC").is_ok_and(|v| v == "1");
@@ -237,7 +298,9 @@ impl Device {
         Ok(Device {
             ctx,
             stream,
-            funcs,
+            funcs: Mutex::new(funcs),
+            arch,
+            type_kernels,
             description,
             sms: usize::try_from(sms).unwrap_or(1).max(1),
             sync_each,
@@ -321,11 +384,58 @@ impl Device {
         Ok(rows)
     }
 
+    /// Compile and load the matmul/gather families of the block types `suffixes` (`q4_k`, ...)
+    /// that are not loaded yet.
+    pub fn load_types(&self, suffixes: &[&str]) -> Result<()> {
+        let mut funcs = self
+            .funcs
+            .lock()
+            .map_err(|_| Error::internal("CUDA kernel table lock poisoned"))?;
+        for s in suffixes {
+            if !TYPE_SUFFIXES.contains(s) {
+                return Err(Error::internal(format!(
+                    "no kernels for block type suffix {s}"
+                )));
+            }
+            let names = (self.type_kernels)(s);
+            if names.iter().all(|n| funcs.contains_key(n)) {
+                continue;
+            }
+            load_module(&self.ctx, &self.arch, s, &names, &mut funcs)?;
+        }
+        Ok(())
+    }
+
+    /// The loaded kernel `kernel`, loading its block type's family first if it is a typed
+    /// kernel not loaded yet.
+    fn function(&self, kernel: &str, stage: &str) -> Result<CudaFunction> {
+        let lookup = |d: &Device| -> Result<Option<CudaFunction>> {
+            let funcs = d
+                .funcs
+                .lock()
+                .map_err(|_| Error::internal("CUDA kernel table lock poisoned"))?;
+            Ok(funcs.get(kernel).cloned())
+        };
+        if let Some(f) = lookup(self)? {
+            return Ok(f);
+        }
+        if let Some(s) = TYPE_SUFFIXES
+            .iter()
+            .find(|s| (self.type_kernels)(s).iter().any(|n| n == kernel))
+        {
+            self.load_types(&[s])?;
+            if let Some(f) = lookup(self)? {
+                return Ok(f);
+            }
+        }
+        Err(Error::internal(format!(
+            "kernel {kernel} (stage {stage}) is not loaded"
+        )))
+    }
+
     fn launch_now(&self, kernel: &str, stage: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        let f = self.funcs.get(kernel).ok_or_else(|| {
-            Error::internal(format!("kernel {kernel} (stage {stage}) is not loaded"))
-        })?;
-        let mut b = self.stream.launch_builder(f);
+        let f = self.function(kernel, stage)?;
+        let mut b = self.stream.launch_builder(&f);
         for a in args {
             match a {
                 Arg::Ptr(p) => b.arg(p),
@@ -524,6 +634,33 @@ mod tests {
                 "kernel {name} is defined but not in KERNELS"
             );
         }
+    }
+
+    /// Every block type's module instantiates a decoder that exists (`T_Q4_K` is defined in
+    /// common.cuh), and the host syntax check instantiates every type the same way: a
+    /// misspelt type would otherwise fail only in NVRTC, on a GPU machine.
+    #[test]
+    fn every_block_type_module_instantiates_a_defined_decoder() {
+        let common = SOURCES[FILES.iter().position(|f| *f == "common.cuh").unwrap()];
+        let host = include_str!("../../../tools/cuda-host-check/syntax_check.cpp");
+        for s in TYPE_SUFFIXES {
+            let line = type_instantiation(s);
+            let define = format!("#define T_{} ", s.to_ascii_uppercase());
+            assert!(common.contains(&define), "{define} missing from common.cuh");
+            assert!(host.contains(&line), "{line} missing from syntax_check.cpp");
+            let src = module_source(s).unwrap();
+            assert!(src.ends_with(&format!("{line}\n")), "{s}");
+            assert!(
+                !src.contains("void rms_norm("),
+                "{s}: the type module holds only its family"
+            );
+        }
+        // the core module instantiates no family
+        assert!(
+            !module_source(CORE_MODULE)
+                .unwrap()
+                .contains("\nMATMUL_KERNELS(")
+        );
     }
 
     #[test]

