@@ -247,9 +247,15 @@ fn diff_models(
         .clone()
         .unwrap_or_else(|| default_report_dir(ctx.created));
     write_reports(&dir, &report, &ctx)?;
+    let verdict = crate::report::judgement(&report, &ctx);
     print!(
         "{}",
-        terminal::render(&report, terminal::use_color(), Some(&dir))
+        terminal::render_judged(
+            &report,
+            terminal::use_color(),
+            Some(&dir),
+            (verdict.word, &verdict.headline)
+        )
     );
     let holds = match judged {
         Some((holds, finding)) => {

@@ -37,6 +37,18 @@ impl Paint {
 
 /// The summary as text; `color` adds ANSI escapes.
 pub fn render(report: &DiffReport, color: bool, report_dir: Option<&std::path::Path>) -> String {
+    let verdict = if report.holds { "HOLDS" } else { "FAILS" };
+    render_judged(report, color, report_dir, (verdict, &headline(report)))
+}
+
+/// [`render`] with the verdict a report's context gives (`report::judgement`: a drift check's
+/// bounds, not the stage thresholds), as `(word, headline)`.
+pub fn render_judged(
+    report: &DiffReport,
+    color: bool,
+    report_dir: Option<&std::path::Path>,
+    (word, headline): (&str, &str),
+) -> String {
     let p = Paint(color);
     let mut out = String::new();
     let _ = writeln!(
@@ -51,12 +63,12 @@ pub fn render(report: &DiffReport, color: bool, report_dir: Option<&std::path::P
         p.paint("1", "candidate"),
         report.candidate.describe()
     );
-    let status = if report.holds {
-        p.paint("1;32", "HOLDS")
+    let status = if word == "HOLDS" {
+        p.paint("1;32", word)
     } else {
-        p.paint("1;31", "FAILS")
+        p.paint("1;31", word)
     };
-    let _ = writeln!(out, "{status}  {}", headline(report));
+    let _ = writeln!(out, "{status}  {headline}");
     let s = report.summary();
     let counts: Vec<String> = s
         .counts
