@@ -3,7 +3,7 @@
 //! that shape must hold.
 
 use crate::error::{Error, Result};
-use crate::model::gguf::{GgufFile, MetaValue};
+use crate::model::gguf::{GgufFile, Keys, MetaValue};
 use crate::trace::stage::Stage;
 
 pub use super::arch::Arch;
@@ -40,72 +40,10 @@ pub struct ModelConfig {
     pub rope_freqs: bool,
 }
 
-/// Reads typed keys of one file, with errors naming the file and the key.
-struct Keys<'a> {
-    f: &'a GgufFile,
-    label: String,
-}
-
-impl Keys<'_> {
-    fn err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
-        Error::input(format!("{}: key '{key}': {msg}", self.label))
-    }
-
-    fn opt_uint(&self, key: &str) -> Result<Option<usize>> {
-        match self.f.get(key) {
-            None => Ok(None),
-            Some(v) => {
-                let n = v
-                    .as_u64()
-                    .ok_or_else(|| self.wrong(key, v, "a non-negative integer"))?;
-                usize::try_from(n)
-                    .map(Some)
-                    .map_err(|_| self.err(key, format!("{n} is too large")))
-            }
-        }
-    }
-
-    /// A required size: present, an integer, not zero.
-    fn size(&self, key: &str) -> Result<usize> {
-        match self.opt_uint(key)? {
-            None => Err(self.err(key, "missing")),
-            Some(0) => Err(self.err(key, "is 0")),
-            Some(n) => Ok(n),
-        }
-    }
-
-    fn opt_size(&self, key: &str) -> Result<Option<usize>> {
-        match self.opt_uint(key)? {
-            Some(0) => Err(self.err(key, "is 0")),
-            n => Ok(n),
-        }
-    }
-
-    fn opt_float(&self, key: &str) -> Result<Option<f32>> {
-        match self.f.get(key) {
-            None => Ok(None),
-            Some(v) => {
-                let x = v.as_f64().ok_or_else(|| self.wrong(key, v, "a number"))?;
-                if !(x.is_finite() && x > 0.0) {
-                    return Err(self.err(key, format!("{x} is not a positive finite number")));
-                }
-                Ok(Some(x as f32))
-            }
-        }
-    }
-
-    fn wrong(&self, key: &str, v: &MetaValue, want: &str) -> Error {
-        self.err(key, format!("has type {}, want {want}", v.type_name()))
-    }
-}
-
 impl ModelConfig {
     /// Read and check the hyper-parameters of `f`.
     pub fn from_gguf(f: &GgufFile) -> Result<ModelConfig> {
-        let k = Keys {
-            f,
-            label: f.path().display().to_string(),
-        };
+        let k = Keys::of(f);
         let supported = Arch::ALL.map(|a| a.name()).join(", ");
         let arch = match f.get("general.architecture") {
             None => return Err(k.err("general.architecture", "missing")),

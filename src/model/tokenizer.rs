@@ -35,7 +35,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, Decoder, SplitDelimiterBehavior, Tokenizer};
 
 use crate::error::{Error, Result};
-use crate::model::gguf::{GgufFile, MetaValue};
+use crate::model::gguf::{GgufFile, Keys, MetaValue};
 
 /// llama.cpp's `llama_token_type`: the values of `tokenizer.ggml.token_type` that matter here.
 const TOKEN_CONTROL: u64 = 3;
@@ -86,82 +86,6 @@ impl std::fmt::Debug for GgufTokenizer {
     }
 }
 
-/// Reads the tokenizer keys of one file, with errors naming the file and the key.
-struct Keys<'a> {
-    f: &'a GgufFile,
-    label: String,
-}
-
-impl Keys<'_> {
-    fn err(&self, key: &str, msg: impl std::fmt::Display) -> Error {
-        Error::input(format!("{}: key '{key}': {msg}", self.label))
-    }
-
-    fn opt_str(&self, key: &str) -> Result<Option<&str>> {
-        match self.f.get(key) {
-            None => Ok(None),
-            Some(MetaValue::String(s)) => Ok(Some(s)),
-            Some(v) => Err(self.err(key, format!("has type {}, want string", v.type_name()))),
-        }
-    }
-
-    fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
-        match self.f.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_bool()
-                .map(Some)
-                .ok_or_else(|| self.err(key, format!("has type {}, want bool", v.type_name()))),
-        }
-    }
-
-    /// A token id key: an integer below the vocabulary size.
-    fn opt_id(&self, key: &str, vocab: usize) -> Result<Option<u32>> {
-        match self.f.get(key) {
-            None => Ok(None),
-            Some(v) => match v.as_u64() {
-                Some(id) if (id as u128) < vocab as u128 => Ok(Some(id as u32)),
-                Some(id) => Err(self.err(
-                    key,
-                    format!("token id {id} is past the vocabulary ({vocab} tokens)"),
-                )),
-                None => Err(self.err(key, format!("has type {}, want a token id", v.type_name()))),
-            },
-        }
-    }
-
-    /// An array key whose items all have one type, read by `item`.
-    fn opt_array<T>(
-        &self,
-        key: &str,
-        want: &str,
-        item: impl Fn(&MetaValue) -> Option<T>,
-    ) -> Result<Option<Vec<T>>> {
-        let Some(v) = self.f.get(key) else {
-            return Ok(None);
-        };
-        let items = v.as_array().ok_or_else(|| {
-            self.err(
-                key,
-                format!("has type {}, want an array of {want}", v.type_name()),
-            )
-        })?;
-        items
-            .iter()
-            .enumerate()
-            .map(|(i, x)| {
-                item(x).ok_or_else(|| {
-                    self.err(
-                        key,
-                        format!("item {i} has type {}, want {want}", x.type_name()),
-                    )
-                })
-            })
-            .collect::<Result<Vec<T>>>()
-            .map(Some)
-    }
-}
-
 /// Which tokenizer model the file names.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 enum Model {
@@ -176,10 +100,7 @@ impl GgufTokenizer {
     /// or `none` as the synthetic models below 260 tokens write). Metadata a tokenizer cannot be
     /// built from is an error naming the file and the key.
     pub fn from_gguf(file: &GgufFile) -> Result<Option<GgufTokenizer>> {
-        let k = Keys {
-            f: file,
-            label: file.path().display().to_string(),
-        };
+        let k = Keys::of(file);
         let model = match k.opt_str("tokenizer.ggml.model")? {
             None | Some("none") => return Ok(None),
             Some("gpt2") => {

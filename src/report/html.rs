@@ -488,23 +488,8 @@ fn drift_sections(h: &mut String, report: &DiffReport) {
             100.0 * g.top1_rate(),
             g.topk_overlap_mean()
         );
-        let misses = g.top1_misses();
-        if !misses.is_empty() {
-            let shown: Vec<String> = misses
-                .iter()
-                .take(16)
-                .map(|p| format!("position {p}"))
-                .collect();
-            let _ = write!(
-                h,
-                "<p class=\"note\">Top-1 differs at {}{}.</p>",
-                esc(&shown.join(", ")),
-                if misses.len() > 16 {
-                    format!(" and {} more", misses.len() - 16)
-                } else {
-                    String::new()
-                }
-            );
+        if let Some(text) = super::top1_misses_text(report) {
+            let _ = write!(h, "<p class=\"note\">{}</p>", esc(&text));
         }
         h.push_str("</section>");
     }

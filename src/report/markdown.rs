@@ -276,24 +276,8 @@ fn drift_sections(out: &mut String, report: &DiffReport) {
             100.0 * g.top1_rate(),
             g.topk_overlap_mean()
         );
-        let misses = g.top1_misses();
-        if !misses.is_empty() {
-            let shown: Vec<String> = misses
-                .iter()
-                .take(16)
-                .map(|p| format!("position {p}"))
-                .collect();
-            let more = misses.len().saturating_sub(16);
-            let _ = writeln!(
-                out,
-                "\nTop-1 differs at {}{}.",
-                shown.join(", "),
-                if more > 0 {
-                    format!(" and {more} more")
-                } else {
-                    String::new()
-                }
-            );
+        if let Some(text) = crate::report::top1_misses_text(report) {
+            let _ = writeln!(out, "\n{text}");
         }
     }
     if let Some(d) = &report.drift {

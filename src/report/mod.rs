@@ -429,6 +429,31 @@ pub fn headline(report: &DiffReport) -> String {
     }
 }
 
+/// `Top-1 differs at position 0 "T", position 2 "e" and 3 more.` (at most 16 positions named,
+/// each with its token text when known), or `None` when every position agrees.
+pub fn top1_misses_text(report: &DiffReport) -> Option<String> {
+    const NAMED: usize = 16;
+    let misses = report.logits.as_ref()?.top1_misses();
+    if misses.is_empty() {
+        return None;
+    }
+    let shown: Vec<String> = misses
+        .iter()
+        .take(NAMED)
+        .map(|&p| report.position_text(p))
+        .collect();
+    let more = misses.len().saturating_sub(NAMED);
+    Some(format!(
+        "Top-1 differs at {}{}.",
+        shown.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    ))
+}
+
 fn capitalise(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {

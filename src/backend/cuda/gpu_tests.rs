@@ -491,20 +491,7 @@ fn planted_faults_first_diverge_at_their_stage() {
 }
 
 /// The i-quant, ternary and MXFP4 types, whose vectors are in fixtures/iq-vectors.safetensors.
-const IQ_TYPES: [GgmlType; 12] = [
-    GgmlType::IQ4_NL,
-    GgmlType::IQ4_XS,
-    GgmlType::IQ3_XXS,
-    GgmlType::IQ3_S,
-    GgmlType::IQ2_XXS,
-    GgmlType::IQ2_XS,
-    GgmlType::IQ2_S,
-    GgmlType::IQ1_S,
-    GgmlType::IQ1_M,
-    GgmlType::TQ1_0,
-    GgmlType::TQ2_0,
-    GgmlType::MXFP4,
-];
+use crate::model::quant::dequant::tests::IQ_TYPES;
 
 /// gguf-py's vectors for one block type (fixtures/quant-vectors.safetensors, or
 /// iq-vectors.safetensors for [`IQ_TYPES`]): the raw blocks and their dequantized values.

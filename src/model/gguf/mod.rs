@@ -5,11 +5,13 @@
 //! the key/value metadata, the tensor infos, zero padding up to `general.alignment`, then the
 //! data section, where each tensor's offset is relative to the section's start.
 
+mod keys;
 mod read;
 pub mod split;
 mod split_write;
 mod write;
 
+pub(crate) use keys::Keys;
 pub use read::{GgufFile, Shard};
 pub use split_write::{SplitWriter, parse_size, plan_shards};
 pub use write::GgufWriter;

@@ -467,7 +467,7 @@ fn q8_k(b: &[u8; 292], o: &mut [f32; 256]) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use safetensors::SafeTensors;
 

@@ -1037,27 +1037,34 @@ mod tests {
         }
     }
 
+    /// The bytes of fixtures/`name` (a safetensors file of ggml's encodings).
+    fn encode_fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    /// The 48 rows of 256 values the encodings were made from (key `input`).
+    fn encode_input(st: &safetensors::SafeTensors<'_>) -> Vec<f32> {
+        let input = st.tensor("input").unwrap();
+        assert_eq!(input.shape(), [48, 256]);
+        input
+            .data()
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .map(|b| f32::from_le_bytes(*b))
+            .collect()
+    }
+
     /// fixtures/quant-encode-ggml.safetensors holds 48 rows of 256 values (gaussian-like,
     /// one-signed, outliers, exact ties, zeros, constant; scales 1 to 1e-5) and their encodings
     /// by ggml's own `quantize_row_*_ref` (C, built without FMA contraction). The round-trip
     /// bounds cannot see a search that picks a slightly worse scale; this can.
     #[test]
     fn bit_exact_against_ggml_reference_quantizers() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/quant-encode-ggml.safetensors"
-        );
-        let bytes = std::fs::read(path).unwrap();
+        let bytes = encode_fixture("quant-encode-ggml.safetensors");
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let input = st.tensor("input").unwrap();
-        assert_eq!(input.shape(), [48, 256]);
-        let x: Vec<f32> = input
-            .data()
-            .as_chunks::<4>()
-            .0
-            .iter()
-            .map(|b| f32::from_le_bytes(*b))
-            .collect();
+        let x = encode_input(&st);
         use GgmlType::*;
         for ty in [
             Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q8_K,
@@ -1086,21 +1093,9 @@ mod tests {
     /// tools/golden/make_iq_encode.py).
     #[test]
     fn iq4_and_mxfp4_bit_exact_against_ggml() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/fixtures/quant-encode-ggml-iq.safetensors"
-        );
-        let bytes = std::fs::read(path).unwrap();
+        let bytes = encode_fixture("quant-encode-ggml-iq.safetensors");
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let input = st.tensor("input").unwrap();
-        assert_eq!(input.shape(), [48, 256]);
-        let x: Vec<f32> = input
-            .data()
-            .as_chunks::<4>()
-            .0
-            .iter()
-            .map(|b| f32::from_le_bytes(*b))
-            .collect();
+        let x = encode_input(&st);
         for ty in [GgmlType::IQ4_NL, GgmlType::IQ4_XS, GgmlType::MXFP4] {
             let want = st.tensor(ty.name()).unwrap().data();
             let mut got = Vec::new();
