@@ -102,10 +102,13 @@ pub(super) fn iq3_xxs(b: &[u8; 98], o: &mut [f32; 256]) {
     for (ib, o) in o.as_chunks_mut::<32>().0.iter_mut().enumerate() {
         let aux = u32_at(b, 66 + 4 * ib);
         let db = d * (0.5 + (aux >> 28) as f32) * 0.5;
-        for (v, o) in o.iter_mut().enumerate() {
-            let point = IQ3XXS_GRID[qs[8 * ib + v / 4] as usize] as u64;
-            let signs = KSIGNS_IQ2XS[((aux >> (7 * (v / 8))) & 127) as usize];
-            *o = db * coord(point, v % 4) as f32 * sign(signs, v % 8);
+        // one grid point per 4 values, one sign byte per 8: looked up once each
+        for (g, o) in o.as_chunks_mut::<4>().0.iter_mut().enumerate() {
+            let point = IQ3XXS_GRID[qs[8 * ib + g] as usize] as u64;
+            let signs = KSIGNS_IQ2XS[((aux >> (7 * (g / 2))) & 127) as usize];
+            for (j, o) in o.iter_mut().enumerate() {
+                *o = db * coord(point, j) as f32 * sign(signs, 4 * (g % 2) + j);
+            }
         }
     }
 }
@@ -117,11 +120,15 @@ pub(super) fn iq3_s(b: &[u8; 110], o: &mut [f32; 256]) {
     let (qs, qh, signs, scales) = (&b[2..66], &b[66..74], &b[74..106], &b[106..110]);
     for (ib, o) in o.as_chunks_mut::<32>().0.iter_mut().enumerate() {
         let db = d * (1 + 2 * nibble_scale(scales, ib)) as f32;
-        for (v, o) in o.iter_mut().enumerate() {
-            let i = 8 * ib + v / 4;
+        // one grid point per 4 values: looked up once
+        for (g, o) in o.as_chunks_mut::<4>().0.iter_mut().enumerate() {
+            let i = 8 * ib + g;
             let idx = qs[i] as usize | ((((qh[i / 8] >> (i % 8)) & 1) as usize) << 8);
             let point = IQ3S_GRID[idx] as u64;
-            *o = db * coord(point, v % 4) as f32 * sign(signs[4 * ib + v / 8], v % 8);
+            let bits = signs[4 * ib + g / 2];
+            for (j, o) in o.iter_mut().enumerate() {
+                *o = db * coord(point, j) as f32 * sign(bits, 4 * (g % 2) + j);
+            }
         }
     }
 }
