@@ -74,6 +74,10 @@ pub struct GgufTokenizer {
     bos: Option<u32>,
     eos: Option<u32>,
     vocab: usize,
+    /// The file's tokens by id. A piece is read from here, not from the tokenizer's reverse
+    /// map: a file may list one string under two ids (the tokenizer then maps the string to
+    /// one of them only), and every id must still have its piece.
+    tokens: Vec<String>,
 }
 
 impl std::fmt::Debug for GgufTokenizer {
@@ -246,6 +250,7 @@ impl GgufTokenizer {
             bos,
             eos,
             vocab: n,
+            tokens,
         }))
     }
 
@@ -270,11 +275,11 @@ impl GgufTokenizer {
     /// The text token `id` stands for (`" world"`, `"\n"`, `"<|im_start|>"`); bytes that are
     /// not whole UTF-8 characters on their own come out as U+FFFD. `None` past the vocabulary.
     pub fn piece(&self, id: u32) -> Option<String> {
-        let token = self.inner.id_to_token(id)?;
+        let token = self.tokens.get(id as usize)?;
         self.piece_decoder
             .decode(vec![token.clone()])
             .ok()
-            .or(Some(token))
+            .or_else(|| Some(token.clone()))
     }
 
     /// [`Self::piece`] of every id, or `None` when some id is past the vocabulary.
