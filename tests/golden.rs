@@ -43,6 +43,7 @@ fn run(
         plan,
         teacher,
         faults,
+        schedule: falsifier::backend::Schedule::full(),
     };
     b.forward(&req)
 }
@@ -644,6 +645,7 @@ fn dense_qwen3_forward_and_its_faults() {
                 plan: &plan,
                 teacher: None,
                 faults: &[fault],
+                schedule: falsifier::backend::Schedule::full(),
             })
             .unwrap();
         assert_eq!(
@@ -667,6 +669,7 @@ fn dense_qwen3_forward_and_its_faults() {
                 plan: &plan,
                 teacher: None,
                 faults: &[fault],
+                schedule: falsifier::backend::Schedule::full(),
             })
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Input, "{spec}");
@@ -710,6 +713,7 @@ fn kquant_moe_and_the_q6k_misdecode_in_the_experts() {
             plan: &plan,
             teacher: None,
             faults: &[fault],
+            schedule: falsifier::backend::Schedule::full(),
         };
         let t = b.forward(&req).unwrap();
         assert_eq!(
@@ -728,6 +732,7 @@ fn kquant_moe_and_the_q6k_misdecode_in_the_experts() {
         plan: &plan,
         teacher: None,
         faults: &[fault],
+        schedule: falsifier::backend::Schedule::full(),
     };
     assert_eq!(b.forward(&req).unwrap_err().kind, ErrorKind::Input);
 }

@@ -109,6 +109,7 @@ pub fn trace(args: &TraceArgs) -> Result<Trace> {
         plan: &plan,
         teacher: teacher.as_ref(),
         faults: &faults,
+        schedule: crate::backend::Schedule::full(),
     };
     let mut trace = backend.forward(&req)?;
     trace.meta.set_pieces(&prompt.pieces);

@@ -42,6 +42,7 @@ pub fn attribute(
         plan,
         teacher: Some(reference),
         faults,
+        schedule: crate::backend::Schedule::full(),
     };
     let replay = candidate.forward(&req)?;
     let report = diff(reference, &replay, opts)?;

@@ -222,12 +222,14 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
         plan: &full_plan,
         teacher: None,
         faults: &ref_faults,
+        schedule: crate::backend::Schedule::full(),
     })?;
     let mut cand_trace = candidate.forward(&ForwardRequest {
         tokens,
         plan: &full_plan,
         teacher: None,
         faults: &cand_faults,
+        schedule: crate::backend::Schedule::full(),
     })?;
     // reports describe each side by what ran it (card and driver for CUDA), and each
     // position by its token's text
