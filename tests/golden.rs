@@ -240,6 +240,8 @@ fn trace_cli_writes_what_the_backend_computes() {
         faults: vec![],
         precision: "f64".into(),
         teacher: None,
+        chunk: None,
+        decode: 0,
     };
     falsifier::cli::trace::run(&args).unwrap();
     let back = read_trace(&out).unwrap();

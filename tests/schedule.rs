@@ -236,6 +236,19 @@ fn cache_faults_that_cannot_fire_and_bad_schedules_are_input_errors() {
 
 #[test]
 fn reports_name_the_step_of_a_position() {
+    let all = CapturePlan::all();
+    let model = "qwen3-tiny-f32";
+    let full = run(model, &all, Schedule::full(), &[], None).unwrap();
+    let f: Fault = "kv_stale@layer.1.attn_probs".parse().unwrap();
+    let cand = run(model, &all, Schedule::new(Some(4), 3), &[f], None).unwrap();
+    let report = diff(&full, &cand, &DiffOptions::default()).unwrap();
+    assert_eq!(report.position_text(9), "position 9, decode step 1");
+    assert_eq!(
+        report.position_text(2),
+        "position 2, prefill chunk 0 (positions 0..4)"
+    );
+    let plain = diff(&full, &full, &DiffOptions::default()).unwrap();
+    assert_eq!(plain.position_text(9), "position 9");
     let s = Schedule::new(Some(4), 3).to_string();
     assert_eq!(step_of_position(&s, 11, 9).unwrap(), "decode step 1");
     assert_eq!(

@@ -76,6 +76,19 @@ pub fn check_request(
     req.schedule.check(t).map_err(Error::input)
 }
 
+/// Whether backend `name` may be asked for `schedule`: the full forward always; chunked prefill
+/// and decode steps on the CPU backends (which walk a KV cache) and on `cuda` (which refuses
+/// them itself, naming why); a registered engine is refused here, since its forward would
+/// silently run the whole prompt at once.
+pub fn check_schedule(name: &str, schedule: &Schedule) -> Result<()> {
+    if schedule.is_full() || BACKENDS.contains(&name) {
+        return Ok(());
+    }
+    Err(Error::input(format!(
+        "backend `{name}` does not run schedules (asked for `{schedule}`): only the CPU backends walk a KV cache"
+    )))
+}
+
 /// A traced forward implementation.
 pub trait Backend {
     /// Short name used in trace metadata and reports: `cpu`, `cuda`, `my-engine`.
