@@ -402,6 +402,7 @@ pub fn compare(model: &Path, bug: Option<Bug>, tokens: &[u32]) -> Result<DiffRep
             tokens,
             &plan,
             &[],
+            falsifier::backend::Schedule::full(),
             &opts,
         )?;
         report.origin = origin;

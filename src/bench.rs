@@ -97,6 +97,7 @@ pub fn time_prefill(
             plan,
             teacher: None,
             faults: &[],
+            schedule: crate::backend::Schedule::full(),
         };
         let mut last = backend.forward(&req)?;
         let mut ms = Vec::with_capacity(runs);

@@ -438,6 +438,73 @@ fn model_errors_name_the_model_argument() {
     );
 }
 
+/// `trace --chunk/--decode`: a clean schedule matches the full forward exactly; a cache fault is
+/// found at its layer and stage, and the report names the decode step of the position; bad
+/// schedules exit 2 naming the flag.
+#[test]
+fn trace_runs_schedules_through_the_kv_cache() {
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-sched-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = "fixtures/qwen3-tiny/qwen3-tiny-f32.gguf";
+    let trace = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["trace", model, "--tokens", "81,119,101,110,51", "--out"];
+        args.push(out.to_str().unwrap());
+        args.extend(extra);
+        falsifier(&args)
+    };
+    let (full, clean, bad) = (
+        dir.join("full.safetensors"),
+        dir.join("clean.safetensors"),
+        dir.join("bad.safetensors"),
+    );
+    assert_eq!(trace(&full, &[]).status.code(), Some(0));
+    let o = trace(&clean, &["--chunk", "2", "--decode", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let o = trace(
+        &bad,
+        &["--decode", "1", "--fault", "kv_stale@layer.1.attn_probs"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let diff = |b: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_falsifier"))
+            .args(["diff", full.to_str().unwrap(), b.to_str().unwrap()])
+            .arg("--report-dir")
+            .arg(dir.join("report"))
+            .env("NO_COLOR", "1")
+            .current_dir(ROOT)
+            .output()
+            .unwrap()
+    };
+    let o = diff(&clean);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let o = diff(&bad);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("first layer.1.attn_probs"), "{stdout}");
+    let md = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
+    assert!(md.contains("position 4 \"3\", decode step 0"), "{md}");
+    for (args, want) in [
+        (
+            &["--chunk", "0"][..],
+            "the prefill chunk must be at least 1 token",
+        ),
+        (
+            &["--decode", "6"][..],
+            "6 decode steps, but the prompt has only 5",
+        ),
+        (
+            &["--fault", "chunk_mask@layer.0.attn_probs"][..],
+            "needs at least two prefill chunks",
+        ),
+    ] {
+        let o = trace(&bad, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {o:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn sides_are_named_by_their_full_backend_and_role() {
     let dir = std::env::temp_dir().join(format!("falsifier-cli-labels-{}", std::process::id()));

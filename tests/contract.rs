@@ -1656,3 +1656,74 @@ amendment_history:
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Schedules: chunk >= 1, decode <= prompt length, only on CPU backends; a KV-cache fault needs
+/// a schedule on its side under which it fires; expect.position inside the prompt.
+#[test]
+fn schedules_and_cache_faults() {
+    let sched = |s: &str| {
+        mutate(
+            "    fault: { class: nan, at: layer.1.attn_out, args: [2] }\n",
+            &format!(
+                "    schedule: {s}\n    fault: {{ class: nan, at: layer.1.attn_out, args: [2] }}\n"
+            ),
+        )
+    };
+    let (_, diags) = lint::lint(&[src("t", &sched("{ chunk: 2, decode: 1 }"))]);
+    assert!(diags.is_empty(), "{diags:?}");
+    let t = sched("{ chunk: 0 }");
+    assert_rejects(
+        &t,
+        "schedule:",
+        "the prefill chunk must be at least 1 token",
+    );
+    let t = sched("{ decode: 4 }");
+    assert_rejects(
+        &t,
+        "schedule:",
+        "4 decode steps, but the prompt has only 3 tokens",
+    );
+    let t = mutate(
+        "    check: routing\n",
+        "    check: routing\n    schedule: { decode: 1 }\n",
+    );
+    assert_rejects(
+        &t,
+        "schedule: { decode",
+        "backend cuda does not run schedules",
+    );
+    let cache_fault = |s: &str, class: &str| {
+        mutate(
+            "    fault: { class: nan, at: layer.1.attn_out, args: [2] }\n    expect: { first_divergence: layer.1.attn_out, origin: layer.1.attn_out }\n",
+            &format!(
+                "{s}    fault: {{ class: {class}, at: layer.1.attn_probs }}\n    expect: {{ first_divergence: layer.1.attn_probs, position: 2 }}\n"
+            ),
+        )
+    };
+    let (_, diags) = lint::lint(&[src(
+        "t",
+        &cache_fault("    schedule: { decode: 1 }\n", "kv_stale"),
+    )]);
+    assert!(diags.is_empty(), "{diags:?}");
+    let t = cache_fault("", "kv_stale");
+    assert_rejects(
+        &t,
+        "fault: { class: kv_stale",
+        "needs at least one decode step",
+    );
+    let t = cache_fault("    schedule: { chunk: 1 }\n", "kv_slot_off_by_one");
+    assert_rejects(
+        &t,
+        "fault: { class: kv_slot",
+        "needs at least one decode step",
+    );
+    let t = cache_fault("    schedule: { chunk: 2, decode: 1 }\n", "chunk_mask");
+    assert_rejects(&t, "fault: { class: chunk_mask", "two prefill chunks");
+    let t = cache_fault("    schedule: { decode: 1 }\n", "kv_stale")
+        .replace("position: 2", "position: 3");
+    assert_rejects(
+        &t,
+        "expect: {",
+        "expect.position 3 is past the prompt (3 tokens)",
+    );
+}

@@ -43,6 +43,7 @@ fn run(
         plan,
         teacher,
         faults,
+        schedule: falsifier::backend::Schedule::full(),
     };
     b.forward(&req)
 }
@@ -239,6 +240,8 @@ fn trace_cli_writes_what_the_backend_computes() {
         faults: vec![],
         precision: "f64".into(),
         teacher: None,
+        chunk: None,
+        decode: 0,
     };
     falsifier::cli::trace::run(&args).unwrap();
     let back = read_trace(&out).unwrap();
@@ -644,6 +647,7 @@ fn dense_qwen3_forward_and_its_faults() {
                 plan: &plan,
                 teacher: None,
                 faults: &[fault],
+                schedule: falsifier::backend::Schedule::full(),
             })
             .unwrap();
         assert_eq!(
@@ -667,6 +671,7 @@ fn dense_qwen3_forward_and_its_faults() {
                 plan: &plan,
                 teacher: None,
                 faults: &[fault],
+                schedule: falsifier::backend::Schedule::full(),
             })
             .unwrap_err();
         assert_eq!(err.kind, ErrorKind::Input, "{spec}");
@@ -710,6 +715,7 @@ fn kquant_moe_and_the_q6k_misdecode_in_the_experts() {
             plan: &plan,
             teacher: None,
             faults: &[fault],
+            schedule: falsifier::backend::Schedule::full(),
         };
         let t = b.forward(&req).unwrap();
         assert_eq!(
@@ -728,6 +734,7 @@ fn kquant_moe_and_the_q6k_misdecode_in_the_experts() {
         plan: &plan,
         teacher: None,
         faults: &[fault],
+        schedule: falsifier::backend::Schedule::full(),
     };
     assert_eq!(b.forward(&req).unwrap_err().kind, ErrorKind::Input);
 }

@@ -7,7 +7,8 @@ use std::str::FromStr;
 
 use crate::trace::stage::Stage;
 
-/// The eight fault classes.
+/// The fault classes: eight of the batched forward, four of the KV-cache path (they need a
+/// schedule with decode steps or several steps, see [`Fault::check_schedule`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum FaultKind {
     /// One element of the stage's output becomes NaN (flat index into the stage tensor).
@@ -28,6 +29,17 @@ pub enum FaultKind {
     CausalMaskOffByOne,
     /// Expert dispatch swaps experts `a` and `b`: tokens routed to one run through the other.
     ExpertSwap { a: usize, b: usize },
+    /// A decode step attends before writing its own K/V into the cache: its query sees a stale
+    /// slot at its own position (zeros in a fresh cache) instead of its own key and value.
+    KvStale,
+    /// A decode step writes its K/V one slot early (slot p-1 for position p; slot -1 is
+    /// dropped), so its own slot stays empty and the previous position's is overwritten.
+    KvSlotOffByOne,
+    /// Each step restarts RoPE positions at 0 (position p of a step starting at s is rotated
+    /// by p - s): a chunk or decode step that forgot how much of the prompt came before it.
+    RopePosReset,
+    /// A prefill chunk attends only within itself, never to the earlier chunks in the cache.
+    ChunkMask,
 }
 
 impl FaultKind {
@@ -42,10 +54,26 @@ impl FaultKind {
             FaultKind::RopePairSwap => "rope_pair_swap",
             FaultKind::CausalMaskOffByOne => "causal_mask_off_by_one",
             FaultKind::ExpertSwap { .. } => "expert_swap",
+            FaultKind::KvStale => "kv_stale",
+            FaultKind::KvSlotOffByOne => "kv_slot_off_by_one",
+            FaultKind::RopePosReset => "rope_pos_reset",
+            FaultKind::ChunkMask => "chunk_mask",
         }
     }
 
-    pub const CLASSES: [&'static str; 8] = [
+    /// Whether the class lives in the KV-cache path and so needs a schedule other than the
+    /// full forward to fire (which steps exactly: [`Fault::check_schedule`]).
+    pub fn needs_schedule(&self) -> bool {
+        matches!(
+            self,
+            FaultKind::KvStale
+                | FaultKind::KvSlotOffByOne
+                | FaultKind::RopePosReset
+                | FaultKind::ChunkMask
+        )
+    }
+
+    pub const CLASSES: [&'static str; 12] = [
         "nan",
         "scale_drift",
         "q6k_as_q4k",
@@ -54,6 +82,10 @@ impl FaultKind {
         "rope_pair_swap",
         "causal_mask_off_by_one",
         "expert_swap",
+        "kv_stale",
+        "kv_slot_off_by_one",
+        "rope_pos_reset",
+        "chunk_mask",
     ];
 
     /// Stages at which this class can be planted (before asking the model whether it has them).
@@ -104,8 +136,13 @@ impl FaultKind {
             FaultKind::Nan { .. } | FaultKind::ScaleDrift { .. } => F32_STAGES,
             FaultKind::Q6kAsQ4k | FaultKind::ActQ8Rounding => MATMULS,
             FaultKind::NoTopkRenorm => &[TopkWeights],
-            FaultKind::RopePairSwap => &[QRope, KRope],
-            FaultKind::CausalMaskOffByOne => &[AttnProbs],
+            FaultKind::RopePairSwap | FaultKind::RopePosReset => &[QRope, KRope],
+            // the cache and mask faults act inside the attention: first visible at attn_probs
+            // (at attn_ctx when the plan keeps no probabilities)
+            FaultKind::CausalMaskOffByOne
+            | FaultKind::KvStale
+            | FaultKind::KvSlotOffByOne
+            | FaultKind::ChunkMask => &[AttnProbs],
             FaultKind::ExpertSwap { .. } => &[FfnOut],
         }
     }
@@ -159,6 +196,39 @@ impl Fault {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Check that this fault can fire under a schedule with these steps (see
+    /// [`crate::backend::Schedule::steps`]): `kv_stale` and `kv_slot_off_by_one` act in decode
+    /// steps, `rope_pos_reset` in a step that starts after position 0, `chunk_mask` in a
+    /// prefill chunk after the first. The other classes fire under any schedule.
+    pub fn check_schedule(&self, steps: &[crate::backend::Step]) -> Result<(), String> {
+        use crate::backend::StepKind;
+        let need = match self.kind {
+            FaultKind::KvStale | FaultKind::KvSlotOffByOne => {
+                if steps.iter().any(|s| s.is_decode()) {
+                    return Ok(());
+                }
+                "at least one decode step (schedule decode N >= 1)"
+            }
+            FaultKind::RopePosReset => {
+                if steps.iter().any(|s| s.start > 0) {
+                    return Ok(());
+                }
+                "a step that starts after position 0 (a chunk smaller than the prompt, or decode steps)"
+            }
+            FaultKind::ChunkMask => {
+                if steps.iter().any(|s| s.kind == StepKind::Prefill(1)) {
+                    return Ok(());
+                }
+                "at least two prefill chunks (a chunk C smaller than the prompt minus the decode steps)"
+            }
+            _ => return Ok(()),
+        };
+        Err(format!(
+            "fault {} needs {need}; under this schedule it cannot fire",
+            self.kind.class()
+        ))
     }
 
     /// Check that the class can live at this stage and that layer and stage scope agree.
@@ -276,6 +346,10 @@ impl FromStr for Fault {
                     "no_topk_renorm" => FaultKind::NoTopkRenorm,
                     "rope_pair_swap" => FaultKind::RopePairSwap,
                     "causal_mask_off_by_one" => FaultKind::CausalMaskOffByOne,
+                    "kv_stale" => FaultKind::KvStale,
+                    "kv_slot_off_by_one" => FaultKind::KvSlotOffByOne,
+                    "rope_pos_reset" => FaultKind::RopePosReset,
+                    "chunk_mask" => FaultKind::ChunkMask,
                     _ => {
                         return Err(bad(&format!(
                             "unknown class (known: {})",
@@ -322,6 +396,58 @@ mod tests {
         assert!(e.contains("layer 7 out of range"), "{e}");
     }
 
+    /// The cache faults fire only where their schedule has the steps they act in.
+    #[test]
+    fn cache_faults_need_their_steps() {
+        use crate::backend::Schedule;
+        let check = |f: &str, s: Schedule, t: usize| {
+            let fault: Fault = f.parse().unwrap();
+            fault.check_schedule(&s.steps(t).unwrap())
+        };
+        let full = Schedule::full();
+        for f in [
+            "kv_stale@layer.0.attn_probs",
+            "kv_slot_off_by_one@layer.0.attn_probs",
+            "rope_pos_reset@layer.0.q_rope",
+            "chunk_mask@layer.0.attn_probs",
+        ] {
+            let e = check(f, full, 8).unwrap_err();
+            assert!(e.contains("cannot fire"), "{e}");
+            assert!(f.parse::<Fault>().unwrap().kind.needs_schedule());
+        }
+        check("nan@layer.0.attn_probs", full, 8).unwrap();
+        check("kv_stale@layer.0.attn_probs", Schedule::new(None, 1), 8).unwrap();
+        let e = check("kv_stale@layer.0.attn_probs", Schedule::new(Some(2), 0), 8).unwrap_err();
+        assert!(e.contains("at least one decode step"), "{e}");
+        check(
+            "rope_pos_reset@layer.0.k_rope",
+            Schedule::new(Some(2), 0),
+            8,
+        )
+        .unwrap();
+        check("rope_pos_reset@layer.0.k_rope", Schedule::new(None, 1), 8).unwrap();
+        let e = check(
+            "rope_pos_reset@layer.0.k_rope",
+            Schedule::new(Some(9), 0),
+            8,
+        )
+        .unwrap_err();
+        assert!(e.contains("starts after position 0"), "{e}");
+        check(
+            "chunk_mask@layer.0.attn_probs",
+            Schedule::new(Some(3), 2),
+            8,
+        )
+        .unwrap();
+        let e = check(
+            "chunk_mask@layer.0.attn_probs",
+            Schedule::new(Some(6), 2),
+            8,
+        )
+        .unwrap_err();
+        assert!(e.contains("two prefill chunks"), "{e}");
+    }
+
     #[test]
     fn parse_print_round_trip() {
         for s in [
@@ -334,6 +460,11 @@ mod tests {
             "no_topk_renorm@layer.1.topk_weights",
             "rope_pair_swap@layer.0.k_rope",
             "causal_mask_off_by_one@layer.2.attn_probs",
+            "kv_stale@layer.0.attn_probs",
+            "kv_slot_off_by_one@layer.1.attn_probs",
+            "rope_pos_reset@layer.0.q_rope",
+            "rope_pos_reset@layer.1.k_rope",
+            "chunk_mask@layer.1.attn_probs",
         ] {
             let f: Fault = s.parse().unwrap();
             assert_eq!(f.to_string(), s);
@@ -347,6 +478,9 @@ mod tests {
             "expert_swap[2,2]@layer.0.ffn_out",
             "bogus@logits",
             "q6k_as_q4k[1]@logits",
+            "kv_stale@layer.0.attn_ctx",
+            "rope_pos_reset@layer.0.attn_probs",
+            "chunk_mask[1]@layer.0.attn_probs",
         ] {
             assert!(bad.parse::<Fault>().is_err(), "{bad}");
         }

@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod fault;
+pub mod schedule;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,6 +18,7 @@ use crate::trace::plan::CapturePlan;
 use crate::trace::trace::Trace;
 
 pub use fault::{Fault, FaultKind};
+pub use schedule::{Schedule, Step, StepKind};
 
 /// One forward over a prompt.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +34,9 @@ pub struct ForwardRequest<'a> {
     pub teacher: Option<&'a Trace>,
     /// Faults planted on this side (harness self-tests and bug-class reproductions).
     pub faults: &'a [Fault],
+    /// How the prompt is walked: one step (the default), or chunked prefill and decode steps
+    /// through a KV cache. The trace has the same keys and shapes under every schedule.
+    pub schedule: Schedule,
 }
 
 impl<'a> ForwardRequest<'a> {
@@ -41,6 +46,7 @@ impl<'a> ForwardRequest<'a> {
             plan,
             teacher: None,
             faults: &[],
+            schedule: Schedule::full(),
         }
     }
 }
@@ -48,7 +54,7 @@ impl<'a> ForwardRequest<'a> {
 /// The checks the shipped backends make before a forward, so that bad input is an error naming
 /// the model (`model`) and never work or memory sized by it: a prompt of at least one token and
 /// at most the model's context length (`{arch}.context_length`), and a capture plan whose layers
-/// the model has.
+/// the model has, and a schedule that fits the prompt.
 pub fn check_request(
     req: &ForwardRequest<'_>,
     model: &str,
@@ -66,7 +72,21 @@ pub fn check_request(
     }
     req.plan
         .check_layers(n_layers, model)
-        .map_err(|e| Error::input(format!("capture plan: {e}")))
+        .map_err(|e| Error::input(format!("capture plan: {e}")))?;
+    req.schedule.check(t).map_err(Error::input)
+}
+
+/// Whether backend `name` may be asked for `schedule`: the full forward always; chunked prefill
+/// and decode steps on the CPU backends (which walk a KV cache) and on `cuda` (which refuses
+/// them itself, naming why); a registered engine is refused here, since its forward would
+/// silently run the whole prompt at once.
+pub fn check_schedule(name: &str, schedule: &Schedule) -> Result<()> {
+    if schedule.is_full() || BACKENDS.contains(&name) {
+        return Ok(());
+    }
+    Err(Error::input(format!(
+        "backend `{name}` does not run schedules (asked for `{schedule}`): only the CPU backends walk a KV cache"
+    )))
 }
 
 /// A traced forward implementation.

@@ -9,7 +9,7 @@ use clap::Args;
 
 use super::Outcome;
 use crate::backend::cpu::Precision;
-use crate::backend::{Backend, Fault, ForwardRequest};
+use crate::backend::{Backend, Fault, ForwardRequest, Schedule};
 use crate::error::{Error, Result};
 use crate::model::tokenizer::Prompt;
 use crate::trace::io::{read_trace, write_trace};
@@ -47,6 +47,12 @@ pub struct TraceArgs {
     /// Teacher forcing: start every layer from this trace's input to it.
     #[arg(long)]
     pub teacher: Option<PathBuf>,
+    /// Prefill in chunks of C tokens through the KV cache (default: the prefill in one step).
+    #[arg(long)]
+    pub chunk: Option<usize>,
+    /// Feed the last N prompt tokens one at a time as decode steps through the KV cache.
+    #[arg(long, default_value_t = 0)]
+    pub decode: usize,
 }
 
 /// Parse `1,2,3` (spaces allowed).
@@ -103,12 +109,18 @@ pub fn trace(args: &TraceArgs) -> Result<Trace> {
         })
         .collect::<Result<_>>()?;
     let teacher = args.teacher.as_deref().map(read_trace).transpose()?;
+    let schedule = Schedule::new(args.chunk, args.decode);
+    schedule
+        .check(prompt.tokens.len())
+        .map_err(|e| Error::input(format!("--chunk/--decode: {e}")))?;
     let mut backend = open_backend(args)?;
+    crate::backend::check_schedule(backend.name(), &schedule)?;
     let req = ForwardRequest {
         tokens: &prompt.tokens,
         plan: &plan,
         teacher: teacher.as_ref(),
         faults: &faults,
+        schedule,
     };
     let mut trace = backend.forward(&req)?;
     trace.meta.set_pieces(&prompt.pieces);

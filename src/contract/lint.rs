@@ -22,6 +22,11 @@
 //!   where the weight really is Q6_K (read from the file, or from the generator's Q4_K_M rule
 //!   for a preset); a fault needs an `expect` and an `expect` needs a fault; expected keys must
 //!   exist in every model and be captured by the falsifier's stages/layers;
+//! - schedules (`schedule`, `reference_schedule`): a chunk of at least 1 token, no more decode
+//!   steps than a `tokens:` prompt has (a text prompt's length is checked at run time), only on
+//!   the CPU backends (the CUDA backend does not run schedules yet); a KV-cache fault
+//!   (`kv_stale`, `kv_slot_off_by_one`, `rope_pos_reset`, `chunk_mask`) needs a schedule on
+//!   its side with the steps it acts in; `expect.position` inside the prompt;
 //! - `check: routing` only on MoE models, with router_logits and topk_ids captured;
 //! - `candidate_model` defined, of the same architecture and shape as every trial model;
 //!   `check: drift` with a `candidate_model`, a `kld` or `top1` bound, logits captured and no
@@ -310,6 +315,7 @@ fn lint_falsifier(
     let plan = lint_stages_and_layers(c, i, f, &models, diags);
     lint_thresholds(c, i, f, diags);
     lint_fault(c, i, f, &models, diags);
+    lint_schedule(c, i, f, diags);
     lint_expect(c, i, f, &models, &plan, diags);
     lint_routing_check(c, i, f, &models, &plan, diags);
     lint_drift_check(c, i, f, &models, model_shapes, &plan, diags);
@@ -669,6 +675,90 @@ fn lint_fault(
                 }
             }
         }
+    }
+}
+
+/// Schedules fit the prompt and the backend of their side, and a planted KV-cache fault has a
+/// schedule on its side under which it fires.
+fn lint_schedule(c: &LoadedContract, i: usize, f: &Falsifier, diags: &mut Vec<Diag>) {
+    let at = |k: &str| format!("falsifiers[{i}].{k}");
+    let id = &f.id;
+    // a text prompt's length depends on each model's tokenizer: the runner checks it
+    let t = (!f.tokens.is_empty()).then_some(f.tokens.len());
+    let (ref_s, cand_s) = f.schedules();
+    let names: Vec<&str> = f.backends.iter().map(|b| b.name()).collect();
+    let sides = [
+        (
+            "reference_schedule",
+            f.reference_schedule.is_some(),
+            ref_s,
+            names.first(),
+        ),
+        ("schedule", f.schedule.is_some(), cand_s, names.get(1)),
+    ];
+    for (key, given, sched, backend) in sides {
+        if !given {
+            continue;
+        }
+        if sched.chunk == Some(0) {
+            diags.push(c.diag(
+                &at(&format!("{key}.chunk")),
+                format!("{id}: {key}: the prefill chunk must be at least 1 token"),
+            ));
+        }
+        if let Some(t) = t
+            && sched.decode > t
+        {
+            diags.push(c.diag(
+                &at(&format!("{key}.decode")),
+                format!(
+                    "{id}: {key}: {} decode steps, but the prompt has only {t} tokens",
+                    sched.decode
+                ),
+            ));
+        }
+        if let Some(b) = backend
+            && !sched.is_full()
+            && !b.starts_with("cpu")
+        {
+            diags.push(c.diag(
+                &at(key),
+                format!("{id}: {key}: backend {b} does not run schedules (the CUDA backend does not run schedules yet; only the CPU backends walk a KV cache)"),
+            ));
+        }
+    }
+    if let Some(spec) = &f.fault
+        && let Ok(fault) = spec.fault()
+        && fault.kind.needs_schedule()
+    {
+        let (side, key, sched) = match spec.side {
+            super::schema::Side::Reference => ("reference", "reference_schedule", ref_s),
+            super::schema::Side::Candidate => ("candidate", "schedule", cand_s),
+        };
+        let why = match t {
+            Some(t) => sched
+                .steps(t)
+                .ok()
+                .and_then(|steps| fault.check_schedule(&steps).err()),
+            None if sched.is_full() => {
+                Some(format!("fault {} needs a schedule", fault.kind.class()))
+            }
+            None => None,
+        };
+        if let Some(e) = why {
+            diags.push(c.diag(
+                &at("fault"),
+                format!("{id}: {fault} on the {side} side, {key} `{sched}`: {e}"),
+            ));
+        }
+    }
+    if let (Some(e), Some(t)) = (&f.expect, t)
+        && let Some(p) = e.position.filter(|&p| p >= t)
+    {
+        diags.push(c.diag(
+            &at("expect.position"),
+            format!("{id}: expect.position {p} is past the prompt ({t} tokens)"),
+        ));
     }
 }
 

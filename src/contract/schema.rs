@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-use crate::backend::Fault;
+use crate::backend::{Fault, Schedule};
 use crate::model::tokenizer::Prompt;
 use crate::trace::plan::CapturePlan;
 use crate::trace::stage::{Key, Stage};
@@ -247,6 +247,28 @@ pub struct Expect {
     pub first_divergence: String,
     /// Trace key attribution must name as the origin (defaults to `first_divergence`).
     pub origin: Option<String>,
+    /// Prompt position of the first divergence row's largest difference (its query position
+    /// for `attn_probs`); unchecked when absent.
+    #[serde(default)]
+    pub position: Option<usize>,
+}
+
+/// How one side walks the prompt (`schedule: { chunk: 4, decode: 3 }`): prefill in chunks of
+/// `chunk` tokens (absent: one chunk), then the last `decode` tokens as decode steps through
+/// the KV cache. See [`crate::backend::Schedule`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSpec {
+    #[serde(default)]
+    pub chunk: Option<usize>,
+    #[serde(default)]
+    pub decode: usize,
+}
+
+impl ScheduleSpec {
+    pub fn schedule(&self) -> Schedule {
+        Schedule::new(self.chunk, self.decode)
+    }
 }
 
 impl Expect {
@@ -305,6 +327,12 @@ pub struct Falsifier {
     pub expect: Option<Expect>,
     #[serde(default)]
     pub check: Check,
+    /// The candidate's schedule (default: the full forward).
+    #[serde(default)]
+    pub schedule: Option<ScheduleSpec>,
+    /// The reference's schedule (default: the full forward).
+    #[serde(default)]
+    pub reference_schedule: Option<ScheduleSpec>,
     /// Heavy trials (large models) are ignored by default in the runner.
     #[serde(default)]
     pub heavy: bool,
@@ -380,6 +408,12 @@ impl Falsifier {
                 .map_err(|e| e.context(format!("{}: prompt", self.id))),
             None => Ok(Prompt::from_ids(model, self.tokens.clone())),
         }
+    }
+
+    /// The schedules of (reference, candidate).
+    pub fn schedules(&self) -> (Schedule, Schedule) {
+        let of = |s: &Option<ScheduleSpec>| s.map_or(Schedule::full(), |s| s.schedule());
+        (of(&self.reference_schedule), of(&self.schedule))
     }
 
     /// The planted fault, parsed.

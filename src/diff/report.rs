@@ -28,6 +28,9 @@ pub struct SideInfo {
     /// a tokenizer, or the model has one); empty otherwise.
     pub pieces: Vec<String>,
     pub device: String,
+    /// The schedule the trace ran under (`chunk=8,decode=16`, trace metadata key `schedule`);
+    /// empty for the full forward.
+    pub schedule: String,
 }
 
 impl SideInfo {
@@ -52,6 +55,11 @@ impl SideInfo {
             tokens: meta.tokens.clone(),
             pieces: meta.pieces(),
             device: meta.extra.get("device").cloned().unwrap_or_default(),
+            schedule: meta
+                .extra
+                .get(crate::backend::schedule::SCHEDULE_KEY)
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 
@@ -274,11 +282,31 @@ impl DiffReport {
     }
 
     /// `position 3`, with the token's text when known: `position 3 " world"` (quoted and
-    /// escaped, so spaces and newlines show).
+    /// escaped, so spaces and newlines show), and the step that computed it when a side ran
+    /// under a schedule: `position 37, decode step 5` (each side's, labelled, when both ran
+    /// under different schedules).
     pub fn position_text(&self, p: usize) -> String {
-        match self.piece(p) {
+        let base = match self.piece(p) {
             Some(piece) => format!("position {p} {piece:?}"),
             None => format!("position {p}"),
+        };
+        let steps: Vec<(&str, String)> = [&self.reference, &self.candidate]
+            .into_iter()
+            .filter(|s| !s.schedule.is_empty())
+            .filter_map(|s| {
+                crate::backend::schedule::step_of_position(&s.schedule, s.tokens.len(), p)
+                    .ok()
+                    .map(|st| (s.label.as_str(), st))
+            })
+            .collect();
+        match steps.as_slice() {
+            [] => base,
+            [(_, st)] => format!("{base}, {st}"),
+            [(_, a), (_, b)] if a == b => format!("{base}, {a}"),
+            many => {
+                let each: Vec<String> = many.iter().map(|(l, st)| format!("{l} {st}")).collect();
+                format!("{base}, {}", each.join(", "))
+            }
         }
     }
 

@@ -8,7 +8,7 @@
 //! matches in the replay; a stage that causes one fails in it. Any [`Backend`] can be replayed
 //! this way: teacher forcing is part of the trait's request.
 
-use crate::backend::{Backend, Fault, ForwardRequest};
+use crate::backend::{Backend, Fault, ForwardRequest, Schedule};
 use crate::diff::{DiffOptions, DiffReport, Origin, diff};
 use crate::error::Result;
 use crate::trace::plan::CapturePlan;
@@ -29,12 +29,14 @@ pub fn reference_plan(plan: &CapturePlan) -> CapturePlan {
 /// Replay `candidate` teacher-forced from `reference` and return the origin: the first failing
 /// row of the replay's diff (compared on `opts.plan`), with its own relative error. `None` when
 /// the replay matches everywhere (the divergence was accumulated, not caused by one stage).
+/// The replay runs under the candidate's own `schedule`: teacher rows are per position.
 pub fn attribute(
     candidate: &mut dyn Backend,
     reference: &Trace,
     tokens: &[u32],
     plan: &CapturePlan,
     faults: &[Fault],
+    schedule: Schedule,
     opts: &DiffOptions,
 ) -> Result<(Option<Origin>, DiffReport)> {
     let req = ForwardRequest {
@@ -42,6 +44,7 @@ pub fn attribute(
         plan,
         teacher: Some(reference),
         faults,
+        schedule,
     };
     let replay = candidate.forward(&req)?;
     let report = diff(reference, &replay, opts)?;

@@ -52,8 +52,15 @@ pub fn rank_layers(
         progress: None,
         ..opts.clone()
     };
-    let (_, replay) =
-        attribution::attribute(candidate, ref_trace, tokens, &full, &[], &replay_opts)?;
+    let (_, replay) = attribution::attribute(
+        candidate,
+        ref_trace,
+        tokens,
+        &full,
+        &[],
+        crate::backend::Schedule::full(),
+        &replay_opts,
+    )?;
     report.drift = Some(Drift::rank(&replay, report));
     if report.first().is_some() {
         report.origin = replay

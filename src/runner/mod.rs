@@ -217,17 +217,24 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
     let full_plan = attribution::reference_plan(&plan);
     let prompt = f.prompt_for(&model_path)?;
     let tokens = &prompt.tokens;
+    let (ref_schedule, cand_schedule) = f.schedules();
+    for (side, schedule) in [(&ref_name, &ref_schedule), (&cand_name, &cand_schedule)] {
+        backend::check_schedule(side.name(), schedule)
+            .map_err(|e| e.context(format!("{}: schedule", at())))?;
+    }
     let mut ref_trace = reference.forward(&ForwardRequest {
         tokens,
         plan: &full_plan,
         teacher: None,
         faults: &ref_faults,
+        schedule: ref_schedule,
     })?;
     let mut cand_trace = candidate.forward(&ForwardRequest {
         tokens,
         plan: &full_plan,
         teacher: None,
         faults: &cand_faults,
+        schedule: cand_schedule,
     })?;
     // reports describe each side by what ran it (card and driver for CUDA), and each
     // position by its token's text
@@ -260,6 +267,7 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
             tokens,
             &full_plan,
             &cand_faults,
+            cand_schedule,
             &opts,
         )?;
         report.origin = origin;
@@ -391,13 +399,23 @@ fn judge(
             .map_err(|e| Error::input(format!("{}: {e}", f.id)))?;
         let got_first = report.first().map(|r| r.key);
         let got_origin = report.origin.as_ref().map(|o| o.key);
-        let holds = got_first == Some(want_first) && got_origin == Some(want_origin);
+        let mut holds = got_first == Some(want_first) && got_origin == Some(want_origin);
         let show = |k: Option<Key>| k.map_or("none".to_string(), |k| k.to_string());
-        let why = format!(
+        let mut why = format!(
             "planted fault expected at {want_first} (origin {want_origin}); found first divergence {}, origin {}",
             show(got_first),
             show(got_origin)
         );
+        if let Some(want) = expect.position {
+            // the position of the first divergence row's largest difference
+            let got = report
+                .first()
+                .and_then(|r| r.max_abs_at)
+                .and_then(|i| i.position);
+            holds &= got == Some(want);
+            let got = got.map_or("none".to_string(), |p| report.position_text(p));
+            why.push_str(&format!("; expected position {want}, found {got}"));
+        }
         return Ok((holds, why));
     }
     match f.check {

@@ -4,6 +4,8 @@
 //! Layouts follow docs/design.md: q/k/v are `[T, heads, D]`, probabilities `[nh, T, T]`, the context
 //! `[T, nh·D]`. Query head `h` reads kv head `h / (nh / nkv)`.
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use super::ops::{Precision, dot, softmax_in_place};
@@ -26,12 +28,29 @@ impl AttnShape {
 
 pub use crate::model::arch::RopePairing;
 
-/// Rotate every head of `x` (`[T, heads, D]`) by its position's angles. `inv_freq[j] =
-/// theta^(-2j/D) / freq_factors[j]` (the divisors of `rope_freqs`, llama 3 scaling; 1 without)
-/// and `angle = pos · inv_freq[j]` are computed in f64 (position = token index), then the
-/// rotation runs in `p`.
+/// Rotate every head of `x` (`[T, heads, D]`) by its position's angles, positions `0..T`
+/// (see [`rope_at`]).
 pub fn rope(
     x: &[f32],
+    t: usize,
+    d: usize,
+    theta: f32,
+    freq_factors: Option<&[f32]>,
+    pairing: RopePairing,
+    p: Precision,
+) -> Vec<f32> {
+    rope_at(x, 0, t, d, theta, freq_factors, pairing, p)
+}
+
+/// Rotate every head of `x` (`[t, heads, D]`, rows at absolute positions `pos0..pos0+t`) by its
+/// position's angles. `inv_freq[j] = theta^(-2j/D) / freq_factors[j]` (the divisors of
+/// `rope_freqs`, llama 3 scaling; 1 without) and `angle = pos · inv_freq[j]` are computed in
+/// f64, then the rotation runs in `p`. A row's result depends only on the row and its absolute
+/// position, so a chunk or decode step rotates exactly as the full forward does.
+#[allow(clippy::too_many_arguments)]
+pub fn rope_at(
+    x: &[f32],
+    pos0: usize,
     t: usize,
     d: usize,
     theta: f32,
@@ -53,7 +72,8 @@ pub fn rope(
             (theta as f64).powf(-((2 * j) as f64) / d as f64) / factor
         })
         .collect();
-    for pos in 0..t {
+    for row in 0..t {
+        let pos = pos0 + row;
         let cs: Vec<(f64, f64)> = inv_freq
             .iter()
             .map(|f| {
@@ -62,7 +82,7 @@ pub fn rope(
             })
             .collect();
         for h in 0..heads {
-            let base = (pos * heads + h) * d;
+            let base = (row * heads + h) * d;
             for (j, &(c, s)) in cs.iter().enumerate() {
                 let (i1, i2) = match pairing {
                     RopePairing::NeoX => (base + j, base + j + half),
@@ -87,21 +107,29 @@ pub fn rope(
     out
 }
 
-/// Last key position query `t` may see: `t` with a correct causal mask, `t + lookahead` (capped
-/// at T-1) with the planted off-by-one.
-fn last_key(t: usize, n: usize, lookahead: usize) -> usize {
-    (t + lookahead).min(n - 1)
+/// The key slots each query of an attention call sees, by the query's row in the call: `0..=p`
+/// for the query at absolute position `p` with a correct causal mask. The one description of
+/// the mask, so that the full forward, chunks, decode steps and the planted mask faults share
+/// every kernel below.
+pub type Keys<'a> = &'a (dyn Fn(usize) -> Range<usize> + Sync);
+
+/// The causal keys of a full forward of `t` positions: `0..=qi`, or `0..=qi+lookahead` (capped
+/// at `t-1`) with the planted off-by-one.
+fn causal(t: usize, lookahead: usize) -> impl Fn(usize) -> Range<usize> + Sync {
+    move |qi| 0..(qi + lookahead).min(t - 1) + 1
 }
 
-/// Probabilities of query `qi` under head `h` over keys `0..row.len()` (the visible ones):
-/// scaled dot products, then softmax. The one place a probability is computed, so the
-/// materialised and the fused paths agree bit for bit.
+/// Probabilities of query `qi` under head `h` over key slots `keys` (the visible ones, `row`
+/// has one value per slot): scaled dot products, then softmax. The one place a probability is
+/// computed, so the materialised and the fused paths agree bit for bit.
+#[allow(clippy::too_many_arguments)]
 fn probs_row(
     q: &[f32],
     k: &[f32],
     s: AttnShape,
     qi: usize,
     h: usize,
+    keys: Range<usize>,
     row: &mut [f32],
     p: Precision,
 ) {
@@ -109,7 +137,7 @@ fn probs_row(
     let scale = 1.0 / (d as f64).sqrt();
     let kh = s.kv_head(h);
     let qv = &q[(qi * nh + h) * d..][..d];
-    for (ki, o) in row.iter_mut().enumerate() {
+    for (ki, o) in keys.zip(row.iter_mut()) {
         let kv = &k[(ki * nkv + kh) * d..][..d];
         let raw = dot(qv, kv, p);
         *o = match p {
@@ -120,24 +148,33 @@ fn probs_row(
     softmax_in_place(row, p);
 }
 
-/// `out[j] = Σ_s ph[s] · v[s, kv(h), j]` over the visible keys `0..ph.len()` (a masked position is
-/// skipped, not multiplied by 0, so a NaN there cannot leak backwards).
-fn ctx_head(ph: &[f32], v: &[f32], s: AttnShape, h: usize, out: &mut [f32], p: Precision) {
+/// `out[j] = Σ_s ph[s] · v[first + s, kv(h), j]` over the visible keys, in slot order (a masked
+/// position is skipped, not multiplied by 0, so a NaN there cannot leak backwards).
+fn ctx_head(
+    ph: &[f32],
+    first: usize,
+    v: &[f32],
+    s: AttnShape,
+    h: usize,
+    out: &mut [f32],
+    p: Precision,
+) {
     let AttnShape { nkv, d, .. } = s;
     let kh = s.kv_head(h);
+    let at = |si: usize| ((first + si) * nkv + kh) * d;
     for (j, o) in out.iter_mut().enumerate() {
         *o = match p {
             Precision::F64 => {
                 let mut acc = 0f64;
                 for (si, &w) in ph.iter().enumerate() {
-                    acc += w as f64 * v[(si * nkv + kh) * d + j] as f64;
+                    acc += w as f64 * v[at(si) + j] as f64;
                 }
                 acc as f32
             }
             Precision::F32 => {
                 let mut acc = 0f32;
                 for (si, &w) in ph.iter().enumerate() {
-                    acc += w * v[(si * nkv + kh) * d + j];
+                    acc += w * v[at(si) + j];
                 }
                 acc
             }
@@ -147,18 +184,10 @@ fn ctx_head(ph: &[f32], v: &[f32], s: AttnShape, h: usize, out: &mut [f32], p: P
 
 /// `softmax(q·kᵀ/√D + causal mask)` as `[nh, T, T]`; masked entries are exactly 0.
 pub fn attn_probs(q: &[f32], k: &[f32], s: AttnShape, lookahead: usize, p: Precision) -> Vec<f32> {
-    let AttnShape { t, nh, .. } = s;
-    let mut probs = vec![0f32; nh * t * t];
-    if t == 0 {
-        return probs;
+    if s.t == 0 {
+        return Vec::new();
     }
-    probs.par_chunks_mut(t * t).enumerate().for_each(|(h, ph)| {
-        for (qi, row) in ph.chunks_exact_mut(t).enumerate() {
-            let end = last_key(qi, t, lookahead) + 1;
-            probs_row(q, k, s, qi, h, &mut row[..end], p);
-        }
-    });
-    probs
+    probs_rows(q, k, s, s.t, &causal(s.t, lookahead), p)
 }
 
 /// `ctx[t, h·D + j] = Σ_s probs[h, t, s] · v[s, kv(h), j]` over the positions the mask let in.
@@ -169,27 +198,13 @@ pub fn attn_ctx(
     lookahead: usize,
     p: Precision,
 ) -> Vec<f32> {
-    let AttnShape { t, nh, d, .. } = s;
-    let mut ctx = vec![0f32; t * nh * d];
-    if t == 0 {
-        return ctx;
+    if s.t == 0 {
+        return Vec::new();
     }
-    ctx.par_chunks_mut(nh * d)
-        .enumerate()
-        .for_each(|(qi, row)| {
-            let end = last_key(qi, t, lookahead) + 1;
-            for h in 0..nh {
-                let ph = &probs[(h * t + qi) * t..][..end];
-                ctx_head(ph, v, s, h, &mut row[h * d..(h + 1) * d], p);
-            }
-        });
-    ctx
+    ctx_rows(probs, s.t, v, s, &causal(s.t, lookahead), p)
 }
 
-/// `attn_ctx(attn_probs(q, k), v)` without the `[nh, T, T]` tensor, for a forward that keeps no
-/// probabilities: each (query, head) row of probabilities lives in a scratch row of T values
-/// (memory O(T) per thread instead of O(nh·T²): 60,000 tokens would need 57.6 GB). Bit-identical
-/// to the two-step path: the same row and sum functions in the same order.
+/// `attn_ctx(attn_probs(q, k), v)` without the `[nh, T, T]` tensor (see [`ctx_rows_fused`]).
 pub fn attn_ctx_fused(
     q: &[f32],
     k: &[f32],
@@ -198,19 +213,92 @@ pub fn attn_ctx_fused(
     lookahead: usize,
     p: Precision,
 ) -> Vec<f32> {
+    if s.t == 0 {
+        return Vec::new();
+    }
+    ctx_rows_fused(q, k, v, s, &causal(s.t, lookahead), p)
+}
+
+/// The probabilities of `s.t` queries (`q` is `[s.t, nh, D]`) over key slots of `k`
+/// (`[slots, nkv, D]`, a KV cache or the prompt's own keys), as `[nh, s.t, width]`: query `qi`
+/// fills its `keys(qi)` columns, every other column is exactly 0.
+pub fn probs_rows(
+    q: &[f32],
+    k: &[f32],
+    s: AttnShape,
+    width: usize,
+    keys: Keys,
+    p: Precision,
+) -> Vec<f32> {
+    let AttnShape { t, nh, .. } = s;
+    let mut probs = vec![0f32; nh * t * width];
+    if t == 0 || width == 0 {
+        return probs;
+    }
+    probs
+        .par_chunks_mut(t * width)
+        .enumerate()
+        .for_each(|(h, ph)| {
+            for (qi, row) in ph.chunks_exact_mut(width).enumerate() {
+                let r = keys(qi);
+                probs_row(q, k, s, qi, h, r.clone(), &mut row[r], p);
+            }
+        });
+    probs
+}
+
+/// The context `[s.t, nh·D]` from probabilities `[nh, s.t, width]` ([`probs_rows`]) and values
+/// `v` (`[slots, nkv, D]`), summing each query's `keys(qi)` slots in order.
+pub fn ctx_rows(
+    probs: &[f32],
+    width: usize,
+    v: &[f32],
+    s: AttnShape,
+    keys: Keys,
+    p: Precision,
+) -> Vec<f32> {
+    let AttnShape { t, nh, d, .. } = s;
+    let mut ctx = vec![0f32; t * nh * d];
+    if t == 0 {
+        return ctx;
+    }
+    ctx.par_chunks_mut(nh * d)
+        .enumerate()
+        .for_each(|(qi, row)| {
+            let r = keys(qi);
+            for h in 0..nh {
+                let ph = &probs[(h * t + qi) * width..][r.clone()];
+                ctx_head(ph, r.start, v, s, h, &mut row[h * d..(h + 1) * d], p);
+            }
+        });
+    ctx
+}
+
+/// [`ctx_rows`] of [`probs_rows`] without the `[nh, s.t, width]` tensor, for a forward that
+/// keeps no probabilities: each (query, head) row of probabilities lives in a scratch row
+/// (memory O(T) per thread instead of O(nh·T²): 60,000 tokens would need 57.6 GB).
+/// Bit-identical to the two-step path: the same row and sum functions in the same order.
+pub fn ctx_rows_fused(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: AttnShape,
+    keys: Keys,
+    p: Precision,
+) -> Vec<f32> {
     let AttnShape { t, nh, d, .. } = s;
     let mut ctx = vec![0f32; t * nh * d];
     if t == 0 {
         return ctx;
     }
     ctx.par_chunks_mut(nh * d).enumerate().for_each_init(
-        || vec![0f32; t],
-        |scratch, (qi, row)| {
-            let end = last_key(qi, t, lookahead) + 1;
+        Vec::new,
+        |scratch: &mut Vec<f32>, (qi, row)| {
+            let r = keys(qi);
+            scratch.resize(r.len(), 0.0);
             for h in 0..nh {
-                let ph = &mut scratch[..end];
-                probs_row(q, k, s, qi, h, ph, p);
-                ctx_head(ph, v, s, h, &mut row[h * d..(h + 1) * d], p);
+                probs_row(q, k, s, qi, h, r.clone(), scratch, p);
+                ctx_head(scratch, r.start, v, s, h, &mut row[h * d..(h + 1) * d], p);
             }
         },
     );

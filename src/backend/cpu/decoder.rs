@@ -2,10 +2,13 @@
 //! FFN, final norm, logits. What differs between architectures (q/k norms, q/k/v biases, RoPE
 //! pairing and frequency scaling, dense or expert FFN) is read from the model's description
 //! (`model::arch`), never decided here by its name. Each function computes one stage of the
-//! stage vocabulary (docs/design.md), over the whole prompt at once, and hands it to
-//! [`Pass::emit`]; the expert FFN is in [`moe`].
+//! stage vocabulary (docs/design.md) over the rows of one step of the schedule (the whole
+//! prompt for the full forward) and hands it to [`Pass::emit`]; the expert FFN is in [`moe`].
+//! Row-wise stages do not depend on other rows, and attention sums each query's keys in
+//! position order, so every schedule gives the full forward's results bit for bit.
 
 use super::attention::{self, AttnShape};
+use super::kv::{CacheUse, KvCache};
 use super::moe;
 use super::ops::{add, rms_norm, silu_mul};
 use super::pass::Pass;
@@ -14,12 +17,25 @@ use crate::error::{Error, Result};
 use crate::model::weights::{FfnWeights, LayerWeights, ModelWeights, QTensor};
 use crate::trace::stage::{Key, Stage};
 
-/// The whole forward: embedding, every block, final norm, logits.
+/// The whole forward: the tokens, then every step of the schedule (one for the full forward).
 pub(super) fn forward(pass: &mut Pass, w: &ModelWeights, tokens: &[u32]) -> Result<()> {
+    // the pass starts on the whole prompt, so the tokens are placed as one step
     let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
     pass.emit_i32(None, Stage::Tokens, &ids, &[pass.t]);
+    let mut caches: Vec<KvCache> = w.layers.iter().map(|_| KvCache::default()).collect();
+    for st in pass.steps.clone() {
+        pass.step = st;
+        step(pass, w, &tokens[st.start..st.end], &mut caches)?;
+    }
+    Ok(())
+}
+
+/// One step over its rows: embedding, every block (through its layer's KV cache), final norm,
+/// logits. Teacher forcing replaces each layer's input rows with the teacher's rows.
+fn step(pass: &mut Pass, w: &ModelWeights, tokens: &[u32], caches: &mut [KvCache]) -> Result<()> {
+    let one_step = pass.steps.len() == 1;
     let mut x = embedding(pass, w, tokens)?;
-    for (i, lw) in w.layers.iter().enumerate() {
+    for (i, (lw, cache)) in w.layers.iter().zip(caches.iter_mut()).enumerate() {
         let input = if i == 0 {
             Key::model(Stage::Embedding)
         } else {
@@ -28,7 +44,11 @@ pub(super) fn forward(pass: &mut Pass, w: &ModelWeights, tokens: &[u32]) -> Resu
         if let Some(forced) = pass.teacher(input)? {
             x = forced;
         }
-        x = block(pass, w, i, lw, &x)?;
+        x = block(pass, w, i, lw, &x, cache)?;
+        if one_step {
+            // no later step reads it: the full forward holds one layer's K/V at a time
+            *cache = KvCache::default();
+        }
     }
     if let Some(last) = w.layers.len().checked_sub(1)
         && let Some(forced) = pass.teacher(Key::layer(last, Stage::LayerOut))?
@@ -49,7 +69,7 @@ fn embedding(pass: &mut Pass, w: &ModelWeights, tokens: &[u32]) -> Result<Vec<f3
     for (&tok, row) in tokens.iter().zip(x.chunks_exact_mut(h)) {
         w.token_embd.decode_rows(tok as usize, 1, row)?;
     }
-    pass.emit(None, Stage::Embedding, &mut x, &[pass.t, h]);
+    pass.emit(None, Stage::Embedding, &mut x, &[pass.n(), h]);
     Ok(x)
 }
 
@@ -60,8 +80,9 @@ fn block(
     i: usize,
     lw: &LayerWeights,
     x: &[f32],
+    cache: &mut KvCache,
 ) -> Result<Vec<f32>> {
-    let r = self_attention(pass, w, i, lw, x)?;
+    let r = self_attention(pass, w, i, lw, x, cache)?;
     let h = ffn_norm(pass, i, lw, &r);
     let y = match &lw.ffn {
         FfnWeights::Dense {
@@ -75,14 +96,15 @@ fn block(
 }
 
 /// attn_norm → q/k/v projections (with their biases) → q/k norms (where the architecture has
-/// them) → RoPE → probabilities → context → output projection → residual. Returns
-/// attn_residual.
+/// them) → RoPE → K/V into the cache → probabilities over the cache → context → output
+/// projection → residual. Returns attn_residual.
 fn self_attention(
     pass: &mut Pass,
     w: &ModelWeights,
     i: usize,
     lw: &LayerWeights,
     x: &[f32],
+    cache: &mut KvCache,
 ) -> Result<Vec<f32>> {
     let (nh, nkv) = (pass.cfg.n_heads, pass.cfg.n_kv_heads);
     let a = attn_norm(pass, i, lw, x);
@@ -100,22 +122,19 @@ fn self_attention(
     let freqs = w.rope_freqs.as_deref();
     let q = rope(pass, i, Stage::QRope, &q, nh, freqs);
     let k = rope(pass, i, Stage::KRope, &k, nkv, freqs);
-    // the [nh, T, T] probabilities exist only when the plan keeps them or a fault is planted
-    // on them; otherwise the fused kernel computes the same context without them
-    let ctx =
-        if pass.keeps(Some(i), Stage::AttnProbs) || pass.has(Some(i), Stage::AttnProbs, |_| true) {
-            let probs = attn_probs(pass, i, &q, &k);
-            attn_ctx(pass, i, &probs, &v)
-        } else {
-            attn_ctx_fused(pass, i, &q, &k, &v)
-        };
+    let ctx = attend(pass, i, &q, k, v, cache);
     let o = attn_out(pass, i, lw, &ctx)?;
     Ok(attn_residual(pass, i, x, &o))
 }
 
 fn attn_norm(pass: &mut Pass, i: usize, lw: &LayerWeights, x: &[f32]) -> Vec<f32> {
     let mut y = rms_norm(x, &lw.attn_norm, pass.cfg.rms_eps, pass.p);
-    pass.emit(Some(i), Stage::AttnNorm, &mut y, &[pass.t, pass.cfg.hidden]);
+    pass.emit(
+        Some(i),
+        Stage::AttnNorm,
+        &mut y,
+        &[pass.n(), pass.cfg.hidden],
+    );
     y
 }
 
@@ -135,7 +154,12 @@ fn proj(
             row.iter_mut().zip(b).for_each(|(v, bv)| *v += bv);
         }
     }
-    pass.emit(Some(i), stage, &mut y, &[pass.t, heads, pass.cfg.head_dim]);
+    pass.emit(
+        Some(i),
+        stage,
+        &mut y,
+        &[pass.n(), heads, pass.cfg.head_dim],
+    );
     Ok(y)
 }
 
@@ -149,12 +173,18 @@ fn head_norm(
     heads: usize,
 ) -> Vec<f32> {
     let mut y = rms_norm(x, g, pass.cfg.rms_eps, pass.p);
-    pass.emit(Some(i), stage, &mut y, &[pass.t, heads, pass.cfg.head_dim]);
+    pass.emit(
+        Some(i),
+        stage,
+        &mut y,
+        &[pass.n(), heads, pass.cfg.head_dim],
+    );
     y
 }
 
 /// q_rope / k_rope: the architecture's pairing (the other one under the planted
-/// `rope_pair_swap`), frequencies divided by `rope_freqs` where the model has them.
+/// `rope_pair_swap`), frequencies divided by `rope_freqs` where the model has them, at the
+/// step's absolute positions (from 0 in every step under the planted `rope_pos_reset`).
 fn rope(
     pass: &mut Pass,
     i: usize,
@@ -167,54 +197,73 @@ fn rope(
     if pass.has(Some(i), stage, |k| *k == FaultKind::RopePairSwap) {
         pairing = pairing.swapped();
     }
+    let pos0 = if pass.has(Some(i), stage, |k| *k == FaultKind::RopePosReset) {
+        0
+    } else {
+        pass.step.start
+    };
     let d = pass.cfg.head_dim;
-    let mut y = attention::rope(x, pass.t, d, pass.cfg.rope_theta, freqs, pairing, pass.p);
-    pass.emit(Some(i), stage, &mut y, &[pass.t, heads, d]);
+    let (theta, p) = (pass.cfg.rope_theta, pass.p);
+    let mut y = attention::rope_at(x, pos0, pass.n(), d, theta, freqs, pairing, p);
+    pass.emit(Some(i), stage, &mut y, &[pass.n(), heads, d]);
     y
 }
 
 fn attn_shape(pass: &Pass) -> AttnShape {
     AttnShape {
-        t: pass.t,
+        t: pass.n(),
         nh: pass.cfg.n_heads,
         nkv: pass.cfg.n_kv_heads,
         d: pass.cfg.head_dim,
     }
 }
 
-/// How far past the diagonal the causal mask lets a query see (1 with the planted off-by-one).
-fn lookahead(pass: &Pass, i: usize) -> usize {
-    usize::from(pass.has(Some(i), Stage::AttnProbs, |k| {
-        *k == FaultKind::CausalMaskOffByOne
-    }))
-}
-
-fn attn_probs(pass: &mut Pass, i: usize, q: &[f32], k: &[f32]) -> Vec<f32> {
+/// The step's K/V into the layer's cache, then its queries over the cache: attn_probs (the
+/// step's rows of the causal `[nh, T, T]` matrix) and attn_ctx. The probabilities exist only
+/// when the plan keeps them or a fault is planted on them; otherwise the fused kernel computes
+/// the same context without them. Under `kv_stale` the step attends before its K/V are written.
+fn attend(
+    pass: &mut Pass,
+    i: usize,
+    q: &[f32],
+    k: Vec<f32>,
+    v: Vec<f32>,
+    cache: &mut KvCache,
+) -> Vec<f32> {
     let s = attn_shape(pass);
-    let mut p = attention::attn_probs(q, k, s, lookahead(pass, i), pass.p);
-    pass.emit(Some(i), Stage::AttnProbs, &mut p, &[s.nh, s.t, s.t]);
-    p
-}
-
-fn attn_ctx(pass: &mut Pass, i: usize, probs: &[f32], v: &[f32]) -> Vec<f32> {
-    let s = attn_shape(pass);
-    let mut c = attention::attn_ctx(probs, v, s, lookahead(pass, i), pass.p);
-    pass.emit(Some(i), Stage::AttnCtx, &mut c, &[s.t, s.nh * s.d]);
-    c
-}
-
-/// attn_ctx straight from q, k, v, when no one looks at attn_probs (see
-/// [`attention::attn_ctx_fused`]).
-fn attn_ctx_fused(pass: &mut Pass, i: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
-    let s = attn_shape(pass);
-    let mut c = attention::attn_ctx_fused(q, k, v, s, lookahead(pass, i), pass.p);
-    pass.emit(Some(i), Stage::AttnCtx, &mut c, &[s.t, s.nh * s.d]);
-    c
+    let (row, t, p) = (s.nkv * s.d, pass.t, pass.p);
+    let at = CacheUse::at(pass, i);
+    let pending = if at.stale {
+        cache.grow(at.end * row);
+        Some((k, v))
+    } else {
+        cache.write(at.start, k, v, row, at.shift);
+        None
+    };
+    let keys = |qi: usize| at.keys(qi);
+    let mut ctx =
+        if pass.keeps(Some(i), Stage::AttnProbs) || pass.has(Some(i), Stage::AttnProbs, |_| true) {
+            let mut probs = attention::probs_rows(q, &cache.k, s, t, &keys, p);
+            pass.emit(Some(i), Stage::AttnProbs, &mut probs, &[s.nh, s.t, t]);
+            attention::ctx_rows(&probs, t, &cache.v, s, &keys, p)
+        } else {
+            attention::ctx_rows_fused(q, &cache.k, &cache.v, s, &keys, p)
+        };
+    pass.emit(Some(i), Stage::AttnCtx, &mut ctx, &[s.t, s.nh * s.d]);
+    if let Some((k, v)) = pending {
+        cache.write(at.start, k, v, row, at.shift);
+    }
+    ctx
 }
 
 fn attn_out(pass: &mut Pass, i: usize, lw: &LayerWeights, ctx: &[f32]) -> Result<Vec<f32>> {
     let mut o = pass.matmul(Some(i), Stage::AttnOut, ctx, &lw.attn_output)?;
-    pass.emit(Some(i), Stage::AttnOut, &mut o, &[pass.t, pass.cfg.hidden]);
+    pass.emit(
+        Some(i),
+        Stage::AttnOut,
+        &mut o,
+        &[pass.n(), pass.cfg.hidden],
+    );
     Ok(o)
 }
 
@@ -224,14 +273,19 @@ fn attn_residual(pass: &mut Pass, i: usize, x: &[f32], o: &[f32]) -> Vec<f32> {
         Some(i),
         Stage::AttnResidual,
         &mut r,
-        &[pass.t, pass.cfg.hidden],
+        &[pass.n(), pass.cfg.hidden],
     );
     r
 }
 
 fn ffn_norm(pass: &mut Pass, i: usize, lw: &LayerWeights, r: &[f32]) -> Vec<f32> {
     let mut h = rms_norm(r, &lw.ffn_norm, pass.cfg.rms_eps, pass.p);
-    pass.emit(Some(i), Stage::FfnNorm, &mut h, &[pass.t, pass.cfg.hidden]);
+    pass.emit(
+        Some(i),
+        Stage::FfnNorm,
+        &mut h,
+        &[pass.n(), pass.cfg.hidden],
+    );
     h
 }
 
@@ -242,7 +296,7 @@ fn dense_ffn(
     [gate, up, down]: [&QTensor; 3],
     h: &[f32],
 ) -> Result<Vec<f32>> {
-    let (t, f) = (pass.t, pass.cfg.ffn_dim);
+    let (t, f) = (pass.n(), pass.cfg.ffn_dim);
     let mut g = pass.matmul(Some(i), Stage::FfnGate, h, gate)?;
     pass.emit(Some(i), Stage::FfnGate, &mut g, &[t, f]);
     let mut u = pass.matmul(Some(i), Stage::FfnUp, h, up)?;
@@ -256,23 +310,28 @@ fn dense_ffn(
 
 fn layer_out(pass: &mut Pass, i: usize, r: &[f32], y: &[f32]) -> Vec<f32> {
     let mut x = add(r, y);
-    pass.emit(Some(i), Stage::LayerOut, &mut x, &[pass.t, pass.cfg.hidden]);
+    pass.emit(
+        Some(i),
+        Stage::LayerOut,
+        &mut x,
+        &[pass.n(), pass.cfg.hidden],
+    );
     x
 }
 
 fn final_norm(pass: &mut Pass, w: &ModelWeights, x: &[f32]) -> Vec<f32> {
     let mut h = rms_norm(x, &w.output_norm, pass.cfg.rms_eps, pass.p);
-    pass.emit(None, Stage::FinalNorm, &mut h, &[pass.t, pass.cfg.hidden]);
+    pass.emit(None, Stage::FinalNorm, &mut h, &[pass.n(), pass.cfg.hidden]);
     h
 }
 
 fn logits(pass: &mut Pass, w: &ModelWeights, h: &[f32]) -> Result<()> {
     let mut l = pass.matmul(None, Stage::Logits, h, &w.output)?;
-    if l.len() != pass.t * pass.cfg.vocab {
+    if l.len() != pass.n() * pass.cfg.vocab {
         return Err(Error::internal(
             "logits: output size does not match T x vocab",
         ));
     }
-    pass.emit(None, Stage::Logits, &mut l, &[pass.t, pass.cfg.vocab]);
+    pass.emit(None, Stage::Logits, &mut l, &[pass.n(), pass.cfg.vocab]);
     Ok(())
 }

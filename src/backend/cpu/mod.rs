@@ -3,16 +3,20 @@
 //!
 //! Correct before fast: weights are dequantized to f32 row chunk by row chunk (never the whole
 //! model), every reduction accumulates in f64 by default ([`Precision::F32`] measures the f32
-//! noise floor), activations between stages are f32. The whole prompt runs at once; every stage
-//! of the stage vocabulary (docs/design.md) is computed by a function of the same name in
-//! [`decoder`] / [`moe`], and copied out only when the capture plan wants it.
+//! noise floor), activations between stages are f32. The whole prompt runs at once by default;
+//! under a schedule (chunked prefill, decode steps) each step runs over its own rows through a
+//! per-layer KV cache, with results bit-identical to the full forward. Every stage of the stage
+//! vocabulary (docs/design.md) is computed by a function of the same name in [`decoder`] /
+//! [`moe`], and copied out only when the capture plan wants it.
 //!
 //! Files: `ops` (dot, RMSNorm, softmax, top-k), `matmul` (batched quantized matmul),
 //! `attention` (RoPE, causal GQA attention), `pass` (capture plan, planted faults, teacher
-//! forcing), `decoder` (the forward chain), `moe` (the expert FFN and the shared expert).
+//! forcing, placing a step's rows), `decoder` (the forward chain, step by step), `kv` (the KV
+//! cache and the cache faults), `moe` (the expert FFN and the shared expert).
 
 pub mod attention;
 mod decoder;
+mod kv;
 pub mod matmul;
 mod moe;
 pub mod ops;
@@ -23,6 +27,7 @@ use std::sync::OnceLock;
 
 pub use ops::Precision;
 
+use crate::backend::schedule::SCHEDULE_KEY;
 use crate::backend::{Backend, ForwardRequest};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
@@ -119,8 +124,8 @@ impl Backend for CpuBackend {
     fn forward(&mut self, req: &ForwardRequest<'_>) -> Result<Trace> {
         self.check_request(req)?;
         let weights = ModelWeights::load(&self.file, &self.config)?;
-        pass::check_faults(req.faults, &self.config, &weights)?;
-        let mut pass = pass::Pass::new(req, &self.config, self.precision);
+        let mut pass = pass::Pass::new(req, &self.config, self.precision)?;
+        pass::check_faults(req.faults, &pass.steps, &self.config, &weights)?;
         decoder::forward(&mut pass, &weights, req.tokens)?;
         let mut meta = TraceMeta {
             backend: self.name().into(),
@@ -139,6 +144,10 @@ impl Backend for CpuBackend {
         }
         if req.teacher.is_some() {
             meta.extra.insert("teacher_forced".into(), "true".into());
+        }
+        if !req.schedule.is_full() {
+            meta.extra
+                .insert(SCHEDULE_KEY.into(), req.schedule.to_string());
         }
         Ok(Trace {
             meta,

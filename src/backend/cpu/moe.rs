@@ -48,7 +48,7 @@ pub(super) fn moe_ffn(pass: &mut Pass, i: usize, ffn: &FfnWeights, h: &[f32]) ->
         }
         None => routed,
     };
-    pass.emit(Some(i), Stage::FfnOut, &mut y, &[pass.t, pass.cfg.hidden]);
+    pass.emit(Some(i), Stage::FfnOut, &mut y, &[pass.n(), pass.cfg.hidden]);
     Ok(y)
 }
 
@@ -62,7 +62,7 @@ fn ffn_shared_gate(pass: &mut Pass, i: usize, s: &SharedExpert, h: &[f32]) -> Re
             Precision::F32 => 1.0 / (1.0 + (-x).exp()),
         })
         .collect();
-    pass.emit(Some(i), Stage::FfnSharedGate, &mut g, &[pass.t, 1]);
+    pass.emit(Some(i), Stage::FfnSharedGate, &mut g, &[pass.n(), 1]);
     Ok(g)
 }
 
@@ -74,15 +74,15 @@ fn ffn_shared_out(
     h: &[f32],
     gate: &[f32],
 ) -> Result<Vec<f32>> {
-    let g = matmul(h, pass.t, &s.ffn_gate_shexp, pass.p)?;
-    let u = matmul(h, pass.t, &s.ffn_up_shexp, pass.p)?;
+    let g = matmul(h, pass.n(), &s.ffn_gate_shexp, pass.p)?;
+    let u = matmul(h, pass.n(), &s.ffn_up_shexp, pass.p)?;
     let act = silu_mul(&g, &u, pass.p);
     let mut y = pass.matmul(Some(i), Stage::FfnSharedOut, &act, &s.ffn_down_shexp)?;
     let hd = pass.cfg.hidden;
     for (row, &gv) in y.chunks_exact_mut(hd).zip(gate) {
         row.iter_mut().for_each(|v| *v *= gv);
     }
-    pass.emit(Some(i), Stage::FfnSharedOut, &mut y, &[pass.t, hd]);
+    pass.emit(Some(i), Stage::FfnSharedOut, &mut y, &[pass.n(), hd]);
     Ok(y)
 }
 
@@ -92,7 +92,7 @@ fn router_logits(pass: &mut Pass, i: usize, gate_inp: &QTensor, h: &[f32]) -> Re
         Some(i),
         Stage::RouterLogits,
         &mut l,
-        &[pass.t, pass.cfg.n_experts],
+        &[pass.n(), pass.cfg.n_experts],
     );
     Ok(l)
 }
@@ -101,7 +101,7 @@ fn router_logits(pass: &mut Pass, i: usize, gate_inp: &QTensor, h: &[f32]) -> Re
 fn router_probs(pass: &mut Pass, i: usize, logits: &[f32]) -> Vec<f32> {
     let e = pass.cfg.n_experts;
     let mut p = softmax_rows(logits, e, pass.p);
-    pass.emit(Some(i), Stage::RouterProbs, &mut p, &[pass.t, e]);
+    pass.emit(Some(i), Stage::RouterProbs, &mut p, &[pass.n(), e]);
     p
 }
 
@@ -113,7 +113,7 @@ fn topk_ids(pass: &mut Pass, i: usize, probs: &[f32]) -> Vec<usize> {
         .flat_map(|row| topk_desc(row, k))
         .collect();
     let as_i32: Vec<i32> = ids.iter().map(|&x| x as i32).collect();
-    pass.emit_i32(Some(i), Stage::TopkIds, &as_i32, &[pass.t, k]);
+    pass.emit_i32(Some(i), Stage::TopkIds, &as_i32, &[pass.n(), k]);
     ids
 }
 
@@ -143,7 +143,7 @@ fn topk_weights(pass: &mut Pass, i: usize, probs: &[f32], ids: &[usize]) -> Vec<
             }
         }
     }
-    pass.emit(Some(i), Stage::TopkWeights, &mut w, &[pass.t, k]);
+    pass.emit(Some(i), Stage::TopkWeights, &mut w, &[pass.n(), k]);
     w
 }
 
@@ -158,7 +158,7 @@ fn routed_experts(
     weights: &[f32],
 ) -> Result<Vec<f32>> {
     let (t, hd, k, n_exp) = (
-        pass.t,
+        pass.n(),
         pass.cfg.hidden,
         pass.cfg.n_experts_used,
         pass.cfg.n_experts,

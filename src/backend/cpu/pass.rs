@@ -1,12 +1,14 @@
-//! One forward pass's bookkeeping: which stages to capture, which faults fire where, and the
-//! teacher's inputs. The model code calls [`Pass::emit`] after each stage; everything about
-//! planted faults and capture plans lives here so that the forward chains stay short.
+//! One forward pass's bookkeeping: which stages to capture, which faults fire where, the
+//! teacher's inputs, and the step of the schedule being computed. The model code calls
+//! [`Pass::emit`] after each stage with the step's rows; everything about planted faults,
+//! capture plans and placing a step's rows into the whole prompt's tensors lives here so that
+//! the forward chains stay short.
 
 use std::collections::BTreeMap;
 
 use super::matmul::{Q6kAsQ4k, matmul};
 use super::ops::Precision;
-use crate::backend::{Fault, FaultKind, ForwardRequest};
+use crate::backend::{Fault, FaultKind, ForwardRequest, Step, StepKind};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::quant::GgmlType;
@@ -22,6 +24,10 @@ pub(super) struct Pass<'r> {
     pub cfg: &'r ModelConfig,
     /// Prompt length.
     pub t: usize,
+    /// The schedule's steps over the prompt (one for the full forward).
+    pub steps: Vec<Step>,
+    /// The step being computed: stages run over its rows only.
+    pub step: Step,
     plan: &'r CapturePlan,
     faults: &'r [Fault],
     teacher: Option<&'r Trace>,
@@ -30,16 +36,34 @@ pub(super) struct Pass<'r> {
 }
 
 impl<'r> Pass<'r> {
-    pub fn new(req: &ForwardRequest<'r>, cfg: &'r ModelConfig, p: Precision) -> Pass<'r> {
-        Pass {
+    pub fn new(req: &ForwardRequest<'r>, cfg: &'r ModelConfig, p: Precision) -> Result<Pass<'r>> {
+        let t = req.tokens.len();
+        let steps = req.schedule.steps(t).map_err(Error::input)?;
+        Ok(Pass {
             p,
             cfg,
-            t: req.tokens.len(),
+            t,
+            steps,
+            step: Step {
+                start: 0,
+                end: t,
+                kind: StepKind::Prefill(0),
+            },
             plan: req.plan,
             faults: req.faults,
             teacher: req.teacher,
             captured: BTreeMap::new(),
-        }
+        })
+    }
+
+    /// Rows of the step being computed.
+    pub fn n(&self) -> usize {
+        self.step.len()
+    }
+
+    /// Whether the step is the whole prompt (the full forward): its tensors are the trace's.
+    fn whole(&self) -> bool {
+        self.step.start == 0 && self.step.end == self.t
     }
 
     fn faults_at(
@@ -77,30 +101,84 @@ impl<'r> Pass<'r> {
             })
     }
 
-    /// The stage `stage` of `layer` is done: apply the output faults planted there (NaN at one
-    /// element, scale drift) and keep a copy if the plan wants it.
+    /// The stage `stage` of `layer` is done for the step's rows (`shape` is the step's: its
+    /// row axis holds [`Pass::n`] rows, see [`row_axis`]): apply the output faults planted
+    /// there (NaN at one element of the whole prompt's tensor, scale drift) and keep a copy of
+    /// the rows if the plan wants it.
     pub fn emit(&mut self, layer: Option<usize>, stage: Stage, data: &mut [f32], shape: &[usize]) {
         for kind in self.faults_at(layer, stage).collect::<Vec<_>>() {
             match kind {
-                FaultKind::Nan { index } if !data.is_empty() => data[index % data.len()] = f32::NAN,
+                FaultKind::Nan { index } => {
+                    if let Some(i) = self.local_index(stage, shape, index) {
+                        data[i] = f32::NAN;
+                    }
+                }
                 FaultKind::ScaleDrift { eps } => data.iter_mut().for_each(|v| *v *= 1.0 + eps),
                 _ => {}
             }
         }
         if self.plan.wants(layer, stage) {
-            self.captured.insert(
-                Key { layer, stage },
-                Tensor::f32(shape.to_vec(), data.to_vec()),
-            );
+            self.capture(Key { layer, stage }, shape, TensorData::F32(data.to_vec()));
         }
     }
 
     pub fn emit_i32(&mut self, layer: Option<usize>, stage: Stage, data: &[i32], shape: &[usize]) {
         if self.plan.wants(layer, stage) {
+            self.capture(Key { layer, stage }, shape, TensorData::I32(data.to_vec()));
+        }
+    }
+
+    /// Where flat index `index` of the whole prompt's tensor (modulo its size) falls in the
+    /// step's rows, if it does: a NaN fault hits the same element under every schedule.
+    fn local_index(&self, stage: Stage, shape: &[usize], index: usize) -> Option<usize> {
+        let (outer, n, inner) = split_rows(stage, shape);
+        let total = outer * self.t * inner;
+        if total == 0 {
+            return None;
+        }
+        let i = index % total;
+        let (o, rest) = (i / (self.t * inner), i % (self.t * inner));
+        let (row, col) = (rest / inner, rest % inner);
+        let row = row.checked_sub(self.step.start).filter(|r| *r < n)?;
+        Some((o * n + row) * inner + col)
+    }
+
+    /// Keep the step's rows of `key`: the tensor itself for the whole prompt, else copied into
+    /// the whole prompt's tensor (zeros until every step has written its rows).
+    fn capture(&mut self, key: Key, shape: &[usize], data: TensorData) {
+        let axis = row_axis(key.stage).min(shape.len().saturating_sub(1));
+        let mut full_shape = shape.to_vec();
+        if let Some(d) = full_shape.get_mut(axis) {
+            *d = self.t;
+        }
+        if self.whole() {
             self.captured.insert(
-                Key { layer, stage },
-                Tensor::i32(shape.to_vec(), data.to_vec()),
+                key,
+                Tensor {
+                    shape: full_shape,
+                    data,
+                },
             );
+            return;
+        }
+        let (outer, n, inner) = split_rows(key.stage, shape);
+        let (t, start) = (self.t, self.step.start);
+        let size = outer * t * inner;
+        let entry = self.captured.entry(key).or_insert_with(|| Tensor {
+            shape: full_shape,
+            data: match data {
+                TensorData::F32(_) => TensorData::F32(vec![0.0; size]),
+                TensorData::I32(_) => TensorData::I32(vec![0; size]),
+            },
+        });
+        match (&mut entry.data, &data) {
+            (TensorData::F32(full), TensorData::F32(rows)) => {
+                place(full, rows, outer, n, inner, t, start)
+            }
+            (TensorData::I32(full), TensorData::I32(rows)) => {
+                place(full, rows, outer, n, inner, t, start)
+            }
+            _ => {}
         }
     }
 
@@ -128,14 +206,18 @@ impl<'r> Pass<'r> {
         }
     }
 
-    /// Teacher forcing: the teacher's tensor `key` (`[T, H]` f32), or `None` without a teacher.
+    /// Teacher forcing: the step's rows of the teacher's tensor `key` (`[T, H]` f32), or
+    /// `None` without a teacher. Teacher rows are per position, so any schedule takes its own.
     pub fn teacher(&self, key: Key) -> Result<Option<Vec<f32>>> {
         let Some(teacher) = self.teacher else {
             return Ok(None);
         };
-        let want = self.t * self.cfg.hidden;
+        let h = self.cfg.hidden;
+        let want = self.t * h;
         match teacher.get(&key).map(|t| &t.data) {
-            Some(TensorData::F32(v)) if v.len() == want => Ok(Some(v.clone())),
+            Some(TensorData::F32(v)) if v.len() == want => {
+                Ok(Some(v[self.step.start * h..self.step.end * h].to_vec()))
+            }
             Some(TensorData::F32(v)) => Err(Error::input(format!(
                 "teacher trace: `{key}` has {} values, expected {} x {} = {want}",
                 v.len(),
@@ -149,6 +231,39 @@ impl<'r> Pass<'r> {
                 "teacher trace has no `{key}` (teacher forcing needs embedding, every layer's layer_out and final_norm)"
             ))),
         }
+    }
+}
+
+/// The axis of a stage's tensor that runs over prompt positions: 1 for `attn_probs`
+/// `[nh, T, T]` (its rows are queries), 0 for every other stage (`[T, ...]`).
+fn row_axis(stage: Stage) -> usize {
+    usize::from(stage == Stage::AttnProbs)
+}
+
+/// A step's tensor as (outer, rows, inner): the product of the dimensions before the row axis,
+/// the rows, and the product after it.
+fn split_rows(stage: Stage, shape: &[usize]) -> (usize, usize, usize) {
+    let axis = row_axis(stage).min(shape.len().saturating_sub(1));
+    let outer = shape[..axis].iter().product();
+    let n = shape.get(axis).copied().unwrap_or(1);
+    let inner = shape.get(axis + 1..).map_or(1, |s| s.iter().product());
+    (outer, n, inner)
+}
+
+/// Copy a step's `[outer, n, inner]` rows into rows `start..start+n` of the whole prompt's
+/// `[outer, t, inner]` tensor.
+fn place<T: Copy>(
+    full: &mut [T],
+    rows: &[T],
+    outer: usize,
+    n: usize,
+    inner: usize,
+    t: usize,
+    start: usize,
+) {
+    for o in 0..outer {
+        let src = &rows[o * n * inner..][..n * inner];
+        full[(o * t + start) * inner..][..n * inner].copy_from_slice(src);
     }
 }
 
@@ -190,11 +305,17 @@ pub(super) fn weight_for<'a>(
 }
 
 /// Check every planted fault against this model before running: a fault that cannot fire is
-/// an error, never a silent clean run.
-pub(super) fn check_faults(faults: &[Fault], cfg: &ModelConfig, w: &ModelWeights) -> Result<()> {
+/// an error, never a silent clean run (also one that cannot fire under the schedule's steps).
+pub(super) fn check_faults(
+    faults: &[Fault],
+    steps: &[Step],
+    cfg: &ModelConfig,
+    w: &ModelWeights,
+) -> Result<()> {
     for f in faults {
         let bad = |why: String| Error::input(format!("fault `{f}`: {why}"));
         f.check_model(cfg).map_err(bad)?;
+        f.check_schedule(steps).map_err(bad)?;
         if f.kind == FaultKind::Q6kAsQ4k {
             let Some(wt) = weight_for(w, f.layer, f.stage) else {
                 return Err(bad(format!("no matmul produces {} in this model", f.stage)));

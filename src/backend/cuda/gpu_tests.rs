@@ -87,6 +87,7 @@ fn run(
         plan,
         teacher,
         faults,
+        schedule: crate::backend::Schedule::full(),
     };
     b.forward(&req).unwrap_or_else(|e| panic!("forward: {e}"))
 }
