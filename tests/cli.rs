@@ -925,3 +925,44 @@ fn prompt_on_a_model_with_bad_tokenizer_metadata_is_an_error_naming_file_and_key
     assert_eq!(o.status.code(), Some(0), "{o:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `run --chunk C --decode N`: every trial's candidate walks the prompt through the KV cache;
+/// clean trials still hold, the records carry no level (the contracts as written did not run),
+/// and a schedule the prompt cannot take is an error, never a pass.
+#[test]
+fn run_overrides_the_candidates_schedule() {
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-runsch-{}", std::process::id()));
+    let ok = falsifier(&[
+        "run",
+        "contracts/architectures-forward.yaml",
+        "--filter",
+        "CLEAN-001::llama2-f32",
+        "--chunk",
+        "3",
+        "--decode",
+        "4",
+        "--report-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(json["summary"]["holds"], 1, "{json}");
+    assert!(json["falsifiers"][0]["level"].is_null(), "{json}");
+    let bad = falsifier(&[
+        "run",
+        "contracts/architectures-forward.yaml",
+        "--filter",
+        "CLEAN-001::llama2-f32",
+        "--decode",
+        "100",
+        "--report-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_ne!(bad.status.code(), Some(0), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("100 decode steps"),
+        "{bad:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

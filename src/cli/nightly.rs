@@ -35,6 +35,8 @@ pub fn run(args: &NightlyArgs) -> Result<Outcome> {
         filter: None,
         candidate: None,
         require_gpu: true,
+        chunk: None,
+        decode: None,
     })?;
     let Some(prev) = previous_run(&args.history, &dir) else {
         println!(

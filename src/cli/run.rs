@@ -10,11 +10,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::Outcome;
 use crate::contract::load_checked;
-use crate::contract::schema::BackendName;
+use crate::contract::schema::{BackendName, ScheduleSpec};
 use crate::error::{Error, Result};
 use crate::report::Environment;
 use crate::runner::summary::{self, Counts, Entry, TrialState};
-use crate::runner::{TrialOutcome, run_trial, trials, with_candidate};
+use crate::runner::{TrialOutcome, run_trial, trials, with_candidate, with_schedule};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -38,6 +38,14 @@ pub struct RunArgs {
     /// set by the environment variable FALSIFY_REQUIRE_GPU=1).
     #[arg(long)]
     pub require_gpu: bool,
+    /// Run every trial's candidate in prefill chunks of C tokens through the KV cache (with
+    /// `--decode`, the schedule replaces the contracted one); like `--candidate`, such a run's
+    /// records carry no level.
+    #[arg(long, value_name = "C")]
+    pub chunk: Option<usize>,
+    /// Feed the last N prompt tokens of every trial's candidate as decode steps.
+    #[arg(long, value_name = "N")]
+    pub decode: Option<usize>,
 }
 
 pub fn run(args: &RunArgs) -> Result<Outcome> {
@@ -54,10 +62,23 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             )));
         }
     };
+    let schedule = (args.chunk.is_some() || args.decode.is_some()).then(|| ScheduleSpec {
+        chunk: args.chunk,
+        decode: args.decode.unwrap_or(0),
+    });
+    if args.chunk == Some(0) {
+        return Err(Error::input(
+            "--chunk 0: a prefill chunk holds at least one token",
+        ));
+    }
     let matched: Vec<_> = trials(&contracts)
         .into_iter()
         .map(|t| match &candidate {
             Some(c) => with_candidate(t, c.clone()),
+            None => t,
+        })
+        .map(|t| match schedule {
+            Some(s) => with_schedule(t, s),
             None => t,
         })
         .filter(|t| args.filter.as_deref().is_none_or(|f| t.name().contains(f)))

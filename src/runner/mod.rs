@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::backend::{self, Backend, Fault, ForwardRequest};
 use crate::contract::LoadedContract;
 use crate::contract::evidence::trial_level;
-use crate::contract::schema::{BackendName, Check, Falsifier, ModelSpec, Side};
+use crate::contract::schema::{BackendName, Check, Falsifier, ModelSpec, ScheduleSpec, Side};
 use crate::diff::{DiffOptions, DiffReport, diff};
 use crate::error::{Error, ErrorKind, Result};
 use crate::model::config::ModelConfig;
@@ -72,6 +72,17 @@ pub fn with_candidate(mut spec: TrialSpec, candidate: BackendName) -> TrialSpec 
         && *c != candidate
     {
         *c = candidate;
+        spec.overridden = true;
+    }
+    spec
+}
+
+/// Run every trial's candidate with `schedule` instead of the contracted one (`falsifier run
+/// --chunk C --decode N`: a cache path checked against the contracts' clean and planted
+/// trials). As with [`with_candidate`], such runs carry no level.
+pub fn with_schedule(mut spec: TrialSpec, schedule: ScheduleSpec) -> TrialSpec {
+    if spec.falsifier.schedule != Some(schedule) {
+        spec.falsifier.schedule = Some(schedule);
         spec.overridden = true;
     }
     spec
