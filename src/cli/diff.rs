@@ -14,7 +14,7 @@ use clap::Args;
 
 use super::Outcome;
 use crate::diff::thresholds::propose;
-use crate::diff::{DiffOptions, Thresholds, diff};
+use crate::diff::{DiffOptions, DiffReport, LogitBounds, Thresholds, diff};
 use crate::error::Error;
 use crate::progress::Progress;
 use crate::report::{ReportContext, default_report_dir, terminal, write_reports};
@@ -113,7 +113,7 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
         opts.near_tie = nt;
     }
     let models = (is_gguf(&args.reference), is_gguf(&args.candidate));
-    let bounds = crate::diff::LogitBounds {
+    let bounds = LogitBounds {
         kld: args.kld,
         top1: args.top1,
     };
@@ -157,17 +157,7 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
     let report = diff(reference.as_ref(), candidate.as_ref(), &opts);
     bar.finish();
     let report = report?;
-    let command: Vec<String> = std::env::args().collect();
-    let ctx = ReportContext::new(command.join(" "));
-    let dir = args
-        .report_dir
-        .clone()
-        .unwrap_or_else(|| default_report_dir(ctx.created));
-    write_reports(&dir, &report, &ctx)?;
-    print!(
-        "{}",
-        terminal::render(&report, terminal::use_color(), Some(&dir))
-    );
+    write_and_print(args, &report, &context())?;
     if let Some(factor) = args.propose_thresholds {
         if !(factor.is_finite() && factor >= 1.0) {
             return Err(Error::input(format!(
@@ -184,22 +174,49 @@ pub fn run(args: &DiffArgs) -> crate::Result<Outcome> {
     })
 }
 
+/// The report context of this command line.
+fn context() -> ReportContext {
+    let command: Vec<String> = std::env::args().collect();
+    ReportContext::new(command.join(" "))
+}
+
+/// Write report.json/.md/.html into `--report-dir` (default reports/diff-<timestamp>/) and print
+/// the summary, its verdict as the report states it (a drift check's bounds where set).
+fn write_and_print(args: &DiffArgs, report: &DiffReport, ctx: &ReportContext) -> crate::Result<()> {
+    let dir = args
+        .report_dir
+        .clone()
+        .unwrap_or_else(|| default_report_dir(ctx.created));
+    write_reports(&dir, report, ctx)?;
+    let verdict = crate::report::judgement(report, ctx);
+    print!(
+        "{}",
+        terminal::render_judged(
+            report,
+            terminal::use_color(),
+            Some(&dir),
+            (verdict.word, &verdict.headline)
+        )
+    );
+    Ok(())
+}
+
 /// Two model files through one backend: the drift report (runner::drift).
 fn diff_models(
     args: &DiffArgs,
     opts: DiffOptions,
-    bounds: crate::diff::LogitBounds,
+    bounds: LogitBounds,
     bar: &super::progress::Bar,
 ) -> crate::Result<Outcome> {
     if let Some(k) = bounds.kld
-        && !(k.is_finite() && k >= 0.0)
+        && !LogitBounds::kld_ok(k)
     {
         return Err(Error::input(format!(
             "--kld {k}: expected a finite number >= 0 (nats)"
         )));
     }
     if let Some(t) = bounds.top1
-        && !(0.0..=1.0).contains(&t)
+        && !LogitBounds::top1_ok(t)
     {
         return Err(Error::input(format!(
             "--top1 {t}: expected a fraction in 0..=1"
@@ -232,8 +249,7 @@ fn diff_models(
     );
     bar.finish();
     let report = report?;
-    let command: Vec<String> = std::env::args().collect();
-    let mut ctx = ReportContext::new(command.join(" "));
+    let mut ctx = context();
     let judged = (!bounds.is_empty()).then(|| bounds.judge(report.logits.as_ref()));
     if let Some((holds, finding)) = &judged {
         ctx.drift = Some(crate::report::DriftCheck {
@@ -242,21 +258,7 @@ fn diff_models(
             finding: finding.clone(),
         });
     }
-    let dir = args
-        .report_dir
-        .clone()
-        .unwrap_or_else(|| default_report_dir(ctx.created));
-    write_reports(&dir, &report, &ctx)?;
-    let verdict = crate::report::judgement(&report, &ctx);
-    print!(
-        "{}",
-        terminal::render_judged(
-            &report,
-            terminal::use_color(),
-            Some(&dir),
-            (verdict.word, &verdict.headline)
-        )
-    );
+    write_and_print(args, &report, &ctx)?;
     let holds = match judged {
         Some((holds, finding)) => {
             println!(

@@ -41,6 +41,7 @@ use super::schema::{AmendmentKind, Check, Falsifier, ModelSpec, Selection, Statu
 use super::shape::{ModelShape, preset_shape, read_shape};
 use super::{Diag, LoadedContract, Source, parse, resolve_model_path};
 use crate::backend::FaultKind;
+use crate::diff::LogitBounds;
 use crate::model::quant::GgmlType;
 use crate::trace::plan::CapturePlan;
 use crate::trace::stage::{Key, Stage};
@@ -571,7 +572,11 @@ fn lint_thresholds(c: &LoadedContract, i: usize, f: &Falsifier, diags: &mut Vec<
                         format!("{id}: `{key}` bounds the logits of a drift check; this falsifier's check is not `drift`"),
                     ));
                 }
-                let ok = v.is_finite() && *v >= 0.0 && (key == "kld" || *v <= 1.0);
+                let ok = if key == "kld" {
+                    LogitBounds::kld_ok(*v)
+                } else {
+                    LogitBounds::top1_ok(*v)
+                };
                 if !ok {
                     diags.push(c.diag(
                         &here,

@@ -12,6 +12,8 @@
 //! Everything is computed in f64 from the f32 logits: log-softmax with the row maximum
 //! subtracted, so no exponent overflows.
 
+use rayon::prelude::*;
+
 use crate::trace::tensor::{TensorView, ViewData};
 
 /// The k of the top-k overlap.
@@ -62,28 +64,30 @@ impl LogitAgreement {
         Some(Self::from_rows(a, b, v))
     }
 
-    /// `a` and `b` are `[T, V]` row-major and finite.
+    /// `a` and `b` are `[T, V]` row-major and finite. Positions are independent, so they run
+    /// in parallel (a 512 × 152k-vocabulary pair is 78 M exponentials per side).
     pub fn from_rows(a: &[f32], b: &[f32], vocab: usize) -> LogitAgreement {
         let k = TOP_K.min(vocab);
-        let mut out = LogitAgreement {
-            positions: a.len() / vocab,
+        let per_position: Vec<(f64, bool, f64)> = a
+            .par_chunks_exact(vocab)
+            .zip(b.par_chunks_exact(vocab))
+            .map(|(ra, rb)| {
+                let (lp, lq) = (log_softmax(ra), log_softmax(rb));
+                let kl: f64 = lp.iter().zip(&lq).map(|(p, q)| p.exp() * (p - q)).sum();
+                let (ta, tb) = (top(ra, k), top(rb, k));
+                let shared = ta.iter().filter(|i| tb.contains(i)).count();
+                // rounding can make a KL of identical distributions a hair negative
+                (kl.max(0.0), ta[0] == tb[0], shared as f64 / k as f64)
+            })
+            .collect();
+        LogitAgreement {
+            positions: per_position.len(),
             vocab,
-            kld: Vec::new(),
-            top1: Vec::new(),
-            topk_overlap: Vec::new(),
+            kld: per_position.iter().map(|p| p.0).collect(),
+            top1: per_position.iter().map(|p| p.1).collect(),
+            topk_overlap: per_position.iter().map(|p| p.2).collect(),
             k,
-        };
-        for (ra, rb) in a.chunks_exact(vocab).zip(b.chunks_exact(vocab)) {
-            let (lp, lq) = (log_softmax(ra), log_softmax(rb));
-            let kl: f64 = lp.iter().zip(&lq).map(|(p, q)| p.exp() * (p - q)).sum();
-            // rounding can make a KL of identical distributions a hair negative
-            out.kld.push(kl.max(0.0));
-            let (ta, tb) = (top(ra, k), top(rb, k));
-            out.top1.push(ta[0] == tb[0]);
-            let shared = ta.iter().filter(|i| tb.contains(i)).count();
-            out.topk_overlap.push(shared as f64 / k as f64);
         }
-        out
     }
 
     pub fn kld_mean(&self) -> f64 {
@@ -146,6 +150,16 @@ pub struct LogitBounds {
 impl LogitBounds {
     pub fn is_empty(&self) -> bool {
         self.kld.is_none() && self.top1.is_none()
+    }
+
+    /// A `kld` bound must be a finite mean KL divergence: >= 0 nats.
+    pub fn kld_ok(v: f64) -> bool {
+        v.is_finite() && v >= 0.0
+    }
+
+    /// A `top1` bound must be a fraction of positions: within 0..=1.
+    pub fn top1_ok(v: f64) -> bool {
+        (0.0..=1.0).contains(&v)
     }
 
     /// `kld <= 0.05, top1 >= 0.9` (the bounds that are set).

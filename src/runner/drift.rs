@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::backend::{Backend, ForwardRequest};
+use crate::backend::{Backend, ForwardRequest, Schedule};
 use crate::diff::{DiffOptions, DiffReport, Drift, Origin, diff};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
@@ -37,12 +37,14 @@ pub fn check_same_model(reference: &Path, candidate: &Path) -> Result<()> {
 /// on the check's `plan`) by their own error: replay `candidate` teacher-forced from
 /// `ref_trace` (which holds what [`attribution::reference_plan`] adds), compare every layer's
 /// `layer_out` whatever the plan, set `report.drift`, and, when the free-running diff fails
-/// somewhere, `report.origin`: the first failing planned row of the replay.
+/// somewhere, `report.origin`: the first failing planned row of the replay. The replay runs
+/// under `schedule`, the one the candidate's free-running forward ran under.
 pub fn rank_layers(
     candidate: &mut dyn Backend,
     ref_trace: &Trace,
     tokens: &[u32],
     plan: &CapturePlan,
+    schedule: Schedule,
     opts: &DiffOptions,
     report: &mut DiffReport,
 ) -> Result<()> {
@@ -58,7 +60,7 @@ pub fn rank_layers(
         tokens,
         &full,
         &[],
-        crate::backend::Schedule::full(),
+        schedule,
         &replay_opts,
     )?;
     report.drift = Some(Drift::rank(&replay, report));
@@ -115,6 +117,7 @@ pub fn diff_models(
         &ref_trace,
         tokens,
         plan,
+        Schedule::full(),
         &opts,
         &mut report,
     )?;

@@ -268,6 +268,7 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
             &ref_trace,
             tokens,
             &plan,
+            cand_schedule,
             &opts,
             &mut report,
         )?;
@@ -332,7 +333,7 @@ pub fn run_trial(spec: &TrialSpec, report_root: &Path) -> Result<TrialOutcome> {
     });
     if f.check == Check::Drift {
         ctx.drift = Some(crate::report::DriftCheck {
-            bounds: drift_text(f).unwrap_or_default(),
+            bounds: f.logit_bounds().text(),
             holds,
             finding: why.clone(),
         });
