@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod cuda;
 pub mod fault;
+pub mod rows;
 pub mod schedule;
 
 use std::collections::BTreeMap;
@@ -77,15 +78,14 @@ pub fn check_request(
 }
 
 /// Whether backend `name` may be asked for `schedule`: the full forward always; chunked prefill
-/// and decode steps on the CPU backends (which walk a KV cache) and on `cuda` (which refuses
-/// them itself, naming why); a registered engine is refused here, since its forward would
-/// silently run the whole prompt at once.
+/// and decode steps on the built-in backends (which walk a KV cache); a registered engine is
+/// refused here, since its forward would silently run the whole prompt at once.
 pub fn check_schedule(name: &str, schedule: &Schedule) -> Result<()> {
     if schedule.is_full() || BACKENDS.contains(&name) {
         return Ok(());
     }
     Err(Error::input(format!(
-        "backend `{name}` does not run schedules (asked for `{schedule}`): only the CPU backends walk a KV cache"
+        "backend `{name}` does not run schedules (asked for `{schedule}`): only the built-in backends walk a KV cache"
     )))
 }
 

@@ -24,7 +24,8 @@
 //!   exist in every model and be captured by the falsifier's stages/layers;
 //! - schedules (`schedule`, `reference_schedule`): a chunk of at least 1 token, no more decode
 //!   steps than a `tokens:` prompt has (a text prompt's length is checked at run time), only on
-//!   the CPU backends (the CUDA backend does not run schedules yet); a KV-cache fault
+//!   the built-in backends (cpu, cpu-f32, cuda: a registered engine's forward would run the
+//!   whole prompt at once); a KV-cache fault
 //!   (`kv_stale`, `kv_slot_off_by_one`, `rope_pos_reset`, `chunk_mask`) needs a schedule on
 //!   its side with the steps it acts in; `expect.position` inside the prompt;
 //! - `check: routing` only on MoE models, with router_logits and topk_ids captured;
@@ -724,11 +725,11 @@ fn lint_schedule(c: &LoadedContract, i: usize, f: &Falsifier, diags: &mut Vec<Di
         }
         if let Some(b) = backend
             && !sched.is_full()
-            && !b.starts_with("cpu")
+            && !crate::backend::BACKENDS.contains(b)
         {
             diags.push(c.diag(
                 &at(key),
-                format!("{id}: {key}: backend {b} does not run schedules (the CUDA backend does not run schedules yet; only the CPU backends walk a KV cache)"),
+                format!("{id}: {key}: backend {b} does not run schedules (only the built-in backends walk a KV cache: {})", crate::backend::BACKENDS.join(", ")),
             ));
         }
     }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use super::matmul::{Q6kAsQ4k, matmul};
 use super::ops::Precision;
+use crate::backend::rows::{StepRows, place, row_axis};
 use crate::backend::{Fault, FaultKind, ForwardRequest, Step, StepKind};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
@@ -128,19 +129,9 @@ impl<'r> Pass<'r> {
         }
     }
 
-    /// Where flat index `index` of the whole prompt's tensor (modulo its size) falls in the
-    /// step's rows, if it does: a NaN fault hits the same element under every schedule.
+    /// Where flat index `index` of the whole prompt's tensor falls in the step's rows.
     fn local_index(&self, stage: Stage, shape: &[usize], index: usize) -> Option<usize> {
-        let (outer, n, inner) = split_rows(stage, shape);
-        let total = outer * self.t * inner;
-        if total == 0 {
-            return None;
-        }
-        let i = index % total;
-        let (o, rest) = (i / (self.t * inner), i % (self.t * inner));
-        let (row, col) = (rest / inner, rest % inner);
-        let row = row.checked_sub(self.step.start).filter(|r| *r < n)?;
-        Some((o * n + row) * inner + col)
+        StepRows::of(stage, shape).local_index(self.t, self.step.start, index)
     }
 
     /// Keep the step's rows of `key`: the tensor itself for the whole prompt, else copied into
@@ -161,9 +152,9 @@ impl<'r> Pass<'r> {
             );
             return;
         }
-        let (outer, n, inner) = split_rows(key.stage, shape);
+        let r = StepRows::of(key.stage, shape);
         let (t, start) = (self.t, self.step.start);
-        let size = outer * t * inner;
+        let size = r.outer * t * r.inner;
         let entry = self.captured.entry(key).or_insert_with(|| Tensor {
             shape: full_shape,
             data: match data {
@@ -172,12 +163,8 @@ impl<'r> Pass<'r> {
             },
         });
         match (&mut entry.data, &data) {
-            (TensorData::F32(full), TensorData::F32(rows)) => {
-                place(full, rows, outer, n, inner, t, start)
-            }
-            (TensorData::I32(full), TensorData::I32(rows)) => {
-                place(full, rows, outer, n, inner, t, start)
-            }
+            (TensorData::F32(full), TensorData::F32(rows)) => place(full, rows, r, t, start),
+            (TensorData::I32(full), TensorData::I32(rows)) => place(full, rows, r, t, start),
             _ => {}
         }
     }
@@ -231,39 +218,6 @@ impl<'r> Pass<'r> {
                 "teacher trace has no `{key}` (teacher forcing needs embedding, every layer's layer_out and final_norm)"
             ))),
         }
-    }
-}
-
-/// The axis of a stage's tensor that runs over prompt positions: 1 for `attn_probs`
-/// `[nh, T, T]` (its rows are queries), 0 for every other stage (`[T, ...]`).
-fn row_axis(stage: Stage) -> usize {
-    usize::from(stage == Stage::AttnProbs)
-}
-
-/// A step's tensor as (outer, rows, inner): the product of the dimensions before the row axis,
-/// the rows, and the product after it.
-fn split_rows(stage: Stage, shape: &[usize]) -> (usize, usize, usize) {
-    let axis = row_axis(stage).min(shape.len().saturating_sub(1));
-    let outer = shape[..axis].iter().product();
-    let n = shape.get(axis).copied().unwrap_or(1);
-    let inner = shape.get(axis + 1..).map_or(1, |s| s.iter().product());
-    (outer, n, inner)
-}
-
-/// Copy a step's `[outer, n, inner]` rows into rows `start..start+n` of the whole prompt's
-/// `[outer, t, inner]` tensor.
-fn place<T: Copy>(
-    full: &mut [T],
-    rows: &[T],
-    outer: usize,
-    n: usize,
-    inner: usize,
-    t: usize,
-    start: usize,
-) {
-    for o in 0..outer {
-        let src = &rows[o * n * inner..][..n * inner];
-        full[(o * t + start) * inner..][..n * inner].copy_from_slice(src);
     }
 }
 

@@ -6,12 +6,15 @@
 //! the prompt length) and kept by the backend between forwards, so a traced forward allocates
 //! pinned memory at most once. A forward with an empty plan never touches it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use cudarc::driver::sys::{CUDA_MEMCPY2D, CUmemorytype};
 use cudarc::driver::{CudaContext, CudaSlice, DevicePtr, PinnedHostSlice};
 use rayon::prelude::*;
 
 use super::device::Device;
+use crate::backend::rows::{StepRows, row_axis};
 use crate::error::{Error, Result};
 use crate::trace::stage::{Key, StageDtype};
 use crate::trace::tensor::Tensor;
@@ -60,6 +63,8 @@ pub struct Capture {
     cap: usize,
     used: usize,
     items: Vec<Item>,
+    /// Index into `items` by key: the steps of a schedule copy their rows into one item.
+    index: BTreeMap<Key, usize>,
 }
 
 impl Capture {
@@ -75,10 +80,11 @@ impl Capture {
             cap: words,
             used: 0,
             items: Vec::new(),
+            index: BTreeMap::new(),
         })
     }
 
-    /// Queue the copy of the first `len` elements of `src` (f32 or i32) as `key`.
+    /// Queue the copy of the whole tensor `key` (`shape`, f32 or i32) from the start of `src`.
     pub fn copy<T>(
         &mut self,
         dev: &Device,
@@ -86,39 +92,136 @@ impl Capture {
         shape: Vec<usize>,
         src: &CudaSlice<T>,
     ) -> Result<()> {
-        let len: usize = shape.iter().product();
-        if std::mem::size_of::<T>() != 4 || len > src.len() || self.used + len > self.cap {
-            return Err(Error::internal(format!(
-                "capture of {key}: {len} values do not fit (buffer {}, arena {} of {} used)",
-                src.len(),
-                self.used,
-                self.cap
+        let t = shape.get(row_axis(key.stage)).copied().unwrap_or(1);
+        let rows = StepRows::of(key.stage, &shape);
+        self.copy_rows(dev, key, shape, rows, t, 0, src)
+    }
+
+    /// Queue the copy of one step's rows of `key` (`[outer, rows, inner]` at the start of
+    /// `src`) into rows `start..` of the whole prompt's tensor (`shape`, `t` positions). The
+    /// first step to copy a key reserves the whole tensor; the steps of a schedule tile the
+    /// prompt, so each of its values is written by exactly one copy.
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy_rows<T>(
+        &mut self,
+        dev: &Device,
+        key: Key,
+        shape: Vec<usize>,
+        rows: StepRows,
+        t: usize,
+        start: usize,
+        src: &CudaSlice<T>,
+    ) -> Result<()> {
+        let whole: usize = shape.iter().product();
+        let bad = |why: String| Error::internal(format!("capture of {key}: {why}"));
+        if std::mem::size_of::<T>() != 4 || rows.len() > src.len() {
+            return Err(bad(format!(
+                "{} values do not fit the buffer of {}",
+                rows.len(),
+                src.len()
             )));
         }
-        let dtype = key.stage.dtype();
-        if len > 0 {
-            // SAFETY: [used, used + len) lies inside the arena (checked above), no other
-            // reference to it exists, and it is read only after the stream is synchronised.
-            let dst = unsafe { std::slice::from_raw_parts_mut(self.base.add(self.used), len) };
-            let (ptr, _sync) = src.device_ptr(&dev.stream);
-            dev.timed("copy to host", &key.to_string(), || {
-                // SAFETY: `src` holds at least `len` 4-byte values; the copy is ordered on the
-                // stream after the kernel that wrote them.
-                unsafe {
+        if rows.outer * t * rows.inner != whole || start + rows.rows > t {
+            return Err(bad(format!(
+                "rows {start}..{} of {t} do not fit {shape:?}",
+                start + rows.rows
+            )));
+        }
+        let at = match self.index.get(&key) {
+            Some(&i) => i,
+            None => {
+                if self.used + whole > self.cap {
+                    return Err(bad(format!(
+                        "{whole} values do not fit the arena ({} of {} used)",
+                        self.used, self.cap
+                    )));
+                }
+                self.items.push(Item {
+                    key,
+                    dtype: key.stage.dtype(),
+                    shape,
+                    off: self.used,
+                    len: whole,
+                });
+                self.used += whole;
+                self.index.insert(key, self.items.len() - 1);
+                self.items.len() - 1
+            }
+        };
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let off = self.items[at].off;
+        let (ptr, _sync) = src.device_ptr(&dev.stream);
+        let block = rows.rows * rows.inner;
+        // contiguous in the whole tensor: one copy (the full forward, and [T, ..] stages)
+        let contiguous = rows.outer == 1 || rows.rows == t;
+        let base = self.base;
+        dev.timed("copy to host", &key.to_string(), || {
+            if contiguous {
+                let n = rows.len();
+                let dst_at = off + rows.whole_offset(t, start, 0);
+                // SAFETY: [dst_at, dst_at + n) lies inside this item's region of the arena
+                // (checked above), nothing else refers to it, and it is read only after the
+                // stream is synchronised; `src` holds at least n 4-byte values.
+                let dst = unsafe { std::slice::from_raw_parts_mut(base.add(dst_at), n) };
+                // SAFETY: ordered on the stream after the kernel that wrote `src`.
+                return unsafe {
                     cudarc::driver::result::memcpy_dtoh_async(dst, ptr, dev.stream.cu_stream())
                 }
-                .map_err(|e| Error::internal(format!("CUDA: capture copy of {key}: {e:?}")))
-            })?;
-        }
-        self.items.push(Item {
-            key,
-            shape,
-            dtype,
-            off: self.used,
-            len,
-        });
-        self.used += len;
-        Ok(())
+                .map_err(|e| bad(format!("{e:?}")));
+            }
+            // strided (a step's query rows of attn_probs [nh, T, T]): `outer` blocks of
+            // `block` values, `t * inner` apart in the whole tensor
+            let words = |n: usize| n * 4;
+            if words(t * rows.inner) > i32::MAX as usize {
+                // past the driver's largest 2D pitch (T > 23170 for attn_probs): a copy a block
+                for o in 0..rows.outer {
+                    let dst_at = off + rows.whole_offset(t, start, o);
+                    // SAFETY: as above, block `o` of the step inside this item's region.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(base.add(dst_at), block) };
+                    let src_at = ptr + (words(o * block) as u64);
+                    // SAFETY: `src` holds `outer * block` values; ordered on the stream.
+                    unsafe {
+                        cudarc::driver::result::memcpy_dtoh_async(
+                            dst,
+                            src_at,
+                            dev.stream.cu_stream(),
+                        )
+                    }
+                    .map_err(|e| bad(format!("{e:?}")))?;
+                }
+                return Ok(());
+            }
+            let copy = CUDA_MEMCPY2D {
+                srcXInBytes: 0,
+                srcY: 0,
+                srcMemoryType: CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                srcHost: std::ptr::null(),
+                srcDevice: ptr,
+                srcArray: std::ptr::null_mut(),
+                srcPitch: words(block),
+                dstXInBytes: 0,
+                dstY: 0,
+                dstMemoryType: CUmemorytype::CU_MEMORYTYPE_HOST,
+                // SAFETY: inside this item's region (offsets checked above)
+                dstHost: unsafe { base.add(off + rows.whole_offset(t, start, 0)) }.cast(),
+                dstDevice: 0,
+                dstArray: std::ptr::null_mut(),
+                dstPitch: words(t * rows.inner),
+                WidthInBytes: words(block),
+                Height: rows.outer,
+            };
+            // SAFETY: the descriptor names live memory: `outer` rows of `block` values on
+            // both sides, the host rows inside this item's region.
+            let r =
+                unsafe { cudarc::driver::sys::cuMemcpy2DAsync_v2(&copy, dev.stream.cu_stream()) };
+            if r == cudarc::driver::sys::CUresult::CUDA_SUCCESS {
+                Ok(())
+            } else {
+                Err(bad(format!("strided copy: {r:?}")))
+            }
+        })
     }
 
     /// The captured tensors. Call only after the stream has been synchronised.

@@ -1,5 +1,7 @@
-//! The qwen3 / qwen3moe forward on the device: the whole prompt at once, every stage of
-//! the stage vocabulary (docs/design.md), planted faults, teacher forcing and capture.
+//! The decoder forward on the device: every step of the request's schedule (the whole prompt
+//! at once by default; prefill chunks and decode steps through a KV cache), every stage of the
+//! stage vocabulary (docs/design.md), planted faults, teacher forcing and capture. A step's
+//! rows of each stage are captured into the same rows of the trace's whole-prompt tensors.
 //!
 //! Semantics mirror the CPU reference stage for stage (see `backend/fault.rs` for the faults
 //! and `ForwardRequest` for teacher forcing): a stage's output is final once the faults planted
@@ -22,7 +24,8 @@ use super::capture::{Arena, Capture};
 use super::device::{Arg, Device, NULL, grid_1d, int};
 use super::matmul::{GroupPtrs, MatmulCall};
 use super::weights::{DeviceMatrix, DeviceWeights, Dims, FfnWeights, SharedExpert};
-use crate::backend::{Fault, FaultKind, ForwardRequest};
+use crate::backend::rows::{StepRows, row_axis};
+use crate::backend::{Fault, FaultKind, ForwardRequest, Step};
 use crate::error::{Error, Result};
 use crate::model::arch::RopePairing;
 use crate::model::quant::GgmlType;
@@ -39,12 +42,14 @@ pub fn stage_shape(d: &Dims, t: usize, stage: Stage) -> Vec<usize> {
     d.config.stage_shape(stage, t)
 }
 
-/// Check the faults against the model before any work is queued (a Q6_K weight for
-/// `q6k_as_q4k` is checked where the matmul runs).
-fn check_faults(d: &Dims, faults: &[Fault]) -> Result<()> {
+/// Check the faults against the model and the schedule's steps before any work is queued (a
+/// Q6_K weight for `q6k_as_q4k` is checked where the matmul runs): a fault that cannot fire is
+/// an error, never a silent clean run.
+fn check_faults(d: &Dims, faults: &[Fault], steps: &[Step]) -> Result<()> {
     for f in faults {
-        f.check_model(&d.config)
-            .map_err(|e| Error::input(format!("fault {f}: {e}")))?;
+        let bad = |e: String| Error::input(format!("fault {f}: {e}"));
+        f.check_model(&d.config).map_err(bad)?;
+        f.check_schedule(steps).map_err(bad)?;
     }
     Ok(())
 }
@@ -105,7 +110,10 @@ struct Buffers {
 }
 
 impl Buffers {
-    fn new(dev: &Device, d: &Dims, t: usize, probs_rows: usize) -> Result<Buffers> {
+    /// Buffers for steps of at most `t` rows of a prompt of `prompt` positions: the attention
+    /// probabilities hold `probs_rows` query rows of `prompt` keys, the RoPE table every
+    /// position.
+    fn new(dev: &Device, d: &Dims, t: usize, probs_rows: usize, prompt: usize) -> Result<Buffers> {
         let (h, nh, nkv, hd) = (d.hidden, d.n_heads, d.n_kv_heads, d.head_dim);
         let slots = if d.moe { t * d.top_k } else { t };
         let e = d.n_experts.max(1);
@@ -125,7 +133,7 @@ impl Buffers {
             kn: f(t * nkv * hd, "k_norm")?,
             qr: f(t * nh * hd, "q_rope")?,
             kr: f(t * nkv * hd, "k_rope")?,
-            probs: f(nh * probs_rows * t, "attn_probs")?,
+            probs: f(nh * probs_rows * prompt, "attn_probs")?,
             probs_rows,
             ctx: f(t * nh * hd, "attn_ctx")?,
             attn_out: f(t * h, "attn_out")?,
@@ -145,7 +153,7 @@ impl Buffers {
             slot_of: i(t * k, "expert slots")?,
             down: f(if d.moe { slots * h } else { 1 }, "expert outputs")?,
             rounded: f(slots * widest, "rounded activations")?,
-            rope_angles: dev.zeros::<f64>(t * (hd / 2).max(1) * 2, "RoPE angles")?,
+            rope_angles: dev.zeros::<f64>(prompt * (hd / 2).max(1) * 2, "RoPE angles")?,
             sh_gate: f(sh(t), "ffn_shared_gate")?,
             sh_ffn: [
                 f(sh(t * d.shared_ffn), "shared expert gate")?,
@@ -182,16 +190,62 @@ pub fn buffer_bytes(d: &Dims, t: usize) -> u64 {
     (words * 4 + rope) as u64
 }
 
+/// The KV cache of a scheduled forward (or of any forward with an f16 cache): every layer's
+/// post-RoPE K and its V, `[T, nkv, D]` each, f32 or IEEE half bits, zero at the start of the
+/// forward (a fresh cache, so a slot not written yet reads as zeros, as on the CPU).
+struct DeviceKvCache {
+    buf: CudaSlice<u8>,
+    /// Bytes of one layer's K (or V).
+    plane: usize,
+    f16: bool,
+}
+
+impl DeviceKvCache {
+    fn new(dev: &Device, d: &Dims, t: usize, f16: bool) -> Result<DeviceKvCache> {
+        let plane = t * d.n_kv_heads * d.head_dim * if f16 { 2 } else { 4 };
+        let buf = dev.zeros::<u8>(d.n_layers * 2 * plane, "KV cache")?;
+        Ok(DeviceKvCache { buf, plane, f16 })
+    }
+
+    /// Layer `l`'s K and V planes.
+    fn planes(&self, dev: &Device, l: usize) -> (u64, u64) {
+        let k = dev.ptr(&self.buf) + (2 * l * self.plane) as u64;
+        (k, k + self.plane as u64)
+    }
+}
+
 /// One forward in flight.
 struct Run<'a> {
     dev: &'a Device,
     w: &'a DeviceWeights,
     req: &'a ForwardRequest<'a>,
+    /// Prompt length: the trace's tensors hold `t` positions.
     t: usize,
+    /// The step of the schedule being computed: kernels run over its rows.
+    step: Step,
+    /// The KV cache, when the forward has more than one step or an f16 cache; the one-step
+    /// f32 forward attends over its own k_rope / v_proj.
+    cache: Option<DeviceKvCache>,
     cap: Capture,
 }
 
 impl Run<'_> {
+    /// Rows of the step being computed.
+    fn n(&self) -> usize {
+        self.step.len()
+    }
+
+    /// The step's part of a stage's tensor, whose whole-prompt shape is `whole`: its row axis
+    /// holds the step's rows.
+    fn step_rows(&self, stage: Stage, whole: &[usize]) -> StepRows {
+        let mut shape = whole.to_vec();
+        let axis = row_axis(stage).min(shape.len().saturating_sub(1));
+        if let Some(n) = shape.get_mut(axis) {
+            *n = self.n();
+        }
+        StepRows::of(stage, &shape)
+    }
+
     fn faults_at(&self, layer: Option<usize>, stage: Stage) -> impl Iterator<Item = &Fault> {
         self.req
             .faults
@@ -208,23 +262,27 @@ impl Run<'_> {
         self.faults_at(layer, stage).any(|f| pred(&f.kind))
     }
 
-    /// The stage's output in `buf` is computed: apply the output faults planted on it (NaN,
-    /// scale drift), then queue its capture if planned.
+    /// The step's rows of the stage are computed in `buf`: apply the output faults planted on
+    /// it (NaN, scale drift), then queue the copy of its rows if planned.
     fn done(&mut self, layer: Option<usize>, stage: Stage, buf: &CudaSlice<f32>) -> Result<()> {
         let key = Key { layer, stage };
         let shape = stage_shape(&self.w.dims, self.t, stage);
-        let len: usize = shape.iter().product();
+        let rows = self.step_rows(stage, &shape);
+        let len = rows.len();
         let faults: Vec<Fault> = self.faults_at(layer, stage).copied().collect();
         for f in faults {
             match f.kind {
-                // as the CPU side: the index wraps around the stage's length
-                FaultKind::Nan { index } if len > 0 => {
-                    self.dev.launch(
-                        "set_nan",
-                        &key.to_string(),
-                        LaunchConfig::for_num_elems(1),
-                        &[Arg::Ptr(self.dev.ptr(buf)), Arg::I64((index % len) as i64)],
-                    )?;
+                // as the CPU side: the index (of the whole prompt's tensor) wraps around its
+                // length, and lands in the step that computes that element
+                FaultKind::Nan { index } => {
+                    if let Some(i) = rows.local_index(self.t, self.step.start, index) {
+                        self.dev.launch(
+                            "set_nan",
+                            &key.to_string(),
+                            LaunchConfig::for_num_elems(1),
+                            &[Arg::Ptr(self.dev.ptr(buf)), Arg::I64(i as i64)],
+                        )?;
+                    }
                 }
                 FaultKind::ScaleDrift { eps } => {
                     self.dev.launch(
@@ -242,7 +300,9 @@ impl Run<'_> {
             }
         }
         if self.req.plan.wants(layer, stage) {
-            self.cap.copy(self.dev, key, shape, buf)?;
+            let (t, start) = (self.t, self.step.start);
+            self.cap
+                .copy_rows(self.dev, key, shape, rows, t, start, buf)?;
         }
         Ok(())
     }
@@ -255,7 +315,10 @@ impl Run<'_> {
     ) -> Result<()> {
         if self.req.plan.wants(layer, stage) {
             let shape = stage_shape(&self.w.dims, self.t, stage);
-            self.cap.copy(self.dev, Key { layer, stage }, shape, buf)?;
+            let rows = self.step_rows(stage, &shape);
+            let (key, t, start) = (Key { layer, stage }, self.t, self.step.start);
+            self.cap
+                .copy_rows(self.dev, key, shape, rows, t, start, buf)?;
         }
         Ok(())
     }
@@ -292,7 +355,7 @@ impl Run<'_> {
         if self.has_fault(layer, stage, |k| matches!(k, FaultKind::ActQ8Rounding)) {
             // grouped inputs read gathered token rows; the rounding acts on the rows as stored
             let in_rows = match groups.and_then(|g| g.in_rows) {
-                Some(_) => self.t,
+                Some(_) => self.n(),
                 None => rows,
             };
             dev.launch(
@@ -330,7 +393,7 @@ impl Run<'_> {
             x: input,
             rows,
             // grouped: at most T rows per expert (top-k ids of a token are distinct)
-            max_rows: if groups.is_some() { self.t } else { rows },
+            max_rows: if groups.is_some() { self.n() } else { rows },
             groups: groups.map(|g| GroupPtrs {
                 counts: dev.ptr(g.counts),
                 offsets: dev.ptr(g.offsets),
@@ -391,7 +454,7 @@ impl Run<'_> {
         )
     }
 
-    /// Upload the teacher's tensor `key` ([T, H]) into `dst`.
+    /// Upload the step's rows of the teacher's tensor `key` ([T, H]) into `dst`.
     fn teacher_input(&self, key: Key, dst: &mut CudaSlice<f32>) -> Result<()> {
         let Some(teacher) = self.req.teacher else {
             return Err(Error::internal("teacher input without a teacher"));
@@ -410,9 +473,11 @@ impl Run<'_> {
                 self.w.dims.hidden
             )));
         }
+        let h = self.w.dims.hidden;
+        let rows = &data[self.step.start * h..self.step.end * h];
         self.dev
             .stream
-            .memcpy_htod(data, dst)
+            .memcpy_htod(rows, dst)
             .map_err(|e| Error::internal(format!("CUDA: upload of teacher {key}: {e:?}")))
     }
 
@@ -423,47 +488,110 @@ impl Run<'_> {
             || self.req.faults.iter().any(|f| f.stage == Stage::AttnProbs)
     }
 
+    /// The step's attention at layer `l`: its K/V into the cache (before or, under the planted
+    /// `kv_stale`, after the step attends), then its queries over the visible keys: attn_probs
+    /// and attn_ctx. The cache faults act on where K/V go and which keys a query sees, as on
+    /// the CPU side (`cpu::kv::CacheUse`).
     fn attention(&mut self, l: usize, b: &Buffers) -> Result<()> {
-        let lookahead = self.has_fault(Some(l), Stage::AttnProbs, |k| {
-            matches!(k, FaultKind::CausalMaskOffByOne)
-        });
-        let probs = Key::layer(l, Stage::AttnProbs).to_string();
-        let ctx = Key::layer(l, Stage::AttnCtx).to_string();
-        // the whole [nh, T, T] in one block when the plan keeps it or a fault acts on it
-        // (Buffers::new); otherwise the queries go through the bounded buffer block by block,
-        // each block's context rows written in place
-        let whole = b.probs_rows == self.t;
-        for start in (0..self.t).step_by(b.probs_rows.max(1)) {
-            let rows = start..(start + b.probs_rows).min(self.t);
-            attention_probs(
-                self.dev,
-                &self.w.dims,
-                self.t,
-                &rows,
-                lookahead,
-                &b.qr,
-                &b.kr,
-                &b.probs,
-                &probs,
-            )?;
-            if whole {
-                self.done(Some(l), Stage::AttnProbs, &b.probs)?;
+        let fault = |k: FaultKind| self.has_fault(Some(l), Stage::AttnProbs, |f| *f == k);
+        let st = self.step;
+        let decode = st.is_decode();
+        let stale = decode && fault(FaultKind::KvStale);
+        let shift = decode && fault(FaultKind::KvSlotOffByOne);
+        let call = AttnCall {
+            dims: &self.w.dims,
+            t: self.t,
+            qbase: st.start,
+            kfirst: if !decode && fault(FaultKind::ChunkMask) {
+                st.start
+            } else {
+                0
+            },
+            kend: st.end,
+            lookahead: fault(FaultKind::CausalMaskOffByOne),
+            f16: self.cache.as_ref().is_some_and(|c| c.f16),
+        };
+        let (k, v) = match &self.cache {
+            Some(c) => c.planes(self.dev, l),
+            None => (self.dev.ptr(&b.kr), self.dev.ptr(&b.v)),
+        };
+        if !stale {
+            self.kv_store(l, b, shift)?;
+        }
+        let probs_key = Key::layer(l, Stage::AttnProbs).to_string();
+        let ctx_key = Key::layer(l, Stage::AttnCtx).to_string();
+        let (dev, q, ctx, probs) = (
+            self.dev,
+            self.dev.ptr(&b.qr),
+            self.dev.ptr(&b.ctx),
+            self.dev.ptr(&b.probs),
+        );
+        // a planted NaN or drift on the probabilities must reach the context, so the fused
+        // kernel (probabilities handed over in shared memory) serves only steps without one
+        let probs_fault = self
+            .faults_at(Some(l), Stage::AttnProbs)
+            .any(|f| matches!(f.kind, FaultKind::Nan { .. } | FaultKind::ScaleDrift { .. }));
+        // (a step may be shorter than the longest one the buffer was sized for)
+        let whole = b.probs_rows >= self.n();
+        let all = st.start..st.end;
+        if self.n() <= FUSED_MAX_QUERIES
+            && whole
+            && !probs_fault
+            && call.fused(dev, &all, [q, k, v, probs, ctx], &probs_key)?
+        {
+            self.done(Some(l), Stage::AttnProbs, &b.probs)?;
+        } else {
+            // the whole [nh, n, T] in one block when the plan keeps it or a fault acts on it
+            // (Buffers::new); otherwise the queries go through the bounded buffer block by
+            // block, each block's context rows written in place
+            for start in all.clone().step_by(b.probs_rows.max(1)) {
+                let rows = start..(start + b.probs_rows).min(st.end);
+                call.probs(dev, &rows, q, k, probs, &probs_key)?;
+                if whole {
+                    self.done(Some(l), Stage::AttnProbs, &b.probs)?;
+                }
+                call.ctx(dev, &rows, probs, v, ctx, &ctx_key)?;
             }
-            attention_ctx(
-                self.dev,
-                &self.w.dims,
-                self.t,
-                &rows,
-                lookahead,
-                &b.probs,
-                &b.v,
-                &b.ctx,
-                &ctx,
-            )?;
+        }
+        if stale {
+            self.kv_store(l, b, shift)?;
         }
         self.done(Some(l), Stage::AttnCtx, &b.ctx)
     }
 
+    /// The step's k_rope and v_proj rows into layer `l`'s cache slots, one slot early under
+    /// the planted `kv_slot_off_by_one` (slot -1 dropped). Nothing to do without a cache.
+    fn kv_store(&self, l: usize, b: &Buffers, shift: bool) -> Result<()> {
+        let Some(cache) = &self.cache else {
+            return Ok(());
+        };
+        let d = &self.w.dims;
+        let row = d.n_kv_heads * d.head_dim;
+        let (kc, vc) = cache.planes(self.dev, l);
+        let slot0 = self.step.start as i64 - i64::from(shift);
+        let kernel = if cache.f16 {
+            "kv_store_f16"
+        } else {
+            "kv_store"
+        };
+        self.dev.launch(
+            kernel,
+            &Key::layer(l, Stage::AttnProbs).to_string(),
+            grid_1d(self.n() * row)?,
+            &[
+                Arg::Ptr(self.dev.ptr(&b.kr)),
+                Arg::Ptr(self.dev.ptr(&b.v)),
+                Arg::Ptr(kc),
+                Arg::Ptr(vc),
+                int(self.n(), "rows")?,
+                int(row, "K/V row")?,
+                Arg::I32(i32::try_from(slot0).map_err(|_| Error::input("KV slot too large"))?),
+            ],
+        )
+    }
+
+    /// q_rope / k_rope over the step's rows at their absolute positions (from 0 in every step
+    /// under the planted `rope_pos_reset`).
     fn rope(
         &self,
         l: usize,
@@ -478,8 +606,13 @@ impl Run<'_> {
         if self.has_fault(Some(l), stage, |k| matches!(k, FaultKind::RopePairSwap)) {
             pairing = pairing.swapped();
         }
+        let pos0 = if self.has_fault(Some(l), stage, |k| matches!(k, FaultKind::RopePosReset)) {
+            0
+        } else {
+            self.step.start
+        };
         let adjacent = pairing == RopePairing::Adjacent;
-        let n = self.t * heads * (d.head_dim / 2);
+        let n = self.n() * heads * (d.head_dim / 2);
         self.dev.launch(
             "rope",
             &Key::layer(l, stage).to_string(),
@@ -488,10 +621,11 @@ impl Run<'_> {
                 Arg::Ptr(self.dev.ptr(x)),
                 Arg::Ptr(self.dev.ptr(y)),
                 Arg::Ptr(self.dev.ptr(angles)),
-                int(self.t, "T")?,
+                int(self.n(), "rows")?,
                 int(heads, "heads")?,
                 int(d.head_dim, "head_dim")?,
                 Arg::I32(i32::from(adjacent)),
+                int(pos0, "position")?,
             ],
         )
     }
@@ -503,7 +637,7 @@ impl Run<'_> {
             .get(l)
             .ok_or_else(|| Error::internal(format!("layer {l} has no weights")))?;
         let d = &w.dims;
-        let (t, h, nh, nkv, hd) = (self.t, d.hidden, d.n_heads, d.n_kv_heads, d.head_dim);
+        let (n, h, nh, nkv, hd) = (self.n(), d.hidden, d.n_heads, d.n_kv_heads, d.head_dim);
         let ks = |s: Stage| Key::layer(l, s).to_string();
         // the layer's input: our own hidden state, or the teacher's
         if self.req.teacher.is_some() {
@@ -521,7 +655,7 @@ impl Run<'_> {
             &b.layer_in,
             &lw.attn_norm,
             &b.attn_norm,
-            t,
+            n,
             h,
         )?;
         self.done(Some(l), Stage::AttnNorm, &b.attn_norm)?;
@@ -532,17 +666,17 @@ impl Run<'_> {
             (Stage::VProj, &lw.v, &b.v, nkv),
         ];
         for (j, (stage, wt, y, heads)) in projections.into_iter().enumerate() {
-            self.matmul(Some(l), stage, wt, &b.attn_norm, t, y, r, None)?;
+            self.matmul(Some(l), stage, wt, &b.attn_norm, n, y, r, None)?;
             if let Some(bias) = &lw.qkv_bias {
-                self.add_bias_rows(&ks(stage), y, &bias[j], t, heads * hd)?;
+                self.add_bias_rows(&ks(stage), y, &bias[j], n, heads * hd)?;
             }
             self.done(Some(l), stage, y)?;
         }
         let (q_in, k_in) = match &lw.qk_norm {
             Some([qg, kg]) => {
-                self.rms_norm(&ks(Stage::QNorm), &b.q, qg, &b.qn, t * nh, hd)?;
+                self.rms_norm(&ks(Stage::QNorm), &b.q, qg, &b.qn, n * nh, hd)?;
                 self.done(Some(l), Stage::QNorm, &b.qn)?;
-                self.rms_norm(&ks(Stage::KNorm), &b.k, kg, &b.kn, t * nkv, hd)?;
+                self.rms_norm(&ks(Stage::KNorm), &b.k, kg, &b.kn, n * nkv, hd)?;
                 self.done(Some(l), Stage::KNorm, &b.kn)?;
                 (&b.qn, &b.kn)
             }
@@ -558,7 +692,7 @@ impl Run<'_> {
             Stage::AttnOut,
             &lw.o,
             &b.ctx,
-            t,
+            n,
             &b.attn_out,
             r,
             None,
@@ -569,7 +703,7 @@ impl Run<'_> {
             &b.layer_in,
             &b.attn_out,
             &b.resid,
-            t * h,
+            n * h,
         )?;
         self.done(Some(l), Stage::AttnResidual, &b.resid)?;
         self.rms_norm(
@@ -577,7 +711,7 @@ impl Run<'_> {
             &b.resid,
             &lw.ffn_norm,
             &b.ffn_norm,
-            t,
+            n,
             h,
         )?;
         self.done(Some(l), Stage::FfnNorm, &b.ffn_norm)?;
@@ -588,17 +722,17 @@ impl Run<'_> {
                     Stage::FfnGate,
                     gate,
                     &b.ffn_norm,
-                    t,
+                    n,
                     &b.gate,
                     r,
                     None,
                 )?;
                 self.done(Some(l), Stage::FfnGate, &b.gate)?;
-                self.matmul(Some(l), Stage::FfnUp, up, &b.ffn_norm, t, &b.up, r, None)?;
+                self.matmul(Some(l), Stage::FfnUp, up, &b.ffn_norm, n, &b.up, r, None)?;
                 self.done(Some(l), Stage::FfnUp, &b.up)?;
-                self.silu_mul(&ks(Stage::FfnAct), &b.gate, &b.up, &b.act, t * d.ffn)?;
+                self.silu_mul(&ks(Stage::FfnAct), &b.gate, &b.up, &b.act, n * d.ffn)?;
                 self.done(Some(l), Stage::FfnAct, &b.act)?;
-                self.matmul(Some(l), Stage::FfnOut, down, &b.act, t, &b.ffn_out, r, None)?;
+                self.matmul(Some(l), Stage::FfnOut, down, &b.act, n, &b.ffn_out, r, None)?;
             }
             FfnWeights::Moe {
                 router,
@@ -613,18 +747,18 @@ impl Run<'_> {
                     self.dev.launch(
                         "accumulate",
                         &ks(Stage::FfnOut),
-                        grid_1d(t * h)?,
+                        grid_1d(n * h)?,
                         &[
                             Arg::Ptr(self.dev.ptr(&b.ffn_out)),
                             Arg::Ptr(self.dev.ptr(&b.sh_out)),
-                            Arg::I64((t * h) as i64),
+                            Arg::I64((n * h) as i64),
                         ],
                     )?;
                 }
             }
         }
         self.done(Some(l), Stage::FfnOut, &b.ffn_out)?;
-        self.add(&ks(Stage::LayerOut), &b.resid, &b.ffn_out, &b.x, t * h)?;
+        self.add(&ks(Stage::LayerOut), &b.resid, &b.ffn_out, &b.x, n * h)?;
         self.done(Some(l), Stage::LayerOut, &b.x)?;
         Ok(())
     }
@@ -632,7 +766,7 @@ impl Run<'_> {
     /// qwen2moe's shared expert over every token: ffn_shared_gate = sigmoid(x · gate_inp),
     /// ffn_shared_out = gate * down(silu(x · gate) * (x · up)), into `b.sh_out`.
     fn shared_expert(&mut self, l: usize, b: &Buffers, s: &SharedExpert) -> Result<()> {
-        let (t, h, sf) = (self.t, self.w.dims.hidden, self.w.dims.shared_ffn);
+        let (n, h, sf) = (self.n(), self.w.dims.hidden, self.w.dims.shared_ffn);
         let ks = |s: Stage| Key::layer(l, s).to_string();
         let dev = self.dev;
         let r = &b.rounded;
@@ -643,7 +777,7 @@ impl Run<'_> {
             Stage::FfnSharedGate,
             &s.gate_inp,
             &b.ffn_norm,
-            t,
+            n,
             &b.sh_gate,
             r,
             None,
@@ -651,26 +785,26 @@ impl Run<'_> {
         dev.launch(
             "sigmoid",
             &ks(Stage::FfnSharedGate),
-            grid_1d(t)?,
+            grid_1d(n)?,
             &[
                 Arg::Ptr(dev.ptr(&b.sh_gate)),
                 Arg::Ptr(dev.ptr(&b.sh_gate)),
-                Arg::I64(t as i64),
+                Arg::I64(n as i64),
             ],
         )?;
         self.done(Some(l), Stage::FfnSharedGate, &b.sh_gate)?;
         // the shared expert's gate and up are no stages: keyed under ffn_shared_out
         let key = ks(Stage::FfnSharedOut);
         let input = dev.ptr(&b.ffn_norm);
-        self.launch_matmul(&key, &s.gate, s.gate.ty, input, t, g, None)?;
-        self.launch_matmul(&key, &s.up, s.up.ty, input, t, u, None)?;
-        self.silu_mul(&key, g, u, a, t * sf)?;
+        self.launch_matmul(&key, &s.gate, s.gate.ty, input, n, g, None)?;
+        self.launch_matmul(&key, &s.up, s.up.ty, input, n, u, None)?;
+        self.silu_mul(&key, g, u, a, n * sf)?;
         self.matmul(
             Some(l),
             Stage::FfnSharedOut,
             &s.down,
             a,
-            t,
+            n,
             &b.sh_out,
             r,
             None,
@@ -678,11 +812,11 @@ impl Run<'_> {
         dev.launch(
             "scale_rows",
             &key,
-            grid_1d(t * h)?,
+            grid_1d(n * h)?,
             &[
                 Arg::Ptr(dev.ptr(&b.sh_out)),
                 Arg::Ptr(dev.ptr(&b.sh_gate)),
-                Arg::I64(t as i64),
+                Arg::I64(n as i64),
                 int(h, "hidden")?,
             ],
         )?;
@@ -744,7 +878,7 @@ impl Run<'_> {
     ) -> Result<()> {
         let d = &self.w.dims;
         let dev = self.dev;
-        let (t, h, e, k, f) = (self.t, d.hidden, d.n_experts, d.top_k, d.ffn);
+        let (n, h, e, k, f) = (self.n(), d.hidden, d.n_experts, d.top_k, d.ffn);
         let ks = |s: Stage| Key::layer(l, s).to_string();
         let r = &b.rounded;
         self.matmul(
@@ -752,13 +886,13 @@ impl Run<'_> {
             Stage::RouterLogits,
             router,
             &b.ffn_norm,
-            t,
+            n,
             &b.router_logits,
             r,
             None,
         )?;
         self.done(Some(l), Stage::RouterLogits, &b.router_logits)?;
-        let rows = u32::try_from(t).map_err(|_| Error::input("too many tokens"))?;
+        let rows = u32::try_from(n).map_err(|_| Error::input("too many tokens"))?;
         let warp_per_row = |shared_mem_bytes: u32| LaunchConfig {
             grid_dim: (rows, 1, 1),
             block_dim: (32, 1, 1),
@@ -776,7 +910,7 @@ impl Run<'_> {
             &[
                 Arg::Ptr(dev.ptr(&b.router_logits)),
                 Arg::Ptr(dev.ptr(&b.router_probs)),
-                int(t, "T")?,
+                int(n, "T")?,
                 int(e, "experts")?,
             ],
         )?;
@@ -793,7 +927,7 @@ impl Run<'_> {
                 Arg::Ptr(dev.ptr(&b.router_probs)),
                 Arg::Ptr(dev.ptr(&b.topk_ids)),
                 Arg::Ptr(dev.ptr(&b.topk_w)),
-                int(t, "T")?,
+                int(n, "T")?,
                 int(e, "experts")?,
                 int(k, "top-k")?,
                 Arg::I32(i32::from(renorm)),
@@ -811,7 +945,7 @@ impl Run<'_> {
             },
             &[
                 Arg::Ptr(dev.ptr(&b.topk_ids)),
-                int(t, "T")?,
+                int(n, "T")?,
                 int(k, "top-k")?,
                 int(e, "experts")?,
                 Arg::Ptr(dev.ptr(&b.counts)),
@@ -836,7 +970,7 @@ impl Run<'_> {
             in_rows: None,
             ..gathered
         };
-        let slots = t * k;
+        let slots = n * k;
         // expert gate/up are no stages of the vocabulary: key them under ffn_out, which they
         // produce (planted matmul faults at ffn_out act on the down projection only)
         self.matmul_expert(l, gate, &b.ffn_norm, slots, &b.gate, &gathered)?;
@@ -855,13 +989,13 @@ impl Run<'_> {
         dev.launch(
             "moe_combine",
             &ks(Stage::FfnOut),
-            grid_1d(t * h)?,
+            grid_1d(n * h)?,
             &[
                 Arg::Ptr(dev.ptr(&b.down)),
                 Arg::Ptr(dev.ptr(&b.slot_of)),
                 Arg::Ptr(dev.ptr(&b.topk_w)),
                 Arg::Ptr(dev.ptr(&b.ffn_out)),
-                int(t, "T")?,
+                int(n, "T")?,
                 int(k, "top-k")?,
                 int(h, "hidden")?,
             ],
@@ -887,16 +1021,9 @@ impl Run<'_> {
 /// Heads up to this size take the tiled attention kernels (kernels/attention.cu).
 const ATT_TILE_MAXD: usize = 128;
 
-/// Launch shape of the attention kernels over one block of queries.
-struct AttentionGrid {
-    /// a block per (query, head)
-    rows: LaunchConfig,
-    /// a block per (64-query tile, head)
-    tiles: LaunchConfig,
-    /// a block per (64-query tile, 64-key tile, head)
-    tile_pairs: LaunchConfig,
-    dims: [Arg; 7],
-}
+/// Steps of at most this many queries take the fused attention kernel (decode steps, and
+/// one-token prompts): one launch instead of three, where the launches are the cost.
+const FUSED_MAX_QUERIES: usize = 1;
 
 /// The attention kernels' probabilities buffer holds the rows of at most this many bytes when
 /// the plan does not keep `attn_probs`: the queries are walked in blocks through it. 256 MiB
@@ -905,153 +1032,237 @@ struct AttentionGrid {
 /// 64-query blocks of 328 MB rather than 205 GB at once.
 pub const ATT_PROBS_BUDGET: usize = 256 << 20;
 
-/// Query rows per block of the attention: all `t` when the whole [nh, T, T] fits `budget` bytes
-/// (or must be kept), else the most whole 64-query tiles that fit it, at least one tile. Tile
-/// multiples keep blocked and whole runs bit-identical (kernels/attention.cu).
+/// Query rows per block of the attention over `queries` queries with probability rows of
+/// `keys` values: all of them when the whole [nh, queries, keys] fits `budget` bytes (or must
+/// be kept), else the most whole 64-query tiles that fit it, at least one tile.
 pub(super) fn attention_block_rows(
     n_heads: usize,
-    t: usize,
+    queries: usize,
+    keys: usize,
     keep_all: bool,
     budget: usize,
 ) -> usize {
-    let row_bytes = n_heads.max(1).saturating_mul(t).saturating_mul(4);
+    let row_bytes = n_heads.max(1).saturating_mul(keys).saturating_mul(4);
     let fit = budget / row_bytes.max(1);
-    if keep_all || fit >= t {
-        return t;
+    if keep_all || fit >= queries {
+        return queries;
     }
-    ((fit / 64).max(1) * 64).min(t)
+    ((fit / 64).max(1) * 64).min(queries)
 }
 
-/// `rows`: the block of queries whose probabilities `probs` holds ([nh, rows.len(), T]).
-fn attention_grid(
-    d: &Dims,
-    t: usize,
-    lookahead: bool,
-    rows: &Range<usize>,
-) -> Result<AttentionGrid> {
-    let qn = rows.len();
-    if rows.end > t
-        || qn == 0
-        || !rows.start.is_multiple_of(64)
-        || (rows.end != t && !rows.end.is_multiple_of(64))
-    {
-        return Err(Error::internal(format!(
-            "attention query block {rows:?} of {t} is not whole 64-query tiles"
-        )));
+/// One step's attention (kernels/attention.cu): its queries are positions `qbase..kend` (q and
+/// ctx hold their rows from `qbase`), its keys the cache slots `kfirst..kend` (a query sees
+/// them up to its own position, one past it under `lookahead`), the probabilities' rows are
+/// `t` long (the prompt). The full forward is `qbase = kfirst = 0`, `kend = t`, over its own
+/// K/V.
+pub(super) struct AttnCall<'a> {
+    pub dims: &'a Dims,
+    pub t: usize,
+    pub qbase: usize,
+    pub kfirst: usize,
+    pub kend: usize,
+    pub lookahead: bool,
+    /// The keys and values are IEEE half bits (the f16 cache).
+    pub f16: bool,
+}
+
+impl AttnCall<'_> {
+    /// The full forward's attention over its own f32 K/V (the kernel tests call it this way).
+    #[cfg(test)]
+    pub fn full(dims: &Dims, t: usize, lookahead: bool) -> AttnCall<'_> {
+        AttnCall {
+            dims,
+            t,
+            qbase: 0,
+            kfirst: 0,
+            kend: t,
+            lookahead,
+            f16: false,
+        }
     }
-    let (rows_n, nh, tiles, key_tiles) = (
-        u32::try_from(qn),
-        u32::try_from(d.n_heads).ok().filter(|&h| h <= 65535),
-        u32::try_from(qn.div_ceil(64)).ok(),
-        u32::try_from(t.div_ceil(64)).ok().filter(|&n| n <= 65535),
-    );
-    let (Ok(rows_n), Some(nh), Some(tiles), Some(key_tiles)) = (rows_n, nh, tiles, key_tiles)
-    else {
-        return Err(Error::input("attention grid too large"));
-    };
-    let tiled = |grid_dim| LaunchConfig {
-        grid_dim,
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    Ok(AttentionGrid {
-        rows: LaunchConfig {
-            grid_dim: (rows_n, nh, 1),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: 0,
-        },
-        tiles: tiled((tiles, nh, 1)),
-        tile_pairs: tiled((tiles, key_tiles, nh)),
-        dims: [
-            int(t, "T")?,
+
+    fn kernel(&self, name: &str) -> String {
+        if self.f16 {
+            format!("{name}_f16")
+        } else {
+            name.to_string()
+        }
+    }
+
+    /// The shape arguments (`ATT_DIMS`) for the block of queries `rows`, which must be whole
+    /// 64-query tiles from the step's first query (or end with the step).
+    fn dims_args(&self, rows: &Range<usize>) -> Result<[Arg; 10]> {
+        let d = self.dims;
+        let from_first = rows.start.checked_sub(self.qbase);
+        let whole_tiles = from_first.is_some_and(|s| s.is_multiple_of(64))
+            && (rows.end == self.kend || (rows.end - self.qbase).is_multiple_of(64));
+        if rows.is_empty() || rows.end > self.kend || !whole_tiles || self.kend > self.t {
+            return Err(Error::internal(format!(
+                "attention query block {rows:?} of the step {}..{} (prompt {}) is not whole 64-query tiles",
+                self.qbase, self.kend, self.t
+            )));
+        }
+        Ok([
+            int(self.t, "T")?,
             int(d.n_heads, "heads")?,
             int(d.n_kv_heads, "kv heads")?,
             int(d.head_dim, "head_dim")?,
-            Arg::I32(i32::from(lookahead)),
+            Arg::I32(i32::from(self.lookahead)),
             int(rows.start, "first query")?,
-            int(qn, "queries")?,
-        ],
-    })
-}
-
-/// `probs` [nh, rows.len(), T] for the queries `rows` from `q` [T, nh, D] and `k` [T, nkv, D]
-/// (see kernels/attention.cu). Small heads: 64 queries x 64 keys tiles (`attn_tile_scores`,
-/// then `attn_softmax_rows`); larger ones: a block per (query, head) (`attn_probs`).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn attention_probs(
-    dev: &Device,
-    d: &Dims,
-    t: usize,
-    rows: &Range<usize>,
-    lookahead: bool,
-    q: &CudaSlice<f32>,
-    k: &CudaSlice<f32>,
-    probs: &CudaSlice<f32>,
-    stage: &str,
-) -> Result<()> {
-    let g = attention_grid(d, t, lookahead, rows)?;
-    let mut args = vec![
-        Arg::Ptr(dev.ptr(q)),
-        Arg::Ptr(dev.ptr(k)),
-        Arg::Ptr(dev.ptr(probs)),
-    ];
-    args.extend(g.dims);
-    if d.head_dim <= ATT_TILE_MAXD {
-        dev.launch("attn_tile_scores", stage, g.tile_pairs, &args)?;
-        return dev.launch(
-            "attn_softmax_rows",
-            stage,
-            g.rows,
-            &[
-                Arg::Ptr(dev.ptr(probs)),
-                int(t, "T")?,
-                Arg::I32(i32::from(lookahead)),
-                int(rows.start, "first query")?,
-                int(rows.len(), "queries")?,
-            ],
-        );
+            int(rows.len(), "queries")?,
+            int(self.qbase, "first step position")?,
+            int(self.kfirst, "first key")?,
+            int(self.kend, "keys")?,
+        ])
     }
-    let shared = u32::try_from(128 * 8 + 4 * (d.head_dim + t))
-        .ok()
-        .filter(|&s| s <= 48 * 1024)
-        .ok_or_else(|| {
+
+    /// A block per (query, head) of `rows`, with `shared` bytes of dynamic shared memory.
+    fn rows_grid(&self, rows: &Range<usize>, shared: u32) -> Result<LaunchConfig> {
+        let (Ok(qn), Some(nh)) = (
+            u32::try_from(rows.len()),
+            u32::try_from(self.dims.n_heads)
+                .ok()
+                .filter(|&h| h <= 65535),
+        ) else {
+            return Err(Error::input("attention grid too large"));
+        };
+        Ok(LaunchConfig {
+            grid_dim: (qn, nh, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: shared,
+        })
+    }
+
+    /// Dynamic shared memory of the per-query kernels: 128 doubles and (D + kend) floats, if
+    /// it fits the 48 KiB a launch gets without opting in.
+    fn row_shared(&self) -> Option<u32> {
+        u32::try_from(128 * 8 + 4 * (self.dims.head_dim + self.kend))
+            .ok()
+            .filter(|&s| s <= 48 * 1024)
+    }
+
+    /// `probs` [nh, rows.len(), T] for the queries `rows` from `q` (the step's rows) and the
+    /// keys `k`. Small heads: 64 queries x 64 keys tiles (`attn_tile_scores`, then
+    /// `attn_softmax_rows`); larger ones: a block per (query, head) (`attn_probs`).
+    pub fn probs(
+        &self,
+        dev: &Device,
+        rows: &Range<usize>,
+        q: u64,
+        k: u64,
+        probs: u64,
+        stage: &str,
+    ) -> Result<()> {
+        let mut args = vec![Arg::Ptr(q), Arg::Ptr(k), Arg::Ptr(probs)];
+        args.extend(self.dims_args(rows)?);
+        let d = self.dims;
+        if d.head_dim <= ATT_TILE_MAXD {
+            let (tiles, key_tiles, nh) = (
+                u32::try_from(rows.len().div_ceil(64)).ok(),
+                u32::try_from(self.kend.div_ceil(64))
+                    .ok()
+                    .filter(|&n| n <= 65535),
+                u32::try_from(d.n_heads).ok().filter(|&h| h <= 65535),
+            );
+            let (Some(tiles), Some(key_tiles), Some(nh)) = (tiles, key_tiles, nh) else {
+                return Err(Error::input("attention grid too large"));
+            };
+            let tiled = LaunchConfig {
+                grid_dim: (tiles, key_tiles, nh),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            dev.launch(&self.kernel("attn_tile_scores"), stage, tiled, &args)?;
+            return dev.launch(
+                "attn_softmax_rows",
+                stage,
+                self.rows_grid(rows, 0)?,
+                &[
+                    Arg::Ptr(probs),
+                    int(self.t, "T")?,
+                    Arg::I32(i32::from(self.lookahead)),
+                    int(rows.start, "first query")?,
+                    int(rows.len(), "queries")?,
+                    int(self.kfirst, "first key")?,
+                    int(self.kend, "keys")?,
+                ],
+            );
+        }
+        let shared = self.row_shared().ok_or_else(|| {
             Error::input(format!(
-                "attention over {t} positions with head_dim {} needs more than 48 KiB of shared memory",
-                d.head_dim
+                "attention over {} positions with head_dim {} needs more than 48 KiB of shared memory",
+                self.kend, d.head_dim
             ))
         })?;
-    let launch = LaunchConfig {
-        shared_mem_bytes: shared,
-        ..g.rows
-    };
-    dev.launch("attn_probs", stage, launch, &args)
-}
-
-/// `ctx` rows `rows` of [T, nh * D] = probs · v over the visible keys, `probs` holding those
-/// rows as [`attention_probs`] wrote them.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn attention_ctx(
-    dev: &Device,
-    d: &Dims,
-    t: usize,
-    rows: &Range<usize>,
-    lookahead: bool,
-    probs: &CudaSlice<f32>,
-    v: &CudaSlice<f32>,
-    ctx: &CudaSlice<f32>,
-    stage: &str,
-) -> Result<()> {
-    let g = attention_grid(d, t, lookahead, rows)?;
-    let mut args = vec![
-        Arg::Ptr(dev.ptr(probs)),
-        Arg::Ptr(dev.ptr(v)),
-        Arg::Ptr(dev.ptr(ctx)),
-    ];
-    args.extend(g.dims);
-    if d.head_dim <= ATT_TILE_MAXD {
-        return dev.launch("attn_ctx_tiled", stage, g.tiles, &args);
+        dev.launch(
+            &self.kernel("attn_probs"),
+            stage,
+            self.rows_grid(rows, shared)?,
+            &args,
+        )
     }
-    dev.launch("attn_ctx", stage, g.rows, &args)
+
+    /// `ctx` rows of `rows` ([n, nh * D] from the step's first position) = probs · v over the
+    /// visible keys, `probs` holding those rows as [`AttnCall::probs`] wrote them.
+    pub fn ctx(
+        &self,
+        dev: &Device,
+        rows: &Range<usize>,
+        probs: u64,
+        v: u64,
+        ctx: u64,
+        stage: &str,
+    ) -> Result<()> {
+        let mut args = vec![Arg::Ptr(probs), Arg::Ptr(v), Arg::Ptr(ctx)];
+        args.extend(self.dims_args(rows)?);
+        if self.dims.head_dim <= ATT_TILE_MAXD {
+            let tiles = u32::try_from(rows.len().div_ceil(64))
+                .map_err(|_| Error::input("attention grid too large"))?;
+            let nh = self.rows_grid(rows, 0)?.grid_dim.1;
+            let cfg = LaunchConfig {
+                grid_dim: (tiles, nh, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            return dev.launch(&self.kernel("attn_ctx_tiled"), stage, cfg, &args);
+        }
+        dev.launch(
+            &self.kernel("attn_ctx"),
+            stage,
+            self.rows_grid(rows, 0)?,
+            &args,
+        )
+    }
+
+    /// Probabilities and context in one launch (`attn_fused`: the per-query kernels' arithmetic,
+    /// the probabilities handed over in shared memory), for `[q, k, v, probs, ctx]`. `false`
+    /// (nothing launched) when the keys do not fit its shared memory.
+    pub fn fused(
+        &self,
+        dev: &Device,
+        rows: &Range<usize>,
+        [q, k, v, probs, ctx]: [u64; 5],
+        stage: &str,
+    ) -> Result<bool> {
+        let Some(shared) = self.row_shared() else {
+            return Ok(false);
+        };
+        let mut args = vec![
+            Arg::Ptr(q),
+            Arg::Ptr(k),
+            Arg::Ptr(v),
+            Arg::Ptr(probs),
+            Arg::Ptr(ctx),
+        ];
+        args.extend(self.dims_args(rows)?);
+        dev.launch(
+            &self.kernel("attn_fused"),
+            stage,
+            self.rows_grid(rows, shared)?,
+            &args,
+        )?;
+        Ok(true)
+    }
 }
 
 /// Run one forward. `arena` is the backend's pinned capture memory, reused across calls;
@@ -1078,7 +1289,8 @@ pub fn forward(
             d.vocab
         )));
     }
-    check_faults(d, req.faults)?;
+    let steps = req.schedule.steps(t).map_err(Error::input)?;
+    check_faults(d, req.faults, &steps)?;
     let words: usize = req
         .plan
         .keys(d.n_layers, |s| has_stage(d, s))
@@ -1087,15 +1299,26 @@ pub fn forward(
         .map(|k| stage_shape(d, t, k.stage).iter().product::<usize>())
         .sum();
     let cap = Capture::new(arena, &dev.ctx, words)?;
+    // the cache: for more than one step; the one-step f32 forward attends over its own K/V
+    let f16 = kv_cache_f16(req);
+    let cache = if steps.len() > 1 || f16 {
+        Some(DeviceKvCache::new(dev, d, t, f16)?)
+    } else {
+        None
+    };
+    let rows = steps.iter().map(Step::len).max().unwrap_or(t);
     let mut run = Run {
         dev,
         w,
         req,
         t,
+        step: steps[0],
+        cache,
         cap,
     };
-    let probs_rows = attention_block_rows(d.n_heads, t, run.keeps_all_probs(), att_probs_budget);
-    let mut b = Buffers::new(dev, d, t, probs_rows)?;
+    let probs_rows =
+        attention_block_rows(d.n_heads, rows, t, run.keeps_all_probs(), att_probs_budget);
+    let mut b = Buffers::new(dev, d, rows, probs_rows, t)?;
     dev.launch(
         "rope_table",
         "RoPE angles",
@@ -1110,41 +1333,11 @@ pub fn forward(
     )?;
     let toks: Vec<i32> = req.tokens.iter().map(|&v| v as i32).collect();
     let toks_dev = dev.upload(&toks, "tokens")?;
-
-    // embedding: our hidden state starts here, whether or not a teacher feeds the layers
-    w.token_embd
-        .gather(dev, "embedding", Arg::Ptr(dev.ptr(&toks_dev)), t, &b.x)?;
-    run.done(None, Stage::Embedding, &b.x)?;
-    for l in 0..d.n_layers {
-        run.layer(l, &mut b)?;
+    let logits = dev.zeros::<f32>(rows * d.vocab, "logits")?;
+    for st in steps {
+        run.step = st;
+        run.step_forward(&mut b, &toks_dev, &logits)?;
     }
-    let h = d.hidden;
-    let final_in = if req.teacher.is_some() && d.n_layers > 0 {
-        run.teacher_input(Key::layer(d.n_layers - 1, Stage::LayerOut), &mut b.layer_in)?;
-        &b.layer_in
-    } else {
-        &b.x
-    };
-    run.rms_norm("final_norm", final_in, &w.output_norm, &b.attn_norm, t, h)?;
-    run.done(None, Stage::FinalNorm, &b.attn_norm)?;
-    let lm_in = if req.teacher.is_some() {
-        run.teacher_input(Key::model(Stage::FinalNorm), &mut b.ffn_norm)?;
-        &b.ffn_norm
-    } else {
-        &b.attn_norm
-    };
-    let logits = dev.zeros::<f32>(t * d.vocab, "logits")?;
-    run.matmul(
-        None,
-        Stage::Logits,
-        w.lm_head(),
-        lm_in,
-        t,
-        &logits,
-        &b.rounded,
-        None,
-    )?;
-    run.done(None, Stage::Logits, &logits)?;
     dev.sync("the forward")?;
 
     let mut trace = Trace::new(meta);
@@ -1160,6 +1353,59 @@ pub fn forward(
     Ok(trace)
 }
 
+/// Whether the request asks for an f16 KV cache.
+fn kv_cache_f16(_req: &ForwardRequest<'_>) -> bool {
+    false
+}
+
+impl Run<'_> {
+    /// One step over its rows: embedding, every layer (through its KV cache), final norm,
+    /// logits. Teacher forcing replaces each layer's input rows with the teacher's rows.
+    fn step_forward(
+        &mut self,
+        b: &mut Buffers,
+        toks: &CudaSlice<i32>,
+        logits: &CudaSlice<f32>,
+    ) -> Result<()> {
+        let (dev, w) = (self.dev, self.w);
+        let d = &w.dims;
+        let (n, h) = (self.n(), d.hidden);
+        // embedding: our hidden state starts here, whether or not a teacher feeds the layers
+        let ids = dev.ptr(toks) + (self.step.start * 4) as u64;
+        w.token_embd
+            .gather(dev, "embedding", Arg::Ptr(ids), n, &b.x)?;
+        self.done(None, Stage::Embedding, &b.x)?;
+        for l in 0..d.n_layers {
+            self.layer(l, b)?;
+        }
+        let final_in = if self.req.teacher.is_some() && d.n_layers > 0 {
+            self.teacher_input(Key::layer(d.n_layers - 1, Stage::LayerOut), &mut b.layer_in)?;
+            &b.layer_in
+        } else {
+            &b.x
+        };
+        self.rms_norm("final_norm", final_in, &w.output_norm, &b.attn_norm, n, h)?;
+        self.done(None, Stage::FinalNorm, &b.attn_norm)?;
+        let lm_in = if self.req.teacher.is_some() {
+            self.teacher_input(Key::model(Stage::FinalNorm), &mut b.ffn_norm)?;
+            &b.ffn_norm
+        } else {
+            &b.attn_norm
+        };
+        self.matmul(
+            None,
+            Stage::Logits,
+            w.lm_head(),
+            lm_in,
+            n,
+            logits,
+            &b.rounded,
+            None,
+        )?;
+        self.done(None, Stage::Logits, logits)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{ATT_PROBS_BUDGET, attention_block_rows};
@@ -1170,13 +1416,13 @@ mod tests {
     fn attention_blocks_fit_the_budget_in_whole_tiles() {
         let b = ATT_PROBS_BUDGET;
         // the 30B-A3B shape (32 heads): whole up to T = 1448, blocks past it
-        assert_eq!(attention_block_rows(32, 1448, false, b), 1448);
-        assert_eq!(attention_block_rows(32, 1449, false, b), 1408);
-        assert_eq!(attention_block_rows(32, 40_000, false, b), 64);
+        assert_eq!(attention_block_rows(32, 1448, 1448, false, b), 1448);
+        assert_eq!(attention_block_rows(32, 1449, 1449, false, b), 1408);
+        assert_eq!(attention_block_rows(32, 40_000, 40_000, false, b), 64);
         // kept probabilities are never blocked, however large
-        assert_eq!(attention_block_rows(32, 40_000, true, b), 40_000);
+        assert_eq!(attention_block_rows(32, 40_000, 40_000, true, b), 40_000);
         for (nh, t) in [(4, 70), (32, 2000), (64, 5000), (40, 40_960), (1, 1 << 20)] {
-            let rows = attention_block_rows(nh, t, false, b);
+            let rows = attention_block_rows(nh, t, t, false, b);
             assert!(
                 rows == t || rows.is_multiple_of(64),
                 "{nh} heads, T {t}: {rows}"
@@ -1184,7 +1430,7 @@ mod tests {
             assert!(rows == 64 || rows == t || nh * rows * t * 4 <= b);
         }
         // a budget of one byte walks every prompt longer than a tile in single tiles
-        assert_eq!(attention_block_rows(4, 150, false, 1), 64);
-        assert_eq!(attention_block_rows(4, 50, false, 1), 50);
+        assert_eq!(attention_block_rows(4, 150, 150, false, 1), 64);
+        assert_eq!(attention_block_rows(4, 50, 50, false, 1), 50);
     }
 }

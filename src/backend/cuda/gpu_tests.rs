@@ -9,6 +9,7 @@ use std::path::PathBuf;
 
 use super::CudaBackend;
 use super::device::{Arg, Device, grid_1d};
+use super::forward::AttnCall;
 use super::matmul::{GroupPtrs, MatmulCall, MatmulKernel};
 use super::weights::{DeviceMatrix, HostTensor};
 use crate::backend::{Backend, Fault, ForwardRequest};
@@ -21,6 +22,7 @@ use crate::trace::plan::CapturePlan;
 use crate::trace::stage::{Key, Stage};
 use crate::trace::tensor::TensorData;
 use crate::trace::trace::Trace;
+use cudarc::driver::CudaSlice;
 
 fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures")).join(rel)
@@ -867,9 +869,11 @@ fn tiled_attention_matches_per_query_kernels() {
             let probs = dev.zeros::<f32>(nh * t * t, "probs").unwrap();
             let ctx = dev.zeros::<f32>(t * nh * hd, "ctx").unwrap();
             let all = 0..t;
-            super::forward::attention_probs(&dev, &dims, t, &all, look, &qd, &kd, &probs, "test")
+            let call = AttnCall::full(&dims, t, look);
+            let p = |x: &CudaSlice<f32>| dev.ptr(x);
+            call.probs(&dev, &all, p(&qd), p(&kd), p(&probs), "test")
                 .unwrap();
-            super::forward::attention_ctx(&dev, &dims, t, &all, look, &probs, &vd, &ctx, "test")
+            call.ctx(&dev, &all, p(&probs), p(&vd), p(&ctx), "test")
                 .unwrap();
             let (p_tiled, c_tiled) = (
                 dev.stream.clone_dtoh(&probs).unwrap(),
@@ -883,6 +887,9 @@ fn tiled_attention_matches_per_query_kernels() {
                 Arg::I32(nkv as i32),
                 Arg::I32(hd as i32),
                 Arg::I32(la),
+                Arg::I32(0),
+                Arg::I32(t as i32),
+                Arg::I32(0),
                 Arg::I32(0),
                 Arg::I32(t as i32),
             ];
@@ -988,7 +995,10 @@ fn blocked_attention_equals_whole() {
         return;
     };
     let (t, nh, nkv, block) = (200usize, 4usize, 2usize, 64usize);
-    assert_eq!(super::forward::attention_block_rows(nh, t, false, 1), block);
+    assert_eq!(
+        super::forward::attention_block_rows(nh, t, t, false, 1),
+        block
+    );
     for hd in [64usize, 160] {
         let dims = attention_dims(t, nh, nkv, hd);
         let (_, [qd, kd, vd]) = qkv(&dev, (t, nh, nkv, hd), 4);
@@ -997,9 +1007,11 @@ fn blocked_attention_equals_whole() {
             let probs = dev.zeros::<f32>(nh * t * t, "probs").unwrap();
             let ctx = dev.zeros::<f32>(t * nh * hd, "ctx").unwrap();
             let all = 0..t;
-            super::forward::attention_probs(&dev, &dims, t, &all, look, &qd, &kd, &probs, "test")
+            let call = AttnCall::full(&dims, t, look);
+            let p = |x: &CudaSlice<f32>| dev.ptr(x);
+            call.probs(&dev, &all, p(&qd), p(&kd), p(&probs), "test")
                 .unwrap();
-            super::forward::attention_ctx(&dev, &dims, t, &all, look, &probs, &vd, &ctx, "test")
+            call.ctx(&dev, &all, p(&probs), p(&vd), p(&ctx), "test")
                 .unwrap();
             let (p_whole, c_whole) = (
                 dev.stream.clone_dtoh(&probs).unwrap(),
@@ -1009,30 +1021,10 @@ fn blocked_attention_equals_whole() {
             let block_ctx = dev.zeros::<f32>(t * nh * hd, "block ctx").unwrap();
             for start in (0..t).step_by(block) {
                 let rows = start..(start + block).min(t);
-                super::forward::attention_probs(
-                    &dev,
-                    &dims,
-                    t,
-                    &rows,
-                    look,
-                    &qd,
-                    &kd,
-                    &block_probs,
-                    "test",
-                )
-                .unwrap();
-                super::forward::attention_ctx(
-                    &dev,
-                    &dims,
-                    t,
-                    &rows,
-                    look,
-                    &block_probs,
-                    &vd,
-                    &block_ctx,
-                    "test",
-                )
-                .unwrap();
+                call.probs(&dev, &rows, p(&qd), p(&kd), p(&block_probs), "test")
+                    .unwrap();
+                call.ctx(&dev, &rows, p(&block_probs), p(&vd), p(&block_ctx), "test")
+                    .unwrap();
                 let p_block = dev.stream.clone_dtoh(&block_probs).unwrap();
                 for h in 0..nh {
                     for i in rows.clone() {
@@ -1050,18 +1042,8 @@ fn blocked_attention_equals_whole() {
             }
             // a block that is not whole tiles is refused, not computed wrongly
             assert!(
-                super::forward::attention_probs(
-                    &dev,
-                    &dims,
-                    t,
-                    &(10..74),
-                    look,
-                    &qd,
-                    &kd,
-                    &block_probs,
-                    "test"
-                )
-                .is_err()
+                call.probs(&dev, &(10..74), p(&qd), p(&kd), p(&block_probs), "test")
+                    .is_err()
             );
         }
     }
@@ -1317,6 +1299,148 @@ fn cuda_matches_cpu_reference_clean_and_faulted() {
         );
     }
     eprintln!("cuda vs cpu over all models, worst relative L2 per stage:");
+    for (s, e) in &summary {
+        eprintln!("  {s:<14} {e:.3e}");
+    }
+}
+
+fn run_scheduled(
+    b: &mut dyn Backend,
+    tokens: &[u32],
+    plan: &CapturePlan,
+    teacher: Option<&Trace>,
+    faults: &[Fault],
+    schedule: crate::backend::Schedule,
+) -> Trace {
+    let req = ForwardRequest {
+        tokens,
+        plan,
+        teacher,
+        faults,
+        schedule,
+    };
+    b.forward(&req)
+        .unwrap_or_else(|e| panic!("forward under {schedule}: {e}"))
+}
+
+/// The CUDA backend under schedules (chunked prefill attending to the cached prefix, decode
+/// steps through the fused one-query kernel, f32 cache) against the CPU reference's full
+/// forward at every stage, on the fixture models and synthetic Q4_K_M / Q8_0 models of four
+/// architectures, 32 tokens: clean, teacher-forced, traced = untraced; and each KV-cache fault
+/// class planted on both sides under the schedule, first diverging from the clean CUDA run at
+/// its own layer and stage.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_schedules_match_cpu_full_forward() {
+    use crate::backend::Schedule;
+    use crate::backend::cpu::CpuBackend;
+    use crate::model::synth::SynthQuant;
+    if skip_if_no_device(super::open_device(0)).is_none() {
+        return;
+    }
+    let mut models: Vec<(String, PathBuf, Option<tempfile_path::TempModel>)> = GOLDEN_SETS
+        .iter()
+        .map(|(dir, model, _)| {
+            (
+                format!("{dir}/{model}"),
+                fixture(&format!("{dir}/{model}")),
+                None,
+            )
+        })
+        .collect();
+    for preset in ["tiny-moe", "tiny-dense", "tiny-llama", "tiny-qwen2moe"] {
+        for q in [SynthQuant::Q4_K_M, SynthQuant::Q8_0] {
+            let m = synthetic_of(preset, q);
+            models.push((
+                format!("synthetic {preset} {}", q.name()),
+                m.0.clone(),
+                Some(m),
+            ));
+        }
+    }
+    let schedules = [
+        Schedule::new(Some(8), 16),
+        Schedule::new(Some(3), 5),
+        Schedule::new(None, 32),
+        Schedule::new(Some(1), 0),
+        Schedule::new(Some(20), 1),
+    ];
+    let plan = CapturePlan::all();
+    let mut summary: BTreeMap<&'static str, f64> = BTreeMap::new();
+    for (name, path, _keep) in &models {
+        let mut cuda = CudaBackend::open(path, 0).unwrap();
+        let mut cpu = CpuBackend::open(path).unwrap();
+        let vocab = cuda.dims().vocab as u32;
+        let tokens: Vec<u32> = (0..32u32).map(|i| (i * 37 + 11) % vocab).collect();
+        let n_layers = cuda.dims().n_layers;
+        let reference = run(&mut cpu, &tokens, &plan, None, &[]);
+        for &sched in &schedules {
+            let what = format!("{name} under {sched}");
+            let c = run_scheduled(&mut cuda, &tokens, &plan, None, &[], sched);
+            assert_eq!(
+                c.tensors.keys().collect::<Vec<_>>(),
+                reference.tensors.keys().collect::<Vec<_>>(),
+                "{what}: captured keys differ from the full forward's"
+            );
+            for (s, e) in diff_traces(&what, &c, &reference, &Thresholds::new(), false) {
+                let w = summary.entry(s).or_insert(0.0);
+                *w = w.max(e);
+            }
+            // capture never changes what is computed
+            let only_logits = CapturePlan::new([Stage::Logits], crate::trace::plan::LayerSel::All);
+            let small = run_scheduled(&mut cuda, &tokens, &only_logits, None, &[], sched);
+            let key = Key::model(Stage::Logits);
+            assert!(
+                bits_equal(&small.tensors[&key].data, &c.tensors[&key].data),
+                "{what}: traced and untraced logits differ"
+            );
+        }
+        let sched = schedules[0];
+        // teacher forcing from the CPU's full trace, under the schedule
+        let c = run_scheduled(&mut cuda, &tokens, &plan, Some(&reference), &[], sched);
+        let r = run(&mut cpu, &tokens, &plan, Some(&reference), &[]);
+        diff_traces(
+            &format!("{name} under {sched}, teacher-forced"),
+            &c,
+            &r,
+            &Thresholds::new(),
+            false,
+        );
+        // the cache faults on both sides, under the schedule that lets each fire
+        let last = n_layers - 1;
+        let faults = [
+            (format!("kv_stale@layer.{last}.attn_probs"), sched),
+            ("kv_slot_off_by_one@layer.0.attn_probs".to_string(), sched),
+            (format!("rope_pos_reset@layer.{last}.k_rope"), sched),
+            ("rope_pos_reset@layer.0.q_rope".to_string(), sched),
+            (format!("chunk_mask@layer.{last}.attn_probs"), sched),
+            (
+                "causal_mask_off_by_one@layer.0.attn_probs".to_string(),
+                sched,
+            ),
+            (format!("nan[70]@layer.{last}.attn_probs"), sched),
+            (
+                "scale_drift[0.01]@layer.0.attn_probs".to_string(),
+                Schedule::new(None, 32),
+            ),
+        ];
+        for (f, sched) in &faults {
+            let fault: Fault = f.parse().unwrap();
+            let what = format!("{name} under {sched} with {f}");
+            let c = run_scheduled(&mut cuda, &tokens, &plan, None, &[fault], *sched);
+            let r = run_scheduled(&mut cpu, &tokens, &plan, None, &[fault], *sched);
+            diff_traces(&what, &c, &r, &Thresholds::new(), true);
+            let clean = run_scheduled(&mut cuda, &tokens, &plan, None, &[], *sched);
+            let want = Key {
+                layer: fault.layer,
+                stage: fault.stage,
+            };
+            assert_eq!(first_difference(&c, &clean), Some(want), "{what}");
+        }
+    }
+    eprintln!(
+        "cuda schedules vs the cpu full forward over all models, worst relative L2 per stage:"
+    );
     for (s, e) in &summary {
         eprintln!("  {s:<14} {e:.3e}");
     }

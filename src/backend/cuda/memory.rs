@@ -45,7 +45,7 @@ pub fn estimate(file: &GgufFile, cfg: &ModelConfig, tokens: usize) -> MemoryEsti
     let d = Dims::from_config(cfg);
     let t = tokens;
     let probs_row = (d.n_heads * t * 4) as u64;
-    let untraced_rows = attention_block_rows(d.n_heads, t, false, ATT_PROBS_BUDGET);
+    let untraced_rows = attention_block_rows(d.n_heads, t, t, false, ATT_PROBS_BUDGET);
     let attention = probs_row * t as u64;
     let logits = ((t * d.vocab + t) * 4) as u64;
     let weights = weight_bytes(file, cfg);

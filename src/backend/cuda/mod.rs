@@ -1,11 +1,13 @@
-//! The CUDA backend: the candidate side of the usual pair, a traced qwen3 / qwen3moe forward on
-//! an NVIDIA GPU through cudarc.
+//! The CUDA backend: the candidate side of the usual pair, a traced decoder forward on an
+//! NVIDIA GPU through cudarc, under any schedule (the whole prompt at once, or chunked prefill
+//! and decode steps through a KV cache on the device).
 //!
 //! - [`device`]: probe (no driver or no card is `ErrorKind::NoDevice`, never a panic), NVRTC
 //!   compilation of `kernels/*.cu` once per process, launches that name kernel and stage.
 //! - [`weights`]: the model's tensors uploaded once in their GGUF block formats.
 //! - [`matmul`]: which matmul kernel serves a launch, its launch shape, and the launch.
-//! - [`forward`]: the batched forward with faults, teacher forcing and capture.
+//! - [`forward`]: the forward, step by step of the schedule, with faults, teacher forcing and
+//!   capture.
 //! - [`capture`]: planned stages copied asynchronously into pinned host memory.
 //!
 //! Nothing CUDA is needed at build time (cudarc loads the driver and NVRTC at run time), so the
@@ -130,7 +132,6 @@ impl Backend for CudaBackend {
     }
 
     fn forward(&mut self, req: &ForwardRequest<'_>) -> Result<Trace> {
-        refuse_schedules(req)?;
         let sha = self
             .model_sha256
             .get_or_init(|| {
@@ -157,6 +158,12 @@ impl Backend for CudaBackend {
         }
         if req.teacher.is_some() {
             meta.extra.insert("teacher_forced".into(), "true".into());
+        }
+        if !req.schedule.is_full() {
+            meta.extra.insert(
+                crate::backend::schedule::SCHEDULE_KEY.into(),
+                req.schedule.to_string(),
+            );
         }
         let trace = forward::forward(
             &self.dev,
@@ -201,48 +208,5 @@ mod tests {
     fn probe_of_a_missing_ordinal_is_no_device() {
         let e = CudaBackend::probe(1 << 20).expect_err("no machine has 2^20 GPUs");
         assert_eq!(e.kind, ErrorKind::NoDevice, "{e}");
-    }
-}
-
-/// The CUDA forward is batched over the whole prompt: it has no KV cache yet, so a chunked or
-/// decode schedule, or a fault of the cache path, is refused rather than run as a full forward
-/// that would prove nothing about the schedule.
-fn refuse_schedules(req: &ForwardRequest<'_>) -> Result<()> {
-    if !req.schedule.is_full() {
-        return Err(crate::error::Error::input(format!(
-            "the CUDA backend does not run schedules yet (asked for `{}`); run it with the full forward",
-            req.schedule
-        )));
-    }
-    if let Some(f) = req.faults.iter().find(|f| f.kind.needs_schedule()) {
-        return Err(crate::error::Error::input(format!(
-            "fault `{f}`: the CUDA backend does not run schedules yet, so the KV-cache fault classes cannot be planted on it"
-        )));
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod schedule_tests {
-    use super::refuse_schedules;
-    use crate::backend::{Fault, ForwardRequest, Schedule};
-    use crate::trace::plan::CapturePlan;
-
-    /// No device needed: the refusal comes before anything touches the GPU.
-    #[test]
-    fn schedules_and_cache_faults_are_refused() {
-        let plan = CapturePlan::all();
-        let tokens = [1, 2, 3];
-        let mut req = ForwardRequest::new(&tokens, &plan);
-        refuse_schedules(&req).unwrap();
-        req.schedule = Schedule::new(Some(2), 1);
-        let e = refuse_schedules(&req).unwrap_err();
-        assert_eq!(e.kind, crate::ErrorKind::Input);
-        assert!(e.to_string().contains("does not run schedules yet"), "{e}");
-        let faults: [Fault; 1] = ["kv_stale@layer.0.attn_probs".parse().unwrap()];
-        req.schedule = Schedule::full();
-        req.faults = &faults;
-        let e = refuse_schedules(&req).unwrap_err();
-        assert!(e.to_string().contains("does not run schedules yet"), "{e}");
     }
 }

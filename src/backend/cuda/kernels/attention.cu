@@ -1,46 +1,59 @@
-// Causal attention with grouped-query heads, in two kernels so that a planted fault on
-// attn_probs reaches the context exactly as on the CPU side.
+// Causal attention with grouped-query heads over a step's queries and the layer's keys, in two
+// kernels so that a planted fault on attn_probs reaches the context exactly as on the CPU side
+// (plus a fused kernel for steps of one query, the decode steps).
 //
-// q [T, nh, D], k and v [T, nkv, D]; query head h reads kv head h / (nh / nkv). Query i sees
-// keys 0 ..= last(i), last(i) = min(i + lookahead, T - 1) (lookahead 1 is the planted
-// causal_mask_off_by_one). probs [nh, T, T] with masked entries exactly 0; ctx [T, nh*D].
+// The keys are a KV cache: k and v [>= kend, nkv, D] hold the keys of positions 0 .. kend - 1
+// (the step's end), as f32 or, for the f16 cache, IEEE half bits (the `_f16` kernels). The
+// full forward passes its own k_rope / v_proj, kend = T. The step's queries q [n, nh, D] and
+// its context rows ctx [n, nh*D] start at position qbase (the step's start; 0 for the full
+// forward). Query head h reads kv head h / (nh / nkv). Query i sees keys kfirst ..= last(i),
+// last(i) = min(i + lookahead, kend - 1): lookahead 1 is the planted causal_mask_off_by_one
+// (never past the step's last row: later slots are not written yet), kfirst > 0 the planted
+// chunk_mask (a prefill chunk that does not see the earlier chunks). probs [nh, QN, T], T the
+// prompt length, with masked entries exactly 0; masked keys are skipped, never multiplied by 0.
 //
-// Every kernel takes a block of queries q0 .. q0 + QN - 1 and probs holds only their rows,
-// [nh, QN, T] (row i - q0): when the plan does not keep attn_probs the forward walks the
-// queries in such blocks through a bounded buffer instead of allocating [nh, T, T]. q0 is a
-// multiple of the 64-query tile, so a query's tiles, and so its every operation, are the same
-// whatever the block: blocked and whole runs agree bit for bit.
+// Every kernel takes a block of queries q0 .. q0 + QN - 1 (absolute positions) and probs
+// holds only their rows (row i - q0): when the plan does not keep attn_probs the forward walks
+// the queries in such blocks through a bounded buffer instead of allocating [nh, T, T]. A
+// score is one FMA chain whatever the block, and a context sums its keys in ascending order,
+// so blocked and whole runs agree bit for bit.
 // Scores are f32 dot products; the softmax (max-subtracted, so it cannot overflow) runs in f64
 // over them, as the reference does, and is rounded once.
 
 #define ATT_THREADS 128
+// the shape and visibility arguments every attention kernel takes, in this order
+#define ATT_DIMS                                                                             \
+    int T, int nh, int nkv, int D, int lookahead, int q0, int QN, int qbase, int kfirst, int kend
+#define ATT_PASS T, nh, nkv, D, lookahead, q0, QN, qbase, kfirst, kend
 
-__device__ __forceinline__ int last_key(int i, int T, int lookahead) {
-    return min(i + lookahead, T - 1);
+__device__ __forceinline__ int last_key(int i, int kend, int lookahead) {
+    return min(i + lookahead, kend - 1);
 }
 
-// grid (QN, nh), block ATT_THREADS, dynamic shared: (D + T) floats + ATT_THREADS doubles.
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attn_probs(const float* __restrict__ q, const float* __restrict__ k,
-               float* __restrict__ probs, int T, int nh, int nkv, int D, int lookahead,
-               int q0, int QN) {
-    extern __shared__ double att_sh[];
-    double* red = att_sh;
-    float* qs = (float*)(att_sh + ATT_THREADS);
-    float* sc = qs + D;
-    int i = q0 + blockIdx.x, h = blockIdx.y;
+// one K or V value of the cache as f32
+__device__ __forceinline__ float kv_ld(const float* p, i64 i) { return p[i]; }
+__device__ __forceinline__ float kv_ld(const u16* p, i64 i) { return h2f(p[i]); }
+
+// Scores and softmax of query i = q0 + blockIdx.x, head h = blockIdx.y, into the shared
+// row sc (sc[j] for kfirst <= j < end, as the f32 probability) and its global row pr
+// (zeros elsewhere). `red` is ATT_THREADS doubles, qs D floats, sc kend floats.
+template <typename KV>
+__device__ __forceinline__ void attn_row(const float* __restrict__ q, const KV* __restrict__ k,
+                                         float* __restrict__ pr, double* red, float* qs,
+                                         float* sc, int i, int h, ATT_DIMS) {
     int kh = h / max(nh / nkv, 1);
-    int end = last_key(i, T, lookahead) + 1;
-    for (int d = threadIdx.x; d < D; d += ATT_THREADS) qs[d] = q[((i64)i * nh + h) * D + d];
+    int end = last_key(i, kend, lookahead) + 1;
+    for (int d = threadIdx.x; d < D; d += ATT_THREADS)
+        qs[d] = q[((i64)(i - qbase) * nh + h) * D + d];
     __syncthreads();
     float scale = (float)(1.0 / sqrt((double)D));
     // one warp per key: lanes stride over d (coalesced reads of the key row), then a fixed
     // xor-butterfly sums the lanes (every lane ends with the same bits; lane 0 writes)
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    for (int j = warp; j < end; j += ATT_THREADS / 32) {
-        const float* kr = k + ((i64)j * nkv + kh) * D;
+    for (int j = kfirst + warp; j < end; j += ATT_THREADS / 32) {
+        i64 kr = ((i64)j * nkv + kh) * D;
         float s = 0.0f;
-        for (int d = lane; d < D; d += 32) s = fmaf(qs[d], kr[d], s);
+        for (int d = lane; d < D; d += 32) s = fmaf(qs[d], kv_ld(k, kr + d), s);
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
         if (lane == 0) sc[j] = s * scale;
@@ -48,7 +61,7 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     __syncthreads();
     // max over the visible keys (NaN propagates: a NaN score makes the row NaN, as on the CPU)
     float m = -INFINITY;
-    for (int j = threadIdx.x; j < end; j += ATT_THREADS) m = fmaxf(m, sc[j]);
+    for (int j = kfirst + threadIdx.x; j < end; j += ATT_THREADS) m = fmaxf(m, sc[j]);
     red[threadIdx.x] = (double)m;
     __syncthreads();
     for (int s = ATT_THREADS / 2; s > 0; s >>= 1) {
@@ -58,7 +71,8 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     double mx = red[0];
     __syncthreads();
     double part = 0.0;
-    for (int j = threadIdx.x; j < end; j += ATT_THREADS) part += exp((double)sc[j] - mx);
+    for (int j = kfirst + threadIdx.x; j < end; j += ATT_THREADS)
+        part += exp((double)sc[j] - mx);
     red[threadIdx.x] = part;
     __syncthreads();
     for (int s = ATT_THREADS / 2; s > 0; s >>= 1) {
@@ -66,26 +80,103 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
         __syncthreads();
     }
     double z = red[0];
-    float* pr = probs + ((i64)h * QN + blockIdx.x) * T;
-    for (int j = threadIdx.x; j < T; j += ATT_THREADS)
-        pr[j] = j < end ? (float)(exp((double)sc[j] - mx) / z) : 0.0f;
+    for (int j = threadIdx.x; j < T; j += ATT_THREADS) {
+        bool seen = kfirst <= j && j < end;
+        float p = seen ? (float)(exp((double)sc[j] - mx) / z) : 0.0f;
+        pr[j] = p;
+        if (seen) sc[j] = p;
+    }
+    __syncthreads();
 }
 
-// ctx[i, h*D + d] = sum_{j <= last(i)} probs[h, i, j] * v[j, kh, d]. Masked positions are
-// skipped, not multiplied by 0, so a NaN there cannot leak backwards. grid (QN, nh).
-extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attn_ctx(const float* __restrict__ probs, const float* __restrict__ v,
-             float* __restrict__ ctx, int T, int nh, int nkv, int D, int lookahead, int q0,
-             int QN) {
-    int i = q0 + blockIdx.x, h = blockIdx.y;
+// ctx row of query i, head h: sum over its visible keys, ascending, of p[j] * v[j, kh, :].
+template <typename KV>
+__device__ __forceinline__ void attn_ctx_row(const float* p, const KV* __restrict__ v,
+                                             float* __restrict__ ctx, int i, int h, ATT_DIMS) {
     int kh = h / max(nh / nkv, 1);
-    int end = last_key(i, T, lookahead) + 1;
-    const float* pr = probs + ((i64)h * QN + blockIdx.x) * T;
+    int end = last_key(i, kend, lookahead) + 1;
     for (int d = threadIdx.x; d < D; d += ATT_THREADS) {
         float acc = 0.0f;
-        for (int j = 0; j < end; ++j) acc = fmaf(pr[j], v[((i64)j * nkv + kh) * D + d], acc);
-        ctx[(i64)i * nh * D + (i64)h * D + d] = acc;
+        for (int j = kfirst; j < end; ++j)
+            acc = fmaf(p[j], kv_ld(v, ((i64)j * nkv + kh) * D + d), acc);
+        ctx[(i64)(i - qbase) * nh * D + (i64)h * D + d] = acc;
     }
+}
+
+// probs of the block's queries. grid (QN, nh), block ATT_THREADS, dynamic shared:
+// ATT_THREADS doubles + (D + kend) floats.
+template <typename KV>
+__device__ __forceinline__ void attn_probs_t(const float* __restrict__ q,
+                                             const KV* __restrict__ k, float* __restrict__ probs,
+                                             ATT_DIMS) {
+    extern __shared__ double att_sh[];
+    float* qs = (float*)(att_sh + ATT_THREADS);
+    int h = blockIdx.y;
+    float* pr = probs + ((i64)h * QN + blockIdx.x) * T;
+    attn_row(q, k, pr, att_sh, qs, qs + D, q0 + blockIdx.x, h, ATT_PASS);
+}
+
+// ctx of the block's queries from probs as attn_probs (or attn_softmax_rows) wrote them.
+// grid (QN, nh), block ATT_THREADS.
+template <typename KV>
+__device__ __forceinline__ void attn_ctx_t(const float* __restrict__ probs,
+                                           const KV* __restrict__ v, float* __restrict__ ctx,
+                                           ATT_DIMS) {
+    int h = blockIdx.y;
+    const float* pr = probs + ((i64)h * QN + blockIdx.x) * T;
+    attn_ctx_row(pr, v, ctx, q0 + blockIdx.x, h, ATT_PASS);
+}
+
+// attn_probs and attn_ctx in one launch, the probabilities handed over in shared memory (the
+// same f32 values attn_ctx would read back): for steps of few queries (decode steps), where
+// the launches, not the work, are the cost. Same grid and shared memory as attn_probs.
+template <typename KV>
+__device__ __forceinline__ void attn_fused_t(const float* __restrict__ q,
+                                             const KV* __restrict__ k, const KV* __restrict__ v,
+                                             float* __restrict__ probs, float* __restrict__ ctx,
+                                             ATT_DIMS) {
+    extern __shared__ double att_sh[];
+    float* qs = (float*)(att_sh + ATT_THREADS);
+    float* sc = qs + D;
+    int i = q0 + blockIdx.x, h = blockIdx.y;
+    float* pr = probs + ((i64)h * QN + blockIdx.x) * T;
+    attn_row(q, k, pr, att_sh, qs, sc, i, h, ATT_PASS);
+    attn_ctx_row(sc, v, ctx, i, h, ATT_PASS);
+}
+
+// The step's K and V rows [rows, row] into the cache at slots slot0 .. (slot0 < 0 under the
+// planted kv_slot_off_by_one at position 0: that row is dropped).
+template <typename KV>
+__device__ __forceinline__ void kv_store_t(const float* __restrict__ k,
+                                           const float* __restrict__ v, KV* __restrict__ kc,
+                                           KV* __restrict__ vc, int rows, int row, int slot0);
+
+template <>
+__device__ __forceinline__ void kv_store_t<float>(const float* __restrict__ k,
+                                                  const float* __restrict__ v,
+                                                  float* __restrict__ kc, float* __restrict__ vc,
+                                                  int rows, int row, int slot0) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (i64)rows * row) return;
+    i64 slot = slot0 + i / row;
+    if (slot < 0) return;
+    i64 at = slot * row + i % row;
+    kc[at] = k[i];
+    vc[at] = v[i];
+}
+
+template <>
+__device__ __forceinline__ void kv_store_t<u16>(const float* __restrict__ k,
+                                                const float* __restrict__ v, u16* __restrict__ kc,
+                                                u16* __restrict__ vc, int rows, int row,
+                                                int slot0) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (i64)rows * row) return;
+    i64 slot = slot0 + i / row;
+    if (slot < 0) return;
+    i64 at = slot * row + i % row;
+    kc[at] = f2h(k[i]);
+    vc[at] = f2h(v[i]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -117,14 +208,15 @@ __device__ __forceinline__ int att_swz(int r, int c) { return r ^ (((c >> 3) & 3
 // kernel loads the next chunk into registers while it multiplies the current one: thread
 // (r, p) loads the 8 columns 8p.. of row r (a warp reads 8 rows x 128 contiguous bytes), then
 // stores them.
-__device__ __forceinline__ void att_load_t(float* __restrict__ v, const float* __restrict__ src,
+template <typename S>
+__device__ __forceinline__ void att_load_t(float* __restrict__ v, const S* __restrict__ src,
                                            i64 row_stride, int nr, int c0, int nc) {
     int r = threadIdx.x >> 2, p = threadIdx.x & 3;
-    const float* row = src + (i64)r * row_stride;
+    const S* row = src + (i64)r * row_stride;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
         int c = 8 * p + j;
-        v[j] = (r < nr && c0 + c < nc) ? row[c0 + c] : 0.0f;
+        v[j] = (r < nr && c0 + c < nc) ? kv_ld(row, c0 + c) : 0.0f;
     }
 }
 
@@ -136,21 +228,22 @@ __device__ __forceinline__ void att_store_t(float* __restrict__ S, const float* 
 
 // probs[h, i, j] = (q_i . k_j) * scale for the visible keys of query tile blockIdx.x and key
 // tile blockIdx.y (the masked entries are written by attn_softmax_rows). grid (ceil(QN / 64),
-// ceil(T / 64), nh), block 256; tiles wholly past the causal edge exit at once.
-extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS)
-    attn_tile_scores(const float* __restrict__ q, const float* __restrict__ k,
-                     float* __restrict__ probs, int T, int nh, int nkv, int D, int lookahead,
-                     int q0, int QN) {
+// ceil(kend / 64), nh), block 256; tiles wholly outside the visible keys exit at once.
+template <typename KV>
+__device__ __forceinline__ void attn_tile_scores_t(const float* __restrict__ q,
+                                                   const KV* __restrict__ k,
+                                                   float* __restrict__ probs, ATT_DIMS) {
     __shared__ __align__(16) float Qs[ATT_CHUNK * (ATT_TILE + 4)];
     __shared__ __align__(16) float Ks[ATT_CHUNK * (ATT_TILE + 4)];
     int i0 = q0 + blockIdx.x * ATT_TILE, j0 = blockIdx.y * ATT_TILE, h = blockIdx.z;
     int qend = q0 + QN;
     int qn = min(ATT_TILE, qend - i0);
-    if (j0 > last_key(i0 + qn - 1, T, lookahead)) return;  // uniform, before any barrier
-    int kn = min(ATT_TILE, T - j0);
+    // uniform, before any barrier
+    if (j0 > last_key(i0 + qn - 1, kend, lookahead) || j0 + ATT_TILE <= kfirst) return;
+    int kn = min(ATT_TILE, kend - j0);
     int kh = h / max(nh / nkv, 1);
-    const float* qsrc = q + ((i64)i0 * nh + h) * D;
-    const float* ksrc = k + ((i64)j0 * nkv + kh) * D;
+    const float* qsrc = q + ((i64)(i0 - qbase) * nh + h) * D;
+    const KV* ksrc = k + ((i64)j0 * nkv + kh) * D;
     // thread (tq, tk) owns queries i0 + 4 tq + a and keys j0 + 4 tk + b
     int tk = threadIdx.x & 15, tq = threadIdx.x >> 4;
     float acc[4][4];
@@ -196,28 +289,30 @@ extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS)
     for (int a = 0; a < 4; ++a) {
         int i = i0 + 4 * tq + a;
         if (i >= qend) break;
-        int last = last_key(i, T, lookahead);
+        int last = last_key(i, kend, lookahead);
         float* pr = probs + ((i64)h * QN + (i - q0)) * T;
 #pragma unroll
         for (int b = 0; b < 4; ++b) {
             int j = j0 + 4 * tk + b;
-            if (j <= last) pr[j] = acc[a][b] * scale;
+            if (kfirst <= j && j <= last) pr[j] = acc[a][b] * scale;
         }
     }
 }
 
-// In place over probs: row (i, h) holds the scores of keys 0 ..= last(i); it becomes their
-// softmax (max-subtracted, f64, rounded once) and exact zeros after. grid (QN, nh), block 128.
+// In place over probs: row (i, h) holds the scores of keys kfirst ..= last(i); it becomes
+// their softmax (max-subtracted, f64, rounded once) and exact zeros elsewhere. grid (QN, nh),
+// block 128.
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
-    attn_softmax_rows(float* __restrict__ probs, int T, int lookahead, int q0, int QN) {
+    attn_softmax_rows(float* __restrict__ probs, int T, int lookahead, int q0, int QN,
+                      int kfirst, int kend) {
     __shared__ double red[ATT_THREADS / 32];
     int i = q0 + blockIdx.x, h = blockIdx.y;
-    int end = last_key(i, T, lookahead) + 1;
+    int end = last_key(i, kend, lookahead) + 1;
     float* pr = probs + ((i64)h * QN + blockIdx.x) * T;
     // max over the visible keys (a NaN score is dropped here but makes the sum, and so the
     // row, NaN, as on the CPU); by warp butterflies, then over the warps
     float m = -INFINITY;
-    for (int j = threadIdx.x; j < end; j += ATT_THREADS) m = fmaxf(m, pr[j]);
+    for (int j = kfirst + threadIdx.x; j < end; j += ATT_THREADS) m = fmaxf(m, pr[j]);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = (double)m;
@@ -232,29 +327,33 @@ extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     double part = 0.0;
 #pragma unroll
     for (int m = 0; m < ATT_SM_KEEP; ++m) {
-        int j = threadIdx.x + m * ATT_THREADS;
+        int j = kfirst + threadIdx.x + m * ATT_THREADS;
         kept[m] = j < end ? exp((double)pr[j] - mx) : 0.0;
         if (j < end) part += kept[m];
     }
-    for (int j = threadIdx.x + ATT_SM_KEEP * ATT_THREADS; j < end; j += ATT_THREADS)
+    for (int j = kfirst + threadIdx.x + ATT_SM_KEEP * ATT_THREADS; j < end; j += ATT_THREADS)
         part += exp((double)pr[j] - mx);
     double z = block_sum(part, red);  // ops.cu: fixed order
 #pragma unroll
     for (int m = 0; m < ATT_SM_KEEP; ++m) {
-        int j = threadIdx.x + m * ATT_THREADS;
-        if (j < T) pr[j] = j < end ? (float)(kept[m] / z) : 0.0f;
+        int j = kfirst + threadIdx.x + m * ATT_THREADS;
+        if (j < end) pr[j] = (float)(kept[m] / z);
     }
-    for (int j = threadIdx.x + ATT_SM_KEEP * ATT_THREADS; j < T; j += ATT_THREADS)
-        pr[j] = j < end ? (float)(exp((double)pr[j] - mx) / z) : 0.0f;
+    for (int j = kfirst + threadIdx.x + ATT_SM_KEEP * ATT_THREADS; j < end; j += ATT_THREADS)
+        pr[j] = (float)(exp((double)pr[j] - mx) / z);
+    // the masked entries: before the first visible key and past the last
+    for (int j = threadIdx.x; j < T; j += ATT_THREADS) {
+        if (j < kfirst || j >= end) pr[j] = 0.0f;
+    }
 }
 
-// ctx[i, h*D + d] = sum_{j <= last(i)} probs[h, i, j] * v[j, kh, d], keys ascending, for the
+// ctx[i, h*D + d] = sum_{kfirst <= j <= last(i)} probs[h, i, j] * v[j, kh, d], keys ascending, for the
 // 64 queries of tile blockIdx.x. grid (ceil(QN / 64), nh), block 256. Thread (tq, td) owns
 // queries i0 + 4 tq + a and outputs d = 4 td + c and 64 + 4 td + c.
-extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS, 2)
-    attn_ctx_tiled(const float* __restrict__ probs, const float* __restrict__ v,
-                   float* __restrict__ ctx, int T, int nh, int nkv, int D, int lookahead,
-                   int q0, int QN) {
+template <typename KV>
+__device__ __forceinline__ void attn_ctx_tiled_t(const float* __restrict__ probs,
+                                                 const KV* __restrict__ v,
+                                                 float* __restrict__ ctx, ATT_DIMS) {
     constexpr int vp = ATT_TILE_MAXD + 4;
     __shared__ __align__(16) float Ps[ATT_CHUNK * (ATT_TILE + 4)];  // Ps[key][query]
     __shared__ __align__(16) float Vs[ATT_CHUNK * vp];              // Vs[key][d]
@@ -266,13 +365,13 @@ extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS, 2)
     int td = threadIdx.x & 15, tq = threadIdx.x >> 4;
     // the visible keys: all of them up to first_last for every query of the tile, then
     // per query up to its own last
-    int first_last = last_key(i0, T, lookahead);
-    int tile_last = last_key(i0 + qn - 1, T, lookahead);
+    int first_last = last_key(i0, kend, lookahead);
+    int tile_last = last_key(i0 + qn - 1, kend, lookahead);
     int my_last[4];
 #pragma unroll
     for (int a = 0; a < 4; ++a) {
         int i = i0 + 4 * tq + a;
-        my_last[a] = i < qend ? last_key(i, T, lookahead) : -1;
+        my_last[a] = i < qend ? last_key(i, kend, lookahead) : -1;
     }
     float acc[4][8];
 #pragma unroll
@@ -291,11 +390,13 @@ extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS, 2)
         for (int m = 0; m < vn; ++m) {
             int x = threadIdx.x + m * ATT_TILE_THREADS;
             int r = x / ATT_TILE_MAXD, d = x % ATT_TILE_MAXD;
-            vv[m] = (j0 + r < T && d < D) ? v[((i64)(j0 + r) * nkv + kh) * D + d] : 0.0f;
+            vv[m] = (j0 + r < kend && d < D) ? kv_ld(v, ((i64)(j0 + r) * nkv + kh) * D + d) : 0.0f;
         }
     };
-    load(0);
-    for (int j0 = 0; j0 <= tile_last; j0 += ATT_CHUNK) {
+    // keys from the first visible one (chunks of 32 from there; the sum is in key order
+    // whatever the chunking)
+    load(kfirst);
+    for (int j0 = kfirst; j0 <= tile_last; j0 += ATT_CHUNK) {
         __syncthreads();  // the previous chunk is used up
         att_store_t(Ps, pv);
 #pragma unroll
@@ -334,7 +435,7 @@ extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS, 2)
     for (int a = 0; a < 4; ++a) {
         int i = i0 + 4 * tq + a;
         if (i >= qend) break;
-        float* out = ctx + (i64)i * nh * D + (i64)h * D;
+        float* out = ctx + (i64)(i - qbase) * nh * D + (i64)h * D;
 #pragma unroll
         for (int c = 0; c < 8; ++c) {
             int d = c < 4 ? 4 * td + c : 60 + 4 * td + c;
@@ -342,3 +443,41 @@ extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS, 2)
         }
     }
 }
+
+// The kernels, for an f32 cache (and the full forward's own K/V) and for an f16 cache.
+#define ATTENTION_KERNELS(SUF, KV)                                                              \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                   \
+        attn_probs##SUF(const float* __restrict__ q, const KV* __restrict__ k,                  \
+                        float* __restrict__ probs, ATT_DIMS) {                                  \
+        attn_probs_t<KV>(q, k, probs, ATT_PASS);                                                \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                   \
+        attn_ctx##SUF(const float* __restrict__ probs, const KV* __restrict__ v,                \
+                      float* __restrict__ ctx, ATT_DIMS) {                                      \
+        attn_ctx_t<KV>(probs, v, ctx, ATT_PASS);                                                \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                   \
+        attn_fused##SUF(const float* __restrict__ q, const KV* __restrict__ k,                  \
+                        const KV* __restrict__ v, float* __restrict__ probs,                    \
+                        float* __restrict__ ctx, ATT_DIMS) {                                    \
+        attn_fused_t<KV>(q, k, v, probs, ctx, ATT_PASS);                                        \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS)                              \
+        attn_tile_scores##SUF(const float* __restrict__ q, const KV* __restrict__ k,            \
+                              float* __restrict__ probs, ATT_DIMS) {                            \
+        attn_tile_scores_t<KV>(q, k, probs, ATT_PASS);                                          \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS, 2)                           \
+        attn_ctx_tiled##SUF(const float* __restrict__ probs, const KV* __restrict__ v,          \
+                            float* __restrict__ ctx, ATT_DIMS) {                                \
+        attn_ctx_tiled_t<KV>(probs, v, ctx, ATT_PASS);                                          \
+    }                                                                                           \
+    extern "C" __global__ void kv_store##SUF(const float* __restrict__ k,                       \
+                                             const float* __restrict__ v, KV* __restrict__ kc,  \
+                                             KV* __restrict__ vc, int rows, int row,            \
+                                             int slot0) {                                       \
+        kv_store_t<KV>(k, v, kc, vc, rows, row, slot0);                                         \
+    }
+
+ATTENTION_KERNELS(, float)
+ATTENTION_KERNELS(_f16, u16)
