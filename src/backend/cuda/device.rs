@@ -321,6 +321,16 @@ impl Device {
         self.timed(kernel, stage, || self.launch_now(kernel, stage, cfg, args))
     }
 
+    /// Whether work may be recorded into a CUDA graph and replayed: not while every launch is
+    /// synchronised (`FALSIFIER_CUDA_SYNC=1`) or timed (profiling records events around each
+    /// launch), nor with `FALSIFIER_CUDA_GRAPHS=0` (to compare against direct launches).
+    pub fn graphs_allowed(&self) -> bool {
+        let profiling = self.profile.lock().map_or(true, |p| p.is_some());
+        !self.sync_each
+            && !profiling
+            && std::env::var("FALSIFIER_CUDA_GRAPHS").map_or(true, |v| v != "0")
+    }
+
     /// Turn per-launch timing on (from now, for later [`Device::take_profile`]) or off.
     pub fn set_profiling(&self, on: bool) {
         if let Ok(mut p) = self.profile.lock() {

@@ -226,6 +226,10 @@ struct Run<'a> {
     /// The KV cache, when the forward has more than one step or an f16 cache; the one-step
     /// f32 forward attends over its own k_rope / v_proj.
     cache: Option<DeviceKvCache>,
+    /// While a decode step is recorded into a CUDA graph: the device address of its token id,
+    /// followed by its position (an i32 each, written before every replay), which the
+    /// embedding, RoPE, the cache write and the attention read instead of launch arguments.
+    graph_step: Option<u64>,
     cap: Capture,
 }
 
@@ -233,6 +237,11 @@ impl Run<'_> {
     /// Rows of the step being computed.
     fn n(&self) -> usize {
         self.step.len()
+    }
+
+    /// The device address of the recorded decode step's position, or null outside a graph.
+    fn graph_position(&self) -> Arg {
+        self.graph_step.map_or(NULL, |p| Arg::Ptr(p + 4))
     }
 
     /// The step's part of a stage's tensor, whose whole-prompt shape is `whole`: its row axis
@@ -510,6 +519,7 @@ impl Run<'_> {
             kend: st.end,
             lookahead: fault(FaultKind::CausalMaskOffByOne),
             f16: self.cache.as_ref().is_some_and(|c| c.f16),
+            position: self.graph_position(),
         };
         let (k, v) = match &self.cache {
             Some(c) => c.planes(self.dev, l),
@@ -540,6 +550,11 @@ impl Run<'_> {
             && call.fused(dev, &all, [q, k, v, probs, ctx], &probs_key)?
         {
             self.done(Some(l), Stage::AttnProbs, &b.probs)?;
+        } else if self.graph_step.is_some() {
+            // the recorded step reads its position on the device; only the fused kernel does
+            return Err(Error::internal(
+                "a decode step recorded into a CUDA graph must take the fused attention kernel",
+            ));
         } else {
             // the whole [nh, n, T] in one block when the plan keeps it or a fault acts on it
             // (Buffers::new); otherwise the queries go through the bounded buffer block by
@@ -586,6 +601,7 @@ impl Run<'_> {
                 int(self.n(), "rows")?,
                 int(row, "K/V row")?,
                 Arg::I32(i32::try_from(slot0).map_err(|_| Error::input("KV slot too large"))?),
+                self.graph_position(),
             ],
         )
     }
@@ -626,6 +642,7 @@ impl Run<'_> {
                 int(d.head_dim, "head_dim")?,
                 Arg::I32(i32::from(adjacent)),
                 int(pos0, "position")?,
+                self.graph_position(),
             ],
         )
     }
@@ -1064,20 +1081,33 @@ pub(super) struct AttnCall<'a> {
     pub lookahead: bool,
     /// The keys and values are IEEE half bits (the f16 cache).
     pub f16: bool,
+    /// The device address of the query's position for a decode step recorded into a CUDA
+    /// graph (the fused kernel reads it, and its shared memory is sized for the whole prompt),
+    /// else null.
+    pub position: Arg,
 }
 
 impl AttnCall<'_> {
-    /// The full forward's attention over its own f32 K/V (the kernel tests call it this way).
-    #[cfg(test)]
-    pub fn full(dims: &Dims, t: usize, lookahead: bool) -> AttnCall<'_> {
+    /// The whole prompt's attention over all `t` keys, f32, no look-ahead.
+    fn of_prompt(dims: &Dims, t: usize) -> AttnCall<'_> {
         AttnCall {
             dims,
             t,
             qbase: 0,
             kfirst: 0,
             kend: t,
-            lookahead,
+            lookahead: false,
             f16: false,
+            position: NULL,
+        }
+    }
+
+    /// The full forward's attention over its own f32 K/V (the kernel tests call it this way).
+    #[cfg(test)]
+    pub fn full(dims: &Dims, t: usize, lookahead: bool) -> AttnCall<'_> {
+        AttnCall {
+            lookahead,
+            ..AttnCall::of_prompt(dims, t)
         }
     }
 
@@ -1136,7 +1166,12 @@ impl AttnCall<'_> {
     /// Dynamic shared memory of the per-query kernels: 128 doubles and (D + kend) floats, if
     /// it fits the 48 KiB a launch gets without opting in.
     fn row_shared(&self) -> Option<u32> {
-        u32::try_from(128 * 8 + 4 * (self.dims.head_dim + self.kend))
+        let keys = if matches!(self.position, Arg::Ptr(0)) {
+            self.kend
+        } else {
+            self.t
+        };
+        u32::try_from(128 * 8 + 4 * (self.dims.head_dim + keys))
             .ok()
             .filter(|&s| s <= 48 * 1024)
     }
@@ -1253,6 +1288,7 @@ impl AttnCall<'_> {
             Arg::Ptr(v),
             Arg::Ptr(probs),
             Arg::Ptr(ctx),
+            self.position,
         ];
         args.extend(self.dims_args(rows)?);
         dev.launch(
@@ -1314,6 +1350,7 @@ pub fn forward(
         t,
         step: steps[0],
         cache,
+        graph_step: None,
         cap,
     };
     let probs_rows =
@@ -1334,9 +1371,13 @@ pub fn forward(
     let toks: Vec<i32> = req.tokens.iter().map(|&v| v as i32).collect();
     let toks_dev = dev.upload(&toks, "tokens")?;
     let logits = dev.zeros::<f32>(rows * d.vocab, "logits")?;
+    let mut graph = DecodeGraph::new(dev, &run, &steps, words)?;
     for st in steps {
         run.step = st;
-        run.step_forward(&mut b, &toks_dev, &logits)?;
+        match graph.as_mut() {
+            Some(g) if st.is_decode() => g.step(&mut run, &mut b, &toks_dev, &logits)?,
+            _ => run.step_forward(&mut b, &toks_dev, &logits)?,
+        }
     }
     dev.sync("the forward")?;
 
@@ -1351,6 +1392,89 @@ pub fn forward(
         trace.insert(key, tensor);
     }
     Ok(trace)
+}
+
+/// The decode steps of an untraced forward, recorded once into a CUDA graph and replayed for
+/// each step: a decode step is ~25 small launches a layer, whose launch overhead is most of its
+/// time when issued one by one. The graph is the same work (the same kernels, arguments and
+/// order) except that the step's token id and position come from a small device buffer written
+/// before each replay, so a replayed step computes what a direct one does bit for bit.
+struct DecodeGraph {
+    /// The token id and position of the step being replayed, `[2]` i32.
+    args: CudaSlice<i32>,
+    graph: Option<cudarc::driver::CudaGraph>,
+}
+
+impl DecodeGraph {
+    /// A recorder for the decode steps of this forward, or `None` where steps must be issued
+    /// one by one: stages to copy out (their host offsets differ per step), planted faults or
+    /// a teacher (which act per step), fewer than two decode steps, per-launch timing or
+    /// synchronisation, or a prompt too long for the fused attention's shared memory.
+    fn new(dev: &Device, run: &Run<'_>, steps: &[Step], words: usize) -> Result<Option<Self>> {
+        let decode_steps = steps.iter().filter(|s| s.is_decode()).count();
+        let fits = AttnCall {
+            position: Arg::Ptr(1),
+            ..AttnCall::of_prompt(&run.w.dims, run.t)
+        }
+        .row_shared()
+        .is_some();
+        let eligible = decode_steps >= 2
+            && words == 0
+            && run.req.faults.is_empty()
+            && run.req.teacher.is_none()
+            && run.cache.is_some()
+            && fits
+            && dev.graphs_allowed();
+        if !eligible {
+            return Ok(None);
+        }
+        Ok(Some(DecodeGraph {
+            args: dev.zeros::<i32>(2, "decode step arguments")?,
+            graph: None,
+        }))
+    }
+
+    /// Run the decode step `run.step`: write its token and position, record the graph on the
+    /// first call, replay it.
+    fn step(
+        &mut self,
+        run: &mut Run<'_>,
+        b: &mut Buffers,
+        toks: &CudaSlice<i32>,
+        logits: &CudaSlice<f32>,
+    ) -> Result<()> {
+        let dev = run.dev;
+        let p = run.step.start;
+        let tok = run.req.tokens[p] as i32;
+        let pos = i32::try_from(p).map_err(|_| Error::input("position too large"))?;
+        dev.stream
+            .memcpy_htod(&[tok, pos], &mut self.args)
+            .map_err(|e| Error::internal(format!("CUDA: decode step arguments: {e:?}")))?;
+        if self.graph.is_none() {
+            let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+            dev.stream
+                .begin_capture(mode)
+                .map_err(|e| Error::internal(format!("CUDA graph capture: {e:?}")))?;
+            run.graph_step = Some(dev.ptr(&self.args));
+            let recorded = run.step_forward(b, toks, logits);
+            run.graph_step = None;
+            let flags = cudarc::driver::sys::CUgraphInstantiate_flags(0);
+            // end the capture whatever happened, so the stream is usable for the error path
+            let ended = dev.stream.end_capture(flags);
+            recorded?;
+            let graph = ended
+                .map_err(|e| Error::internal(format!("CUDA graph of a decode step: {e:?}")))?
+                .ok_or_else(|| Error::internal("CUDA graph of a decode step: nothing recorded"))?;
+            self.graph = Some(graph);
+        }
+        let graph = self
+            .graph
+            .as_ref()
+            .ok_or_else(|| Error::internal("decode graph missing"))?;
+        graph
+            .launch()
+            .map_err(|e| Error::internal(format!("CUDA graph replay of a decode step: {e:?}")))
+    }
 }
 
 /// Whether the request asks for an f16 KV cache.
@@ -1371,7 +1495,10 @@ impl Run<'_> {
         let d = &w.dims;
         let (n, h) = (self.n(), d.hidden);
         // embedding: our hidden state starts here, whether or not a teacher feeds the layers
-        let ids = dev.ptr(toks) + (self.step.start * 4) as u64;
+        let ids = match self.graph_step {
+            Some(p) => p,
+            None => dev.ptr(toks) + (self.step.start * 4) as u64,
+        };
         w.token_embd
             .gather(dev, "embedding", Arg::Ptr(ids), n, &b.x)?;
         self.done(None, Stage::Embedding, &b.x)?;

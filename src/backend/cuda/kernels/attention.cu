@@ -130,11 +130,17 @@ __device__ __forceinline__ void attn_ctx_t(const float* __restrict__ probs,
 // attn_probs and attn_ctx in one launch, the probabilities handed over in shared memory (the
 // same f32 values attn_ctx would read back): for steps of few queries (decode steps), where
 // the launches, not the work, are the cost. Same grid and shared memory as attn_probs.
+// With posp set (a decode step replayed from a CUDA graph), the one query's position p comes
+// from *posp: q0 = qbase = p, kend = p + 1 (the shared memory is sized for the longest).
 template <typename KV>
 __device__ __forceinline__ void attn_fused_t(const float* __restrict__ q,
                                              const KV* __restrict__ k, const KV* __restrict__ v,
                                              float* __restrict__ probs, float* __restrict__ ctx,
-                                             ATT_DIMS) {
+                                             const int* __restrict__ posp, ATT_DIMS) {
+    if (posp) {
+        q0 = qbase = *posp;
+        kend = q0 + 1;
+    }
     extern __shared__ double att_sh[];
     float* qs = (float*)(att_sh + ATT_THREADS);
     float* sc = qs + D;
@@ -145,20 +151,23 @@ __device__ __forceinline__ void attn_fused_t(const float* __restrict__ q,
 }
 
 // The step's K and V rows [rows, row] into the cache at slots slot0 .. (slot0 < 0 under the
-// planted kv_slot_off_by_one at position 0: that row is dropped).
+// planted kv_slot_off_by_one at position 0: that row is dropped; slot0 read from *slotp when
+// set, for a decode step replayed from a CUDA graph).
 template <typename KV>
 __device__ __forceinline__ void kv_store_t(const float* __restrict__ k,
                                            const float* __restrict__ v, KV* __restrict__ kc,
-                                           KV* __restrict__ vc, int rows, int row, int slot0);
+                                           KV* __restrict__ vc, int rows, int row, int slot0,
+                                           const int* __restrict__ slotp);
 
 template <>
 __device__ __forceinline__ void kv_store_t<float>(const float* __restrict__ k,
                                                   const float* __restrict__ v,
                                                   float* __restrict__ kc, float* __restrict__ vc,
-                                                  int rows, int row, int slot0) {
+                                                  int rows, int row, int slot0,
+                                                  const int* __restrict__ slotp) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (i64)rows * row) return;
-    i64 slot = slot0 + i / row;
+    i64 slot = (slotp ? *slotp : slot0) + i / row;
     if (slot < 0) return;
     i64 at = slot * row + i % row;
     kc[at] = k[i];
@@ -169,10 +178,10 @@ template <>
 __device__ __forceinline__ void kv_store_t<u16>(const float* __restrict__ k,
                                                 const float* __restrict__ v, u16* __restrict__ kc,
                                                 u16* __restrict__ vc, int rows, int row,
-                                                int slot0) {
+                                                int slot0, const int* __restrict__ slotp) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (i64)rows * row) return;
-    i64 slot = slot0 + i / row;
+    i64 slot = (slotp ? *slotp : slot0) + i / row;
     if (slot < 0) return;
     i64 at = slot * row + i % row;
     kc[at] = f2h(k[i]);
@@ -459,8 +468,8 @@ __device__ __forceinline__ void attn_ctx_tiled_t(const float* __restrict__ probs
     extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                   \
         attn_fused##SUF(const float* __restrict__ q, const KV* __restrict__ k,                  \
                         const KV* __restrict__ v, float* __restrict__ probs,                    \
-                        float* __restrict__ ctx, ATT_DIMS) {                                    \
-        attn_fused_t<KV>(q, k, v, probs, ctx, ATT_PASS);                                        \
+                        float* __restrict__ ctx, const int* __restrict__ posp, ATT_DIMS) {      \
+        attn_fused_t<KV>(q, k, v, probs, ctx, posp, ATT_PASS);                                  \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS)                              \
         attn_tile_scores##SUF(const float* __restrict__ q, const KV* __restrict__ k,            \
@@ -475,8 +484,8 @@ __device__ __forceinline__ void attn_ctx_tiled_t(const float* __restrict__ probs
     extern "C" __global__ void kv_store##SUF(const float* __restrict__ k,                       \
                                              const float* __restrict__ v, KV* __restrict__ kc,  \
                                              KV* __restrict__ vc, int rows, int row,            \
-                                             int slot0) {                                       \
-        kv_store_t<KV>(k, v, kc, vc, rows, row, slot0);                                         \
+                                             int slot0, const int* __restrict__ slotp) {        \
+        kv_store_t<KV>(k, v, kc, vc, rows, row, slot0, slotp);                                  \
     }
 
 ATTENTION_KERNELS(, float)

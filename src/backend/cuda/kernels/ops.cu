@@ -54,19 +54,20 @@ extern "C" __global__ void rope_table(double2* __restrict__ tab, int T, int D, f
 }
 
 // RoPE over the n rows of x [n, heads, D] at positions pos0 .. pos0 + n - 1 (a step's
-// positions; pos0 = 0 in every step under the planted rope_pos_reset), out of place, with the
+// positions; pos0 = 0 in every step under the planted rope_pos_reset; read from *posp instead
+// when posp is set, for a decode step replayed from a CUDA graph), out of place, with the
 // angles of rope_table. NeoX pairs (j, j + D/2) (qwen2, qwen3); adjacent pairs (2j, 2j+1) with
 // the same angle index j (llama, on the converter's permuted rows). The planted rope_pair_swap
 // runs the other pairing.
 extern "C" __global__ void rope(const float* __restrict__ x, float* __restrict__ y,
                                 const double2* __restrict__ tab, int n, int heads, int D,
-                                int adjacent, int pos0) {
+                                int adjacent, int pos0, const int* __restrict__ posp) {
     int half = D / 2;
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (i64)n * heads * half) return;
     int j = (int)(i % half);
     i64 th = i / half;
-    int pos = pos0 + (int)(th / heads);
+    int pos = (posp ? *posp : pos0) + (int)(th / heads);
     double2 cs = tab[(i64)pos * half + j];
     double c = cs.x, s = cs.y;
     i64 base = th * D;
