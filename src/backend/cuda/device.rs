@@ -51,6 +51,7 @@ const KERNELS: &[&str] = &[
     "scale_rows",
     "accumulate",
     "set_nan",
+    "store_row_at",
     "round_q8_0",
     "attn_probs",
     "attn_ctx",

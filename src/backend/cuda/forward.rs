@@ -230,6 +230,9 @@ struct Run<'a> {
     /// followed by its position (an i32 each, written before every replay), which the
     /// embedding, RoPE, the cache write and the attention read instead of launch arguments.
     graph_step: Option<u64>,
+    /// While recording: where the step's logits row goes (`store_row_at`), row 0 being the
+    /// first decode position, when the plan keeps logits.
+    graph_logits: Option<(u64, usize)>,
     cap: Capture,
 }
 
@@ -308,12 +311,31 @@ impl Run<'_> {
                 _ => {}
             }
         }
-        if self.req.plan.wants(layer, stage) {
-            let (t, start) = (self.t, self.step.start);
-            self.cap
-                .copy_rows(self.dev, key, shape, rows, t, start, buf)?;
+        if !self.req.plan.wants(layer, stage) {
+            return Ok(());
         }
-        Ok(())
+        if let Some((dst, row0)) = self.graph_logits
+            && key == Key::model(Stage::Logits)
+        {
+            // recorded into a graph: the host address of a copy would be the first step's in
+            // every replay, so the row is kept on the device and copied out after the steps
+            let len = self.w.dims.vocab;
+            return self.dev.launch(
+                "store_row_at",
+                "logits",
+                grid_1d(len)?,
+                &[
+                    Arg::Ptr(self.dev.ptr(buf)),
+                    Arg::Ptr(dst),
+                    Arg::I64(len as i64),
+                    self.graph_position(),
+                    int(row0, "first decode position")?,
+                ],
+            );
+        }
+        let (t, start) = (self.t, self.step.start);
+        self.cap
+            .copy_rows(self.dev, key, shape, rows, t, start, buf)
     }
 
     fn capture_i32(
@@ -1308,7 +1330,7 @@ pub fn forward(
     w: &DeviceWeights,
     req: &ForwardRequest<'_>,
     arena: &mut Arena,
-    meta: TraceMeta,
+    mut meta: TraceMeta,
     att_probs_budget: usize,
 ) -> Result<Trace> {
     let d = &w.dims;
@@ -1351,6 +1373,7 @@ pub fn forward(
         step: steps[0],
         cache,
         graph_step: None,
+        graph_logits: None,
         cap,
     };
     let probs_rows =
@@ -1371,13 +1394,26 @@ pub fn forward(
     let toks: Vec<i32> = req.tokens.iter().map(|&v| v as i32).collect();
     let toks_dev = dev.upload(&toks, "tokens")?;
     let logits = dev.zeros::<f32>(rows * d.vocab, "logits")?;
-    let mut graph = DecodeGraph::new(dev, &run, &steps, words)?;
-    for st in steps {
+    let logits_words = if req.plan.wants(None, Stage::Logits) {
+        t * d.vocab
+    } else {
+        0
+    };
+    let mut graph = DecodeGraph::new(dev, &run, &steps, words - logits_words)?;
+    for &st in &steps {
         run.step = st;
         match graph.as_mut() {
             Some(g) if st.is_decode() => g.step(&mut run, &mut b, &toks_dev, &logits)?,
             _ => run.step_forward(&mut b, &toks_dev, &logits)?,
         }
+    }
+    if let Some(g) = &graph {
+        g.copy_logits(&mut run, &steps)?;
+        let n = steps.iter().filter(|s| s.is_decode()).count();
+        meta.extra.insert(
+            DECODE_GRAPH_KEY.into(),
+            format!("{n} decode steps replayed from one CUDA graph"),
+        );
     }
     dev.sync("the forward")?;
 
@@ -1403,14 +1439,23 @@ struct DecodeGraph {
     /// The token id and position of the step being replayed, `[2]` i32.
     args: CudaSlice<i32>,
     graph: Option<cudarc::driver::CudaGraph>,
+    /// The decode steps' logits rows `[N, vocab]`, when the plan keeps logits (the one stage a
+    /// recorded step may keep: decode checks compare logits), and the first decode position.
+    logits: Option<(CudaSlice<f32>, usize)>,
 }
 
 impl DecodeGraph {
     /// A recorder for the decode steps of this forward, or `None` where steps must be issued
-    /// one by one: stages to copy out (their host offsets differ per step), planted faults or
-    /// a teacher (which act per step), fewer than two decode steps, per-launch timing or
-    /// synchronisation, or a prompt too long for the fused attention's shared memory.
-    fn new(dev: &Device, run: &Run<'_>, steps: &[Step], words: usize) -> Result<Option<Self>> {
+    /// one by one: stages other than logits to copy out (`other_words`: their host offsets
+    /// differ per step), planted faults or a teacher (which act per step), fewer than two
+    /// decode steps, per-launch timing or synchronisation, or a prompt too long for the fused
+    /// attention's shared memory.
+    fn new(
+        dev: &Device,
+        run: &Run<'_>,
+        steps: &[Step],
+        other_words: usize,
+    ) -> Result<Option<Self>> {
         let decode_steps = steps.iter().filter(|s| s.is_decode()).count();
         let fits = AttnCall {
             position: Arg::Ptr(1),
@@ -1419,7 +1464,7 @@ impl DecodeGraph {
         .row_shared()
         .is_some();
         let eligible = decode_steps >= 2
-            && words == 0
+            && other_words == 0
             && run.req.faults.is_empty()
             && run.req.teacher.is_none()
             && run.cache.is_some()
@@ -1428,10 +1473,44 @@ impl DecodeGraph {
         if !eligible {
             return Ok(None);
         }
+        let first = steps.iter().find(|s| s.is_decode()).map_or(0, |s| s.start);
+        let logits = if run.req.plan.wants(None, Stage::Logits) {
+            let vocab = run.w.dims.vocab;
+            Some((
+                dev.zeros::<f32>(decode_steps * vocab, "decode logits")?,
+                first,
+            ))
+        } else {
+            None
+        };
         Ok(Some(DecodeGraph {
             args: dev.zeros::<i32>(2, "decode step arguments")?,
             graph: None,
+            logits,
         }))
+    }
+
+    /// Queue the copy of the decode steps' logits rows into the trace's logits.
+    fn copy_logits(&self, run: &mut Run<'_>, steps: &[Step]) -> Result<()> {
+        let Some((buf, first)) = &self.logits else {
+            return Ok(());
+        };
+        let n = steps.iter().filter(|s| s.is_decode()).count();
+        let shape = stage_shape(&run.w.dims, run.t, Stage::Logits);
+        let rows = StepRows {
+            outer: 1,
+            rows: n,
+            inner: run.w.dims.vocab,
+        };
+        run.cap.copy_rows(
+            run.dev,
+            Key::model(Stage::Logits),
+            shape,
+            rows,
+            run.t,
+            *first,
+            buf,
+        )
     }
 
     /// Run the decode step `run.step`: write its token and position, record the graph on the
@@ -1456,8 +1535,10 @@ impl DecodeGraph {
                 .begin_capture(mode)
                 .map_err(|e| Error::internal(format!("CUDA graph capture: {e:?}")))?;
             run.graph_step = Some(dev.ptr(&self.args));
+            run.graph_logits = self.logits.as_ref().map(|(l, first)| (dev.ptr(l), *first));
             let recorded = run.step_forward(b, toks, logits);
             run.graph_step = None;
+            run.graph_logits = None;
             let flags = cudarc::driver::sys::CUgraphInstantiate_flags(0);
             // end the capture whatever happened, so the stream is usable for the error path
             let ended = dev.stream.end_capture(flags);
@@ -1476,6 +1557,10 @@ impl DecodeGraph {
             .map_err(|e| Error::internal(format!("CUDA graph replay of a decode step: {e:?}")))
     }
 }
+
+/// The `TraceMeta.extra` key a CUDA trace carries when its decode steps were replayed from a
+/// CUDA graph rather than launched one by one.
+pub const DECODE_GRAPH_KEY: &str = "decode_graph";
 
 /// Whether the request asks for an f16 KV cache.
 fn kv_cache_f16(_req: &ForwardRequest<'_>) -> bool {

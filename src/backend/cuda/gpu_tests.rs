@@ -1394,6 +1394,16 @@ fn cuda_schedules_match_cpu_full_forward() {
                 bits_equal(&small.tensors[&key].data, &c.tensors[&key].data),
                 "{what}: traced and untraced logits differ"
             );
+            // two or more decode steps keeping only logits replay one CUDA graph; the traced
+            // run launched them one by one, and the logits above are equal bit for bit
+            let graph = super::forward::DECODE_GRAPH_KEY;
+            assert_eq!(
+                small.meta.extra.contains_key(graph),
+                sched.decode >= 2,
+                "{what}: {:?}",
+                small.meta.extra
+            );
+            assert!(!c.meta.extra.contains_key(graph), "{what}");
         }
         let sched = schedules[0];
         // teacher forcing from the CPU's full trace, under the schedule

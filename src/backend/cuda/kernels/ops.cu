@@ -126,6 +126,14 @@ extern "C" __global__ void scale_inplace(float* __restrict__ x, i64 n, float f) 
     if (i < n) x[i] = x[i] * f;
 }
 
+// One row of len values into row (*posp - row0) of dst: a decode step replayed from a CUDA
+// graph keeps its logits row where the host copies all decode rows from at the end.
+extern "C" __global__ void store_row_at(const float* __restrict__ src, float* __restrict__ dst,
+                                        i64 len, const int* __restrict__ posp, int row0) {
+    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < len) dst[(i64)(*posp - row0) * len + i] = src[i];
+}
+
 // Planted nan: one element becomes NaN.
 extern "C" __global__ void set_nan(float* __restrict__ x, i64 idx) {
     if (blockIdx.x == 0 && threadIdx.x == 0) x[idx] = __int_as_float(0x7fc00000);
