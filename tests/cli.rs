@@ -340,6 +340,96 @@ fn bench_times_untraced_and_traced_prefills_and_counts_their_work() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("`0` is not a prompt length"));
 }
 
+/// `bench --decode N --chunk C`: one line per prompt length with the per-token times, the
+/// prefill part and the per-token work; `--chunk` alone times the chunked prefill against the
+/// full forward; schedules a prompt length cannot take, a chunk of 0 and `--decode 0` are bad
+/// input (exit 2) before anything runs.
+#[test]
+fn bench_times_decode_steps_per_token() {
+    let model = "fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf";
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", model, "--backend", "cpu", "--runs", "1"];
+        args.extend(extra);
+        falsifier(&args)
+    };
+    let out = bench(&["--tokens-count", "8", "--decode", "3", "--chunk", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("T=8 decode 3 (chunk 2): per token untraced "))
+        .unwrap_or_else(|| panic!("no decode line:\n{text}"));
+    // every field is there and its number parses
+    let number = |after: &str| -> f64 {
+        let rest = line
+            .split_once(after)
+            .unwrap_or_else(|| panic!("no `{after}` in {line}"))
+            .1;
+        rest.split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap_or_else(|_| panic!("{after}: {line}"))
+    };
+    for field in [
+        "per token untraced ",
+        "traced (every stage) ",
+        "prefill 5 tokens untraced ",
+        "per token weights touched ",
+        "KV cache read ",
+    ] {
+        assert!(number(field).is_finite(), "{field}: {line}");
+    }
+    assert!(number("prefill 5 tokens untraced ") > 0.0, "{line}");
+    assert!(number("per token weights touched ") > 0.0, "{line}");
+    assert!(line.ends_with("MAC"), "{line}");
+    assert!(
+        text.contains("per token = median over 1 back-to-back pairs of (scheduled forward - prefill alone) / 3"),
+        "{text}"
+    );
+    // N = T: no prefill; --chunk alone: the chunked prefill against the full forward
+    let out = bench(&["--tokens-count", "3", "--decode", "3"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("T=3 decode 3 (prefill in one chunk): per token untraced ")
+            && text.contains("; no prefill (N = T); "),
+        "{text}"
+    );
+    let out = bench(&["--tokens-count", "5", "--chunk", "2"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("T=5 chunk 2: untraced ") && text.contains("; full forward untraced "),
+        "{text}"
+    );
+    for (args, want) in [
+        (
+            &["--tokens-count", "8,2", "--decode", "3"][..],
+            "--chunk/--decode at --tokens-count 2: schedule: 3 decode steps, but the prompt has only 2 tokens",
+        ),
+        (
+            &["--tokens-count", "8", "--chunk", "0", "--decode", "1"][..],
+            "--chunk 0: a prefill chunk holds at least one token",
+        ),
+        (
+            &["--tokens-count", "8", "--decode", "0"][..],
+            "--decode 0: give at least one decode step",
+        ),
+        (&["--tokens-count", "8", "--decode", "x"][..], "--decode"),
+    ] {
+        let o = bench(args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        // refused before anything was timed
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains("T=8"),
+            "{args:?}"
+        );
+    }
+}
+
 /// Issue 11 items 3, 15 and 16: `trace` refuses layers the model lacks (naming its layer count)
 /// and prompts past its context length, and a huge `--layers` range is one range, refused at
 /// once instead of expanded into memory; `diff` does the same against the traces' layers.

@@ -1,6 +1,8 @@
-//! `falsifier bench MODEL.gguf [--backend cpu|cuda] [--tokens-count 32,512] [--runs 5]`:
-//! prefill timings (untraced and traced with every stage) and, on CUDA, the floors they compare
-//! with (see [`crate::bench`]). `FALSIFIER_CUDA_PROFILE=1` adds the GPU time per kernel and
+//! `falsifier bench MODEL.gguf [--backend cpu|cuda] [--tokens-count 32,512] [--runs 5]
+//! [--chunk C] [--decode N]`: prefill timings (untraced and traced with every stage) and, on
+//! CUDA, the floors they compare with (see [`crate::bench`]); with `--decode N`, per-token
+//! decode time through the KV cache; with `--chunk C` alone, the chunked prefill against the
+//! full forward. `FALSIFIER_CUDA_PROFILE=1` adds the GPU time per kernel and
 //! stage of every forward.
 
 use std::path::PathBuf;
@@ -9,7 +11,10 @@ use std::time::Instant;
 use clap::Args;
 
 use super::Outcome;
-use crate::bench::{Rates, format_timing, time_prefill};
+use crate::backend::Schedule;
+use crate::bench::{
+    Rates, format_chunked, format_decode, format_timing, time_chunked, time_decode, time_prefill,
+};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::gguf::GgufFile;
@@ -24,9 +29,42 @@ pub struct BenchArgs {
     /// Prompt lengths to time, comma-separated.
     #[arg(long, default_value = "32,512")]
     pub tokens_count: String,
-    /// Timed forwards per prompt length and kind (the median is reported), after one warm-up.
+    /// Timed forwards per prompt length and kind (the median is reported), after one warm-up;
+    /// with --chunk/--decode, pairs of forwards timed back to back.
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Prefill in chunks of C tokens through the KV cache: with --decode, the prefill part's
+    /// chunks; alone, the chunked prefill is timed against the full forward.
+    #[arg(long, value_name = "C")]
+    pub chunk: Option<usize>,
+    /// Time decode steps: feed the last N prompt tokens one at a time through the KV cache and
+    /// report the time per token (N >= 1 and at most every prompt length).
+    #[arg(long, value_name = "N")]
+    pub decode: Option<usize>,
+}
+
+/// The schedule `--chunk`/`--decode` ask for (`None`: plain prefills), checked against every
+/// prompt length before anything runs.
+fn schedule(args: &BenchArgs, counts: &[usize]) -> Result<Option<Schedule>> {
+    if args.chunk == Some(0) {
+        return Err(Error::input(
+            "--chunk 0: a prefill chunk holds at least one token",
+        ));
+    }
+    if args.decode == Some(0) {
+        return Err(Error::input(
+            "--decode 0: give at least one decode step to time (leave --decode out to time prefills)",
+        ));
+    }
+    if args.chunk.is_none() && args.decode.is_none() {
+        return Ok(None);
+    }
+    let s = Schedule::new(args.chunk, args.decode.unwrap_or(0));
+    for &t in counts {
+        s.check(t)
+            .map_err(|e| Error::input(format!("--chunk/--decode at --tokens-count {t}: {e}")))?;
+    }
+    Ok(Some(s))
 }
 
 /// `--tokens-count`: positive prompt lengths, comma-separated, at least one.
@@ -56,6 +94,7 @@ pub fn run(args: &BenchArgs) -> Result<Outcome> {
     if args.runs == 0 {
         return Err(Error::input("bench: --runs must be at least 1"));
     }
+    let schedule = schedule(args, &counts)?;
     let start = Instant::now();
     let mut backend = super::open_backend(&args.backend, &args.model)?;
     let file = GgufFile::open(&args.model)?;
@@ -67,6 +106,9 @@ pub fn run(args: &BenchArgs) -> Result<Outcome> {
         backend.describe(),
         start.elapsed()
     );
+    if let Some(s) = &schedule {
+        crate::backend::check_schedule(backend.name(), s)?;
+    }
     let rates = card_rates(&args.backend)?;
     for r in &rates {
         println!(
@@ -77,8 +119,32 @@ pub fn run(args: &BenchArgs) -> Result<Outcome> {
         );
     }
     for t in counts {
-        let tm = time_prefill(backend.as_mut(), &file, &cfg, t, args.runs)?;
-        println!("{}", format_timing(&tm, &rates));
+        let line = match schedule {
+            None => format_timing(
+                &time_prefill(backend.as_mut(), &file, &cfg, t, args.runs)?,
+                &rates,
+            ),
+            Some(Schedule {
+                chunk: Some(c),
+                decode: 0,
+            }) => format_chunked(
+                &time_chunked(backend.as_mut(), &file, &cfg, t, c, args.runs)?,
+                &rates,
+            ),
+            Some(s) => format_decode(
+                &time_decode(
+                    backend.as_mut(),
+                    &file,
+                    &cfg,
+                    t,
+                    s.chunk,
+                    s.decode,
+                    args.runs,
+                )?,
+                &rates,
+            ),
+        };
+        println!("{line}");
     }
     Ok(Outcome::Holds)
 }

@@ -90,7 +90,8 @@ pub enum Command {
     /// What a model is: shape, files, tensor types, stages, and the memory of a traced CUDA run.
     Inspect(inspect::InspectArgs),
     /// Time prefills (untraced, and traced with every stage) and, on CUDA, compare them with the
-    /// bandwidth and FMA floors of the card.
+    /// bandwidth and FMA floors of the card; `--decode N` times decode steps per token,
+    /// `--chunk C` chunked prefills.
     Bench(bench::BenchArgs),
 }
 
