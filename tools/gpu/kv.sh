@@ -43,8 +43,13 @@ if [ -f /tmp/a3b.gguf ]; then
   echo "a3b diff rc=$? $(grep -iE 'verdict|summary|holds|match' $E/a3b-diff.txt | head -3)"
   # 5. where a decode step's time goes (per kernel and stage), untraced
   FALSIFIER_CUDA_PROFILE=1 $F trace /tmp/a3b.gguf --backend cuda --tokens $P32 --decode 16 --stages logits --out /tmp/p.safetensors > $E/a3b-profile.txt 2>&1
-  [ -n "${BENCH_DECODE:-}" ] && $F bench /tmp/a3b.gguf --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs 5 > $E/a3b-bench.txt 2>&1
+  # 6. per-token decode time, replayed from a CUDA graph and (for comparison) launched one by one
+  $F bench /tmp/a3b.gguf --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs 5 > $E/a3b-bench.txt 2>&1
+  FALSIFIER_CUDA_GRAPHS=0 $F bench /tmp/a3b.gguf --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs 5 > $E/a3b-bench-direct.txt 2>&1
+  grep -iE "T=|floor" $E/a3b-bench.txt $E/a3b-bench-direct.txt
   snap
 fi
+$F bench fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs 5 > $E/tiny-bench.txt 2>&1
+grep -iE "T=|floor" $E/tiny-bench.txt
 FALSIFIER_CUDA_PROFILE=1 $F trace fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf --backend cuda --tokens $(seq -s, 1 7 217) --decode 16 --stages logits --out /tmp/p.safetensors > $E/tiny-profile.txt 2>&1 || true
 snap
