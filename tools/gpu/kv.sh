@@ -5,7 +5,8 @@
 # default 4) traced under --chunk 8 --decode 16 against the CPU full forward. Writes
 # $OUT/kv.tgz. Binaries from tools/gpu/pack.sh in .gpu/.
 set -u
-mkdir -p /work && [ -e /work/main ] || ln -sfn "$PWD" /work/main
+# test binaries find fixtures under the path they were built in (/work/main or a worktree)
+mkdir -p /work && for w in main wt-gpu; do [ -e /work/$w ] || ln -sfn "$PWD" /work/$w; done
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export FALSIFIER_COMMIT=$(cat .gpu/COMMIT)
 F=.gpu/falsifier; E=/tmp/kv; rm -rf $E; mkdir -p $E

@@ -301,7 +301,14 @@ impl Device {
         load_module(&ctx, &arch, CORE_MODULE, &names, &mut funcs)
             .map_err(|e| e.context(format!("CUDA device {ordinal}")))?;
         keep_pool_memory(&ctx);
-        let stream = ctx.default_stream();
+        // one stream of our own for all work: a CUDA graph cannot be recorded on the legacy
+        // default stream. Everything runs on it in order, so cudarc's per-buffer events (which
+        // order work across streams) would only cost time: they are off for every buffer.
+        // SAFETY: no buffer is ever used on a second stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| dev_err("creating a stream", e))?;
         let sync_each = std::env::var("FALSIFIER_CUDA_SYNC").is_ok_and(|v| v == "1");
         let profiling = std::env::var("FALSIFIER_CUDA_PROFILE").is_ok_and(|v| v == "1");
         Ok(Device {

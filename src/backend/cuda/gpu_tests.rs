@@ -666,11 +666,13 @@ fn device_decoders_match_gguf_py() {
             );
         }
         for kernel in MatmulKernel::ALL {
-            if kernel == MatmulKernel::Vector && !cols.is_multiple_of(8) {
-                continue; // the vector kernel needs K % 8 == 0 (every block type has it)
+            let vector = matches!(kernel, MatmulKernel::Vector | MatmulKernel::Wide);
+            if vector && !cols.is_multiple_of(8) {
+                continue; // the vector kernels need K % 8 == 0 (every block type has it)
             }
-            // 5 rows: one partial tile / pass; 70: several tiles / passes and a partial one
-            for t in [5, 70] {
+            // 1 row (a decode step); 5 rows: one partial tile / pass; 70: several tiles /
+            // passes and a partial one
+            for t in [1, 5, 70] {
                 let x = pseudo_random(t * cols, 7 + t as u64);
                 let y = device_matmul(&dev, kernel, ty, &m, &x, t);
                 check_matmul(
@@ -724,7 +726,7 @@ fn wide_matmuls_cover_every_tile_position() {
         }
         let m = matrix(&dev, ty, &wraw, rows, cols);
         for kernel in MatmulKernel::ALL {
-            for t in [5, 70, 130] {
+            for t in [1, 5, 70, 130] {
                 let x = pseudo_random(t * cols, 31 + t as u64);
                 let y = device_matmul(&dev, kernel, ty, &m, &x, t);
                 check_matmul(&format!("{ty} {kernel:?} T={t}"), &y, &x, &w, t, rows, cols);

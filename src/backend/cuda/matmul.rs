@@ -15,6 +15,9 @@ use crate::model::quant::GgmlType;
 pub enum MatmulKernel {
     /// `matmulv_*`: decode into registers, up to 8 rows per pass; for few rows per matrix.
     Vector,
+    /// `matmulw_*`: as `Vector` with a warp per output feature; for one row per matrix
+    /// (decode steps, and experts at very short prompts).
+    Wide,
     /// `matmul_*`: shared-memory tiles of `bt` rows x `4096 / bt` features, 4 x 4 a thread.
     Tiled { bt: u32 },
     /// `matmult_*`: shared-memory tiles of 64 rows x `bn` features, 4 x 8 a thread.
@@ -41,6 +44,9 @@ impl MatmulKernel {
         } else {
             VECTOR_MAX_ROWS
         };
+        if expected <= 1 && k.is_multiple_of(8) {
+            return MatmulKernel::Wide;
+        }
         if expected <= vector_max && k.is_multiple_of(8) {
             return MatmulKernel::Vector;
         }
@@ -64,7 +70,7 @@ impl MatmulKernel {
         }
     }
 
-    /// A kernel by its short name (`vector`, `tiled16`, `tiled32`, `tiled64`, `tall64`,
+    /// A kernel by its short name (`vector`, `wide`, `tiled16`, `tiled32`, `tiled64`, `tall64`,
     /// `tall128`), as the `FALSIFIER_CUDA_{PLAIN,EXPERT}_KERNEL` overrides name them, for
     /// timing one kernel against another.
     pub fn parse(name: &str) -> Option<Self> {
@@ -75,6 +81,7 @@ impl MatmulKernel {
     pub fn short_name(self) -> String {
         match self {
             MatmulKernel::Vector => "vector".into(),
+            MatmulKernel::Wide => "wide".into(),
             MatmulKernel::Tiled { bt } => format!("tiled{bt}"),
             MatmulKernel::Tall { bn } => format!("tall{bn}"),
         }
@@ -84,6 +91,7 @@ impl MatmulKernel {
     fn tile(self) -> (usize, usize) {
         match self {
             MatmulKernel::Vector => (64, usize::MAX),
+            MatmulKernel::Wide => (8, usize::MAX),
             MatmulKernel::Tiled { bt } => (4096 / bt as usize, bt as usize),
             MatmulKernel::Tall { bn } => (bn as usize, 64),
         }
@@ -101,6 +109,10 @@ impl MatmulKernel {
     /// `sms` multiprocessors: `(splits, kspan)`, each split summing `kspan` k values (a
     /// multiple of 32). One split unless the output tiles leave most multiprocessors idle.
     pub fn split_k(self, n: usize, rows: usize, k: usize, sms: usize) -> (usize, usize) {
+        if self == MatmulKernel::Wide {
+            // a warp per output already puts every output's weights in flight at once
+            return (1, k);
+        }
         let (bn, bt) = self.tile();
         // in blocks of 4096 outputs (the 4 x 4 kernels' tile; a tall one is one or two of
         // those): the card is full at two per multiprocessor
@@ -122,14 +134,16 @@ impl MatmulKernel {
     pub fn name(self, suffix: &str) -> String {
         match self {
             MatmulKernel::Vector => format!("matmulv_{suffix}"),
+            MatmulKernel::Wide => format!("matmulw_{suffix}"),
             MatmulKernel::Tiled { bt } => format!("matmul_{suffix}_{bt}"),
             MatmulKernel::Tall { bn } => format!("matmult_{suffix}_{bn}"),
         }
     }
 
     /// Every kernel variant, as named by [`MatmulKernel::name`].
-    pub const ALL: [MatmulKernel; 6] = [
+    pub const ALL: [MatmulKernel; 7] = [
         MatmulKernel::Vector,
+        MatmulKernel::Wide,
         MatmulKernel::Tiled { bt: 16 },
         MatmulKernel::Tiled { bt: 32 },
         MatmulKernel::Tiled { bt: 64 },
@@ -142,7 +156,7 @@ impl MatmulKernel {
     pub fn config(self, n: usize, max_rows: usize, layers: usize) -> Result<LaunchConfig> {
         let (bn, bt) = self.tile();
         let shared = match self {
-            MatmulKernel::Vector => 0,
+            MatmulKernel::Vector | MatmulKernel::Wide => 0,
             // Ws [32][bn + 4] and Xs [32][bt + 4] floats
             MatmulKernel::Tiled { .. } | MatmulKernel::Tall { .. } => {
                 (32 * (bn + 4 + bt + 4) * 4) as u32
@@ -177,7 +191,7 @@ fn kernel_overrides() -> (Option<MatmulKernel>, Option<MatmulKernel>) {
             let name = std::env::var(var).ok()?;
             let kernel = MatmulKernel::parse(name.trim());
             if kernel.is_none() {
-                eprintln!("warning: {var}={name}: not a matmul kernel (vector, tiled16, tiled32, tiled64, tall64, tall128); ignored");
+                eprintln!("warning: {var}={name}: not a matmul kernel (vector, wide, tiled16, tiled32, tiled64, tall64, tall128); ignored");
             }
             kernel
         };
@@ -222,8 +236,10 @@ impl MatmulCall<'_> {
         let overrides = kernel_overrides();
         let forced = if grouped { overrides.1 } else { overrides.0 };
         match forced {
-            // the vector kernel needs K % 8 == 0
-            Some(MatmulKernel::Vector) if !self.w.cols.is_multiple_of(8) => chosen,
+            // the vector kernels need K % 8 == 0
+            Some(MatmulKernel::Vector | MatmulKernel::Wide) if !self.w.cols.is_multiple_of(8) => {
+                chosen
+            }
             Some(k) => k,
             None => chosen,
         }
@@ -322,12 +338,14 @@ pub fn type_kernel_names(suffix: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::MatmulKernel::{self, Tall, Tiled, Vector};
+    use super::MatmulKernel::{self, Tall, Tiled, Vector, Wide};
 
     #[test]
     fn kernel_choice_follows_the_rows_a_matrix_expects() {
-        // plain matmuls: the vector kernel up to 8 rows, then the row tile they fill halfway
-        assert_eq!(MatmulKernel::choose(2048, 4096, 1, false), Vector);
+        // plain matmuls: a warp per output at one row (decode steps), the vector kernel up to
+        // 8 rows, then the row tile they fill halfway
+        assert_eq!(MatmulKernel::choose(2048, 4096, 1, false), Wide);
+        assert_eq!(MatmulKernel::choose(2048, 4096, 2, false), Vector);
         assert_eq!(MatmulKernel::choose(2048, 4096, 8, false), Vector);
         assert_eq!(MatmulKernel::choose(2048, 4096, 9, false), Tiled { bt: 16 });
         assert_eq!(
@@ -349,12 +367,14 @@ mod tests {
         // narrow matrices (k_proj, a router) fill the card better with 64-feature tiles
         assert_eq!(MatmulKernel::choose(2048, 512, 512, false), Tall { bn: 64 });
         assert_eq!(MatmulKernel::choose(2048, 128, 512, false), Tall { bn: 64 });
-        // experts: the vector kernel only up to 5 expected rows; tall tiles from 25
+        // experts: a warp per output at one expected row, the vector kernel only up to 5;
+        // tall tiles from 25
+        assert_eq!(MatmulKernel::choose(2048, 768, 1, true), Wide);
         assert_eq!(MatmulKernel::choose(2048, 4096, 5, true), Vector);
         assert_eq!(MatmulKernel::choose(2048, 4096, 6, true), Tiled { bt: 16 });
         assert_eq!(MatmulKernel::choose(2048, 4096, 24, true), Tiled { bt: 32 });
         assert_eq!(MatmulKernel::choose(2048, 4096, 32, true), Tall { bn: 64 });
-        // the vector kernel reads runs of 8: a row length off that takes a tile
+        // the vector kernels read runs of 8: a row length off that takes a tile
         assert_eq!(MatmulKernel::choose(54, 4096, 1, false), Tiled { bt: 16 });
     }
 
@@ -396,5 +416,7 @@ mod tests {
         }
         // K too short to split
         assert_eq!(Vector.split_k(64, 1, 256, sms), (1, 256));
+        // a warp per output is never split
+        assert_eq!(Wide.split_k(128, 1, 2048, sms), (1, 2048));
     }
 }

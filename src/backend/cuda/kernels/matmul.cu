@@ -31,6 +31,11 @@
 // multiplying them with up to 8 input rows at once (read through L1: all features of a block
 // read the same rows); the four partial sums are then added by a fixed butterfly. Needs
 // K % 8 == 0 (every block type has it).
+//
+// matmulw_<type> (one row per matrix: decode steps): the same with a whole warp per output
+// feature, lane p decoding values 8p..8p+7 of every 256-chunk. At one row the work per feature
+// is one pass over its weights; 32 lanes in flight per feature (instead of 4) put 8 times as
+// many loads in flight, which a single row needs to stream the weights at the card's rate.
 
 #define MM_BK 32
 #define MM_THREADS 256
@@ -379,7 +384,7 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
 // Input rows a matvec pass multiplies at once.
 #define MV_ROWS 8
 
-template <int TY>
+template <int TY, int LPF>
 __device__ __forceinline__ void matvec_body(const u8* __restrict__ W, i64 row_bytes,
                                             i64 expert_bytes, const float* __restrict__ X,
                                             float* __restrict__ Y, int N, int K, int T,
@@ -395,8 +400,9 @@ __device__ __forceinline__ void matvec_body(const u8* __restrict__ W, i64 row_by
     int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
     int kbeg = split * kspan, kend = min(K, kbeg + kspan);
     Y += (i64)split * T * N;
-    int p = threadIdx.x & 3;
-    int n = blockIdx.x * (MM_THREADS / 4) + (threadIdx.x >> 2);
+    // LPF lanes (4 or 32) per output feature
+    int p = threadIdx.x & (LPF - 1);
+    int n = blockIdx.x * (MM_THREADS / LPF) + threadIdx.x / LPF;
     // lanes past N keep going (decoding nothing) so that the shuffles see full warps
     bool valid = n < N;
     const u8* row = W + (i64)we * expert_bytes + (i64)(valid ? n : 0) * row_bytes;
@@ -414,10 +420,10 @@ __device__ __forceinline__ void matvec_body(const u8* __restrict__ W, i64 row_by
         int k0 = kbeg + 8 * p;
         Run8<TY> cur;
         if (valid && k0 < kend) cur.load(row, k0);
-        for (; k0 < kend; k0 += MM_BK) {
+        for (; k0 < kend; k0 += 8 * LPF) {
             // the next run's words are on their way while this one is multiplied
             Run8<TY> nxt;
-            if (valid && k0 + MM_BK < kend) nxt.load(row, k0 + MM_BK);
+            if (valid && k0 + 8 * LPF < kend) nxt.load(row, k0 + 8 * LPF);
             float w[8];
             if (valid) {
                 cur.decode(w);
@@ -446,9 +452,10 @@ __device__ __forceinline__ void matvec_body(const u8* __restrict__ W, i64 row_by
         }
 #pragma unroll
         for (int j = 0; j < MV_ROWS; ++j) {
-            // (a0 + a1) + (a2 + a3) on every lane of the four: the same bits everywhere
-            acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], 1);
-            acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], 2);
+            // a fixed butterfly over the feature's lanes ((a0 + a1) + (a2 + a3) for four): the
+            // same bits on every lane
+#pragma unroll
+            for (int o = 1; o < LPF; o <<= 1) acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], o);
         }
         if (valid && p == 0) {
 #pragma unroll
@@ -519,8 +526,15 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
         matmulv_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* X, float* Y, \
                        int N, int K, int T, const int* counts, const int* offsets,              \
                        const int* in_rows, int swap_a, int swap_b, int kspan) {                 \
-        matvec_body<TY>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets, in_rows,   \
-                        swap_a, swap_b, kspan);                                                 \
+        matvec_body<TY, 4>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets,         \
+                           in_rows, swap_a, swap_b, kspan);                                     \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
+        matmulw_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* X, float* Y, \
+                       int N, int K, int T, const int* counts, const int* offsets,              \
+                       const int* in_rows, int swap_a, int swap_b, int kspan) {                 \
+        matvec_body<TY, 32>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets,        \
+                            in_rows, swap_a, swap_b, kspan);                                    \
     }                                                                                           \
     extern "C" __global__ void gather_##NAME(const u8* W, i64 row_bytes, const int* ids,        \
                                              float* out, int rows, int H) {                     \
