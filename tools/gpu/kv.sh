@@ -33,6 +33,9 @@ for tool in memcheck racecheck; do
     compute-sanitizer --tool $tool $F trace fixtures/$m.gguf --backend cuda --tokens 81,119,101,110,51,77,111,69,5,9,12 --chunk 3 --decode 4 --out /tmp/san.safetensors > $E/sanitizer-$tool-$(basename $m).txt 2>&1
     echo "sanitizer $tool $m rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-$(basename $m).txt)"
   done
+  # only logits kept: the decode steps replayed from a CUDA graph
+  compute-sanitizer --tool $tool $F trace fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf --backend cuda --tokens 81,119,101,110,51,77,111,69,5,9,12 --chunk 3 --decode 4 --stages logits --out /tmp/san.safetensors > $E/sanitizer-$tool-graph.txt 2>&1
+  echo "sanitizer $tool graph rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-graph.txt)"
 done
 snap
 wait $GEN; echo "gen rc=$? $(tail -1 $E/gen.txt)"
