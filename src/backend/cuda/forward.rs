@@ -61,6 +61,9 @@ struct Groups<'a> {
     /// Input row of each grouped slot (the token), or none when the input is already grouped.
     in_rows: Option<&'a CudaSlice<i32>>,
     swap: Option<(usize, usize)>,
+    /// The expert of each grouped slot, when the matmuls' grid runs over the slots (fewer
+    /// slots than experts: a decode step's k of 128).
+    zmap: Option<&'a CudaSlice<i32>>,
 }
 
 /// Device buffers of one forward, reused by every layer.
@@ -97,6 +100,7 @@ struct Buffers {
     offsets: CudaSlice<i32>,
     slot_token: CudaSlice<i32>,
     slot_of: CudaSlice<i32>,
+    slot_expert: CudaSlice<i32>,
     down: CudaSlice<f32>,
     /// Matmul input after planted Q8_0 rounding (largest input: [T*k, max(H, F, nh*D)]).
     rounded: CudaSlice<f32>,
@@ -151,6 +155,7 @@ impl Buffers {
             offsets: i(e, "expert offsets")?,
             slot_token: i(t * k, "expert slots")?,
             slot_of: i(t * k, "expert slots")?,
+            slot_expert: i(t * k, "expert slots")?,
             down: f(if d.moe { slots * h } else { 1 }, "expert outputs")?,
             rounded: f(slots * widest, "rounded activations")?,
             rope_angles: dev.zeros::<f64>(prompt * (hd / 2).max(1) * 2, "RoPE angles")?,
@@ -181,7 +186,7 @@ pub fn buffer_bytes(d: &Dims, t: usize) -> u64 {
         + 4 * t * nkv * hd // k, v, kn, kr
         + 3 * slots * d.ffn // gate, up, act
         + 2 * t * e // router logits, probs
-        + 4 * t * k // topk ids, weights, slot_token, slot_of
+        + 5 * t * k // topk ids, weights, slot_token, slot_of, slot_expert
         + 2 * e // counts, offsets
         + if d.moe { slots * h } else { 1 } // down
         + slots * widest // rounded
@@ -430,6 +435,7 @@ impl Run<'_> {
                 offsets: dev.ptr(g.offsets),
                 in_rows: g.in_rows.map(|r| dev.ptr(r)),
                 swap: g.swap,
+                zmap: g.zmap.map(|z| dev.ptr(z)),
             }),
         };
         call.launch(dev, key, call.default_kernel(), y)
@@ -991,6 +997,7 @@ impl Run<'_> {
                 Arg::Ptr(dev.ptr(&b.offsets)),
                 Arg::Ptr(dev.ptr(&b.slot_token)),
                 Arg::Ptr(dev.ptr(&b.slot_of)),
+                Arg::Ptr(dev.ptr(&b.slot_expert)),
             ],
         )?;
         let swap = self
@@ -1004,6 +1011,7 @@ impl Run<'_> {
             offsets: &b.offsets,
             in_rows: Some(&b.slot_token),
             swap,
+            zmap: (n * k < e).then_some(&b.slot_expert),
         };
         let grouped = Groups {
             in_rows: None,

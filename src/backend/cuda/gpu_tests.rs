@@ -547,7 +547,15 @@ fn pseudo_random(n: usize, seed: u64) -> Vec<f32> {
 
 /// A grouping for [`device_matmul_with`]: rows per expert, first row of each, the input row of
 /// each grouped row, a planted swap ((a, a): none).
-type TestGroups<'a> = (&'a [i32], &'a [i32], &'a [i32], (usize, usize));
+/// counts, offsets, in_rows, the swap, and the expert of each slot when the grid runs over
+/// the slots.
+type TestGroups<'a> = (
+    &'a [i32],
+    &'a [i32],
+    &'a [i32],
+    (usize, usize),
+    Option<&'a [i32]>,
+);
 
 /// `y = x · Wᵀ` through `kernel`, with `w` decoded as `ty`; with `groups = (counts, offsets,
 /// in_rows, swap)` a grouped expert matmul over `w.mats` matrices (at most `max_rows` rows each).
@@ -565,18 +573,19 @@ fn device_matmul_with(
     let xd = dev.upload(x, "x").unwrap();
     let y = dev.zeros::<f32>(rows * w.rows, "y").unwrap();
     let up = |v: &[i32]| dev.upload(v, "groups").unwrap();
-    let g = groups.map(|(c, o, r, s)| (up(c), up(o), up(r), s));
+    let g = groups.map(|(c, o, r, s, z)| (up(c), up(o), up(r), s, z.map(up)));
     let call = MatmulCall {
         w,
         ty,
         x: dev.ptr(&xd),
         rows,
         max_rows,
-        groups: g.as_ref().map(|(c, o, r, s)| GroupPtrs {
+        groups: g.as_ref().map(|(c, o, r, s, z)| GroupPtrs {
             counts: dev.ptr(c),
             offsets: dev.ptr(o),
             in_rows: Some(dev.ptr(r)),
             swap: (s.0 != s.1).then_some(*s),
+            zmap: z.as_ref().map(|z| dev.ptr(z)),
         }),
     };
     call.launch(dev, "test", kernel, &y).unwrap();
@@ -810,7 +819,15 @@ fn grouped_matmul_kernels_match_host() {
             bytes: &raw,
         };
         let m = DeviceMatrix::upload(&dev, &host_tensor, cols, n, mats).unwrap();
-        for swap in [(0, 0), (1, 3)] {
+        // the expert of each slot, for the grid over slots
+        let slot_expert: Vec<i32> = (0..mats)
+            .flat_map(|e| std::iter::repeat_n(e as i32, counts[e]))
+            .collect();
+        let grids = [None, Some(slot_expert.as_slice())];
+        for (swap, zmap) in [(0, 0), (1, 3)]
+            .into_iter()
+            .flat_map(|s| grids.map(|z| (s, z)))
+        {
             for kernel in MatmulKernel::ALL {
                 let got = device_matmul_with(
                     &dev,
@@ -820,7 +837,7 @@ fn grouped_matmul_kernels_match_host() {
                     &x,
                     slots,
                     t,
-                    Some((&counts_i, &offsets, &in_rows, swap)),
+                    Some((&counts_i, &offsets, &in_rows, swap, zmap)),
                 );
                 for e in 0..mats {
                     let we = if e == swap.0 {
@@ -837,7 +854,10 @@ fn grouped_matmul_kernels_match_host() {
                         let ws = &wv[we * n * cols..(we + 1) * n * cols];
                         let out = &got[slot * n..(slot + 1) * n];
                         check_matmul(
-                            &format!("{ty} {kernel:?} swap {swap:?} expert {e} slot {slot}"),
+                            &format!(
+                                "{ty} {kernel:?} swap {swap:?} expert {e} slot {slot}, grid over {}",
+                                if zmap.is_some() { "slots" } else { "experts" }
+                            ),
                             out,
                             xs,
                             ws,

@@ -203,13 +203,17 @@ fn kernel_overrides() -> (Option<MatmulKernel>, Option<MatmulKernel>) {
 }
 
 /// Device pointers of an expert grouping: rows per expert, their first grouped row, the input
-/// row of each grouped row (none: the input is already grouped), a planted expert swap.
+/// row of each grouped row (none: the input is already grouped), a planted expert swap, the
+/// expert of each grouped row.
 #[derive(Clone, Copy, Debug)]
 pub struct GroupPtrs {
     pub counts: u64,
     pub offsets: u64,
     pub in_rows: Option<u64>,
     pub swap: Option<(usize, usize)>,
+    /// The expert of each grouped slot: the launch grid then runs over the slots rather than
+    /// the experts (kernels/matmul.cu `mm_expert`), for launches with fewer slots than experts.
+    pub zmap: Option<u64>,
 }
 
 /// One matmul `y = x · Wᵀ` to queue: `w` decoded as `ty` (its own type, or a planted wrong one),
@@ -300,8 +304,14 @@ impl MatmulCall<'_> {
             Arg::I32(sa),
             Arg::I32(sb),
             int(kspan, "split-K span")?,
+            g.and_then(|g| g.zmap).map_or(NULL, Arg::Ptr),
         ];
-        let layers = if g.is_some() { w.mats } else { splits };
+        // grouped: a grid layer per expert, or per grouped slot (`zmap`); plain: per K split
+        let layers = match g {
+            Some(GroupPtrs { zmap: Some(_), .. }) => self.rows,
+            Some(_) => w.mats,
+            None => splits,
+        };
         dev.launch(
             &kernel.name(suffix),
             stage,

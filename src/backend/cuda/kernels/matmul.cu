@@ -63,10 +63,33 @@ struct MmBlock {
     float* Y;
 };
 
+// The expert a block of a grouped launch serves: blockIdx.z; or, when the grid runs over the
+// grouped slots instead (zmap: the expert of each slot; for launches with fewer slots than
+// experts, as a decode step's k slots of 128 experts, where a grid over all experts would be
+// mostly blocks that find no rows), the expert whose first slot is z, and -1 for its other
+// slots (another block serves it).
+__device__ __forceinline__ int mm_expert(const int* __restrict__ offsets,
+                                         const int* __restrict__ zmap) {
+    if (!zmap) return blockIdx.z;
+    int e = zmap[blockIdx.z];
+    return offsets[e] == (int)blockIdx.z ? e : -1;
+}
+
+// Rows of the block's matrix: T for a plain matmul, the expert's count for a grouped one (0
+// for a block that serves no expert).
+__device__ __forceinline__ int mm_count(const int* __restrict__ counts,
+                                        const int* __restrict__ offsets,
+                                        const int* __restrict__ zmap, int T) {
+    if (!counts) return T;
+    int e = mm_expert(offsets, zmap);
+    return e < 0 ? 0 : counts[e];
+}
+
 __device__ __forceinline__ MmBlock mm_block(const u8* W, i64 expert_bytes, float* Y, int N, int K,
                                             int T, const int* counts, const int* offsets,
-                                            int swap_a, int swap_b, int kspan, int t0, int bt) {
-    int e = counts ? blockIdx.z : 0;
+                                            int swap_a, int swap_b, int kspan, int t0, int bt,
+                                            const int* zmap) {
+    int e = counts ? mm_expert(offsets, zmap) : 0;
     int split = counts ? 0 : blockIdx.z;
     int cnt = counts ? counts[e] : T;
     MmBlock b;
@@ -126,7 +149,8 @@ __device__ __forceinline__ void matmul_tile(const u8* __restrict__ W, i64 row_by
                                             const int* __restrict__ counts,
                                             const int* __restrict__ offsets,
                                             const int* __restrict__ in_rows, int swap_a,
-                                            int swap_b, int kspan, int t0) {
+                                            int swap_b, int kspan, int t0,
+                                            const int* __restrict__ zmap) {
     // the tile shape is a template parameter: every shared-memory offset of the inner loop
     // is then a constant
     extern __shared__ __align__(16) float mm_smem[];
@@ -134,8 +158,8 @@ __device__ __forceinline__ void matmul_tile(const u8* __restrict__ W, i64 row_by
     constexpr int wp = bn + 4, xp = bt + 4;  // +4: float4-aligned rows on shifted banks
     float* Ws = mm_smem;           // [MM_BK][wp], transposed: Ws[k][feature]
     float* Xs = mm_smem + MM_BK * wp;  // [MM_BK][xp], Xs[k][row]
-    MmBlock b = mm_block(W, expert_bytes, Y, N, K, T, counts, offsets, swap_a, swap_b, kspan,
-                         t0, bt);
+    MmBlock b = mm_block(W, expert_bytes, Y, N, K, T, counts, offsets, swap_a, swap_b, kspan, t0,
+                         bt, zmap);
     int nt = b.nt, kbeg = b.kbeg, kend = b.kend, off = b.off;
     const u8* mat = b.mat;
     Y = b.Y;
@@ -250,7 +274,8 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
                                                  const int* __restrict__ counts,
                                                  const int* __restrict__ offsets,
                                                  const int* __restrict__ in_rows, int swap_a,
-                                                 int swap_b, int kspan, int t0) {
+                                                 int swap_b, int kspan, int t0,
+                                                 const int* __restrict__ zmap) {
     extern __shared__ __align__(16) float mm_smem[];
     constexpr int bt = 64, bn = BN;
     constexpr int lrows = BN / 2;     // loading rows: threads / 4
@@ -258,8 +283,8 @@ __device__ __forceinline__ void matmul_tall_tile(const u8* __restrict__ W, i64 r
     constexpr int wp = bn + 4, xp = bt + 4;
     float* Ws = mm_smem;               // [MM_BK][wp], Ws[k][feature]
     float* Xs = mm_smem + MM_BK * wp;  // [MM_BK][xp], Xs[k][row]
-    MmBlock b = mm_block(W, expert_bytes, Y, N, K, T, counts, offsets, swap_a, swap_b, kspan,
-                         t0, bt);
+    MmBlock b = mm_block(W, expert_bytes, Y, N, K, T, counts, offsets, swap_a, swap_b, kspan, t0,
+                         bt, zmap);
     int nt = b.nt, kbeg = b.kbeg, kend = b.kend, off = b.off;
     const u8* mat = b.mat;
     Y = b.Y;
@@ -391,11 +416,12 @@ __device__ __forceinline__ void matvec_body(const u8* __restrict__ W, i64 row_by
                                             const int* __restrict__ counts,
                                             const int* __restrict__ offsets,
                                             const int* __restrict__ in_rows, int swap_a,
-                                            int swap_b, int kspan) {
-    int e = counts ? blockIdx.z : 0;
-    int split = counts ? 0 : blockIdx.z;
-    int cnt = counts ? counts[e] : T;
+                                            int swap_b, int kspan,
+                                            const int* __restrict__ zmap) {
+    int cnt = mm_count(counts, offsets, zmap, T);
     if (cnt == 0) return;  // uniform over the block
+    int e = counts ? mm_expert(offsets, zmap) : 0;
+    int split = counts ? 0 : blockIdx.z;
     int off = offsets ? offsets[e] : 0;
     int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
     int kbeg = split * kspan, kend = min(K, kbeg + kspan);
@@ -417,38 +443,47 @@ __device__ __forceinline__ void matvec_body(const u8* __restrict__ W, i64 row_by
         float acc[MV_ROWS];
 #pragma unroll
         for (int j = 0; j < MV_ROWS; ++j) acc[j] = 0.0f;
+        // PF runs of 8 weights in flight per lane (4 for a warp per feature: one row gives a
+        // lane nothing else to hide the load latency behind), consumed in k order
+        constexpr int STEP = 8 * LPF, PF = LPF == 32 ? 4 : 1;
         int k0 = kbeg + 8 * p;
-        Run8<TY> cur;
-        if (valid && k0 < kend) cur.load(row, k0);
-        for (; k0 < kend; k0 += 8 * LPF) {
-            // the next run's words are on their way while this one is multiplied
-            Run8<TY> nxt;
-            if (valid && k0 + 8 * LPF < kend) nxt.load(row, k0 + 8 * LPF);
-            float w[8];
-            if (valid) {
-                cur.decode(w);
-            } else {
+        Run8<TY> runs[PF];
 #pragma unroll
-                for (int i = 0; i < 8; ++i) w[i] = 0.0f;
-            }
+        for (int i = 0; i < PF; ++i)
+            if (valid && k0 + i * STEP < kend) runs[i].load(row, k0 + i * STEP);
+        for (; k0 < kend; k0 += PF * STEP) {
 #pragma unroll
-            for (int j = 0; j < MV_ROWS; ++j) {
-                if (j < nt) {
-                    float4 a = *(const float4*)(xr[j] + k0);
-                    float4 b = *(const float4*)(xr[j] + k0 + 4);
-                    float s = acc[j];
-                    s = fmaf(w[0], a.x, s);
-                    s = fmaf(w[1], a.y, s);
-                    s = fmaf(w[2], a.z, s);
-                    s = fmaf(w[3], a.w, s);
-                    s = fmaf(w[4], b.x, s);
-                    s = fmaf(w[5], b.y, s);
-                    s = fmaf(w[6], b.z, s);
-                    s = fmaf(w[7], b.w, s);
-                    acc[j] = s;
+            for (int i = 0; i < PF; ++i) {
+                int kk = k0 + i * STEP;
+                if (kk < kend) {
+                    float w[8];
+                    if (valid) {
+                        runs[i].decode(w);
+                    } else {
+#pragma unroll
+                        for (int q = 0; q < 8; ++q) w[q] = 0.0f;
+                    }
+                    // the run PF steps on is on its way while this one is multiplied
+                    if (valid && kk + PF * STEP < kend) runs[i].load(row, kk + PF * STEP);
+#pragma unroll
+                    for (int j = 0; j < MV_ROWS; ++j) {
+                        if (j < nt) {
+                            float4 a = *(const float4*)(xr[j] + kk);
+                            float4 b = *(const float4*)(xr[j] + kk + 4);
+                            float s = acc[j];
+                            s = fmaf(w[0], a.x, s);
+                            s = fmaf(w[1], a.y, s);
+                            s = fmaf(w[2], a.z, s);
+                            s = fmaf(w[3], a.w, s);
+                            s = fmaf(w[4], b.x, s);
+                            s = fmaf(w[5], b.y, s);
+                            s = fmaf(w[6], b.z, s);
+                            s = fmaf(w[7], b.w, s);
+                            acc[j] = s;
+                        }
+                    }
                 }
             }
-            cur = nxt;
         }
 #pragma unroll
         for (int j = 0; j < MV_ROWS; ++j) {
@@ -494,11 +529,11 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
         matmul_##NAME##_##BT(const u8* W, i64 row_bytes, i64 expert_bytes, const float* X,     \
                              float* Y, int N, int K, int T, const int* counts,                 \
                              const int* offsets, const int* in_rows, int swap_a, int swap_b,   \
-                             int kspan) {                                                       \
-        int cnt = counts ? counts[blockIdx.z] : T;                                              \
+                             int kspan, const int* zmap) {                                      \
+        int cnt = mm_count(counts, offsets, zmap, T);                                           \
         for (int t0 = blockIdx.y * BT; t0 < cnt; t0 += gridDim.y * BT)                          \
             matmul_tile<TY, BT>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets,    \
-                                in_rows, swap_a, swap_b, kspan, t0);                            \
+                                in_rows, swap_a, swap_b, kspan, t0, zmap);                      \
     }
 
 #define TALL_KERNEL(NAME, TY, BN)                                                               \
@@ -506,11 +541,11 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
         matmult_##NAME##_##BN(const u8* W, i64 row_bytes, i64 expert_bytes, const float* X,    \
                               float* Y, int N, int K, int T, const int* counts,                \
                               const int* offsets, const int* in_rows, int swap_a, int swap_b,  \
-                              int kspan) {                                                      \
-        int cnt = counts ? counts[blockIdx.z] : T;                                              \
+                              int kspan, const int* zmap) {                                     \
+        int cnt = mm_count(counts, offsets, zmap, T);                                           \
         for (int t0 = blockIdx.y * 64; t0 < cnt; t0 += gridDim.y * 64)                          \
             matmul_tall_tile<TY, BN>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts,        \
-                                     offsets, in_rows, swap_a, swap_b, kspan, t0);              \
+                                     offsets, in_rows, swap_a, swap_b, kspan, t0, zmap);        \
     }
 
 // A block type's family: every matmul variant and the gather. Not instantiated here: the host
@@ -525,16 +560,18 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         matmulv_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* X, float* Y, \
                        int N, int K, int T, const int* counts, const int* offsets,              \
-                       const int* in_rows, int swap_a, int swap_b, int kspan) {                 \
+                       const int* in_rows, int swap_a, int swap_b, int kspan,                   \
+                       const int* zmap) {                                                       \
         matvec_body<TY, 4>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets,         \
-                           in_rows, swap_a, swap_b, kspan);                                     \
+                           in_rows, swap_a, swap_b, kspan, zmap);                               \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         matmulw_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* X, float* Y, \
                        int N, int K, int T, const int* counts, const int* offsets,              \
-                       const int* in_rows, int swap_a, int swap_b, int kspan) {                 \
+                       const int* in_rows, int swap_a, int swap_b, int kspan,                   \
+                       const int* zmap) {                                                       \
         matvec_body<TY, 32>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets,        \
-                            in_rows, swap_a, swap_b, kspan);                                    \
+                            in_rows, swap_a, swap_b, kspan, zmap);                              \
     }                                                                                           \
     extern "C" __global__ void gather_##NAME(const u8* W, i64 row_bytes, const int* ids,        \
                                              float* out, int rows, int H) {                     \

@@ -94,7 +94,8 @@ extern "C" __global__ void topk(const float* __restrict__ probs, int* __restrict
 
 // Group the T*k (token, rank) pairs by expert. counts[e]: pairs routed to e; offsets: their
 // exclusive prefix sums; slot_token[offsets[e] + c]: token of the c-th pair of e, in pair
-// order (token order); slot_of[t*k + r]: the grouped slot of pair (t, r). One block of
+// order (token order); slot_of[t*k + r]: the grouped slot of pair (t, r); slot_expert[s]: the
+// expert of grouped slot s (for matmuls whose grid runs over the slots). One block of
 // GROUP_THREADS per expert: it counts the pairs below and at its expert (integer sums, exact in
 // any order), then walks the pairs in order and ranks its own by warp ballots. No atomics: the
 // grouping depends on nothing but the ids.
@@ -102,7 +103,7 @@ extern "C" __global__ void topk(const float* __restrict__ probs, int* __restrict
 extern "C" __global__ void __launch_bounds__(GROUP_THREADS)
     moe_group(const int* __restrict__ ids, int T, int k, int E, int* __restrict__ counts,
               int* __restrict__ offsets, int* __restrict__ slot_token,
-              int* __restrict__ slot_of) {
+              int* __restrict__ slot_of, int* __restrict__ slot_expert) {
     __shared__ int warp_n[GROUP_THREADS / 32];
     __shared__ int red_lt[GROUP_THREADS / 32], red_eq[GROUP_THREADS / 32];
     int e = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -146,6 +147,7 @@ extern "C" __global__ void __launch_bounds__(GROUP_THREADS)
             int slot = base + before + __popc(ball & ((1u << lane) - 1u));
             slot_token[slot] = i / k;
             slot_of[i] = slot;
+            slot_expert[slot] = e;
         }
         for (int w = 0; w < GROUP_THREADS / 32; ++w) done += warp_n[w];
         __syncthreads();
