@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use super::matmul::{Q6kAsQ4k, matmul};
 use super::ops::Precision;
+use crate::backend::schedule::KvDtype;
 use crate::backend::{Fault, FaultKind, ForwardRequest, Step, StepKind};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
@@ -28,6 +29,8 @@ pub(super) struct Pass<'r> {
     pub steps: Vec<Step>,
     /// The step being computed: stages run over its rows only.
     pub step: Step,
+    /// What the KV cache stores (K/V rounded to f16 as they enter it under `F16`).
+    pub kv: KvDtype,
     plan: &'r CapturePlan,
     faults: &'r [Fault],
     teacher: Option<&'r Trace>,
@@ -49,6 +52,7 @@ impl<'r> Pass<'r> {
                 end: t,
                 kind: StepKind::Prefill(0),
             },
+            kv: req.schedule.kv,
             plan: req.plan,
             faults: req.faults,
             teacher: req.teacher,
