@@ -1056,3 +1056,109 @@ fn run_overrides_the_candidates_schedule() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `trace --kv-cache f16`: a scheduled f16 trace matches the f16 full forward exactly, the f16
+/// full forward differs from the f32 one first at layer 0's attn_ctx (at the default
+/// thresholds the probabilities, which read the rounded K, stay under theirs), the report names
+/// no step for a one-step forward, and a bad value exits 2 naming the flag.
+#[test]
+fn trace_kv_cache_f16() {
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-kvf16-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = "fixtures/qwen3-tiny/qwen3-tiny-f32.gguf";
+    let trace = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["trace", model, "--tokens", "81,119,101,110,51", "--out"];
+        args.push(out.to_str().unwrap());
+        args.extend(extra);
+        falsifier(&args)
+    };
+    let (f32_full, f16_full, f16_sched) = (
+        dir.join("f32.safetensors"),
+        dir.join("f16.safetensors"),
+        dir.join("f16-sched.safetensors"),
+    );
+    assert_eq!(
+        trace(&f32_full, &["--kv-cache", "f32"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        trace(&f16_full, &["--kv-cache", "f16"]).status.code(),
+        Some(0)
+    );
+    let o = trace(
+        &f16_sched,
+        &["--chunk", "2", "--decode", "2", "--kv-cache", "f16"],
+    );
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let diff = |a: &Path, b: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_falsifier"))
+            .args(["diff", a.to_str().unwrap(), b.to_str().unwrap()])
+            .arg("--report-dir")
+            .arg(dir.join("report"))
+            .env("NO_COLOR", "1")
+            .current_dir(ROOT)
+            .output()
+            .unwrap()
+    };
+    let o = diff(&f16_full, &f16_sched);
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let o = diff(&f32_full, &f16_full);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("first layer.0.attn_ctx"), "{stdout}");
+    let md = std::fs::read_to_string(dir.join("report/report.md")).unwrap();
+    assert!(!md.contains("prefill chunk"), "{md}");
+    let o = trace(&f16_full, &["--kv-cache", "f8"]);
+    assert_eq!(o.status.code(), Some(2), "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("--kv-cache: unknown KV cache type `f8` (known: f32, f16)"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `run --kv-cache f16`: every trial's candidate stores its KV cache in f16, under its
+/// contracted schedule. Against an f32 reference a clean trial then fails in layer 0's attention
+/// (at attn_probs under this contract's 1e-4, about 1.1e-4 there; attn_ctx otherwise), the
+/// records carry no level; a bad value is an error.
+#[test]
+fn run_overrides_the_candidates_kv_cache() {
+    let dir = std::env::temp_dir().join(format!("falsifier-cli-runkv-{}", std::process::id()));
+    let o = falsifier(&[
+        "run",
+        "contracts/kv-cache.yaml",
+        "--filter",
+        "FALSIFY-KV-CLEAN-002::dense-f32",
+        "--kv-cache",
+        "f16",
+        "--report-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{o:?}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    let row = &json["falsifiers"][0];
+    assert_eq!(row["holds"], false, "{json}");
+    assert!(row["level"].is_null(), "{json}");
+    let first = &json["first_divergence"];
+    assert_eq!(first["layer"], 0, "{json}");
+    assert!(
+        ["attn_probs", "attn_ctx"].contains(&first["stage"].as_str().unwrap()),
+        "{json}"
+    );
+    let bad = falsifier(&[
+        "run",
+        "contracts/kv-cache.yaml",
+        "--kv-cache",
+        "f12",
+        "--report-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("--kv-cache: unknown KV cache type `f12`"),
+        "{bad:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

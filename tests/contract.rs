@@ -1725,3 +1725,98 @@ fn schedules_and_cache_faults() {
         "expect.position 3 is past the prompt (3 tokens)",
     );
 }
+
+/// `kv_cache` in a schedule is `f32` or `f16`: anything else is refused at its place, naming
+/// the known values; an f16 cache is a schedule CUDA does not run yet, and alone (one step)
+/// it gives a KV-cache fault no step to fire in.
+#[test]
+fn kv_cache_types() {
+    let sched = |side: &str, s: &str| {
+        mutate(
+            "    fault: { class: nan, at: layer.1.attn_out, args: [2] }\n",
+            &format!(
+                "    {side}: {s}\n    fault: {{ class: nan, at: layer.1.attn_out, args: [2] }}\n"
+            ),
+        )
+    };
+    for side in ["schedule", "reference_schedule"] {
+        for ok in [
+            "{ kv_cache: f16 }",
+            "{ kv_cache: f32 }",
+            "{ chunk: 2, decode: 1, kv_cache: f16 }",
+        ] {
+            let (loaded, diags) = lint::lint(&[src("t", &sched(side, ok))]);
+            assert!(diags.is_empty(), "{side} {ok}: {diags:?}");
+            let f = &loaded[0].contract.falsifiers[0];
+            let (r, c) = f.schedules();
+            let s = if side == "schedule" { c } else { r };
+            let want = if ok.contains("f16") { "f16" } else { "f32" };
+            assert_eq!(s.kv.to_string(), want, "{side} {ok}");
+        }
+        for bad in ["f8", "F16", "bf16", "1"] {
+            let t = sched(side, &format!("{{ chunk: 2, kv_cache: {bad} }}"));
+            assert_rejects(
+                &t,
+                "kv_cache:",
+                &format!(
+                    "falsifiers[0].{side}.kv_cache: unknown KV cache type `{bad}` (known: f32, f16)"
+                ),
+            );
+        }
+    }
+    // the error points at the value itself
+    let t = sched("schedule", "{ chunk: 2, kv_cache: f8 }");
+    let (_, diags) = lint::lint(&[src("t", &t)]);
+    let line = t.lines().find(|l| l.contains("kv_cache")).unwrap();
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert_eq!(
+        diags[0].pos.column,
+        line.find("f8").unwrap() + 1,
+        "{diags:?}"
+    );
+    let t = mutate(
+        "    check: routing\n",
+        "    check: routing\n    schedule: { kv_cache: f16 }\n",
+    );
+    assert_rejects(
+        &t,
+        "schedule: { kv_cache",
+        "schedule `kv=f16`: backend cuda does not run schedules",
+    );
+    let t = mutate(
+        "    fault: { class: nan, at: layer.1.attn_out, args: [2] }\n    expect: { first_divergence: layer.1.attn_out, origin: layer.1.attn_out }\n",
+        "    schedule: { kv_cache: f16 }\n    fault: { class: kv_stale, at: layer.1.attn_probs }\n    expect: { first_divergence: layer.1.attn_probs }\n",
+    );
+    assert_rejects(
+        &t,
+        "fault: { class: kv_stale",
+        "schedule `kv=f16`: fault kv_stale needs at least one decode step",
+    );
+    // a clean falsifier may expect a divergence only where the sides' caches differ
+    let clean = |schedules: &str| {
+        mutate(
+            "    fault: { class: nan, at: layer.1.attn_out, args: [2] }\n    expect: { first_divergence: layer.1.attn_out, origin: layer.1.attn_out }\n",
+            &format!("{schedules}    expect: {{ first_divergence: layer.0.attn_ctx }}\n"),
+        )
+    };
+    for ok in [
+        "    schedule: { kv_cache: f16 }\n",
+        "    reference_schedule: { kv_cache: f16 }\n",
+        "    reference_schedule: { chunk: 1 }\n    schedule: { decode: 2, kv_cache: f16 }\n",
+    ] {
+        let (_, diags) = lint::lint(&[src("t", &clean(ok))]);
+        assert!(diags.is_empty(), "{ok}: {diags:?}");
+    }
+    for same in [
+        "",
+        "    schedule: { chunk: 2 }\n",
+        "    reference_schedule: { kv_cache: f16 }\n    schedule: { decode: 1, kv_cache: f16 }\n",
+        "    schedule: { kv_cache: f32 }\n",
+    ] {
+        assert_rejects(
+            &clean(same),
+            "expect:",
+            "`expect` without a planted fault (a clean run expects every stage to Match; only sides whose schedules' kv_cache differ",
+        );
+    }
+}

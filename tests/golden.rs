@@ -242,6 +242,7 @@ fn trace_cli_writes_what_the_backend_computes() {
         teacher: None,
         chunk: None,
         decode: 0,
+        kv_cache: "f32".into(),
     };
     falsifier::cli::trace::run(&args).unwrap();
     let back = read_trace(&out).unwrap();

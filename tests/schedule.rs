@@ -2,13 +2,14 @@
 //! "Backends", "Planted faults"): every schedule gives the full forward's trace bit for bit, on
 //! a dense model, MoE, llama with rope_freqs and qwen2moe with its shared expert, with and
 //! without the probabilities materialised and with teacher forcing; each cache fault is found
-//! at its own layer, stage and position; bad schedules are input errors.
+//! at its own layer, stage and position; bad schedules are input errors. Under an f16 KV cache
+//! every schedule equals the f16 full forward, which differs from f32 from attn_probs on.
 
 use std::path::{Path, PathBuf};
 
 use falsifier::ErrorKind;
 use falsifier::backend::cpu::CpuBackend;
-use falsifier::backend::schedule::{SCHEDULE_KEY, step_of_position};
+use falsifier::backend::schedule::{KvDtype, SCHEDULE_KEY, step_of_position};
 use falsifier::backend::{Backend, Fault, ForwardRequest, Schedule};
 use falsifier::diff::{DiffOptions, diff};
 use falsifier::trace::plan::CapturePlan;
@@ -255,4 +256,154 @@ fn reports_name_the_step_of_a_position() {
         step_of_position(&s, 11, 5).unwrap(),
         "prefill chunk 1 (positions 4..8)"
     );
+}
+
+// ---- the f16 KV cache ----
+
+fn f16(s: Schedule) -> Schedule {
+    s.with_kv(KvDtype::F16)
+}
+
+fn f32s(t: &Trace, key: &str) -> Vec<f32> {
+    match &t.tensors[&key.parse::<Key>().unwrap()].data {
+        TensorData::F32(v) => v.clone(),
+        TensorData::I32(_) => panic!("{key} is i32"),
+    }
+}
+
+/// Under an f16 cache every schedule still equals its own full forward bit for bit (the cache
+/// rounds K/V the same way whichever step writes them), and traces record the cache type.
+fn check_model_f16(model: &str) {
+    let all = CapturePlan::all();
+    let lean = CapturePlan::parse("attn_ctx,layer_out,logits", None).unwrap();
+    for plan in [&all, &lean] {
+        let full = run(model, plan, f16(Schedule::full()), &[], None).unwrap();
+        assert_eq!(full.meta.extra[SCHEDULE_KEY], "kv=f16");
+        for s in schedules() {
+            let s = f16(s);
+            let what = format!("{model} {s} ({plan})");
+            let t = run(model, plan, s, &[], None).unwrap();
+            assert_identical(&full, &t, &what);
+            assert_eq!(t.meta.extra[SCHEDULE_KEY], s.to_string(), "{what}");
+            assert!(s.to_string().ends_with(",kv=f16"), "{what}");
+        }
+    }
+}
+
+#[test]
+fn f16_schedules_equal_the_f16_full_forward_dense_qwen3() {
+    check_model_f16("qwen3-tiny-f32");
+}
+
+#[test]
+fn f16_schedules_equal_the_f16_full_forward_moe_quantized() {
+    check_model_f16("qwen3moe-tiny-q8_0");
+}
+
+/// The cache is storage, not a stage: layer 0's q_rope, k_rope and v_proj are the f32 run's
+/// bits, its attn_probs and attn_ctx (which read the rounded cache) are not. With the diff's
+/// default thresholds the probabilities stay under theirs (3e-4: rel L2 about 1.1e-4 on these
+/// models) and the first divergence is layer 0's attn_ctx (about 2.4e-4 against 1e-4), where
+/// the rounded V adds its error.
+#[test]
+fn f16_cache_differs_from_f32_from_attn_probs_on() {
+    let all = CapturePlan::all();
+    for model in ["qwen3-tiny-f32", "qwen3moe-tiny-f32"] {
+        for s in [Schedule::full(), Schedule::new(Some(3), 2)] {
+            let a = run(model, &all, s, &[], None).unwrap();
+            let b = run(model, &all, f16(s), &[], None).unwrap();
+            let what = format!("{model} {s}");
+            for key in ["layer.0.q_rope", "layer.0.k_rope", "layer.0.v_proj"] {
+                let k: Key = key.parse().unwrap();
+                assert!(
+                    bits(&a.tensors[&k].data) == bits(&b.tensors[&k].data),
+                    "{what}: {key} differs"
+                );
+            }
+            for key in ["layer.0.attn_probs", "layer.0.attn_ctx", "logits"] {
+                let k: Key = key.parse().unwrap();
+                assert!(
+                    bits(&a.tensors[&k].data) != bits(&b.tensors[&k].data),
+                    "{what}: {key} is the same under an f16 cache"
+                );
+            }
+            let report = diff(&a, &b, &DiffOptions::default()).unwrap();
+            let first = report.first().map(|r| r.key.to_string());
+            assert_eq!(first.as_deref(), Some("layer.0.attn_ctx"), "{what}");
+            let rel = |key: &str| {
+                let k: Key = key.parse().unwrap();
+                report
+                    .rows
+                    .iter()
+                    .find(|r| r.key == k)
+                    .unwrap()
+                    .rel_l2()
+                    .unwrap()
+            };
+            let (p, c) = (rel("layer.0.attn_probs"), rel("layer.0.attn_ctx"));
+            assert!((2e-5..3e-4).contains(&p), "{what}: attn_probs {p:e}");
+            assert!((1.5e-4..1e-3).contains(&c), "{what}: attn_ctx {c:e}");
+        }
+    }
+}
+
+/// attn_probs under an f16 cache is the softmax of the captured q_rope against the captured
+/// k_rope rounded to f16 (recomputed in f64, up to the f32 storage of scores and
+/// probabilities), and measurably not the one against the unrounded k_rope.
+#[test]
+fn f16_attn_probs_are_recomputed_from_rounded_keys() {
+    let all = CapturePlan::all();
+    for model in ["qwen3-tiny-f32", "qwen3moe-tiny-f32"] {
+        let b = CpuBackend::open(&fixture(model)).unwrap();
+        let cfg = b.config().clone();
+        drop(b);
+        for s in [Schedule::full(), Schedule::new(Some(4), 3)] {
+            let t = run(model, &all, f16(s), &[], None).unwrap();
+            for layer in 0..cfg.n_layers {
+                let q = f32s(&t, &format!("layer.{layer}.q_rope"));
+                let k = f32s(&t, &format!("layer.{layer}.k_rope"));
+                let probs = f32s(&t, &format!("layer.{layer}.attn_probs"));
+                let rounded: Vec<f32> = k.iter().map(|&x| KvDtype::F16.round(x)).collect();
+                let (n, nh, nkv, d) = (TOKENS.len(), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+                let want = |k: &[f32]| {
+                    let mut out = vec![0f64; nh * n * n];
+                    for h in 0..nh {
+                        let kh = h / (nh / nkv);
+                        for qi in 0..n {
+                            let qv = &q[(qi * nh + h) * d..][..d];
+                            let scores: Vec<f64> = (0..=qi)
+                                .map(|ki| {
+                                    let kv = &k[(ki * nkv + kh) * d..][..d];
+                                    let dot: f64 =
+                                        qv.iter().zip(kv).map(|(&a, &b)| a as f64 * b as f64).sum();
+                                    dot / (d as f64).sqrt()
+                                })
+                                .collect();
+                            let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                            let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                            let sum: f64 = e.iter().sum();
+                            for (ki, e) in e.iter().enumerate() {
+                                out[(h * n + qi) * n + ki] = e / sum;
+                            }
+                        }
+                    }
+                    out
+                };
+                let err = |want: &[f64]| {
+                    probs
+                        .iter()
+                        .zip(want)
+                        .map(|(&p, &w)| (p as f64 - w).abs())
+                        .fold(0.0, f64::max)
+                };
+                let (near, far) = (err(&want(&rounded)), err(&want(&k)));
+                let what = format!("{model} {s} layer {layer}");
+                assert!(
+                    near < 5e-7,
+                    "{what}: {near:e} from the rounded-K recomputation"
+                );
+                assert!(far > 100.0 * near.max(1e-8), "{what}: {far:e} vs {near:e}");
+            }
+        }
+    }
 }

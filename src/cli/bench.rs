@@ -127,6 +127,7 @@ pub fn run(args: &BenchArgs) -> Result<Outcome> {
             Some(Schedule {
                 chunk: Some(c),
                 decode: 0,
+                ..
             }) => format_chunked(
                 &time_chunked(backend.as_mut(), &file, &cfg, t, c, args.runs)?,
                 &rates,

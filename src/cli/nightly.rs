@@ -37,6 +37,7 @@ pub fn run(args: &NightlyArgs) -> Result<Outcome> {
         require_gpu: true,
         chunk: None,
         decode: None,
+        kv_cache: None,
     })?;
     let Some(prev) = previous_run(&args.history, &dir) else {
         println!(

@@ -9,6 +9,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::Outcome;
+use crate::backend::schedule::KvDtype;
 use crate::contract::load_checked;
 use crate::contract::schema::{BackendName, ScheduleSpec};
 use crate::error::{Error, Result};
@@ -46,6 +47,11 @@ pub struct RunArgs {
     /// Feed the last N prompt tokens of every trial's candidate as decode steps.
     #[arg(long, value_name = "N")]
     pub decode: Option<usize>,
+    /// What every trial's candidate's KV cache stores (f32 or f16), under its contracted
+    /// schedule or the one `--chunk/--decode` give; like `--candidate`, such a run's records
+    /// carry no level.
+    #[arg(long = "kv-cache", value_name = "f32|f16")]
+    pub kv_cache: Option<String>,
 }
 
 pub fn run(args: &RunArgs) -> Result<Outcome> {
@@ -62,22 +68,37 @@ pub fn run(args: &RunArgs) -> Result<Outcome> {
             )));
         }
     };
-    let schedule = (args.chunk.is_some() || args.decode.is_some()).then(|| ScheduleSpec {
-        chunk: args.chunk,
-        decode: args.decode.unwrap_or(0),
-    });
+    let walk = (args.chunk.is_some() || args.decode.is_some())
+        .then_some((args.chunk, args.decode.unwrap_or(0)));
     if args.chunk == Some(0) {
         return Err(Error::input(
             "--chunk 0: a prefill chunk holds at least one token",
         ));
     }
+    let kv: Option<KvDtype> = args
+        .kv_cache
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: String| Error::input(format!("--kv-cache: {e}")))?;
+    // --chunk/--decode replace the contracted walk, --kv-cache the contracted cache type
+    let schedule = |contracted: Option<ScheduleSpec>| {
+        let mut s = contracted.unwrap_or_default();
+        if let Some((chunk, decode)) = walk {
+            (s.chunk, s.decode) = (chunk, decode);
+        }
+        if let Some(kv) = kv {
+            s.kv_cache = kv;
+        }
+        (walk.is_some() || kv.is_some()).then_some(s)
+    };
     let matched: Vec<_> = trials(&contracts)
         .into_iter()
         .map(|t| match &candidate {
             Some(c) => with_candidate(t, c.clone()),
             None => t,
         })
-        .map(|t| match schedule {
+        .map(|t| match schedule(t.falsifier.schedule) {
             Some(s) => with_schedule(t, s),
             None => t,
         })

@@ -1,6 +1,7 @@
 //! `falsifier trace MODEL.gguf --backend cpu|cuda --tokens 1,2,3|--prompt TEXT [--stages LIST|all]
 //! [--layers A..B] --out TRACE.safetensors [--fault SPEC]... [--precision f64|f32]
-//! [--teacher TRACE.safetensors]`: run one traced forward and write its trace.
+//! [--teacher TRACE.safetensors] [--chunk C] [--decode N] [--kv-cache f32|f16]`: run one traced
+//! forward and write its trace.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -9,6 +10,7 @@ use clap::Args;
 
 use super::Outcome;
 use crate::backend::cpu::Precision;
+use crate::backend::schedule::KvDtype;
 use crate::backend::{Backend, Fault, ForwardRequest, Schedule};
 use crate::error::{Error, Result};
 use crate::model::tokenizer::Prompt;
@@ -53,6 +55,10 @@ pub struct TraceArgs {
     /// Feed the last N prompt tokens one at a time as decode steps through the KV cache.
     #[arg(long, default_value_t = 0)]
     pub decode: usize,
+    /// What the KV cache stores: f32, or f16 (K and V rounded to half precision as they enter
+    /// the cache, under every schedule, the full forward included).
+    #[arg(long = "kv-cache", value_name = "f32|f16", default_value = "f32")]
+    pub kv_cache: String,
 }
 
 /// Parse `1,2,3` (spaces allowed).
@@ -109,7 +115,11 @@ pub fn trace(args: &TraceArgs) -> Result<Trace> {
         })
         .collect::<Result<_>>()?;
     let teacher = args.teacher.as_deref().map(read_trace).transpose()?;
-    let schedule = Schedule::new(args.chunk, args.decode);
+    let kv: KvDtype = args
+        .kv_cache
+        .parse()
+        .map_err(|e: String| Error::input(format!("--kv-cache: {e}")))?;
+    let schedule = Schedule::new(args.chunk, args.decode).with_kv(kv);
     schedule
         .check(prompt.tokens.len())
         .map_err(|e| Error::input(format!("--chunk/--decode: {e}")))?;

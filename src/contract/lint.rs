@@ -20,12 +20,14 @@
 //!   model of the falsifier has (dense models have no router/top-k, MoE models no
 //!   ffn_gate/ffn_up/ffn_act), expert indices below the expert count, and `q6k_as_q4k` only
 //!   where the weight really is Q6_K (read from the file, or from the generator's Q4_K_M rule
-//!   for a preset); a fault needs an `expect` and an `expect` needs a fault; expected keys must
+//!   for a preset); a fault needs an `expect` and an `expect` needs a fault (or sides whose
+//!   schedules' `kv_cache` differ: a declared difference, expected to show); expected keys must
 //!   exist in every model and be captured by the falsifier's stages/layers;
 //! - schedules (`schedule`, `reference_schedule`): a chunk of at least 1 token, no more decode
-//!   steps than a `tokens:` prompt has (a text prompt's length is checked at run time), only on
-//!   the built-in backends (cpu, cpu-f32, cuda: a registered engine's forward would run the
-//!   whole prompt at once); a KV-cache fault
+//!   steps than a `tokens:` prompt has (a text prompt's length is checked at run time), a
+//!   `kv_cache` of `f32` or `f16` (from the schema), only on the built-in backends (cpu,
+//!   cpu-f32, cuda: a registered engine's forward would run the whole prompt at once); a
+//!   KV-cache fault
 //!   (`kv_stale`, `kv_slot_off_by_one`, `rope_pos_reset`, `chunk_mask`) needs a schedule on
 //!   its side with the steps it acts in; `expect.position` inside the prompt;
 //! - `check: routing` only on MoE models, with router_logits and topk_ids captured;
@@ -609,8 +611,16 @@ fn lint_thresholds(c: &LoadedContract, i: usize, f: &Falsifier, diags: &mut Vec<
     }
 }
 
-/// A planted fault and its `expect` come together; the fault is of a known class, at a place
-/// every model has, with arguments the models allow.
+/// Whether the two sides' KV caches store different types (`kv_cache` of `schedule` and
+/// `reference_schedule`): the one clean falsifier that may carry an `expect`.
+fn kv_caches_differ(f: &Falsifier) -> bool {
+    let (r, c) = f.schedules();
+    r.kv != c.kv
+}
+
+/// A planted fault and its `expect` come together (an `expect` without a fault only where the
+/// sides' KV caches store different types); the fault is of a known class, at a place every
+/// model has, with arguments the models allow.
 fn lint_fault(
     c: &LoadedContract,
     i: usize,
@@ -625,10 +635,13 @@ fn lint_fault(
             &at("fault"),
             format!("{id}: a planted fault needs an `expect` (where must the harness find it?)"),
         )),
+        // the sides' caches store different types: a declared difference, expected to show
+        // where the cache is first read
+        (None, Some(_)) if kv_caches_differ(f) => {}
         (None, Some(_)) => diags.push(c.diag(
             &at("expect"),
             format!(
-                "{id}: `expect` without a planted fault (a clean run expects every stage to Match)"
+                "{id}: `expect` without a planted fault (a clean run expects every stage to Match; only sides whose schedules' kv_cache differ may expect a divergence without one)"
             ),
         )),
         _ => {}
@@ -729,7 +742,7 @@ fn lint_schedule(c: &LoadedContract, i: usize, f: &Falsifier, diags: &mut Vec<Di
         {
             diags.push(c.diag(
                 &at(key),
-                format!("{id}: {key}: backend {b} does not run schedules (only the built-in backends walk a KV cache: {})", crate::backend::BACKENDS.join(", ")),
+                format!("{id}: {key} `{sched}`: backend {b} does not run schedules (only the built-in backends walk a KV cache: {})", crate::backend::BACKENDS.join(", ")),
             ));
         }
     }
@@ -746,7 +759,9 @@ fn lint_schedule(c: &LoadedContract, i: usize, f: &Falsifier, diags: &mut Vec<Di
                 .steps(t)
                 .ok()
                 .and_then(|steps| fault.check_schedule(&steps).err()),
-            None if sched.is_full() => {
+            // a text prompt: only a schedule that is one step over any prompt is sure not to
+            // have the steps (an f16 cache changes no step)
+            None if sched.is_one_step() => {
                 Some(format!("fault {} needs a schedule", fault.kind.class()))
             }
             None => None,

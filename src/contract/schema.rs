@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
+use crate::backend::schedule::KvDtype;
 use crate::backend::{Fault, Schedule};
 use crate::model::tokenizer::Prompt;
 use crate::trace::plan::CapturePlan;
@@ -239,7 +240,8 @@ impl FaultSpec {
     }
 }
 
-/// The expected outcome of a planted-fault falsifier.
+/// The expected outcome of a planted-fault falsifier, or of a clean one whose sides' KV caches
+/// store different types (`kv_cache`: a declared difference, expected to show).
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expect {
@@ -253,9 +255,10 @@ pub struct Expect {
     pub position: Option<usize>,
 }
 
-/// How one side walks the prompt (`schedule: { chunk: 4, decode: 3 }`): prefill in chunks of
-/// `chunk` tokens (absent: one chunk), then the last `decode` tokens as decode steps through
-/// the KV cache. See [`crate::backend::Schedule`].
+/// How one side walks the prompt (`schedule: { chunk: 4, decode: 3, kv_cache: f16 }`): prefill
+/// in chunks of `chunk` tokens (absent: one chunk), then the last `decode` tokens as decode
+/// steps through the KV cache, which stores `kv_cache` (`f32`, the default, or `f16`). See
+/// [`crate::backend::Schedule`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
@@ -263,11 +266,13 @@ pub struct ScheduleSpec {
     pub chunk: Option<usize>,
     #[serde(default)]
     pub decode: usize,
+    #[serde(default)]
+    pub kv_cache: KvDtype,
 }
 
 impl ScheduleSpec {
     pub fn schedule(&self) -> Schedule {
-        Schedule::new(self.chunk, self.decode)
+        Schedule::new(self.chunk, self.decode).with_kv(self.kv_cache)
     }
 }
 
@@ -343,8 +348,9 @@ pub struct Falsifier {
 pub const DEFAULT_THRESHOLD: f64 = 1.0e-4;
 
 impl Falsifier {
-    /// The expectation of a planted-fault falsifier, as reports print it
-    /// (`layer.3.ffn_out: NanGpu`, or with its origin when that differs); `None` for a clean one.
+    /// The expectation of a planted-fault falsifier (or of sides with different KV caches), as
+    /// reports print it (`layer.3.ffn_out: NanGpu`, or with its origin when that differs); `None`
+    /// for a clean one.
     pub fn expected_text(&self) -> Option<String> {
         self.expect.as_ref().map(|e| match &e.origin {
             Some(o) if *o != e.first_divergence => {

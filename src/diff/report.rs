@@ -293,6 +293,12 @@ impl DiffReport {
         let steps: Vec<(&str, String)> = [&self.reference, &self.candidate]
             .into_iter()
             .filter(|s| !s.schedule.is_empty())
+            // one step over the whole prompt (an f16 cache alone): no step worth naming
+            .filter(|s| {
+                s.schedule
+                    .parse::<crate::backend::Schedule>()
+                    .is_ok_and(|x| !x.is_one_step())
+            })
             .filter_map(|s| {
                 crate::backend::schedule::step_of_position(&s.schedule, s.tokens.len(), p)
                     .ok()

@@ -413,8 +413,14 @@ fn judge(
         let got_origin = report.origin.as_ref().map(|o| o.key);
         let mut holds = got_first == Some(want_first) && got_origin == Some(want_origin);
         let show = |k: Option<Key>| k.map_or("none".to_string(), |k| k.to_string());
+        // without a fault, the expectation is that of sides declared different (kv_cache)
+        let what = if f.fault.is_some() {
+            "planted fault"
+        } else {
+            "divergence"
+        };
         let mut why = format!(
-            "planted fault expected at {want_first} (origin {want_origin}); found first divergence {}, origin {}",
+            "{what} expected at {want_first} (origin {want_origin}); found first divergence {}, origin {}",
             show(got_first),
             show(got_origin)
         );

@@ -222,14 +222,18 @@ fn attn_shape(pass: &Pass) -> AttnShape {
 /// step's rows of the causal `[nh, T, T]` matrix) and attn_ctx. The probabilities exist only
 /// when the plan keeps them or a fault is planted on them; otherwise the fused kernel computes
 /// the same context without them. Under `kv_stale` the step attends before its K/V are written.
+/// An f16 cache stores K/V rounded to f16 (the stages k_rope and v_proj, already emitted, keep
+/// the unrounded values), under every schedule: the full forward's one step rounds them too.
 fn attend(
     pass: &mut Pass,
     i: usize,
     q: &[f32],
-    k: Vec<f32>,
-    v: Vec<f32>,
+    mut k: Vec<f32>,
+    mut v: Vec<f32>,
     cache: &mut KvCache,
 ) -> Vec<f32> {
+    pass.kv.round_all(&mut k);
+    pass.kv.round_all(&mut v);
     let s = attn_shape(pass);
     let (row, t, p) = (s.nkv * s.d, pass.t, pass.p);
     let at = CacheUse::at(pass, i);

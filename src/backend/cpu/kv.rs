@@ -12,6 +12,7 @@ use crate::backend::FaultKind;
 use crate::trace::stage::Stage;
 
 /// One layer's K (post-RoPE) and V, `[slots, nkv, D]` each; slots not written yet are zero.
+/// Values are f32, holding f16 values under an f16 cache (the step rounds K/V before writing).
 #[derive(Default)]
 pub(super) struct KvCache {
     pub k: Vec<f32>,

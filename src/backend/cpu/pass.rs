@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use super::matmul::{Q6kAsQ4k, matmul};
 use super::ops::Precision;
 use crate::backend::rows::{StepRows, place, row_axis};
+use crate::backend::schedule::KvDtype;
 use crate::backend::{Fault, FaultKind, ForwardRequest, Step, StepKind};
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
@@ -29,6 +30,8 @@ pub(super) struct Pass<'r> {
     pub steps: Vec<Step>,
     /// The step being computed: stages run over its rows only.
     pub step: Step,
+    /// What the KV cache stores (K/V rounded to f16 as they enter it under `F16`).
+    pub kv: KvDtype,
     plan: &'r CapturePlan,
     faults: &'r [Fault],
     teacher: Option<&'r Trace>,
@@ -50,6 +53,7 @@ impl<'r> Pass<'r> {
                 end: t,
                 kind: StepKind::Prefill(0),
             },
+            kv: req.schedule.kv,
             plan: req.plan,
             faults: req.faults,
             teacher: req.teacher,

@@ -1570,9 +1570,10 @@ impl DecodeGraph {
 /// CUDA graph rather than launched one by one.
 pub const DECODE_GRAPH_KEY: &str = "decode_graph";
 
-/// Whether the request asks for an f16 KV cache.
-fn kv_cache_f16(_req: &ForwardRequest<'_>) -> bool {
-    false
+/// Whether the request asks for an f16 KV cache (K and V stored as IEEE half, rounded to
+/// nearest even as they enter it, as the CPU reference's f16 cache does).
+fn kv_cache_f16(req: &ForwardRequest<'_>) -> bool {
+    req.schedule.kv == crate::backend::schedule::KvDtype::F16
 }
 
 impl Run<'_> {

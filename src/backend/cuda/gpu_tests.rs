@@ -1438,6 +1438,26 @@ fn cuda_schedules_match_cpu_full_forward() {
             &Thresholds::new(),
             false,
         );
+        // the f16 cache: CUDA's against the CPU reference's, under a schedule and in one step
+        let f16 = crate::backend::schedule::KvDtype::F16;
+        let r16 = run_scheduled(
+            &mut cpu,
+            &tokens,
+            &plan,
+            None,
+            &[],
+            Schedule::full().with_kv(f16),
+        );
+        for sched in [sched.with_kv(f16), Schedule::full().with_kv(f16)] {
+            let c = run_scheduled(&mut cuda, &tokens, &plan, None, &[], sched);
+            diff_traces(
+                &format!("{name} under {sched}"),
+                &c,
+                &r16,
+                &Thresholds::new(),
+                false,
+            );
+        }
         // the cache faults on both sides, under the schedule that lets each fire
         let last = n_layers - 1;
         let faults = [
