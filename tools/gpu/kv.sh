@@ -26,6 +26,9 @@ snap
 # 2. C-KV-CACHE with the candidate on CUDA (every fault at its layer, stage and position)
 $F run contracts/kv-cache.yaml --candidate cuda --require-gpu --report-dir $E/kv-cuda > $E/kv-cuda.txt 2>&1
 echo "kv-cache on cuda rc=$? $(tail -1 $E/kv-cuda.txt)"
+# ... and as contracted (its CUDA trials are the contracted pair: promote's evidence)
+$F run contracts/kv-cache.yaml --require-gpu --report-dir $E/kv-contract > $E/kv-contract.txt 2>&1
+echo "kv-cache as contracted rc=$? $(tail -1 $E/kv-contract.txt)"
 snap
 # 3. sanitizers on scheduled runs (chunked prefill over the cache, decode steps, f32 MoE and Q8_0)
 for tool in memcheck racecheck; do
