@@ -510,7 +510,7 @@ pub fn step_work(
 
 /// One line of results: times, what was captured, the work, and the floors at each rate set.
 pub fn format_timing(tm: &Timing, rates: &[Rates]) -> String {
-    let mut line = format!(
+    let line = format!(
         "T={}: untraced {:.2} ms, traced (every stage) {:.2} ms, {:.1} MB captured; weights touched {:.3} GB, {:.3} GMAC",
         tm.tokens,
         tm.untraced_ms,
@@ -519,15 +519,22 @@ pub fn format_timing(tm: &Timing, rates: &[Rates]) -> String {
         tm.work.weight_bytes / 1e9,
         tm.work.macs / 1e9
     );
-    for r in rates {
-        let (bw, fma) = r.floors_ms(&tm.work);
-        line += &format!(
-            "\n    floors at {}: bandwidth {bw:.3} ms, FMA {fma:.3} ms; untraced / larger floor = {:.1}x",
-            r.source,
-            tm.untraced_ms / bw.max(fma).max(f64::MIN_POSITIVE)
-        );
-    }
-    line
+    line + &floor_lines(&tm.work, tm.untraced_ms, rates)
+}
+
+/// The floors of `work` at each rate set, a line each, with `untraced_ms` over the larger.
+fn floor_lines(work: &Work, untraced_ms: f64, rates: &[Rates]) -> String {
+    rates
+        .iter()
+        .map(|r| {
+            let (bw, fma) = r.floors_ms(work);
+            format!(
+                "\n    floors at {}: bandwidth {bw:.3} ms, FMA {fma:.3} ms; untraced / larger floor = {:.1}x",
+                r.source,
+                untraced_ms / bw.max(fma).max(f64::MIN_POSITIVE)
+            )
+        })
+        .collect()
 }
 
 /// `1.234 GB`, `56.7 MB`, `8.9 kB`, `12 B` (or MAC): three significant-ish digits for the
@@ -548,7 +555,7 @@ pub fn si(x: f64, unit: &str) -> String {
 /// A chunked prefill's lines: its times next to the full forward's, the work of both, and the
 /// floors of the chunked one at each rate set.
 pub fn format_chunked(tm: &ChunkTiming, rates: &[Rates]) -> String {
-    let mut line = format!(
+    let line = format!(
         "T={} chunk {}: untraced {:.2} ms, traced (every stage) {:.2} ms, {:.1} MB captured; full forward untraced {:.2} ms, traced {:.2} ms; weights touched {:.3} GB (full forward {:.3} GB), {:.3} GMAC",
         tm.tokens,
         tm.chunk,
@@ -561,15 +568,7 @@ pub fn format_chunked(tm: &ChunkTiming, rates: &[Rates]) -> String {
         tm.full_work.weight_bytes / 1e9,
         tm.work.macs / 1e9
     );
-    for r in rates {
-        let (bw, fma) = r.floors_ms(&tm.work);
-        line += &format!(
-            "\n    floors at {}: bandwidth {bw:.3} ms, FMA {fma:.3} ms; untraced / larger floor = {:.1}x",
-            r.source,
-            tm.untraced_ms / bw.max(fma).max(f64::MIN_POSITIVE)
-        );
-    }
-    line
+    line + &floor_lines(&tm.work, tm.untraced_ms, rates)
 }
 
 /// A decode timing's lines: per-token times, the prefill part's, the per-token work; how it

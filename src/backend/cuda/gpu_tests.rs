@@ -84,14 +84,14 @@ fn run(
     teacher: Option<&Trace>,
     faults: &[Fault],
 ) -> Trace {
-    let req = ForwardRequest {
+    run_scheduled(
+        b,
         tokens,
         plan,
         teacher,
         faults,
-        schedule: crate::backend::Schedule::full(),
-    };
-    b.forward(&req).unwrap_or_else(|e| panic!("forward: {e}"))
+        crate::backend::Schedule::full(),
+    )
 }
 
 fn bits_equal(a: &TensorData, b: &TensorData) -> bool {

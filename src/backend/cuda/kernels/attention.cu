@@ -150,6 +150,11 @@ __device__ __forceinline__ void attn_fused_t(const float* __restrict__ q,
     attn_ctx_row(sc, v, ctx, i, h, ATT_PASS);
 }
 
+// One value into the cache: as it is for an f32 cache, rounded to the nearest half (ties to
+// even) for an f16 one.
+__device__ __forceinline__ void kv_put(float* p, i64 i, float v) { p[i] = v; }
+__device__ __forceinline__ void kv_put(u16* p, i64 i, float v) { p[i] = f2h(v); }
+
 // The step's K and V rows [rows, row] into the cache at slots slot0 .. (slot0 < 0 under the
 // planted kv_slot_off_by_one at position 0: that row is dropped; slot0 read from *slotp when
 // set, for a decode step replayed from a CUDA graph).
@@ -157,35 +162,14 @@ template <typename KV>
 __device__ __forceinline__ void kv_store_t(const float* __restrict__ k,
                                            const float* __restrict__ v, KV* __restrict__ kc,
                                            KV* __restrict__ vc, int rows, int row, int slot0,
-                                           const int* __restrict__ slotp);
-
-template <>
-__device__ __forceinline__ void kv_store_t<float>(const float* __restrict__ k,
-                                                  const float* __restrict__ v,
-                                                  float* __restrict__ kc, float* __restrict__ vc,
-                                                  int rows, int row, int slot0,
-                                                  const int* __restrict__ slotp) {
+                                           const int* __restrict__ slotp) {
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (i64)rows * row) return;
     i64 slot = (slotp ? *slotp : slot0) + i / row;
     if (slot < 0) return;
     i64 at = slot * row + i % row;
-    kc[at] = k[i];
-    vc[at] = v[i];
-}
-
-template <>
-__device__ __forceinline__ void kv_store_t<u16>(const float* __restrict__ k,
-                                                const float* __restrict__ v, u16* __restrict__ kc,
-                                                u16* __restrict__ vc, int rows, int row,
-                                                int slot0, const int* __restrict__ slotp) {
-    i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= (i64)rows * row) return;
-    i64 slot = (slotp ? *slotp : slot0) + i / row;
-    if (slot < 0) return;
-    i64 at = slot * row + i % row;
-    kc[at] = f2h(k[i]);
-    vc[at] = f2h(v[i]);
+    kv_put(kc, at, k[i]);
+    kv_put(vc, at, v[i]);
 }
 
 // ---------------------------------------------------------------------------------------------
