@@ -645,6 +645,12 @@ mod tests {
                 _ => head,
             };
             let name = head.split_whitespace().last().unwrap_or("").to_string();
+            // the attention kernels are made for an f32 and an f16 cache (`attn_probs##SUF`)
+            if let Some(stem) = name.strip_suffix("##SUF") {
+                defined.push(stem.to_string());
+                defined.push(format!("{stem}_f16"));
+                continue;
+            }
             // the typed matmul/gather families are macro-made (`matmul_##NAME##_##BT`)
             if !name.is_empty() && !name.contains("##") {
                 defined.push(name);
