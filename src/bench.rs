@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use crate::backend::schedule::KvDtype;
 use crate::backend::{Backend, ForwardRequest, Schedule};
 use crate::error::{Error, Result};
 use crate::model::arch::{Dim, Role};
@@ -214,6 +215,7 @@ pub fn time_chunked(
     cfg: &ModelConfig,
     t: usize,
     chunk: usize,
+    kv: KvDtype,
     runs: usize,
 ) -> Result<ChunkTiming> {
     if t == 0 || runs == 0 {
@@ -221,13 +223,13 @@ pub fn time_chunked(
             "bench: prompt length and runs must be positive",
         ));
     }
-    let schedule = Schedule::new(Some(chunk), 0);
+    let schedule = Schedule::new(Some(chunk), 0).with_kv(kv);
     schedule.check(t).map_err(Error::input)?;
     let tokens = bench_tokens(t, cfg.vocab);
     let mut both = |plan: &CapturePlan| {
         time_paired(
             backend,
-            Some(&request(&tokens, plan, Schedule::full())),
+            Some(&request(&tokens, plan, Schedule::full().with_kv(kv))),
             &request(&tokens, plan, schedule),
             runs,
         )
@@ -278,9 +280,9 @@ impl DecodeTiming {
     }
 }
 
-/// Time decode steps: the forward of `t` tokens under `Schedule::new(chunk, decode)` and the
-/// prefill alone (its first `t - decode` tokens under `Schedule::new(chunk, 0)`; nothing when
-/// `decode == t`), `runs` pairs back to back after a warm-up of each, untraced and traced with
+/// Time decode steps: the forward of `t` tokens under `schedule` (chunk C, decode N >= 1, a KV
+/// cache type) and the prefill alone (its first `t - N` tokens in the same chunks and cache;
+/// nothing when `N == t`), `runs` pairs back to back after a warm-up of each, untraced and traced with
 /// every stage. Per token is the median of the pairs' differences over `decode`: a difference
 /// per pair cancels what drifts between pairs (the load of a shared machine), which a
 /// difference of two medians would not. It holds everything the scheduled forward does beyond
@@ -293,10 +295,10 @@ pub fn time_decode(
     file: &GgufFile,
     cfg: &ModelConfig,
     t: usize,
-    chunk: Option<usize>,
-    decode: usize,
+    schedule: Schedule,
     runs: usize,
 ) -> Result<DecodeTiming> {
+    let Schedule { chunk, decode, kv } = schedule;
     if t == 0 || runs == 0 {
         return Err(Error::input(
             "bench: prompt length and runs must be positive",
@@ -307,12 +309,12 @@ pub fn time_decode(
             "bench: time at least one decode step (decode N >= 1)",
         ));
     }
-    let schedule = Schedule::new(chunk, decode);
     schedule.check(t).map_err(Error::input)?;
     let tokens = bench_tokens(t, cfg.vocab);
     let prefill = &tokens[..t - decode];
     let mut pair = |plan: &CapturePlan| {
-        let base = (!prefill.is_empty()).then(|| request(prefill, plan, Schedule::new(chunk, 0)));
+        let base = (!prefill.is_empty())
+            .then(|| request(prefill, plan, Schedule::new(chunk, 0).with_kv(kv)));
         time_paired(
             backend,
             base.as_ref(),
@@ -335,7 +337,7 @@ pub fn time_decode(
         scheduled_untraced_ms: untraced.sched_ms,
         scheduled_traced_ms: traced.sched_ms,
         captured_bytes: traced.trace.nbytes(),
-        work: decode_work(file, cfg, &traced.trace, t, decode)?,
+        work: decode_work(file, cfg, &traced.trace, t, decode, kv)?,
     })
 }
 
@@ -388,14 +390,15 @@ impl DecodeWork {
 
 /// The work of one decode step at each of the last `decode` positions of a `t`-token prompt
 /// (each a step of one row, [`step_work`], plus its embedding row and its KV cache reads over
-/// positions `0..=p`), averaged over those positions; `trace` is a traced forward over the
-/// prompt whose `topk_ids` rows give each position's experts.
+/// positions `0..=p`, in `kv`'s bytes a value), averaged over those positions; `trace` is a
+/// traced forward over the prompt whose `topk_ids` rows give each position's experts.
 pub fn decode_work(
     file: &GgufFile,
     cfg: &ModelConfig,
     trace: &Trace,
     t: usize,
     decode: usize,
+    kv: KvDtype,
 ) -> Result<DecodeWork> {
     if decode == 0 || decode > t {
         return Err(Error::input(format!(
@@ -405,7 +408,7 @@ pub fn decode_work(
     let embd = tensor(file, "token_embd.weight")?;
     let rows = embd.n_elements() / embd.dims.first().copied().unwrap_or(1).max(1);
     let embd_row = embd.nbytes as f64 / rows.max(1) as f64;
-    let kv_per_position = (2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4) as f64;
+    let kv_per_position = (2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * kv.bytes()) as f64;
     let mut sum = DecodeWork {
         weight_bytes: 0.0,
         kv_bytes: 0.0,
@@ -576,10 +579,13 @@ pub fn format_chunked(tm: &ChunkTiming, rates: &[Rates]) -> String {
 /// ratio is to the larger floor, named).
 pub fn format_decode(tm: &DecodeTiming, rates: &[Rates]) -> String {
     let n = tm.schedule.decode;
-    let chunk = match tm.schedule.chunk {
+    let mut chunk = match tm.schedule.chunk {
         Some(c) => format!("chunk {c}"),
         None => "prefill in one chunk".to_string(),
     };
+    if tm.schedule.kv != KvDtype::F32 {
+        chunk += &format!(", {} KV cache", tm.schedule.kv);
+    }
     let prefill = match tm.prefill_tokens() {
         0 => "no prefill (N = T)".to_string(),
         p => format!(
@@ -691,7 +697,7 @@ mod tests {
         assert!(file.tensor("output.weight").is_some());
         let (t, n) = (8, 3);
         let trace = traced(&path, &bench_tokens(t, cfg.vocab));
-        let w = decode_work(&file, &cfg, &trace, t, n).unwrap();
+        let w = decode_work(&file, &cfg, &trace, t, n, KvDtype::F32).unwrap();
         let tensors = file.tensors();
         let mats = || {
             tensors
@@ -718,7 +724,7 @@ mod tests {
         // a dense model's token reads what a one-token prefill does, plus its embedding row
         let (path, file, cfg) = open("qwen3-tiny/qwen3-tiny-q8_0.gguf");
         let trace = traced(&path, &bench_tokens(4, cfg.vocab));
-        let one = decode_work(&file, &cfg, &trace, 4, 1).unwrap();
+        let one = decode_work(&file, &cfg, &trace, 4, 1, KvDtype::F32).unwrap();
         let p1 = prefill_work(&file, &cfg, 1, &trace).unwrap();
         let embd = file.tensor("token_embd.weight").unwrap();
         assert_eq!(
@@ -738,7 +744,7 @@ mod tests {
         let mut last: Option<DecodeWork> = None;
         // the last token of prompts of 1..=t tokens: position t-1 sees t positions
         for n in (1..=t).rev() {
-            let w = decode_work(&file, &cfg, &trace, t - n + 1, 1).unwrap();
+            let w = decode_work(&file, &cfg, &trace, t - n + 1, 1, KvDtype::F32).unwrap();
             assert_eq!(w.kv_bytes, per_position * (t - n + 1) as f64);
             if let Some(prev) = last {
                 assert!(w.kv_bytes > prev.kv_bytes && w.macs > prev.macs);
@@ -746,12 +752,17 @@ mod tests {
             }
             last = Some(w);
         }
-        assert!(decode_work(&file, &cfg, &trace, 4, 5).is_err());
-        assert!(decode_work(&file, &cfg, &trace, 4, 0).is_err());
+        // an f16 cache reads half the KV bytes, the same weights
+        let w32 = decode_work(&file, &cfg, &trace, t, 3, KvDtype::F32).unwrap();
+        let w16 = decode_work(&file, &cfg, &trace, t, 3, KvDtype::F16).unwrap();
+        assert_eq!(w16.kv_bytes * 2.0, w32.kv_bytes);
+        assert_eq!(w16.weight_bytes, w32.weight_bytes);
+        assert!(decode_work(&file, &cfg, &trace, 4, 5, KvDtype::F32).is_err());
+        assert!(decode_work(&file, &cfg, &trace, 4, 0, KvDtype::F32).is_err());
         // routing rows past the traced prompt are an error, not a panic
         let (path, file, cfg) = open("qwen3moe-tiny/qwen3moe-tiny-f32.gguf");
         let short = traced(&path, &[1, 2]);
-        let e = decode_work(&file, &cfg, &short, 4, 1).unwrap_err();
+        let e = decode_work(&file, &cfg, &short, 4, 1, KvDtype::F32).unwrap_err();
         assert!(e.to_string().contains("topk_ids"), "{e}");
     }
 
@@ -779,21 +790,21 @@ mod tests {
         use crate::backend::cpu::CpuBackend;
         let (path, file, cfg) = open("qwen3moe-tiny/qwen3moe-tiny-f32.gguf");
         let mut be = CpuBackend::open(&path).unwrap();
-        let tm = time_decode(&mut be, &file, &cfg, 6, Some(2), 3, 1).unwrap();
+        let tm = time_decode(&mut be, &file, &cfg, 6, Schedule::new(Some(2), 3), 1).unwrap();
         assert_eq!(tm.prefill_tokens(), 3);
         assert!(tm.prefill_untraced_ms > 0.0 && tm.scheduled_traced_ms > 0.0);
         assert!(tm.untraced_per_token_ms.is_finite() && tm.captured_bytes > 0);
         assert!(tm.work.weight_bytes > 0.0 && tm.work.kv_bytes > 0.0);
-        let all = time_decode(&mut be, &file, &cfg, 3, None, 3, 1).unwrap();
+        let all = time_decode(&mut be, &file, &cfg, 3, Schedule::new(None, 3), 1).unwrap();
         assert_eq!((all.prefill_untraced_ms, all.prefill_traced_ms), (0.0, 0.0));
         assert_eq!(all.untraced_per_token_ms, all.scheduled_untraced_ms / 3.0);
         for (t, chunk, n) in [(4, Some(2), 5), (4, Some(0), 1), (4, None, 0)] {
-            let e = time_decode(&mut be, &file, &cfg, t, chunk, n, 1).unwrap_err();
+            let e = time_decode(&mut be, &file, &cfg, t, Schedule::new(chunk, n), 1).unwrap_err();
             assert_eq!(e.kind, crate::error::ErrorKind::Input, "{e}");
         }
-        let c = time_chunked(&mut be, &file, &cfg, 5, 2, 1).unwrap();
+        let c = time_chunked(&mut be, &file, &cfg, 5, 2, KvDtype::F32, 1).unwrap();
         assert!(c.work.weight_bytes > c.full_work.weight_bytes);
-        assert!(time_chunked(&mut be, &file, &cfg, 5, 0, 1).is_err());
+        assert!(time_chunked(&mut be, &file, &cfg, 5, 0, KvDtype::F32, 1).is_err());
     }
 
     #[test]

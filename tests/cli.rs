@@ -396,6 +396,23 @@ fn bench_times_decode_steps_per_token() {
             && text.contains("; no prefill (N = T); "),
         "{text}"
     );
+    // an f16 cache on both sides of each pair, named in the line, half the KV bytes
+    let out = bench(&[
+        "--tokens-count",
+        "8",
+        "--decode",
+        "3",
+        "--chunk",
+        "2",
+        "--kv-cache",
+        "f16",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("T=8 decode 3 (chunk 2, f16 KV cache): per token untraced "),
+        "{text}"
+    );
     let out = bench(&["--tokens-count", "5", "--chunk", "2"]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -417,6 +434,14 @@ fn bench_times_decode_steps_per_token() {
             "--decode 0: give at least one decode step",
         ),
         (&["--tokens-count", "8", "--decode", "x"][..], "--decode"),
+        (
+            &["--tokens-count", "8", "--decode", "1", "--kv-cache", "f8"][..],
+            "--kv-cache: unknown KV cache type",
+        ),
+        (
+            &["--tokens-count", "8", "--kv-cache", "f16"][..],
+            "--kv-cache applies to the --chunk/--decode timings",
+        ),
     ] {
         let o = bench(args);
         let err = String::from_utf8_lossy(&o.stderr);

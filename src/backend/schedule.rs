@@ -33,6 +33,14 @@ impl KvDtype {
         }
     }
 
+    /// Bytes the cache stores a value in.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::F16 => 2,
+        }
+    }
+
     /// Round every value of `xs` as the cache stores it (nothing to do for f32).
     pub fn round_all(self, xs: &mut [f32]) {
         if self == KvDtype::F16 {

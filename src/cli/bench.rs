@@ -12,6 +12,7 @@ use clap::Args;
 
 use super::Outcome;
 use crate::backend::Schedule;
+use crate::backend::schedule::KvDtype;
 use crate::bench::{
     Rates, format_chunked, format_decode, format_timing, time_chunked, time_decode, time_prefill,
 };
@@ -41,6 +42,9 @@ pub struct BenchArgs {
     /// report the time per token (N >= 1 and at most every prompt length).
     #[arg(long, value_name = "N")]
     pub decode: Option<usize>,
+    /// The KV cache's type for --chunk/--decode timings (both sides of each pair): f32 or f16.
+    #[arg(long, value_name = "f32|f16")]
+    pub kv_cache: Option<String>,
 }
 
 /// The schedule `--chunk`/`--decode` ask for (`None`: plain prefills), checked against every
@@ -56,10 +60,21 @@ fn schedule(args: &BenchArgs, counts: &[usize]) -> Result<Option<Schedule>> {
             "--decode 0: give at least one decode step to time (leave --decode out to time prefills)",
         ));
     }
+    let kv = match &args.kv_cache {
+        Some(text) => text
+            .parse::<KvDtype>()
+            .map_err(|e| Error::input(format!("--kv-cache: {e}")))?,
+        None => KvDtype::F32,
+    };
     if args.chunk.is_none() && args.decode.is_none() {
+        if args.kv_cache.is_some() {
+            return Err(Error::input(
+                "--kv-cache applies to the --chunk/--decode timings (a plain prefill keeps no cache)",
+            ));
+        }
         return Ok(None);
     }
-    let s = Schedule::new(args.chunk, args.decode.unwrap_or(0));
+    let s = Schedule::new(args.chunk, args.decode.unwrap_or(0)).with_kv(kv);
     for &t in counts {
         s.check(t)
             .map_err(|e| Error::input(format!("--chunk/--decode at --tokens-count {t}: {e}")))?;
@@ -127,21 +142,13 @@ pub fn run(args: &BenchArgs) -> Result<Outcome> {
             Some(Schedule {
                 chunk: Some(c),
                 decode: 0,
-                ..
+                kv,
             }) => format_chunked(
-                &time_chunked(backend.as_mut(), &file, &cfg, t, c, args.runs)?,
+                &time_chunked(backend.as_mut(), &file, &cfg, t, c, kv, args.runs)?,
                 &rates,
             ),
             Some(s) => format_decode(
-                &time_decode(
-                    backend.as_mut(),
-                    &file,
-                    &cfg,
-                    t,
-                    s.chunk,
-                    s.decode,
-                    args.runs,
-                )?,
+                &time_decode(backend.as_mut(), &file, &cfg, t, s, args.runs)?,
                 &rates,
             ),
         };
