@@ -909,6 +909,9 @@ fn inspect_reports_what_the_reader_and_stages_say() {
             let total = est["device"].as_u64().unwrap() + est["trace"].as_u64().unwrap();
             assert!(total >= file_len, "{m} T={t}: {total} < {file_len}");
             assert!(est["weights"].as_u64().unwrap() >= bytes);
+            // every layer's K and V at T positions, f32
+            let kv = 2 * cfg.n_layers * t * cfg.n_kv_heads * cfg.head_dim * 4;
+            assert_eq!(est["kv_cache"], kv as u64, "{m} T={t}");
         }
     }
     // bad input exits 2

@@ -150,7 +150,7 @@ fn text(r: &Report, cfg: &ModelConfig) -> String {
     out += "memory of a traced CUDA run (every stage kept):\n";
     for m in &r.memory {
         out += &format!(
-            "  T={}: device {} = weights {} + activations {} + attention {} + logits {}; trace {} (pinned host); untraced attention {}\n",
+            "  T={}: device {} = weights {} + activations {} + attention {} + logits {}; trace {} (pinned host); untraced attention {}; a schedule adds a KV cache of {} (f32; half with --kv-cache f16)\n",
             m.tokens,
             mib(m.device),
             mib(m.weights),
@@ -158,7 +158,8 @@ fn text(r: &Report, cfg: &ModelConfig) -> String {
             mib(m.attention),
             mib(m.logits),
             mib(m.trace),
-            mib(m.attention_untraced)
+            mib(m.attention_untraced),
+            mib(m.kv_cache)
         );
     }
     out += &format!("  includes: {INCLUDES}\n  excludes: {EXCLUDES}\n");

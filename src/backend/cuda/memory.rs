@@ -34,6 +34,10 @@ pub struct MemoryEstimate {
     pub logits: u64,
     /// Device total: weights + activations + attention + logits.
     pub device: u64,
+    /// The KV cache a scheduled run (`--chunk`/`--decode`, or an f16 cache) adds on the device:
+    /// every layer's K and V, [T, kv heads, head_dim] each, at 4 bytes a value (half that for an
+    /// f16 cache). Not in `device`: the full forward keeps none.
+    pub kv_cache: u64,
     /// The captured trace: every stage's shape at T, 4 bytes a value (f32, token ids i32).
     /// It is copied into pinned host memory as each stage is final, and is the payload of the
     /// trace file.
@@ -63,6 +67,7 @@ pub fn estimate(file: &GgufFile, cfg: &ModelConfig, tokens: usize) -> MemoryEsti
         attention_untraced: probs_row * untraced_rows as u64,
         logits,
         device: weights + activations + attention + logits,
+        kv_cache: (2 * d.n_layers * t * d.n_kv_heads * d.head_dim * 4) as u64,
         trace,
     }
 }
