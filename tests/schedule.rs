@@ -250,6 +250,10 @@ fn reports_name_the_step_of_a_position() {
     );
     let plain = diff(&full, &full, &DiffOptions::default()).unwrap();
     assert_eq!(plain.position_text(9), "position 9");
+    // a chunk as long as the prompt is one step: nothing to name
+    let one = run(model, &all, Schedule::new(Some(64), 0), &[], None).unwrap();
+    let report = diff(&full, &one, &DiffOptions::default()).unwrap();
+    assert_eq!(report.position_text(9), "position 9");
     let s = Schedule::new(Some(4), 3).to_string();
     assert_eq!(step_of_position(&s, 11, 9).unwrap(), "decode step 1");
     assert_eq!(

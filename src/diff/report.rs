@@ -293,11 +293,12 @@ impl DiffReport {
         let steps: Vec<(&str, String)> = [&self.reference, &self.candidate]
             .into_iter()
             .filter(|s| !s.schedule.is_empty())
-            // one step over the whole prompt (an f16 cache alone): no step worth naming
+            // one step over the whole prompt (an f16 cache alone, a chunk as long as the
+            // prompt): no step worth naming
             .filter(|s| {
                 s.schedule
                     .parse::<crate::backend::Schedule>()
-                    .is_ok_and(|x| !x.is_one_step())
+                    .is_ok_and(|x| x.steps(s.tokens.len()).is_ok_and(|st| st.len() > 1))
             })
             .filter_map(|s| {
                 crate::backend::schedule::step_of_position(&s.schedule, s.tokens.len(), p)

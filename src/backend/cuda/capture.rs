@@ -14,7 +14,7 @@ use cudarc::driver::{CudaContext, CudaSlice, DevicePtr, PinnedHostSlice};
 use rayon::prelude::*;
 
 use super::device::Device;
-use crate::backend::rows::{StepRows, row_axis};
+use crate::backend::rows::StepRows;
 use crate::error::{Error, Result};
 use crate::trace::stage::{Key, StageDtype};
 use crate::trace::tensor::Tensor;
@@ -82,19 +82,6 @@ impl Capture {
             items: Vec::new(),
             index: BTreeMap::new(),
         })
-    }
-
-    /// Queue the copy of the whole tensor `key` (`shape`, f32 or i32) from the start of `src`.
-    pub fn copy<T>(
-        &mut self,
-        dev: &Device,
-        key: Key,
-        shape: Vec<usize>,
-        src: &CudaSlice<T>,
-    ) -> Result<()> {
-        let t = shape.get(row_axis(key.stage)).copied().unwrap_or(1);
-        let rows = StepRows::of(key.stage, &shape);
-        self.copy_rows(dev, key, shape, rows, t, 0, src)
     }
 
     /// Queue the copy of one step's rows of `key` (`[outer, rows, inner]` at the start of

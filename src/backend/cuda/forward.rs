@@ -247,9 +247,14 @@ impl Run<'_> {
         self.step.len()
     }
 
-    /// The device address of the recorded decode step's position, or null outside a graph.
-    fn graph_position(&self) -> Arg {
-        self.graph_step.map_or(NULL, |p| Arg::Ptr(p + 4))
+    /// The device address of the recorded decode step's position (outside a graph: none).
+    fn graph_position(&self) -> Option<u64> {
+        self.graph_step.map(|p| p + 4)
+    }
+
+    /// [`Run::graph_position`] as a kernel argument (null outside a graph).
+    fn graph_position_arg(&self) -> Arg {
+        self.graph_position().map_or(NULL, Arg::Ptr)
     }
 
     /// The step's part of a stage's tensor, whose whole-prompt shape is `whole`: its row axis
@@ -333,7 +338,7 @@ impl Run<'_> {
                     Arg::Ptr(self.dev.ptr(buf)),
                     Arg::Ptr(dst),
                     Arg::I64(len as i64),
-                    self.graph_position(),
+                    self.graph_position_arg(),
                     int(row0, "first decode position")?,
                 ],
             );
@@ -629,7 +634,7 @@ impl Run<'_> {
                 int(self.n(), "rows")?,
                 int(row, "K/V row")?,
                 Arg::I32(i32::try_from(slot0).map_err(|_| Error::input("KV slot too large"))?),
-                self.graph_position(),
+                self.graph_position_arg(),
             ],
         )
     }
@@ -670,7 +675,7 @@ impl Run<'_> {
                 int(d.head_dim, "head_dim")?,
                 Arg::I32(i32::from(adjacent)),
                 int(pos0, "position")?,
-                self.graph_position(),
+                self.graph_position_arg(),
             ],
         )
     }
@@ -1097,6 +1102,14 @@ pub(super) fn attention_block_rows(
     ((fit / 64).max(1) * 64).min(queries)
 }
 
+/// Dynamic shared memory of the per-query attention kernels over `keys` keys: 128 doubles and
+/// (D + keys) floats, if it fits the 48 KiB a launch gets without opting in.
+fn row_shared(dims: &Dims, keys: usize) -> Option<u32> {
+    u32::try_from(128 * 8 + 4 * (dims.head_dim + keys))
+        .ok()
+        .filter(|&s| s <= 48 * 1024)
+}
+
 /// One step's attention (kernels/attention.cu): its queries are positions `qbase..kend` (q and
 /// ctx hold their rows from `qbase`), its keys the cache slots `kfirst..kend` (a query sees
 /// them up to its own position, one past it under `lookahead`), the probabilities' rows are
@@ -1112,32 +1125,23 @@ pub(super) struct AttnCall<'a> {
     /// The keys and values are IEEE half bits (the f16 cache).
     pub f16: bool,
     /// The device address of the query's position for a decode step recorded into a CUDA
-    /// graph (the fused kernel reads it, and its shared memory is sized for the whole prompt),
-    /// else null.
-    pub position: Arg,
+    /// graph (the fused kernel reads it, and its shared memory is sized for the whole prompt).
+    pub position: Option<u64>,
 }
 
 impl AttnCall<'_> {
-    /// The whole prompt's attention over all `t` keys, f32, no look-ahead.
-    fn of_prompt(dims: &Dims, t: usize) -> AttnCall<'_> {
+    /// The full forward's attention over its own f32 K/V (the kernel tests call it this way).
+    #[cfg(test)]
+    pub fn full(dims: &Dims, t: usize, lookahead: bool) -> AttnCall<'_> {
         AttnCall {
             dims,
             t,
             qbase: 0,
             kfirst: 0,
             kend: t,
-            lookahead: false,
-            f16: false,
-            position: NULL,
-        }
-    }
-
-    /// The full forward's attention over its own f32 K/V (the kernel tests call it this way).
-    #[cfg(test)]
-    pub fn full(dims: &Dims, t: usize, lookahead: bool) -> AttnCall<'_> {
-        AttnCall {
             lookahead,
-            ..AttnCall::of_prompt(dims, t)
+            f16: false,
+            position: None,
         }
     }
 
@@ -1193,17 +1197,15 @@ impl AttnCall<'_> {
         })
     }
 
-    /// Dynamic shared memory of the per-query kernels: 128 doubles and (D + kend) floats, if
-    /// it fits the 48 KiB a launch gets without opting in.
+    /// Dynamic shared memory of the per-query kernels ([`row_shared`]) over `kend` keys, or
+    /// over the whole prompt for a recorded decode step (its position is read at replay).
     fn row_shared(&self) -> Option<u32> {
-        let keys = if matches!(self.position, Arg::Ptr(0)) {
-            self.kend
-        } else {
+        let keys = if self.position.is_some() {
             self.t
+        } else {
+            self.kend
         };
-        u32::try_from(128 * 8 + 4 * (self.dims.head_dim + keys))
-            .ok()
-            .filter(|&s| s <= 48 * 1024)
+        row_shared(self.dims, keys)
     }
 
     /// `probs` [nh, rows.len(), T] for the queries `rows` from `q` (the step's rows) and the
@@ -1318,7 +1320,7 @@ impl AttnCall<'_> {
             Arg::Ptr(v),
             Arg::Ptr(probs),
             Arg::Ptr(ctx),
-            self.position,
+            self.position.map_or(NULL, Arg::Ptr),
         ];
         args.extend(self.dims_args(rows)?);
         dev.launch(
@@ -1465,12 +1467,7 @@ impl DecodeGraph {
         other_words: usize,
     ) -> Result<Option<Self>> {
         let decode_steps = steps.iter().filter(|s| s.is_decode()).count();
-        let fits = AttnCall {
-            position: Arg::Ptr(1),
-            ..AttnCall::of_prompt(&run.w.dims, run.t)
-        }
-        .row_shared()
-        .is_some();
+        let fits = row_shared(&run.w.dims, run.t).is_some();
         let eligible = decode_steps >= 2
             && other_words == 0
             && run.req.faults.is_empty()
