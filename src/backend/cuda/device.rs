@@ -60,16 +60,19 @@ const KERNELS: &[&str] = &[
     "attn_softmax_rows",
     "attn_ctx_tiled",
     "kv_store",
+    "qk_rope_store",
     "attn_probs_f16",
     "attn_ctx_f16",
     "attn_fused_f16",
     "attn_tile_scores_f16",
     "attn_ctx_tiled_f16",
     "kv_store_f16",
+    "qk_rope_store_f16",
     "softmax_rows",
     "topk",
     "moe_group",
     "moe_combine",
+    "moe_route1",
 ];
 
 /// Block-type suffixes of the `matmul_*` and `gather_*` kernels.
@@ -221,6 +224,10 @@ pub struct Device {
     sync_each: bool,
     /// Per-launch GPU time, when profiling (`FALSIFIER_CUDA_PROFILE=1` or [`Device::set_profiling`]).
     profile: Mutex<Option<Vec<Span>>>,
+    /// Whether stages whose launches can be merged are (`FALSIFIER_CUDA_FUSED=0` turns it off;
+    /// [`Device::set_merged`]): the merged kernels compute what the separate ones do, bit for
+    /// bit, and the switch is there to prove it and to time one against the other.
+    merged: std::sync::atomic::AtomicBool,
 }
 
 /// One timed launch or copy: two events around it on the stream.
@@ -321,6 +328,9 @@ impl Device {
             sms: usize::try_from(sms).unwrap_or(1).max(1),
             sync_each,
             profile: Mutex::new(profiling.then(Vec::new)),
+            merged: std::sync::atomic::AtomicBool::new(
+                std::env::var("FALSIFIER_CUDA_FUSED").map_or(true, |v| v.trim() != "0"),
+            ),
         })
     }
 
@@ -337,6 +347,16 @@ impl Device {
         !self.sync_each
             && !profiling
             && std::env::var("FALSIFIER_CUDA_GRAPHS").map_or(true, |v| v != "0")
+    }
+
+    /// Whether the forward merges the launches it can (see the field).
+    pub fn merged(&self) -> bool {
+        self.merged.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Merge launches from now on, or launch every stage on its own.
+    pub fn set_merged(&self, on: bool) {
+        self.merged.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Turn per-launch timing on (from now, for later [`Device::take_profile`]) or off.

@@ -10,11 +10,19 @@
 //! bitwise-equal numbers.
 //!
 //! Agreement with the f64 CPU reference: weights decode bit-identically (see kernels/
-//! common.cuh); matmuls (each output summed in k order by one thread) and attention scores
-//! (split over 32 lanes) accumulate in f32 with FMA, whose rounding grows like sqrt(K) * 2^-24
-//! of a dot product's absolute sum (a few 1e-6 at K = 8192, far under the thresholds); norms,
-//! softmaxes, RoPE, SiLU and the expert combine run in f64 like the reference. So f32 models
-//! agree to about 1e-6 relative L2 per stage, two orders under the 1e-4 the golden data asks.
+//! common.cuh); matmuls (each output summed in k order by one thread; at one row per matrix
+//! by a warp, the Q4_K/Q6_K block scales applied once per group of values sharing them, see
+//! kernels/matmul.cu) and attention scores (split over 32 lanes) accumulate in f32 with FMA,
+//! whose rounding grows like sqrt(K) * 2^-24 of a dot product's absolute sum (a few 1e-6 at
+//! K = 8192, far under the thresholds); norms, softmaxes, RoPE, SiLU and the expert combine
+//! run in f64 like the reference. So f32 models agree to about 1e-6 relative L2 per stage, two
+//! orders under the 1e-4 the golden data asks.
+//!
+//! A one-token step merges launches where a stage's output only feeds the next one (q/k norms
+//! with RoPE and the cache write; router softmax, top-k and grouping; gate, up and SwiGLU; a
+//! projection and its residual add): the merged kernels compute the separate kernels' values
+//! bit for bit, so captures and planted faults see the same stages (a fault planted between
+//! two merged stages turns merging off there).
 
 use std::ops::Range;
 
@@ -22,8 +30,8 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 
 use super::capture::{Arena, Capture};
 use super::device::{Arg, Device, NULL, grid_1d, int};
-use super::matmul::{GroupPtrs, MatmulCall};
-use super::weights::{DeviceMatrix, DeviceWeights, Dims, FfnWeights, SharedExpert};
+use super::matmul::{GroupPtrs, MatmulCall, merged_matvec_ok};
+use super::weights::{DeviceMatrix, DeviceWeights, Dims, FfnWeights, SharedExpert, kernel_suffix};
 use crate::backend::rows::{StepRows, row_axis};
 use crate::backend::{Fault, FaultKind, ForwardRequest, Step};
 use crate::error::{Error, Result};
@@ -238,6 +246,13 @@ struct Run<'a> {
     /// While recording: where the step's logits row goes (`store_row_at`), row 0 being the
     /// first decode position, when the plan keeps logits.
     graph_logits: Option<(u64, usize)>,
+    /// Whether stages whose launches can be merged are ([`Device::merged`]: the kernels
+    /// `qk_rope_store` and `moe_route1`, bit for bit what the separate ones compute; the GPU
+    /// test `merged_launches_equal_separate_ones` holds them to it).
+    fused: bool,
+    /// The step's K/V rows of the layer are in the cache already (written by the merged q/k
+    /// launch), so the attention does not write them.
+    kv_written: bool,
     cap: Capture,
 }
 
@@ -558,7 +573,7 @@ impl Run<'_> {
             Some(c) => c.planes(self.dev, l),
             None => (self.dev.ptr(&b.kr), self.dev.ptr(&b.v)),
         };
-        if !stale {
+        if !stale && !self.kv_written {
             self.kv_store(l, b, shift)?;
         }
         let probs_key = Key::layer(l, Stage::AttnProbs).to_string();
@@ -637,6 +652,85 @@ impl Run<'_> {
                 self.graph_position_arg(),
             ],
         )
+    }
+
+    /// Whether layer `l`'s q/k norms, RoPE and cache write go as one launch: merging is on, no
+    /// fault is planted on those stages (each acts between two of them), and the heads and
+    /// rows fit the kernel.
+    fn qk_mergeable(&self, l: usize) -> bool {
+        let d = &self.w.dims;
+        self.fused
+            && d.head_dim <= QK_MAXD
+            && d.head_dim.is_multiple_of(2)
+            && self.n() <= 65535
+            && [Stage::QNorm, Stage::KNorm, Stage::QRope, Stage::KRope]
+                .iter()
+                .all(|&s| self.faults_at(Some(l), s).next().is_none())
+    }
+
+    /// q_norm, k_norm (when the layer has them), q_rope, k_rope and, when the step writes the
+    /// cache before its attention (no planted `kv_stale`), the cache write, in one launch
+    /// (`qk_rope_store`: the separate kernels' arithmetic, bit for bit).
+    fn qk_rope_store(
+        &mut self,
+        l: usize,
+        b: &Buffers,
+        norms: Option<&[CudaSlice<f32>; 2]>,
+    ) -> Result<()> {
+        let d = &self.w.dims;
+        let dev = self.dev;
+        let st = self.step;
+        let fault = |k: FaultKind| self.has_fault(Some(l), Stage::AttnProbs, |f| *f == k);
+        let stale = st.is_decode() && fault(FaultKind::KvStale);
+        let shift = st.is_decode() && fault(FaultKind::KvSlotOffByOne);
+        let cache = self.cache.as_ref().filter(|_| !stale);
+        let (kc, vc) = cache.map_or((NULL, NULL), |c| {
+            let (k, v) = c.planes(dev, l);
+            (Arg::Ptr(k), Arg::Ptr(v))
+        });
+        let kernel = if self.cache.as_ref().is_some_and(|c| c.f16) {
+            "qk_rope_store_f16"
+        } else {
+            "qk_rope_store"
+        };
+        let slot0 = st.start as i64 - i64::from(shift);
+        let heads = u32::try_from(d.n_heads + d.n_kv_heads)
+            .map_err(|_| Error::input("too many attention heads"))?;
+        let rows = u32::try_from(self.n()).map_err(|_| Error::input("too many rows"))?;
+        let ptr = |x: &CudaSlice<f32>| Arg::Ptr(dev.ptr(x));
+        dev.launch(
+            kernel,
+            &Key::layer(l, Stage::QRope).to_string(),
+            LaunchConfig {
+                grid_dim: (heads, rows, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            },
+            &[
+                ptr(&b.q),
+                ptr(&b.k),
+                ptr(&b.v),
+                norms.map_or(NULL, |[qg, _]| ptr(qg)),
+                norms.map_or(NULL, |[_, kg]| ptr(kg)),
+                ptr(&b.qn),
+                ptr(&b.kn),
+                ptr(&b.qr),
+                ptr(&b.kr),
+                Arg::Ptr(dev.ptr(&b.rope_angles)),
+                int(d.n_heads, "heads")?,
+                int(d.n_kv_heads, "kv heads")?,
+                int(d.head_dim, "head_dim")?,
+                Arg::F32(d.eps),
+                Arg::I32(i32::from(d.rope == RopePairing::Adjacent)),
+                int(st.start, "position")?,
+                self.graph_position_arg(),
+                kc,
+                vc,
+                Arg::I32(i32::try_from(slot0).map_err(|_| Error::input("KV slot too large"))?),
+            ],
+        )?;
+        self.kv_written = cache.is_some();
+        Ok(())
     }
 
     /// q_rope / k_rope over the step's rows at their absolute positions (from 0 in every step
@@ -722,39 +816,62 @@ impl Run<'_> {
             }
             self.done(Some(l), stage, y)?;
         }
-        let (q_in, k_in) = match &lw.qk_norm {
-            Some([qg, kg]) => {
-                self.rms_norm(&ks(Stage::QNorm), &b.q, qg, &b.qn, n * nh, hd)?;
+        self.kv_written = false;
+        if self.qk_mergeable(l) {
+            self.qk_rope_store(l, b, lw.qk_norm.as_ref())?;
+            if lw.qk_norm.is_some() {
                 self.done(Some(l), Stage::QNorm, &b.qn)?;
-                self.rms_norm(&ks(Stage::KNorm), &b.k, kg, &b.kn, n * nkv, hd)?;
                 self.done(Some(l), Stage::KNorm, &b.kn)?;
-                (&b.qn, &b.kn)
             }
-            None => (&b.q, &b.k),
-        };
-        self.rope(l, Stage::QRope, q_in, &b.qr, &b.rope_angles, nh)?;
-        self.done(Some(l), Stage::QRope, &b.qr)?;
-        self.rope(l, Stage::KRope, k_in, &b.kr, &b.rope_angles, nkv)?;
-        self.done(Some(l), Stage::KRope, &b.kr)?;
+            self.done(Some(l), Stage::QRope, &b.qr)?;
+            self.done(Some(l), Stage::KRope, &b.kr)?;
+        } else {
+            let (q_in, k_in) = match &lw.qk_norm {
+                Some([qg, kg]) => {
+                    self.rms_norm(&ks(Stage::QNorm), &b.q, qg, &b.qn, n * nh, hd)?;
+                    self.done(Some(l), Stage::QNorm, &b.qn)?;
+                    self.rms_norm(&ks(Stage::KNorm), &b.k, kg, &b.kn, n * nkv, hd)?;
+                    self.done(Some(l), Stage::KNorm, &b.kn)?;
+                    (&b.qn, &b.kn)
+                }
+                None => (&b.q, &b.k),
+            };
+            self.rope(l, Stage::QRope, q_in, &b.qr, &b.rope_angles, nh)?;
+            self.done(Some(l), Stage::QRope, &b.qr)?;
+            self.rope(l, Stage::KRope, k_in, &b.kr, &b.rope_angles, nkv)?;
+            self.done(Some(l), Stage::KRope, &b.kr)?;
+        }
         self.attention(l, b)?;
-        self.matmul(
-            Some(l),
-            Stage::AttnOut,
-            &lw.o,
-            &b.ctx,
-            n,
-            &b.attn_out,
-            r,
-            None,
-        )?;
-        self.done(Some(l), Stage::AttnOut, &b.attn_out)?;
-        self.add(
-            &ks(Stage::AttnResidual),
-            &b.layer_in,
-            &b.attn_out,
-            &b.resid,
-            n * h,
-        )?;
+        if self.one_row_mergeable(l, &[Stage::AttnOut, Stage::AttnResidual], &[&lw.o]) {
+            self.matvec_residual(
+                &ks(Stage::AttnOut),
+                &lw.o,
+                &b.ctx,
+                &b.attn_out,
+                &b.layer_in,
+                &b.resid,
+            )?;
+            self.done(Some(l), Stage::AttnOut, &b.attn_out)?;
+        } else {
+            self.matmul(
+                Some(l),
+                Stage::AttnOut,
+                &lw.o,
+                &b.ctx,
+                n,
+                &b.attn_out,
+                r,
+                None,
+            )?;
+            self.done(Some(l), Stage::AttnOut, &b.attn_out)?;
+            self.add(
+                &ks(Stage::AttnResidual),
+                &b.layer_in,
+                &b.attn_out,
+                &b.resid,
+                n * h,
+            )?;
+        }
         self.done(Some(l), Stage::AttnResidual, &b.resid)?;
         self.rms_norm(
             &ks(Stage::FfnNorm),
@@ -767,20 +884,27 @@ impl Run<'_> {
         self.done(Some(l), Stage::FfnNorm, &b.ffn_norm)?;
         match &lw.ffn {
             FfnWeights::Dense { gate, up, down } => {
-                self.matmul(
-                    Some(l),
-                    Stage::FfnGate,
-                    gate,
-                    &b.ffn_norm,
-                    n,
-                    &b.gate,
-                    r,
-                    None,
-                )?;
-                self.done(Some(l), Stage::FfnGate, &b.gate)?;
-                self.matmul(Some(l), Stage::FfnUp, up, &b.ffn_norm, n, &b.up, r, None)?;
-                self.done(Some(l), Stage::FfnUp, &b.up)?;
-                self.silu_mul(&ks(Stage::FfnAct), &b.gate, &b.up, &b.act, n * d.ffn)?;
+                let merged = [Stage::FfnGate, Stage::FfnUp, Stage::FfnAct];
+                if self.one_row_mergeable(l, &merged, &[gate, up]) {
+                    self.gate_up(&ks(Stage::FfnAct), gate, up, b, None, None)?;
+                    self.done(Some(l), Stage::FfnGate, &b.gate)?;
+                    self.done(Some(l), Stage::FfnUp, &b.up)?;
+                } else {
+                    self.matmul(
+                        Some(l),
+                        Stage::FfnGate,
+                        gate,
+                        &b.ffn_norm,
+                        n,
+                        &b.gate,
+                        r,
+                        None,
+                    )?;
+                    self.done(Some(l), Stage::FfnGate, &b.gate)?;
+                    self.matmul(Some(l), Stage::FfnUp, up, &b.ffn_norm, n, &b.up, r, None)?;
+                    self.done(Some(l), Stage::FfnUp, &b.up)?;
+                    self.silu_mul(&ks(Stage::FfnAct), &b.gate, &b.up, &b.act, n * d.ffn)?;
+                }
                 self.done(Some(l), Stage::FfnAct, &b.act)?;
                 self.matmul(Some(l), Stage::FfnOut, down, &b.act, n, &b.ffn_out, r, None)?;
             }
@@ -811,6 +935,98 @@ impl Run<'_> {
         self.add(&ks(Stage::LayerOut), &b.resid, &b.ffn_out, &b.x, n * h)?;
         self.done(Some(l), Stage::LayerOut, &b.x)?;
         Ok(())
+    }
+
+    /// Whether a one-row step may merge the launches of `stages` of layer `l`, whose matrices
+    /// are `mats`: merging is on, the step is one row, no fault is planted on those stages (a
+    /// fault acts between the launches merged), and the matrices suit the merged kernels.
+    fn one_row_mergeable(&self, l: usize, stages: &[Stage], mats: &[&DeviceMatrix]) -> bool {
+        self.fused
+            && self.n() == 1
+            && stages
+                .iter()
+                .all(|&s| self.faults_at(Some(l), s).next().is_none())
+            && self.pair_mergeable(mats)
+    }
+
+    /// Whether `mats` suit the merged one-row kernels, all alike (gate and up go together).
+    fn pair_mergeable(&self, mats: &[&DeviceMatrix]) -> bool {
+        let first = mats[0];
+        mats.iter().all(|m| {
+            merged_matvec_ok(self.dev, m)
+                && m.ty == first.ty
+                && m.row_bytes == first.row_bytes
+                && m.rows == first.rows
+                && m.cols == first.cols
+        })
+    }
+
+    /// `y = x · Wᵀ` and `z = r + y` for one row in one launch (`matmulwr_*`).
+    fn matvec_residual(
+        &self,
+        key: &str,
+        w: &DeviceMatrix,
+        x: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        r: &CudaSlice<f32>,
+        z: &CudaSlice<f32>,
+    ) -> Result<()> {
+        let dev = self.dev;
+        dev.launch(
+            &format!("matmulwr_{}", typed_suffix(w.ty)?),
+            key,
+            merged_grid(w.rows, 1)?,
+            &[
+                Arg::Ptr(dev.ptr(&w.data)),
+                Arg::I64(w.row_bytes as i64),
+                Arg::Ptr(dev.ptr(x)),
+                Arg::Ptr(dev.ptr(y)),
+                int(w.rows, "outputs")?,
+                int(w.cols, "inputs")?,
+                Arg::Ptr(dev.ptr(r)),
+                Arg::Ptr(dev.ptr(z)),
+            ],
+        )
+    }
+
+    /// Gate, up and SwiGLU of a one-token step in one launch (`gate_up_*`): the dense FFN's
+    /// (no slots), or the k expert slots' (`slot_expert`, with the planted expert swap).
+    fn gate_up(
+        &self,
+        key: &str,
+        gate: &DeviceMatrix,
+        up: &DeviceMatrix,
+        b: &Buffers,
+        slot_expert: Option<&CudaSlice<i32>>,
+        swap: Option<(usize, usize)>,
+    ) -> Result<()> {
+        let dev = self.dev;
+        let slots = if slot_expert.is_some() {
+            self.w.dims.top_k
+        } else {
+            1
+        };
+        let (sa, sb) = swap.map_or((-1, -1), |(a, b)| (a as i64, b as i64));
+        dev.launch(
+            &format!("gate_up_{}", typed_suffix(gate.ty)?),
+            key,
+            merged_grid(gate.rows, slots)?,
+            &[
+                Arg::Ptr(dev.ptr(&gate.data)),
+                Arg::Ptr(dev.ptr(&up.data)),
+                Arg::I64(gate.row_bytes as i64),
+                Arg::I64((gate.rows * gate.row_bytes) as i64),
+                Arg::Ptr(dev.ptr(&b.ffn_norm)),
+                Arg::Ptr(dev.ptr(&b.gate)),
+                Arg::Ptr(dev.ptr(&b.up)),
+                Arg::Ptr(dev.ptr(&b.act)),
+                int(gate.rows, "outputs")?,
+                int(gate.cols, "inputs")?,
+                slot_expert.map_or(NULL, |s| Arg::Ptr(dev.ptr(s))),
+                Arg::I32(i32::try_from(sa).unwrap_or(-1)),
+                Arg::I32(i32::try_from(sb).unwrap_or(-1)),
+            ],
+        )
     }
 
     /// qwen2moe's shared expert over every token: ffn_shared_gate = sigmoid(x · gate_inp),
@@ -928,7 +1144,7 @@ impl Run<'_> {
     ) -> Result<()> {
         let d = &self.w.dims;
         let dev = self.dev;
-        let (n, h, e, k, f) = (self.n(), d.hidden, d.n_experts, d.top_k, d.ffn);
+        let (n, e, k) = (self.n(), d.n_experts, d.top_k);
         let ks = |s: Stage| Key::layer(l, s).to_string();
         let r = &b.rounded;
         self.matmul(
@@ -942,6 +1158,68 @@ impl Run<'_> {
             None,
         )?;
         self.done(Some(l), Stage::RouterLogits, &b.router_logits)?;
+        let renorm = d.norm_topk
+            && !self.has_fault(Some(l), Stage::TopkWeights, |k| {
+                matches!(k, FaultKind::NoTopkRenorm)
+            });
+        if self.route_mergeable(l) {
+            dev.launch(
+                "moe_route1",
+                &ks(Stage::RouterProbs),
+                LaunchConfig {
+                    grid_dim: (1, 1, 1),
+                    block_dim: (32, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+                &[
+                    Arg::Ptr(dev.ptr(&b.router_logits)),
+                    Arg::Ptr(dev.ptr(&b.router_probs)),
+                    Arg::Ptr(dev.ptr(&b.topk_ids)),
+                    Arg::Ptr(dev.ptr(&b.topk_w)),
+                    int(e, "experts")?,
+                    int(k, "top-k")?,
+                    Arg::I32(i32::from(renorm)),
+                    Arg::Ptr(dev.ptr(&b.counts)),
+                    Arg::Ptr(dev.ptr(&b.offsets)),
+                    Arg::Ptr(dev.ptr(&b.slot_token)),
+                    Arg::Ptr(dev.ptr(&b.slot_of)),
+                    Arg::Ptr(dev.ptr(&b.slot_expert)),
+                ],
+            )?;
+            self.done(Some(l), Stage::RouterProbs, &b.router_probs)?;
+            self.capture_i32(Some(l), Stage::TopkIds, &b.topk_ids)?;
+            self.done(Some(l), Stage::TopkWeights, &b.topk_w)?;
+        } else {
+            self.route(l, b, renorm)?;
+        }
+        self.experts(l, b, gate, up, down)
+    }
+
+    /// Whether layer `l`'s router softmax, top-k and grouping go as one launch: merging is on,
+    /// the step is one token, the experts and top-k fit the kernel, and no fault other than
+    /// `no_topk_renorm` (an argument) is planted between router_logits and the grouping.
+    fn route_mergeable(&self, l: usize) -> bool {
+        let d = &self.w.dims;
+        self.fused
+            && self.n() == 1
+            && d.n_experts <= ROUTE1_MAX_EXPERTS
+            && d.top_k <= ROUTE1_MAX_TOPK
+            && d.top_k <= d.n_experts
+            && [Stage::RouterProbs, Stage::TopkIds, Stage::TopkWeights]
+                .iter()
+                .all(|&s| {
+                    self.faults_at(Some(l), s)
+                        .all(|f| f.kind == FaultKind::NoTopkRenorm)
+                })
+    }
+
+    /// Router softmax, top-k and the grouping of (token, rank) pairs by expert, one launch
+    /// each.
+    fn route(&mut self, l: usize, b: &Buffers, renorm: bool) -> Result<()> {
+        let d = &self.w.dims;
+        let dev = self.dev;
+        let (n, e, k) = (self.n(), d.n_experts, d.top_k);
+        let ks = |s: Stage| Key::layer(l, s).to_string();
         let rows = u32::try_from(n).map_err(|_| Error::input("too many tokens"))?;
         let warp_per_row = |shared_mem_bytes: u32| LaunchConfig {
             grid_dim: (rows, 1, 1),
@@ -965,10 +1243,6 @@ impl Run<'_> {
             ],
         )?;
         self.done(Some(l), Stage::RouterProbs, &b.router_probs)?;
-        let renorm = d.norm_topk
-            && !self.has_fault(Some(l), Stage::TopkWeights, |k| {
-                matches!(k, FaultKind::NoTopkRenorm)
-            });
         dev.launch(
             "topk",
             &ks(Stage::TopkIds),
@@ -1004,7 +1278,24 @@ impl Run<'_> {
                 Arg::Ptr(dev.ptr(&b.slot_of)),
                 Arg::Ptr(dev.ptr(&b.slot_expert)),
             ],
-        )?;
+        )
+    }
+
+    /// The grouped expert SwiGLU over the routed slots and the weighted combine into
+    /// `b.ffn_out`.
+    fn experts(
+        &mut self,
+        l: usize,
+        b: &Buffers,
+        gate: &DeviceMatrix,
+        up: &DeviceMatrix,
+        down: &DeviceMatrix,
+    ) -> Result<()> {
+        let d = &self.w.dims;
+        let dev = self.dev;
+        let (n, h, e, k, f) = (self.n(), d.hidden, d.n_experts, d.top_k, d.ffn);
+        let ks = |s: Stage| Key::layer(l, s).to_string();
+        let r = &b.rounded;
         let swap = self
             .faults_at(Some(l), Stage::FfnOut)
             .find_map(|f| match f.kind {
@@ -1025,9 +1316,16 @@ impl Run<'_> {
         let slots = n * k;
         // expert gate/up are no stages of the vocabulary: key them under ffn_out, which they
         // produce (planted matmul faults at ffn_out act on the down projection only)
-        self.matmul_expert(l, gate, &b.ffn_norm, slots, &b.gate, &gathered)?;
-        self.matmul_expert(l, up, &b.ffn_norm, slots, &b.up, &gathered)?;
-        self.silu_mul(&ks(Stage::FfnOut), &b.gate, &b.up, &b.act, slots * f)?;
+        // one token: its k slots' gate, up and SwiGLU in one launch (the planted matmul
+        // faults at ffn_out act on the down projection only, so none is in the way)
+        if self.fused && n == 1 && slots < e && self.pair_mergeable(&[gate, up]) {
+            let name = format!("layer.{l}.ffn_out (ffn_gate_exps, ffn_up_exps, SwiGLU)");
+            self.gate_up(&name, gate, up, b, Some(&b.slot_expert), swap)?;
+        } else {
+            self.matmul_expert(l, gate, &b.ffn_norm, slots, &b.gate, &gathered)?;
+            self.matmul_expert(l, up, &b.ffn_norm, slots, &b.up, &gathered)?;
+            self.silu_mul(&ks(Stage::FfnOut), &b.gate, &b.up, &b.act, slots * f)?;
+        }
         self.matmul(
             Some(l),
             Stage::FfnOut,
@@ -1069,6 +1367,35 @@ impl Run<'_> {
         self.launch_matmul(&key, w, w.ty, self.dev.ptr(x), slots, y, Some(g))
     }
 }
+
+/// The kernel-name suffix of a block type that has kernels.
+fn typed_suffix(ty: GgmlType) -> Result<&'static str> {
+    kernel_suffix(ty).ok_or_else(|| Error::internal(format!("no CUDA kernels for {ty}")))
+}
+
+/// The launch of a merged one-row kernel: a warp per output, 8 a block, `slots` grid layers.
+fn merged_grid(outputs: usize, slots: usize) -> Result<LaunchConfig> {
+    let x = u32::try_from(outputs.div_ceil(8))
+        .map_err(|_| Error::input(format!("{outputs} outputs exceed the launch grid")))?;
+    let z = u32::try_from(slots)
+        .ok()
+        .filter(|&z| z <= 65535)
+        .ok_or_else(|| Error::input(format!("{slots} expert slots exceed the launch grid")))?;
+    Ok(LaunchConfig {
+        grid_dim: (x, 1, z),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// Heads up to this size take the merged q/k norm, RoPE and cache-write launch
+/// (`QK_MAXD` in kernels/attention.cu).
+const QK_MAXD: usize = 512;
+
+/// At most this many experts and top-k take the merged router launch of a one-token step
+/// (`moe_route1`, kernels/moe.cu).
+const ROUTE1_MAX_EXPERTS: usize = 256;
+const ROUTE1_MAX_TOPK: usize = 32;
 
 /// Heads up to this size take the tiled attention kernels (kernels/attention.cu).
 const ATT_TILE_MAXD: usize = 128;
@@ -1384,6 +1711,8 @@ pub fn forward(
         cache,
         graph_step: None,
         graph_logits: None,
+        fused: dev.merged(),
+        kv_written: false,
         cap,
     };
     let probs_rows =

@@ -1498,6 +1498,89 @@ fn cuda_schedules_match_cpu_full_forward() {
     }
 }
 
+/// The merged launches (q/k norms + RoPE + cache write; the one-token router) compute what
+/// the separate kernels do, bit for bit: every captured stage of every model and schedule
+/// (f32 and f16 caches, the full forward, chunks and decode steps), clean and with the cache
+/// faults whose writes the merged launch makes (kv_stale, kv_slot_off_by_one) or that force
+/// the separate path at one layer (rope_pos_reset, no_topk_renorm), equals the run with
+/// merging off.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn merged_launches_equal_separate_ones() {
+    use crate::backend::Schedule;
+    use crate::backend::schedule::KvDtype;
+    use crate::model::synth::SynthQuant;
+    if skip_if_no_device(super::open_device(0)).is_none() {
+        return;
+    }
+    let mut models: Vec<(String, PathBuf, Option<tempfile_path::TempModel>)> = GOLDEN_SETS
+        .iter()
+        .map(|(dir, model, _)| {
+            (
+                format!("{dir}/{model}"),
+                fixture(&format!("{dir}/{model}")),
+                None,
+            )
+        })
+        .collect();
+    for preset in ["tiny-moe", "tiny-dense", "tiny-llama", "tiny-qwen2moe"] {
+        let m = synthetic_of(preset, SynthQuant::Q4_K_M);
+        models.push((format!("synthetic {preset} Q4_K_M"), m.0.clone(), Some(m)));
+    }
+    let schedules = [
+        Schedule::full(),
+        Schedule::new(Some(8), 16),
+        Schedule::new(Some(3), 5).with_kv(KvDtype::F16),
+        Schedule::new(None, 31),
+    ];
+    let plan = CapturePlan::all();
+    let mut compared = 0usize;
+    for (name, path, _keep) in &models {
+        let mut cuda = CudaBackend::open(path, 0).unwrap();
+        let vocab = cuda.dims().vocab as u32;
+        let last = cuda.dims().n_layers - 1;
+        let tokens: Vec<u32> = (0..32u32).map(|i| (i * 53 + 7) % vocab).collect();
+        let mut faults: Vec<Vec<Fault>> = vec![vec![]];
+        for f in [
+            format!("kv_stale@layer.{last}.attn_probs"),
+            "kv_slot_off_by_one@layer.0.attn_probs".to_string(),
+            format!("rope_pos_reset@layer.{last}.k_rope"),
+        ] {
+            faults.push(vec![f.parse().unwrap()]);
+        }
+        if cuda.dims().moe {
+            faults.push(vec![
+                format!("no_topk_renorm@layer.{last}.topk_weights")
+                    .parse()
+                    .unwrap(),
+            ]);
+        }
+        for sched in schedules {
+            for fs in &faults {
+                let what = format!("{name} under {sched} with {fs:?}");
+                cuda.dev.set_merged(true);
+                let merged = run_scheduled(&mut cuda, &tokens, &plan, None, fs, sched);
+                cuda.dev.set_merged(false);
+                let separate = run_scheduled(&mut cuda, &tokens, &plan, None, fs, sched);
+                cuda.dev.set_merged(true);
+                assert_eq!(
+                    merged.tensors.keys().collect::<Vec<_>>(),
+                    separate.tensors.keys().collect::<Vec<_>>(),
+                    "{what}"
+                );
+                for (key, t) in &merged.tensors {
+                    assert!(
+                        bits_equal(&t.data, &separate.tensors[key].data),
+                        "{what}: {key} differs between merged and separate launches"
+                    );
+                }
+                compared += 1;
+            }
+        }
+    }
+    eprintln!("{compared} runs: merged launches equal separate ones bit for bit at every stage");
+}
+
 /// Prefill timings for BENCHMARKS.md: `FALSIFIER_BENCH_MODEL=path FALSIFIER_BENCH_T=32,512`
 /// (what `falsifier bench --backend cuda` prints, plus per-launch profiles with
 /// `FALSIFIER_BENCH_PROFILE=1`). Median of 5 forwards after one warm-up, untraced (empty plan)

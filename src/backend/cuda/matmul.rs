@@ -342,8 +342,32 @@ pub fn type_kernel_names(suffix: &str) -> Vec<String> {
     MatmulKernel::ALL
         .iter()
         .map(|k| k.name(suffix))
-        .chain(std::iter::once(format!("gather_{suffix}")))
+        .chain([
+            format!("gather_{suffix}"),
+            format!("matmulwr_{suffix}"),
+            format!("gate_up_{suffix}"),
+        ])
         .collect()
+}
+
+/// Most inputs the merged one-row kernels stage (`MW_XMAX` in kernels/matmul.cu).
+const MERGED_MAX_K: usize = 4096;
+
+/// Whether `w` can go through the merged one-row kernels (`matmulwr_*`, `gate_up_*`): a type
+/// they decode in whole 16-byte pieces (Q4_K, Q6_K), rows of whole superblocks within the
+/// staged input, and the alignment their loads need.
+pub fn merged_matvec_ok(dev: &Device, w: &DeviceMatrix) -> bool {
+    let align = match w.ty {
+        GgmlType::Q4_K => 16,
+        GgmlType::Q6_K => 2,
+        _ => return false,
+    };
+    let expert_bytes = w.rows * w.row_bytes;
+    w.cols.is_multiple_of(256)
+        && w.cols <= MERGED_MAX_K
+        && w.row_bytes.is_multiple_of(align)
+        && expert_bytes.is_multiple_of(align)
+        && dev.ptr(&w.data).is_multiple_of(align as u64)
 }
 
 #[cfg(test)]

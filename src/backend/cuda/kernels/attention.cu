@@ -172,6 +172,69 @@ __device__ __forceinline__ void kv_store_t(const float* __restrict__ k,
     kv_put(vc, at, v[i]);
 }
 
+// q_norm, k_norm, q_rope, k_rope and the cache write of a step in one launch (what a decode
+// step otherwise does in five, each a few microseconds of launch for a few kilobytes of work).
+// Block (h, r): head h of row r, q heads first (h < nh), then k heads; RED_THREADS threads.
+// Each part is the separate kernel's arithmetic on the same values in the same order
+// (rms_norm's block_sum tree over RED_THREADS threads; rope's f64 rotation of the rounded
+// normalized values; kv_store's slots), so the outputs equal theirs bit for bit: qn/kn (when
+// the norm weights qg/kg are set; else the heads go to RoPE as they are), qr/kr, and, when kc is
+// set, the k head's rotated values and its v_proj row in cache slot (slotp ? *slotp : slot0) +
+// r (nothing below slot 0). Heads up to QK_MAXD values.
+#define QK_MAXD 512
+template <typename KV>
+__device__ __forceinline__ void qk_rope_store_t(
+    const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
+    const float* __restrict__ qg, const float* __restrict__ kg, float* __restrict__ qn,
+    float* __restrict__ kn, float* __restrict__ qr, float* __restrict__ kr,
+    const double2* __restrict__ tab, int nh, int nkv, int D, float eps, int adjacent, int pos0,
+    const int* __restrict__ posp, KV* __restrict__ kc, KV* __restrict__ vc, int slot0) {
+    __shared__ double red[RED_THREADS / 32];
+    __shared__ float hv[QK_MAXD];
+    int hi = blockIdx.x, r = blockIdx.y, tid = threadIdx.x;
+    bool isq = hi < nh;
+    int h = isq ? hi : hi - nh, heads = isq ? nh : nkv;
+    i64 base = ((i64)r * heads + h) * D;
+    const float* x = (isq ? q : k) + base;
+    const float* g = isq ? qg : kg;
+    if (g) {
+        float* yn = (isq ? qn : kn) + base;
+        double ss = 0.0;
+        for (int i = tid; i < D; i += RED_THREADS) ss += (double)x[i] * (double)x[i];
+        ss = block_sum(ss, red);
+        double inv = 1.0 / sqrt(ss / (double)D + (double)eps);
+        for (int i = tid; i < D; i += RED_THREADS) {
+            float y = (float)((double)x[i] * inv * (double)g[i]);
+            yn[i] = y;
+            hv[i] = y;
+        }
+    } else {
+        for (int i = tid; i < D; i += RED_THREADS) hv[i] = x[i];
+    }
+    __syncthreads();
+    int half = D / 2;
+    int pos = (posp ? *posp : pos0) + r;
+    float* yr = (isq ? qr : kr) + base;
+    i64 slot = (posp ? *posp : slot0) + r;
+    bool store = !isq && kc && slot >= 0;
+    i64 at = slot * nkv * D + (i64)h * D;
+    for (int j = tid; j < half; j += RED_THREADS) {
+        double2 cs = tab[(i64)pos * half + j];
+        double c = cs.x, sn = cs.y;
+        int i1 = adjacent ? 2 * j : j, i2 = adjacent ? 2 * j + 1 : j + half;
+        double x1 = hv[i1], x2 = hv[i2];
+        float y1 = (float)(x1 * c - x2 * sn), y2 = (float)(x2 * c + x1 * sn);
+        yr[i1] = y1;
+        yr[i2] = y2;
+        if (store) {
+            kv_put(kc, at + i1, y1);
+            kv_put(kc, at + i2, y2);
+        }
+    }
+    if (store)
+        for (int i = tid; i < D; i += RED_THREADS) kv_put(vc, at + i, v[(i64)r * nkv * D + (i64)h * D + i]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tiled attention, for head_dim <= ATT_TILE_MAXD (every Qwen3 shape; larger heads take the
 // kernels above): the kernels above read every key row once per query and do one or two
@@ -470,6 +533,13 @@ __device__ __forceinline__ void attn_ctx_tiled_t(const float* __restrict__ probs
                                              KV* __restrict__ vc, int rows, int row,            \
                                              int slot0, const int* __restrict__ slotp) {        \
         kv_store_t<KV>(k, v, kc, vc, rows, row, slot0, slotp);                                  \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(RED_THREADS) qk_rope_store##SUF(               \
+        const float* q, const float* k, const float* v, const float* qg, const float* kg,       \
+        float* qn, float* kn, float* qr, float* kr, const double2* tab, int nh, int nkv, int D,  \
+        float eps, int adjacent, int pos0, const int* posp, KV* kc, KV* vc, int slot0) {        \
+        qk_rope_store_t<KV>(q, k, v, qg, kg, qn, kn, qr, kr, tab, nh, nkv, D, eps, adjacent,    \
+                            pos0, posp, kc, vc, slot0);                                         \
     }
 
 ATTENTION_KERNELS(, float)

@@ -500,6 +500,341 @@ __device__ __forceinline__ void matvec_body(const u8* __restrict__ W, i64 row_by
     }
 }
 
+// ---- matmulw: one row per matrix (decode steps) ----
+//
+// A warp per output feature, each lane streaming whole 16-byte pieces of the row: a decode
+// step reads every weight once, so the kernel is a race to keep enough bytes in flight and to
+// spend few instructions per weight. For Q4_K and Q6_K a group of 8 lanes takes one 256-value
+// superblock (lane group g: superblocks g, g + 4, ... of the row), every lane 32 of its values;
+// the rows' scales are applied once per group of values sharing them rather than per weight:
+//   Q4_K: sum over a sub-block of (ds q - ms) x = ds * sum(q x) - ms * sum(x),
+//   Q6_K: sum over a 16-value scale group of d sc (q - 32) x = d sc * sum((q - 32) x),
+// with q - 32 (or q) made exactly from the bits of 2^23 + q (one byte permute, one add). The
+// results differ from matmulv's decode-then-FMA by that factoring's rounding alone (well
+// within f32 accumulation error; the GPU tests hold every kernel to the same bound). The input
+// row is staged in shared memory by the whole block while each lane's first weights are on
+// their way (one DRAM round trip, not one per superblock; H200, 30B-A3B shape: the expert
+// gate/up of a decode step went from ~36 us with matvec_body to ...). F32 rows are read as
+// float4. Other types, rows longer than MW_XMAX, and rows or inputs not aligned for these
+// loads take the lane-per-8-values body (matvec_body<TY, 32>).
+
+// 2^23 + byte i of w, as a float: the byte's value is then f - 2^23, exactly.
+__device__ __forceinline__ float mw_byte_f(u32 w, int i) {
+    return __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7540u + i));
+}
+
+// Inputs staged in shared memory for the Q4_K and Q6_K paths: up to MW_XMAX values, with 4
+// floats of padding after every 2^shift (64 for Q4_K, 128 for Q6_K), which puts the 16-byte
+// reads of a group's 8 lanes on distinct banks.
+#define MW_XMAX 4096
+__device__ __forceinline__ int mw_pad(int i, int shift) { return i + ((i >> shift) << 2); }
+template <int TY> struct MwShift {
+    static constexpr int value = TY == T_Q6_K ? 7 : 6;
+};
+
+// One lane's raw bytes of one superblock, loaded ahead of its arithmetic.
+template <int TY> struct MwPiece;
+template <> struct MwPiece<T_Q4_K> {
+    uint4 hd, qs;  // d, dmin and the 12 scale bytes; quant bytes 16p .. 16p + 15
+    __device__ __forceinline__ void load(const u8* __restrict__ row, int s, int p) {
+        const u8* b = row + (i64)s * 144;
+        hd = __ldg((const uint4*)b);
+        qs = __ldg((const uint4*)(b + 16 + 16 * p));
+    }
+    // lane p = 2c + h of the group: values 64c + 16h + i of sub-block 2c (low nibbles) and
+    // 64c + 32 + 16h + i of sub-block 2c + 1 (high nibbles), i < 16
+    __device__ __forceinline__ float dot(const float* __restrict__ xs, int s, int p,
+                                         float acc) const {
+        int c = p >> 1, i0 = 256 * s + 64 * c + 16 * (p & 1);
+        const float* x0 = xs + mw_pad(i0, 6);
+        const float* x1 = x0 + 32;
+        float s0 = 0.0f, s1 = 0.0f, xs0 = 0.0f, xs1 = 0.0f;
+        u32 words[4] = {qs.x, qs.y, qs.z, qs.w};
+#pragma unroll
+        for (int wi = 0; wi < 4; ++wi) {
+            float4 a = *(const float4*)(x0 + 4 * wi);
+            float4 bb = *(const float4*)(x1 + 4 * wi);
+            u32 lo = words[wi] & 0x0F0F0F0Fu, hi = (words[wi] >> 4) & 0x0F0F0F0Fu;
+            float xa[4] = {a.x, a.y, a.z, a.w}, xb[4] = {bb.x, bb.y, bb.z, bb.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                s0 = fmaf(mw_byte_f(lo, i) - 8388608.0f, xa[i], s0);
+                s1 = fmaf(mw_byte_f(hi, i) - 8388608.0f, xb[i], s1);
+                xs0 += xa[i];
+                xs1 += xb[i];
+            }
+        }
+        u32 sc0, m0, sc1, m1;
+        scale_min_k4_w(2 * c, hd.y, hd.z, hd.w, &sc0, &m0);
+        scale_min_k4_w(2 * c + 1, hd.y, hd.z, hd.w, &sc1, &m1);
+        float d = h2f((u16)(hd.x & 0xffffu)), dm = h2f((u16)(hd.x >> 16));
+        acc = fmaf(__fmul_rn(d, small_u2f(sc0)), s0, acc);
+        acc = fmaf(-__fmul_rn(dm, small_u2f(m0)), xs0, acc);
+        acc = fmaf(__fmul_rn(d, small_u2f(sc1)), s1, acc);
+        acc = fmaf(-__fmul_rn(dm, small_u2f(m1)), xs1, acc);
+        return acc;
+    }
+};
+template <> struct MwPiece<T_Q6_K> {
+    // lane p of the group, in its superblock's half hh = p / 4: positions j = 8 (p % 4) .. + 7
+    // of all four 32-value quarters (one 8-byte run of each ql half and of qh)
+    u32 la0, la1, lb0, lb1, h0, h1, c0, c1;
+    u16 d;
+    __device__ __forceinline__ void load(const u8* __restrict__ row, int s, int p) {
+        const u8* b = row + (i64)s * 210;
+        int hh = p >> 2, q = p & 3;
+        ld8(b + 64 * hh + 8 * q, &la0, &la1);       // quarters 0 (low) and 2 (high nibbles)
+        ld8(b + 64 * hh + 32 + 8 * q, &lb0, &lb1);  // quarters 1 and 3
+        ld8(b + 128 + 32 * hh + 8 * q, &h0, &h1);   // 2 bits of each quarter
+        ld8(b + 192 + 8 * hh, &c0, &c1);            // this half's 8 scales
+        d = *(const u16*)(b + 208);
+    }
+    __device__ __forceinline__ float dot(const float* __restrict__ xs, int s, int p,
+                                         float acc) const {
+        int hh = p >> 2, q = p & 3;
+        float df = h2f(d);
+#pragma unroll
+        for (int qq = 0; qq < 4; ++qq) {
+            u32 l0 = qq & 1 ? lb0 : la0, l1 = qq & 1 ? lb1 : la1;
+            int lsh = 4 * (qq >> 1), hsh = 2 * qq;
+            u32 v0 = ((l0 >> lsh) & 0x0F0F0F0Fu) | (((h0 >> hsh) & 0x03030303u) << 4);
+            u32 v1 = ((l1 >> lsh) & 0x0F0F0F0Fu) | (((h1 >> hsh) & 0x03030303u) << 4);
+            const float* xb = xs + mw_pad(256 * s + 128 * hh + 32 * qq + 8 * q, 7);
+            float4 a = *(const float4*)xb, bb = *(const float4*)(xb + 4);
+            // (2^23 + q) - (2^23 + 32) = q - 32, exactly
+            float t = 0.0f;
+            t = fmaf(mw_byte_f(v0, 0) - 8388640.0f, a.x, t);
+            t = fmaf(mw_byte_f(v0, 1) - 8388640.0f, a.y, t);
+            t = fmaf(mw_byte_f(v0, 2) - 8388640.0f, a.z, t);
+            t = fmaf(mw_byte_f(v0, 3) - 8388640.0f, a.w, t);
+            t = fmaf(mw_byte_f(v1, 0) - 8388640.0f, bb.x, t);
+            t = fmaf(mw_byte_f(v1, 1) - 8388640.0f, bb.y, t);
+            t = fmaf(mw_byte_f(v1, 2) - 8388640.0f, bb.z, t);
+            t = fmaf(mw_byte_f(v1, 3) - 8388640.0f, bb.w, t);
+            // scale 8 hh + 2 qq + j / 16: byte (q >> 1) + 2 qq of this half's eight
+            float sc = (float)(signed char)byte8(c0, c1, (q >> 1) + 2 * qq);
+            acc = fmaf(__fmul_rn(df, sc), t, acc);
+        }
+        return acc;
+    }
+};
+
+// Lane `lane`'s part of the dot product of a Q4_K/Q6_K row of `nsb` superblocks with the
+// staged input xs: lane group g = lane / 8 takes superblocks g, g + 4, ..., two at a time, the
+// raw bytes of both loaded before either is multiplied. `first` holds the first two, loaded
+// by the caller before it staged the input (rows of up to 2048 values need no more), in `w`,
+// which then takes the next ones.
+template <int TY>
+__device__ __forceinline__ float mw_dot_staged(const u8* __restrict__ row,
+                                               const float* __restrict__ xs, int nsb, int lane,
+                                               MwPiece<TY>* w) {
+    int g = lane >> 3, p = lane & 7;
+    float acc = 0.0f;
+    for (int s = g; s < nsb; s += 8) {
+        if (s != g) {
+            w[0].load(row, s, p);
+            if (s + 4 < nsb) w[1].load(row, s + 4, p);
+        }
+        acc = w[0].dot(xs, s, p, acc);
+        if (s + 4 < nsb) acc = w[1].dot(xs, s + 4, p, acc);
+    }
+    return acc;
+}
+
+// Lane `lane`'s part of the dot product of an f32 row of k values (k % 4 == 0, 16-byte
+// aligned) with x.
+__device__ __forceinline__ float mw_dot_f32(const float* __restrict__ row,
+                                            const float* __restrict__ x, int k, int lane) {
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int i = 4 * lane; i < k; i += 128) {
+        float4 w = __ldg((const float4*)(row + i)), a = __ldg((const float4*)(x + i));
+        acc = fmaf(w.x, a.x, acc);
+        acc = fmaf(w.y, a.y, acc);
+        acc = fmaf(w.z, a.z, acc);
+        acc = fmaf(w.w, a.w, acc);
+    }
+    return acc;
+}
+
+// Whether the whole-piece path serves a launch: its type, K whole in its superblocks (and
+// within the staged input's MW_XMAX), and the loads aligned (weights where the type needs it,
+// inputs always).
+template <int TY>
+__device__ __forceinline__ bool mw_fast(const u8* W, i64 row_bytes, i64 expert_bytes,
+                                        const float* X, int K, int kbeg, int kend) {
+    bool xal = ((unsigned long long)X & 15) == 0 && (K & 3) == 0 && kbeg == 0 && kend == K;
+    unsigned long long wa = (unsigned long long)W | (unsigned long long)row_bytes |
+                            (unsigned long long)expert_bytes;
+    if (TY == T_Q4_K) return xal && (K & 255) == 0 && K <= MW_XMAX && (wa & 15) == 0;
+    if (TY == T_Q6_K) return xal && (K & 255) == 0 && K <= MW_XMAX && (wa & 1) == 0;
+    if (TY == T_F32) return xal && (wa & 15) == 0;
+    return false;
+}
+
+
+// The lane-per-8-values body as a call of its own, so that its registers do not count against
+// the fast path's.
+template <int TY>
+__device__ __noinline__ void matvec_warp_general(const u8* W, i64 row_bytes, i64 expert_bytes,
+                                                 const float* X, float* Y, int N, int K, int T,
+                                                 const int* counts, const int* offsets,
+                                                 const int* in_rows, int swap_a, int swap_b,
+                                                 int kspan, const int* zmap) {
+    matvec_body<TY, 32>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets, in_rows,
+                        swap_a, swap_b, kspan, zmap);
+}
+
+template <int TY>
+__device__ __forceinline__ void matvec_warp(const u8* __restrict__ W, i64 row_bytes,
+                                            i64 expert_bytes, const float* __restrict__ X,
+                                            float* __restrict__ Y, int N, int K, int T,
+                                            const int* __restrict__ counts,
+                                            const int* __restrict__ offsets,
+                                            const int* __restrict__ in_rows, int swap_a,
+                                            int swap_b, int kspan,
+                                            const int* __restrict__ zmap) {
+    int split = counts ? 0 : blockIdx.z;
+    int kbeg = split * kspan, kend = min(K, kbeg + kspan);
+    if (!mw_fast<TY>(W, row_bytes, expert_bytes, X, K, kbeg, kend)) {
+        matvec_warp_general<TY>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets,
+                                in_rows, swap_a, swap_b, kspan, zmap);
+        return;
+    }
+    int cnt = mm_count(counts, offsets, zmap, T);
+    if (cnt == 0) return;  // uniform over the block
+    int n = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    bool active = n < N;  // inactive warps still stage inputs and meet the barriers
+    int e = counts ? mm_expert(offsets, zmap) : 0;
+    int off = offsets ? offsets[e] : 0;
+    int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+    const u8* row = W + (i64)we * expert_bytes + (i64)(active ? n : 0) * row_bytes;
+    Y += (i64)split * T * N;
+    constexpr bool staged = TY == T_Q4_K || TY == T_Q6_K;
+    __shared__ __align__(16) float xs[staged ? MW_XMAX + MW_XMAX / 16 : 4];
+    for (int t = 0; t < cnt; ++t) {
+        int g = off + t;
+        const float* x = X + (i64)(in_rows ? in_rows[g] : g) * K;
+        float acc;
+        if constexpr (staged) {
+            int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
+            // the row's first weights on their way while the input is staged
+            MwPiece<TY> first[2];
+            if (gi < nsb) first[0].load(row, gi, p);
+            if (gi + 4 < nsb) first[1].load(row, gi + 4, p);
+            __syncthreads();  // the previous row's readers are done with xs
+            constexpr int sh = MwShift<TY>::value;
+            for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
+                *(float4*)(xs + mw_pad(i, sh)) = __ldg((const float4*)(x + i));
+            __syncthreads();
+            acc = mw_dot_staged<TY>(row, xs, nsb, lane, first);
+        } else {
+            acc = mw_dot_f32((const float*)row, x, K, lane);
+        }
+        // a fixed butterfly: the same bits on every lane
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        if (active && lane == 0) Y[(i64)g * N + n] = acc;
+    }
+}
+
+// ---- merged one-row launches (decode steps): the staged warp dot of matmulw with what the
+// next separate kernel did folded into its last lane's write, bit for bit that kernel's result:
+//
+// matmulwr_<type>: Y[n] = x . W[n] and Z[n] = R[n] + Y[n] (a projection and its residual add:
+//   attn_out + attn_residual; a dense down projection + layer_out).
+// gate_up_<type>: for slot z (expert slot_expert[z], or the one matrix when slot_expert is
+//   null) G[z, n] = x . Wg[n], U[z, n] = x . Wu[n] and A[z, n] = silu(G) * U in f64, rounded
+//   once (silu_mul's formula): the expert (or dense) gate, up and SwiGLU of a one-token step,
+//   both matrices' first weights in flight before either is multiplied.
+// Only for the staged types (Q4_K, Q6_K) with K <= MW_XMAX and aligned rows; the host checks
+// (merged_matvec_ok) and launches the separate kernels otherwise.
+template <int TY> struct MwStaged {
+    static constexpr bool value = TY == T_Q4_K || TY == T_Q6_K;
+};
+
+// The input row x [K] into xs (padded), by the whole block; barriers on both sides.
+template <int TY>
+__device__ __forceinline__ void mw_stage(float* __restrict__ xs, const float* __restrict__ x,
+                                         int K) {
+    __syncthreads();
+    for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
+        *(float4*)(xs + mw_pad(i, MwShift<TY>::value)) = __ldg((const float4*)(x + i));
+    __syncthreads();
+}
+
+__device__ __forceinline__ float warp_sum_fixed(float acc) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    return acc;
+}
+
+template <int TY>
+__device__ __forceinline__ void matvec_res_body(const u8* __restrict__ W, i64 row_bytes,
+                                                const float* __restrict__ X,
+                                                float* __restrict__ Y, int N, int K,
+                                                const float* __restrict__ R,
+                                                float* __restrict__ Z) {
+    if constexpr (MwStaged<TY>::value) {
+        __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
+        int n = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+        bool active = n < N;
+        const u8* row = W + (i64)(active ? n : 0) * row_bytes;
+        int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
+        MwPiece<TY> w[2];
+        if (gi < nsb) w[0].load(row, gi, p);
+        if (gi + 4 < nsb) w[1].load(row, gi + 4, p);
+        mw_stage<TY>(xs, X, K);
+        float acc = warp_sum_fixed(mw_dot_staged<TY>(row, xs, nsb, lane, w));
+        if (active && lane == 0) {
+            Y[n] = acc;
+            Z[n] = R[n] + acc;
+        }
+    } else {
+        __trap();  // the host launches these for the staged types only
+    }
+}
+
+template <int TY>
+__device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8* __restrict__ Wu,
+                                             i64 row_bytes, i64 expert_bytes,
+                                             const float* __restrict__ X, float* __restrict__ G,
+                                             float* __restrict__ U, float* __restrict__ A, int N,
+                                             int K, const int* __restrict__ slot_expert,
+                                             int swap_a, int swap_b) {
+    if constexpr (MwStaged<TY>::value) {
+        __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
+        int z = blockIdx.z;
+        int e = slot_expert ? slot_expert[z] : 0;
+        int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+        int n = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+        bool active = n < N;
+        i64 at = (i64)we * expert_bytes + (i64)(active ? n : 0) * row_bytes;
+        int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
+        MwPiece<TY> wg[2], wu[2];
+        if (gi < nsb) {
+            wg[0].load(Wg + at, gi, p);
+            wu[0].load(Wu + at, gi, p);
+        }
+        if (gi + 4 < nsb) {
+            wg[1].load(Wg + at, gi + 4, p);
+            wu[1].load(Wu + at, gi + 4, p);
+        }
+        mw_stage<TY>(xs, X, K);
+        float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, nsb, lane, wg));
+        float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, nsb, lane, wu));
+        if (active && lane == 0) {
+            i64 o = (i64)z * N + n;
+            G[o] = g;
+            U[o] = u;
+            double gd = g;
+            A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)u);
+        }
+    } else {
+        __trap();
+    }
+}
+
 // y[i] = sum over z of parts[z * n + i], z ascending: the split-K partial sums, added in a
 // fixed order.
 extern "C" __global__ void sum_splits(const float* __restrict__ parts, float* __restrict__ y,
@@ -570,8 +905,20 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
                        int N, int K, int T, const int* counts, const int* offsets,              \
                        const int* in_rows, int swap_a, int swap_b, int kspan,                   \
                        const int* zmap) {                                                       \
-        matvec_body<TY, 32>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets,        \
-                            in_rows, swap_a, swap_b, kspan, zmap);                              \
+        matvec_warp<TY>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets, in_rows,   \
+                        swap_a, swap_b, kspan, zmap);                                           \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
+        matmulwr_##NAME(const u8* W, i64 row_bytes, const float* X, float* Y, int N, int K,     \
+                        const float* R, float* Z) {                                             \
+        matvec_res_body<TY>(W, row_bytes, X, Y, N, K, R, Z);                                    \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
+        gate_up_##NAME(const u8* Wg, const u8* Wu, i64 row_bytes, i64 expert_bytes,             \
+                       const float* X, float* G, float* U, float* A, int N, int K,              \
+                       const int* slot_expert, int swap_a, int swap_b) {                        \
+        gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slot_expert,        \
+                         swap_a, swap_b);                                                       \
     }                                                                                           \
     extern "C" __global__ void gather_##NAME(const u8* W, i64 row_bytes, const int* ids,        \
                                              float* out, int rows, int H) {                     \

@@ -53,12 +53,64 @@ __device__ __forceinline__ bool topk_before(float a, int ia, float b, int ib) {
 // threads): lane l holds experts l, l + 32, ...; each of the k rounds takes the best untaken
 // one by a butterfly over the lanes, whose order rule makes the result independent of the
 // tree. Needs E <= 32 * 64 (checked by the host).
+// Up to 256 experts and k <= 32 (every MoE model we know): the row is read once into
+// registers (lane l holds experts l + 32 j), round r's pick stays with lane r, and the weights
+// are summed from those registers; the same picks, sums and bits as the general loop below,
+// without its global reads per round (a decode step's top-k was ~10 us of reads in series).
+__device__ __forceinline__ void topk_small(const float* __restrict__ p, int* __restrict__ id,
+                                           float* __restrict__ w, int E, int k, int renorm,
+                                           int lane) {
+    float v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = lane + 32 * j < E ? p[lane + 32 * j] : 0.0f;
+    u32 taken = 0;  // bit j: expert lane + 32 j is chosen
+    float myv = 0.0f;
+    int myi = -1;
+    for (int r = 0; r < k; ++r) {
+        float bv = 0.0f;
+        int bi = -1;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            int e = lane + 32 * j;
+            if (e < E && !((taken >> j) & 1u) && topk_before(v[j], e, bv, bi)) {
+                bv = v[j];
+                bi = e;
+            }
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (topk_before(ov, oi, bv, bi)) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+        if (bi >= 0 && (bi & 31) == lane) taken |= 1u << (bi >> 5);
+        if (lane == r) {
+            myv = bv;
+            myi = bi;
+        }
+    }
+    // the f64 sum in rank order, on every lane
+    double s = 0.0;
+    for (int r = 0; r < k; ++r) s += (double)__shfl_sync(0xffffffffu, myv, r);
+    if (lane < k) {
+        id[lane] = myi;
+        w[lane] = renorm ? (float)((double)myv / s) : myv;
+    }
+}
+
 extern "C" __global__ void topk(const float* __restrict__ probs, int* __restrict__ ids,
                                 float* __restrict__ w, int T, int E, int k, int renorm) {
     int t = blockIdx.x, lane = threadIdx.x;
     if (t >= T) return;
     const float* p = probs + (i64)t * E;
     int* id = ids + (i64)t * k;
+    if (E <= 256 && k <= 32) {
+        topk_small(p, id, w + (i64)t * k, E, k, renorm, lane);
+        return;
+    }
     unsigned long long taken = 0;  // bit j: expert lane + 32 j is chosen
     for (int r = 0; r < k; ++r) {
         float bv = 0.0f;
@@ -89,6 +141,54 @@ extern "C" __global__ void topk(const float* __restrict__ probs, int* __restrict
         for (int r = 0; r < k; ++r) s += (double)p[id[r]];
         for (int r = 0; r < k; ++r)
             w[(i64)t * k + r] = renorm ? (float)((double)p[id[r]] / s) : p[id[r]];
+    }
+}
+
+// The router of a one-token step in one launch (one warp): softmax_rows, topk and moe_group
+// for T = 1, each part the separate kernel's arithmetic in the same order, so the outputs equal
+// theirs bit for bit (probs, ids, w, and the grouping: the k distinct experts one slot each,
+// slots in expert order). E <= 256, k <= 32 (the host checks).
+extern "C" __global__ void moe_route1(const float* __restrict__ x, float* __restrict__ probs,
+                                      int* __restrict__ ids, float* __restrict__ w, int E, int k,
+                                      int renorm, int* __restrict__ counts,
+                                      int* __restrict__ offsets, int* __restrict__ slot_token,
+                                      int* __restrict__ slot_of, int* __restrict__ slot_expert) {
+    __shared__ double ex[256];
+    __shared__ double sum;
+    int lane = threadIdx.x;
+    float m = -INFINITY;
+    for (int e = lane; e < E; e += 32) m = fmaxf(m, x[e]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    for (int e = lane; e < E; e += 32) ex[e] = exp((double)x[e] - (double)m);
+    __syncwarp();
+    if (lane == 0) {
+        double s = 0.0;
+        for (int e = 0; e < E; ++e) s += ex[e];
+        sum = s;
+    }
+    __syncwarp();
+    double s = sum;
+    for (int e = lane; e < E; e += 32) probs[e] = (float)(ex[e] / s);
+    // each lane reads back only the probabilities it wrote
+    topk_small(probs, ids, w, E, k, renorm, lane);
+    __syncwarp();
+    for (int e = lane; e < E; e += 32) {
+        int below = 0, hit = 0;
+        for (int r = 0; r < k; ++r) {
+            int c = ids[r];
+            below += c < e;
+            hit += c == e;
+        }
+        counts[e] = hit;
+        offsets[e] = below;
+    }
+    if (lane < k) {
+        int c = ids[lane], slot = 0;
+        for (int r = 0; r < k; ++r) slot += ids[r] < c;
+        slot_of[lane] = slot;
+        slot_token[slot] = 0;
+        slot_expert[slot] = c;
     }
 }
 
