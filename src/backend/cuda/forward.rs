@@ -882,6 +882,8 @@ impl Run<'_> {
             h,
         )?;
         self.done(Some(l), Stage::FfnNorm, &b.ffn_norm)?;
+        // the merged expert down projection writes layer_out with ffn_out
+        let mut layer_out_written = false;
         match &lw.ffn {
             FfnWeights::Dense { gate, up, down } => {
                 let merged = [Stage::FfnGate, Stage::FfnUp, Stage::FfnAct];
@@ -915,7 +917,7 @@ impl Run<'_> {
                 down,
                 shared,
             } => {
-                self.moe(l, b, router, gate, up, down)?;
+                layer_out_written = self.moe(l, b, router, gate, up, down, shared.is_none())?;
                 if let Some(s) = shared {
                     self.shared_expert(l, b, s)?;
                     self.dev.launch(
@@ -932,7 +934,9 @@ impl Run<'_> {
             }
         }
         self.done(Some(l), Stage::FfnOut, &b.ffn_out)?;
-        self.add(&ks(Stage::LayerOut), &b.resid, &b.ffn_out, &b.x, n * h)?;
+        if !layer_out_written {
+            self.add(&ks(Stage::LayerOut), &b.resid, &b.ffn_out, &b.x, n * h)?;
+        }
         self.done(Some(l), Stage::LayerOut, &b.x)?;
         Ok(())
     }
@@ -1132,7 +1136,10 @@ impl Run<'_> {
         )
     }
 
-    /// Router, top-k, grouped expert SwiGLU and the weighted combine into `b.ffn_out`.
+    /// Router, top-k, grouped expert SwiGLU and the weighted combine into `b.ffn_out`; when
+    /// the experts are the `last` part of the FFN (no shared expert), a one-token step may also
+    /// write layer_out (`b.x`) in the same launch: returns whether it did.
+    #[allow(clippy::too_many_arguments)]
     fn moe(
         &mut self,
         l: usize,
@@ -1141,7 +1148,8 @@ impl Run<'_> {
         gate: &DeviceMatrix,
         up: &DeviceMatrix,
         down: &DeviceMatrix,
-    ) -> Result<()> {
+        last: bool,
+    ) -> Result<bool> {
         let d = &self.w.dims;
         let dev = self.dev;
         let (n, e, k) = (self.n(), d.n_experts, d.top_k);
@@ -1192,7 +1200,7 @@ impl Run<'_> {
         } else {
             self.route(l, b, renorm)?;
         }
-        self.experts(l, b, gate, up, down)
+        self.experts(l, b, gate, up, down, last)
     }
 
     /// Whether layer `l`'s router softmax, top-k and grouping go as one launch: merging is on,
@@ -1282,7 +1290,7 @@ impl Run<'_> {
     }
 
     /// The grouped expert SwiGLU over the routed slots and the weighted combine into
-    /// `b.ffn_out`.
+    /// `b.ffn_out` (and layer_out into `b.x` when [`Run::down_mergeable`]: returns whether).
     fn experts(
         &mut self,
         l: usize,
@@ -1290,7 +1298,8 @@ impl Run<'_> {
         gate: &DeviceMatrix,
         up: &DeviceMatrix,
         down: &DeviceMatrix,
-    ) -> Result<()> {
+        last: bool,
+    ) -> Result<bool> {
         let d = &self.w.dims;
         let dev = self.dev;
         let (n, h, e, k, f) = (self.n(), d.hidden, d.n_experts, d.top_k, d.ffn);
@@ -1326,6 +1335,32 @@ impl Run<'_> {
             self.matmul_expert(l, up, &b.ffn_norm, slots, &b.up, &gathered)?;
             self.silu_mul(&ks(Stage::FfnOut), &b.gate, &b.up, &b.act, slots * f)?;
         }
+        if last && self.down_mergeable(l, down) {
+            let (sa, sb) = swap.map_or((-1, -1), |(a, b)| (a as i64, b as i64));
+            dev.launch(
+                &format!("down_combine_{}", typed_suffix(down.ty)?),
+                &ks(Stage::FfnOut),
+                merged_grid(h, 1)?,
+                &[
+                    Arg::Ptr(dev.ptr(&down.data)),
+                    Arg::I64(down.row_bytes as i64),
+                    Arg::I64((down.rows * down.row_bytes) as i64),
+                    Arg::Ptr(dev.ptr(&b.act)),
+                    int(h, "hidden")?,
+                    int(f, "expert ffn")?,
+                    Arg::Ptr(dev.ptr(&b.topk_ids)),
+                    Arg::Ptr(dev.ptr(&b.slot_of)),
+                    Arg::Ptr(dev.ptr(&b.topk_w)),
+                    int(k, "top-k")?,
+                    Arg::I32(i32::try_from(sa).unwrap_or(-1)),
+                    Arg::I32(i32::try_from(sb).unwrap_or(-1)),
+                    Arg::Ptr(dev.ptr(&b.resid)),
+                    Arg::Ptr(dev.ptr(&b.ffn_out)),
+                    Arg::Ptr(dev.ptr(&b.x)),
+                ],
+            )?;
+            return Ok(true);
+        }
         self.matmul(
             Some(l),
             Stage::FfnOut,
@@ -1349,7 +1384,29 @@ impl Run<'_> {
                 int(k, "top-k")?,
                 int(h, "hidden")?,
             ],
-        )
+        )?;
+        Ok(false)
+    }
+
+    /// Whether layer `l`'s expert down projections, combine and layer_out add go as one launch
+    /// (`down_combine_*`): merging is on, one token, no fault planted on ffn_out but an expert
+    /// swap (an argument) nor on layer_out, and `down` suits the kernel: a merged type, rows of
+    /// at most 1024 values, and the k activation rows fit its staging (`DC_XMAX` floats).
+    fn down_mergeable(&self, l: usize, down: &DeviceMatrix) -> bool {
+        let k = self.w.dims.top_k;
+        let padded = match down.ty {
+            GgmlType::Q4_K => down.cols + down.cols / 64 * 4,
+            _ => down.cols + down.cols / 128 * 4,
+        };
+        self.fused
+            && self.n() == 1
+            && self
+                .faults_at(Some(l), Stage::FfnOut)
+                .all(|f| matches!(f.kind, FaultKind::ExpertSwap { .. }))
+            && self.faults_at(Some(l), Stage::LayerOut).next().is_none()
+            && merged_matvec_ok(self.dev, down)
+            && down.cols <= DOWN_COMBINE_MAX_K
+            && k * padded <= DOWN_COMBINE_STAGED
     }
 
     /// An expert gate/up matmul over gathered token rows (no planted matmul faults apply).
@@ -1367,6 +1424,11 @@ impl Run<'_> {
         self.launch_matmul(&key, w, w.ty, self.dev.ptr(x), slots, y, Some(g))
     }
 }
+
+/// Rows of at most this many values take the merged expert down + combine launch (one piece
+/// of a row per lane), whose staging holds this many floats (`DC_XMAX` in kernels/matmul.cu).
+const DOWN_COMBINE_MAX_K: usize = 1024;
+const DOWN_COMBINE_STAGED: usize = 8192;
 
 /// The kernel-name suffix of a block type that has kernels.
 fn typed_suffix(ty: GgmlType) -> Result<&'static str> {

@@ -1498,12 +1498,13 @@ fn cuda_schedules_match_cpu_full_forward() {
     }
 }
 
-/// The merged launches (q/k norms + RoPE + cache write; the one-token router) compute what
-/// the separate kernels do, bit for bit: every captured stage of every model and schedule
-/// (f32 and f16 caches, the full forward, chunks and decode steps), clean and with the cache
-/// faults whose writes the merged launch makes (kv_stale, kv_slot_off_by_one) or that force
-/// the separate path at one layer (rope_pos_reset, no_topk_renorm), equals the run with
-/// merging off.
+/// The merged launches (q/k norms + RoPE + cache write; the one-token router; gate + up +
+/// SwiGLU; projection + residual; expert down + combine + layer_out) compute what the separate
+/// kernels do, bit for bit: every captured stage of every model and schedule (f32 and f16
+/// caches, the full forward, chunks and decode steps), clean and with faults that the merged
+/// launches take as arguments (kv_stale, kv_slot_off_by_one, no_topk_renorm, expert_swap) or
+/// that turn merging off at one layer (rope_pos_reset, a NaN on layer_out), equals the run
+/// with merging off.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn merged_launches_equal_separate_ones() {
@@ -1540,22 +1541,23 @@ fn merged_launches_equal_separate_ones() {
         let vocab = cuda.dims().vocab as u32;
         let last = cuda.dims().n_layers - 1;
         let tokens: Vec<u32> = (0..32u32).map(|i| (i * 53 + 7) % vocab).collect();
-        let mut faults: Vec<Vec<Fault>> = vec![vec![]];
-        for f in [
+        // faults that act anywhere, then the cache faults (they need decode steps)
+        let mut anywhere = vec![format!("nan[5]@layer.{last}.layer_out")];
+        if cuda.dims().moe {
+            anywhere.push(format!("no_topk_renorm@layer.{last}.topk_weights"));
+            anywhere.push("expert_swap[0,1]@layer.0.ffn_out".to_string());
+        }
+        let cache = [
             format!("kv_stale@layer.{last}.attn_probs"),
             "kv_slot_off_by_one@layer.0.attn_probs".to_string(),
             format!("rope_pos_reset@layer.{last}.k_rope"),
-        ] {
-            faults.push(vec![f.parse().unwrap()]);
-        }
-        if cuda.dims().moe {
-            faults.push(vec![
-                format!("no_topk_renorm@layer.{last}.topk_weights")
-                    .parse()
-                    .unwrap(),
-            ]);
-        }
+        ];
         for sched in schedules {
+            let mut faults: Vec<Vec<Fault>> = vec![vec![]];
+            let planted = anywhere
+                .iter()
+                .chain(cache.iter().filter(|_| sched.decode >= 1));
+            faults.extend(planted.map(|f| vec![f.parse().unwrap()]));
             for fs in &faults {
                 let what = format!("{name} under {sched} with {fs:?}");
                 cuda.dev.set_merged(true);

@@ -346,6 +346,7 @@ pub fn type_kernel_names(suffix: &str) -> Vec<String> {
             format!("gather_{suffix}"),
             format!("matmulwr_{suffix}"),
             format!("gate_up_{suffix}"),
+            format!("down_combine_{suffix}"),
         ])
         .collect()
 }

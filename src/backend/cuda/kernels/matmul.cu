@@ -835,6 +835,70 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
     }
 }
 
+// down_combine_<type>: the down projections of a one-token step's k expert picks, their
+// weighted combine and the residual add in one launch. Warp n: for each pick r (expert ids[r],
+// swapped under the planted expert_swap), d_r = act[slot_of[r]] . W_e[n] (matmulw's staged dot,
+// the same bits), then out[n] = sum over r of w[r] d_r in f64 in rank order, rounded once
+// (moe_combine), and lout[n] = res[n] + out[n] (the layer_out add). All k activation rows are
+// staged at once (k * padded K <= DC_XMAX); rows of up to 1024 values (one piece per lane), four
+// picks' weights in flight per lane before any is multiplied.
+#define DC_XMAX 8192
+template <int TY>
+__device__ __forceinline__ void down_combine_body(
+    const u8* __restrict__ W, i64 row_bytes, i64 expert_bytes, const float* __restrict__ act,
+    int N, int K, const int* __restrict__ ids, const int* __restrict__ slot_of,
+    const float* __restrict__ wts, int k, int swap_a, int swap_b, const float* __restrict__ res,
+    float* __restrict__ out, float* __restrict__ lout) {
+    if constexpr (MwStaged<TY>::value) {
+        __shared__ __align__(16) float xs[DC_XMAX];
+        constexpr int sh = MwShift<TY>::value;
+        int kp = mw_pad(K, sh);  // a staged row's length (a multiple of 4: K % 256 == 0)
+        int n = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+        bool active = n < N;
+        int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
+        bool mine = gi < nsb;  // this lane's group has a superblock (K <= 1024: at most one)
+        i64 at = (i64)(active ? n : 0) * row_bytes;
+        double acc = 0.0;
+        for (int r0 = 0; r0 < k; r0 += 4) {
+            MwPiece<TY> w[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                int r = r0 + j;
+                if (r < k && mine) {
+                    int e = ids[r];
+                    int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+                    w[j].load(W + (i64)we * expert_bytes + at, gi, p);
+                }
+            }
+            if (r0 == 0) {
+                // every pick's activation row, staged while the first weights are on their way
+                for (int r = 0; r < k; ++r) {
+                    const float* x = act + (i64)slot_of[r] * K;
+                    for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
+                        *(float4*)(xs + r * kp + mw_pad(i, sh)) = __ldg((const float4*)(x + i));
+                }
+                __syncthreads();
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                int r = r0 + j;
+                if (r < k) {
+                    float d = mine ? w[j].dot(xs + r * kp, gi, p, 0.0f) : 0.0f;
+                    d = warp_sum_fixed(d);
+                    acc += (double)wts[r] * (double)d;
+                }
+            }
+        }
+        if (active && lane == 0) {
+            float o = (float)acc;
+            out[n] = o;
+            lout[n] = res[n] + o;
+        }
+    } else {
+        __trap();
+    }
+}
+
 // y[i] = sum over z of parts[z * n + i], z ascending: the split-K partial sums, added in a
 // fixed order.
 extern "C" __global__ void sum_splits(const float* __restrict__ parts, float* __restrict__ y,
@@ -919,6 +983,14 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
                        const int* slot_expert, int swap_a, int swap_b) {                        \
         gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slot_expert,        \
                          swap_a, swap_b);                                                       \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
+        down_combine_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* act,     \
+                            int N, int K, const int* ids, const int* slot_of, const float* wts, \
+                            int k, int swap_a, int swap_b, const float* res, float* out,        \
+                            float* lout) {                                                      \
+        down_combine_body<TY>(W, row_bytes, expert_bytes, act, N, K, ids, slot_of, wts, k,      \
+                              swap_a, swap_b, res, out, lout);                                  \
     }                                                                                           \
     extern "C" __global__ void gather_##NAME(const u8* W, i64 row_bytes, const int* ids,        \
                                              float* out, int rows, int H) {                     \

@@ -53,19 +53,15 @@ __device__ __forceinline__ bool topk_before(float a, int ia, float b, int ib) {
 // threads): lane l holds experts l, l + 32, ...; each of the k rounds takes the best untaken
 // one by a butterfly over the lanes, whose order rule makes the result independent of the
 // tree. Needs E <= 32 * 64 (checked by the host).
-// Up to 256 experts and k <= 32 (every MoE model we know): the row is read once into
-// registers (lane l holds experts l + 32 j), round r's pick stays with lane r, and the weights
-// are summed from those registers; the same picks, sums and bits as the general loop below,
-// without its global reads per round (a decode step's top-k was ~10 us of reads in series).
-__device__ __forceinline__ void topk_small(const float* __restrict__ p, int* __restrict__ id,
-                                           float* __restrict__ w, int E, int k, int renorm,
-                                           int lane) {
-    float v[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) v[j] = lane + 32 * j < E ? p[lane + 32 * j] : 0.0f;
+// Up to 256 experts and k <= 32 (every MoE model we know): the row in registers (lane l holds
+// experts l + 32 j in v[j]), round r's pick kept by lane r (myv, myi), weights summed from
+// those registers; the same picks, sums and bits as the general loop in topk below, without
+// its global reads per round (a decode step's top-k was ~10 us of reads in series).
+__device__ __forceinline__ void topk_regs(const float* v, int E, int k, int lane, float* myv,
+                                          int* myi) {
     u32 taken = 0;  // bit j: expert lane + 32 j is chosen
-    float myv = 0.0f;
-    int myi = -1;
+    *myv = 0.0f;
+    *myi = -1;
     for (int r = 0; r < k; ++r) {
         float bv = 0.0f;
         int bi = -1;
@@ -88,17 +84,34 @@ __device__ __forceinline__ void topk_small(const float* __restrict__ p, int* __r
         }
         if (bi >= 0 && (bi & 31) == lane) taken |= 1u << (bi >> 5);
         if (lane == r) {
-            myv = bv;
-            myi = bi;
+            *myv = bv;
+            *myi = bi;
         }
     }
-    // the f64 sum in rank order, on every lane
+}
+
+// The picks' ids and weights (renormalised by their f64 sum in rank order unless renorm is 0),
+// written by lanes r < k.
+__device__ __forceinline__ void topk_write(float myv, int myi, int k, int renorm, int lane,
+                                           int* __restrict__ id, float* __restrict__ w) {
     double s = 0.0;
     for (int r = 0; r < k; ++r) s += (double)__shfl_sync(0xffffffffu, myv, r);
     if (lane < k) {
         id[lane] = myi;
         w[lane] = renorm ? (float)((double)myv / s) : myv;
     }
+}
+
+__device__ __forceinline__ void topk_small(const float* __restrict__ p, int* __restrict__ id,
+                                           float* __restrict__ w, int E, int k, int renorm,
+                                           int lane) {
+    float v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = lane + 32 * j < E ? p[lane + 32 * j] : 0.0f;
+    float myv;
+    int myi;
+    topk_regs(v, E, k, lane, &myv, &myi);
+    topk_write(myv, myi, k, renorm, lane, id, w);
 }
 
 extern "C" __global__ void topk(const float* __restrict__ probs, int* __restrict__ ids,
@@ -147,7 +160,8 @@ extern "C" __global__ void topk(const float* __restrict__ probs, int* __restrict
 // The router of a one-token step in one launch (one warp): softmax_rows, topk and moe_group
 // for T = 1, each part the separate kernel's arithmetic in the same order, so the outputs equal
 // theirs bit for bit (probs, ids, w, and the grouping: the k distinct experts one slot each,
-// slots in expert order). E <= 256, k <= 32 (the host checks).
+// slots in expert order), everything past the softmax's sum in registers and shuffles.
+// E <= 256, k <= 32 (the host checks).
 extern "C" __global__ void moe_route1(const float* __restrict__ x, float* __restrict__ probs,
                                       int* __restrict__ ids, float* __restrict__ w, int E, int k,
                                       int renorm, int* __restrict__ counts,
@@ -169,26 +183,41 @@ extern "C" __global__ void moe_route1(const float* __restrict__ x, float* __rest
     }
     __syncwarp();
     double s = sum;
-    for (int e = lane; e < E; e += 32) probs[e] = (float)(ex[e] / s);
-    // each lane reads back only the probabilities it wrote
-    topk_small(probs, ids, w, E, k, renorm, lane);
-    __syncwarp();
-    for (int e = lane; e < E; e += 32) {
-        int below = 0, hit = 0;
-        for (int r = 0; r < k; ++r) {
-            int c = ids[r];
-            below += c < e;
-            hit += c == e;
+    float v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        int e = lane + 32 * j;
+        v[j] = e < E ? (float)(ex[e] / s) : 0.0f;
+        if (e < E) probs[e] = v[j];
+    }
+    float myv;
+    int myi;
+    topk_regs(v, E, k, lane, &myv, &myi);
+    topk_write(myv, myi, k, renorm, lane, ids, w);
+    // the grouping, with every pick's id from its lane's register
+    int below[8] = {0, 0, 0, 0, 0, 0, 0, 0}, hit[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int slot = 0;
+    for (int r = 0; r < k; ++r) {
+        int c = __shfl_sync(0xffffffffu, myi, r);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            below[j] += c < lane + 32 * j;
+            hit[j] += c == lane + 32 * j;
         }
-        counts[e] = hit;
-        offsets[e] = below;
+        slot += c < myi;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        int e = lane + 32 * j;
+        if (e < E) {
+            counts[e] = hit[j];
+            offsets[e] = below[j];
+        }
     }
     if (lane < k) {
-        int c = ids[lane], slot = 0;
-        for (int r = 0; r < k; ++r) slot += ids[r] < c;
         slot_of[lane] = slot;
         slot_token[slot] = 0;
-        slot_expert[slot] = c;
+        slot_expert[slot] = myi;
     }
 }
 

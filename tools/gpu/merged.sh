@@ -1,0 +1,58 @@
+#!/bin/bash
+# GPU run for the decode-step work of issue J (merged one-token launches, matmulw streaming
+# 16-byte pieces): the GPU tests that prove the kernels (merged = separate bit for bit, every
+# matmul kernel against the host, schedules against the CPU full forward, faults); decode
+# timings of the 30B-A3B shape ($LAYERS layers, default 48) with merging on and off
+# (FALSIFIER_CUDA_FUSED=0) and an event-timed per-kernel profile; that shape under CUDA
+# --chunk 8 --decode 16 against the CPU full forward; C-KV-CACHE with the candidate on CUDA;
+# compute-sanitizer on a Q4_K_M MoE (the merged kernels' types) under a schedule and on the
+# graph path. Writes
+# $OUT/merged.tgz. Binaries from tools/gpu/pack.sh in .gpu/.
+set -u
+mkdir -p /work && for w in main wt-gpu; do [ -e /work/$w ] || ln -sfn "$PWD" /work/$w; done
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export FALSIFIER_COMMIT=$(cat .gpu/COMMIT)
+F=.gpu/falsifier; E=/tmp/merged; rm -rf $E; mkdir -p $E
+LAYERS=${LAYERS:-48}; M=/tmp/a3b.gguf
+snap() { (cd /tmp && tar czf $OUT/merged.tgz merged); }
+{ echo "commit: $(cat .gpu/COMMIT)"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader; } | tee $E/card.txt
+P32=151644,872,198,7985,264,3974,3378,304,13027,151645,9,17,300,12,77,1024,5,31,8191,64,3,999,22,511,7,2000,41,6,1500,88,13,700
+( /usr/bin/time -f "gen %e s" $F gen-model --preset qwen3-30b-a3b --quant q4_k_m --layers $LAYERS --seed 1 --out $M > $E/gen.txt 2>&1 ) &
+GEN=$!
+for t in ${TESTS:-merged_launches_equal_separate_ones wide_matmuls_cover_every_tile_position grouped_matmul_kernels_match_host cuda_schedules_match_cpu_full_forward traced_equals_untraced_and_runs_repeat_bitwise cuda_matches_cpu_reference_clean_and_faulted planted_faults_first_diverge_at_their_stage}; do
+  timeout 200 .gpu/lib-tests --include-ignored --test-threads 1 --exact backend::cuda::gpu_tests::$t > $E/test-$t.txt 2>&1
+  echo "test $t rc=$? $(grep 'test result' $E/test-$t.txt | sed 's/; 0 measured.*finished/ in/')"; grep -E "panicked|bit for bit" $E/test-$t.txt | head -3
+done
+snap
+TM=/tmp/tiny-moe-q4km.gguf
+$F gen-model --preset tiny-moe --quant q4_k_m --seed 3 --hidden 256 --heads 4 --kv-heads 2 --head-dim 64 --expert-ffn 256 --vocab 512 --layers 3 --out $TM > $E/gen-tiny.txt 2>&1 || echo "tiny q4_k_m gen failed: $(tail -2 $E/gen-tiny.txt)"
+B="bench --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs 5"
+per() { grep -o 'per token untraced [0-9.]* ms, traced (every stage) [0-9.]* ms' $1; }
+$F $B fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf > $E/tiny-bench.txt 2>&1; echo "tiny merged: $(per $E/tiny-bench.txt)"
+$F $B $TM > $E/tinyq4-bench.txt 2>&1; echo "tiny q4_k_m merged: $(per $E/tinyq4-bench.txt)"
+FALSIFIER_CUDA_FUSED=0 $F $B $TM > $E/tinyq4-bench-separate.txt 2>&1; echo "tiny q4_k_m separate: $(per $E/tinyq4-bench-separate.txt)"
+wait $GEN; echo "gen rc=$? $(tail -1 $E/gen.txt)"
+if [ -f $M ]; then
+  $F $B $M > $E/a3b-bench.txt 2>&1; echo "a3b merged: $(per $E/a3b-bench.txt) $(grep -o 'bandwidth [0-9.]* ms' $E/a3b-bench.txt) $(grep -o 'floor = [0-9.]*x' $E/a3b-bench.txt)"
+  snap
+  FALSIFIER_CUDA_FUSED=0 $F $B $M > $E/a3b-bench-separate.txt 2>&1; echo "a3b separate: $(per $E/a3b-bench-separate.txt)"
+  FALSIFIER_CUDA_GRAPHS=0 $F $B $M > $E/a3b-bench-direct.txt 2>&1; echo "a3b merged, direct launches: $(per $E/a3b-bench-direct.txt)"
+  FALSIFIER_CUDA_PROFILE=1 $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/p.safetensors > $E/a3b-profile.txt 2>&1
+  head -24 $E/a3b-profile.txt
+  snap
+  /usr/bin/time -f "cpu trace %e s" $F trace $M --backend cpu --tokens $P32 --out /tmp/a3b-cpu.safetensors > $E/a3b-cpu.txt 2>&1
+  /usr/bin/time -f "cuda trace %e s" $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --out /tmp/a3b-cuda.safetensors > $E/a3b-cuda.txt 2>&1
+  $F diff /tmp/a3b-cpu.safetensors /tmp/a3b-cuda.safetensors --report-dir $E/a3b-diff > $E/a3b-diff.txt 2>&1
+  echo "a3b diff rc=$? $(grep -iE 'verdict|summary|holds|match' $E/a3b-diff.txt | head -3)"
+fi
+snap
+timeout 120 $F run contracts/kv-cache.yaml --candidate cuda --require-gpu --report-dir $E/kv-cuda > $E/kv-cuda.txt 2>&1
+echo "kv-cache on cuda rc=$? $(tail -1 $E/kv-cuda.txt)"
+for tool in memcheck racecheck; do
+  timeout 60 compute-sanitizer --tool $tool $F trace $TM --backend cuda --tokens 81,119,101,110,51,77,111,69,5,9,12 --chunk 3 --decode 4 --out /tmp/san.safetensors > $E/sanitizer-$tool-q4km.txt 2>&1
+  echo "sanitizer $tool tiny-moe q4_k_m rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-q4km.txt)"
+  timeout 60 compute-sanitizer --tool $tool $F trace $TM --backend cuda --tokens 81,119,101,110,51,77,111,69,5,9,12 --chunk 3 --decode 4 --stages logits --out /tmp/san.safetensors > $E/sanitizer-$tool-q4km-graph.txt 2>&1
+  echo "sanitizer $tool tiny-moe q4_k_m graph rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-q4km-graph.txt)"
+done
+snap
+snap
