@@ -20,9 +20,10 @@
 //!
 //! A one-token step merges launches where a stage's output only feeds the next one (q/k norms
 //! with RoPE and the cache write; router softmax, top-k and grouping; gate, up and SwiGLU; a
-//! projection and its residual add): the merged kernels compute the separate kernels' values
-//! bit for bit, so captures and planted faults see the same stages (a fault planted between
-//! two merged stages turns merging off there).
+//! projection and its residual add; the expert down projections, their combine and layer_out):
+//! the merged kernels compute the separate kernels' values bit for bit, so captures and planted
+//! faults see the same stages (a fault planted between two merged stages turns merging off
+//! there). The q/k launch serves prefill chunks too.
 
 use std::ops::Range;
 
@@ -247,8 +248,9 @@ struct Run<'a> {
     /// first decode position, when the plan keeps logits.
     graph_logits: Option<(u64, usize)>,
     /// Whether stages whose launches can be merged are ([`Device::merged`]: the kernels
-    /// `qk_rope_store` and `moe_route1`, bit for bit what the separate ones compute; the GPU
-    /// test `merged_launches_equal_separate_ones` holds them to it).
+    /// `qk_rope_store`, `moe_route1`, `gate_up_*`, `matmulwr_*` and `down_combine_*`, bit for
+    /// bit what the separate ones compute; the GPU test `merged_launches_equal_separate_ones`
+    /// holds them to it).
     fused: bool,
     /// The step's K/V rows of the layer are in the cache already (written by the merged q/k
     /// launch), so the attention does not write them.

@@ -1544,8 +1544,11 @@ fn merged_launches_equal_separate_ones() {
         // faults that act anywhere, then the cache faults (they need decode steps)
         let mut anywhere = vec![format!("nan[5]@layer.{last}.layer_out")];
         if cuda.dims().moe {
-            anywhere.push(format!("no_topk_renorm@layer.{last}.topk_weights"));
             anywhere.push("expert_swap[0,1]@layer.0.ffn_out".to_string());
+        }
+        if cuda.dims().moe && cuda.dims().norm_topk {
+            // (a router that does not renormalise refuses the fault: it would change nothing)
+            anywhere.push(format!("no_topk_renorm@layer.{last}.topk_weights"));
         }
         let cache = [
             format!("kv_stale@layer.{last}.attn_probs"),
