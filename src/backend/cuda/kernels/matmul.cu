@@ -513,8 +513,9 @@ __device__ __forceinline__ void matvec_body(const u8* __restrict__ W, i64 row_by
 // results differ from matmulv's decode-then-FMA by that factoring's rounding alone (well
 // within f32 accumulation error; the GPU tests hold every kernel to the same bound). The input
 // row is staged in shared memory by the whole block while each lane's first weights are on
-// their way (one DRAM round trip, not one per superblock; H200, 30B-A3B shape: the expert
-// gate/up of a decode step went from ~36 us with matvec_body to ...). F32 rows are read as
+// their way (one DRAM round trip, not one per superblock; H200, 30B-A3B shape, event-timed: a
+// decode step's expert gate and up took ~40 us each through matvec_body, which spilled at the
+// 64-register cap, and take ~15 us together through gate_up below). F32 rows are read as
 // float4. Other types, rows longer than MW_XMAX, and rows or inputs not aligned for these
 // loads take the lane-per-8-values body (matvec_body<TY, 32>).
 
