@@ -21,7 +21,20 @@ static int max(int a, int b) { return a > b ? a : b; }
 static float __shfl_xor_sync(unsigned, float v, int) { return v; }
 static double __shfl_xor_sync(unsigned, double v, int) { return v; }
 static int __shfl_xor_sync(unsigned, int v, int) { return v; }
+static float __shfl_sync(unsigned, float v, int) { return v; }
+static int __shfl_sync(unsigned, int v, int) { return v; }
 static unsigned short f2h(float) { return 0; }
+struct uint4 { unsigned x, y, z, w; };
+template <typename T> static T __ldg(const T* p) { return *p; }
+#define __noinline__ __attribute__((noinline))
+static void __trap() {}
+// byte n of the result is byte (s >> 4n) & 7 of the pair (y:x)
+static unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+    unsigned long long v = ((unsigned long long)y << 32) | x;
+    unsigned r = 0;
+    for (int n = 0; n < 4; ++n) r |= (unsigned)((v >> (8 * ((s >> (4 * n)) & 7))) & 255) << (8 * n);
+    return r;
+}
 #include "../../src/backend/cuda/kernels/grids.cuh"
 #include "../../src/backend/cuda/kernels/common.cuh"
 #include "../../src/backend/cuda/kernels/matmul.cu"

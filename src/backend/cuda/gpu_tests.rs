@@ -1345,6 +1345,34 @@ fn run_scheduled(
         .unwrap_or_else(|e| panic!("forward under {schedule}: {e}"))
 }
 
+/// The golden-set fixtures, then the synthetic tiny presets of every architecture in each of
+/// `quants` (named, with the temporary file that keeps each alive).
+fn fixtures_and_synthetic(
+    quants: &[crate::model::synth::SynthQuant],
+) -> Vec<(String, PathBuf, Option<tempfile_path::TempModel>)> {
+    let mut models: Vec<(String, PathBuf, Option<tempfile_path::TempModel>)> = GOLDEN_SETS
+        .iter()
+        .map(|(dir, model, _)| {
+            (
+                format!("{dir}/{model}"),
+                fixture(&format!("{dir}/{model}")),
+                None,
+            )
+        })
+        .collect();
+    for preset in ["tiny-moe", "tiny-dense", "tiny-llama", "tiny-qwen2moe"] {
+        for &q in quants {
+            let m = synthetic_of(preset, q);
+            models.push((
+                format!("synthetic {preset} {}", q.name()),
+                m.0.clone(),
+                Some(m),
+            ));
+        }
+    }
+    models
+}
+
 /// The CUDA backend under schedules (chunked prefill attending to the cached prefix, decode
 /// steps through the fused one-query kernel, f32 cache) against the CPU reference's full
 /// forward at every stage, on the fixture models and synthetic Q4_K_M / Q8_0 models of four
@@ -1360,26 +1388,7 @@ fn cuda_schedules_match_cpu_full_forward() {
     if skip_if_no_device(super::open_device(0)).is_none() {
         return;
     }
-    let mut models: Vec<(String, PathBuf, Option<tempfile_path::TempModel>)> = GOLDEN_SETS
-        .iter()
-        .map(|(dir, model, _)| {
-            (
-                format!("{dir}/{model}"),
-                fixture(&format!("{dir}/{model}")),
-                None,
-            )
-        })
-        .collect();
-    for preset in ["tiny-moe", "tiny-dense", "tiny-llama", "tiny-qwen2moe"] {
-        for q in [SynthQuant::Q4_K_M, SynthQuant::Q8_0] {
-            let m = synthetic_of(preset, q);
-            models.push((
-                format!("synthetic {preset} {}", q.name()),
-                m.0.clone(),
-                Some(m),
-            ));
-        }
-    }
+    let models = fixtures_and_synthetic(&[SynthQuant::Q4_K_M, SynthQuant::Q8_0]);
     let schedules = [
         Schedule::new(Some(8), 16),
         Schedule::new(Some(3), 5),
@@ -1514,20 +1523,7 @@ fn merged_launches_equal_separate_ones() {
     if skip_if_no_device(super::open_device(0)).is_none() {
         return;
     }
-    let mut models: Vec<(String, PathBuf, Option<tempfile_path::TempModel>)> = GOLDEN_SETS
-        .iter()
-        .map(|(dir, model, _)| {
-            (
-                format!("{dir}/{model}"),
-                fixture(&format!("{dir}/{model}")),
-                None,
-            )
-        })
-        .collect();
-    for preset in ["tiny-moe", "tiny-dense", "tiny-llama", "tiny-qwen2moe"] {
-        let m = synthetic_of(preset, SynthQuant::Q4_K_M);
-        models.push((format!("synthetic {preset} Q4_K_M"), m.0.clone(), Some(m)));
-    }
+    let models = fixtures_and_synthetic(&[SynthQuant::Q4_K_M]);
     let schedules = [
         Schedule::full(),
         Schedule::new(Some(8), 16),

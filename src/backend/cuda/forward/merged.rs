@@ -1,0 +1,340 @@
+//! The merged launches of a one-token step (see the module above: each computes what the
+//! separate kernels do, bit for bit): when a layer may take them, and how they are launched.
+
+use cudarc::driver::{CudaSlice, LaunchConfig};
+
+use super::{Buffers, Run};
+use crate::backend::FaultKind;
+use crate::backend::cuda::device::{Arg, NULL, int};
+use crate::backend::cuda::matmul::merged_matvec_ok;
+use crate::backend::cuda::weights::{DeviceMatrix, kernel_suffix};
+use crate::error::{Error, Result};
+use crate::model::arch::RopePairing;
+use crate::model::quant::GgmlType;
+use crate::trace::stage::{Key, Stage};
+
+/// Rows of at most this many values take the merged expert down + combine launch (one piece
+/// of a row per lane), whose staging holds this many floats (`DC_XMAX` in kernels/matmul.cu).
+const DOWN_COMBINE_MAX_K: usize = 1024;
+const DOWN_COMBINE_STAGED: usize = 8192;
+
+/// The kernel-name suffix of a block type that has kernels.
+fn typed_suffix(ty: GgmlType) -> Result<&'static str> {
+    kernel_suffix(ty).ok_or_else(|| Error::internal(format!("no CUDA kernels for {ty}")))
+}
+
+/// The launch of a merged one-row kernel: a warp per output, 8 a block, `slots` grid layers.
+fn merged_grid(outputs: usize, slots: usize) -> Result<LaunchConfig> {
+    let x = u32::try_from(outputs.div_ceil(8))
+        .map_err(|_| Error::input(format!("{outputs} outputs exceed the launch grid")))?;
+    let z = u32::try_from(slots)
+        .ok()
+        .filter(|&z| z <= 65535)
+        .ok_or_else(|| Error::input(format!("{slots} expert slots exceed the launch grid")))?;
+    Ok(LaunchConfig {
+        grid_dim: (x, 1, z),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// Heads up to this size take the merged q/k norm, RoPE and cache-write launch
+/// (`QK_MAXD` in kernels/attention.cu).
+const QK_MAXD: usize = 512;
+
+/// At most this many experts and top-k take the merged router launch of a one-token step
+/// (`moe_route1`, kernels/moe.cu).
+const ROUTE1_MAX_EXPERTS: usize = 256;
+const ROUTE1_MAX_TOPK: usize = 32;
+
+impl Run<'_> {
+    /// Whether layer `l`'s q/k norms, RoPE and cache write go as one launch: merging is on, no
+    /// fault is planted on those stages (each acts between two of them), and the heads and
+    /// rows fit the kernel.
+    pub(super) fn qk_mergeable(&self, l: usize) -> bool {
+        let d = &self.w.dims;
+        self.fused
+            && d.head_dim <= QK_MAXD
+            && d.head_dim.is_multiple_of(2)
+            && self.n() <= 65535
+            && [Stage::QNorm, Stage::KNorm, Stage::QRope, Stage::KRope]
+                .iter()
+                .all(|&s| self.faults_at(Some(l), s).next().is_none())
+    }
+
+    /// q_norm, k_norm (when the layer has them), q_rope, k_rope and, when the step writes the
+    /// cache before its attention (no planted `kv_stale`), the cache write, in one launch
+    /// (`qk_rope_store`: the separate kernels' arithmetic, bit for bit).
+    pub(super) fn qk_rope_store(
+        &mut self,
+        l: usize,
+        b: &Buffers,
+        norms: Option<&[CudaSlice<f32>; 2]>,
+    ) -> Result<()> {
+        let d = &self.w.dims;
+        let dev = self.dev;
+        let st = self.step;
+        let fault = |k: FaultKind| self.has_fault(Some(l), Stage::AttnProbs, |f| *f == k);
+        let stale = st.is_decode() && fault(FaultKind::KvStale);
+        let shift = st.is_decode() && fault(FaultKind::KvSlotOffByOne);
+        let cache = self.cache.as_ref().filter(|_| !stale);
+        let (kc, vc) = cache.map_or((NULL, NULL), |c| {
+            let (k, v) = c.planes(dev, l);
+            (Arg::Ptr(k), Arg::Ptr(v))
+        });
+        let kernel = if self.cache.as_ref().is_some_and(|c| c.f16) {
+            "qk_rope_store_f16"
+        } else {
+            "qk_rope_store"
+        };
+        let slot0 = st.start as i64 - i64::from(shift);
+        let heads = u32::try_from(d.n_heads + d.n_kv_heads)
+            .map_err(|_| Error::input("too many attention heads"))?;
+        let rows = u32::try_from(self.n()).map_err(|_| Error::input("too many rows"))?;
+        let ptr = |x: &CudaSlice<f32>| Arg::Ptr(dev.ptr(x));
+        dev.launch(
+            kernel,
+            &Key::layer(l, Stage::QRope).to_string(),
+            LaunchConfig {
+                grid_dim: (heads, rows, 1),
+                block_dim: (128, 1, 1),
+                shared_mem_bytes: 0,
+            },
+            &[
+                ptr(&b.q),
+                ptr(&b.k),
+                ptr(&b.v),
+                norms.map_or(NULL, |[qg, _]| ptr(qg)),
+                norms.map_or(NULL, |[_, kg]| ptr(kg)),
+                ptr(&b.qn),
+                ptr(&b.kn),
+                ptr(&b.qr),
+                ptr(&b.kr),
+                Arg::Ptr(dev.ptr(&b.rope_angles)),
+                int(d.n_heads, "heads")?,
+                int(d.n_kv_heads, "kv heads")?,
+                int(d.head_dim, "head_dim")?,
+                Arg::F32(d.eps),
+                Arg::I32(i32::from(d.rope == RopePairing::Adjacent)),
+                int(st.start, "position")?,
+                self.graph_position_arg(),
+                kc,
+                vc,
+                Arg::I32(i32::try_from(slot0).map_err(|_| Error::input("KV slot too large"))?),
+            ],
+        )?;
+        self.kv_written = cache.is_some();
+        Ok(())
+    }
+
+    /// Whether a one-row step may merge the launches of `stages` of layer `l`, whose matrices
+    /// are `mats`: merging is on, the step is one row, no fault is planted on those stages (a
+    /// fault acts between the launches merged), and the matrices suit the merged kernels.
+    pub(super) fn one_row_mergeable(
+        &self,
+        l: usize,
+        stages: &[Stage],
+        mats: &[&DeviceMatrix],
+    ) -> bool {
+        self.fused
+            && self.n() == 1
+            && stages
+                .iter()
+                .all(|&s| self.faults_at(Some(l), s).next().is_none())
+            && self.pair_mergeable(mats)
+    }
+
+    /// Whether `mats` suit the merged one-row kernels, all alike (gate and up go together).
+    pub(super) fn pair_mergeable(&self, mats: &[&DeviceMatrix]) -> bool {
+        let first = mats[0];
+        mats.iter().all(|m| {
+            merged_matvec_ok(self.dev, m)
+                && m.ty == first.ty
+                && m.row_bytes == first.row_bytes
+                && m.rows == first.rows
+                && m.cols == first.cols
+        })
+    }
+
+    /// `y = x · Wᵀ` and `z = r + y` for one row in one launch (`matmulwr_*`).
+    pub(super) fn matvec_residual(
+        &self,
+        key: &str,
+        w: &DeviceMatrix,
+        x: &CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        r: &CudaSlice<f32>,
+        z: &CudaSlice<f32>,
+    ) -> Result<()> {
+        let dev = self.dev;
+        dev.launch(
+            &format!("matmulwr_{}", typed_suffix(w.ty)?),
+            key,
+            merged_grid(w.rows, 1)?,
+            &[
+                Arg::Ptr(dev.ptr(&w.data)),
+                Arg::I64(w.row_bytes as i64),
+                Arg::Ptr(dev.ptr(x)),
+                Arg::Ptr(dev.ptr(y)),
+                int(w.rows, "outputs")?,
+                int(w.cols, "inputs")?,
+                Arg::Ptr(dev.ptr(r)),
+                Arg::Ptr(dev.ptr(z)),
+            ],
+        )
+    }
+
+    /// Gate, up and SwiGLU of a one-token step in one launch (`gate_up_*`): the dense FFN's
+    /// (no slots), or the k expert slots' (`slot_expert`, with the planted expert swap).
+    pub(super) fn gate_up(
+        &self,
+        key: &str,
+        gate: &DeviceMatrix,
+        up: &DeviceMatrix,
+        b: &Buffers,
+        slot_expert: Option<&CudaSlice<i32>>,
+        swap: Option<(usize, usize)>,
+    ) -> Result<()> {
+        let dev = self.dev;
+        let slots = if slot_expert.is_some() {
+            self.w.dims.top_k
+        } else {
+            1
+        };
+        let (sa, sb) = swap.map_or((-1, -1), |(a, b)| (a as i64, b as i64));
+        dev.launch(
+            &format!("gate_up_{}", typed_suffix(gate.ty)?),
+            key,
+            merged_grid(gate.rows, slots)?,
+            &[
+                Arg::Ptr(dev.ptr(&gate.data)),
+                Arg::Ptr(dev.ptr(&up.data)),
+                Arg::I64(gate.row_bytes as i64),
+                Arg::I64((gate.rows * gate.row_bytes) as i64),
+                Arg::Ptr(dev.ptr(&b.ffn_norm)),
+                Arg::Ptr(dev.ptr(&b.gate)),
+                Arg::Ptr(dev.ptr(&b.up)),
+                Arg::Ptr(dev.ptr(&b.act)),
+                int(gate.rows, "outputs")?,
+                int(gate.cols, "inputs")?,
+                slot_expert.map_or(NULL, |s| Arg::Ptr(dev.ptr(s))),
+                Arg::I32(i32::try_from(sa).unwrap_or(-1)),
+                Arg::I32(i32::try_from(sb).unwrap_or(-1)),
+            ],
+        )
+    }
+
+    /// Whether layer `l`'s router softmax, top-k and grouping go as one launch: merging is on,
+    /// the step is one token, the experts and top-k fit the kernel, and no fault other than
+    /// `no_topk_renorm` (an argument) is planted between router_logits and the grouping.
+    pub(super) fn route_mergeable(&self, l: usize) -> bool {
+        let d = &self.w.dims;
+        self.fused
+            && self.n() == 1
+            && d.n_experts <= ROUTE1_MAX_EXPERTS
+            && d.top_k <= ROUTE1_MAX_TOPK
+            && d.top_k <= d.n_experts
+            && [Stage::RouterProbs, Stage::TopkIds, Stage::TopkWeights]
+                .iter()
+                .all(|&s| {
+                    self.faults_at(Some(l), s)
+                        .all(|f| f.kind == FaultKind::NoTopkRenorm)
+                })
+    }
+
+    /// Router softmax, top-k and grouping of a one-token step in one launch (`moe_route1`),
+    /// with the captures of their three stages.
+    pub(super) fn route1(&mut self, l: usize, b: &Buffers, renorm: bool) -> Result<()> {
+        let d = &self.w.dims;
+        let dev = self.dev;
+        let (e, k) = (d.n_experts, d.top_k);
+        let ks = |s: Stage| Key::layer(l, s).to_string();
+        dev.launch(
+            "moe_route1",
+            &ks(Stage::RouterProbs),
+            LaunchConfig {
+                grid_dim: (1, 1, 1),
+                block_dim: (32, 1, 1),
+                shared_mem_bytes: 0,
+            },
+            &[
+                Arg::Ptr(dev.ptr(&b.router_logits)),
+                Arg::Ptr(dev.ptr(&b.router_probs)),
+                Arg::Ptr(dev.ptr(&b.topk_ids)),
+                Arg::Ptr(dev.ptr(&b.topk_w)),
+                int(e, "experts")?,
+                int(k, "top-k")?,
+                Arg::I32(i32::from(renorm)),
+                Arg::Ptr(dev.ptr(&b.counts)),
+                Arg::Ptr(dev.ptr(&b.offsets)),
+                Arg::Ptr(dev.ptr(&b.slot_token)),
+                Arg::Ptr(dev.ptr(&b.slot_of)),
+                Arg::Ptr(dev.ptr(&b.slot_expert)),
+            ],
+        )?;
+        self.done(Some(l), Stage::RouterProbs, &b.router_probs)?;
+        self.capture_i32(Some(l), Stage::TopkIds, &b.topk_ids)?;
+        self.done(Some(l), Stage::TopkWeights, &b.topk_w)?;
+        Ok(())
+    }
+
+    /// Whether layer `l`'s expert down projections, combine and layer_out add go as one launch
+    /// (`down_combine_*`): merging is on, one token, no fault planted on ffn_out but an expert
+    /// swap (an argument) nor on layer_out, and `down` suits the kernel: a merged type, rows of
+    /// at most 1024 values, and the k activation rows fit its staging (`DC_XMAX` floats).
+    pub(super) fn down_mergeable(&self, l: usize, down: &DeviceMatrix) -> bool {
+        let k = self.w.dims.top_k;
+        let padded = match down.ty {
+            GgmlType::Q4_K => down.cols + down.cols / 64 * 4,
+            _ => down.cols + down.cols / 128 * 4,
+        };
+        self.fused
+            && self.n() == 1
+            && self
+                .faults_at(Some(l), Stage::FfnOut)
+                .all(|f| matches!(f.kind, FaultKind::ExpertSwap { .. }))
+            && self.faults_at(Some(l), Stage::LayerOut).next().is_none()
+            && merged_matvec_ok(self.dev, down)
+            && down.cols <= DOWN_COMBINE_MAX_K
+            && k * padded <= DOWN_COMBINE_STAGED
+    }
+
+    /// The k expert down projections, their combine into `b.ffn_out` and layer_out into `b.x`
+    /// in one launch (`down_combine_*`), the planted expert swap an argument.
+    pub(super) fn down_combine(
+        &self,
+        l: usize,
+        b: &Buffers,
+        down: &DeviceMatrix,
+        swap: Option<(usize, usize)>,
+    ) -> Result<()> {
+        let d = &self.w.dims;
+        let dev = self.dev;
+        let (h, k, f) = (d.hidden, d.top_k, d.ffn);
+        let ks = |s: Stage| Key::layer(l, s).to_string();
+        let (sa, sb) = swap.map_or((-1, -1), |(a, b)| (a as i64, b as i64));
+        dev.launch(
+            &format!("down_combine_{}", typed_suffix(down.ty)?),
+            &ks(Stage::FfnOut),
+            merged_grid(h, 1)?,
+            &[
+                Arg::Ptr(dev.ptr(&down.data)),
+                Arg::I64(down.row_bytes as i64),
+                Arg::I64((down.rows * down.row_bytes) as i64),
+                Arg::Ptr(dev.ptr(&b.act)),
+                int(h, "hidden")?,
+                int(f, "expert ffn")?,
+                Arg::Ptr(dev.ptr(&b.topk_ids)),
+                Arg::Ptr(dev.ptr(&b.slot_of)),
+                Arg::Ptr(dev.ptr(&b.topk_w)),
+                int(k, "top-k")?,
+                Arg::I32(i32::try_from(sa).unwrap_or(-1)),
+                Arg::I32(i32::try_from(sb).unwrap_or(-1)),
+                Arg::Ptr(dev.ptr(&b.resid)),
+                Arg::Ptr(dev.ptr(&b.ffn_out)),
+                Arg::Ptr(dev.ptr(&b.x)),
+            ],
+        )?;
+        Ok(())
+    }
+}
