@@ -254,9 +254,6 @@ struct Run<'a> {
     /// bit what the separate ones compute; the GPU test `merged_launches_equal_separate_ones`
     /// holds them to it).
     fused: bool,
-    /// The step's K/V rows of the layer are in the cache already (written by the merged q/k
-    /// launch), so the attention does not write them.
-    kv_written: bool,
     cap: Capture,
 }
 
@@ -552,8 +549,9 @@ impl Run<'_> {
     /// The step's attention at layer `l`: its K/V into the cache (before or, under the planted
     /// `kv_stale`, after the step attends), then its queries over the visible keys: attn_probs
     /// and attn_ctx. The cache faults act on where K/V go and which keys a query sees, as on
-    /// the CPU side (`cpu::kv::CacheUse`).
-    fn attention(&mut self, l: usize, b: &Buffers) -> Result<()> {
+    /// the CPU side (`cpu::kv::CacheUse`). `kv_written`: the merged q/k launch has written the
+    /// step's K/V already.
+    fn attention(&mut self, l: usize, b: &Buffers, kv_written: bool) -> Result<()> {
         let fault = |k: FaultKind| self.has_fault(Some(l), Stage::AttnProbs, |f| *f == k);
         let st = self.step;
         let decode = st.is_decode();
@@ -577,7 +575,7 @@ impl Run<'_> {
             Some(c) => c.planes(self.dev, l),
             None => (self.dev.ptr(&b.kr), self.dev.ptr(&b.v)),
         };
-        if !stale && !self.kv_written {
+        if !stale && !kv_written {
             self.kv_store(l, b, shift)?;
         }
         let probs_key = Key::layer(l, Stage::AttnProbs).to_string();
@@ -741,9 +739,9 @@ impl Run<'_> {
             }
             self.done(Some(l), stage, y)?;
         }
-        self.kv_written = false;
+        let mut kv_written = false;
         if self.qk_mergeable(l) {
-            self.qk_rope_store(l, b, lw.qk_norm.as_ref())?;
+            kv_written = self.qk_rope_store(l, b, lw.qk_norm.as_ref())?;
             if lw.qk_norm.is_some() {
                 self.done(Some(l), Stage::QNorm, &b.qn)?;
                 self.done(Some(l), Stage::KNorm, &b.kn)?;
@@ -766,7 +764,7 @@ impl Run<'_> {
             self.rope(l, Stage::KRope, k_in, &b.kr, &b.rope_angles, nkv)?;
             self.done(Some(l), Stage::KRope, &b.kr)?;
         }
-        self.attention(l, b)?;
+        self.attention(l, b, kv_written)?;
         if self.one_row_mergeable(l, &[Stage::AttnOut, Stage::AttnResidual], &[&lw.o]) {
             self.matvec_residual(
                 &ks(Stage::AttnOut),
@@ -1113,9 +1111,7 @@ impl Run<'_> {
         let slots = n * k;
         // expert gate/up are no stages of the vocabulary: key them under ffn_out, which they
         // produce (planted matmul faults at ffn_out act on the down projection only)
-        // one token: its k slots' gate, up and SwiGLU in one launch (the planted matmul
-        // faults at ffn_out act on the down projection only, so none is in the way)
-        if self.fused && n == 1 && slots < e && self.pair_mergeable(&[gate, up]) {
+        if self.expert_gate_up_mergeable(gate, up) {
             let name = format!("layer.{l}.ffn_out (ffn_gate_exps, ffn_up_exps, SwiGLU)");
             self.gate_up(&name, gate, up, b, Some(&b.slot_expert), swap)?;
         } else {
@@ -1485,7 +1481,6 @@ pub fn forward(
         graph_step: None,
         graph_logits: None,
         fused: dev.merged(),
-        kv_written: false,
         cap,
     };
     let probs_rows =
@@ -1545,8 +1540,9 @@ pub fn forward(
 /// The decode steps of an untraced forward, recorded once into a CUDA graph and replayed for
 /// each step: a decode step is 12 small launches a layer (23 unmerged), whose launch overhead
 /// is much of its time when issued one by one. The graph is the same work (the same kernels,
-/// arguments and order) except that the step's token id and position come from a small device buffer written
-/// before each replay, so a replayed step computes what a direct one does bit for bit.
+/// arguments and order) except that the step's token id and position come from a small device
+/// buffer written before each replay, so a replayed step computes what a direct one does bit
+/// for bit.
 struct DecodeGraph {
     /// The token id and position of the step being replayed, `[2]` i32.
     args: CudaSlice<i32>,

@@ -64,13 +64,14 @@ impl Run<'_> {
 
     /// q_norm, k_norm (when the layer has them), q_rope, k_rope and, when the step writes the
     /// cache before its attention (no planted `kv_stale`), the cache write, in one launch
-    /// (`qk_rope_store`: the separate kernels' arithmetic, bit for bit).
+    /// (`qk_rope_store`: the separate kernels' arithmetic, bit for bit). Returns whether it
+    /// wrote the cache.
     pub(super) fn qk_rope_store(
-        &mut self,
+        &self,
         l: usize,
         b: &Buffers,
         norms: Option<&[CudaSlice<f32>; 2]>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let d = &self.w.dims;
         let dev = self.dev;
         let st = self.step;
@@ -123,8 +124,16 @@ impl Run<'_> {
                 Arg::I32(i32::try_from(slot0).map_err(|_| Error::input("KV slot too large"))?),
             ],
         )?;
-        self.kv_written = cache.is_some();
-        Ok(())
+        Ok(cache.is_some())
+    }
+
+    /// Whether a one-token step's expert gate, up and SwiGLU go as one launch over its k
+    /// slots: merging is on and both matrices suit the kernel. No fault stands in the way: the
+    /// matmul faults planted at ffn_out act on the down projection, the expert swap is an
+    /// argument.
+    pub(super) fn expert_gate_up_mergeable(&self, gate: &DeviceMatrix, up: &DeviceMatrix) -> bool {
+        let d = &self.w.dims;
+        self.fused && self.n() == 1 && d.top_k < d.n_experts && self.pair_mergeable(&[gate, up])
     }
 
     /// Whether a one-row step may merge the launches of `stages` of layer `l`, whose matrices
