@@ -228,6 +228,12 @@ pub struct Device {
     /// [`Device::set_merged`]): the merged kernels compute what the separate ones do, bit for
     /// bit, and the switch is there to prove it and to time one against the other.
     merged: std::sync::atomic::AtomicBool,
+    /// Whether kernels are launched with programmatic dependent launch (compute capability 9.0
+    /// and later; `FALSIFIER_CUDA_PDL=0` turns it off; [`Device::set_pdl`]): a kernel may then
+    /// be scheduled while the one before it finishes, prefetch its weights, and wait in
+    /// `pdl_wait()` (common.cuh) for that one's results. The same work in the same order: only
+    /// the gaps between kernels change.
+    pdl: std::sync::atomic::AtomicBool,
 }
 
 /// One timed launch or copy: two events around it on the stream.
@@ -331,6 +337,9 @@ impl Device {
             merged: std::sync::atomic::AtomicBool::new(
                 std::env::var("FALSIFIER_CUDA_FUSED").map_or(true, |v| v.trim() != "0"),
             ),
+            pdl: std::sync::atomic::AtomicBool::new(
+                major >= 9 && std::env::var("FALSIFIER_CUDA_PDL").map_or(true, |v| v.trim() != "0"),
+            ),
         })
     }
 
@@ -357,6 +366,21 @@ impl Device {
     /// Merge launches from now on, or launch every stage on its own.
     pub fn set_merged(&self, on: bool) {
         self.merged.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether kernels are launched with programmatic dependent launch (see the field).
+    pub fn pdl(&self) -> bool {
+        self.pdl.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Launch with programmatic dependent launch from now on (where the card has it), or not.
+    pub fn set_pdl(&self, on: bool) {
+        let able = self
+            .ctx
+            .compute_capability()
+            .is_ok_and(|(major, _)| major >= 9);
+        self.pdl
+            .store(on && able, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Turn per-launch timing on (from now, for later [`Device::take_profile`]) or off.
@@ -481,23 +505,29 @@ impl Device {
 
     fn launch_now(&self, kernel: &str, stage: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         let f = self.function(kernel, stage)?;
-        let mut b = self.stream.launch_builder(&f);
-        for a in args {
-            match a {
-                Arg::Ptr(p) => b.arg(p),
-                Arg::I32(v) => b.arg(v),
-                Arg::I64(v) => b.arg(v),
-                Arg::F32(v) => b.arg(v),
-            };
-        }
-        // SAFETY: argument lists match the kernels' signatures (checked by the GPU tests);
-        // every pointer refers to a live allocation sized by the caller for this launch.
-        unsafe { b.launch(cfg) }.map_err(|e| {
+        let failed = |e: String| {
             Error::internal(format!(
-                "CUDA kernel {kernel} failed to launch at stage {stage}: {e:?} (grid {:?}, block {:?})",
+                "CUDA kernel {kernel} failed to launch at stage {stage}: {e} (grid {:?}, block {:?})",
                 cfg.grid_dim, cfg.block_dim
             ))
-        })?;
+        };
+        if self.pdl() {
+            self.launch_pdl(&f, cfg, args)
+                .map_err(|e| failed(format!("{e:?}")))?;
+        } else {
+            let mut b = self.stream.launch_builder(&f);
+            for a in args {
+                match a {
+                    Arg::Ptr(p) => b.arg(p),
+                    Arg::I32(v) => b.arg(v),
+                    Arg::I64(v) => b.arg(v),
+                    Arg::F32(v) => b.arg(v),
+                };
+            }
+            // SAFETY: argument lists match the kernels' signatures (checked by the GPU tests);
+            // every pointer refers to a live allocation sized by the caller for this launch.
+            unsafe { b.launch(cfg) }.map_err(|e| failed(format!("{e:?}")))?;
+        }
         if self.sync_each {
             self.stream.synchronize().map_err(|e| {
                 Error::internal(format!(
@@ -506,6 +536,58 @@ impl Device {
             })?;
         }
         Ok(())
+    }
+
+    /// Launch `f` with the programmatic-stream-serialization attribute (`cuLaunchKernelEx`):
+    /// it may be scheduled before the kernel ahead of it on the stream has finished; every
+    /// kernel waits for that one in `pdl_wait()` before it touches what another kernel wrote.
+    /// Recorded into a CUDA graph, the attribute becomes a programmatic edge.
+    fn launch_pdl(
+        &self,
+        f: &CudaFunction,
+        cfg: LaunchConfig,
+        args: &[Arg],
+    ) -> std::result::Result<(), cudarc::driver::DriverError> {
+        use cudarc::driver::sys;
+        self.ctx.bind_to_thread()?;
+        // the driver reads each argument through its address, during the call only
+        let mut params: Vec<*mut std::ffi::c_void> = args
+            .iter()
+            .map(|a| match a {
+                Arg::Ptr(p) => p as *const u64 as *mut std::ffi::c_void,
+                Arg::I32(v) => v as *const i32 as *mut std::ffi::c_void,
+                Arg::I64(v) => v as *const i64 as *mut std::ffi::c_void,
+                Arg::F32(v) => v as *const f32 as *mut std::ffi::c_void,
+            })
+            .collect();
+        // SAFETY: a zeroed launch attribute is a valid value of the C union; the field set is
+        // the one the attribute id names.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: as in the plain launch (argument lists match the kernels' signatures, every
+        // pointer is a live allocation); `params` and `attr` outlive the call.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
     }
 
     /// A zeroed device buffer of `n` elements.
@@ -686,6 +768,36 @@ mod tests {
                 "kernel {name} is defined but not in KERNELS"
             );
         }
+    }
+
+    /// Every kernel waits for the one before it (`pdl_wait()`, common.cuh) before its first
+    /// statement that is not a weight prefetch: under programmatic dependent launch a kernel
+    /// that read or wrote before the wait would race the kernel ahead of it, silently, and
+    /// only on a GPU. Macro-made kernels (the typed families) are checked the same way.
+    #[test]
+    fn every_kernel_waits_for_the_one_before() {
+        let mut checked = 0;
+        for src in SOURCES {
+            for (at, _) in src.match_indices("__global__") {
+                // the body: after the first `{` that follows the parameter list
+                let open = src[at..].find('{').map(|i| at + i + 1).unwrap();
+                let body = src[open..].replace('\\', "");
+                let wait = body
+                    .find("pdl_wait();")
+                    .unwrap_or_else(|| panic!("kernel at {}: no pdl_wait()", &src[at..open]));
+                let before = &body[..wait];
+                for stmt in before.split(';') {
+                    let stmt = stmt.trim();
+                    assert!(
+                        stmt.is_empty() || stmt == "}" || stmt.contains("prefetch("),
+                        "kernel {}: `{stmt}` before pdl_wait()",
+                        &src[at..open]
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked >= 35, "{checked} kernels checked");
     }
 
     /// Every block type's module instantiates a decoder that exists (`T_Q4_K` is defined in

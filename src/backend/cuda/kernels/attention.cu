@@ -361,6 +361,7 @@ __device__ __forceinline__ void attn_tile_scores_t(const float* __restrict__ q,
 extern "C" __global__ void __launch_bounds__(ATT_THREADS)
     attn_softmax_rows(float* __restrict__ probs, int T, int lookahead, int q0, int QN,
                       int kfirst, int kend) {
+    pdl_wait();
     __shared__ double red[ATT_THREADS / 32];
     int i = q0 + blockIdx.x, h = blockIdx.y;
     int end = last_key(i, kend, lookahead) + 1;
@@ -505,39 +506,46 @@ __device__ __forceinline__ void attn_ctx_tiled_t(const float* __restrict__ probs
     extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                   \
         attn_probs##SUF(const float* __restrict__ q, const KV* __restrict__ k,                  \
                         float* __restrict__ probs, ATT_DIMS) {                                  \
+        pdl_wait();                                                                             \
         attn_probs_t<KV>(q, k, probs, ATT_PASS);                                                \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                   \
         attn_ctx##SUF(const float* __restrict__ probs, const KV* __restrict__ v,                \
                       float* __restrict__ ctx, ATT_DIMS) {                                      \
+        pdl_wait();                                                                             \
         attn_ctx_t<KV>(probs, v, ctx, ATT_PASS);                                                \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(ATT_THREADS)                                   \
         attn_fused##SUF(const float* __restrict__ q, const KV* __restrict__ k,                  \
                         const KV* __restrict__ v, float* __restrict__ probs,                    \
                         float* __restrict__ ctx, const int* __restrict__ posp, ATT_DIMS) {      \
+        pdl_wait();                                                                             \
         attn_fused_t<KV>(q, k, v, probs, ctx, posp, ATT_PASS);                                  \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS)                              \
         attn_tile_scores##SUF(const float* __restrict__ q, const KV* __restrict__ k,            \
                               float* __restrict__ probs, ATT_DIMS) {                            \
+        pdl_wait();                                                                             \
         attn_tile_scores_t<KV>(q, k, probs, ATT_PASS);                                          \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(ATT_TILE_THREADS, 2)                           \
         attn_ctx_tiled##SUF(const float* __restrict__ probs, const KV* __restrict__ v,          \
                             float* __restrict__ ctx, ATT_DIMS) {                                \
+        pdl_wait();                                                                             \
         attn_ctx_tiled_t<KV>(probs, v, ctx, ATT_PASS);                                          \
     }                                                                                           \
     extern "C" __global__ void kv_store##SUF(const float* __restrict__ k,                       \
                                              const float* __restrict__ v, KV* __restrict__ kc,  \
                                              KV* __restrict__ vc, int rows, int row,            \
                                              int slot0, const int* __restrict__ slotp) {        \
+        pdl_wait();                                                                             \
         kv_store_t<KV>(k, v, kc, vc, rows, row, slot0, slotp);                                  \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(RED_THREADS) qk_rope_store##SUF(               \
         const float* q, const float* k, const float* v, const float* qg, const float* kg,       \
         float* qn, float* kn, float* qr, float* kr, const double2* tab, int nh, int nkv, int D,  \
         float eps, int adjacent, int pos0, const int* posp, KV* kc, KV* vc, int slot0) {        \
+        pdl_wait();                                                                             \
         qk_rope_store_t<KV>(q, k, v, qg, kg, qn, kn, qr, kr, tab, nh, nkv, D, eps, adjacent,    \
                             pos0, posp, kc, vc, slot0);                                         \
     }

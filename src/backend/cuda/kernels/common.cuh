@@ -32,6 +32,31 @@ __device__ __forceinline__ u16 f2h(float f) {
 }
 #endif
 
+// Programmatic dependent launch (sm_90 and later; the host sets the launch attribute there
+// only). A kernel so launched may start while the kernel before it on the stream still runs:
+// every kernel calls pdl_wait() before it reads or writes anything another kernel touches,
+// and only prefetches constant weights before that (pdl_prefetch_rows). pdl_wait() also lets the
+// next kernel be scheduled: it can then start its own prologue while this one runs, but never
+// runs past its own pdl_wait() before this kernel has completed and its writes are visible. On
+// older cards and under a plain launch both are no-ops. (tests: every kernel's body starts so,
+// device.rs every_kernel_waits_for_the_one_before)
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Bytes [p, p + bytes) of constant weights towards L2, one 128-byte line per thread and step:
+// what a matvec block will read, requested while the kernel before it still runs.
+__device__ __forceinline__ void pdl_prefetch(const void* p, i64 bytes) {
+#if defined(__CUDA_ARCH__)
+    const char* b = (const char*)p;
+    for (i64 o = 128LL * threadIdx.x; o < bytes; o += 128LL * blockDim.x)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(b + o));
+#endif
+}
+
 // Block fields sit at even offsets but blocks of 18/22/34/210 bytes break wider alignment:
 // assemble them byte by byte.
 __device__ __forceinline__ float ldh(const u8* p) { return h2f((u16)p[0] | ((u16)p[1] << 8)); }

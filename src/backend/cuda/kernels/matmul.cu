@@ -904,6 +904,7 @@ __device__ __forceinline__ void down_combine_body(
 // fixed order.
 extern "C" __global__ void sum_splits(const float* __restrict__ parts, float* __restrict__ y,
                                       i64 n, int splits) {
+    pdl_wait();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     float s = parts[i];
@@ -930,6 +931,7 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
                              float* Y, int N, int K, int T, const int* counts,                 \
                              const int* offsets, const int* in_rows, int swap_a, int swap_b,   \
                              int kspan, const int* zmap) {                                      \
+        pdl_wait();                                                                             \
         int cnt = mm_count(counts, offsets, zmap, T);                                           \
         for (int t0 = blockIdx.y * BT; t0 < cnt; t0 += gridDim.y * BT)                          \
             matmul_tile<TY, BT>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets,    \
@@ -942,11 +944,23 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
                               float* Y, int N, int K, int T, const int* counts,                \
                               const int* offsets, const int* in_rows, int swap_a, int swap_b,  \
                               int kspan, const int* zmap) {                                     \
+        pdl_wait();                                                                             \
         int cnt = mm_count(counts, offsets, zmap, T);                                           \
         for (int t0 = blockIdx.y * 64; t0 < cnt; t0 += gridDim.y * 64)                          \
             matmul_tall_tile<TY, BN>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts,        \
                                      offsets, in_rows, swap_a, swap_b, kspan, t0, zmap);        \
     }
+
+// Before pdl_wait(): the weight rows of one one-row matvec block (rows 8 blockIdx.x .. + 7 of
+// the matrix that expert 0 maps to, as matvec_warp maps it) towards L2. Only where the rows do
+// not depend on the kernel before: never an expert's (the routing picks it), and not split.
+__device__ __forceinline__ void mw_prefetch(const u8* W, i64 row_bytes, i64 expert_bytes, int N,
+                                            int swap_a, int swap_b) {
+    int n0 = blockIdx.x * (MM_THREADS / 32), rows = min(MM_THREADS / 32, N - n0);
+    int we = 0 == swap_a ? swap_b : (0 == swap_b ? swap_a : 0);
+    if (rows > 0)
+        pdl_prefetch(W + (i64)we * expert_bytes + (i64)n0 * row_bytes, (i64)rows * row_bytes);
+}
 
 // A block type's family: every matmul variant and the gather. Not instantiated here: the host
 // compiles one module per block type a model uses, instantiating only that type
@@ -962,6 +976,7 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
                        int N, int K, int T, const int* counts, const int* offsets,              \
                        const int* in_rows, int swap_a, int swap_b, int kspan,                   \
                        const int* zmap) {                                                       \
+        pdl_wait();                                                                             \
         matvec_body<TY, 4>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets,         \
                            in_rows, swap_a, swap_b, kspan, zmap);                               \
     }                                                                                           \
@@ -970,18 +985,28 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
                        int N, int K, int T, const int* counts, const int* offsets,              \
                        const int* in_rows, int swap_a, int swap_b, int kspan,                   \
                        const int* zmap) {                                                       \
+        if (!counts && gridDim.z == 1)                                                          \
+            mw_prefetch(W, row_bytes, expert_bytes, N, swap_a, swap_b);                         \
+        pdl_wait();                                                                             \
         matvec_warp<TY>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets, in_rows,   \
                         swap_a, swap_b, kspan, zmap);                                           \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         matmulwr_##NAME(const u8* W, i64 row_bytes, const float* X, float* Y, int N, int K,     \
                         const float* R, float* Z) {                                             \
+        mw_prefetch(W, row_bytes, 0, N, -1, -1);                                                \
+        pdl_wait();                                                                             \
         matvec_res_body<TY>(W, row_bytes, X, Y, N, K, R, Z);                                    \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         gate_up_##NAME(const u8* Wg, const u8* Wu, i64 row_bytes, i64 expert_bytes,             \
                        const float* X, float* G, float* U, float* A, int N, int K,              \
                        const int* slot_expert, int swap_a, int swap_b) {                        \
+        if (!slot_expert) {                                                                     \
+            mw_prefetch(Wg, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
+            mw_prefetch(Wu, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
+        }                                                                                       \
+        pdl_wait();                                                                             \
         gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slot_expert,        \
                          swap_a, swap_b);                                                       \
     }                                                                                           \
@@ -990,10 +1015,12 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
                             int N, int K, const int* ids, const int* slot_of, const float* wts, \
                             int k, int swap_a, int swap_b, const float* res, float* out,        \
                             float* lout) {                                                      \
+        pdl_wait();                                                                             \
         down_combine_body<TY>(W, row_bytes, expert_bytes, act, N, K, ids, slot_of, wts, k,      \
                               swap_a, swap_b, res, out, lout);                                  \
     }                                                                                           \
     extern "C" __global__ void gather_##NAME(const u8* W, i64 row_bytes, const int* ids,        \
                                              float* out, int rows, int H) {                     \
+        pdl_wait();                                                                             \
         gather_body<TY>(W, row_bytes, ids, out, rows, H);                                       \
     }

@@ -8,6 +8,7 @@
 // sum is the same double), and the lanes write the quotients.
 extern "C" __global__ void softmax_rows(const float* __restrict__ x, float* __restrict__ y,
                                         int rows, int n) {
+    pdl_wait();
     extern __shared__ double sm_exp[];
     __shared__ double sm_sum;
     int r = blockIdx.x, lane = threadIdx.x;
@@ -116,6 +117,7 @@ __device__ __forceinline__ void topk_small(const float* __restrict__ p, int* __r
 
 extern "C" __global__ void topk(const float* __restrict__ probs, int* __restrict__ ids,
                                 float* __restrict__ w, int T, int E, int k, int renorm) {
+    pdl_wait();
     int t = blockIdx.x, lane = threadIdx.x;
     if (t >= T) return;
     const float* p = probs + (i64)t * E;
@@ -167,6 +169,7 @@ extern "C" __global__ void moe_route1(const float* __restrict__ x, float* __rest
                                       int renorm, int* __restrict__ counts,
                                       int* __restrict__ offsets, int* __restrict__ slot_token,
                                       int* __restrict__ slot_of, int* __restrict__ slot_expert) {
+    pdl_wait();
     __shared__ double ex[256];
     __shared__ double sum;
     int lane = threadIdx.x;
@@ -233,6 +236,7 @@ extern "C" __global__ void __launch_bounds__(GROUP_THREADS)
     moe_group(const int* __restrict__ ids, int T, int k, int E, int* __restrict__ counts,
               int* __restrict__ offsets, int* __restrict__ slot_token,
               int* __restrict__ slot_of, int* __restrict__ slot_expert) {
+    pdl_wait();
     __shared__ int warp_n[GROUP_THREADS / 32];
     __shared__ int red_lt[GROUP_THREADS / 32], red_eq[GROUP_THREADS / 32];
     int e = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -289,6 +293,7 @@ extern "C" __global__ void moe_combine(const float* __restrict__ down,
                                        const int* __restrict__ slot_of,
                                        const float* __restrict__ w, float* __restrict__ out,
                                        int T, int k, int H) {
+    pdl_wait();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (i64)T * H) return;
     int t = (int)(i / H), h = (int)(i % H);

@@ -27,6 +27,7 @@ __device__ __forceinline__ double block_sum(double v, double* red) {
 extern "C" __global__ void __launch_bounds__(RED_THREADS)
     rms_norm(const float* __restrict__ x, const float* __restrict__ g, float* __restrict__ y,
              int n, float eps) {
+    pdl_wait();
     __shared__ double red[RED_THREADS / 32];
     const float* xr = x + (i64)blockIdx.x * n;
     float* yr = y + (i64)blockIdx.x * n;
@@ -43,6 +44,7 @@ extern "C" __global__ void __launch_bounds__(RED_THREADS)
 // rope_freqs; factors NULL for none), all in f64 (the costly part of RoPE).
 extern "C" __global__ void rope_table(double2* __restrict__ tab, int T, int D, float theta,
                                       const float* __restrict__ factors) {
+    pdl_wait();
     int half = D / 2;
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (i64)T * half) return;
@@ -62,6 +64,7 @@ extern "C" __global__ void rope_table(double2* __restrict__ tab, int T, int D, f
 extern "C" __global__ void rope(const float* __restrict__ x, float* __restrict__ y,
                                 const double2* __restrict__ tab, int n, int heads, int D,
                                 int adjacent, int pos0, const int* __restrict__ posp) {
+    pdl_wait();
     int half = D / 2;
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= (i64)n * heads * half) return;
@@ -81,12 +84,14 @@ extern "C" __global__ void rope(const float* __restrict__ x, float* __restrict__
 // y[r, c] += b[c] for the rows of y [rows, n]: a projection's bias (qwen2), one f32 rounding.
 extern "C" __global__ void add_bias_rows(float* __restrict__ y, const float* __restrict__ b,
                                          i64 rows, int n) {
+    pdl_wait();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < rows * n) y[i] = y[i] + b[i % n];
 }
 
 // y[i] = sigmoid(x[i]) in f64, rounded once: the shared expert's gate (qwen2moe).
 extern "C" __global__ void sigmoid(const float* __restrict__ x, float* __restrict__ y, i64 n) {
+    pdl_wait();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = (float)(1.0 / (1.0 + exp(-(double)x[i])));
 }
@@ -94,12 +99,14 @@ extern "C" __global__ void sigmoid(const float* __restrict__ x, float* __restric
 // x[r, c] *= g[r] for x [rows, n]: the shared expert's output scaled by its gate.
 extern "C" __global__ void scale_rows(float* __restrict__ x, const float* __restrict__ g,
                                       i64 rows, int n) {
+    pdl_wait();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < rows * n) x[i] = x[i] * g[i / n];
 }
 
 // y[i] += b[i] in place (the shared expert added to the routed experts' sum).
 extern "C" __global__ void accumulate(float* __restrict__ y, const float* __restrict__ b, i64 n) {
+    pdl_wait();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = y[i] + b[i];
 }
@@ -107,6 +114,7 @@ extern "C" __global__ void accumulate(float* __restrict__ y, const float* __rest
 // Residual add, one f32 rounding per element.
 extern "C" __global__ void add(const float* __restrict__ a, const float* __restrict__ b,
                                float* __restrict__ y, i64 n) {
+    pdl_wait();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) y[i] = a[i] + b[i];
 }
@@ -114,6 +122,7 @@ extern "C" __global__ void add(const float* __restrict__ a, const float* __restr
 // SwiGLU: silu(gate) * up, in f64, rounded once.
 extern "C" __global__ void silu_mul(const float* __restrict__ gate, const float* __restrict__ up,
                                     float* __restrict__ y, i64 n) {
+    pdl_wait();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     double g = gate[i];
@@ -122,6 +131,7 @@ extern "C" __global__ void silu_mul(const float* __restrict__ gate, const float*
 
 // Planted scale_drift: x *= f (f = 1 + eps, rounded to f32 on the host).
 extern "C" __global__ void scale_inplace(float* __restrict__ x, i64 n, float f) {
+    pdl_wait();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) x[i] = x[i] * f;
 }
@@ -130,12 +140,14 @@ extern "C" __global__ void scale_inplace(float* __restrict__ x, i64 n, float f) 
 // graph keeps its logits row where the host copies all decode rows from at the end.
 extern "C" __global__ void store_row_at(const float* __restrict__ src, float* __restrict__ dst,
                                         i64 len, const int* __restrict__ posp, int row0) {
+    pdl_wait();
     i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (i < len) dst[(i64)(*posp - row0) * len + i] = src[i];
 }
 
 // Planted nan: one element becomes NaN.
 extern "C" __global__ void set_nan(float* __restrict__ x, i64 idx) {
+    pdl_wait();
     if (blockIdx.x == 0 && threadIdx.x == 0) x[idx] = __int_as_float(0x7fc00000);
 }
 
@@ -146,6 +158,7 @@ extern "C" __global__ void set_nan(float* __restrict__ x, i64 idx) {
 // Rust's `as i8` does on the CPU side. One thread per (row, block).
 extern "C" __global__ void round_q8_0(const float* __restrict__ x, float* __restrict__ y,
                                       int rows, int K) {
+    pdl_wait();
     int per_row = (K + 31) / 32;
     i64 blk = (i64)blockIdx.x * blockDim.x + threadIdx.x;
     if (blk >= (i64)rows * per_row) return;
