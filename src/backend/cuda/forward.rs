@@ -717,23 +717,41 @@ impl Run<'_> {
         } else {
             std::mem::swap(&mut b.x, &mut b.layer_in);
         }
-        self.rms_norm(
-            &ks(Stage::AttnNorm),
-            &b.layer_in,
-            &lw.attn_norm,
-            &b.attn_norm,
-            n,
-            h,
-        )?;
-        self.done(Some(l), Stage::AttnNorm, &b.attn_norm)?;
         let r = &b.rounded;
         let projections = [
             (Stage::QProj, &lw.q, &b.q, nh),
             (Stage::KProj, &lw.k, &b.k, nkv),
             (Stage::VProj, &lw.v, &b.v, nkv),
         ];
-        for (j, (stage, wt, y, heads)) in projections.into_iter().enumerate() {
-            self.matmul(Some(l), stage, wt, &b.attn_norm, n, y, r, None)?;
+        let mats = projections.map(|p| (p.0, p.1));
+        if let Some(groups) = self.norm_matvec_groups(l, Stage::AttnNorm, &mats) {
+            // attn_norm folded into the projections' launches (the first writes it)
+            for (gi, g) in groups.iter().enumerate() {
+                let ms: Vec<_> = g
+                    .iter()
+                    .map(|&j| (projections[j].1, projections[j].2))
+                    .collect();
+                let key = ks(projections[g[0]].0);
+                let norm = (gi == 0).then_some((&lw.attn_norm, &b.attn_norm));
+                let x = if gi == 0 { &b.layer_in } else { &b.attn_norm };
+                self.norm_matvecs(&key, x, norm, &ms)?;
+            }
+            self.done(Some(l), Stage::AttnNorm, &b.attn_norm)?;
+        } else {
+            self.rms_norm(
+                &ks(Stage::AttnNorm),
+                &b.layer_in,
+                &lw.attn_norm,
+                &b.attn_norm,
+                n,
+                h,
+            )?;
+            self.done(Some(l), Stage::AttnNorm, &b.attn_norm)?;
+            for (stage, wt, y, _) in projections {
+                self.matmul(Some(l), stage, wt, &b.attn_norm, n, y, r, None)?;
+            }
+        }
+        for (j, (stage, _, y, heads)) in projections.into_iter().enumerate() {
             if let Some(bias) = &lw.qkv_bias {
                 self.add_bias_rows(&ks(stage), y, &bias[j], n, heads * hd)?;
             }
@@ -796,14 +814,30 @@ impl Run<'_> {
             )?;
         }
         self.done(Some(l), Stage::AttnResidual, &b.resid)?;
-        self.rms_norm(
-            &ks(Stage::FfnNorm),
-            &b.resid,
-            &lw.ffn_norm,
-            &b.ffn_norm,
-            n,
-            h,
-        )?;
+        // an MoE router takes ffn_norm folded into its launch (which writes it) when it may
+        let router_with_norm = match &lw.ffn {
+            FfnWeights::Moe { router, .. } => self
+                .norm_matvec_groups(l, Stage::FfnNorm, &[(Stage::RouterLogits, router)])
+                .map(|_| router),
+            FfnWeights::Dense { .. } => None,
+        };
+        if let Some(router) = router_with_norm {
+            self.norm_matvecs(
+                &ks(Stage::RouterLogits),
+                &b.resid,
+                Some((&lw.ffn_norm, &b.ffn_norm)),
+                &[(router, &b.router_logits)],
+            )?;
+        } else {
+            self.rms_norm(
+                &ks(Stage::FfnNorm),
+                &b.resid,
+                &lw.ffn_norm,
+                &b.ffn_norm,
+                n,
+                h,
+            )?;
+        }
         self.done(Some(l), Stage::FfnNorm, &b.ffn_norm)?;
         // the merged expert down projection writes layer_out with ffn_out
         let mut layer_out_written = false;
@@ -840,7 +874,9 @@ impl Run<'_> {
                 down,
                 shared,
             } => {
-                layer_out_written = self.moe(l, b, router, gate, up, down, shared.is_none())?;
+                let logits_done = router_with_norm.is_some();
+                layer_out_written =
+                    self.moe(l, b, router, gate, up, down, shared.is_none(), logits_done)?;
                 if let Some(s) = shared {
                     self.shared_expert(l, b, s)?;
                     self.dev.launch(
@@ -967,9 +1003,10 @@ impl Run<'_> {
         )
     }
 
-    /// Router, top-k, grouped expert SwiGLU and the weighted combine into `b.ffn_out`; when
-    /// the experts are the `last` part of the FFN (no shared expert), a one-token step may also
-    /// write layer_out (`b.x`) in the same launch: returns whether it did.
+    /// Router (unless `logits_done`: the launch that folded ffn_norm in made the logits),
+    /// top-k, grouped expert SwiGLU and the weighted combine into `b.ffn_out`; when the experts
+    /// are the `last` part of the FFN (no shared expert), a one-token step may also write
+    /// layer_out (`b.x`) in the same launch: returns whether it did.
     #[allow(clippy::too_many_arguments)]
     fn moe(
         &mut self,
@@ -980,20 +1017,23 @@ impl Run<'_> {
         up: &DeviceMatrix,
         down: &DeviceMatrix,
         last: bool,
+        logits_done: bool,
     ) -> Result<bool> {
         let d = &self.w.dims;
         let n = self.n();
         let r = &b.rounded;
-        self.matmul(
-            Some(l),
-            Stage::RouterLogits,
-            router,
-            &b.ffn_norm,
-            n,
-            &b.router_logits,
-            r,
-            None,
-        )?;
+        if !logits_done {
+            self.matmul(
+                Some(l),
+                Stage::RouterLogits,
+                router,
+                &b.ffn_norm,
+                n,
+                &b.router_logits,
+                r,
+                None,
+            )?;
+        }
         self.done(Some(l), Stage::RouterLogits, &b.router_logits)?;
         let renorm = d.norm_topk
             && !self.has_fault(Some(l), Stage::TopkWeights, |k| {

@@ -345,6 +345,7 @@ pub fn type_kernel_names(suffix: &str) -> Vec<String> {
         .chain([
             format!("gather_{suffix}"),
             format!("matmulwr_{suffix}"),
+            format!("matmulwn_{suffix}"),
             format!("gate_up_{suffix}"),
             format!("down_combine_{suffix}"),
         ])
@@ -369,6 +370,18 @@ pub fn merged_matvec_ok(dev: &Device, w: &DeviceMatrix) -> bool {
         && w.row_bytes.is_multiple_of(align)
         && expert_bytes.is_multiple_of(align)
         && dev.ptr(&w.data).is_multiple_of(align as u64)
+}
+
+/// Whether `w` can go through the norm-folding one-row kernel (`matmulwn_*`): what
+/// [`merged_matvec_ok`] allows, or F32 rows of a multiple of 4 values within the staged input,
+/// 16-byte aligned (its float4 loads).
+pub fn norm_matvec_ok(dev: &Device, w: &DeviceMatrix) -> bool {
+    merged_matvec_ok(dev, w)
+        || (w.ty == GgmlType::F32
+            && w.cols.is_multiple_of(4)
+            && w.cols <= MERGED_MAX_K
+            && w.row_bytes.is_multiple_of(16)
+            && dev.ptr(&w.data).is_multiple_of(16))
 }
 
 #[cfg(test)]

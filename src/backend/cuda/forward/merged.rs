@@ -6,7 +6,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use super::{Buffers, Run};
 use crate::backend::FaultKind;
 use crate::backend::cuda::device::{Arg, NULL, int};
-use crate::backend::cuda::matmul::merged_matvec_ok;
+use crate::backend::cuda::matmul::{merged_matvec_ok, norm_matvec_ok};
 use crate::backend::cuda::weights::{DeviceMatrix, kernel_suffix};
 use crate::error::{Error, Result};
 use crate::model::arch::RopePairing;
@@ -46,6 +46,8 @@ const QK_MAXD: usize = 512;
 /// (`moe_route1`, kernels/moe.cu).
 const ROUTE1_MAX_EXPERTS: usize = 256;
 const ROUTE1_MAX_TOPK: usize = 32;
+/// Its threads, one per expert (`ROUTE1_THREADS`).
+const ROUTE1_THREADS: u32 = 256;
 
 impl Run<'_> {
     /// Whether layer `l`'s q/k norms, RoPE and cache write go as one launch: merging is on, no
@@ -165,6 +167,91 @@ impl Run<'_> {
         })
     }
 
+    /// How a one-token step's `norm` stage and the matvecs that read it (`mats`, with their
+    /// stages) go as norm-folding launches (`matmulwn_*`): one launch per block type, in the
+    /// order of first appearance, the first computing the norm (and writing its stage), the
+    /// others reading it. None when they may not: merging off, more than one row, a fault
+    /// planted on any of those stages (each acts between two launches), a matrix the kernel
+    /// cannot take, or a norm width other than the matrices' inputs.
+    pub(super) fn norm_matvec_groups(
+        &self,
+        l: usize,
+        norm: Stage,
+        mats: &[(Stage, &DeviceMatrix)],
+    ) -> Option<Vec<Vec<usize>>> {
+        let h = self.w.dims.hidden;
+        let ok = self.fused
+            && self.n() == 1
+            && std::iter::once(norm)
+                .chain(mats.iter().map(|m| m.0))
+                .all(|s| self.faults_at(Some(l), s).next().is_none())
+            && mats
+                .iter()
+                .all(|(_, w)| w.cols == h && norm_matvec_ok(self.dev, w));
+        if !ok {
+            return None;
+        }
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (j, (_, w)) in mats.iter().enumerate() {
+            match groups
+                .iter_mut()
+                .find(|g| mats[g[0]].1.ty == w.ty && g.len() < 3)
+            {
+                Some(g) => g.push(j),
+                None => groups.push(vec![j]),
+            }
+        }
+        Some(groups)
+    }
+
+    /// Up to three one-row matvecs of one input in one launch (`matmulwn_*`), all of one block
+    /// type: with `norm` = (gamma, out) the input `x` is RMS-normalised first (and the norm
+    /// written to `out`), else `x` is the input as it is.
+    pub(super) fn norm_matvecs(
+        &self,
+        key: &str,
+        x: &CudaSlice<f32>,
+        norm: Option<(&CudaSlice<f32>, &CudaSlice<f32>)>,
+        mats: &[(&DeviceMatrix, &CudaSlice<f32>)],
+    ) -> Result<()> {
+        let dev = self.dev;
+        let first = mats
+            .first()
+            .ok_or_else(|| Error::internal("a norm-folding launch without a matrix"))?
+            .0;
+        if mats.len() > 3 || mats.iter().any(|(w, _)| w.ty != first.ty) {
+            return Err(Error::internal(
+                "a norm-folding launch takes up to three matrices of one type",
+            ));
+        }
+        let part = |j: usize| mats.get(j).copied();
+        let blocks: usize = mats.iter().map(|(w, _)| w.rows.div_ceil(8)).sum();
+        let mut args = Vec::with_capacity(17);
+        for j in 0..3 {
+            args.push(part(j).map_or(NULL, |(w, _)| Arg::Ptr(dev.ptr(&w.data))));
+        }
+        for j in 0..3 {
+            args.push(Arg::I64(part(j).map_or(0, |(w, _)| w.row_bytes as i64)));
+        }
+        for j in 0..3 {
+            args.push(int(part(j).map_or(0, |(w, _)| w.rows), "outputs")?);
+        }
+        args.push(Arg::Ptr(dev.ptr(x)));
+        args.push(norm.map_or(NULL, |(g, _)| Arg::Ptr(dev.ptr(g))));
+        args.push(Arg::F32(self.w.dims.eps));
+        args.push(norm.map_or(NULL, |(_, out)| Arg::Ptr(dev.ptr(out))));
+        for j in 0..3 {
+            args.push(part(j).map_or(NULL, |(_, y)| Arg::Ptr(dev.ptr(y))));
+        }
+        args.push(int(first.cols, "inputs")?);
+        dev.launch(
+            &format!("matmulwn_{}", typed_suffix(first.ty)?),
+            key,
+            merged_grid(blocks * 8, 1)?,
+            &args,
+        )
+    }
+
     /// `y = x · Wᵀ` and `z = r + y` for one row in one launch (`matmulwr_*`).
     pub(super) fn matvec_residual(
         &self,
@@ -263,7 +350,7 @@ impl Run<'_> {
             &ks(Stage::RouterProbs),
             LaunchConfig {
                 grid_dim: (1, 1, 1),
-                block_dim: (32, 1, 1),
+                block_dim: (ROUTE1_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             },
             &[

@@ -37,6 +37,27 @@
 // is one pass over its weights; 32 lanes in flight per feature (instead of 4) put 8 times as
 // many loads in flight, which a single row needs to stream the weights at the card's rate.
 
+// The reductions of the norms (rms_norm and the q/k norms in ops.cu and attention.cu, and the
+// matvecs here that fold a norm in): here, since every module holds this file.
+#define RED_THREADS 128
+
+// Sum of `v` over the block's first RED_THREADS threads, the same order every run: each warp
+// by a fixed xor butterfly, then the first RED_THREADS / 32 warps' sums in warp order. All
+// threads get the total. A larger block (the matvecs that fold RMSNorm in) passes v = 0 on its
+// other threads, whose warps' sums go to red slots past the first RED_THREADS / 32 and are
+// never read. `red` is blockDim.x / 32 doubles of shared memory.
+__device__ __forceinline__ double block_sum(double v, double* red) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    double total = red[0];
+#pragma unroll
+    for (int w = 1; w < RED_THREADS / 32; ++w) total += red[w];
+    __syncthreads();
+    return total;
+}
+
 #define MM_BK 32
 #define MM_THREADS 256
 // Blocks per multiprocessor the compiler must leave registers for (latency hiding needs a few).
@@ -796,6 +817,93 @@ __device__ __forceinline__ void matvec_res_body(const u8* __restrict__ W, i64 ro
     }
 }
 
+// matmulwn_<type>: up to three one-row matvecs of one input in one launch, the input's RMSNorm
+// folded in (a decode step's attn_norm + q/k/v projections, or ffn_norm + the router). Blocks
+// take W0's rows (8 a block), then W1's, then W2's (an absent matrix has no rows). With G set,
+// every block computes x = RMSNorm(X) * G itself (rms_norm's arithmetic: its threads' f64 sums
+// of squares by this block's first RED_THREADS threads, block_sum's tree, the same quotient and
+// products), stages it, and block 0 writes it to XN (the norm's stage, read by the captures and
+// by launches after this one); with G null, X is staged as it is. Each output is matmulw's warp
+// dot of the staged row (F32 rows: mw_dot_f32's order from shared memory), bit for bit.
+// Staged types and F32, K <= MW_XMAX (the host checks).
+struct MwnPart {
+    const u8* W;
+    i64 row_bytes;
+    int N, nb;  // rows, and this block's block index within them
+    float* Y;
+};
+__device__ __forceinline__ MwnPart mwn_part(const u8* W0, const u8* W1, const u8* W2, i64 rb0,
+                                            i64 rb1, i64 rb2, int N0, int N1, int N2, float* Y0,
+                                            float* Y1, float* Y2) {
+    constexpr int R = MM_THREADS / 32;
+    int b = blockIdx.x, b0 = (N0 + R - 1) / R, b1 = (N1 + R - 1) / R;
+    if (b < b0) return {W0, rb0, N0, b, Y0};
+    if (b < b0 + b1) return {W1, rb1, N1, b - b0, Y1};
+    return {W2, rb2, N2, b - b0 - b1, Y2};
+}
+
+__device__ __forceinline__ float mw_dot_f32_shared(const float* __restrict__ row,
+                                                   const float* __restrict__ xs, int k,
+                                                   int lane) {
+    float acc = 0.0f;
+#pragma unroll 4
+    for (int i = 4 * lane; i < k; i += 128) {
+        float4 w = __ldg((const float4*)(row + i)), a = *(const float4*)(xs + i);
+        acc = fmaf(w.x, a.x, acc);
+        acc = fmaf(w.y, a.y, acc);
+        acc = fmaf(w.z, a.z, acc);
+        acc = fmaf(w.w, a.w, acc);
+    }
+    return acc;
+}
+
+template <int TY>
+__device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __restrict__ X,
+                                                 const float* __restrict__ G, float eps,
+                                                 float* __restrict__ XN, int K) {
+    constexpr bool staged = MwStaged<TY>::value;
+    __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
+    __shared__ double red[MM_THREADS / 32];
+    int n = part.nb * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    bool active = n < part.N;
+    const u8* row = part.W + (i64)(active ? n : 0) * part.row_bytes;
+    int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
+    // staged rows: the first pieces on their way while the norm is computed
+    MwPiece<staged ? TY : T_Q4_K> w[2];  // (unused for F32)
+    if constexpr (staged) {
+        if (gi < nsb) w[0].load(row, gi, p);
+        if (gi + 4 < nsb) w[1].load(row, gi + 4, p);
+    }
+    auto at = [&](int i) { return staged ? mw_pad(i, MwShift<TY>::value) : i; };
+    if (G) {
+        double ss = 0.0;
+        if (threadIdx.x < RED_THREADS)
+            for (int i = threadIdx.x; i < K; i += RED_THREADS) ss += (double)X[i] * (double)X[i];
+        ss = block_sum(ss, red);
+        double inv = 1.0 / sqrt(ss / (double)K + (double)eps);
+        bool out = XN && blockIdx.x == 0;
+        for (int i = threadIdx.x; i < K; i += MM_THREADS) {
+            float y = (float)((double)X[i] * inv * (double)G[i]);
+            xs[at(i)] = y;
+            if (out) XN[i] = y;
+        }
+    } else {
+        for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
+            *(float4*)(xs + at(i)) = __ldg((const float4*)(X + i));
+    }
+    __syncthreads();
+    float acc = 0.0f;
+    if constexpr (staged) {
+        acc = mw_dot_staged<TY>(row, xs, nsb, lane, w);
+    } else if constexpr (TY == T_F32) {
+        acc = mw_dot_f32_shared((const float*)row, xs, K, lane);
+    } else {
+        __trap();  // the host launches these for the staged types and F32 only
+    }
+    acc = warp_sum_fixed(acc);
+    if (active && lane == 0) part.Y[n] = acc;
+}
+
 template <int TY>
 __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8* __restrict__ Wu,
                                              i64 row_bytes, i64 expert_bytes,
@@ -952,14 +1060,20 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
     }
 
 // Before pdl_wait(): the weight rows of one one-row matvec block (rows 8 blockIdx.x .. + 7 of
-// the matrix that expert 0 maps to, as matvec_warp maps it) towards L2. Only where the rows do
+// the matrix that expert 0 maps to, as matvec_warp maps it; rows 8 nb .. with nb given) towards L2. Only where the rows do
 // not depend on the kernel before: never an expert's (the routing picks it), and not split.
 __device__ __forceinline__ void mw_prefetch(const u8* W, i64 row_bytes, i64 expert_bytes, int N,
-                                            int swap_a, int swap_b) {
-    int n0 = blockIdx.x * (MM_THREADS / 32), rows = min(MM_THREADS / 32, N - n0);
+                                            int swap_a, int swap_b, int nb = -1) {
+    if (nb < 0) nb = blockIdx.x;
+    int n0 = nb * (MM_THREADS / 32), rows = min(MM_THREADS / 32, N - n0);
     int we = 0 == swap_a ? swap_b : (0 == swap_b ? swap_a : 0);
     if (rows > 0)
         pdl_prefetch(W + (i64)we * expert_bytes + (i64)n0 * row_bytes, (i64)rows * row_bytes);
+}
+
+// matmulwn's rows of this block, as mw_prefetch.
+__device__ __forceinline__ void mwn_prefetch(MwnPart part) {
+    mw_prefetch(part.W, part.row_bytes, 0, part.N, -1, -1, part.nb);
 }
 
 // A block type's family: every matmul variant and the gather. Not instantiated here: the host
@@ -997,6 +1111,15 @@ __device__ __forceinline__ void mw_prefetch(const u8* W, i64 row_bytes, i64 expe
         mw_prefetch(W, row_bytes, 0, N, -1, -1);                                                \
         pdl_wait();                                                                             \
         matvec_res_body<TY>(W, row_bytes, X, Y, N, K, R, Z);                                    \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                     \
+        matmulwn_##NAME(const u8* W0, const u8* W1, const u8* W2, i64 rb0, i64 rb1, i64 rb2,    \
+                        int N0, int N1, int N2, const float* X, const float* G, float eps,      \
+                        float* XN, float* Y0, float* Y1, float* Y2, int K) {                    \
+        mwn_prefetch(mwn_part(W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2));              \
+        pdl_wait();                                                                             \
+        matvec_norm_body<TY>(mwn_part(W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2), X, G, \
+                             eps, XN, K);                                                       \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         gate_up_##NAME(const u8* Wg, const u8* Wu, i64 row_bytes, i64 expert_bytes,             \

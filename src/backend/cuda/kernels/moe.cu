@@ -159,68 +159,83 @@ extern "C" __global__ void topk(const float* __restrict__ probs, int* __restrict
     }
 }
 
-// The router of a one-token step in one launch (one warp): softmax_rows, topk and moe_group
-// for T = 1, each part the separate kernel's arithmetic in the same order, so the outputs equal
-// theirs bit for bit (probs, ids, w, and the grouping: the k distinct experts one slot each,
-// slots in expert order), everything past the softmax's sum in registers and shuffles.
+// The router of a one-token step in one launch (ROUTE1_THREADS threads, one per expert):
+// softmax_rows, topk and moe_group for T = 1, the outputs equal to theirs bit for bit (probs,
+// ids, w, and the grouping: the k distinct experts one slot each, slots in expert order).
+// - softmax: the max is exact in any order; each thread its expert's f64 exponential; thread 0
+//   adds them in index order (softmax_rows' order, the same double); each thread its quotient.
+// - top-k: topk_before is a strict total order (NaN above numbers, ties to the lower index), so
+//   the pick of round r of topk's rounds is the expert with exactly r experts before it: each
+//   thread counts the experts before its own, in parallel, instead of k rounds in series.
+// - weights: the picks' f64 sum in rank order, as topk_write; grouping as moe_group.
 // E <= 256, k <= 32 (the host checks).
-extern "C" __global__ void moe_route1(const float* __restrict__ x, float* __restrict__ probs,
-                                      int* __restrict__ ids, float* __restrict__ w, int E, int k,
-                                      int renorm, int* __restrict__ counts,
-                                      int* __restrict__ offsets, int* __restrict__ slot_token,
-                                      int* __restrict__ slot_of, int* __restrict__ slot_expert) {
+#define ROUTE1_THREADS 256
+extern "C" __global__ void __launch_bounds__(ROUTE1_THREADS)
+    moe_route1(const float* __restrict__ x, float* __restrict__ probs, int* __restrict__ ids,
+               float* __restrict__ w, int E, int k, int renorm, int* __restrict__ counts,
+               int* __restrict__ offsets, int* __restrict__ slot_token,
+               int* __restrict__ slot_of, int* __restrict__ slot_expert) {
     pdl_wait();
-    __shared__ double ex[256];
+    __shared__ double ex[ROUTE1_THREADS];
+    __shared__ float pv[ROUTE1_THREADS], wmax[ROUTE1_THREADS / 32];
     __shared__ double sum;
-    int lane = threadIdx.x;
-    float m = -INFINITY;
-    for (int e = lane; e < E; e += 32) m = fmaxf(m, x[e]);
+    __shared__ float pick_v[32];
+    __shared__ int pick_id[32];
+    int t = threadIdx.x, lane = t & 31;
+    bool mine = t < E;
+    float xv = mine ? x[t] : -INFINITY;
+    // the max (fmaxf skips NaN, as softmax_rows' does: from -inf, so all NaN gives -inf too)
+    float m = fmaxf(-INFINITY, xv);
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    for (int e = lane; e < E; e += 32) ex[e] = exp((double)x[e] - (double)m);
-    __syncwarp();
-    if (lane == 0) {
+    if (lane == 0) wmax[t >> 5] = m;
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < ROUTE1_THREADS / 32; ++i) m = fmaxf(m, wmax[i]);
+    if (mine) ex[t] = exp((double)xv - (double)m);
+    __syncthreads();
+    if (t == 0) {
         double s = 0.0;
         for (int e = 0; e < E; ++e) s += ex[e];
         sum = s;
     }
-    __syncwarp();
-    double s = sum;
-    float v[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        int e = lane + 32 * j;
-        v[j] = e < E ? (float)(ex[e] / s) : 0.0f;
-        if (e < E) probs[e] = v[j];
+    __syncthreads();
+    float v = 0.0f;
+    if (mine) {
+        v = (float)(ex[t] / sum);
+        probs[t] = v;
+        pv[t] = v;
     }
-    float myv;
-    int myi;
-    topk_regs(v, E, k, lane, &myv, &myi);
-    topk_write(myv, myi, k, renorm, lane, ids, w);
-    // the grouping, with every pick's id from its lane's register
-    int below[8] = {0, 0, 0, 0, 0, 0, 0, 0}, hit[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int slot = 0;
-    for (int r = 0; r < k; ++r) {
-        int c = __shfl_sync(0xffffffffu, myi, r);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-            below[j] += c < lane + 32 * j;
-            hit[j] += c == lane + 32 * j;
-        }
-        slot += c < myi;
-    }
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        int e = lane + 32 * j;
-        if (e < E) {
-            counts[e] = hit[j];
-            offsets[e] = below[j];
+    __syncthreads();
+    if (mine) {
+        int before = 0;
+        for (int j = 0; j < E; ++j) before += topk_before(pv[j], j, v, t);
+        if (before < k) {
+            pick_id[before] = t;
+            pick_v[before] = v;
         }
     }
-    if (lane < k) {
-        slot_of[lane] = slot;
+    __syncthreads();
+    if (t < k) {
+        double s = 0.0;
+        for (int r = 0; r < k; ++r) s += (double)pick_v[r];
+        float myv = pick_v[t];
+        int myi = pick_id[t], slot = 0;
+        ids[t] = myi;
+        w[t] = renorm ? (float)((double)myv / s) : myv;
+        for (int r = 0; r < k; ++r) slot += pick_id[r] < myi;
+        slot_of[t] = slot;
         slot_token[slot] = 0;
         slot_expert[slot] = myi;
+    }
+    if (mine) {
+        int below = 0, hit = 0;
+        for (int r = 0; r < k; ++r) {
+            below += pick_id[r] < t;
+            hit += pick_id[r] == t;
+        }
+        counts[t] = hit;
+        offsets[t] = below;
     }
 }
 

@@ -6,23 +6,6 @@
 // squares, RoPE's angles and rotation, SiLU), each with a fixed tree order: the f32 results then
 // sit within one or two f32 roundings of the reference, and repeat bitwise from run to run.
 
-#define RED_THREADS 128
-
-// Sum of `v` over the block (blockDim.x == RED_THREADS), the same order every run: each warp
-// by a fixed xor butterfly, then the warps' sums in warp order. All threads get the total.
-// `red` is RED_THREADS / 32 doubles of shared memory.
-__device__ __forceinline__ double block_sum(double v, double* red) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    double total = red[0];
-#pragma unroll
-    for (int w = 1; w < RED_THREADS / 32; ++w) total += red[w];
-    __syncthreads();
-    return total;
-}
-
 // y[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * g. One block per row.
 extern "C" __global__ void __launch_bounds__(RED_THREADS)
     rms_norm(const float* __restrict__ x, const float* __restrict__ g, float* __restrict__ y,
