@@ -34,6 +34,7 @@ wait $GEN; echo "gen rc=$? $(tail -1 $E/gen.txt)"
 $F $B $M > $E/a3b-pdl.txt 2>&1; echo "a3b L=$LAYERS pdl: $(per $E/a3b-pdl.txt) $(grep -o 'bandwidth [0-9.]* ms' $E/a3b-pdl.txt) $(grep -o 'floor = [0-9.]*x' $E/a3b-pdl.txt)"
 FALSIFIER_CUDA_PDL=0 $F $B $M > $E/a3b-nopdl.txt 2>&1; echo "a3b L=$LAYERS no pdl: $(per $E/a3b-nopdl.txt)"
 FALSIFIER_CUDA_GRAPHS=0 $F $B $M > $E/a3b-pdl-direct.txt 2>&1; echo "a3b L=$LAYERS pdl, direct launches: $(per $E/a3b-pdl-direct.txt)"
+FALSIFIER_CUDA_FUSED=0 $F $B $M > $E/a3b-separate.txt 2>&1; echo "a3b L=$LAYERS pdl, merging off: $(per $E/a3b-separate.txt)"
 snap
 P32=151644,872,198,7985,264,3974,3378,304,13027,151645,9,17,300,12,77,1024,5,31,8191,64,3,999,22,511,7,2000,41,6,1500,88,13,700
 if command -v nsys > /dev/null; then
