@@ -9,4 +9,6 @@ trap 'rm -rf "$out"' EXIT
 "$out/dq8_check" "$here/../../fixtures/iq-vectors.safetensors"
 "${CXX:-c++}" -std=c++17 -fsyntax-only -Wall -Werror -Wno-unused-function -Wno-unknown-pragmas -Wno-sign-compare \
     "$here/syntax_check.cpp"
+"${CXX:-c++}" -std=c++17 -O1 -DFALSIFIER_HOST_MAIN -w -o "$out/host_main" "$here/syntax_check.cpp"
+"$out/host_main"
 echo "kernel sources: host syntax check ok"

@@ -37,10 +37,17 @@ static unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
 }
 #include "../../src/backend/cuda/kernels/grids.cuh"
 #include "../../src/backend/cuda/kernels/common.cuh"
+// (built as a program, only the routing's file: the others' shared-memory externs would need a
+// device to link)
+#ifndef FALSIFIER_HOST_MAIN
 #include "../../src/backend/cuda/kernels/matmul.cu"
 #include "../../src/backend/cuda/kernels/ops.cu"
 #include "../../src/backend/cuda/kernels/attention.cu"
+#endif
 #include "../../src/backend/cuda/kernels/moe.cu"
+#ifdef FALSIFIER_HOST_MAIN
+double sm_exp[1];  // softmax_rows' dynamic shared memory, never touched here
+#else
 // every block type's family, as the host instantiates it one module per type (device.rs,
 // type_instantiation); tests check that this list names every TYPE_SUFFIXES entry
 MATMUL_KERNELS(f32, T_F32)
@@ -66,3 +73,32 @@ MATMUL_KERNELS(iq4_xs, T_IQ4_XS)
 MATMUL_KERNELS(tq1_0, T_TQ1_0)
 MATMUL_KERNELS(tq2_0, T_TQ2_0)
 MATMUL_KERNELS(mxfp4, T_MXFP4)
+#endif
+
+#ifdef FALSIFIER_HOST_MAIN
+// Run (run.sh builds this file a second time, as a program): moe_route1 ranks the experts by
+// topk_key integers where topk and the separate kernels use topk_before; the two orders must
+// agree on every pair, NaN, signed zeros, infinities and subnormals included.
+#include <cstdio>
+int main() {
+    const float nan = __uint_as_float(0x7fc00000u), nan2 = __uint_as_float(0xffc00001u);
+    const float inf = __uint_as_float(0x7f800000u), sub = __uint_as_float(1u);
+    const float vals[] = {0.0f, -0.0f, 1.0f, -1.0f, 0.5f, 0.25f, 1e-30f, -1e-30f, sub, -sub,
+                          inf, -inf, nan, nan2, 3.0e38f, -3.0e38f, 0.125f, 0.1250001f};
+    int bad = 0, n = sizeof(vals) / sizeof(vals[0]);
+    for (int a = 0; a < n; ++a)
+        for (int b = 0; b < n; ++b)
+            for (int ia = 0; ia < 3; ++ia)
+                for (int ib = 0; ib < 3; ++ib) {
+                    if (a == b && ia == ib) continue;
+                    bool want = topk_before(vals[a], ia, vals[b], ib);
+                    bool got = topk_key(vals[a], ia) > topk_key(vals[b], ib);
+                    if (want != got && bad++ < 10)
+                        std::printf("topk_key disagrees: (%g, %d) vs (%g, %d): %d != %d\n",
+                                    vals[a], ia, vals[b], ib, got, want);
+                }
+    if (bad) return 1;
+    std::printf("topk_key == topk_before on %d pairs\n", n * n * 9 - n * 3);
+    return 0;
+}
+#endif

@@ -742,6 +742,24 @@ fn wide_matmuls_cover_every_tile_position() {
             }
         }
         eprintln!("{ty}: {rows} x {cols}, every kernel and tile position within 1e-6");
+        if matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K) {
+            // more rows than a full grid of warps: one row goes through the striding kernel
+            // (matmulws_*), each warp many rows, the next row's weights loaded ahead
+            let tall = 8 * 4 * dev.sms + 8 * 13 + 5;
+            let (mut wraw, mut w) = (Vec::new(), Vec::new());
+            for r in 0..tall {
+                for b in 0..per_row {
+                    let src = (11 * r + 5 * b + r / 7) % blocks;
+                    wraw.extend_from_slice(&raw[src * bb..(src + 1) * bb]);
+                    w.extend_from_slice(&vals[src * bv..(src + 1) * bv]);
+                }
+            }
+            let m = matrix(&dev, ty, &wraw, tall, cols);
+            let x = pseudo_random(cols, 77);
+            let y = device_matmul(&dev, MatmulKernel::Wide, ty, &m, &x, 1);
+            check_matmul(&format!("{ty} striding T=1"), &y, &x, &w, 1, tall, cols);
+            eprintln!("{ty}: {tall} x {cols} through the striding one-row kernel within 1e-6");
+        }
     }
 }
 

@@ -284,6 +284,35 @@ impl MatmulCall<'_> {
         } else {
             None
         };
+        if kernel == MatmulKernel::Wide
+            && self.groups.is_none()
+            && self.rows == 1
+            && splits == 1
+            && self.ty == w.ty
+            && merged_matvec_ok(dev, w)
+            && w.rows.div_ceil(8) > STREAM_BLOCKS_PER_SM * dev.sms
+        {
+            // more rows than the card holds warps at once: a full grid that strides over them
+            let blocks = u32::try_from(STREAM_BLOCKS_PER_SM * dev.sms)
+                .map_err(|_| Error::internal("stream grid too large"))?;
+            return dev.launch(
+                &format!("matmulws_{suffix}"),
+                stage,
+                LaunchConfig {
+                    grid_dim: (blocks, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+                &[
+                    Arg::Ptr(dev.ptr(&w.data)),
+                    Arg::I64(w.row_bytes as i64),
+                    Arg::Ptr(self.x),
+                    Arg::Ptr(dev.ptr(y)),
+                    int(w.rows, "matmul outputs")?,
+                    int(w.cols, "matmul inputs")?,
+                ],
+            );
+        }
         let out = partials.as_ref().map_or_else(|| dev.ptr(y), |p| dev.ptr(p));
         let g = self.groups;
         let (sa, sb) = g
@@ -346,11 +375,16 @@ pub fn type_kernel_names(suffix: &str) -> Vec<String> {
             format!("gather_{suffix}"),
             format!("matmulwr_{suffix}"),
             format!("matmulwn_{suffix}"),
+            format!("matmulws_{suffix}"),
             format!("gate_up_{suffix}"),
             format!("down_combine_{suffix}"),
         ])
         .collect()
 }
+
+/// Blocks per multiprocessor of the striding one-row matvec (`matmulws_*`): as many as its
+/// registers let be resident (`MV_MIN_BLOCKS` in kernels/matmul.cu).
+const STREAM_BLOCKS_PER_SM: usize = 4;
 
 /// Most inputs the merged one-row kernels stage (`MW_XMAX` in kernels/matmul.cu).
 const MERGED_MAX_K: usize = 4096;

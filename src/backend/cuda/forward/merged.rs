@@ -17,6 +17,8 @@ use crate::trace::stage::{Key, Stage};
 /// of a row per lane), whose staging holds this many floats (`DC_XMAX` in kernels/matmul.cu).
 const DOWN_COMBINE_MAX_K: usize = 1024;
 const DOWN_COMBINE_STAGED: usize = 8192;
+/// and at most this many picks (its per-output table of the picks' dot products).
+const DOWN_COMBINE_MAX_TOPK: usize = 32;
 
 /// The kernel-name suffix of a block type that has kernels.
 fn typed_suffix(ty: GgmlType) -> Result<&'static str> {
@@ -393,6 +395,7 @@ impl Run<'_> {
             && merged_matvec_ok(self.dev, down)
             && down.cols <= DOWN_COMBINE_MAX_K
             && k * padded <= DOWN_COMBINE_STAGED
+            && k <= DOWN_COMBINE_MAX_TOPK
     }
 
     /// The k expert down projections, their combine into `b.ffn_out` and layer_out into `b.x`
@@ -412,7 +415,8 @@ impl Run<'_> {
         dev.launch(
             &format!("down_combine_{}", typed_suffix(down.ty)?),
             &ks(Stage::FfnOut),
-            merged_grid(h, 1)?,
+            // two warps per output (the picks in halves)
+            merged_grid(2 * h, 1)?,
             &[
                 Arg::Ptr(dev.ptr(&down.data)),
                 Arg::I64(down.row_bytes as i64),

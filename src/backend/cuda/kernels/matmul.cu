@@ -707,6 +707,63 @@ __device__ __noinline__ void matvec_warp_general(const u8* W, i64 row_bytes, i64
                         swap_a, swap_b, kspan, zmap);
 }
 
+// The types whose one-row dots go in whole 16-byte pieces from a staged input (MwPiece).
+template <int TY> struct MwStaged {
+    static constexpr bool value = TY == T_Q4_K || TY == T_Q6_K;
+};
+
+// The input row x [K] into xs (padded), by the whole block; barriers on both sides.
+template <int TY>
+__device__ __forceinline__ void mw_stage(float* __restrict__ xs, const float* __restrict__ x,
+                                         int K) {
+    __syncthreads();
+    for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
+        *(float4*)(xs + mw_pad(i, MwShift<TY>::value)) = __ldg((const float4*)(x + i));
+    __syncthreads();
+}
+
+__device__ __forceinline__ float warp_sum_fixed(float acc) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    return acc;
+}
+
+// matmulws_<type>: matmulw over a grid smaller than its rows, for one input row and one matrix
+// (the output head, whose 152k rows would otherwise be 19k blocks each staging the same input):
+// the block stages x once, and each warp takes rows n, n + stride, ... with the next row's first
+// weights on their way while the current one is multiplied. Each row's dot is matvec_warp's,
+// bit for bit. Staged types only, with what matvec_warp's fast path needs (the host checks).
+template <int TY>
+__device__ __forceinline__ void matvec_warp_stream(const u8* __restrict__ W, i64 row_bytes,
+                                                   const float* __restrict__ x,
+                                                   float* __restrict__ Y, int N, int K) {
+    int lane = threadIdx.x & 31, stride = gridDim.x * (MM_THREADS / 32);
+    int n = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5);
+    if constexpr (MwStaged<TY>::value) {
+        __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
+        int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
+        MwPiece<TY> cur[2], nxt[2];
+        const u8* row = W + (i64)min(n, N - 1) * row_bytes;
+        if (gi < nsb) cur[0].load(row, gi, p);
+        if (gi + 4 < nsb) cur[1].load(row, gi + 4, p);
+        mw_stage<TY>(xs, x, K);
+        for (; n < N; n += stride) {
+            const u8* next = W + (i64)min(n + stride, N - 1) * row_bytes;
+            if (n + stride < N) {
+                if (gi < nsb) nxt[0].load(next, gi, p);
+                if (gi + 4 < nsb) nxt[1].load(next, gi + 4, p);
+            }
+            float acc = warp_sum_fixed(mw_dot_staged<TY>(row, xs, nsb, lane, cur));
+            if (lane == 0) Y[n] = acc;
+            cur[0] = nxt[0];
+            cur[1] = nxt[1];
+            row = next;
+        }
+    } else {
+        __trap();  // the host launches this for the staged types only
+    }
+}
+
 template <int TY>
 __device__ __forceinline__ void matvec_warp(const u8* __restrict__ W, i64 row_bytes,
                                             i64 expert_bytes, const float* __restrict__ X,
@@ -771,26 +828,6 @@ __device__ __forceinline__ void matvec_warp(const u8* __restrict__ W, i64 row_by
 //   both matrices' first weights in flight before either is multiplied.
 // Only for the staged types (Q4_K, Q6_K) with K <= MW_XMAX and aligned rows; the host checks
 // (merged_matvec_ok) and launches the separate kernels otherwise.
-template <int TY> struct MwStaged {
-    static constexpr bool value = TY == T_Q4_K || TY == T_Q6_K;
-};
-
-// The input row x [K] into xs (padded), by the whole block; barriers on both sides.
-template <int TY>
-__device__ __forceinline__ void mw_stage(float* __restrict__ xs, const float* __restrict__ x,
-                                         int K) {
-    __syncthreads();
-    for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
-        *(float4*)(xs + mw_pad(i, MwShift<TY>::value)) = __ldg((const float4*)(x + i));
-    __syncthreads();
-}
-
-__device__ __forceinline__ float warp_sum_fixed(float acc) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    return acc;
-}
-
 template <int TY>
 __device__ __forceinline__ void matvec_res_body(const u8* __restrict__ W, i64 row_bytes,
                                                 const float* __restrict__ X,
@@ -945,12 +982,14 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
 }
 
 // down_combine_<type>: the down projections of a one-token step's k expert picks, their
-// weighted combine and the residual add in one launch. Warp n: for each pick r (expert ids[r],
-// swapped under the planted expert_swap), d_r = act[slot_of[r]] . W_e[n] (matmulw's staged dot,
-// the same bits), then out[n] = sum over r of w[r] d_r in f64 in rank order, rounded once
-// (moe_combine), and lout[n] = res[n] + out[n] (the layer_out add). All k activation rows are
-// staged at once (k * padded K <= DC_XMAX); rows of up to 1024 values (one piece per lane), four
-// picks' weights in flight per lane before any is multiplied.
+// weighted combine and the residual add in one launch. Two warps per output n (4 outputs a
+// block): warp half 0 takes picks 0 .. kh - 1, half 1 picks kh .. k - 1 (kh = ceil(k / 2)), so
+// that a pick's weights wait on memory once: for each pick r (expert ids[r], swapped under the
+// planted expert_swap), d_r = act[slot_of[r]] . W_e[n] (matmulw's staged dot, the same bits);
+// then out[n] = sum over r of w[r] d_r in f64 in rank order, rounded once (moe_combine), and
+// lout[n] = res[n] + out[n] (the layer_out add). All k activation rows are staged at once
+// (k * padded K <= DC_XMAX); rows of up to 1024 values (one piece per lane), four picks'
+// weights in flight per lane before any is multiplied.
 #define DC_XMAX 8192
 template <int TY>
 __device__ __forceinline__ void down_combine_body(
@@ -959,28 +998,32 @@ __device__ __forceinline__ void down_combine_body(
     const float* __restrict__ wts, int k, int swap_a, int swap_b, const float* __restrict__ res,
     float* __restrict__ out, float* __restrict__ lout) {
     if constexpr (MwStaged<TY>::value) {
+        constexpr int rows = MM_THREADS / 64;
         __shared__ __align__(16) float xs[DC_XMAX];
+        __shared__ float dsh[rows][32];
         constexpr int sh = MwShift<TY>::value;
         int kp = mw_pad(K, sh);  // a staged row's length (a multiple of 4: K % 256 == 0)
-        int n = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, half = warp & 1;
+        int nr = warp >> 1, n = blockIdx.x * rows + nr;
         bool active = n < N;
         int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
         bool mine = gi < nsb;  // this lane's group has a superblock (K <= 1024: at most one)
         i64 at = (i64)(active ? n : 0) * row_bytes;
-        double acc = 0.0;
-        for (int r0 = 0; r0 < k; r0 += 4) {
+        int kh = (k + 1) >> 1, rbeg = half ? kh : 0, rend = half ? k : kh;
+        for (int r0 = rbeg; r0 < max(rend, rbeg + 1); r0 += 4) {
             MwPiece<TY> w[4];
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 int r = r0 + j;
-                if (r < k && mine) {
+                if (r < rend && mine) {
                     int e = ids[r];
                     int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
                     w[j].load(W + (i64)we * expert_bytes + at, gi, p);
                 }
             }
-            if (r0 == 0) {
+            if (r0 == rbeg) {
                 // every pick's activation row, staged while the first weights are on their way
+                // (every warp meets this barrier once, whatever its share of the picks)
                 for (int r = 0; r < k; ++r) {
                     const float* x = act + (i64)slot_of[r] * K;
                     for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
@@ -991,14 +1034,17 @@ __device__ __forceinline__ void down_combine_body(
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 int r = r0 + j;
-                if (r < k) {
+                if (r < rend) {
                     float d = mine ? w[j].dot(xs + r * kp, gi, p, 0.0f) : 0.0f;
                     d = warp_sum_fixed(d);
-                    acc += (double)wts[r] * (double)d;
+                    if (lane == 0) dsh[nr][r] = d;
                 }
             }
         }
-        if (active && lane == 0) {
+        __syncthreads();
+        if (active && half == 0 && lane == 0) {
+            double acc = 0.0;
+            for (int r = 0; r < k; ++r) acc += (double)wts[r] * (double)dsh[nr][r];
             float o = (float)acc;
             out[n] = o;
             lout[n] = res[n] + o;
@@ -1104,6 +1150,12 @@ __device__ __forceinline__ void mwn_prefetch(MwnPart part) {
         pdl_wait();                                                                             \
         matvec_warp<TY>(W, row_bytes, expert_bytes, X, Y, N, K, T, counts, offsets, in_rows,   \
                         swap_a, swap_b, kspan, zmap);                                           \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                     \
+        matmulws_##NAME(const u8* W, i64 row_bytes, const float* X, float* Y, int N, int K) {   \
+        mw_prefetch(W, row_bytes, 0, N, -1, -1);                                                \
+        pdl_wait();                                                                             \
+        matvec_warp_stream<TY>(W, row_bytes, X, Y, N, K);                                       \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         matmulwr_##NAME(const u8* W, i64 row_bytes, const float* X, float* Y, int N, int K,     \

@@ -40,6 +40,16 @@ __device__ __forceinline__ bool ranks_above(float a, float b) {
     return a > b;
 }
 
+// topk_before's order as one integer (for candidates, index >= 0): a before b exactly when
+// topk_key(a, ia) > topk_key(b, ib). High word: the value's rank (every NaN alike, above +inf;
+// -0 as +0, since neither is greater than the other; numbers by the usual monotone map of
+// their bits); low word: the index, reversed (ties to the lower index).
+__device__ __forceinline__ unsigned long long topk_key(float v, int i) {
+    u32 b = __float_as_uint(v == 0.0f ? 0.0f : v);
+    u32 r = v != v ? 0xffffffffu : (b & 0x80000000u ? ~b : b | 0x80000000u);
+    return ((unsigned long long)r << 32) | (u32)~i;
+}
+
 // (a, ia) before (b, ib) in the top-k order; an index < 0 is no candidate.
 __device__ __forceinline__ bool topk_before(float a, int ia, float b, int ib) {
     if (ib < 0) return ia >= 0;
@@ -166,7 +176,8 @@ extern "C" __global__ void topk(const float* __restrict__ probs, int* __restrict
 //   adds them in index order (softmax_rows' order, the same double); each thread its quotient.
 // - top-k: topk_before is a strict total order (NaN above numbers, ties to the lower index), so
 //   the pick of round r of topk's rounds is the expert with exactly r experts before it: each
-//   thread counts the experts before its own, in parallel, instead of k rounds in series.
+//   thread counts the experts before its own, in parallel, instead of k rounds in series, by
+//   comparing topk_key integers (the same order, without topk_before's branches).
 // - weights: the picks' f64 sum in rank order, as topk_write; grouping as moe_group.
 // E <= 256, k <= 32 (the host checks).
 #define ROUTE1_THREADS 256
@@ -177,7 +188,8 @@ extern "C" __global__ void __launch_bounds__(ROUTE1_THREADS)
                int* __restrict__ slot_of, int* __restrict__ slot_expert) {
     pdl_wait();
     __shared__ double ex[ROUTE1_THREADS];
-    __shared__ float pv[ROUTE1_THREADS], wmax[ROUTE1_THREADS / 32];
+    __shared__ unsigned long long key[ROUTE1_THREADS];
+    __shared__ float wmax[ROUTE1_THREADS / 32];
     __shared__ double sum;
     __shared__ float pick_v[32];
     __shared__ int pick_id[32];
@@ -204,12 +216,14 @@ extern "C" __global__ void __launch_bounds__(ROUTE1_THREADS)
     if (mine) {
         v = (float)(ex[t] / sum);
         probs[t] = v;
-        pv[t] = v;
+        key[t] = topk_key(v, t);
     }
     __syncthreads();
     if (mine) {
         int before = 0;
-        for (int j = 0; j < E; ++j) before += topk_before(pv[j], j, v, t);
+        unsigned long long mk = key[t];
+#pragma unroll 8
+        for (int j = 0; j < E; ++j) before += key[j] > mk;
         if (before < k) {
             pick_id[before] = t;
             pick_v[before] = v;
