@@ -1,9 +1,10 @@
 #!/bin/bash
 # GPU run for the decode-step work of issue J (merged one-token launches, matmulw streaming
-# 16-byte pieces): the GPU tests that prove the kernels (merged = separate bit for bit, every
+# 16-byte pieces, programmatic dependent launch, norms folded into the matvecs): the GPU tests that prove the kernels (merged = separate bit for bit, every
 # matmul kernel against the host, schedules against the CPU full forward, faults); decode
 # timings of the 30B-A3B shape ($LAYERS layers, default 48) with merging on and off
-# (FALSIFIER_CUDA_FUSED=0) and an event-timed per-kernel profile; that shape under CUDA
+# (FALSIFIER_CUDA_FUSED=0), launched one by one, without programmatic dependent launch
+# (FALSIFIER_CUDA_PDL=0), and an event-timed per-kernel profile; that shape under CUDA
 # --chunk 8 --decode 16 against the CPU full forward; C-KV-CACHE with the candidate on CUDA;
 # compute-sanitizer on a Q4_K_M MoE (the merged kernels' types) under a schedule and on the
 # graph path. Writes
@@ -37,6 +38,7 @@ if [ -f $M ]; then
   snap
   FALSIFIER_CUDA_FUSED=0 $F $B $M > $E/a3b-bench-separate.txt 2>&1; echo "a3b separate: $(per $E/a3b-bench-separate.txt)"
   FALSIFIER_CUDA_GRAPHS=0 $F $B $M > $E/a3b-bench-direct.txt 2>&1; echo "a3b merged, direct launches: $(per $E/a3b-bench-direct.txt)"
+  FALSIFIER_CUDA_PDL=0 $F $B $M > $E/a3b-bench-nopdl.txt 2>&1; echo "a3b merged, no programmatic dependent launch: $(per $E/a3b-bench-nopdl.txt)"
   FALSIFIER_CUDA_PROFILE=1 $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/p.safetensors > $E/a3b-profile.txt 2>&1
   head -24 $E/a3b-profile.txt
   snap

@@ -565,12 +565,15 @@ template <> struct MwPiece<T_Q4_K> {
     }
     // lane p = 2c + h of the group: values 64c + 16h + i of sub-block 2c (low nibbles) and
     // 64c + 32 + 16h + i of sub-block 2c + 1 (high nibbles), i < 16
-    __device__ __forceinline__ float dot(const float* __restrict__ xs, int s, int p,
+    // xsum: the staged input's sums over runs of 16 values (mw_sums), this lane's two of them
+    // instead of 32 adds of its own
+    __device__ __forceinline__ float dot(const float* __restrict__ xs,
+                                         const float* __restrict__ xsum, int s, int p,
                                          float acc) const {
         int c = p >> 1, i0 = 256 * s + 64 * c + 16 * (p & 1);
         const float* x0 = xs + mw_pad(i0, 6);
         const float* x1 = x0 + 32;
-        float s0 = 0.0f, s1 = 0.0f, xs0 = 0.0f, xs1 = 0.0f;
+        float s0 = 0.0f, s1 = 0.0f, xs0 = xsum[i0 >> 4], xs1 = xsum[(i0 >> 4) + 2];
         u32 words[4] = {qs.x, qs.y, qs.z, qs.w};
 #pragma unroll
         for (int wi = 0; wi < 4; ++wi) {
@@ -582,8 +585,6 @@ template <> struct MwPiece<T_Q4_K> {
             for (int i = 0; i < 4; ++i) {
                 s0 = fmaf(mw_byte_f(lo, i) - 8388608.0f, xa[i], s0);
                 s1 = fmaf(mw_byte_f(hi, i) - 8388608.0f, xb[i], s1);
-                xs0 += xa[i];
-                xs1 += xb[i];
             }
         }
         u32 sc0, m0, sc1, m1;
@@ -611,7 +612,7 @@ template <> struct MwPiece<T_Q6_K> {
         ld8(b + 192 + 8 * hh, &c0, &c1);            // this half's 8 scales
         d = *(const u16*)(b + 208);
     }
-    __device__ __forceinline__ float dot(const float* __restrict__ xs, int s, int p,
+    __device__ __forceinline__ float dot(const float* __restrict__ xs, const float*, int s, int p,
                                          float acc) const {
         int hh = p >> 2, q = p & 3;
         float df = h2f(d);
@@ -641,6 +642,29 @@ template <> struct MwPiece<T_Q6_K> {
     }
 };
 
+// The staged input's sums over runs of 16 values, xsum[j] = x[16 j] + ... + x[16 j + 15] added
+// in index order, for Q4_K (its dmin term needs them per 16 values: the same sums each lane
+// made of its own, made once per block instead of once per row; nothing for the other types).
+// `rows` staged rows of `stride` floats each, K values a row, sums at xsum[r * (K / 16) + j].
+// After the staging barrier; ends with one.
+#define MW_SUMS_MAX (MW_XMAX / 16)
+template <int TY>
+__device__ __forceinline__ void mw_sums(float* __restrict__ xsum, const float* __restrict__ xs,
+                                        int K, int rows = 1, int stride = 0) {
+    if constexpr (TY == T_Q4_K) {
+        int per = K >> 4;
+        for (int q = threadIdx.x; q < rows * per; q += MM_THREADS) {
+            int r = q / per, j = q - r * per;
+            const float* x = xs + r * stride + mw_pad(16 * j, 6);
+            float t = 0.0f;
+#pragma unroll
+            for (int m = 0; m < 16; ++m) t += x[m];
+            xsum[q] = t;
+        }
+        __syncthreads();
+    }
+}
+
 // Lane `lane`'s part of the dot product of a Q4_K/Q6_K row of `nsb` superblocks with the
 // staged input xs: lane group g = lane / 8 takes superblocks g, g + 4, ..., two at a time, the
 // raw bytes of both loaded before either is multiplied. `first` holds the first two, loaded
@@ -648,7 +672,8 @@ template <> struct MwPiece<T_Q6_K> {
 // which then takes the next ones.
 template <int TY>
 __device__ __forceinline__ float mw_dot_staged(const u8* __restrict__ row,
-                                               const float* __restrict__ xs, int nsb, int lane,
+                                               const float* __restrict__ xs,
+                                               const float* __restrict__ xsum, int nsb, int lane,
                                                MwPiece<TY>* w) {
     int g = lane >> 3, p = lane & 7;
     float acc = 0.0f;
@@ -657,8 +682,8 @@ __device__ __forceinline__ float mw_dot_staged(const u8* __restrict__ row,
             w[0].load(row, s, p);
             if (s + 4 < nsb) w[1].load(row, s + 4, p);
         }
-        acc = w[0].dot(xs, s, p, acc);
-        if (s + 4 < nsb) acc = w[1].dot(xs, s + 4, p, acc);
+        acc = w[0].dot(xs, xsum, s, p, acc);
+        if (s + 4 < nsb) acc = w[1].dot(xs, xsum, s + 4, p, acc);
     }
     return acc;
 }
@@ -746,14 +771,16 @@ __device__ __forceinline__ void matvec_warp_stream(const u8* __restrict__ W, i64
         const u8* row = W + (i64)min(n, N - 1) * row_bytes;
         if (gi < nsb) cur[0].load(row, gi, p);
         if (gi + 4 < nsb) cur[1].load(row, gi + 4, p);
+        __shared__ float xsum[MW_SUMS_MAX];
         mw_stage<TY>(xs, x, K);
+        mw_sums<TY>(xsum, xs, K);
         for (; n < N; n += stride) {
             const u8* next = W + (i64)min(n + stride, N - 1) * row_bytes;
             if (n + stride < N) {
                 if (gi < nsb) nxt[0].load(next, gi, p);
                 if (gi + 4 < nsb) nxt[1].load(next, gi + 4, p);
             }
-            float acc = warp_sum_fixed(mw_dot_staged<TY>(row, xs, nsb, lane, cur));
+            float acc = warp_sum_fixed(mw_dot_staged<TY>(row, xs, xsum, nsb, lane, cur));
             if (lane == 0) Y[n] = acc;
             cur[0] = nxt[0];
             cur[1] = nxt[1];
@@ -791,6 +818,7 @@ __device__ __forceinline__ void matvec_warp(const u8* __restrict__ W, i64 row_by
     Y += (i64)split * T * N;
     constexpr bool staged = TY == T_Q4_K || TY == T_Q6_K;
     __shared__ __align__(16) float xs[staged ? MW_XMAX + MW_XMAX / 16 : 4];
+    __shared__ float xsum[staged ? MW_SUMS_MAX : 1];
     for (int t = 0; t < cnt; ++t) {
         int g = off + t;
         const float* x = X + (i64)(in_rows ? in_rows[g] : g) * K;
@@ -806,7 +834,8 @@ __device__ __forceinline__ void matvec_warp(const u8* __restrict__ W, i64 row_by
             for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
                 *(float4*)(xs + mw_pad(i, sh)) = __ldg((const float4*)(x + i));
             __syncthreads();
-            acc = mw_dot_staged<TY>(row, xs, nsb, lane, first);
+            mw_sums<TY>(xsum, xs, K);
+            acc = mw_dot_staged<TY>(row, xs, xsum, nsb, lane, first);
         } else {
             acc = mw_dot_f32((const float*)row, x, K, lane);
         }
@@ -843,8 +872,10 @@ __device__ __forceinline__ void matvec_res_body(const u8* __restrict__ W, i64 ro
         MwPiece<TY> w[2];
         if (gi < nsb) w[0].load(row, gi, p);
         if (gi + 4 < nsb) w[1].load(row, gi + 4, p);
+        __shared__ float xsum[MW_SUMS_MAX];
         mw_stage<TY>(xs, X, K);
-        float acc = warp_sum_fixed(mw_dot_staged<TY>(row, xs, nsb, lane, w));
+        mw_sums<TY>(xsum, xs, K);
+        float acc = warp_sum_fixed(mw_dot_staged<TY>(row, xs, xsum, nsb, lane, w));
         if (active && lane == 0) {
             Y[n] = acc;
             Z[n] = R[n] + acc;
@@ -931,7 +962,9 @@ __device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __re
     __syncthreads();
     float acc = 0.0f;
     if constexpr (staged) {
-        acc = mw_dot_staged<TY>(row, xs, nsb, lane, w);
+        __shared__ float xsum[MW_SUMS_MAX];
+        mw_sums<TY>(xsum, xs, K);
+        acc = mw_dot_staged<TY>(row, xs, xsum, nsb, lane, w);
     } else if constexpr (TY == T_F32) {
         acc = mw_dot_f32_shared((const float*)row, xs, K, lane);
     } else {
@@ -966,9 +999,11 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
             wg[1].load(Wg + at, gi + 4, p);
             wu[1].load(Wu + at, gi + 4, p);
         }
+        __shared__ float xsum[MW_SUMS_MAX];
         mw_stage<TY>(xs, X, K);
-        float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, nsb, lane, wg));
-        float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, nsb, lane, wu));
+        mw_sums<TY>(xsum, xs, K);
+        float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg));
+        float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu));
         if (active && lane == 0) {
             i64 o = (i64)z * N + n;
             G[o] = g;
@@ -1000,6 +1035,7 @@ __device__ __forceinline__ void down_combine_body(
     if constexpr (MwStaged<TY>::value) {
         constexpr int rows = MM_THREADS / 64;
         __shared__ __align__(16) float xs[DC_XMAX];
+        __shared__ float xsum[DC_XMAX / 16];
         __shared__ float dsh[rows][32];
         constexpr int sh = MwShift<TY>::value;
         int kp = mw_pad(K, sh);  // a staged row's length (a multiple of 4: K % 256 == 0)
@@ -1030,12 +1066,13 @@ __device__ __forceinline__ void down_combine_body(
                         *(float4*)(xs + r * kp + mw_pad(i, sh)) = __ldg((const float4*)(x + i));
                 }
                 __syncthreads();
+                mw_sums<TY>(xsum, xs, K, k, kp);
             }
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 int r = r0 + j;
                 if (r < rend) {
-                    float d = mine ? w[j].dot(xs + r * kp, gi, p, 0.0f) : 0.0f;
+                    float d = mine ? w[j].dot(xs + r * kp, xsum + r * (K >> 4), gi, p, 0.0f) : 0.0f;
                     d = warp_sum_fixed(d);
                     if (lane == 0) dsh[nr][r] = d;
                 }
