@@ -40,9 +40,9 @@ __device__ __forceinline__ float kv_ld(const u16* p, i64 i) { return h2f(p[i]); 
 // attn_row's score loop takes ATT_ROW_KEYS keys of a warp at once for heads up to
 // ATT_ROW_MAXD values (each lane's values of them in registers); attn_ctx_row loads
 // ATT_CTX_KEYS values of a column before it adds them. Neither changes a sum's order.
-#define ATT_ROW_KEYS 4
-#define ATT_ROW_MAXD 256
-#define ATT_CTX_KEYS 8
+#define ATT_ROW_KEYS 8
+#define ATT_ROW_MAXD 128
+#define ATT_CTX_KEYS 16
 template <typename KV>
 __device__ __forceinline__ void attn_row(const float* __restrict__ q, const KV* __restrict__ k,
                                          float* __restrict__ pr, double* red, float* qs,
@@ -59,16 +59,18 @@ __device__ __forceinline__ void attn_row(const float* __restrict__ q, const KV* 
     constexpr int nw = ATT_THREADS / 32;
     int j = kfirst + warp;
     if (D <= ATT_ROW_MAXD) {
-        // ATT_ROW_KEYS keys of this warp at a time, all their values loaded before any is
-        // multiplied (each load waits on memory, the sums on nothing but their own terms)
-        for (; j + (ATT_ROW_KEYS - 1) * nw < end; j += ATT_ROW_KEYS * nw) {
+        // ATT_ROW_KEYS keys of this warp at a time (those before `end`), all their values
+        // loaded before any is multiplied (each load waits on memory, the sums on nothing but
+        // their own terms)
+        for (; j < end; j += ATT_ROW_KEYS * nw) {
             float kv[ATT_ROW_KEYS][ATT_ROW_MAXD / 32];
 #pragma unroll
             for (int u = 0; u < ATT_ROW_KEYS; ++u) {
-                i64 kr = ((i64)(j + u * nw) * nkv + kh) * D;
+                int ju = j + u * nw;
+                i64 kr = ((i64)ju * nkv + kh) * D;
 #pragma unroll
                 for (int c = 0; c < ATT_ROW_MAXD / 32; ++c)
-                    kv[u][c] = lane + 32 * c < D ? kv_ld(k, kr + lane + 32 * c) : 0.0f;
+                    kv[u][c] = ju < end && lane + 32 * c < D ? kv_ld(k, kr + lane + 32 * c) : 0.0f;
             }
 #pragma unroll
             for (int u = 0; u < ATT_ROW_KEYS; ++u) {
@@ -78,7 +80,7 @@ __device__ __forceinline__ void attn_row(const float* __restrict__ q, const KV* 
                     if (lane + 32 * c < D) s = fmaf(qs[lane + 32 * c], kv[u][c], s);
 #pragma unroll
                 for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-                if (lane == 0) sc[j + u * nw] = s * scale;
+                if (lane == 0 && j + u * nw < end) sc[j + u * nw] = s * scale;
             }
         }
     }
@@ -129,17 +131,16 @@ __device__ __forceinline__ void attn_ctx_row(const float* p, const KV* __restric
     int end = last_key(i, kend, lookahead) + 1;
     for (int d = threadIdx.x; d < D; d += ATT_THREADS) {
         float acc = 0.0f;
-        int j = kfirst;
-        // ATT_CTX_KEYS values in flight before they are added, in key order
-        for (; j + ATT_CTX_KEYS <= end; j += ATT_CTX_KEYS) {
+        // ATT_CTX_KEYS values in flight (those before `end`) before they are added, in key order
+        for (int j = kfirst; j < end; j += ATT_CTX_KEYS) {
             float vv[ATT_CTX_KEYS];
 #pragma unroll
             for (int u = 0; u < ATT_CTX_KEYS; ++u)
-                vv[u] = kv_ld(v, ((i64)(j + u) * nkv + kh) * D + d);
+                vv[u] = j + u < end ? kv_ld(v, ((i64)(j + u) * nkv + kh) * D + d) : 0.0f;
 #pragma unroll
-            for (int u = 0; u < ATT_CTX_KEYS; ++u) acc = fmaf(p[j + u], vv[u], acc);
+            for (int u = 0; u < ATT_CTX_KEYS; ++u)
+                if (j + u < end) acc = fmaf(p[j + u], vv[u], acc);
         }
-        for (; j < end; ++j) acc = fmaf(p[j], kv_ld(v, ((i64)j * nkv + kh) * D + d), acc);
         ctx[(i64)(i - qbase) * nh * D + (i64)h * D + d] = acc;
     }
 }
