@@ -229,11 +229,11 @@ pub struct Device {
     /// bit, and the switch is there to prove it and to time one against the other.
     merged: std::sync::atomic::AtomicBool,
     /// Whether kernels are launched with programmatic dependent launch (compute capability 9.0
-    /// and later; `FALSIFIER_CUDA_PDL=0` turns it off; [`Device::set_pdl`]): a kernel may then
+    /// and later; `FALSIFIER_CUDA_PDL=0` turns it off): a kernel may then
     /// be scheduled while the one before it finishes, prefetch its weights, and wait in
     /// `pdl_wait()` (common.cuh) for that one's results. The same work in the same order: only
     /// the gaps between kernels change.
-    pdl: std::sync::atomic::AtomicBool,
+    pdl: bool,
 }
 
 /// One timed launch or copy: two events around it on the stream.
@@ -337,9 +337,8 @@ impl Device {
             merged: std::sync::atomic::AtomicBool::new(
                 std::env::var("FALSIFIER_CUDA_FUSED").map_or(true, |v| v.trim() != "0"),
             ),
-            pdl: std::sync::atomic::AtomicBool::new(
-                major >= 9 && std::env::var("FALSIFIER_CUDA_PDL").map_or(true, |v| v.trim() != "0"),
-            ),
+            pdl: major >= 9
+                && std::env::var("FALSIFIER_CUDA_PDL").map_or(true, |v| v.trim() != "0"),
         })
     }
 
@@ -370,17 +369,7 @@ impl Device {
 
     /// Whether kernels are launched with programmatic dependent launch (see the field).
     pub fn pdl(&self) -> bool {
-        self.pdl.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Launch with programmatic dependent launch from now on (where the card has it), or not.
-    pub fn set_pdl(&self, on: bool) {
-        let able = self
-            .ctx
-            .compute_capability()
-            .is_ok_and(|(major, _)| major >= 9);
         self.pdl
-            .store(on && able, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Turn per-launch timing on (from now, for later [`Device::take_profile`]) or off.
