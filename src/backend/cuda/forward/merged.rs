@@ -149,12 +149,17 @@ impl Run<'_> {
         stages: &[Stage],
         mats: &[&DeviceMatrix],
     ) -> bool {
+        self.one_row_fault_free(l, stages) && self.pair_mergeable(mats)
+    }
+
+    /// Merging is on, the step is one row, and no fault is planted on any of layer `l`'s
+    /// `stages` (a fault acts between the launches merged).
+    fn one_row_fault_free(&self, l: usize, stages: &[Stage]) -> bool {
         self.fused
             && self.n() == 1
             && stages
                 .iter()
                 .all(|&s| self.faults_at(Some(l), s).next().is_none())
-            && self.pair_mergeable(mats)
     }
 
     /// Whether `mats` suit the merged one-row kernels, all alike (gate and up go together).
@@ -182,11 +187,10 @@ impl Run<'_> {
         mats: &[(Stage, &DeviceMatrix)],
     ) -> Option<Vec<Vec<usize>>> {
         let h = self.w.dims.hidden;
-        let ok = self.fused
-            && self.n() == 1
-            && std::iter::once(norm)
-                .chain(mats.iter().map(|m| m.0))
-                .all(|s| self.faults_at(Some(l), s).next().is_none())
+        let stages: Vec<Stage> = std::iter::once(norm)
+            .chain(mats.iter().map(|m| m.0))
+            .collect();
+        let ok = self.one_row_fault_free(l, &stages)
             && mats
                 .iter()
                 .all(|(_, w)| w.cols == h && norm_matvec_ok(self.dev, w));
