@@ -382,10 +382,9 @@ pub fn type_kernel_names(suffix: &str) -> Vec<String> {
         .collect()
 }
 
-/// Blocks per multiprocessor of the striding one-row matvecs (`matmulws_*`, and the merged
-/// `matmulwn_*` and `gate_up_*`): as many as their registers let be resident (`MV_MIN_BLOCKS`
-/// in kernels/matmul.cu).
-pub(crate) const STREAM_BLOCKS_PER_SM: usize = 4;
+/// Blocks per multiprocessor of the striding one-row matvec (`matmulws_*`): as many as its
+/// registers let be resident (`MV_MIN_BLOCKS` in kernels/matmul.cu).
+const STREAM_BLOCKS_PER_SM: usize = 4;
 
 /// Most inputs the merged one-row kernels stage (`MW_XMAX` in kernels/matmul.cu).
 const MERGED_MAX_K: usize = 4096;

@@ -6,7 +6,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use super::{Buffers, Run};
 use crate::backend::FaultKind;
 use crate::backend::cuda::device::{Arg, NULL, int};
-use crate::backend::cuda::matmul::{STREAM_BLOCKS_PER_SM, merged_matvec_ok, norm_matvec_ok};
+use crate::backend::cuda::matmul::{merged_matvec_ok, norm_matvec_ok};
 use crate::backend::cuda::weights::{DeviceMatrix, kernel_suffix};
 use crate::error::{Error, Result};
 use crate::model::arch::RopePairing;
@@ -25,30 +25,16 @@ fn typed_suffix(ty: GgmlType) -> Result<&'static str> {
     kernel_suffix(ty).ok_or_else(|| Error::internal(format!("no CUDA kernels for {ty}")))
 }
 
-/// The launch of a merged one-row kernel: a warp per output, 8 a block.
-fn merged_grid(outputs: usize) -> Result<LaunchConfig> {
+/// The launch of a merged one-row kernel: a warp per output, 8 a block, `slots` grid layers.
+fn merged_grid(outputs: usize, slots: usize) -> Result<LaunchConfig> {
     let x = u32::try_from(outputs.div_ceil(8))
         .map_err(|_| Error::input(format!("{outputs} outputs exceed the launch grid")))?;
+    let z = u32::try_from(slots)
+        .ok()
+        .filter(|&z| z <= 65535)
+        .ok_or_else(|| Error::input(format!("{slots} expert slots exceed the launch grid")))?;
     Ok(LaunchConfig {
-        grid_dim: (x, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    })
-}
-
-/// The launch of a striding one-row kernel (`matmulwn_*`, `gate_up_*`): warps take `units`
-/// (a row, or a gate/up row pair) r, r + stride, ..., 8 warps a block, in at most as many
-/// blocks as the card holds at once. A grid of more blocks than that would run in waves, each
-/// one's blocks waiting on memory from the start again; striding warps have their next row's
-/// weights on the way while they multiply the current one.
-fn striding_grid(units: usize, sms: usize) -> Result<LaunchConfig> {
-    let blocks = units
-        .div_ceil(8)
-        .clamp(1, STREAM_BLOCKS_PER_SM * sms.max(1));
-    let x = u32::try_from(blocks)
-        .map_err(|_| Error::input(format!("{units} outputs exceed the launch grid")))?;
-    Ok(LaunchConfig {
-        grid_dim: (x, 1, 1),
+        grid_dim: (x, 1, z),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     })
@@ -245,7 +231,7 @@ impl Run<'_> {
             ));
         }
         let part = |j: usize| mats.get(j).copied();
-        let rows: usize = mats.iter().map(|(w, _)| w.rows).sum();
+        let blocks: usize = mats.iter().map(|(w, _)| w.rows.div_ceil(8)).sum();
         let mut args = Vec::with_capacity(17);
         for j in 0..3 {
             args.push(part(j).map_or(NULL, |(w, _)| Arg::Ptr(dev.ptr(&w.data))));
@@ -267,7 +253,7 @@ impl Run<'_> {
         dev.launch(
             &format!("matmulwn_{}", typed_suffix(first.ty)?),
             key,
-            striding_grid(rows, dev.sms)?,
+            merged_grid(blocks * 8, 1)?,
             &args,
         )
     }
@@ -286,7 +272,7 @@ impl Run<'_> {
         dev.launch(
             &format!("matmulwr_{}", typed_suffix(w.ty)?),
             key,
-            merged_grid(w.rows)?,
+            merged_grid(w.rows, 1)?,
             &[
                 Arg::Ptr(dev.ptr(&w.data)),
                 Arg::I64(w.row_bytes as i64),
@@ -321,7 +307,7 @@ impl Run<'_> {
         dev.launch(
             &format!("gate_up_{}", typed_suffix(gate.ty)?),
             key,
-            striding_grid(slots * gate.rows, dev.sms)?,
+            merged_grid(gate.rows, slots)?,
             &[
                 Arg::Ptr(dev.ptr(&gate.data)),
                 Arg::Ptr(dev.ptr(&up.data)),
@@ -333,7 +319,6 @@ impl Run<'_> {
                 Arg::Ptr(dev.ptr(&b.act)),
                 int(gate.rows, "outputs")?,
                 int(gate.cols, "inputs")?,
-                int(slots, "expert slots")?,
                 slot_expert.map_or(NULL, |s| Arg::Ptr(dev.ptr(s))),
                 Arg::I32(i32::try_from(sa).unwrap_or(-1)),
                 Arg::I32(i32::try_from(sb).unwrap_or(-1)),
@@ -435,7 +420,7 @@ impl Run<'_> {
             &format!("down_combine_{}", typed_suffix(down.ty)?),
             &ks(Stage::FfnOut),
             // two warps per output (the picks in halves)
-            merged_grid(2 * h)?,
+            merged_grid(2 * h, 1)?,
             &[
                 Arg::Ptr(dev.ptr(&down.data)),
                 Arg::I64(down.row_bytes as i64),

@@ -688,15 +688,6 @@ __device__ __forceinline__ float mw_dot_staged(const u8* __restrict__ row,
     return acc;
 }
 
-// The first two pieces of `row` that mw_dot_staged takes from its caller (superblocks gi and
-// gi + 4 of lane group gi), loaded ahead.
-template <int TY>
-__device__ __forceinline__ void mw_load2(MwPiece<TY>* w, const u8* __restrict__ row, int nsb,
-                                         int gi, int p) {
-    if (gi < nsb) w[0].load(row, gi, p);
-    if (gi + 4 < nsb) w[1].load(row, gi + 4, p);
-}
-
 // Lane `lane`'s part of the dot product of an f32 row of k values (k % 4 == 0, 16-byte
 // aligned) with x.
 __device__ __forceinline__ float mw_dot_f32(const float* __restrict__ row,
@@ -860,12 +851,10 @@ __device__ __forceinline__ void matvec_warp(const u8* __restrict__ W, i64 row_by
 //
 // matmulwr_<type>: Y[n] = x . W[n] and Z[n] = R[n] + Y[n] (a projection and its residual add:
 //   attn_out + attn_residual; a dense down projection + layer_out).
-// gate_up_<type>: for slot z < slots (expert slot_expert[z], or the one matrix when
-//   slot_expert is null) G[z, n] = x . Wg[n], U[z, n] = x . Wu[n] and A[z, n] = silu(G) * U in
-//   f64, rounded once (silu_mul's formula): the expert (or dense) gate, up and SwiGLU of a
-//   one-token step. The block stages x once; warp w of the grid takes units (z, n) = w, w +
-//   stride, ... (slot-major; stride: the grid's warps, sized by the host to what the card holds
-//   at once), the next unit's gate row on its way while this unit's up row is multiplied.
+// gate_up_<type>: for slot z (expert slot_expert[z], or the one matrix when slot_expert is
+//   null) G[z, n] = x . Wg[n], U[z, n] = x . Wu[n] and A[z, n] = silu(G) * U in f64, rounded
+//   once (silu_mul's formula): the expert (or dense) gate, up and SwiGLU of a one-token step,
+//   both matrices' first weights in flight before either is multiplied.
 // Only for the staged types (Q4_K, Q6_K) with K <= MW_XMAX and aligned rows; the host checks
 // (merged_matvec_ok) and launches the separate kernels otherwise.
 template <int TY>
@@ -897,30 +886,28 @@ __device__ __forceinline__ void matvec_res_body(const u8* __restrict__ W, i64 ro
 }
 
 // matmulwn_<type>: up to three one-row matvecs of one input in one launch, the input's RMSNorm
-// folded in (a decode step's attn_norm + q/k/v projections, or ffn_norm + the router). The
-// launch's rows are W0's, then W1's, then W2's (an absent matrix has none); warp w of the grid
-// takes rows w, w + stride, ... (stride: the grid's warps; the host sizes the grid to what the
-// card holds at once), each next row's first pieces loaded while the current one is
-// multiplied, so that a block computes its norm once however many rows it has. With G set,
+// folded in (a decode step's attn_norm + q/k/v projections, or ffn_norm + the router). Blocks
+// take W0's rows (8 a block), then W1's, then W2's (an absent matrix has no rows). With G set,
 // every block computes x = RMSNorm(X) * G itself (rms_norm's arithmetic: its threads' f64 sums
 // of squares by this block's first RED_THREADS threads, block_sum's tree, the same quotient and
 // products), stages it, and block 0 writes it to XN (the norm's stage, read by the captures and
 // by launches after this one); with G null, X is staged as it is. Each output is matmulw's warp
 // dot of the staged row (F32 rows: mw_dot_f32's order from shared memory), bit for bit.
 // Staged types and F32, K <= MW_XMAX (the host checks).
-// Global row r of the launch (W0's rows, then W1's, then W2's): its weights and its output.
-struct MwnRow {
+struct MwnPart {
     const u8* W;
-    float* y;
+    i64 row_bytes;
+    int N, nb;  // rows, and this block's block index within them
+    float* Y;
 };
-__device__ __forceinline__ MwnRow mwn_row(const u8* W0, const u8* W1, const u8* W2, i64 rb0,
-                                          i64 rb1, i64 rb2, int N0, int N1, float* Y0,
-                                          float* Y1, float* Y2, int r) {
-    if (r < N0) return {W0 + (i64)r * rb0, Y0 + r};
-    r -= N0;
-    if (r < N1) return {W1 + (i64)r * rb1, Y1 + r};
-    r -= N1;
-    return {W2 + (i64)r * rb2, Y2 + r};
+__device__ __forceinline__ MwnPart mwn_part(const u8* W0, const u8* W1, const u8* W2, i64 rb0,
+                                            i64 rb1, i64 rb2, int N0, int N1, int N2, float* Y0,
+                                            float* Y1, float* Y2) {
+    constexpr int R = MM_THREADS / 32;
+    int b = blockIdx.x, b0 = (N0 + R - 1) / R, b1 = (N1 + R - 1) / R;
+    if (b < b0) return {W0, rb0, N0, b, Y0};
+    if (b < b0 + b1) return {W1, rb1, N1, b - b0, Y1};
+    return {W2, rb2, N2, b - b0 - b1, Y2};
 }
 
 __device__ __forceinline__ float mw_dot_f32_shared(const float* __restrict__ row,
@@ -939,26 +926,22 @@ __device__ __forceinline__ float mw_dot_f32_shared(const float* __restrict__ row
 }
 
 template <int TY>
-__device__ __forceinline__ void matvec_norm_body(const u8* __restrict__ W0,
-                                                 const u8* __restrict__ W1,
-                                                 const u8* __restrict__ W2, i64 rb0, i64 rb1,
-                                                 i64 rb2, int N0, int N1, int N2,
-                                                 const float* __restrict__ X,
+__device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __restrict__ X,
                                                  const float* __restrict__ G, float eps,
-                                                 float* __restrict__ XN, float* Y0, float* Y1,
-                                                 float* Y2, int K) {
+                                                 float* __restrict__ XN, int K) {
     constexpr bool staged = MwStaged<TY>::value;
     __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
     __shared__ double red[MM_THREADS / 32];
-    int lane = threadIdx.x & 31, stride = gridDim.x * (MM_THREADS / 32);
-    int r0 = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5), rows = N0 + N1 + N2;
-    auto row_of = [&](int r) {
-        return mwn_row(W0, W1, W2, rb0, rb1, rb2, N0, N1, Y0, Y1, Y2, min(r, rows - 1));
-    };
+    int n = part.nb * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    bool active = n < part.N;
+    const u8* row = part.W + (i64)(active ? n : 0) * part.row_bytes;
     int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
-    // staged rows: the first row's pieces on their way while the norm is computed
-    MwPiece<staged ? TY : T_Q4_K> cur[2], nxt[2];  // (unused for F32)
-    if constexpr (staged) mw_load2(cur, row_of(r0).W, nsb, gi, p);
+    // staged rows: the first pieces on their way while the norm is computed
+    MwPiece<staged ? TY : T_Q4_K> w[2];  // (unused for F32)
+    if constexpr (staged) {
+        if (gi < nsb) w[0].load(row, gi, p);
+        if (gi + 4 < nsb) w[1].load(row, gi + 4, p);
+    }
     auto at = [&](int i) { return staged ? mw_pad(i, MwShift<TY>::value) : i; };
     if (G) {
         double ss = 0.0;
@@ -977,25 +960,18 @@ __device__ __forceinline__ void matvec_norm_body(const u8* __restrict__ W0,
             *(float4*)(xs + at(i)) = __ldg((const float4*)(X + i));
     }
     __syncthreads();
-    __shared__ float xsum[staged ? MW_SUMS_MAX : 1];
-    if constexpr (staged) mw_sums<TY>(xsum, xs, K);
-    // rows r0, r0 + stride, ...: the next row's pieces on their way while this one is multiplied
-    for (int r = r0; r < rows; r += stride) {
-        MwnRow cr = row_of(r);
-        float acc = 0.0f;
-        if constexpr (staged) {
-            if (r + stride < rows) mw_load2(nxt, row_of(r + stride).W, nsb, gi, p);
-            acc = mw_dot_staged<TY>(cr.W, xs, xsum, nsb, lane, cur);
-            cur[0] = nxt[0];
-            cur[1] = nxt[1];
-        } else if constexpr (TY == T_F32) {
-            acc = mw_dot_f32_shared((const float*)cr.W, xs, K, lane);
-        } else {
-            __trap();  // the host launches these for the staged types and F32 only
-        }
-        acc = warp_sum_fixed(acc);
-        if (lane == 0) *cr.y = acc;
+    float acc = 0.0f;
+    if constexpr (staged) {
+        __shared__ float xsum[MW_SUMS_MAX];
+        mw_sums<TY>(xsum, xs, K);
+        acc = mw_dot_staged<TY>(row, xs, xsum, nsb, lane, w);
+    } else if constexpr (TY == T_F32) {
+        acc = mw_dot_f32_shared((const float*)row, xs, K, lane);
+    } else {
+        __trap();  // the host launches these for the staged types and F32 only
     }
+    acc = warp_sum_fixed(acc);
+    if (active && lane == 0) part.Y[n] = acc;
 }
 
 template <int TY>
@@ -1003,45 +979,37 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
                                              i64 row_bytes, i64 expert_bytes,
                                              const float* __restrict__ X, float* __restrict__ G,
                                              float* __restrict__ U, float* __restrict__ A, int N,
-                                             int K, int slots, const int* __restrict__ slot_expert,
+                                             int K, const int* __restrict__ slot_expert,
                                              int swap_a, int swap_b) {
     if constexpr (MwStaged<TY>::value) {
         __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
-        __shared__ float xsum[MW_SUMS_MAX];
-        int lane = threadIdx.x & 31, stride = gridDim.x * (MM_THREADS / 32);
-        int u0 = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5), units = slots * N;
-        // this warp's units u0, u0 + stride, ...: unit v is output n of slot z (v = z N + n)
-        auto at = [&](int v) {
-            v = min(v, units - 1);
-            int z = v / N, n = v - z * N;
-            int e = slot_expert ? slot_expert[z] : 0;
-            int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
-            return (i64)we * expert_bytes + (i64)n * row_bytes;
-        };
+        int z = blockIdx.z;
+        int e = slot_expert ? slot_expert[z] : 0;
+        int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+        int n = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+        bool active = n < N;
+        i64 at = (i64)we * expert_bytes + (i64)(active ? n : 0) * row_bytes;
         int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
-        // the gate row's pieces in wg, the up row's in wu; each pair of loads is issued as soon
-        // as the dot before has used the pieces it replaces: the next unit's gate row is on its
-        // way while this unit's up row is multiplied, its up row while its gate row is
         MwPiece<TY> wg[2], wu[2];
-        i64 o = at(u0);
-        mw_load2(wg, Wg + o, nsb, gi, p);
-        mw_load2(wu, Wu + o, nsb, gi, p);
+        if (gi < nsb) {
+            wg[0].load(Wg + at, gi, p);
+            wu[0].load(Wu + at, gi, p);
+        }
+        if (gi + 4 < nsb) {
+            wg[1].load(Wg + at, gi + 4, p);
+            wu[1].load(Wu + at, gi + 4, p);
+        }
+        __shared__ float xsum[MW_SUMS_MAX];
         mw_stage<TY>(xs, X, K);
         mw_sums<TY>(xsum, xs, K);
-        for (int v = u0; v < units; v += stride) {
-            i64 next = at(v + stride);
-            bool more = v + stride < units;
-            float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + o, xs, xsum, nsb, lane, wg));
-            if (more) mw_load2(wg, Wg + next, nsb, gi, p);
-            float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + o, xs, xsum, nsb, lane, wu));
-            if (more) mw_load2(wu, Wu + next, nsb, gi, p);
-            if (lane == 0) {
-                G[v] = g;
-                U[v] = u;
-                double gd = g;
-                A[v] = (float)(gd / (1.0 + exp(-gd)) * (double)u);
-            }
-            o = next;
+        float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg));
+        float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu));
+        if (active && lane == 0) {
+            i64 o = (i64)z * N + n;
+            G[o] = g;
+            U[o] = u;
+            double gd = g;
+            A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)u);
         }
     } else {
         __trap();
@@ -1186,32 +1154,9 @@ __device__ __forceinline__ void mw_prefetch(const u8* W, i64 row_bytes, i64 expe
         pdl_prefetch(W + (i64)we * expert_bytes + (i64)n0 * row_bytes, (i64)rows * row_bytes);
 }
 
-// Before pdl_wait(): row r's bytes [W, W + bytes) towards L2 by one warp, one 128-byte line per
-// lane and step. The striding one-row launches (matmulwn, gate_up) give each warp rows r0, r0 +
-// stride, ... (r0 its warp index in the grid); these prefetch exactly those.
-__device__ __forceinline__ void warp_row_prefetch(const u8* W, i64 bytes) {
-    for (i64 o = 128LL * (threadIdx.x & 31); o < bytes; o += 128LL * 32) pdl_prefetch_line(W + o);
-}
-
-__device__ __forceinline__ int striding_warp() {
-    return blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5);
-}
-
-__device__ __forceinline__ void mwn_prefetch(const u8* W0, const u8* W1, const u8* W2, i64 rb0,
-                                             i64 rb1, i64 rb2, int N0, int N1, int N2) {
-    for (int r = striding_warp(); r < N0 + N1 + N2; r += gridDim.x * (MM_THREADS / 32)) {
-        MwnRow cr = mwn_row(W0, W1, W2, rb0, rb1, rb2, N0, N1, nullptr, nullptr, nullptr, r);
-        warp_row_prefetch(cr.W, r < N0 ? rb0 : (r < N0 + N1 ? rb1 : rb2));
-    }
-}
-
-// A dense gate_up's rows (no expert slots: the rows do not wait on a routing).
-__device__ __forceinline__ void gate_up_prefetch(const u8* Wg, const u8* Wu, i64 row_bytes,
-                                                 int N) {
-    for (int n = striding_warp(); n < N; n += gridDim.x * (MM_THREADS / 32)) {
-        warp_row_prefetch(Wg + (i64)n * row_bytes, row_bytes);
-        warp_row_prefetch(Wu + (i64)n * row_bytes, row_bytes);
-    }
+// matmulwn's rows of this block, as mw_prefetch.
+__device__ __forceinline__ void mwn_prefetch(MwnPart part) {
+    mw_prefetch(part.W, part.row_bytes, 0, part.N, -1, -1, part.nb);
 }
 
 // A block type's family: every matmul variant and the gather. Not instantiated here: the host
@@ -1260,19 +1205,22 @@ __device__ __forceinline__ void gate_up_prefetch(const u8* Wg, const u8* Wu, i64
         matmulwn_##NAME(const u8* W0, const u8* W1, const u8* W2, i64 rb0, i64 rb1, i64 rb2,    \
                         int N0, int N1, int N2, const float* X, const float* G, float eps,      \
                         float* XN, float* Y0, float* Y1, float* Y2, int K) {                    \
-        mwn_prefetch(W0, W1, W2, rb0, rb1, rb2, N0, N1, N2);                                   \
+        mwn_prefetch(mwn_part(W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2));              \
         pdl_wait();                                                                             \
-        matvec_norm_body<TY>(W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, X, G, eps, XN, Y0, Y1, Y2,  \
-                             K);                                                       \
+        matvec_norm_body<TY>(mwn_part(W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2), X, G, \
+                             eps, XN, K);                                                       \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         gate_up_##NAME(const u8* Wg, const u8* Wu, i64 row_bytes, i64 expert_bytes,             \
                        const float* X, float* G, float* U, float* A, int N, int K,              \
-                       int slots, const int* slot_expert, int swap_a, int swap_b) {             \
-        if (!slot_expert) gate_up_prefetch(Wg, Wu, row_bytes, N);                               \
+                       const int* slot_expert, int swap_a, int swap_b) {                        \
+        if (!slot_expert) {                                                                     \
+            mw_prefetch(Wg, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
+            mw_prefetch(Wu, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
+        }                                                                                       \
         pdl_wait();                                                                             \
-        gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slots,              \
-                         slot_expert, swap_a, swap_b);                                          \
+        gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slot_expert,        \
+                         swap_a, swap_b);                                                       \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         down_combine_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* act,     \
