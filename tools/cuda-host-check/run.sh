@@ -11,4 +11,6 @@ trap 'rm -rf "$out"' EXIT
     "$here/syntax_check.cpp"
 "${CXX:-c++}" -std=c++17 -O1 -DFALSIFIER_HOST_MAIN -w -o "$out/host_main" "$here/syntax_check.cpp"
 "$out/host_main"
+"${CXX:-c++}" -std=c++17 -O1 -DFALSIFIER_DOT_MAIN -w -o "$out/dot_main" "$here/syntax_check.cpp"
+"$out/dot_main"
 echo "kernel sources: host syntax check ok"

@@ -13,6 +13,7 @@ struct float2 { float x, y; };
 struct double2 { double x, y; };
 static double2 make_double2(double x, double y) { return {x, y}; }
 static void __syncthreads() {}
+static int __syncthreads_or(int p) { return p; }
 static void __syncwarp() {}
 static unsigned __ballot_sync(unsigned, bool b) { return b; }
 static int __popc(unsigned v) { return __builtin_popcount(v); }
@@ -39,6 +40,10 @@ static unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
 #include "../../src/backend/cuda/kernels/common.cuh"
 // (built as a program, only the routing's file: the others' shared-memory externs would need a
 // device to link)
+#ifdef FALSIFIER_DOT_MAIN
+#include "../../src/backend/cuda/kernels/matmul.cu"
+#include "q4k_dot_check.h"
+#else
 #ifndef FALSIFIER_HOST_MAIN
 #include "../../src/backend/cuda/kernels/matmul.cu"
 #include "../../src/backend/cuda/kernels/ops.cu"
@@ -102,3 +107,4 @@ int main() {
     return 0;
 }
 #endif
+#endif  // FALSIFIER_DOT_MAIN

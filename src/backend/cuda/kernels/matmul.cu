@@ -530,7 +530,9 @@ __device__ __forceinline__ void matvec_body(const u8* __restrict__ W, i64 row_by
 // the rows' scales are applied once per group of values sharing them rather than per weight:
 //   Q4_K: sum over a sub-block of (ds q - ms) x = ds * sum(q x) - ms * sum(x),
 //   Q6_K: sum over a 16-value scale group of d sc (q - 32) x = d sc * sum((q - 32) x),
-// with q - 32 (or q) made exactly from the bits of 2^23 + q (one byte permute, one add). The
+// with Q6_K's q - 32 made exactly from the bits of 2^23 + q (one byte permute, one add), and
+// Q4_K's q as the subnormal its nibble is when masked in place, against an input staged scaled
+// to match (q4k_pos: one mask a weight, no add). The
 // results differ from matmulv's decode-then-FMA by that factoring's rounding alone (well
 // within f32 accumulation error; the GPU tests hold every kernel to the same bound). The input
 // row is staged in shared memory by the whole block while each lane's first weights are on
@@ -554,6 +556,52 @@ template <int TY> struct MwShift {
     static constexpr int value = TY == T_Q6_K ? 7 : 6;
 };
 
+// Q4_K's staged input is scaled so that its dot needs no subtract. A nibble masked in place in
+// its quant word, bits p .. p + 3 with p <= 16, read as a float is the subnormal q 2^(p - 149),
+// exactly; x_j staged as x_j 2^(Q4K_SHIFT - p_j), p_j the bit position at which the dot finds
+// the nibble that multiplies x_j (q4k_pos), makes each FMA's product q x_j 2^-85 exactly. Every
+// partial sum is then the subtracting dot's times 2^-85 (the same bits while the sums stay
+// normal, |sum| >= 2^-41; below that they keep 2^-64 absolute), and the lane scales its sums back
+// once: two instructions a weight (a mask, an FMA) instead of three. An input of 2^63 or more
+// would overflow the scale: a block that stages one stages its input unscaled instead and takes
+// the subtracting dot (`plain`, uniform over the block).
+#define Q4K_SHIFT 64
+// the bit position, in its masked word, of the nibble that multiplies input j of a row: low
+// nibbles (j % 64 < 32) of bytes 0..3 at bits 0, 8, 16 of the word and 12 of the word >> 12; high
+// nibbles at 4, 12 of the word and 8, 16 of the word >> 12 (MwPiece<T_Q4_K>::dot)
+__device__ __forceinline__ int q4k_pos(int j) {
+    return (((j & 32) ? 0x10080C04u : 0x0C100800u) >> (8 * (j & 3))) & 0xFF;
+}
+__device__ __forceinline__ float q4k_scale(int j) {
+    return __int_as_float((127 + Q4K_SHIFT - q4k_pos(j)) << 23);
+}
+__device__ __forceinline__ float q4k_unscale(int j) {
+    return __int_as_float((127 - Q4K_SHIFT + q4k_pos(j)) << 23);
+}
+// finite and 2^63 or more in magnitude (infinities and NaN scale to themselves)
+__device__ __forceinline__ bool q4k_big(float v) {
+    float a = fabsf(v);
+    return a >= 9223372036854775808.0f && a < INFINITY;
+}
+
+// Stage input j (one value) of a row at *dst, scaled for Q4_K unless `plain`; returns whether it
+// is out of the scaled range.
+template <int TY>
+__device__ __forceinline__ bool mw_put1(float* dst, int j, float v, bool plain) {
+    if constexpr (TY == T_Q4_K) {
+        if (!plain) {
+            *dst = __fmul_rn(v, q4k_scale(j));
+            return q4k_big(v);
+        }
+    }
+    *dst = v;
+    return false;
+}
+
+// Inputs i .. i + 3 of a row (i % 4 == 0) into row `xs` of the staging, as mw_put1.
+template <int TY>
+__device__ __forceinline__ bool mw_put4(float* xs, int i, float4 v, bool plain);
+
 // One lane's raw bytes of one superblock, loaded ahead of its arithmetic.
 template <int TY> struct MwPiece;
 template <> struct MwPiece<T_Q4_K> {
@@ -568,23 +616,44 @@ template <> struct MwPiece<T_Q4_K> {
     // xsum: the staged input's sums over runs of 16 values (mw_sums), this lane's two of them
     // instead of 32 adds of its own
     __device__ __forceinline__ float dot(const float* __restrict__ xs,
-                                         const float* __restrict__ xsum, int s, int p,
-                                         float acc) const {
+                                         const float* __restrict__ xsum, int s, int p, float acc,
+                                         bool plain) const {
         int c = p >> 1, i0 = 256 * s + 64 * c + 16 * (p & 1);
         const float* x0 = xs + mw_pad(i0, 6);
         const float* x1 = x0 + 32;
         float s0 = 0.0f, s1 = 0.0f, xs0 = xsum[i0 >> 4], xs1 = xsum[(i0 >> 4) + 2];
         u32 words[4] = {qs.x, qs.y, qs.z, qs.w};
+        if (!plain) {
+            // the scaled input (q4k_pos): each nibble masked in place is its own subnormal
 #pragma unroll
-        for (int wi = 0; wi < 4; ++wi) {
-            float4 a = *(const float4*)(x0 + 4 * wi);
-            float4 bb = *(const float4*)(x1 + 4 * wi);
-            u32 lo = words[wi] & 0x0F0F0F0Fu, hi = (words[wi] >> 4) & 0x0F0F0F0Fu;
-            float xa[4] = {a.x, a.y, a.z, a.w}, xb[4] = {bb.x, bb.y, bb.z, bb.w};
+            for (int wi = 0; wi < 4; ++wi) {
+                float4 a = *(const float4*)(x0 + 4 * wi);
+                float4 bb = *(const float4*)(x1 + 4 * wi);
+                u32 w = words[wi], v = w >> 12;
+                s0 = fmaf(__uint_as_float(w & 0xFu), a.x, s0);
+                s1 = fmaf(__uint_as_float(w & 0xF0u), bb.x, s1);
+                s0 = fmaf(__uint_as_float(w & 0xF00u), a.y, s0);
+                s1 = fmaf(__uint_as_float(w & 0xF000u), bb.y, s1);
+                s0 = fmaf(__uint_as_float(w & 0xF0000u), a.z, s0);
+                s1 = fmaf(__uint_as_float(v & 0xF00u), bb.z, s1);
+                s0 = fmaf(__uint_as_float(v & 0xF000u), a.w, s0);
+                s1 = fmaf(__uint_as_float(v & 0xF0000u), bb.w, s1);
+            }
+            const float back = __int_as_float((127 + 149 - Q4K_SHIFT) << 23);  // 2^85
+            s0 = __fmul_rn(s0, back);
+            s1 = __fmul_rn(s1, back);
+        } else {
 #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                s0 = fmaf(mw_byte_f(lo, i) - 8388608.0f, xa[i], s0);
-                s1 = fmaf(mw_byte_f(hi, i) - 8388608.0f, xb[i], s1);
+            for (int wi = 0; wi < 4; ++wi) {
+                float4 a = *(const float4*)(x0 + 4 * wi);
+                float4 bb = *(const float4*)(x1 + 4 * wi);
+                u32 lo = words[wi] & 0x0F0F0F0Fu, hi = (words[wi] >> 4) & 0x0F0F0F0Fu;
+                float xa[4] = {a.x, a.y, a.z, a.w}, xb[4] = {bb.x, bb.y, bb.z, bb.w};
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    s0 = fmaf(mw_byte_f(lo, i) - 8388608.0f, xa[i], s0);
+                    s1 = fmaf(mw_byte_f(hi, i) - 8388608.0f, xb[i], s1);
+                }
             }
         }
         u32 sc0, m0, sc1, m1;
@@ -613,7 +682,7 @@ template <> struct MwPiece<T_Q6_K> {
         d = *(const u16*)(b + 208);
     }
     __device__ __forceinline__ float dot(const float* __restrict__ xs, const float*, int s, int p,
-                                         float acc) const {
+                                         float acc, bool) const {
         int hh = p >> 2, q = p & 3;
         float df = h2f(d);
 #pragma unroll
@@ -642,6 +711,22 @@ template <> struct MwPiece<T_Q6_K> {
     }
 };
 
+template <int TY>
+__device__ __forceinline__ bool mw_put4(float* xs, int i, float4 v, bool plain) {
+    bool big = false;
+    if constexpr (TY == T_Q4_K) {
+        if (!plain) {
+            big = q4k_big(v.x) | q4k_big(v.y) | q4k_big(v.z) | q4k_big(v.w);
+            v.x = __fmul_rn(v.x, q4k_scale(i));
+            v.y = __fmul_rn(v.y, q4k_scale(i + 1));
+            v.z = __fmul_rn(v.z, q4k_scale(i + 2));
+            v.w = __fmul_rn(v.w, q4k_scale(i + 3));
+        }
+    }
+    *(float4*)(xs + mw_pad(i, MwShift<TY>::value)) = v;
+    return big;
+}
+
 // The staged input's sums over runs of 16 values, xsum[j] = x[16 j] + ... + x[16 j + 15] added
 // in index order, for Q4_K (its dmin term needs them per 16 values: the same sums each lane
 // made of its own, made once per block instead of once per row; nothing for the other types).
@@ -650,15 +735,16 @@ template <> struct MwPiece<T_Q6_K> {
 #define MW_SUMS_MAX (MW_XMAX / 16)
 template <int TY>
 __device__ __forceinline__ void mw_sums(float* __restrict__ xsum, const float* __restrict__ xs,
-                                        int K, int rows = 1, int stride = 0) {
+                                        int K, bool plain, int rows = 1, int stride = 0) {
     if constexpr (TY == T_Q4_K) {
         int per = K >> 4;
         for (int q = threadIdx.x; q < rows * per; q += MM_THREADS) {
             int r = q / per, j = q - r * per;
             const float* x = xs + r * stride + mw_pad(16 * j, 6);
             float t = 0.0f;
+            // the input as it was (scaling back by a power of two is exact)
 #pragma unroll
-            for (int m = 0; m < 16; ++m) t += x[m];
+            for (int m = 0; m < 16; ++m) t += plain ? x[m] : __fmul_rn(x[m], q4k_unscale(16 * j + m));
             xsum[q] = t;
         }
         __syncthreads();
@@ -674,7 +760,7 @@ template <int TY>
 __device__ __forceinline__ float mw_dot_staged(const u8* __restrict__ row,
                                                const float* __restrict__ xs,
                                                const float* __restrict__ xsum, int nsb, int lane,
-                                               MwPiece<TY>* w) {
+                                               MwPiece<TY>* w, bool plain) {
     int g = lane >> 3, p = lane & 7;
     float acc = 0.0f;
     for (int s = g; s < nsb; s += 8) {
@@ -682,8 +768,8 @@ __device__ __forceinline__ float mw_dot_staged(const u8* __restrict__ row,
             w[0].load(row, s, p);
             if (s + 4 < nsb) w[1].load(row, s + 4, p);
         }
-        acc = w[0].dot(xs, xsum, s, p, acc);
-        if (s + 4 < nsb) acc = w[1].dot(xs, xsum, s + 4, p, acc);
+        acc = w[0].dot(xs, xsum, s, p, acc, plain);
+        if (s + 4 < nsb) acc = w[1].dot(xs, xsum, s + 4, p, acc, plain);
     }
     return acc;
 }
@@ -737,14 +823,20 @@ template <int TY> struct MwStaged {
     static constexpr bool value = TY == T_Q4_K || TY == T_Q6_K;
 };
 
-// The input row x [K] into xs (padded), by the whole block; barriers on both sides.
+// The input row x [K] into xs (padded, scaled for Q4_K), by the whole block; barriers on both
+// sides. Returns `plain`: whether the block staged it unscaled (an input out of the scaled range).
 template <int TY>
-__device__ __forceinline__ void mw_stage(float* __restrict__ xs, const float* __restrict__ x,
+__device__ __forceinline__ bool mw_stage(float* __restrict__ xs, const float* __restrict__ x,
                                          int K) {
     __syncthreads();
+    bool big = false;
     for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
-        *(float4*)(xs + mw_pad(i, MwShift<TY>::value)) = __ldg((const float4*)(x + i));
+        big |= mw_put4<TY>(xs, i, __ldg((const float4*)(x + i)), false);
+    if (!__syncthreads_or(big)) return false;
+    for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
+        mw_put4<TY>(xs, i, __ldg((const float4*)(x + i)), true);
     __syncthreads();
+    return true;
 }
 
 __device__ __forceinline__ float warp_sum_fixed(float acc) {
@@ -772,15 +864,15 @@ __device__ __forceinline__ void matvec_warp_stream(const u8* __restrict__ W, i64
         if (gi < nsb) cur[0].load(row, gi, p);
         if (gi + 4 < nsb) cur[1].load(row, gi + 4, p);
         __shared__ float xsum[MW_SUMS_MAX];
-        mw_stage<TY>(xs, x, K);
-        mw_sums<TY>(xsum, xs, K);
+        bool plain = mw_stage<TY>(xs, x, K);
+        mw_sums<TY>(xsum, xs, K, plain);
         for (; n < N; n += stride) {
             const u8* next = W + (i64)min(n + stride, N - 1) * row_bytes;
             if (n + stride < N) {
                 if (gi < nsb) nxt[0].load(next, gi, p);
                 if (gi + 4 < nsb) nxt[1].load(next, gi + 4, p);
             }
-            float acc = warp_sum_fixed(mw_dot_staged<TY>(row, xs, xsum, nsb, lane, cur));
+            float acc = warp_sum_fixed(mw_dot_staged<TY>(row, xs, xsum, nsb, lane, cur, plain));
             if (lane == 0) Y[n] = acc;
             cur[0] = nxt[0];
             cur[1] = nxt[1];
@@ -829,13 +921,10 @@ __device__ __forceinline__ void matvec_warp(const u8* __restrict__ W, i64 row_by
             MwPiece<TY> first[2];
             if (gi < nsb) first[0].load(row, gi, p);
             if (gi + 4 < nsb) first[1].load(row, gi + 4, p);
-            __syncthreads();  // the previous row's readers are done with xs
-            constexpr int sh = MwShift<TY>::value;
-            for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
-                *(float4*)(xs + mw_pad(i, sh)) = __ldg((const float4*)(x + i));
-            __syncthreads();
-            mw_sums<TY>(xsum, xs, K);
-            acc = mw_dot_staged<TY>(row, xs, xsum, nsb, lane, first);
+            // (mw_stage's first barrier: the previous row's readers are done with xs)
+            bool plain = mw_stage<TY>(xs, x, K);
+            mw_sums<TY>(xsum, xs, K, plain);
+            acc = mw_dot_staged<TY>(row, xs, xsum, nsb, lane, first, plain);
         } else {
             acc = mw_dot_f32((const float*)row, x, K, lane);
         }
@@ -873,9 +962,9 @@ __device__ __forceinline__ void matvec_res_body(const u8* __restrict__ W, i64 ro
         if (gi < nsb) w[0].load(row, gi, p);
         if (gi + 4 < nsb) w[1].load(row, gi + 4, p);
         __shared__ float xsum[MW_SUMS_MAX];
-        mw_stage<TY>(xs, X, K);
-        mw_sums<TY>(xsum, xs, K);
-        float acc = warp_sum_fixed(mw_dot_staged<TY>(row, xs, xsum, nsb, lane, w));
+        bool plain = mw_stage<TY>(xs, X, K);
+        mw_sums<TY>(xsum, xs, K, plain);
+        float acc = warp_sum_fixed(mw_dot_staged<TY>(row, xs, xsum, nsb, lane, w, plain));
         if (active && lane == 0) {
             Y[n] = acc;
             Z[n] = R[n] + acc;
@@ -943,28 +1032,44 @@ __device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __re
         if (gi + 4 < nsb) w[1].load(row, gi + 4, p);
     }
     auto at = [&](int i) { return staged ? mw_pad(i, MwShift<TY>::value) : i; };
+    double inv = 0.0;
     if (G) {
         double ss = 0.0;
         if (threadIdx.x < RED_THREADS)
             for (int i = threadIdx.x; i < K; i += RED_THREADS) ss += (double)X[i] * (double)X[i];
         ss = block_sum(ss, red);
-        double inv = 1.0 / sqrt(ss / (double)K + (double)eps);
-        bool out = XN && blockIdx.x == 0;
-        for (int i = threadIdx.x; i < K; i += MM_THREADS) {
-            float y = (float)((double)X[i] * inv * (double)G[i]);
-            xs[at(i)] = y;
-            if (out) XN[i] = y;
-        }
-    } else {
-        for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
-            *(float4*)(xs + at(i)) = __ldg((const float4*)(X + i));
+        inv = 1.0 / sqrt(ss / (double)K + (double)eps);
     }
-    __syncthreads();
+    // the input (normalized with G), staged scaled for Q4_K; unscaled when out of that range
+    // (`plain`; XN gets the norm either way)
+    auto stage = [&](bool plain) {
+        bool big = false;
+        if (G) {
+            bool out = XN && blockIdx.x == 0 && !plain;
+            for (int i = threadIdx.x; i < K; i += MM_THREADS) {
+                float y = (float)((double)X[i] * inv * (double)G[i]);
+                big |= mw_put1<TY>(xs + at(i), i, y, plain);
+                if (out) XN[i] = y;
+            }
+        } else if constexpr (staged) {
+            for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
+                big |= mw_put4<TY>(xs, i, __ldg((const float4*)(X + i)), plain);
+        } else {
+            for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
+                *(float4*)(xs + i) = __ldg((const float4*)(X + i));
+        }
+        return big;
+    };
+    bool plain = __syncthreads_or(stage(false)) != 0;
+    if (plain) {
+        stage(true);
+        __syncthreads();
+    }
     float acc = 0.0f;
     if constexpr (staged) {
         __shared__ float xsum[MW_SUMS_MAX];
-        mw_sums<TY>(xsum, xs, K);
-        acc = mw_dot_staged<TY>(row, xs, xsum, nsb, lane, w);
+        mw_sums<TY>(xsum, xs, K, plain);
+        acc = mw_dot_staged<TY>(row, xs, xsum, nsb, lane, w, plain);
     } else if constexpr (TY == T_F32) {
         acc = mw_dot_f32_shared((const float*)row, xs, K, lane);
     } else {
@@ -1000,10 +1105,10 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
             wu[1].load(Wu + at, gi + 4, p);
         }
         __shared__ float xsum[MW_SUMS_MAX];
-        mw_stage<TY>(xs, X, K);
-        mw_sums<TY>(xsum, xs, K);
-        float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg));
-        float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu));
+        bool plain = mw_stage<TY>(xs, X, K);
+        mw_sums<TY>(xsum, xs, K, plain);
+        float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg, plain));
+        float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu, plain));
         if (active && lane == 0) {
             i64 o = (i64)z * N + n;
             G[o] = g;
@@ -1046,6 +1151,7 @@ __device__ __forceinline__ void down_combine_body(
         bool mine = gi < nsb;  // this lane's group has a superblock (K <= 1024: at most one)
         i64 at = (i64)(active ? n : 0) * row_bytes;
         int kh = (k + 1) >> 1, rbeg = half ? kh : 0, rend = half ? k : kh;
+        bool plain = false;
         for (int r0 = rbeg; r0 < max(rend, rbeg + 1); r0 += 4) {
             MwPiece<TY> w[4];
 #pragma unroll
@@ -1059,20 +1165,31 @@ __device__ __forceinline__ void down_combine_body(
             }
             if (r0 == rbeg) {
                 // every pick's activation row, staged while the first weights are on their way
-                // (every warp meets this barrier once, whatever its share of the picks)
-                for (int r = 0; r < k; ++r) {
-                    const float* x = act + (i64)slot_of[r] * K;
-                    for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
-                        *(float4*)(xs + r * kp + mw_pad(i, sh)) = __ldg((const float4*)(x + i));
+                // (every warp meets these barriers once, whatever its share of the picks); scaled
+                // for Q4_K unless one is out of that range (mw_stage)
+                auto stage = [&](bool plain) {
+                    bool big = false;
+                    for (int r = 0; r < k; ++r) {
+                        const float* x = act + (i64)slot_of[r] * K;
+                        for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
+                            big |= mw_put4<TY>(xs + r * kp, i, __ldg((const float4*)(x + i)),
+                                               plain);
+                    }
+                    return big;
+                };
+                plain = __syncthreads_or(stage(false)) != 0;
+                if (plain) {
+                    stage(true);
+                    __syncthreads();
                 }
-                __syncthreads();
-                mw_sums<TY>(xsum, xs, K, k, kp);
+                mw_sums<TY>(xsum, xs, K, plain, k, kp);
             }
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 int r = r0 + j;
                 if (r < rend) {
-                    float d = mine ? w[j].dot(xs + r * kp, xsum + r * (K >> 4), gi, p, 0.0f) : 0.0f;
+                    float d = mine ? w[j].dot(xs + r * kp, xsum + r * (K >> 4), gi, p, 0.0f, plain)
+                                     : 0.0f;
                     d = warp_sum_fixed(d);
                     if (lane == 0) dsh[nr][r] = d;
                 }
