@@ -1,8 +1,8 @@
 // Run (run.sh builds syntax_check.cpp a third time, with -DFALSIFIER_DOT_MAIN): the Q4_K one-row
 // dot on its scaled input (nibbles masked in place as subnormals, matmul.cu's q4k_pos) against
 // the same dot on the unscaled input (the subtracting one, `plain`), on random superblocks and
-// inputs: every lane's result bit for bit where the inputs are of ordinary size, within 2^-60
-// where they are so small that the scaled sums go subnormal; and the range check (q4k_big) that
+// inputs: every lane's result bit for bit where the inputs are of ordinary size, within the
+// subnormal rounding's bound where they are so small that the scaled sums go subnormal; and the range check (q4k_big) that
 // sends a block to the unscaled path. Needs IEEE subnormals (no flush to zero): -O1, no
 // -ffast-math.
 #include <cstdio>
@@ -24,9 +24,9 @@ unsigned short half_of(float v) {  // a positive normal half near v (v in [2^-14
     return (unsigned short)(((e - 1 + 15) << 10) | ((unsigned)((m * 2.0f - 1.0f) * 1024.0f) & 1023));
 }
 
-// All 8 lanes' dots of one row of nsb superblocks against x, scaled and plain; returns the
-// number of lanes that differ by more than `tol` (0: bit for bit).
-int compare_row(int nsb, const std::vector<float>& x, double tol, bool* any_big) {
+// All 8 lanes' dots of one row of nsb superblocks against x, scaled and plain, each added to
+// `acc`; returns the number of lanes that differ by more than `tol` (0: bit for bit).
+int compare_row(int nsb, const std::vector<float>& x, float acc, double tol, bool* any_big) {
     int K = 256 * nsb;
     std::vector<unsigned char> row(144 * nsb);
     for (int s = 0; s < nsb; ++s) {
@@ -56,7 +56,7 @@ int compare_row(int nsb, const std::vector<float>& x, double tol, bool* any_big)
         for (int p = 0; p < 8; ++p) {
             MwPiece<T_Q4_K> w;
             w.load(row.data(), s, p);
-            float a = w.dot(xs, sum_s, s, p, 0.25f, false), b = w.dot(xp, sum_p, s, p, 0.25f, true);
+            float a = w.dot(xs, sum_s, s, p, acc, false), b = w.dot(xp, sum_p, s, p, acc, true);
             bool same = tol == 0.0 ? std::memcmp(&a, &b, 4) == 0 : std::fabs((double)a - b) <= tol;
             if (!same && bad++ < 3)
                 std::printf("q4k dot: superblock %d lane %d: scaled %.9g, plain %.9g\n", s, p, a, b);
@@ -77,15 +77,18 @@ int main() {
             float m = std::pow(10.0f, -6.0f + 10.0f * uniform());
             v = (next() & 7) == 0 ? 0.0f : ((next() & 1) ? m : -m) * (0.5f + uniform());
         }
-        bad += compare_row(nsb, x, 0.0, &big);
+        bad += compare_row(nsb, x, 0.25f, 0.0, &big);
         bad += big;  // nothing here is out of the scaled range
         ++rows;
     }
-    // inputs so small that the scaled partial sums are subnormal: within 2^-60 absolute
+    // inputs so small that the scaled partial sums are subnormal, from a zero accumulator (so
+    // that nothing larger hides the difference): each of a lane's 32 FMAs then rounds to 2^-150
+    // scaled, 2^-65 of the unscaled sum, which the lane multiplies by d sc (< 0.102 * 63 here):
+    // within 32 * 2^-65 * 6.5 < 2^-57
     for (int trial = 0; trial < 50; ++trial) {
         std::vector<float> x(256);
         for (float& v : x) v = ((next() & 1) ? 1e-20f : -1e-20f) * (0.5f + uniform());
-        bad += compare_row(1, x, std::ldexp(1.0, -60), &big);
+        bad += compare_row(1, x, 0.0f, std::ldexp(1.0, -57), &big);
         ++rows;
     }
     // the range check: 2^63 and more (finite) is out of range, infinities and NaN are not

@@ -561,10 +561,10 @@ template <int TY> struct MwShift {
 // exactly; x_j staged as x_j 2^(Q4K_SHIFT - p_j), p_j the bit position at which the dot finds
 // the nibble that multiplies x_j (q4k_pos), makes each FMA's product q x_j 2^-85 exactly. Every
 // partial sum is then the subtracting dot's times 2^-85 (the same bits while the sums stay
-// normal, |sum| >= 2^-41; below that they keep 2^-64 absolute), and the lane scales its sums back
-// once: two instructions a weight (a mask, an FMA) instead of three. An input of 2^63 or more
-// would overflow the scale: a block that stages one stages its input unscaled instead and takes
-// the subtracting dot (`plain`, uniform over the block).
+// normal, |sum| >= 2^-41; below that each FMA rounds to 2^-65 absolute), and the lane scales
+// its sums back once: two instructions a weight (a mask, an FMA) instead of three. An input of
+// 2^63 or more would overflow the scale: a block that stages one stages its input unscaled
+// instead and takes the subtracting dot (`plain`, uniform over the block).
 #define Q4K_SHIFT 64
 // the bit position, in its masked word, of the nibble that multiplies input j of a row: low
 // nibbles (j % 64 < 32) of bytes 0..3 at bits 0, 8, 16 of the word and 12 of the word >> 12; high
