@@ -27,6 +27,9 @@ static int __shfl_sync(unsigned, int v, int) { return v; }
 static unsigned short f2h(float) { return 0; }
 struct uint4 { unsigned x, y, z, w; };
 template <typename T> static T __ldg(const T* p) { return *p; }
+template <typename T> static T __ldcg(const T* p) { return *p; }
+static void __threadfence() {}
+static unsigned atomicAdd(unsigned* p, unsigned v) { unsigned o = *p; *p += v; return o; }
 #define __noinline__ __attribute__((noinline))
 static void __trap() {}
 // byte n of the result is byte (s >> 4n) & 7 of the pair (y:x)
@@ -38,6 +41,7 @@ static unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
 }
 #include "../../src/backend/cuda/kernels/grids.cuh"
 #include "../../src/backend/cuda/kernels/common.cuh"
+#include "../../src/backend/cuda/kernels/route.cuh"
 // (built as a program, only the routing's file: the others' shared-memory externs would need a
 // device to link)
 #ifdef FALSIFIER_DOT_MAIN

@@ -12,7 +12,7 @@ LAYERS=${LAYERS:-4}; TS=${TS:-32,512}; TESTS=${TESTS:-1}; VARIANTS=${VARIANTS:-}
 { echo "commit: $FALSIFIER_COMMIT"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader; } | tee $P/card.txt
 # registers and spills of the matmul kernels (nvcc builds the same source NVRTC compiles)
 K=src/backend/cuda/kernels
-cat $K/common.cuh $K/matmul.cu $K/ops.cu $K/attention.cu $K/moe.cu > /tmp/kernels.cu
+cat $K/common.cuh $K/route.cuh $K/matmul.cu $K/ops.cu $K/attention.cu $K/moe.cu > /tmp/kernels.cu
 nvcc -arch=sm_90 -std=c++17 -cubin -Xptxas -v /tmp/kernels.cu -o /tmp/kernels.cubin > $P/ptxas.txt 2>&1
 echo "ptxas rc=$?"
 grep -A3 -E "entry function '(matmul[vw]?_q4_k(_[0-9]+)?|matmul[vw]?_q6_k(_[0-9]+)?)'" $P/ptxas.txt | grep -oE "function '[a-z0-9_]+'|Used [0-9]+ registers|[0-9]+ bytes spill stores" | paste -sd' ' | sed "s/ function/\nfunction/g"; echo

@@ -23,7 +23,7 @@ import sys
 import tempfile
 
 KERNELS = pathlib.Path(__file__).resolve().parents[2] / "src/backend/cuda/kernels"
-FILES = ["grids.cuh", "common.cuh", "matmul.cu", "ops.cu", "attention.cu", "moe.cu"]
+FILES = ["grids.cuh", "common.cuh", "route.cuh", "matmul.cu", "ops.cu", "attention.cu", "moe.cu"]  # device.rs FILES
 DEFAULT_TYPES = ["f32", "q4_k", "q6_k", "q8_0"]
 
 
@@ -63,7 +63,7 @@ def main():
     files = [(KERNELS / f).read_text() for f in FILES]
     modules = [("core", "\n".join(files))]
     for t in types:
-        modules.append((t, "\n".join(files[:3]) + f"\nMATMUL_KERNELS({t}, T_{t.upper()})\n"))
+        modules.append((t, "\n".join(files[: FILES.index("matmul.cu") + 1]) + f"\nMATMUL_KERNELS({t}, T_{t.upper()})\n"))
     ok = True
     for name, src in modules:
         good, log = compile_module(lib, name, src)

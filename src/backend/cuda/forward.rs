@@ -112,6 +112,9 @@ struct Buffers {
     slot_token: CudaSlice<i32>,
     slot_of: CudaSlice<i32>,
     slot_expert: CudaSlice<i32>,
+    /// The blocks of a router launch that routes in its last block (`matmulwn_route_*`) count
+    /// themselves here; that last block sets it back to 0.
+    route_done: CudaSlice<i32>,
     down: CudaSlice<f32>,
     /// Matmul input after planted Q8_0 rounding (largest input: [T*k, max(H, F, nh*D)]).
     rounded: CudaSlice<f32>,
@@ -167,6 +170,7 @@ impl Buffers {
             slot_token: i(t * k, "expert slots")?,
             slot_of: i(t * k, "expert slots")?,
             slot_expert: i(t * k, "expert slots")?,
+            route_done: i(1, "router block counter")?,
             down: f(if d.moe { slots * h } else { 1 }, "expert outputs")?,
             rounded: f(slots * widest, "rounded activations")?,
             rope_angles: dev.zeros::<f64>(prompt * (hd / 2).max(1) * 2, "RoPE angles")?,
@@ -199,6 +203,7 @@ pub fn buffer_bytes(d: &Dims, t: usize) -> u64 {
         + 2 * t * e // router logits, probs
         + 5 * t * k // topk ids, weights, slot_token, slot_of, slot_expert
         + 2 * e // counts, offsets
+        + 1 // route_done
         + if d.moe { slots * h } else { 1 } // down
         + slots * widest // rounded
         + sh(t) + 3 * sh(t * d.shared_ffn) + sh(t * h); // shared expert
@@ -230,6 +235,17 @@ impl DeviceKvCache {
     }
 }
 
+/// How far a layer's norm-folding router launch went, for [`Run::moe`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RouterDone {
+    /// Nothing: the router logits are still to compute.
+    No,
+    /// The logits (`matmulwn_*`).
+    Logits,
+    /// The logits and the routing (`matmulwn_route_*`).
+    Routed,
+}
+
 /// One forward in flight.
 struct Run<'a> {
     dev: &'a Device,
@@ -255,6 +271,30 @@ struct Run<'a> {
     /// holds them to it).
     fused: bool,
     cap: Capture,
+}
+
+impl<'a> Run<'a> {
+    /// Layer `l`'s attention over the step: its queries, the keys they see (the planted
+    /// `chunk_mask` and `causal_mask_off_by_one` act here), the cache's type, the recorded
+    /// position.
+    fn attn_call(&self, l: usize) -> AttnCall<'a> {
+        let fault = |k: FaultKind| self.has_fault(Some(l), Stage::AttnProbs, |f| *f == k);
+        let (st, w) = (self.step, self.w);
+        AttnCall {
+            dims: &w.dims,
+            t: self.t,
+            qbase: st.start,
+            kfirst: if !st.is_decode() && fault(FaultKind::ChunkMask) {
+                st.start
+            } else {
+                0
+            },
+            kend: st.end,
+            lookahead: fault(FaultKind::CausalMaskOffByOne),
+            f16: self.cache.as_ref().is_some_and(|c| c.f16),
+            position: self.graph_position(),
+        }
+    }
 }
 
 impl Run<'_> {
@@ -557,20 +597,7 @@ impl Run<'_> {
         let decode = st.is_decode();
         let stale = decode && fault(FaultKind::KvStale);
         let shift = decode && fault(FaultKind::KvSlotOffByOne);
-        let call = AttnCall {
-            dims: &self.w.dims,
-            t: self.t,
-            qbase: st.start,
-            kfirst: if !decode && fault(FaultKind::ChunkMask) {
-                st.start
-            } else {
-                0
-            },
-            kend: st.end,
-            lookahead: fault(FaultKind::CausalMaskOffByOne),
-            f16: self.cache.as_ref().is_some_and(|c| c.f16),
-            position: self.graph_position(),
-        };
+        let call = self.attn_call(l);
         let (k, v) = match &self.cache {
             Some(c) => c.planes(self.dev, l),
             None => (self.dev.ptr(&b.kr), self.dev.ptr(&b.v)),
@@ -758,7 +785,20 @@ impl Run<'_> {
             self.done(Some(l), stage, y)?;
         }
         let mut kv_written = false;
-        if self.qk_mergeable(l) {
+        let mut attended = false;
+        if self.qk_attention_mergeable(l, b) {
+            // q/k norms, RoPE, the cache write and the attention in one launch
+            self.attention_qk(l, b, lw.qk_norm.as_ref())?;
+            if lw.qk_norm.is_some() {
+                self.done(Some(l), Stage::QNorm, &b.qn)?;
+                self.done(Some(l), Stage::KNorm, &b.kn)?;
+            }
+            self.done(Some(l), Stage::QRope, &b.qr)?;
+            self.done(Some(l), Stage::KRope, &b.kr)?;
+            self.done(Some(l), Stage::AttnProbs, &b.probs)?;
+            self.done(Some(l), Stage::AttnCtx, &b.ctx)?;
+            attended = true;
+        } else if self.qk_mergeable(l) {
             kv_written = self.qk_rope_store(l, b, lw.qk_norm.as_ref())?;
             if lw.qk_norm.is_some() {
                 self.done(Some(l), Stage::QNorm, &b.qn)?;
@@ -782,7 +822,9 @@ impl Run<'_> {
             self.rope(l, Stage::KRope, k_in, &b.kr, &b.rope_angles, nkv)?;
             self.done(Some(l), Stage::KRope, &b.kr)?;
         }
-        self.attention(l, b, kv_written)?;
+        if !attended {
+            self.attention(l, b, kv_written)?;
+        }
         if self.one_row_mergeable(l, &[Stage::AttnOut, Stage::AttnResidual], &[&lw.o]) {
             self.matvec_residual(
                 &ks(Stage::AttnOut),
@@ -821,13 +863,21 @@ impl Run<'_> {
                 .map(|_| router),
             FfnWeights::Dense { .. } => None,
         };
+        // and routes in its last block when the routing may be merged too
+        let mut router_done = RouterDone::No;
         if let Some(router) = router_with_norm {
-            self.norm_matvecs(
-                &ks(Stage::RouterLogits),
-                &b.resid,
-                Some((&lw.ffn_norm, &b.ffn_norm)),
-                &[(router, &b.router_logits)],
-            )?;
+            if self.route_mergeable(l) {
+                self.norm_matvec_route(l, b, &lw.ffn_norm, router)?;
+                router_done = RouterDone::Routed;
+            } else {
+                self.norm_matvecs(
+                    &ks(Stage::RouterLogits),
+                    &b.resid,
+                    Some((&lw.ffn_norm, &b.ffn_norm)),
+                    &[(router, &b.router_logits)],
+                )?;
+                router_done = RouterDone::Logits;
+            }
         } else {
             self.rms_norm(
                 &ks(Stage::FfnNorm),
@@ -874,9 +924,8 @@ impl Run<'_> {
                 down,
                 shared,
             } => {
-                let logits_done = router_with_norm.is_some();
                 layer_out_written =
-                    self.moe(l, b, router, gate, up, down, shared.is_none(), logits_done)?;
+                    self.moe(l, b, router, gate, up, down, shared.is_none(), router_done)?;
                 if let Some(s) = shared {
                     self.shared_expert(l, b, s)?;
                     self.dev.launch(
@@ -1017,12 +1066,11 @@ impl Run<'_> {
         up: &DeviceMatrix,
         down: &DeviceMatrix,
         last: bool,
-        logits_done: bool,
+        router_done: RouterDone,
     ) -> Result<bool> {
-        let d = &self.w.dims;
         let n = self.n();
         let r = &b.rounded;
-        if !logits_done {
+        if router_done == RouterDone::No {
             self.matmul(
                 Some(l),
                 Stage::RouterLogits,
@@ -1035,16 +1083,24 @@ impl Run<'_> {
             )?;
         }
         self.done(Some(l), Stage::RouterLogits, &b.router_logits)?;
-        let renorm = d.norm_topk
-            && !self.has_fault(Some(l), Stage::TopkWeights, |k| {
-                matches!(k, FaultKind::NoTopkRenorm)
-            });
-        if self.route_mergeable(l) {
+        let renorm = self.topk_renorm(l);
+        if router_done == RouterDone::Routed {
+            self.route_captures(l, b)?;
+        } else if self.route_mergeable(l) {
             self.route1(l, b, renorm)?;
         } else {
             self.route(l, b, renorm)?;
         }
         self.experts(l, b, gate, up, down, last)
+    }
+
+    /// Whether layer `l`'s top-k weights are renormalised: the model's rule, unless
+    /// `no_topk_renorm` is planted there.
+    fn topk_renorm(&self, l: usize) -> bool {
+        self.w.dims.norm_topk
+            && !self.has_fault(Some(l), Stage::TopkWeights, |k| {
+                matches!(k, FaultKind::NoTopkRenorm)
+            })
     }
 
     /// Router softmax, top-k and the grouping of (token, rank) pairs by expert, one launch
@@ -1213,6 +1269,10 @@ const ATT_TILE_MAXD: usize = 128;
 /// one-token prompts): one launch instead of three, where the launches are the cost.
 const FUSED_MAX_QUERIES: usize = 1;
 
+/// Static shared memory of `attn_decode_qk` (kernels/attention.cu: three rows of `QK_MAXD`
+/// floats and `RED_THREADS / 32` doubles, 6176 bytes, rounded up), beside its dynamic part.
+const DECODE_QK_STATIC_SHARED: u32 = 6400;
+
 /// The attention kernels' probabilities buffer holds the rows of at most this many bytes when
 /// the plan does not keep `attn_probs`: the queries are walked in blocks through it. 256 MiB
 /// keeps every prompt that fits a 30B-A3B layer's [nh, T, T] in one block (T <= 1448 at 32
@@ -1342,6 +1402,39 @@ impl AttnCall<'_> {
             self.kend
         };
         row_shared(self.dims, keys)
+    }
+
+    /// attn_fused of a decode step with its q/k norms, RoPE and cache write folded in
+    /// (`attn_decode_qk`, whose `heads` arguments go before `probs` and `ctx`), or false when
+    /// its shared memory does not fit.
+    pub fn decode_qk(
+        &self,
+        dev: &Device,
+        heads: Vec<Arg>,
+        [probs, ctx]: [u64; 2],
+        stage: &str,
+    ) -> Result<bool> {
+        let Some(shared) = self
+            .row_shared()
+            .filter(|&s| s + DECODE_QK_STATIC_SHARED <= 48 * 1024)
+        else {
+            return Ok(false);
+        };
+        let rows = self.qbase..self.kend;
+        let mut args = heads;
+        args.extend([
+            Arg::Ptr(probs),
+            Arg::Ptr(ctx),
+            self.position.map_or(NULL, Arg::Ptr),
+        ]);
+        args.extend(self.dims_args(&rows)?);
+        dev.launch(
+            &self.kernel("attn_decode_qk"),
+            stage,
+            self.rows_grid(&rows, shared)?,
+            &args,
+        )?;
+        Ok(true)
     }
 
     /// `probs` [nh, rows.len(), T] for the queries `rows` from `q` (the step's rows) and the

@@ -131,6 +131,67 @@ impl Run<'_> {
         Ok(cache.is_some())
     }
 
+    /// Whether layer `l`'s q/k norms, RoPE, cache write and attention go as one launch
+    /// (`attn_decode_qk`): a decode step through the cache, whose q/k launch may merge
+    /// ([`Run::qk_mergeable`]), with no fault planted on its attention (the cache faults and
+    /// the masks act between the cache write and the reads; a NaN or drift on the
+    /// probabilities must reach the context through memory), grouped heads that divide
+    /// evenly, and its probabilities' rows in the buffer.
+    pub(super) fn qk_attention_mergeable(&self, l: usize, b: &Buffers) -> bool {
+        let d = &self.w.dims;
+        self.qk_mergeable(l)
+            && self.step.is_decode()
+            && self.n() == 1
+            && self.cache.is_some()
+            && d.n_kv_heads > 0
+            && d.n_heads.is_multiple_of(d.n_kv_heads)
+            && b.probs_rows >= 1
+            && self.faults_at(Some(l), Stage::AttnProbs).next().is_none()
+    }
+
+    /// [`Run::qk_rope_store`] and the fused attention of a decode step in one launch
+    /// (`attn_decode_qk`); the captures are the caller's. Falls back to the two launches when
+    /// the kernel's shared memory does not fit.
+    pub(super) fn attention_qk(
+        &mut self,
+        l: usize,
+        b: &Buffers,
+        norms: Option<&[CudaSlice<f32>; 2]>,
+    ) -> Result<()> {
+        let d = &self.w.dims;
+        let dev = self.dev;
+        let cache = self
+            .cache
+            .as_ref()
+            .ok_or_else(|| Error::internal("a merged decode attention without a cache"))?;
+        let (kc, vc) = cache.planes(dev, l);
+        let ptr = |x: &CudaSlice<f32>| Arg::Ptr(dev.ptr(x));
+        let heads = vec![
+            ptr(&b.q),
+            ptr(&b.k),
+            ptr(&b.v),
+            norms.map_or(NULL, |[qg, _]| ptr(qg)),
+            norms.map_or(NULL, |[_, kg]| ptr(kg)),
+            ptr(&b.qn),
+            ptr(&b.kn),
+            ptr(&b.qr),
+            ptr(&b.kr),
+            Arg::Ptr(dev.ptr(&b.rope_angles)),
+            Arg::F32(d.eps),
+            Arg::I32(i32::from(d.rope == RopePairing::Adjacent)),
+            Arg::Ptr(kc),
+            Arg::Ptr(vc),
+        ];
+        let call = self.attn_call(l);
+        let outs = [dev.ptr(&b.probs), dev.ptr(&b.ctx)];
+        let key = Key::layer(l, Stage::AttnProbs).to_string();
+        if !call.decode_qk(dev, heads, outs, &key)? {
+            let written = self.qk_rope_store(l, b, norms)?;
+            self.attention(l, b, written)?;
+        }
+        Ok(())
+    }
+
     /// Whether a one-token step's expert gate, up and SwiGLU go as one launch over its k
     /// slots: merging is on and both matrices suit the kernel. No fault stands in the way: the
     /// matmul faults planted at ffn_out act on the down projection, the expert swap is an
@@ -374,10 +435,60 @@ impl Run<'_> {
                 Arg::Ptr(dev.ptr(&b.slot_expert)),
             ],
         )?;
+        self.route_captures(l, b)
+    }
+
+    /// The captures of the three stages a one-token routing launch writes.
+    pub(super) fn route_captures(&mut self, l: usize, b: &Buffers) -> Result<()> {
         self.done(Some(l), Stage::RouterProbs, &b.router_probs)?;
         self.capture_i32(Some(l), Stage::TopkIds, &b.topk_ids)?;
         self.done(Some(l), Stage::TopkWeights, &b.topk_w)?;
         Ok(())
+    }
+
+    /// ffn_norm, the router logits and the one-token routing in one launch
+    /// (`matmulwn_route_*`: [`Run::norm_matvecs`] for the router, whose last block then does
+    /// what [`Run::route1`] launches), when the router takes the norm-folding launch and the
+    /// routing may merge ([`Run::route_mergeable`]). The captures are the caller's.
+    pub(super) fn norm_matvec_route(
+        &self,
+        l: usize,
+        b: &Buffers,
+        gamma: &CudaSlice<f32>,
+        router: &DeviceMatrix,
+    ) -> Result<()> {
+        let d = &self.w.dims;
+        let dev = self.dev;
+        let ptr = |x: &CudaSlice<f32>| Arg::Ptr(dev.ptr(x));
+        let iptr = |x: &CudaSlice<i32>| Arg::Ptr(dev.ptr(x));
+        dev.launch(
+            &format!("matmulwn_route_{}", typed_suffix(router.ty)?),
+            &Key::layer(l, Stage::RouterLogits).to_string(),
+            merged_grid(router.rows, 1)?,
+            &[
+                Arg::Ptr(dev.ptr(&router.data)),
+                Arg::I64(router.row_bytes as i64),
+                int(router.rows, "experts")?,
+                ptr(&b.resid),
+                ptr(gamma),
+                Arg::F32(d.eps),
+                ptr(&b.ffn_norm),
+                ptr(&b.router_logits),
+                int(router.cols, "inputs")?,
+                ptr(&b.router_probs),
+                iptr(&b.topk_ids),
+                ptr(&b.topk_w),
+                int(d.n_experts, "experts")?,
+                int(d.top_k, "top-k")?,
+                Arg::I32(i32::from(self.topk_renorm(l))),
+                iptr(&b.counts),
+                iptr(&b.offsets),
+                iptr(&b.slot_token),
+                iptr(&b.slot_of),
+                iptr(&b.slot_expert),
+                iptr(&b.route_done),
+            ],
+        )
     }
 
     /// Whether layer `l`'s expert down projections, combine and layer_out add go as one launch

@@ -33,6 +33,9 @@ __device__ __forceinline__ int last_key(int i, int kend, int lookahead) {
 // one K or V value of the cache as f32
 __device__ __forceinline__ float kv_ld(const float* p, i64 i) { return p[i]; }
 __device__ __forceinline__ float kv_ld(const u16* p, i64 i) { return h2f(p[i]); }
+// v as the cache of that type gives it back (kv_ld after kv_put)
+__device__ __forceinline__ float kv_round(const float*, float v) { return v; }
+__device__ __forceinline__ float kv_round(const u16*, float v) { return h2f(f2h(v)); }
 
 // Scores and softmax of query i = q0 + blockIdx.x, head h = blockIdx.y, into the shared
 // row sc (sc[j] for kfirst <= j < end, as the f32 probability) and its global row pr
@@ -43,15 +46,21 @@ __device__ __forceinline__ float kv_ld(const u16* p, i64 i) { return h2f(p[i]); 
 #define ATT_ROW_KEYS 8
 #define ATT_ROW_MAXD 128
 #define ATT_CTX_KEYS 16
+// With q null, qs holds the query already (after a barrier); with knew set, key jnew is read
+// from knew (shared, as the cache gives it back) instead of the cache (attn_decode_qk: the key
+// this step writes to the cache in the same launch).
 template <typename KV>
 __device__ __forceinline__ void attn_row(const float* __restrict__ q, const KV* __restrict__ k,
                                          float* __restrict__ pr, double* red, float* qs,
-                                         float* sc, int i, int h, ATT_DIMS) {
+                                         float* sc, int i, int h, ATT_DIMS,
+                                         const float* knew = nullptr, int jnew = -1) {
     int kh = h / max(nh / nkv, 1);
     int end = last_key(i, kend, lookahead) + 1;
-    for (int d = threadIdx.x; d < D; d += ATT_THREADS)
-        qs[d] = q[((i64)(i - qbase) * nh + h) * D + d];
-    __syncthreads();
+    if (q) {
+        for (int d = threadIdx.x; d < D; d += ATT_THREADS)
+            qs[d] = q[((i64)(i - qbase) * nh + h) * D + d];
+        __syncthreads();
+    }
     float scale = (float)(1.0 / sqrt((double)D));
     // one warp per key: lanes stride over d (coalesced reads of the key row), then a fixed
     // xor-butterfly sums the lanes (every lane ends with the same bits; lane 0 writes)
@@ -70,7 +79,9 @@ __device__ __forceinline__ void attn_row(const float* __restrict__ q, const KV* 
                 i64 kr = ((i64)ju * nkv + kh) * D;
 #pragma unroll
                 for (int c = 0; c < ATT_ROW_MAXD / 32; ++c)
-                    kv[u][c] = ju < end && lane + 32 * c < D ? kv_ld(k, kr + lane + 32 * c) : 0.0f;
+                    kv[u][c] = ju < end && lane + 32 * c < D
+                                   ? (ju == jnew ? knew[lane + 32 * c] : kv_ld(k, kr + lane + 32 * c))
+                                   : 0.0f;
             }
 #pragma unroll
             for (int u = 0; u < ATT_ROW_KEYS; ++u) {
@@ -87,7 +98,8 @@ __device__ __forceinline__ void attn_row(const float* __restrict__ q, const KV* 
     for (; j < end; j += nw) {
         i64 kr = ((i64)j * nkv + kh) * D;
         float s = 0.0f;
-        for (int d = lane; d < D; d += 32) s = fmaf(qs[d], kv_ld(k, kr + d), s);
+        for (int d = lane; d < D; d += 32)
+            s = fmaf(qs[d], j == jnew ? knew[d] : kv_ld(k, kr + d), s);
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
         if (lane == 0) sc[j] = s * scale;
@@ -124,9 +136,11 @@ __device__ __forceinline__ void attn_row(const float* __restrict__ q, const KV* 
 }
 
 // ctx row of query i, head h: sum over its visible keys, ascending, of p[j] * v[j, kh, :].
+// (vnew, jnew: as attn_row's knew, for the values)
 template <typename KV>
 __device__ __forceinline__ void attn_ctx_row(const float* p, const KV* __restrict__ v,
-                                             float* __restrict__ ctx, int i, int h, ATT_DIMS) {
+                                             float* __restrict__ ctx, int i, int h, ATT_DIMS,
+                                             const float* vnew = nullptr, int jnew = -1) {
     int kh = h / max(nh / nkv, 1);
     int end = last_key(i, kend, lookahead) + 1;
     for (int d = threadIdx.x; d < D; d += ATT_THREADS) {
@@ -136,7 +150,9 @@ __device__ __forceinline__ void attn_ctx_row(const float* p, const KV* __restric
             float vv[ATT_CTX_KEYS];
 #pragma unroll
             for (int u = 0; u < ATT_CTX_KEYS; ++u)
-                vv[u] = j + u < end ? kv_ld(v, ((i64)(j + u) * nkv + kh) * D + d) : 0.0f;
+                vv[u] = j + u < end ? (j + u == jnew ? vnew[d]
+                                                     : kv_ld(v, ((i64)(j + u) * nkv + kh) * D + d))
+                                    : 0.0f;
 #pragma unroll
             for (int u = 0; u < ATT_CTX_KEYS; ++u)
                 if (j + u < end) acc = fmaf(p[j + u], vv[u], acc);
@@ -224,6 +240,57 @@ __device__ __forceinline__ void kv_store_t(const float* __restrict__ k,
 // set, the k head's rotated values and its v_proj row in cache slot (slotp ? *slotp : slot0) +
 // r (nothing below slot 0). Heads up to QK_MAXD values.
 #define QK_MAXD 512
+static_assert(RED_THREADS == ATT_THREADS, "attn_decode_qk norms its heads with its own threads");
+
+// One head x [D] of the step's row at position pos: normalized into yn (when g; else taken as
+// it is) and rotated into yr (yr and yn may be null: not written), the rotated values also
+// into `rot` (shared, may be null) and, when kc is set, into the cache at kc + at. `hv` is
+// QK_MAXD floats and `red` RED_THREADS / 32 doubles of shared memory; called by RED_THREADS
+// threads, which it leaves after a barrier.
+template <typename KV>
+__device__ __forceinline__ void qk_head(const float* __restrict__ x, const float* __restrict__ g,
+                                        float* __restrict__ yn, float* __restrict__ yr,
+                                        float* hv, float* rot, double* red,
+                                        const double2* __restrict__ tab, int pos, int D,
+                                        float eps, int adjacent, KV* __restrict__ kc, i64 at) {
+    int tid = threadIdx.x;
+    if (g) {
+        double ss = 0.0;
+        for (int i = tid; i < D; i += RED_THREADS) ss += (double)x[i] * (double)x[i];
+        ss = block_sum(ss, red);
+        double inv = 1.0 / sqrt(ss / (double)D + (double)eps);
+        for (int i = tid; i < D; i += RED_THREADS) {
+            float y = (float)((double)x[i] * inv * (double)g[i]);
+            if (yn) yn[i] = y;
+            hv[i] = y;
+        }
+    } else {
+        for (int i = tid; i < D; i += RED_THREADS) hv[i] = x[i];
+    }
+    __syncthreads();
+    int half = D / 2;
+    for (int j = tid; j < half; j += RED_THREADS) {
+        double2 cs = tab[(i64)pos * half + j];
+        double c = cs.x, sn = cs.y;
+        int i1 = adjacent ? 2 * j : j, i2 = adjacent ? 2 * j + 1 : j + half;
+        double x1 = hv[i1], x2 = hv[i2];
+        float y1 = (float)(x1 * c - x2 * sn), y2 = (float)(x2 * c + x1 * sn);
+        if (yr) {
+            yr[i1] = y1;
+            yr[i2] = y2;
+        }
+        if (rot) {
+            rot[i1] = y1;
+            rot[i2] = y2;
+        }
+        if (kc) {
+            kv_put(kc, at + i1, y1);
+            kv_put(kc, at + i2, y2);
+        }
+    }
+    __syncthreads();
+}
+
 template <typename KV>
 __device__ __forceinline__ void qk_rope_store_t(
     const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,
@@ -237,44 +304,59 @@ __device__ __forceinline__ void qk_rope_store_t(
     bool isq = hi < nh;
     int h = isq ? hi : hi - nh, heads = isq ? nh : nkv;
     i64 base = ((i64)r * heads + h) * D;
-    const float* x = (isq ? q : k) + base;
-    const float* g = isq ? qg : kg;
-    if (g) {
-        float* yn = (isq ? qn : kn) + base;
-        double ss = 0.0;
-        for (int i = tid; i < D; i += RED_THREADS) ss += (double)x[i] * (double)x[i];
-        ss = block_sum(ss, red);
-        double inv = 1.0 / sqrt(ss / (double)D + (double)eps);
-        for (int i = tid; i < D; i += RED_THREADS) {
-            float y = (float)((double)x[i] * inv * (double)g[i]);
-            yn[i] = y;
-            hv[i] = y;
-        }
-    } else {
-        for (int i = tid; i < D; i += RED_THREADS) hv[i] = x[i];
-    }
-    __syncthreads();
-    int half = D / 2;
     int pos = (posp ? *posp : pos0) + r;
-    float* yr = (isq ? qr : kr) + base;
     i64 slot = (posp ? *posp : slot0) + r;
     bool store = !isq && kc && slot >= 0;
     i64 at = slot * nkv * D + (i64)h * D;
-    for (int j = tid; j < half; j += RED_THREADS) {
-        double2 cs = tab[(i64)pos * half + j];
-        double c = cs.x, sn = cs.y;
-        int i1 = adjacent ? 2 * j : j, i2 = adjacent ? 2 * j + 1 : j + half;
-        double x1 = hv[i1], x2 = hv[i2];
-        float y1 = (float)(x1 * c - x2 * sn), y2 = (float)(x2 * c + x1 * sn);
-        yr[i1] = y1;
-        yr[i2] = y2;
-        if (store) {
-            kv_put(kc, at + i1, y1);
-            kv_put(kc, at + i2, y2);
-        }
-    }
+    qk_head<KV>((isq ? q : k) + base, isq ? qg : kg, (isq ? qn : kn) + base, (isq ? qr : kr) + base,
+                hv, nullptr, red, tab, pos, D, eps, adjacent, store ? kc : nullptr, at);
     if (store)
         for (int i = tid; i < D; i += RED_THREADS) kv_put(vc, at + i, v[(i64)r * nkv * D + (i64)h * D + i]);
+}
+
+// A decode step's q/k norms, RoPE, cache write and attention in one launch: qk_rope_store and
+// attn_fused, bit for bit (for one query, with a cache and no cache fault; the host checks).
+// Block h (grid (1, nh)) normalizes and rotates its q head (writing qn/qr) straight into the
+// query's shared row, and the newest k head of its kv group kh (the group's first q head
+// writes kn/kr and the cache slot of k and v, as qk_rope_store's k blocks do); its scores and
+// context take that key and v_proj's row, as the cache gives them back, from shared memory
+// instead of the slot another block of the group writes in this launch. Every head's
+// arithmetic is qk_head's, so each q/k head is computed the same way by every block that
+// computes it. Same shared memory as attn_fused.
+template <typename KV>
+__device__ __forceinline__ void attn_decode_qk_t(
+    const float* __restrict__ qp, const float* __restrict__ kp, const float* __restrict__ vp,
+    const float* __restrict__ qg, const float* __restrict__ kg, float* __restrict__ qn,
+    float* __restrict__ kn, float* __restrict__ qr, float* __restrict__ kr,
+    const double2* __restrict__ tab, float eps, int adjacent, KV* __restrict__ kc,
+    KV* __restrict__ vc, float* __restrict__ probs, float* __restrict__ ctx,
+    const int* __restrict__ posp, ATT_DIMS) {
+    if (posp) {
+        q0 = qbase = *posp;
+        kend = q0 + 1;
+    }
+    extern __shared__ double att_sh[];
+    __shared__ double red[RED_THREADS / 32];
+    __shared__ float hv[QK_MAXD], knew[QK_MAXD], vnew[QK_MAXD];
+    float* qs = (float*)(att_sh + ATT_THREADS);
+    float* sc = qs + D;
+    int h = blockIdx.y, pos = q0, group = max(nh / nkv, 1), kh = h / group;
+    bool lead = h % group == 0;
+    i64 qb = (i64)h * D, kb = (i64)kh * D, at = (i64)pos * nkv * D + kb;
+    qk_head<KV>(qp + qb, qg, qg ? qn + qb : nullptr, qr + qb, hv, qs, red, tab, pos, D, eps,
+                adjacent, (KV*)nullptr, 0);
+    qk_head<KV>(kp + kb, kg, lead && kg ? kn + kb : nullptr, lead ? kr + kb : nullptr, hv, knew,
+                red, tab, pos, D, eps, adjacent, lead ? kc : nullptr, at);
+    for (int i = threadIdx.x; i < D; i += ATT_THREADS) {
+        float x = vp[kb + i];
+        if (lead) kv_put(vc, at + i, x);
+        vnew[i] = kv_round(vc, x);
+        knew[i] = kv_round(kc, knew[i]);
+    }
+    __syncthreads();
+    float* pr = probs + (i64)h * QN * T;
+    attn_row<KV>(nullptr, kc, pr, att_sh, qs, sc, pos, h, ATT_PASS, knew, pos);
+    attn_ctx_row<KV>(sc, vc, ctx, pos, h, ATT_PASS, vnew, pos);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -582,6 +664,14 @@ __device__ __forceinline__ void attn_ctx_tiled_t(const float* __restrict__ probs
                                              int slot0, const int* __restrict__ slotp) {        \
         pdl_wait();                                                                             \
         kv_store_t<KV>(k, v, kc, vc, rows, row, slot0, slotp);                                  \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode_qk##SUF(              \
+        const float* q, const float* k, const float* v, const float* qg, const float* kg,       \
+        float* qn, float* kn, float* qr, float* kr, const double2* tab, float eps, int adjacent, \
+        KV* kc, KV* vc, float* probs, float* ctx, const int* posp, ATT_DIMS) {                  \
+        pdl_wait();                                                                             \
+        attn_decode_qk_t<KV>(q, k, v, qg, kg, qn, kn, qr, kr, tab, eps, adjacent, kc, vc, probs, \
+                             ctx, posp, ATT_PASS);                                              \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(RED_THREADS) qk_rope_store##SUF(               \
         const float* q, const float* k, const float* v, const float* qg, const float* kg,       \

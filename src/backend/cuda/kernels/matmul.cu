@@ -983,6 +983,11 @@ __device__ __forceinline__ void matvec_res_body(const u8* __restrict__ W, i64 ro
 // by launches after this one); with G null, X is staged as it is. Each output is matmulw's warp
 // dot of the staged row (F32 rows: mw_dot_f32's order from shared memory), bit for bit.
 // Staged types and F32, K <= MW_XMAX (the host checks).
+// matmulwn_route_<type>: matmulwn of one matrix, the router of a one-token step (ffn_norm +
+// router logits), whose last block to finish (last_block_of_launch) then routes: route1_body,
+// moe_route1's arithmetic on the logits the launch wrote, bit for bit its outputs, one launch
+// fewer a layer (the route's whole cost was its launch and its few microseconds of latency).
+static_assert(ROUTE1_THREADS == MM_THREADS, "the routing block is a matvec block");
 struct MwnPart {
     const u8* W;
     i64 row_bytes;
@@ -1326,6 +1331,19 @@ __device__ __forceinline__ void mwn_prefetch(MwnPart part) {
         pdl_wait();                                                                             \
         matvec_norm_body<TY>(mwn_part(W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2), X, G, \
                              eps, XN, K);                                                       \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                     \
+        matmulwn_route_##NAME(const u8* W, i64 rb, int N, const float* X, const float* G,       \
+                              float eps, float* XN, float* Y, int K, float* probs, int* ids,    \
+                              float* wts, int E, int k, int renorm, int* counts, int* offsets,  \
+                              int* slot_token, int* slot_of, int* slot_expert,                 \
+                              unsigned* done) {                                                 \
+        mwn_prefetch(mwn_part(W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0));                            \
+        pdl_wait();                                                                             \
+        matvec_norm_body<TY>(mwn_part(W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0), X, G, eps, XN, K);  \
+        if (last_block_of_launch(done))                                                         \
+            route1_body(Y, probs, ids, wts, E, k, renorm, counts, offsets, slot_token, slot_of, \
+                        slot_expert);                                                           \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         gate_up_##NAME(const u8* Wg, const u8* Wu, i64 row_bytes, i64 expert_bytes,             \
