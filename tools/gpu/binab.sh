@@ -1,0 +1,51 @@
+#!/bin/bash
+# A/B of two builds' decode steps on the GPU host, for changes that touch the host's launches
+# (kernel-only changes: tools/gpu/decode.sh). New binaries in .gpu/ (tools/gpu/pack.sh), the
+# base build's falsifier in .gpu/base/falsifier. Runs the kernel GPU tests with the new
+# binaries, compute-sanitizer memcheck and racecheck on a Q4_K_M MoE (f32 and f16 caches, the
+# graph path), then `bench --chunk 8 --decode 16` of the 30B-A3B shape cut to $LAYERS layers
+# (default 8), base and new alternating $ROUNDS times (default 2), and with NCU=1 the decode
+# kernels' times in place (Nsight Compute, caches not flushed between kernels, so each kernel
+# finds L2 as the one before left it). Writes $OUT/binab.tgz.
+set -u
+mkdir -p /work && for w in main wt-gpu; do [ -e /work/$w ] || ln -sfn "$PWD" /work/$w; done
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
+export FALSIFIER_COMMIT=$(cat .gpu/COMMIT)
+F=.gpu/falsifier; FB=.gpu/base/falsifier; E=/tmp/binab; rm -rf $E; mkdir -p $E
+LAYERS=${LAYERS:-8}; M=/tmp/a3b-l$LAYERS.gguf
+snap() { (cd /tmp && tar czf $OUT/binab.tgz binab); }
+{ echo "new: $(cat .gpu/COMMIT) base: $(cat .gpu/base/COMMIT 2>/dev/null)"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader; } | tee $E/card.txt
+( /usr/bin/time -f "gen %e s" $F gen-model --preset qwen3-30b-a3b --quant q4_k_m --layers $LAYERS --seed 1 --out $M > $E/gen.txt 2>&1 ) &
+GEN=$!
+for t in ${TESTS:-merged_launches_equal_separate_ones cuda_schedules_match_cpu_full_forward traced_equals_untraced_and_runs_repeat_bitwise cuda_matches_cpu_reference_clean_and_faulted planted_faults_first_diverge_at_their_stage}; do
+  timeout 200 .gpu/lib-tests --include-ignored --test-threads 1 --exact backend::cuda::gpu_tests::$t > $E/test-$t.txt 2>&1
+  echo "test $t rc=$? $(grep 'test result' $E/test-$t.txt | sed 's/; 0 measured.*finished/ in/')"; grep -E "panicked|bit for bit" $E/test-$t.txt | head -3
+done
+snap
+TM=/tmp/tiny-moe-q4km.gguf
+$F gen-model --preset tiny-moe --quant q4_k_m --seed 3 --hidden 256 --heads 4 --kv-heads 2 --head-dim 64 --expert-ffn 256 --vocab 512 --layers 3 --out $TM > $E/gen-tiny.txt 2>&1 || echo "tiny q4_k_m gen failed: $(tail -2 $E/gen-tiny.txt)"
+TOK=81,119,101,110,51,77,111,69,5,9,12
+for tool in memcheck racecheck; do
+  for kv in f32 f16; do
+    timeout 60 compute-sanitizer --tool $tool $F trace $TM --backend cuda --tokens $TOK --chunk 3 --decode 4 --kv-cache $kv --stages logits --out /tmp/san.safetensors > $E/sanitizer-$tool-$kv-graph.txt 2>&1
+    echo "sanitizer $tool kv $kv graph rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-$kv-graph.txt)"
+  done
+  timeout 60 compute-sanitizer --tool $tool $F trace $TM --backend cuda --tokens $TOK --chunk 3 --decode 4 --out /tmp/san.safetensors > $E/sanitizer-$tool-traced.txt 2>&1
+  echo "sanitizer $tool traced rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-traced.txt)"
+done
+snap
+wait $GEN; echo "gen rc=$? $(tail -1 $E/gen.txt)"
+B="bench --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs ${RUNS:-7}"
+per() { grep -o 'per token untraced [0-9.]* ms, traced (every stage) [0-9.]* ms' $1; }
+for r in $(seq ${ROUNDS:-2}); do
+  $FB $B $M > $E/a3b-base-$r.txt 2>&1; echo "a3b L=$LAYERS base $r: $(per $E/a3b-base-$r.txt)"
+  $F $B $M > $E/a3b-new-$r.txt 2>&1; echo "a3b L=$LAYERS new  $r: $(per $E/a3b-new-$r.txt) $(grep -o 'bandwidth [0-9.]* ms' $E/a3b-new-$r.txt)"
+done
+snap
+if [ "${NCU:-0}" = 1 ]; then
+  P32=151644,872,198,7985,264,3974,3378,304,13027,151645,9,17,300,12,77,1024,5,31,8191,64,3,999,22,511,7,2000,41,6,1500,88,13,700
+  FALSIFIER_CUDA_GRAPHS=0 timeout 240 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum,lts__t_sector_hit_rate.pct \
+    --launch-skip ${SKIP:-400} --launch-count ${COUNT:-200} --print-summary per-kernel $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/n.safetensors > $E/ncu-warm.txt 2>&1
+  echo "ncu (caches kept) rc=$?"; grep -E "^  [a-z_0-9]+|gpu__time_duration|dram__bytes_read|lts__t_sector_hit" $E/ncu-warm.txt | head -60
+fi
+snap
