@@ -1,7 +1,8 @@
 #!/bin/bash
 # A/B of two builds' decode steps on the GPU host, for changes that touch the host's launches
 # (kernel-only changes: tools/gpu/decode.sh). New binaries in .gpu/ (tools/gpu/pack.sh), the
-# base build's falsifier in .gpu/base/falsifier. Runs the kernel GPU tests with the new
+# base build's falsifier in .gpu/base/falsifier (either may be
+# sent as NAME.xz: unpacked here). Runs the kernel GPU tests with the new
 # binaries, compute-sanitizer memcheck and racecheck on a Q4_K_M MoE (f32 and f16 caches, the
 # graph path), then `bench --chunk 8 --decode 16` of the 30B-A3B shape cut to $LAYERS layers
 # (default 8), base and new alternating $ROUNDS times (default 2), and with NCU=1 the decode
@@ -11,6 +12,10 @@ set -u
 mkdir -p /work && for w in main wt-gpu; do [ -e /work/$w ] || ln -sfn "$PWD" /work/$w; done
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export FALSIFIER_COMMIT=$(cat .gpu/COMMIT)
+# binaries sent xz-compressed to fit the device tool's 64 MiB (pack.sh, then xz), unpacked here
+for z in .gpu/*.xz .gpu/base/*.xz; do
+  [ -f "$z" ] && python3 -c "import lzma,sys,os; d=lzma.open(sys.argv[1]).read(); p=sys.argv[1][:-3]; open(p,'wb').write(d); os.chmod(p,0o755)" "$z"
+done
 F=.gpu/falsifier; FB=.gpu/base/falsifier; E=/tmp/binab; rm -rf $E; mkdir -p $E
 LAYERS=${LAYERS:-8}; M=/tmp/a3b-l$LAYERS.gguf
 snap() { (cd /tmp && tar czf $OUT/binab.tgz binab); }
