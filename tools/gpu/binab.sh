@@ -42,9 +42,14 @@ snap
 wait $GEN; echo "gen rc=$? $(tail -1 $E/gen.txt)"
 B="bench --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs ${RUNS:-7}"
 per() { grep -o 'per token untraced [0-9.]* ms, traced (every stage) [0-9.]* ms' $1; }
+# $VARIANTS: base, new, or new:VAR=VALUE (the new binary under that environment setting)
 for r in $(seq ${ROUNDS:-2}); do
-  $FB $B $M > $E/a3b-base-$r.txt 2>&1; echo "a3b L=$LAYERS base $r: $(per $E/a3b-base-$r.txt)"
-  $F $B $M > $E/a3b-new-$r.txt 2>&1; echo "a3b L=$LAYERS new  $r: $(per $E/a3b-new-$r.txt) $(grep -o 'bandwidth [0-9.]* ms' $E/a3b-new-$r.txt)"
+  for v in ${VARIANTS:-base new}; do
+    bin=$F; [ "$v" = base ] && bin=$FB
+    env=""; case $v in new:*) env=${v#new:};; esac
+    tag=$(echo "$v" | tr ':=' '--')
+    env $env $bin $B $M > $E/a3b-$tag-$r.txt 2>&1; echo "a3b L=$LAYERS $v $r: $(per $E/a3b-$tag-$r.txt)"
+  done
 done
 snap
 if [ "${NCU:-0}" = 1 ]; then

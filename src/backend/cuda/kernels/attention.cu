@@ -320,9 +320,13 @@ __device__ __forceinline__ void qk_rope_store_t(
 // query's shared row, and the newest k head of its kv group kh (the group's first q head
 // writes kn/kr and the cache slot of k and v, as qk_rope_store's k blocks do); its scores and
 // context take that key and v_proj's row, as the cache gives them back, from shared memory
-// instead of the slot another block of the group writes in this launch. Every head's
-// arithmetic is qk_head's, so each q/k head is computed the same way by every block that
-// computes it. Same shared memory as attn_fused.
+// instead of the slot another block of the group writes in this launch. The heads' arithmetic
+// is qk_head's (the same sums of squares per thread, block_sum's tree, quotient, products and
+// rotation), but every value the block reads is requested in one round before any is used,
+// and the two norms share their barriers: the launch's part before the scores is one memory
+// round trip instead of seven (q, q's gamma, the angles, k, k's gamma, the angles, v). Same
+// shared memory as attn_fused, plus 3 QK_MAXD floats. Heads up to QK_MAXD values.
+#define QK_PER (QK_MAXD / ATT_THREADS)
 template <typename KV>
 __device__ __forceinline__ void attn_decode_qk_t(
     const float* __restrict__ qp, const float* __restrict__ kp, const float* __restrict__ vp,
@@ -336,22 +340,94 @@ __device__ __forceinline__ void attn_decode_qk_t(
         kend = q0 + 1;
     }
     extern __shared__ double att_sh[];
-    __shared__ double red[RED_THREADS / 32];
-    __shared__ float hv[QK_MAXD], knew[QK_MAXD], vnew[QK_MAXD];
+    __shared__ double red[2 * ATT_THREADS / 32];
+    __shared__ float qh[QK_MAXD], knew[QK_MAXD], vnew[QK_MAXD];
     float* qs = (float*)(att_sh + ATT_THREADS);
     float* sc = qs + D;
-    int h = blockIdx.y, pos = q0, group = max(nh / nkv, 1), kh = h / group;
+    int tid = threadIdx.x, h = blockIdx.y, pos = q0, group = max(nh / nkv, 1), kh = h / group;
     bool lead = h % group == 0;
     i64 qb = (i64)h * D, kb = (i64)kh * D, at = (i64)pos * nkv * D + kb;
-    qk_head<KV>(qp + qb, qg, qg ? qn + qb : nullptr, qr + qb, hv, qs, red, tab, pos, D, eps,
-                adjacent, (KV*)nullptr, 0);
-    qk_head<KV>(kp + kb, kg, lead && kg ? kn + kb : nullptr, lead ? kr + kb : nullptr, hv, knew,
-                red, tab, pos, D, eps, adjacent, lead ? kc : nullptr, at);
-    for (int i = threadIdx.x; i < D; i += ATT_THREADS) {
-        float x = vp[kb + i];
-        if (lead) kv_put(vc, at + i, x);
-        vnew[i] = kv_round(vc, x);
-        knew[i] = kv_round(kc, knew[i]);
+    int half = D / 2;
+    // every value this block reads before its scores, in one round
+    float xq[QK_PER], xk[QK_PER], gq[QK_PER], gk[QK_PER], xv[QK_PER];
+    double2 cs[QK_PER / 2];
+#pragma unroll
+    for (int m = 0; m < QK_PER; ++m) {
+        int i = tid + ATT_THREADS * m;
+        bool in = i < D;
+        xq[m] = in ? qp[qb + i] : 0.0f;
+        xk[m] = in ? kp[kb + i] : 0.0f;
+        xv[m] = in ? vp[kb + i] : 0.0f;
+        gq[m] = in && qg ? qg[i] : 0.0f;
+        gk[m] = in && kg ? kg[i] : 0.0f;
+    }
+#pragma unroll
+    for (int m = 0; m < QK_PER / 2; ++m) {
+        int j = tid + ATT_THREADS * m;
+        cs[m] = j < half ? tab[(i64)pos * half + j] : make_double2(0.0, 0.0);
+    }
+    // the norms (qk_head's sums, in its order), both through one pair of barriers
+    double sq = 0.0, sk = 0.0;
+#pragma unroll
+    for (int m = 0; m < QK_PER; ++m) {
+        sq += (double)xq[m] * (double)xq[m];
+        sk += (double)xk[m] * (double)xk[m];
+    }
+    if (qg || kg) block_sum2(&sq, &sk, red);
+    double iq = qg ? 1.0 / sqrt(sq / (double)D + (double)eps) : 0.0;
+    double ik = kg ? 1.0 / sqrt(sk / (double)D + (double)eps) : 0.0;
+#pragma unroll
+    for (int m = 0; m < QK_PER; ++m) {
+        int i = tid + ATT_THREADS * m;
+        if (i < D) {
+            float yq = qg ? (float)((double)xq[m] * iq * (double)gq[m]) : xq[m];
+            float yk = kg ? (float)((double)xk[m] * ik * (double)gk[m]) : xk[m];
+            if (qg) qn[qb + i] = yq;
+            if (kg && lead) kn[kb + i] = yk;
+            qh[i] = yq;
+            knew[i] = yk;
+            if (lead) kv_put(vc, at + i, xv[m]);
+            vnew[i] = kv_round(vc, xv[m]);
+        }
+    }
+    __syncthreads();
+    // RoPE of both heads (qk_head's rotation): q into the query's row, k into the cache
+    // (the group's first block) and, as the cache gives it back, into knew
+    float rk[2 * (QK_PER / 2)];
+    int i1s[QK_PER / 2], i2s[QK_PER / 2];
+#pragma unroll
+    for (int m = 0; m < QK_PER / 2; ++m) {
+        int j = tid + ATT_THREADS * m;
+        int i1 = adjacent ? 2 * j : j, i2 = adjacent ? 2 * j + 1 : j + half;
+        i1s[m] = i1;
+        i2s[m] = i2;
+        if (j < half) {
+            double c = cs[m].x, sn = cs[m].y;
+            double a1 = qh[i1], a2 = qh[i2];
+            float y1 = (float)(a1 * c - a2 * sn), y2 = (float)(a2 * c + a1 * sn);
+            qr[qb + i1] = y1;
+            qr[qb + i2] = y2;
+            qs[i1] = y1;
+            qs[i2] = y2;
+            double b1 = knew[i1], b2 = knew[i2];
+            float z1 = (float)(b1 * c - b2 * sn), z2 = (float)(b2 * c + b1 * sn);
+            if (lead) {
+                kr[kb + i1] = z1;
+                kr[kb + i2] = z2;
+                kv_put(kc, at + i1, z1);
+                kv_put(kc, at + i2, z2);
+            }
+            rk[2 * m] = z1;
+            rk[2 * m + 1] = z2;
+        }
+    }
+    __syncthreads();  // every thread has read knew's normalized values
+#pragma unroll
+    for (int m = 0; m < QK_PER / 2; ++m) {
+        if (tid + ATT_THREADS * m < half) {
+            knew[i1s[m]] = kv_round(kc, rk[2 * m]);
+            knew[i2s[m]] = kv_round(kc, rk[2 * m + 1]);
+        }
     }
     __syncthreads();
     float* pr = probs + (i64)h * QN * T;

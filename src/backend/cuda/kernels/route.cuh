@@ -70,7 +70,9 @@ __device__ __forceinline__ void route1_body(const float* __restrict__ x, float* 
     if (mine) ex[t] = exp((double)xv - (double)m);
     __syncthreads();
     if (t == 0) {
+        // (unrolled so that the loads go ahead of the adds, which stay in index order)
         double s = 0.0;
+#pragma unroll 16
         for (int e = 0; e < E; ++e) s += ex[e];
         sum = s;
     }
