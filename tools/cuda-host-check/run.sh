@@ -8,7 +8,6 @@ trap 'rm -rf "$out"' EXIT
 "${CXX:-c++}" -std=c++17 -O2 -ffp-contract=off -o "$out/dq8_check" "$here/dq8_check.cpp"
 "$out/dq8_check" "$here/../../fixtures/iq-vectors.safetensors"
 "${CXX:-c++}" -std=c++17 -fsyntax-only -Wall -Werror -Wno-unused-function -Wno-unknown-pragmas -Wno-sign-compare \
-    -Wno-return-local-addr \
     "$here/syntax_check.cpp"
 "${CXX:-c++}" -std=c++17 -O1 -DFALSIFIER_HOST_MAIN -w -o "$out/host_main" "$here/syntax_check.cpp"
 "$out/host_main"

@@ -238,10 +238,6 @@ pub struct Device {
     /// `pdl_wait()` (common.cuh) for that one's results. The same work in the same order: only
     /// the gaps between kernels change.
     pdl: bool,
-    /// Whether kernels may bring weights into shared memory by bulk copies (`bulk_copy` in
-    /// common.cuh: compute capability 9.0 and later; `FALSIFIER_CUDA_BULK=0` turns it off, to
-    /// time the kernels that hold them in registers instead). The same results either way.
-    bulk: bool,
 }
 
 /// One timed launch or copy: two events around it on the stream.
@@ -347,8 +343,6 @@ impl Device {
             ),
             pdl: major >= 9
                 && std::env::var("FALSIFIER_CUDA_PDL").map_or(true, |v| v.trim() != "0"),
-            bulk: major >= 9
-                && std::env::var("FALSIFIER_CUDA_BULK").map_or(true, |v| v.trim() != "0"),
         })
     }
 
@@ -380,11 +374,6 @@ impl Device {
     /// Whether kernels are launched with programmatic dependent launch (see the field).
     pub fn pdl(&self) -> bool {
         self.pdl
-    }
-
-    /// Whether kernels may take their weights by bulk copies (see the field).
-    pub fn bulk(&self) -> bool {
-        self.bulk
     }
 
     /// Turn per-launch timing on (from now, for later [`Device::take_profile`]) or off.

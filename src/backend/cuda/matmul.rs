@@ -378,9 +378,6 @@ pub fn type_kernel_names(suffix: &str) -> Vec<String> {
             format!("matmulwn_route_{suffix}"),
             format!("matmulws_{suffix}"),
             format!("gate_up_{suffix}"),
-            format!("gate_up_bulk_{suffix}"),
-            format!("matmulwr_bulk_{suffix}"),
-            format!("matmulwn_bulk_{suffix}"),
             format!("down_combine_{suffix}"),
         ])
         .collect()
@@ -408,37 +405,6 @@ pub fn merged_matvec_ok(dev: &Device, w: &DeviceMatrix) -> bool {
         && w.row_bytes.is_multiple_of(align)
         && expert_bytes.is_multiple_of(align)
         && dev.ptr(&w.data).is_multiple_of(align as u64)
-}
-
-/// Most inputs of `gate_up_bulk_*` (`GUB_MAXK` in kernels/matmul.cu).
-const GATE_UP_BULK_MAX_K: usize = 2048;
-
-/// Whether the merged gate/up launch may take `w`'s rows by bulk copies (`gate_up_bulk_*`):
-/// the device has them, `w` suits the merged kernels ([`merged_matvec_ok`]), its rows fit the
-/// kernel's shared memory, and rows and expert strides are whole 16-byte units from a 16-byte
-/// aligned start (what a bulk copy moves).
-pub fn gate_up_bulk_ok(dev: &Device, w: &DeviceMatrix) -> bool {
-    dev.bulk()
-        && merged_matvec_ok(dev, w)
-        && w.cols <= GATE_UP_BULK_MAX_K
-        && w.row_bytes.is_multiple_of(16)
-        && (w.rows * w.row_bytes).is_multiple_of(16)
-        && dev.ptr(&w.data).is_multiple_of(16)
-}
-
-/// Bytes of a block's 8 rows that `matmulwr_bulk_*` and `matmulwn_bulk_*` can take (`MWB_BYTES`
-/// in kernels/matmul.cu).
-const ONE_ROW_BULK_BYTES: usize = 18432;
-
-/// Whether the merged one-row launches of constant weights (`matmulwr_*`, `matmulwn_*` for the
-/// staged types) may take `w`'s rows by bulk copies (`*_bulk_*`): as [`gate_up_bulk_ok`], with
-/// 8 rows within the kernels' buffer.
-pub fn one_row_bulk_ok(dev: &Device, w: &DeviceMatrix) -> bool {
-    dev.bulk()
-        && merged_matvec_ok(dev, w)
-        && 8 * w.row_bytes <= ONE_ROW_BULK_BYTES
-        && w.row_bytes.is_multiple_of(16)
-        && dev.ptr(&w.data).is_multiple_of(16)
 }
 
 /// Whether `w` can go through the norm-folding one-row kernel (`matmulwn_*`): what

@@ -6,9 +6,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use super::{Buffers, Run};
 use crate::backend::FaultKind;
 use crate::backend::cuda::device::{Arg, NULL, int};
-use crate::backend::cuda::matmul::{
-    gate_up_bulk_ok, merged_matvec_ok, norm_matvec_ok, one_row_bulk_ok,
-};
+use crate::backend::cuda::matmul::{merged_matvec_ok, norm_matvec_ok};
 use crate::backend::cuda::weights::{DeviceMatrix, kernel_suffix};
 use crate::error::{Error, Result};
 use crate::model::arch::RopePairing;
@@ -313,14 +311,8 @@ impl Run<'_> {
             args.push(part(j).map_or(NULL, |(_, y)| Arg::Ptr(dev.ptr(y))));
         }
         args.push(int(first.cols, "inputs")?);
-        // (the same arguments and results; the rows by bulk copies where they may)
-        let kernel = if mats.iter().all(|(w, _)| one_row_bulk_ok(dev, w)) {
-            "matmulwn_bulk"
-        } else {
-            "matmulwn"
-        };
         dev.launch(
-            &format!("{kernel}_{}", typed_suffix(first.ty)?),
+            &format!("matmulwn_{}", typed_suffix(first.ty)?),
             key,
             merged_grid(blocks * 8, 1)?,
             &args,
@@ -338,13 +330,8 @@ impl Run<'_> {
         z: &CudaSlice<f32>,
     ) -> Result<()> {
         let dev = self.dev;
-        let kernel = if one_row_bulk_ok(dev, w) {
-            "matmulwr_bulk"
-        } else {
-            "matmulwr"
-        };
         dev.launch(
-            &format!("{kernel}_{}", typed_suffix(w.ty)?),
+            &format!("matmulwr_{}", typed_suffix(w.ty)?),
             key,
             merged_grid(w.rows, 1)?,
             &[
@@ -378,14 +365,8 @@ impl Run<'_> {
             1
         };
         let (sa, sb) = swap.map_or((-1, -1), |(a, b)| (a as i64, b as i64));
-        // (the same arguments and results; the rows by bulk copies where they may)
-        let kernel = if gate_up_bulk_ok(dev, gate) && gate_up_bulk_ok(dev, up) {
-            "gate_up_bulk"
-        } else {
-            "gate_up"
-        };
         dev.launch(
-            &format!("{kernel}_{}", typed_suffix(gate.ty)?),
+            &format!("gate_up_{}", typed_suffix(gate.ty)?),
             key,
             merged_grid(gate.rows, slots)?,
             &[

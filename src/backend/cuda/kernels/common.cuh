@@ -57,62 +57,6 @@ __device__ __forceinline__ void pdl_prefetch(const void* p, i64 bytes) {
 #endif
 }
 
-// Bulk copies from global memory into the block's shared memory by the copy engine (sm_90's
-// cp.async.bulk, completing on an mbarrier): the bytes in flight then sit in shared memory, not
-// in registers, so a launch can have all of its weights requested at once. 16-byte aligned
-// addresses and sizes (the host checks); one thread issues, every thread waits.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-__device__ __forceinline__ u32 smem_u32(const void* p) {
-    unsigned long long a;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
-    return (u32)a;
-}
-// (one thread) an mbarrier for one arrival, visible to the copy engine; the block's barrier
-// after it makes it visible to the other threads
-__device__ __forceinline__ void bulk_init(unsigned long long* bar) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-}
-// (the same thread, once per phase) the bytes the copies of this phase will deliver
-__device__ __forceinline__ void bulk_expect(unsigned long long* bar, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)),
-                 "r"(bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void bulk_copy(void* dst, const void* src, u32 bytes,
-                                          unsigned long long* bar) {
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::
-            "r"(smem_u32(dst)),
-        "l"(src), "r"(bytes), "r"(smem_u32(bar))
-        : "memory");
-}
-// until the phase `parity` of the copies has landed
-__device__ __forceinline__ void bulk_wait(unsigned long long* bar, u32 parity) {
-    u32 done = 0;
-    while (!done)
-        asm volatile(
-            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, "
-            "0, p; }"
-            : "=r"(done)
-            : "r"(smem_u32(bar)), "r"(parity)
-            : "memory");
-}
-// (every thread done waiting) before the mbarrier's shared memory is anything else
-__device__ __forceinline__ void bulk_inval(unsigned long long* bar) {
-    asm volatile("mbarrier.inval.shared::cta.b64 [%0];" ::"r"(smem_u32(bar)) : "memory");
-}
-#define FALSIFIER_BULK 1
-#else
-// (older cards and the host checks: the host never launches the kernels that call these there)
-__device__ __forceinline__ void bulk_init(unsigned long long*) {}
-__device__ __forceinline__ void bulk_expect(unsigned long long*, u32) {}
-__device__ __forceinline__ void bulk_copy(void*, const void*, u32, unsigned long long*) {}
-__device__ __forceinline__ void bulk_wait(unsigned long long*, u32) {}
-__device__ __forceinline__ void bulk_inval(unsigned long long*) {}
-#define FALSIFIER_BULK 0
-#endif
-
 // Block fields sit at even offsets but blocks of 18/22/34/210 bytes break wider alignment:
 // assemble them byte by byte.
 __device__ __forceinline__ float ldh(const u8* p) { return h2f((u16)p[0] | ((u16)p[1] << 8)); }

@@ -638,12 +638,6 @@ template <> struct MwPiece<T_Q4_K> {
         hd = __ldg((const uint4*)b);
         qs = __ldg((const uint4*)(b + 16 + 16 * p));
     }
-    // the same from a row in shared memory (gate_up_bulk)
-    __device__ __forceinline__ void load_sh(const u8* row, int s, int p) {
-        const u8* b = row + s * 144;
-        hd = *(const uint4*)b;
-        qs = *(const uint4*)(b + 16 + 16 * p);
-    }
     // lane p = 2c + h of the group: values 64c + 16h + i of sub-block 2c (low nibbles) and
     // 64c + 32 + 16h + i of sub-block 2c + 1 (high nibbles), i < 16
     // xsum: the staged input's sums over runs of 16 values (mw_sums), this lane's two of them
@@ -714,8 +708,6 @@ template <> struct MwPiece<T_Q6_K> {
         ld8(b + 192 + 8 * hh, &c0, &c1);            // this half's 8 scales
         d = *(const u16*)(b + 208);
     }
-    // (load's generic loads serve a row in shared memory as well)
-    __device__ __forceinline__ void load_sh(const u8* row, int s, int p) { load(row, s, p); }
     __device__ __forceinline__ float dot(const float* __restrict__ xs, const float*, int s, int p,
                                          float acc, bool) const {
         int hh = p >> 2, q = p & 3;
@@ -860,11 +852,10 @@ template <int TY> struct MwStaged {
 
 // The input row x [K] into xs (padded, scaled for Q4_K), by the whole block; barriers on both
 // sides. Returns `plain`: whether the block staged it unscaled (an input out of the scaled range).
-// (`after` false: no barrier before, where xs has had no earlier readers)
 template <int TY>
 __device__ __forceinline__ bool mw_stage(float* __restrict__ xs, const float* __restrict__ x,
-                                         int K, bool after = true) {
-    if (after) __syncthreads();
+                                         int K) {
+    __syncthreads();
     bool big = false;
     for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
         big |= mw_put4<TY>(xs, i, __ldg((const float4*)(x + i)), false);
@@ -873,67 +864,6 @@ __device__ __forceinline__ bool mw_stage(float* __restrict__ xs, const float* __
         mw_put4<TY>(xs, i, __ldg((const float4*)(x + i)), true);
     __syncthreads();
     return true;
-}
-
-// ---- bulk copies of weight rows into shared memory (sm_90; common.cuh's bulk_copy): see
-// gate_up_bulk_body below for why.
-// gate_up_bulk: inputs up to GUB_MAXK, six blocks a multiprocessor, each block's buffer for 8
-// rows of Wg and 8 of Wu (GubBytes)
-#define GUB_MAXK 2048
-#define GUB_MIN_BLOCKS 6
-template <int TY> struct GubBytes {
-    static constexpr int value =
-        2 * (MM_THREADS / 32) * (GUB_MAXK / 256) * (TY == T_Q6_K ? 210 : 144);
-};
-// Lane `lane`'s part of the dot product of a row in shared memory with the staged input:
-// mw_dot_staged's pieces, in its order, with its arithmetic.
-template <int TY>
-__device__ __forceinline__ float mw_dot_sh(const u8* row, const float* __restrict__ xs,
-                                           const float* __restrict__ xsum, int nsb, int lane,
-                                           bool plain) {
-    int g = lane >> 3, p = lane & 7;
-    float acc = 0.0f;
-    // superblocks g, g + 4, g + 8, ...: mw_dot_staged's order
-    for (int s = g; s < nsb; s += 4) {
-        MwPiece<TY> w;
-        w.load_sh(row, s, p);
-        acc = w.dot(xs, xsum, s, p, acc, plain);
-    }
-    return acc;
-}
-// The one-row launches whose rows are constant weights (matmulwr_bulk_*, matmulwn_bulk_*) take
-// them the same way, and request them before pdl_wait(): the copy engine moves them while the
-// launch before still runs (the attention, a few dozen blocks, leaves the output projection's
-// blocks room to be resident). Each block's 8 rows go to its bulk buffer (mwb_buffer, rows of
-// up to MWB_BYTES / 8 bytes: Q4_K rows of 4096 values, Q6_K of 2048); thread 0 issues the copy
-// (mw_bulk_prefetch), and mw_bulk_rows waits for it after the input is staged.
-#define MWB_BYTES 18432
-__device__ __forceinline__ u8* mwb_buffer() {
-    __shared__ __align__(128) u8 b[MWB_BYTES];
-    return b;
-}
-__device__ __forceinline__ unsigned long long* mwb_bar() {
-    __shared__ __align__(8) unsigned long long bar;
-    return &bar;
-}
-// rows 8 nb .. 8 nb + 7 of W (nb < 0: this block's, blockIdx.x)
-__device__ __forceinline__ void mw_bulk_prefetch(const u8* W, i64 row_bytes, int N, int nb = -1) {
-    if (threadIdx.x == 0) {
-        if (nb < 0) nb = blockIdx.x;
-        int n0 = nb * (MM_THREADS / 32), rows = min(MM_THREADS / 32, N - n0);
-        u32 bytes = (u32)(rows * row_bytes);
-        bulk_init(mwb_bar());
-        bulk_expect(mwb_bar(), bytes);
-        bulk_copy(mwb_buffer(), W + (i64)n0 * row_bytes, bytes, mwb_bar());
-    }
-}
-// By every thread, after a barrier that follows mw_bulk_prefetch (the staging's): the rows,
-// landed; the mbarrier is then done with.
-__device__ __forceinline__ const u8* mw_bulk_rows() {
-    bulk_wait(mwb_bar(), 0);
-    __syncthreads();
-    if (threadIdx.x == 0) bulk_inval(mwb_bar());
-    return mwb_buffer();
 }
 
 __device__ __forceinline__ float warp_sum_fixed(float acc) {
@@ -1116,8 +1046,7 @@ __device__ __forceinline__ float mw_dot_f32_shared(const float* __restrict__ row
     return acc;
 }
 
-// BULK: the rows come from mw_bulk_prefetch (matmulwn_bulk_*; staged types), the same dots.
-template <int TY, bool BULK = false>
+template <int TY>
 __device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __restrict__ X,
                                                  const float* __restrict__ G, float eps,
                                                  float* __restrict__ XN, int K) {
@@ -1129,8 +1058,8 @@ __device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __re
     const u8* row = part.W + (i64)(active ? n : 0) * part.row_bytes;
     int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
     // staged rows: the first pieces on their way while the norm is computed
-    MwPiece<staged ? TY : T_Q4_K> w[2];  // (unused for F32 and BULK)
-    if constexpr (staged && !BULK) {
+    MwPiece<staged ? TY : T_Q4_K> w[2];  // (unused for F32)
+    if constexpr (staged) {
         if (gi < nsb) w[0].load(row, gi, p);
         if (gi + 4 < nsb) w[1].load(row, gi + 4, p);
     }
@@ -1169,14 +1098,7 @@ __device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __re
         __syncthreads();
     }
     float acc = 0.0f;
-    if constexpr (staged && BULK) {
-        __shared__ float xsum[MW_SUMS_MAX];
-        mw_sums<TY>(xsum, xs, K, plain);
-        const u8* rows = mw_bulk_rows();
-        if (active)  // warp-uniform (the others' rows were not copied)
-            acc = mw_dot_sh<TY>(rows + (threadIdx.x >> 5) * part.row_bytes, xs, xsum, nsb, lane,
-                                plain);
-    } else if constexpr (staged) {
+    if constexpr (staged) {
         __shared__ float xsum[MW_SUMS_MAX];
         mw_sums<TY>(xsum, xs, K, plain);
         acc = mw_dot_staged<TY>(row, xs, xsum, nsb, lane, w, plain);
@@ -1225,91 +1147,6 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
             U[o] = u;
             double gd = g;
             A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)u);
-        }
-    } else {
-        __trap();
-    }
-}
-
-// gate_up_bulk_<type>: gate_up with the block's weight rows (its 8 rows of Wg and of Wu, one
-// contiguous run each) brought into shared memory by two bulk copies (bulk_copy), issued as
-// soon as the slot's expert is known, instead of into registers: a block then holds no weights
-// in registers and the launch fits six blocks a multiprocessor, so that a decode step's k
-// experts (768 blocks for the 30B-A3B shape) are one wave with every weight requested at once,
-// where gate_up's register-held pieces make two waves, the second's loads issued only as the
-// first's blocks finish. Each dot is gate_up's (mw_dot_staged's pieces in its order, read from
-// shared memory), bit for bit. K <= GUB_MAXK, rows and expert strides 16-byte multiples, sm_90
-// (the host checks: gate_up_bulk_ok).
-template <int TY>
-__device__ __forceinline__ void gate_up_bulk_body(
-    const u8* __restrict__ Wg, const u8* __restrict__ Wu, i64 row_bytes, i64 expert_bytes,
-    const float* __restrict__ X, float* __restrict__ G, float* __restrict__ U,
-    float* __restrict__ A, int N, int K, const int* __restrict__ slot_expert, int swap_a,
-    int swap_b) {
-    if constexpr (MwStaged<TY>::value) {
-        constexpr int R = MM_THREADS / 32;
-        __shared__ __align__(128) u8 wsh[GubBytes<TY>::value];
-        __shared__ __align__(16) float xs[GUB_MAXK + GUB_MAXK / 16];
-        __shared__ float xsum[GUB_MAXK / 16];
-        __shared__ __align__(8) unsigned long long bar;
-        int z = blockIdx.z, n0 = blockIdx.x * R, rows = min(R, N - n0);
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-        if (threadIdx.x == 0) {
-            int e = slot_expert ? slot_expert[z] : 0;
-            int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
-            i64 at = (i64)we * expert_bytes + (i64)n0 * row_bytes;
-            u32 bytes = (u32)(rows * row_bytes);
-            bulk_init(&bar);
-            bulk_expect(&bar, 2 * bytes);
-            bulk_copy(wsh, Wg + at, bytes, &bar);
-            bulk_copy(wsh + R * row_bytes, Wu + at, bytes, &bar);
-        }
-        // (mw_stage's barriers publish the mbarrier's initialization)
-        bool plain = mw_stage<TY>(xs, X, K, false);
-        mw_sums<TY>(xsum, xs, K, plain);
-        bulk_wait(&bar, 0);
-        __syncthreads();
-        if (threadIdx.x == 0) bulk_inval(&bar);
-        if (warp < rows) {  // warp-uniform
-            int nsb = K >> 8, n = n0 + warp;
-            float g = warp_sum_fixed(mw_dot_sh<TY>(wsh + warp * row_bytes, xs, xsum, nsb, lane, plain));
-            float u = warp_sum_fixed(
-                mw_dot_sh<TY>(wsh + (R + warp) * row_bytes, xs, xsum, nsb, lane, plain));
-            if (lane == 0) {
-                i64 o = (i64)z * N + n;
-                G[o] = g;
-                U[o] = u;
-                double gd = g;
-                A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)u);
-            }
-        }
-    } else {
-        __trap();
-    }
-}
-
-// matmulwr_bulk_<type>: matmulwr (matvec_res_body) with its rows from mw_bulk_prefetch, bit
-// for bit its results.
-template <int TY>
-__device__ __forceinline__ void matvec_res_bulk_body(i64 row_bytes, const float* __restrict__ X,
-                                                     float* __restrict__ Y, int N, int K,
-                                                     const float* __restrict__ R,
-                                                     float* __restrict__ Z) {
-    if constexpr (MwStaged<TY>::value) {
-        __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
-        __shared__ float xsum[MW_SUMS_MAX];
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-        int n = blockIdx.x * (MM_THREADS / 32) + warp;
-        bool plain = mw_stage<TY>(xs, X, K, false);
-        mw_sums<TY>(xsum, xs, K, plain);
-        const u8* rows = mw_bulk_rows();
-        if (n < N) {  // warp-uniform
-            float acc =
-                warp_sum_fixed(mw_dot_sh<TY>(rows + warp * row_bytes, xs, xsum, K >> 8, lane, plain));
-            if (lane == 0) {
-                Y[n] = acc;
-                Z[n] = R[n] + acc;
-            }
         }
     } else {
         __trap();
@@ -1471,11 +1308,6 @@ __device__ __forceinline__ void mwn_prefetch(MwnPart part) {
     mw_prefetch(part.W, part.row_bytes, 0, part.N, -1, -1, part.nb);
 }
 
-// matmulwn_bulk's rows of this block, as mw_bulk_prefetch.
-__device__ __forceinline__ void mwn_bulk_prefetch(MwnPart part) {
-    mw_bulk_prefetch(part.W, part.row_bytes, part.N, part.nb);
-}
-
 // A block type's family: every matmul variant and the gather. Not instantiated here: the host
 // compiles one module per block type a model uses, instantiating only that type
 // (device.rs, module_source), so that loading never compiles the families of unused types.
@@ -1551,34 +1383,6 @@ __device__ __forceinline__ void mwn_bulk_prefetch(MwnPart part) {
         pdl_wait();                                                                             \
         gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slot_expert,        \
                          swap_a, swap_b);                                                       \
-    }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(MM_THREADS, GUB_MIN_BLOCKS)                 \
-        matmulwr_bulk_##NAME(const u8* W, i64 row_bytes, const float* X, float* Y, int N,       \
-                             int K, const float* R, float* Z) {                                 \
-        mw_bulk_prefetch(W, row_bytes, N);                                                      \
-        pdl_wait();                                                                             \
-        matvec_res_bulk_body<TY>(row_bytes, X, Y, N, K, R, Z);                                  \
-    }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(MM_THREADS, GUB_MIN_BLOCKS)                 \
-        matmulwn_bulk_##NAME(const u8* W0, const u8* W1, const u8* W2, i64 rb0, i64 rb1,        \
-                             i64 rb2, int N0, int N1, int N2, const float* X, const float* G,   \
-                             float eps, float* XN, float* Y0, float* Y1, float* Y2, int K) {    \
-        mwn_bulk_prefetch(mwn_part(W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2));         \
-        pdl_wait();                                                                             \
-        matvec_norm_body<TY, true>(mwn_part(W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2),  \
-                                   X, G, eps, XN, K);                                           \
-    }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(MM_THREADS, GUB_MIN_BLOCKS)                 \
-        gate_up_bulk_##NAME(const u8* Wg, const u8* Wu, i64 row_bytes, i64 expert_bytes,        \
-                            const float* X, float* G, float* U, float* A, int N, int K,         \
-                            const int* slot_expert, int swap_a, int swap_b) {                   \
-        if (!slot_expert) {                                                                     \
-            mw_prefetch(Wg, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
-            mw_prefetch(Wu, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
-        }                                                                                       \
-        pdl_wait();                                                                             \
-        gate_up_bulk_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slot_expert,   \
-                              swap_a, swap_b);                                                  \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         down_combine_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* act,     \
