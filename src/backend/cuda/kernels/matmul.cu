@@ -1014,6 +1014,8 @@ __device__ __forceinline__ void matvec_res_body(const u8* __restrict__ W, i64 ro
 // router logits), whose last block to finish (last_block_of_launch) then routes: route1_body,
 // moe_route1's arithmetic on the logits the launch wrote, bit for bit its outputs, one launch
 // fewer a layer (the route's whole cost was its launch and its few microseconds of latency).
+// Its few blocks (the router's rows / 8) may take all the registers: F32 rows are loaded whole
+// before the norm (F32Ahead).
 static_assert(ROUTE1_THREADS == MM_THREADS, "the routing block is a matvec block");
 struct MwnPart {
     const u8* W;
@@ -1046,7 +1048,40 @@ __device__ __forceinline__ float mw_dot_f32_shared(const float* __restrict__ row
     return acc;
 }
 
-template <int TY>
+// An F32 row's float4 pieces of one lane (mw_dot_f32's: values 4 lane + 128 u), all loaded
+// before any is multiplied, for rows of up to 128 AHEAD values: one memory round trip where
+// mw_dot_f32_shared's loop of 4 makes K / 512 of them.
+template <int AHEAD> struct F32Ahead {
+    float4 w[AHEAD];
+    __device__ __forceinline__ void load(const float* __restrict__ row, int k, int lane) {
+#pragma unroll
+        for (int u = 0; u < AHEAD; ++u) {
+            int i = 4 * lane + 128 * u;
+            if (i < k) w[u] = __ldg((const float4*)(row + i));
+        }
+    }
+    // mw_dot_f32_shared's sum, in its order
+    __device__ __forceinline__ float dot(const float* __restrict__ xs, int k, int lane) const {
+        float acc = 0.0f;
+#pragma unroll
+        for (int u = 0; u < AHEAD; ++u) {
+            int i = 4 * lane + 128 * u;
+            if (i < k) {
+                float4 a = *(const float4*)(xs + i);
+                acc = fmaf(w[u].x, a.x, acc);
+                acc = fmaf(w[u].y, a.y, acc);
+                acc = fmaf(w[u].z, a.z, acc);
+                acc = fmaf(w[u].w, a.w, acc);
+            }
+        }
+        return acc;
+    }
+};
+
+// AHEAD > 0: F32 rows of up to 128 AHEAD values are loaded whole (F32Ahead) before the norm,
+// as the staged types' first pieces are (the router of matmulwn_route, a launch of few
+// blocks, whose registers allow it).
+template <int TY, int AHEAD = 0>
 __device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __restrict__ X,
                                                  const float* __restrict__ G, float eps,
                                                  float* __restrict__ XN, int K) {
@@ -1063,6 +1098,10 @@ __device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __re
         if (gi < nsb) w[0].load(row, gi, p);
         if (gi + 4 < nsb) w[1].load(row, gi + 4, p);
     }
+    constexpr bool ahead = TY == T_F32 && AHEAD > 0;
+    F32Ahead<ahead ? AHEAD : 1> fw;  // (unused unless `ahead`)
+    bool whole = ahead && K <= 128 * AHEAD;
+    if (whole) fw.load((const float*)row, K, lane);
     auto at = [&](int i) { return staged ? mw_pad(i, MwShift<TY>::value) : i; };
     double inv = 0.0;
     if (G) {
@@ -1103,7 +1142,7 @@ __device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __re
         mw_sums<TY>(xsum, xs, K, plain);
         acc = mw_dot_staged<TY>(row, xs, xsum, nsb, lane, w, plain);
     } else if constexpr (TY == T_F32) {
-        acc = mw_dot_f32_shared((const float*)row, xs, K, lane);
+        acc = whole ? fw.dot(xs, K, lane) : mw_dot_f32_shared((const float*)row, xs, K, lane);
     } else {
         __trap();  // the host launches these for the staged types and F32 only
     }
@@ -1359,7 +1398,7 @@ __device__ __forceinline__ void mwn_prefetch(MwnPart part) {
         matvec_norm_body<TY>(mwn_part(W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2), X, G, \
                              eps, XN, K);                                                       \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                     \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS, 1)                                 \
         matmulwn_route_##NAME(const u8* W, i64 rb, int N, const float* X, const float* G,       \
                               float eps, float* XN, float* Y, int K, float* probs, int* ids,    \
                               float* wts, int E, int k, int renorm, int* counts, int* offsets,  \
@@ -1367,7 +1406,8 @@ __device__ __forceinline__ void mwn_prefetch(MwnPart part) {
                               unsigned* done) {                                                 \
         mwn_prefetch(mwn_part(W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0));                            \
         pdl_wait();                                                                             \
-        matvec_norm_body<TY>(mwn_part(W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0), X, G, eps, XN, K);  \
+        matvec_norm_body<TY, MW_XMAX / 128>(mwn_part(W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0), X, G, \
+                                            eps, XN, K);                                        \
         if (last_block_of_launch(done))                                                         \
             route1_body(Y, probs, ids, wts, E, k, renorm, counts, offsets, slot_token, slot_of, \
                         slot_expert);                                                           \
