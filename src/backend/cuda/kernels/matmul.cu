@@ -857,8 +857,15 @@ __device__ __forceinline__ bool mw_stage(float* __restrict__ xs, const float* __
                                          int K) {
     __syncthreads();
     bool big = false;
-    for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
-        big |= mw_put4<TY>(xs, i, __ldg((const float4*)(x + i)), false);
+    // two loads of each thread in flight before either is stored (inputs of up to 2048 values
+    // in one round trip)
+    for (int i0 = 4 * threadIdx.x; i0 < K; i0 += 8 * MM_THREADS) {
+        int i1 = i0 + 4 * MM_THREADS;
+        float4 v0 = __ldg((const float4*)(x + i0)), v1;
+        if (i1 < K) v1 = __ldg((const float4*)(x + i1));
+        big |= mw_put4<TY>(xs, i0, v0, false);
+        if (i1 < K) big |= mw_put4<TY>(xs, i1, v1, false);
+    }
     if (!__syncthreads_or(big)) return false;
     for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
         mw_put4<TY>(xs, i, __ldg((const float4*)(x + i)), true);
@@ -988,13 +995,15 @@ __device__ __forceinline__ void matvec_res_body(const u8* __restrict__ W, i64 ro
         MwPiece<TY> w[2];
         if (gi < nsb) w[0].load(row, gi, p);
         if (gi + 4 < nsb) w[1].load(row, gi + 4, p);
+        // (the residual with the weights, not after the dot)
+        float rn = active && lane == 0 ? R[n] : 0.0f;
         __shared__ float xsum[MW_SUMS_MAX];
         bool plain = mw_stage<TY>(xs, X, K);
         mw_sums<TY>(xsum, xs, K, plain);
         float acc = warp_sum_fixed(mw_dot_staged<TY>(row, xs, xsum, nsb, lane, w, plain));
         if (active && lane == 0) {
             Y[n] = acc;
-            Z[n] = R[n] + acc;
+            Z[n] = rn + acc;
         }
     } else {
         __trap();  // the host launches these for the staged types only
@@ -1078,6 +1087,7 @@ template <int AHEAD> struct F32Ahead {
     }
 };
 
+#define MWN_G_AHEAD 8
 // AHEAD > 0: F32 rows of up to 128 AHEAD values are loaded whole (F32Ahead) before the norm,
 // as the staged types' first pieces are (the router of matmulwn_route, a launch of few
 // blocks, whose registers allow it).
@@ -1103,10 +1113,21 @@ __device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __re
     bool whole = ahead && K <= 128 * AHEAD;
     if (whole) fw.load((const float*)row, K, lane);
     auto at = [&](int i) { return staged ? mw_pad(i, MwShift<TY>::value) : i; };
+    // the norm's gamma for this thread's first MWN_G_AHEAD staged values, requested now rather
+    // than after the norm's sum
+    float ga[MWN_G_AHEAD];
+#pragma unroll
+    for (int m = 0; m < MWN_G_AHEAD; ++m) {
+        int i = threadIdx.x + MM_THREADS * m;
+        ga[m] = G && i < K ? G[i] : 0.0f;
+    }
     double inv = 0.0;
     if (G) {
         double ss = 0.0;
+        // (unrolled: the loads of a row of up to 16 RED_THREADS values in one round trip; the
+        // sum in index order as before)
         if (threadIdx.x < RED_THREADS)
+#pragma unroll 16
             for (int i = threadIdx.x; i < K; i += RED_THREADS) ss += (double)X[i] * (double)X[i];
         ss = block_sum(ss, red);
         inv = 1.0 / sqrt(ss / (double)K + (double)eps);
@@ -1117,11 +1138,18 @@ __device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __re
         bool big = false;
         if (G) {
             bool out = XN && blockIdx.x == 0 && !plain;
-            for (int i = threadIdx.x; i < K; i += MM_THREADS) {
-                float y = (float)((double)X[i] * inv * (double)G[i]);
+            auto put = [&](int i, float g) {
+                float y = (float)((double)X[i] * inv * (double)g);
                 big |= mw_put1<TY>(xs + at(i), i, y, plain);
                 if (out) XN[i] = y;
+            };
+#pragma unroll
+            for (int m = 0; m < MWN_G_AHEAD; ++m) {
+                int i = threadIdx.x + MM_THREADS * m;
+                if (i < K) put(i, ga[m]);
             }
+            for (int i = threadIdx.x + MM_THREADS * MWN_G_AHEAD; i < K; i += MM_THREADS)
+                put(i, G[i]);
         } else if constexpr (staged) {
             for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
                 big |= mw_put4<TY>(xs, i, __ldg((const float4*)(X + i)), plain);
@@ -1199,9 +1227,15 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
 // planted expert_swap), d_r = act[slot_of[r]] . W_e[n] (matmulw's staged dot, the same bits);
 // then out[n] = sum over r of w[r] d_r in f64 in rank order, rounded once (moe_combine), and
 // lout[n] = res[n] + out[n] (the layer_out add). All k activation rows are staged at once
-// (k * padded K <= DC_XMAX); rows of up to 1024 values (one piece per lane), four picks'
-// weights in flight per lane before any is multiplied.
+// (k * padded K <= DC_XMAX); rows of up to 1024 values (one piece per lane). The picks'
+// weights are requested towards L2 first and loaded after the staging, four picks' at once;
+// the staging loads a row's values before it stores any (a row per warp), so that no step
+// waits on memory more than once (the loop over the picks' rows, each reading slot_of and
+// then the row, was a chain of 2k round trips).
 #define DC_XMAX 8192
+// Staging by warps: warp w stages rows w, w + 8, ..., each lane's DC_LANE_LOADS float4 of a row
+// (rows of up to 1024 values) loaded before any is stored.
+#define DC_LANE_LOADS (1024 / 128)
 template <int TY>
 __device__ __forceinline__ void down_combine_body(
     const u8* __restrict__ W, i64 row_bytes, i64 expert_bytes, const float* __restrict__ act,
@@ -1213,6 +1247,7 @@ __device__ __forceinline__ void down_combine_body(
         __shared__ __align__(16) float xs[DC_XMAX];
         __shared__ float xsum[DC_XMAX / 16];
         __shared__ float dsh[rows][32];
+        __shared__ float wsh[32];
         constexpr int sh = MwShift<TY>::value;
         int kp = mw_pad(K, sh);  // a staged row's length (a multiple of 4: K % 256 == 0)
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, half = warp & 1;
@@ -1222,39 +1257,52 @@ __device__ __forceinline__ void down_combine_body(
         bool mine = gi < nsb;  // this lane's group has a superblock (K <= 1024: at most one)
         i64 at = (i64)(active ? n : 0) * row_bytes;
         int kh = (k + 1) >> 1, rbeg = half ? kh : 0, rend = half ? k : kh;
-        bool plain = false;
-        for (int r0 = rbeg; r0 < max(rend, rbeg + 1); r0 += 4) {
+        auto rows_of = [&](int r) {  // pick r's expert matrix (swapped under expert_swap)
+            int e = ids[r];
+            int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+            return W + (i64)we * expert_bytes + at;
+        };
+        // Each step below waits on memory once: the picks' weights go towards L2 now (they are
+        // loaded after the staging, from there, so that no register holds them through it),
+        // the combine's weights and residual are read now, and the staging issues every load
+        // of its rows before it stores any.
+        constexpr int sb_bytes = TY == T_Q6_K ? 210 : 144;
+        if (mine && 32 * p < sb_bytes)
+            for (int r = rbeg; r < rend; ++r)
+                prefetch_l2_line(rows_of(r) + (i64)gi * sb_bytes + 32 * p);
+        if ((int)threadIdx.x < k) wsh[threadIdx.x] = wts[threadIdx.x];
+        float rn = active && half == 0 && lane == 0 ? res[n] : 0.0f;
+        // every pick's activation row, scaled for Q4_K unless one is out of that range
+        // (mw_stage's rule)
+        auto stage = [&](bool plain) {
+            bool big = false;
+            for (int r = warp; r < k; r += MM_THREADS / 32) {
+                const float* x = act + (i64)slot_of[r] * K;
+                float4 v[DC_LANE_LOADS];
+#pragma unroll
+                for (int u = 0; u < DC_LANE_LOADS; ++u) {
+                    int i = 4 * lane + 128 * u;
+                    if (i < K) v[u] = __ldg((const float4*)(x + i));
+                }
+#pragma unroll
+                for (int u = 0; u < DC_LANE_LOADS; ++u) {
+                    int i = 4 * lane + 128 * u;
+                    if (i < K) big |= mw_put4<TY>(xs + r * kp, i, v[u], plain);
+                }
+            }
+            return big;
+        };
+        bool plain = __syncthreads_or(stage(false)) != 0;
+        if (plain) {
+            stage(true);
+            __syncthreads();
+        }
+        mw_sums<TY>(xsum, xs, K, plain, k, kp);
+        for (int r0 = rbeg; r0 < rend; r0 += 4) {
             MwPiece<TY> w[4];
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                int r = r0 + j;
-                if (r < rend && mine) {
-                    int e = ids[r];
-                    int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
-                    w[j].load(W + (i64)we * expert_bytes + at, gi, p);
-                }
-            }
-            if (r0 == rbeg) {
-                // every pick's activation row, staged while the first weights are on their way
-                // (every warp meets these barriers once, whatever its share of the picks); scaled
-                // for Q4_K unless one is out of that range (mw_stage)
-                auto stage = [&](bool plain) {
-                    bool big = false;
-                    for (int r = 0; r < k; ++r) {
-                        const float* x = act + (i64)slot_of[r] * K;
-                        for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
-                            big |= mw_put4<TY>(xs + r * kp, i, __ldg((const float4*)(x + i)),
-                                               plain);
-                    }
-                    return big;
-                };
-                plain = __syncthreads_or(stage(false)) != 0;
-                if (plain) {
-                    stage(true);
-                    __syncthreads();
-                }
-                mw_sums<TY>(xsum, xs, K, plain, k, kp);
-            }
+            for (int j = 0; j < 4; ++j)
+                if (r0 + j < rend && mine) w[j].load(rows_of(r0 + j), gi, p);
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 int r = r0 + j;
@@ -1269,10 +1317,10 @@ __device__ __forceinline__ void down_combine_body(
         __syncthreads();
         if (active && half == 0 && lane == 0) {
             double acc = 0.0;
-            for (int r = 0; r < k; ++r) acc += (double)wts[r] * (double)dsh[nr][r];
+            for (int r = 0; r < k; ++r) acc += (double)wsh[r] * (double)dsh[nr][r];
             float o = (float)acc;
             out[n] = o;
-            lout[n] = res[n] + o;
+            lout[n] = rn + o;
         }
     } else {
         __trap();
