@@ -47,7 +47,7 @@ for r in $(seq ${ROUNDS:-2}); do
   for v in ${VARIANTS:-base new}; do
     bin=$F; [ "$v" = base ] && bin=$FB
     env=""; case $v in new:*) env=${v#new:};; esac
-    tag=$(echo "$v" | tr ':=' '--')
+    tag=$(echo "$v" | tr ':=/.' '----')
     env $env $bin $B $M > $E/a3b-$tag-$r.txt 2>&1; echo "a3b L=$LAYERS $v $r: $(per $E/a3b-$tag-$r.txt)"
   done
 done

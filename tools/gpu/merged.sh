@@ -13,6 +13,10 @@ set -u
 mkdir -p /work && for w in main wt-gpu; do [ -e /work/$w ] || ln -sfn "$PWD" /work/$w; done
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
 export FALSIFIER_COMMIT=$(cat .gpu/COMMIT)
+# binaries sent xz-compressed to fit the device tool's 64 MiB (pack.sh, then xz), unpacked here
+for z in .gpu/*.xz .gpu/base/*.xz; do
+  [ -f "$z" ] && python3 -c "import lzma,sys,os; d=lzma.open(sys.argv[1]).read(); p=sys.argv[1][:-3]; open(p,'wb').write(d); os.chmod(p,0o755)" "$z"
+done
 F=.gpu/falsifier; E=/tmp/merged; rm -rf $E; mkdir -p $E
 LAYERS=${LAYERS:-48}; M=/tmp/a3b.gguf
 snap() { (cd /tmp && tar czf $OUT/merged.tgz merged); }
@@ -36,6 +40,11 @@ wait $GEN; echo "gen rc=$? $(tail -1 $E/gen.txt)"
 if [ -f $M ]; then
   $F $B $M > $E/a3b-bench.txt 2>&1; echo "a3b merged: $(per $E/a3b-bench.txt) $(grep -o 'bandwidth [0-9.]* ms' $E/a3b-bench.txt) $(grep -o 'floor = [0-9.]*x' $E/a3b-bench.txt)"
   snap
+  # the base build (.gpu/base/falsifier, when sent) on the same model, then this one again
+  if [ -x .gpu/base/falsifier ]; then
+    .gpu/base/falsifier $B $M > $E/a3b-bench-base.txt 2>&1; echo "a3b base $(cat .gpu/base/COMMIT 2>/dev/null): $(per $E/a3b-bench-base.txt)"
+    $F $B $M > $E/a3b-bench-2.txt 2>&1; echo "a3b merged again: $(per $E/a3b-bench-2.txt)"
+  fi
   FALSIFIER_CUDA_FUSED=0 $F $B $M > $E/a3b-bench-separate.txt 2>&1; echo "a3b separate: $(per $E/a3b-bench-separate.txt)"
   FALSIFIER_CUDA_GRAPHS=0 $F $B $M > $E/a3b-bench-direct.txt 2>&1; echo "a3b merged, direct launches: $(per $E/a3b-bench-direct.txt)"
   FALSIFIER_CUDA_PDL=0 $F $B $M > $E/a3b-bench-nopdl.txt 2>&1; echo "a3b merged, no programmatic dependent launch: $(per $E/a3b-bench-nopdl.txt)"

@@ -45,37 +45,7 @@ __device__ __forceinline__ float kv_round(const u16*, float v) { return h2f(f2h(
 // ATT_CTX_KEYS values of a column before it adds them. Neither changes a sum's order.
 #define ATT_ROW_KEYS 8
 #define ATT_ROW_MAXD 128
-#define ATT_CTX_KEYS 32
-// The first batch of a query's keys and values: attn_row's ATT_ROW_KEYS keys of each warp and
-// attn_ctx_row's ATT_CTX_KEYS values of the thread's first column, as those loops would load
-// them, except key and value jnew (taken from knew / vnew where they are used). attn_decode_qk
-// loads them before its q/k work, so that the scores and the context of a short cache do not
-// wait on two more memory round trips after it.
-template <typename KV> struct AttFirst {
-    float kv[ATT_ROW_KEYS][ATT_ROW_MAXD / 32];
-    float vv[ATT_CTX_KEYS];
-    __device__ __forceinline__ void load(const KV* __restrict__ k, const KV* __restrict__ v,
-                                         int kh, int end, int jnew, int nkv, int D, int kfirst) {
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-        constexpr int nw = ATT_THREADS / 32;
-#pragma unroll
-        for (int u = 0; u < ATT_ROW_KEYS; ++u) {
-            int ju = kfirst + warp + u * nw;
-            i64 kr = ((i64)ju * nkv + kh) * D;
-#pragma unroll
-            for (int c = 0; c < ATT_ROW_MAXD / 32; ++c)
-                kv[u][c] = ju < end && ju != jnew && lane + 32 * c < D ? kv_ld(k, kr + lane + 32 * c)
-                                                                       : 0.0f;
-        }
-        int d = threadIdx.x;
-#pragma unroll
-        for (int u = 0; u < ATT_CTX_KEYS; ++u) {
-            int j = kfirst + u;
-            vv[u] = d < D && j < end && j != jnew ? kv_ld(v, ((i64)j * nkv + kh) * D + d) : 0.0f;
-        }
-    }
-};
-
+#define ATT_CTX_KEYS 16
 // With q null, qs holds the query already (after a barrier); with knew set, key jnew is read
 // from knew (shared, as the cache gives it back) instead of the cache (attn_decode_qk: the key
 // this step writes to the cache in the same launch).
@@ -83,8 +53,7 @@ template <typename KV>
 __device__ __forceinline__ void attn_row(const float* __restrict__ q, const KV* __restrict__ k,
                                          float* __restrict__ pr, double* red, float* qs,
                                          float* sc, int i, int h, ATT_DIMS,
-                                         const float* knew = nullptr, int jnew = -1,
-                                         const AttFirst<KV>* pre = nullptr) {
+                                         const float* knew = nullptr, int jnew = -1) {
     int kh = h / max(nh / nkv, 1);
     int end = last_key(i, kend, lookahead) + 1;
     if (q) {
@@ -102,7 +71,7 @@ __device__ __forceinline__ void attn_row(const float* __restrict__ q, const KV* 
         // ATT_ROW_KEYS keys of this warp at a time (those before `end`), all their values
         // loaded before any is multiplied (each load waits on memory, the sums on nothing but
         // their own terms)
-        for (bool first = true; j < end; j += ATT_ROW_KEYS * nw, first = false) {
+        for (; j < end; j += ATT_ROW_KEYS * nw) {
             float kv[ATT_ROW_KEYS][ATT_ROW_MAXD / 32];
 #pragma unroll
             for (int u = 0; u < ATT_ROW_KEYS; ++u) {
@@ -111,9 +80,7 @@ __device__ __forceinline__ void attn_row(const float* __restrict__ q, const KV* 
 #pragma unroll
                 for (int c = 0; c < ATT_ROW_MAXD / 32; ++c)
                     kv[u][c] = ju < end && lane + 32 * c < D
-                                   ? (ju == jnew ? knew[lane + 32 * c]
-                                                 : (first && pre ? pre->kv[u][c]
-                                                                 : kv_ld(k, kr + lane + 32 * c)))
+                                   ? (ju == jnew ? knew[lane + 32 * c] : kv_ld(k, kr + lane + 32 * c))
                                    : 0.0f;
             }
 #pragma unroll
@@ -173,8 +140,7 @@ __device__ __forceinline__ void attn_row(const float* __restrict__ q, const KV* 
 template <typename KV>
 __device__ __forceinline__ void attn_ctx_row(const float* p, const KV* __restrict__ v,
                                              float* __restrict__ ctx, int i, int h, ATT_DIMS,
-                                             const float* vnew = nullptr, int jnew = -1,
-                                             const AttFirst<KV>* pre = nullptr) {
+                                             const float* vnew = nullptr, int jnew = -1) {
     int kh = h / max(nh / nkv, 1);
     int end = last_key(i, kend, lookahead) + 1;
     for (int d = threadIdx.x; d < D; d += ATT_THREADS) {
@@ -182,14 +148,11 @@ __device__ __forceinline__ void attn_ctx_row(const float* p, const KV* __restric
         // ATT_CTX_KEYS values in flight (those before `end`) before they are added, in key order
         for (int j = kfirst; j < end; j += ATT_CTX_KEYS) {
             float vv[ATT_CTX_KEYS];
-            bool first = pre && j == kfirst && d == (int)threadIdx.x;
 #pragma unroll
             for (int u = 0; u < ATT_CTX_KEYS; ++u)
-                vv[u] = j + u < end
-                            ? (j + u == jnew ? vnew[d]
-                                             : (first ? pre->vv[u]
-                                                      : kv_ld(v, ((i64)(j + u) * nkv + kh) * D + d)))
-                            : 0.0f;
+                vv[u] = j + u < end ? (j + u == jnew ? vnew[d]
+                                                     : kv_ld(v, ((i64)(j + u) * nkv + kh) * D + d))
+                                    : 0.0f;
 #pragma unroll
             for (int u = 0; u < ATT_CTX_KEYS; ++u)
                 if (j + u < end) acc = fmaf(p[j + u], vv[u], acc);
@@ -385,10 +348,7 @@ __device__ __forceinline__ void attn_decode_qk_t(
     bool lead = h % group == 0;
     i64 qb = (i64)h * D, kb = (i64)kh * D, at = (i64)pos * nkv * D + kb;
     int half = D / 2;
-    // every value this block reads before its scores, in one round: the cache's first keys and
-    // values too (AttFirst)
-    AttFirst<KV> first;
-    first.load(kc, vc, kh, pos + 1, pos, nkv, D, kfirst);
+    // every value this block reads before its scores, in one round
     float xq[QK_PER], xk[QK_PER], gq[QK_PER], gk[QK_PER], xv[QK_PER];
     double2 cs[QK_PER / 2];
 #pragma unroll
@@ -471,8 +431,8 @@ __device__ __forceinline__ void attn_decode_qk_t(
     }
     __syncthreads();
     float* pr = probs + (i64)h * QN * T;
-    attn_row<KV>(nullptr, kc, pr, att_sh, qs, sc, pos, h, ATT_PASS, knew, pos, &first);
-    attn_ctx_row<KV>(sc, vc, ctx, pos, h, ATT_PASS, vnew, pos, &first);
+    attn_row<KV>(nullptr, kc, pr, att_sh, qs, sc, pos, h, ATT_PASS, knew, pos);
+    attn_ctx_row<KV>(sc, vc, ctx, pos, h, ATT_PASS, vnew, pos);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -781,7 +741,7 @@ __device__ __forceinline__ void attn_ctx_tiled_t(const float* __restrict__ probs
         pdl_wait();                                                                             \
         kv_store_t<KV>(k, v, kc, vc, rows, row, slot0, slotp);                                  \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(ATT_THREADS, 1) attn_decode_qk##SUF(           \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_decode_qk##SUF(              \
         const float* q, const float* k, const float* v, const float* qg, const float* kg,       \
         float* qn, float* kn, float* qr, float* kr, const double2* tab, float eps, int adjacent, \
         KV* kc, KV* vc, float* probs, float* ctx, const int* posp, ATT_DIMS) {                  \

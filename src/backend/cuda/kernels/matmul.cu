@@ -857,15 +857,8 @@ __device__ __forceinline__ bool mw_stage(float* __restrict__ xs, const float* __
                                          int K) {
     __syncthreads();
     bool big = false;
-    // two loads of each thread in flight before either is stored (inputs of up to 2048 values
-    // in one round trip)
-    for (int i0 = 4 * threadIdx.x; i0 < K; i0 += 8 * MM_THREADS) {
-        int i1 = i0 + 4 * MM_THREADS;
-        float4 v0 = __ldg((const float4*)(x + i0)), v1;
-        if (i1 < K) v1 = __ldg((const float4*)(x + i1));
-        big |= mw_put4<TY>(xs, i0, v0, false);
-        if (i1 < K) big |= mw_put4<TY>(xs, i1, v1, false);
-    }
+    for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
+        big |= mw_put4<TY>(xs, i, __ldg((const float4*)(x + i)), false);
     if (!__syncthreads_or(big)) return false;
     for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
         mw_put4<TY>(xs, i, __ldg((const float4*)(x + i)), true);
@@ -1087,7 +1080,6 @@ template <int AHEAD> struct F32Ahead {
     }
 };
 
-#define MWN_G_AHEAD 8
 // AHEAD > 0: F32 rows of up to 128 AHEAD values are loaded whole (F32Ahead) before the norm,
 // as the staged types' first pieces are (the router of matmulwn_route, a launch of few
 // blocks, whose registers allow it).
@@ -1113,21 +1105,10 @@ __device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __re
     bool whole = ahead && K <= 128 * AHEAD;
     if (whole) fw.load((const float*)row, K, lane);
     auto at = [&](int i) { return staged ? mw_pad(i, MwShift<TY>::value) : i; };
-    // the norm's gamma for this thread's first MWN_G_AHEAD staged values, requested now rather
-    // than after the norm's sum
-    float ga[MWN_G_AHEAD];
-#pragma unroll
-    for (int m = 0; m < MWN_G_AHEAD; ++m) {
-        int i = threadIdx.x + MM_THREADS * m;
-        ga[m] = G && i < K ? G[i] : 0.0f;
-    }
     double inv = 0.0;
     if (G) {
         double ss = 0.0;
-        // (unrolled: the loads of a row of up to 16 RED_THREADS values in one round trip; the
-        // sum in index order as before)
         if (threadIdx.x < RED_THREADS)
-#pragma unroll 16
             for (int i = threadIdx.x; i < K; i += RED_THREADS) ss += (double)X[i] * (double)X[i];
         ss = block_sum(ss, red);
         inv = 1.0 / sqrt(ss / (double)K + (double)eps);
@@ -1138,18 +1119,11 @@ __device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __re
         bool big = false;
         if (G) {
             bool out = XN && blockIdx.x == 0 && !plain;
-            auto put = [&](int i, float g) {
-                float y = (float)((double)X[i] * inv * (double)g);
+            for (int i = threadIdx.x; i < K; i += MM_THREADS) {
+                float y = (float)((double)X[i] * inv * (double)G[i]);
                 big |= mw_put1<TY>(xs + at(i), i, y, plain);
                 if (out) XN[i] = y;
-            };
-#pragma unroll
-            for (int m = 0; m < MWN_G_AHEAD; ++m) {
-                int i = threadIdx.x + MM_THREADS * m;
-                if (i < K) put(i, ga[m]);
             }
-            for (int i = threadIdx.x + MM_THREADS * MWN_G_AHEAD; i < K; i += MM_THREADS)
-                put(i, G[i]);
         } else if constexpr (staged) {
             for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
                 big |= mw_put4<TY>(xs, i, __ldg((const float4*)(X + i)), plain);
