@@ -45,6 +45,11 @@ if [ -f $M ]; then
     .gpu/base/falsifier $B $M > $E/a3b-bench-base.txt 2>&1; echo "a3b base $(cat .gpu/base/COMMIT 2>/dev/null): $(per $E/a3b-bench-base.txt)"
     $F $B $M > $E/a3b-bench-2.txt 2>&1; echo "a3b merged again: $(per $E/a3b-bench-2.txt)"
   fi
+  # kernel sources of another commit (.gpu/kernels-prev, when sent) with these binaries
+  if [ -d .gpu/kernels-prev ]; then
+    FALSIFIER_CUDA_KERNELS=$PWD/.gpu/kernels-prev $F $B $M > $E/a3b-bench-kernels-prev.txt 2>&1; echo "a3b kernels $(cat .gpu/kernels-prev/COMMIT 2>/dev/null): $(per $E/a3b-bench-kernels-prev.txt)"
+    $F $B $M > $E/a3b-bench-3.txt 2>&1; echo "a3b merged third: $(per $E/a3b-bench-3.txt)"
+  fi
   FALSIFIER_CUDA_FUSED=0 $F $B $M > $E/a3b-bench-separate.txt 2>&1; echo "a3b separate: $(per $E/a3b-bench-separate.txt)"
   FALSIFIER_CUDA_GRAPHS=0 $F $B $M > $E/a3b-bench-direct.txt 2>&1; echo "a3b merged, direct launches: $(per $E/a3b-bench-direct.txt)"
   FALSIFIER_CUDA_PDL=0 $F $B $M > $E/a3b-bench-nopdl.txt 2>&1; echo "a3b merged, no programmatic dependent launch: $(per $E/a3b-bench-nopdl.txt)"
