@@ -31,11 +31,26 @@ done
 snap
 TM=/tmp/tiny-moe-q4km.gguf
 $F gen-model --preset tiny-moe --quant q4_k_m --seed 3 --hidden 256 --heads 4 --kv-heads 2 --head-dim 64 --expert-ffn 256 --vocab 512 --layers 3 --out $TM > $E/gen-tiny.txt 2>&1 || echo "tiny q4_k_m gen failed: $(tail -2 $E/gen-tiny.txt)"
+checks() {  # C-KV-CACHE on CUDA and compute-sanitizer on the tiny Q4_K_M MoE
+  timeout 120 $F run contracts/kv-cache.yaml --candidate cuda --require-gpu --report-dir $E/kv-cuda > $E/kv-cuda.txt 2>&1
+  echo "kv-cache on cuda rc=$? $(tail -1 $E/kv-cuda.txt)"
+  for tool in memcheck racecheck; do
+    timeout 60 compute-sanitizer --tool $tool $F trace $TM --backend cuda --tokens 81,119,101,110,51,77,111,69,5,9,12 --chunk 3 --decode 4 --out /tmp/san.safetensors > $E/sanitizer-$tool-q4km.txt 2>&1
+    echo "sanitizer $tool tiny-moe q4_k_m rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-q4km.txt)"
+    timeout 60 compute-sanitizer --tool $tool $F trace $TM --backend cuda --tokens 81,119,101,110,51,77,111,69,5,9,12 --chunk 3 --decode 4 --stages logits --out /tmp/san.safetensors > $E/sanitizer-$tool-q4km-graph.txt 2>&1
+    echo "sanitizer $tool tiny-moe q4_k_m graph rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-q4km-graph.txt)"
+  done
+}
+# LEAN=1: the checks while the model generates (no tiny benches then: the generation holds the
+# host's cores), and of the 30B-A3B benches only this build, the base build and the other kernels
+if [ "${LEAN:-0}" = 1 ]; then checks; snap; fi
 B="bench --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs 5"
 per() { grep -o 'per token untraced [0-9.]* ms, traced (every stage) [0-9.]* ms' $1; }
-$F $B fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf > $E/tiny-bench.txt 2>&1; echo "tiny merged: $(per $E/tiny-bench.txt)"
-$F $B $TM > $E/tinyq4-bench.txt 2>&1; echo "tiny q4_k_m merged: $(per $E/tinyq4-bench.txt)"
-FALSIFIER_CUDA_FUSED=0 $F $B $TM > $E/tinyq4-bench-separate.txt 2>&1; echo "tiny q4_k_m separate: $(per $E/tinyq4-bench-separate.txt)"
+if [ "${LEAN:-0}" != 1 ]; then
+  $F $B fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf > $E/tiny-bench.txt 2>&1; echo "tiny merged: $(per $E/tiny-bench.txt)"
+  $F $B $TM > $E/tinyq4-bench.txt 2>&1; echo "tiny q4_k_m merged: $(per $E/tinyq4-bench.txt)"
+  FALSIFIER_CUDA_FUSED=0 $F $B $TM > $E/tinyq4-bench-separate.txt 2>&1; echo "tiny q4_k_m separate: $(per $E/tinyq4-bench-separate.txt)"
+fi
 wait $GEN; echo "gen rc=$? $(tail -1 $E/gen.txt)"
 if [ -f $M ]; then
   $F $B $M > $E/a3b-bench.txt 2>&1; echo "a3b merged: $(per $E/a3b-bench.txt) $(grep -o 'bandwidth [0-9.]* ms' $E/a3b-bench.txt) $(grep -o 'floor = [0-9.]*x' $E/a3b-bench.txt)"
@@ -43,18 +58,20 @@ if [ -f $M ]; then
   # the base build (.gpu/base/falsifier, when sent) on the same model, then this one again
   if [ -x .gpu/base/falsifier ]; then
     .gpu/base/falsifier $B $M > $E/a3b-bench-base.txt 2>&1; echo "a3b base $(cat .gpu/base/COMMIT 2>/dev/null): $(per $E/a3b-bench-base.txt)"
-    $F $B $M > $E/a3b-bench-2.txt 2>&1; echo "a3b merged again: $(per $E/a3b-bench-2.txt)"
+    [ "${LEAN:-0}" = 1 ] || { $F $B $M > $E/a3b-bench-2.txt 2>&1; echo "a3b merged again: $(per $E/a3b-bench-2.txt)"; }
   fi
   # kernel sources of another commit (.gpu/kernels-prev, when sent) with these binaries
   if [ -d .gpu/kernels-prev ]; then
     FALSIFIER_CUDA_KERNELS=$PWD/.gpu/kernels-prev $F $B $M > $E/a3b-bench-kernels-prev.txt 2>&1; echo "a3b kernels $(cat .gpu/kernels-prev/COMMIT 2>/dev/null): $(per $E/a3b-bench-kernels-prev.txt)"
-    $F $B $M > $E/a3b-bench-3.txt 2>&1; echo "a3b merged third: $(per $E/a3b-bench-3.txt)"
+    [ "${LEAN:-0}" = 1 ] || { $F $B $M > $E/a3b-bench-3.txt 2>&1; echo "a3b merged third: $(per $E/a3b-bench-3.txt)"; }
   fi
-  FALSIFIER_CUDA_FUSED=0 $F $B $M > $E/a3b-bench-separate.txt 2>&1; echo "a3b separate: $(per $E/a3b-bench-separate.txt)"
-  FALSIFIER_CUDA_GRAPHS=0 $F $B $M > $E/a3b-bench-direct.txt 2>&1; echo "a3b merged, direct launches: $(per $E/a3b-bench-direct.txt)"
-  FALSIFIER_CUDA_PDL=0 $F $B $M > $E/a3b-bench-nopdl.txt 2>&1; echo "a3b merged, no programmatic dependent launch: $(per $E/a3b-bench-nopdl.txt)"
-  FALSIFIER_CUDA_PROFILE=1 $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/p.safetensors > $E/a3b-profile.txt 2>&1
-  head -24 $E/a3b-profile.txt
+  if [ "${LEAN:-0}" != 1 ]; then
+    FALSIFIER_CUDA_FUSED=0 $F $B $M > $E/a3b-bench-separate.txt 2>&1; echo "a3b separate: $(per $E/a3b-bench-separate.txt)"
+    FALSIFIER_CUDA_GRAPHS=0 $F $B $M > $E/a3b-bench-direct.txt 2>&1; echo "a3b merged, direct launches: $(per $E/a3b-bench-direct.txt)"
+    FALSIFIER_CUDA_PDL=0 $F $B $M > $E/a3b-bench-nopdl.txt 2>&1; echo "a3b merged, no programmatic dependent launch: $(per $E/a3b-bench-nopdl.txt)"
+    FALSIFIER_CUDA_PROFILE=1 $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/p.safetensors > $E/a3b-profile.txt 2>&1
+    head -24 $E/a3b-profile.txt
+  fi
   snap
   /usr/bin/time -f "cpu trace %e s" $F trace $M --backend cpu --tokens $P32 --out /tmp/a3b-cpu.safetensors > $E/a3b-cpu.txt 2>&1
   /usr/bin/time -f "cuda trace %e s" $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --out /tmp/a3b-cuda.safetensors > $E/a3b-cuda.txt 2>&1
@@ -62,13 +79,6 @@ if [ -f $M ]; then
   echo "a3b diff rc=$? $(grep -iE 'verdict|summary|holds|match' $E/a3b-diff.txt | head -3)"
 fi
 snap
-timeout 120 $F run contracts/kv-cache.yaml --candidate cuda --require-gpu --report-dir $E/kv-cuda > $E/kv-cuda.txt 2>&1
-echo "kv-cache on cuda rc=$? $(tail -1 $E/kv-cuda.txt)"
-for tool in memcheck racecheck; do
-  timeout 60 compute-sanitizer --tool $tool $F trace $TM --backend cuda --tokens 81,119,101,110,51,77,111,69,5,9,12 --chunk 3 --decode 4 --out /tmp/san.safetensors > $E/sanitizer-$tool-q4km.txt 2>&1
-  echo "sanitizer $tool tiny-moe q4_k_m rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-q4km.txt)"
-  timeout 60 compute-sanitizer --tool $tool $F trace $TM --backend cuda --tokens 81,119,101,110,51,77,111,69,5,9,12 --chunk 3 --decode 4 --stages logits --out /tmp/san.safetensors > $E/sanitizer-$tool-q4km-graph.txt 2>&1
-  echo "sanitizer $tool tiny-moe q4_k_m graph rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-q4km-graph.txt)"
-done
+if [ "${LEAN:-0}" != 1 ]; then checks; fi
 snap
 snap
