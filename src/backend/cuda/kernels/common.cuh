@@ -64,17 +64,6 @@ __device__ __forceinline__ void prefetch_l2_line(const void* p) {
 #endif
 }
 
-// Bytes [p, p + bytes) towards this multiprocessor's L1, a 128-byte line per thread and step:
-// an input the block will read in several rounds (each a memory round trip) then hits L1 after
-// the first. Only after pdl_wait() for what the kernel before wrote (L1 is not coherent with it).
-__device__ __forceinline__ void prefetch_l1(const void* p, i64 bytes) {
-#if defined(__CUDA_ARCH__)
-    const char* b = (const char*)p;
-    for (i64 o = 128LL * threadIdx.x; o < bytes; o += 128LL * blockDim.x)
-        asm volatile("prefetch.global.L1 [%0];" ::"l"(b + o));
-#endif
-}
-
 // Block fields sit at even offsets but blocks of 18/22/34/210 bytes break wider alignment:
 // assemble them byte by byte.
 __device__ __forceinline__ float ldh(const u8* p) { return h2f((u16)p[0] | ((u16)p[1] << 8)); }

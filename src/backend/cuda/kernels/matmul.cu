@@ -856,7 +856,6 @@ template <int TY>
 __device__ __forceinline__ bool mw_stage(float* __restrict__ xs, const float* __restrict__ x,
                                          int K) {
     __syncthreads();
-    prefetch_l1(x, 4LL * K);  // (rows of more than 1024 values take several rounds)
     bool big = false;
     for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
         big |= mw_put4<TY>(xs, i, __ldg((const float4*)(x + i)), false);
@@ -1106,10 +1105,6 @@ __device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __re
     bool whole = ahead && K <= 128 * AHEAD;
     if (whole) fw.load((const float*)row, K, lane);
     auto at = [&](int i) { return staged ? mw_pad(i, MwShift<TY>::value) : i; };
-    // the input and the norm's gamma towards L1: the sum's loop and the staging's read them in
-    // several rounds each
-    prefetch_l1(X, 4LL * K);
-    if (G) prefetch_l1(G, 4LL * K);
     double inv = 0.0;
     if (G) {
         double ss = 0.0;
