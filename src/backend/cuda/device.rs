@@ -238,6 +238,12 @@ pub struct Device {
     /// `pdl_wait()` (common.cuh) for that one's results. The same work in the same order: only
     /// the gaps between kernels change.
     pdl: bool,
+    /// The most blocks a striding launch ([`Device::wave_blocks`]) gets: `None` for what the card
+    /// holds at once (`FALSIFIER_CUDA_WAVE=0`: no cap, a block per row group, as before the
+    /// kernels strode), or a test's small number, which makes each block take many groups.
+    grid_cap: Mutex<Option<usize>>,
+    /// Blocks of a kernel resident on one multiprocessor (the driver's occupancy), by kernel.
+    resident: Mutex<HashMap<String, usize>>,
 }
 
 /// One timed launch or copy: two events around it on the stream.
@@ -343,6 +349,12 @@ impl Device {
             ),
             pdl: major >= 9
                 && std::env::var("FALSIFIER_CUDA_PDL").map_or(true, |v| v.trim() != "0"),
+            grid_cap: Mutex::new(
+                std::env::var("FALSIFIER_CUDA_WAVE")
+                    .is_ok_and(|v| v.trim() == "0")
+                    .then_some(usize::MAX),
+            ),
+            resident: Mutex::new(HashMap::new()),
         })
     }
 
@@ -374,6 +386,55 @@ impl Device {
     /// Whether kernels are launched with programmatic dependent launch (see the field).
     pub fn pdl(&self) -> bool {
         self.pdl
+    }
+
+    /// Blocks for a launch of `kernel` (`threads` a block) whose blocks stride over `groups`
+    /// row groups: as many as the card holds at once (one wave: each block stages its input
+    /// once and takes its later groups' weights from L2), never more than `groups`; the cap of
+    /// [`Device::set_grid_cap`] when one is set.
+    pub fn wave_blocks(
+        &self,
+        kernel: &str,
+        stage: &str,
+        groups: usize,
+        threads: u32,
+    ) -> Result<u32> {
+        let cap = *self
+            .grid_cap
+            .lock()
+            .map_err(|_| Error::internal("CUDA grid cap lock poisoned"))?;
+        let most = match cap {
+            Some(cap) => cap,
+            None => self.resident_blocks(kernel, stage, threads)? * self.sms,
+        };
+        u32::try_from(groups.min(most).max(1))
+            .map_err(|_| Error::input(format!("{groups} row groups exceed the launch grid")))
+    }
+
+    /// At most `cap` blocks for every striding launch from now on (`None`: what the card holds).
+    /// The kernels compute the same at any grid; tests make them stride with a small cap.
+    pub fn set_grid_cap(&self, cap: Option<usize>) {
+        if let Ok(mut c) = self.grid_cap.lock() {
+            *c = cap.map(|c| c.max(1));
+        }
+    }
+
+    /// Blocks of `kernel` (`threads` a block, static shared memory only) one multiprocessor
+    /// holds at once, by the driver's occupancy calculator; at least 1.
+    fn resident_blocks(&self, kernel: &str, stage: &str, threads: u32) -> Result<usize> {
+        let key = format!("{kernel}/{threads}");
+        if let Some(n) = self.resident.lock().ok().and_then(|r| r.get(&key).copied()) {
+            return Ok(n);
+        }
+        let f = self.function(kernel, stage)?;
+        let n = f
+            .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
+            .map_err(|e| Error::internal(format!("occupancy of CUDA kernel {kernel}: {e:?}")))?
+            .max(1) as usize;
+        if let Ok(mut r) = self.resident.lock() {
+            r.insert(key, n);
+        }
+        Ok(n)
     }
 
     /// Turn per-launch timing on (from now, for later [`Device::take_profile`]) or off.

@@ -5,7 +5,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 
 use super::{Buffers, Run};
 use crate::backend::FaultKind;
-use crate::backend::cuda::device::{Arg, NULL, int};
+use crate::backend::cuda::device::{Arg, Device, NULL, int};
 use crate::backend::cuda::matmul::{merged_matvec_ok, norm_matvec_ok};
 use crate::backend::cuda::weights::{DeviceMatrix, kernel_suffix};
 use crate::error::{Error, Result};
@@ -35,6 +35,16 @@ fn merged_grid(outputs: usize, slots: usize) -> Result<LaunchConfig> {
         .ok_or_else(|| Error::input(format!("{slots} expert slots exceed the launch grid")))?;
     Ok(LaunchConfig {
         grid_dim: (x, 1, z),
+        block_dim: (256, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
+/// The grid of a launch whose blocks stride over `groups` row groups (`matmulwn_*`,
+/// `gate_up_*`): one wave of the card ([`Device::wave_blocks`]).
+fn striding_grid(dev: &Device, kernel: &str, key: &str, groups: usize) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        grid_dim: (dev.wave_blocks(kernel, key, groups, 256)?, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     })
@@ -311,12 +321,9 @@ impl Run<'_> {
             args.push(part(j).map_or(NULL, |(_, y)| Arg::Ptr(dev.ptr(y))));
         }
         args.push(int(first.cols, "inputs")?);
-        dev.launch(
-            &format!("matmulwn_{}", typed_suffix(first.ty)?),
-            key,
-            merged_grid(blocks * 8, 1)?,
-            &args,
-        )
+        let kernel = format!("matmulwn_{}", typed_suffix(first.ty)?);
+        let cfg = striding_grid(dev, &kernel, key, blocks)?;
+        dev.launch(&kernel, key, cfg, &args)
     }
 
     /// `y = x · Wᵀ` and `z = r + y` for one row in one launch (`matmulwr_*`).
@@ -365,10 +372,12 @@ impl Run<'_> {
             1
         };
         let (sa, sb) = swap.map_or((-1, -1), |(a, b)| (a as i64, b as i64));
+        let kernel = format!("gate_up_{}", typed_suffix(gate.ty)?);
+        let cfg = striding_grid(dev, &kernel, key, gate.rows.div_ceil(8) * slots)?;
         dev.launch(
-            &format!("gate_up_{}", typed_suffix(gate.ty)?),
+            &kernel,
             key,
-            merged_grid(gate.rows, slots)?,
+            cfg,
             &[
                 Arg::Ptr(dev.ptr(&gate.data)),
                 Arg::Ptr(dev.ptr(&up.data)),
@@ -383,6 +392,7 @@ impl Run<'_> {
                 slot_expert.map_or(NULL, |s| Arg::Ptr(dev.ptr(s))),
                 Arg::I32(i32::try_from(sa).unwrap_or(-1)),
                 Arg::I32(i32::try_from(sb).unwrap_or(-1)),
+                int(slots, "expert slots")?,
             ],
         )
     }

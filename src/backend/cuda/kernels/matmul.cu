@@ -1022,18 +1022,30 @@ static_assert(ROUTE1_THREADS == MM_THREADS, "the routing block is a matvec block
 struct MwnPart {
     const u8* W;
     i64 row_bytes;
-    int N, nb;  // rows, and this block's block index within them
+    int N, nb;  // rows, and the block index within them
     float* Y;
 };
-__device__ __forceinline__ MwnPart mwn_part(const u8* W0, const u8* W1, const u8* W2, i64 rb0,
-                                            i64 rb1, i64 rb2, int N0, int N1, int N2, float* Y0,
-                                            float* Y1, float* Y2) {
-    constexpr int R = MM_THREADS / 32;
-    int b = blockIdx.x, b0 = (N0 + R - 1) / R, b1 = (N1 + R - 1) / R;
-    if (b < b0) return {W0, rb0, N0, b, Y0};
-    if (b < b0 + b1) return {W1, rb1, N1, b - b0, Y1};
-    return {W2, rb2, N2, b - b0 - b1, Y2};
-}
+// The up to three matrices of a matmulwn launch, as one run of row groups (8 rows a group, the
+// groups of W0, then W1's, then W2's): group b's part is at(b). A launch of fewer blocks than
+// groups (the host's grid fits the card: one wave, each block staging its input once) has
+// block i take groups i, i + gridDim.x, ...
+struct MwnParts {
+    const u8 *W0, *W1, *W2;
+    i64 rb0, rb1, rb2;
+    int N0, N1, N2;
+    float *Y0, *Y1, *Y2;
+    __device__ __forceinline__ int groups() const {
+        constexpr int R = MM_THREADS / 32;
+        return (N0 + R - 1) / R + (N1 + R - 1) / R + (N2 + R - 1) / R;
+    }
+    __device__ __forceinline__ MwnPart at(int b) const {
+        constexpr int R = MM_THREADS / 32;
+        int b0 = (N0 + R - 1) / R, b1 = (N1 + R - 1) / R;
+        if (b < b0) return {W0, rb0, N0, b, Y0};
+        if (b < b0 + b1) return {W1, rb1, N1, b - b0, Y1};
+        return {W2, rb2, N2, b - b0 - b1, Y2};
+    }
+};
 
 __device__ __forceinline__ float mw_dot_f32_shared(const float* __restrict__ row,
                                                    const float* __restrict__ xs, int k,
@@ -1084,13 +1096,15 @@ template <int AHEAD> struct F32Ahead {
 // as the staged types' first pieces are (the router of matmulwn_route, a launch of few
 // blocks, whose registers allow it).
 template <int TY, int AHEAD = 0>
-__device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __restrict__ X,
+__device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __restrict__ X,
                                                  const float* __restrict__ G, float eps,
                                                  float* __restrict__ XN, int K) {
     constexpr bool staged = MwStaged<TY>::value;
     __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
     __shared__ double red[MM_THREADS / 32];
-    int n = part.nb * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    int b = blockIdx.x, lane = threadIdx.x & 31;
+    MwnPart part = parts.at(b);
+    int n = part.nb * (MM_THREADS / 32) + (threadIdx.x >> 5);
     bool active = n < part.N;
     const u8* row = part.W + (i64)(active ? n : 0) * part.row_bytes;
     int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
@@ -1138,56 +1152,102 @@ __device__ __forceinline__ void matvec_norm_body(MwnPart part, const float* __re
         stage(true);
         __syncthreads();
     }
-    float acc = 0.0f;
-    if constexpr (staged) {
-        __shared__ float xsum[MW_SUMS_MAX];
-        mw_sums<TY>(xsum, xs, K, plain);
-        acc = mw_dot_staged<TY>(row, xs, xsum, nsb, lane, w, plain);
-    } else if constexpr (TY == T_F32) {
-        acc = whole ? fw.dot(xs, K, lane) : mw_dot_f32_shared((const float*)row, xs, K, lane);
-    } else {
-        __trap();  // the host launches these for the staged types and F32 only
+    __shared__ float xsum[MW_SUMS_MAX];
+    if constexpr (staged) mw_sums<TY>(xsum, xs, K, plain);
+    // this block's row groups, the staged input shared by all: the first group's pieces came
+    // before the norm; a later group's are loaded when the one before is done (requested
+    // towards L2 before pdl_wait, mwn_prefetch)
+    for (int groups = parts.groups();;) {
+        float acc = 0.0f;
+        if constexpr (staged) {
+            acc = mw_dot_staged<TY>(row, xs, xsum, nsb, lane, w, plain);
+        } else if constexpr (TY == T_F32) {
+            acc = whole ? fw.dot(xs, K, lane) : mw_dot_f32_shared((const float*)row, xs, K, lane);
+        } else {
+            __trap();  // the host launches these for the staged types and F32 only
+        }
+        acc = warp_sum_fixed(acc);
+        if (active && lane == 0) part.Y[n] = acc;
+        b += gridDim.x;
+        if (b >= groups) break;
+        part = parts.at(b);
+        n = part.nb * (MM_THREADS / 32) + (threadIdx.x >> 5);
+        active = n < part.N;
+        row = part.W + (i64)(active ? n : 0) * part.row_bytes;
+        if constexpr (staged) {
+            if (gi < nsb) w[0].load(row, gi, p);
+            if (gi + 4 < nsb) w[1].load(row, gi + 4, p);
+        }
+        if (whole) fw.load((const float*)row, K, lane);
     }
-    acc = warp_sum_fixed(acc);
-    if (active && lane == 0) part.Y[n] = acc;
 }
 
+// gate_up_<type> (see above), for `slots` expert picks (or the dense FFN: one slot). Row group
+// g (8 rows, a warp each) of slot z is group z * ceil(N / 8) + g of the launch; a launch of
+// fewer blocks than groups (the host's grid fits the card: one wave, each block staging its
+// input once) has block i take groups i, i + gridDim.x, ..., the later ones' rows requested
+// towards L2 as soon as their experts are known.
 template <int TY>
 __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8* __restrict__ Wu,
                                              i64 row_bytes, i64 expert_bytes,
                                              const float* __restrict__ X, float* __restrict__ G,
                                              float* __restrict__ U, float* __restrict__ A, int N,
                                              int K, const int* __restrict__ slot_expert,
-                                             int swap_a, int swap_b) {
+                                             int swap_a, int swap_b, int slots) {
     if constexpr (MwStaged<TY>::value) {
         __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
-        int z = blockIdx.z;
-        int e = slot_expert ? slot_expert[z] : 0;
-        int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
-        int n = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-        bool active = n < N;
-        i64 at = (i64)we * expert_bytes + (i64)(active ? n : 0) * row_bytes;
-        int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
+        constexpr int R = MM_THREADS / 32;
+        int per = (N + R - 1) / R, groups = per * slots;
+        int lane = threadIdx.x & 31, nsb = K >> 8, gi = lane >> 3, p = lane & 7;
+        // group b: this warp's row (its byte offset; row 0 of the expert past N) and output
+        // (-1 past N)
+        auto locate = [&](int b, i64& at, int& o) {
+            int z = b / per, n = (b - z * per) * R + (threadIdx.x >> 5);
+            int e = slot_expert ? slot_expert[z] : 0;
+            int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+            at = (i64)we * expert_bytes + (i64)(n < N ? n : 0) * row_bytes;
+            o = n < N ? z * N + n : -1;
+        };
+        int b = blockIdx.x, o;
+        i64 at;
+        locate(b, at, o);
         MwPiece<TY> wg[2], wu[2];
-        if (gi < nsb) {
-            wg[0].load(Wg + at, gi, p);
-            wu[0].load(Wu + at, gi, p);
-        }
-        if (gi + 4 < nsb) {
-            wg[1].load(Wg + at, gi + 4, p);
-            wu[1].load(Wu + at, gi + 4, p);
-        }
+        auto load = [&]() {
+            if (gi < nsb) {
+                wg[0].load(Wg + at, gi, p);
+                wu[0].load(Wu + at, gi, p);
+            }
+            if (gi + 4 < nsb) {
+                wg[1].load(Wg + at, gi + 4, p);
+                wu[1].load(Wu + at, gi + 4, p);
+            }
+        };
+        load();
         __shared__ float xsum[MW_SUMS_MAX];
         bool plain = mw_stage<TY>(xs, X, K);
+        if (slot_expert) {  // (the dense FFN's were requested before pdl_wait)
+            for (int v = b + gridDim.x; v < groups; v += gridDim.x) {
+                int z = v / per, n0 = (v - z * per) * R, e = slot_expert[z];
+                int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+                i64 first = (i64)we * expert_bytes + (i64)n0 * row_bytes;
+                pdl_prefetch(Wg + first, (i64)min(R, N - n0) * row_bytes);
+                pdl_prefetch(Wu + first, (i64)min(R, N - n0) * row_bytes);
+            }
+        }
         mw_sums<TY>(xsum, xs, K, plain);
-        float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg, plain));
-        float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu, plain));
-        if (active && lane == 0) {
-            i64 o = (i64)z * N + n;
-            G[o] = g;
-            U[o] = u;
-            double gd = g;
-            A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)u);
+        for (;;) {
+            float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg, plain));
+            float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu, plain));
+            if (o >= 0 && lane == 0) {
+                G[o] = g;
+                U[o] = u;
+                double gd = g;
+                A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)u);
+            }
+            b += gridDim.x;
+            if (b >= groups) break;
+            locate(b, at, o);
+            load();
         }
     } else {
         __trap();
@@ -1364,9 +1424,22 @@ __device__ __forceinline__ void mw_prefetch(const u8* W, i64 row_bytes, i64 expe
         pdl_prefetch(W + (i64)we * expert_bytes + (i64)n0 * row_bytes, (i64)rows * row_bytes);
 }
 
-// matmulwn's rows of this block, as mw_prefetch.
-__device__ __forceinline__ void mwn_prefetch(MwnPart part) {
-    mw_prefetch(part.W, part.row_bytes, 0, part.N, -1, -1, part.nb);
+// matmulwn's rows of this block (every row group it takes), as mw_prefetch.
+__device__ __forceinline__ void mwn_prefetch(const MwnParts& parts) {
+    for (int b = blockIdx.x, groups = parts.groups(); b < groups; b += gridDim.x) {
+        MwnPart part = parts.at(b);
+        mw_prefetch(part.W, part.row_bytes, 0, part.N, -1, -1, part.nb);
+    }
+}
+
+// The dense FFN's gate and up rows of this block (every row group it takes), as mw_prefetch.
+__device__ __forceinline__ void dense_gate_up_prefetch(const u8* Wg, const u8* Wu, i64 row_bytes,
+                                                       i64 expert_bytes, int N, int swap_a,
+                                                       int swap_b) {
+    for (int b = blockIdx.x; b < (N + 7) / 8; b += gridDim.x) {
+        mw_prefetch(Wg, row_bytes, expert_bytes, N, swap_a, swap_b, b);
+        mw_prefetch(Wu, row_bytes, expert_bytes, N, swap_a, swap_b, b);
+    }
 }
 
 // A block type's family: every matmul variant and the gather. Not instantiated here: the host
@@ -1415,9 +1488,9 @@ __device__ __forceinline__ void mwn_prefetch(MwnPart part) {
         matmulwn_##NAME(const u8* W0, const u8* W1, const u8* W2, i64 rb0, i64 rb1, i64 rb2,    \
                         int N0, int N1, int N2, const float* X, const float* G, float eps,      \
                         float* XN, float* Y0, float* Y1, float* Y2, int K) {                    \
-        mwn_prefetch(mwn_part(W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2));              \
+        mwn_prefetch(MwnParts{W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2});              \
         pdl_wait();                                                                             \
-        matvec_norm_body<TY>(mwn_part(W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2), X, G, \
+        matvec_norm_body<TY>(MwnParts{W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2}, X, G, \
                              eps, XN, K);                                                       \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, 1)                                 \
@@ -1426,9 +1499,9 @@ __device__ __forceinline__ void mwn_prefetch(MwnPart part) {
                               float* wts, int E, int k, int renorm, int* counts, int* offsets,  \
                               int* slot_token, int* slot_of, int* slot_expert,                 \
                               unsigned* done) {                                                 \
-        mwn_prefetch(mwn_part(W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0));                            \
+        mwn_prefetch(MwnParts{W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0});                            \
         pdl_wait();                                                                             \
-        matvec_norm_body<TY, MW_XMAX / 128>(mwn_part(W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0), X, G, \
+        matvec_norm_body<TY, MW_XMAX / 128>(MwnParts{W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0}, X, G, \
                                             eps, XN, K);                                        \
         if (last_block_of_launch(done))                                                         \
             route1_body(Y, probs, ids, wts, E, k, renorm, counts, offsets, slot_token, slot_of, \
@@ -1437,14 +1510,12 @@ __device__ __forceinline__ void mwn_prefetch(MwnPart part) {
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         gate_up_##NAME(const u8* Wg, const u8* Wu, i64 row_bytes, i64 expert_bytes,             \
                        const float* X, float* G, float* U, float* A, int N, int K,              \
-                       const int* slot_expert, int swap_a, int swap_b) {                        \
-        if (!slot_expert) {                                                                     \
-            mw_prefetch(Wg, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
-            mw_prefetch(Wu, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
-        }                                                                                       \
+                       const int* slot_expert, int swap_a, int swap_b, int slots) {             \
+        if (!slot_expert)                                                                       \
+            dense_gate_up_prefetch(Wg, Wu, row_bytes, expert_bytes, N, swap_a, swap_b);         \
         pdl_wait();                                                                             \
         gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slot_expert,        \
-                         swap_a, swap_b);                                                       \
+                         swap_a, swap_b, slots);                                                \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         down_combine_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* act,     \
