@@ -59,3 +59,14 @@ if [ "${NCU:-0}" = 1 ]; then
   echo "ncu (caches kept) rc=$?"; grep -E "^  [a-z_0-9]+|gpu__time_duration|dram__bytes_read|lts__t_sector_hit" $E/ncu-warm.txt | head -60
 fi
 snap
+# NCU_DETAIL=1: Nsight Compute's detailed sections (stall reasons, issue slots, memory
+# throughput) for two launches of each one-token decode kernel of the new binaries
+if [ "${NCU_DETAIL:-0}" = 1 ]; then
+  P32=151644,872,198,7985,264,3974,3378,304,13027,151645,9,17,300,12,77,1024,5,31,8191,64,3,999,22,511,7,2000,41,6,1500,88,13,700
+  FALSIFIER_CUDA_GRAPHS=0 timeout 300 ncu --clock-control none --cache-control none --set detailed \
+    --section WarpStateStats --section SchedulerStats --section Occupancy \
+    -k "regex:^(gate_up_q4_k|down_combine_q[46]_k|matmulwn_q4_k|matmulwr_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
+    --launch-skip ${DSKIP:-24} --launch-count ${DCOUNT:-14} $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/n.safetensors > $E/ncu-detail.txt 2>&1
+  echo "ncu detail rc=$? $(grep -c 'Section: Warp State' $E/ncu-detail.txt) kernels"
+  snap
+fi

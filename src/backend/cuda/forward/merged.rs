@@ -40,8 +40,8 @@ fn merged_grid(outputs: usize, slots: usize) -> Result<LaunchConfig> {
     })
 }
 
-/// The grid of a launch whose blocks stride over `groups` row groups (`matmulwn_*`,
-/// `gate_up_*`): one wave of the card ([`Device::wave_blocks`]).
+/// The grid of a launch whose blocks stride over `groups` row groups (`matmulwn_*`): one wave
+/// of the card ([`Device::wave_blocks`]).
 fn striding_grid(dev: &Device, kernel: &str, key: &str, groups: usize) -> Result<LaunchConfig> {
     Ok(LaunchConfig {
         grid_dim: (dev.wave_blocks(kernel, key, groups, 256)?, 1, 1),
@@ -372,12 +372,10 @@ impl Run<'_> {
             1
         };
         let (sa, sb) = swap.map_or((-1, -1), |(a, b)| (a as i64, b as i64));
-        let kernel = format!("gate_up_{}", typed_suffix(gate.ty)?);
-        let cfg = striding_grid(dev, &kernel, key, gate.rows.div_ceil(8) * slots)?;
         dev.launch(
-            &kernel,
+            &format!("gate_up_{}", typed_suffix(gate.ty)?),
             key,
-            cfg,
+            merged_grid(gate.rows, slots)?,
             &[
                 Arg::Ptr(dev.ptr(&gate.data)),
                 Arg::Ptr(dev.ptr(&up.data)),
@@ -392,7 +390,6 @@ impl Run<'_> {
                 slot_expert.map_or(NULL, |s| Arg::Ptr(dev.ptr(s))),
                 Arg::I32(i32::try_from(sa).unwrap_or(-1)),
                 Arg::I32(i32::try_from(sb).unwrap_or(-1)),
-                int(slots, "expert slots")?,
             ],
         )
     }

@@ -1182,72 +1182,42 @@ __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __
     }
 }
 
-// gate_up_<type> (see above), for `slots` expert picks (or the dense FFN: one slot). Row group
-// g (8 rows, a warp each) of slot z is group z * ceil(N / 8) + g of the launch; a launch of
-// fewer blocks than groups (the host's grid fits the card: one wave, each block staging its
-// input once) has block i take groups i, i + gridDim.x, ..., the later ones' rows requested
-// towards L2 as soon as their experts are known.
 template <int TY>
 __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8* __restrict__ Wu,
                                              i64 row_bytes, i64 expert_bytes,
                                              const float* __restrict__ X, float* __restrict__ G,
                                              float* __restrict__ U, float* __restrict__ A, int N,
                                              int K, const int* __restrict__ slot_expert,
-                                             int swap_a, int swap_b, int slots) {
+                                             int swap_a, int swap_b) {
     if constexpr (MwStaged<TY>::value) {
         __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
-        constexpr int R = MM_THREADS / 32;
-        int per = (N + R - 1) / R, groups = per * slots;
-        int lane = threadIdx.x & 31, nsb = K >> 8, gi = lane >> 3, p = lane & 7;
-        // group b: this warp's row (its byte offset; row 0 of the expert past N) and output
-        // (-1 past N)
-        auto locate = [&](int b, i64& at, int& o) {
-            int z = b / per, n = (b - z * per) * R + (threadIdx.x >> 5);
-            int e = slot_expert ? slot_expert[z] : 0;
-            int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
-            at = (i64)we * expert_bytes + (i64)(n < N ? n : 0) * row_bytes;
-            o = n < N ? z * N + n : -1;
-        };
-        int b = blockIdx.x, o;
-        i64 at;
-        locate(b, at, o);
+        int z = blockIdx.z;
+        int e = slot_expert ? slot_expert[z] : 0;
+        int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+        int n = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+        bool active = n < N;
+        i64 at = (i64)we * expert_bytes + (i64)(active ? n : 0) * row_bytes;
+        int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
         MwPiece<TY> wg[2], wu[2];
-        auto load = [&]() {
-            if (gi < nsb) {
-                wg[0].load(Wg + at, gi, p);
-                wu[0].load(Wu + at, gi, p);
-            }
-            if (gi + 4 < nsb) {
-                wg[1].load(Wg + at, gi + 4, p);
-                wu[1].load(Wu + at, gi + 4, p);
-            }
-        };
-        load();
+        if (gi < nsb) {
+            wg[0].load(Wg + at, gi, p);
+            wu[0].load(Wu + at, gi, p);
+        }
+        if (gi + 4 < nsb) {
+            wg[1].load(Wg + at, gi + 4, p);
+            wu[1].load(Wu + at, gi + 4, p);
+        }
         __shared__ float xsum[MW_SUMS_MAX];
         bool plain = mw_stage<TY>(xs, X, K);
-        if (slot_expert) {  // (the dense FFN's were requested before pdl_wait)
-            for (int v = b + gridDim.x; v < groups; v += gridDim.x) {
-                int z = v / per, n0 = (v - z * per) * R, e = slot_expert[z];
-                int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
-                i64 first = (i64)we * expert_bytes + (i64)n0 * row_bytes;
-                pdl_prefetch(Wg + first, (i64)min(R, N - n0) * row_bytes);
-                pdl_prefetch(Wu + first, (i64)min(R, N - n0) * row_bytes);
-            }
-        }
         mw_sums<TY>(xsum, xs, K, plain);
-        for (;;) {
-            float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg, plain));
-            float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu, plain));
-            if (o >= 0 && lane == 0) {
-                G[o] = g;
-                U[o] = u;
-                double gd = g;
-                A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)u);
-            }
-            b += gridDim.x;
-            if (b >= groups) break;
-            locate(b, at, o);
-            load();
+        float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg, plain));
+        float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu, plain));
+        if (active && lane == 0) {
+            i64 o = (i64)z * N + n;
+            G[o] = g;
+            U[o] = u;
+            double gd = g;
+            A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)u);
         }
     } else {
         __trap();
@@ -1432,16 +1402,6 @@ __device__ __forceinline__ void mwn_prefetch(const MwnParts& parts) {
     }
 }
 
-// The dense FFN's gate and up rows of this block (every row group it takes), as mw_prefetch.
-__device__ __forceinline__ void dense_gate_up_prefetch(const u8* Wg, const u8* Wu, i64 row_bytes,
-                                                       i64 expert_bytes, int N, int swap_a,
-                                                       int swap_b) {
-    for (int b = blockIdx.x; b < (N + 7) / 8; b += gridDim.x) {
-        mw_prefetch(Wg, row_bytes, expert_bytes, N, swap_a, swap_b, b);
-        mw_prefetch(Wu, row_bytes, expert_bytes, N, swap_a, swap_b, b);
-    }
-}
-
 // A block type's family: every matmul variant and the gather. Not instantiated here: the host
 // compiles one module per block type a model uses, instantiating only that type
 // (device.rs, module_source), so that loading never compiles the families of unused types.
@@ -1510,12 +1470,14 @@ __device__ __forceinline__ void dense_gate_up_prefetch(const u8* Wg, const u8* W
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         gate_up_##NAME(const u8* Wg, const u8* Wu, i64 row_bytes, i64 expert_bytes,             \
                        const float* X, float* G, float* U, float* A, int N, int K,              \
-                       const int* slot_expert, int swap_a, int swap_b, int slots) {             \
-        if (!slot_expert)                                                                       \
-            dense_gate_up_prefetch(Wg, Wu, row_bytes, expert_bytes, N, swap_a, swap_b);         \
+                       const int* slot_expert, int swap_a, int swap_b) {                        \
+        if (!slot_expert) {                                                                     \
+            mw_prefetch(Wg, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
+            mw_prefetch(Wu, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
+        }                                                                                       \
         pdl_wait();                                                                             \
         gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slot_expert,        \
-                         swap_a, swap_b, slots);                                                \
+                         swap_a, swap_b);                                                       \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         down_combine_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* act,     \
