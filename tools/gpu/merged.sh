@@ -8,7 +8,8 @@
 # --chunk 8 --decode 16 against the CPU full forward; C-KV-CACHE with the candidate on CUDA;
 # compute-sanitizer on a Q4_K_M MoE (the merged kernels' types) under a schedule and on the
 # graph path. Writes
-# $OUT/merged.tgz. Binaries from tools/gpu/pack.sh in .gpu/.
+# $OUT/merged.tgz. Binaries from tools/gpu/pack.sh in .gpu/. WAVE_AB=1: also FALSIFIER_CUDA_WAVE=0;
+# NCU_DETAIL=1: stall reasons of the decode kernels (Nsight Compute).
 set -u
 mkdir -p /work && for w in main wt-gpu; do [ -e /work/$w ] || ln -sfn "$PWD" /work/$w; done
 export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
@@ -60,6 +61,11 @@ if [ -f $M ]; then
     .gpu/base/falsifier $B $M > $E/a3b-bench-base.txt 2>&1; echo "a3b base $(cat .gpu/base/COMMIT 2>/dev/null): $(per $E/a3b-bench-base.txt)"
     [ "${LEAN:-0}" = 1 ] || { $F $B $M > $E/a3b-bench-2.txt 2>&1; echo "a3b merged again: $(per $E/a3b-bench-2.txt)"; }
   fi
+  # launches that stride (matmulwn) with a block per row group instead, then this build again
+  if [ "${WAVE_AB:-0}" = 1 ]; then
+    FALSIFIER_CUDA_WAVE=0 $F $B $M > $E/a3b-bench-nowave.txt 2>&1; echo "a3b a block per row group (FALSIFIER_CUDA_WAVE=0): $(per $E/a3b-bench-nowave.txt)"
+    $F $B $M > $E/a3b-bench-4.txt 2>&1; echo "a3b merged again: $(per $E/a3b-bench-4.txt)"
+  fi
   # kernel sources of another commit (.gpu/kernels-prev, when sent) with these binaries
   if [ -d .gpu/kernels-prev ]; then
     FALSIFIER_CUDA_KERNELS=$PWD/.gpu/kernels-prev $F $B $M > $E/a3b-bench-kernels-prev.txt 2>&1; echo "a3b kernels $(cat .gpu/kernels-prev/COMMIT 2>/dev/null): $(per $E/a3b-bench-kernels-prev.txt)"
@@ -73,6 +79,16 @@ if [ -f $M ]; then
     head -24 $E/a3b-profile.txt
   fi
   snap
+  # NCU_DETAIL=1: Nsight Compute's detailed sections (stall reasons, issue slots, memory
+  # throughput) for two launches of each one-token decode kernel
+  if [ "${NCU_DETAIL:-0}" = 1 ]; then
+    FALSIFIER_CUDA_GRAPHS=0 timeout 150 ncu --clock-control none --cache-control none --set detailed \
+      --section WarpStateStats --section SchedulerStats --section Occupancy \
+      -k "regex:^(gate_up_q4_k|down_combine_q[46]_k|matmulwn_q4_k|matmulwr_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
+      --launch-skip ${DSKIP:-24} --launch-count ${DCOUNT:-14} $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/n.safetensors > $E/ncu-detail.txt 2>&1
+    echo "ncu detail rc=$? $(grep -c 'Section: Warp State' $E/ncu-detail.txt) kernels"
+    snap
+  fi
   /usr/bin/time -f "cpu trace %e s" $F trace $M --backend cpu --tokens $P32 --out /tmp/a3b-cpu.safetensors > $E/a3b-cpu.txt 2>&1
   /usr/bin/time -f "cuda trace %e s" $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --out /tmp/a3b-cuda.safetensors > $E/a3b-cuda.txt 2>&1
   $F diff /tmp/a3b-cpu.safetensors /tmp/a3b-cuda.safetensors --report-dir $E/a3b-diff > $E/a3b-diff.txt 2>&1
