@@ -9,13 +9,7 @@
 # kernels' times in place (Nsight Compute, caches not flushed between kernels, so each kernel
 # finds L2 as the one before left it). Writes $OUT/binab.tgz.
 set -u
-mkdir -p /work && for w in main wt-gpu; do [ -e /work/$w ] || ln -sfn "$PWD" /work/$w; done
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-export FALSIFIER_COMMIT=$(cat .gpu/COMMIT)
-# binaries sent xz-compressed to fit the device tool's 64 MiB (pack.sh, then xz), unpacked here
-for z in .gpu/*.xz .gpu/base/*.xz; do
-  [ -f "$z" ] && python3 -c "import lzma,sys,os; d=lzma.open(sys.argv[1]).read(); p=sys.argv[1][:-3]; open(p,'wb').write(d); os.chmod(p,0o755)" "$z"
-done
+. tools/gpu/setup.sh
 F=.gpu/falsifier; FB=.gpu/base/falsifier; E=/tmp/binab; rm -rf $E; mkdir -p $E
 LAYERS=${LAYERS:-8}; M=/tmp/a3b-l$LAYERS.gguf
 snap() { (cd /tmp && tar czf $OUT/binab.tgz binab); }

@@ -11,13 +11,7 @@
 # $OUT/merged.tgz. Binaries from tools/gpu/pack.sh in .gpu/. WAVE_AB=1: also FALSIFIER_CUDA_WAVE=0;
 # NCU_DETAIL=1: stall reasons of the decode kernels (Nsight Compute).
 set -u
-mkdir -p /work && for w in main wt-gpu; do [ -e /work/$w ] || ln -sfn "$PWD" /work/$w; done
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}
-export FALSIFIER_COMMIT=$(cat .gpu/COMMIT)
-# binaries sent xz-compressed to fit the device tool's 64 MiB (pack.sh, then xz), unpacked here
-for z in .gpu/*.xz .gpu/base/*.xz; do
-  [ -f "$z" ] && python3 -c "import lzma,sys,os; d=lzma.open(sys.argv[1]).read(); p=sys.argv[1][:-3]; open(p,'wb').write(d); os.chmod(p,0o755)" "$z"
-done
+. tools/gpu/setup.sh
 F=.gpu/falsifier; E=/tmp/merged; rm -rf $E; mkdir -p $E
 LAYERS=${LAYERS:-48}; M=/tmp/a3b.gguf
 snap() { (cd /tmp && tar czf $OUT/merged.tgz merged); }

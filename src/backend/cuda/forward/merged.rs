@@ -106,7 +106,19 @@ impl Run<'_> {
         let heads = u32::try_from(d.n_heads + d.n_kv_heads)
             .map_err(|_| Error::input("too many attention heads"))?;
         let rows = u32::try_from(self.n()).map_err(|_| Error::input("too many rows"))?;
-        let ptr = |x: &CudaSlice<f32>| Arg::Ptr(dev.ptr(x));
+        let mut args = self.qk_head_args(b, norms);
+        args.extend([
+            int(d.n_heads, "heads")?,
+            int(d.n_kv_heads, "kv heads")?,
+            int(d.head_dim, "head_dim")?,
+            Arg::F32(d.eps),
+            Arg::I32(i32::from(d.rope == RopePairing::Adjacent)),
+            int(st.start, "position")?,
+            self.graph_position_arg(),
+            kc,
+            vc,
+            Arg::I32(i32::try_from(slot0).map_err(|_| Error::input("KV slot too large"))?),
+        ]);
         dev.launch(
             kernel,
             &Key::layer(l, Stage::QRope).to_string(),
@@ -115,30 +127,28 @@ impl Run<'_> {
                 block_dim: (128, 1, 1),
                 shared_mem_bytes: 0,
             },
-            &[
-                ptr(&b.q),
-                ptr(&b.k),
-                ptr(&b.v),
-                norms.map_or(NULL, |[qg, _]| ptr(qg)),
-                norms.map_or(NULL, |[_, kg]| ptr(kg)),
-                ptr(&b.qn),
-                ptr(&b.kn),
-                ptr(&b.qr),
-                ptr(&b.kr),
-                Arg::Ptr(dev.ptr(&b.rope_angles)),
-                int(d.n_heads, "heads")?,
-                int(d.n_kv_heads, "kv heads")?,
-                int(d.head_dim, "head_dim")?,
-                Arg::F32(d.eps),
-                Arg::I32(i32::from(d.rope == RopePairing::Adjacent)),
-                int(st.start, "position")?,
-                self.graph_position_arg(),
-                kc,
-                vc,
-                Arg::I32(i32::try_from(slot0).map_err(|_| Error::input("KV slot too large"))?),
-            ],
+            &args,
         )?;
         Ok(cache.is_some())
+    }
+
+    /// The heads' buffers both q/k launches (`qk_rope_store*`, `attn_decode_qk*`) take first:
+    /// q, k, v, the q/k norm weights (null without), the normalized and the rotated heads, and
+    /// the RoPE angle table.
+    fn qk_head_args(&self, b: &Buffers, norms: Option<&[CudaSlice<f32>; 2]>) -> Vec<Arg> {
+        let ptr = |x: &CudaSlice<f32>| Arg::Ptr(self.dev.ptr(x));
+        vec![
+            ptr(&b.q),
+            ptr(&b.k),
+            ptr(&b.v),
+            norms.map_or(NULL, |[qg, _]| ptr(qg)),
+            norms.map_or(NULL, |[_, kg]| ptr(kg)),
+            ptr(&b.qn),
+            ptr(&b.kn),
+            ptr(&b.qr),
+            ptr(&b.kr),
+            Arg::Ptr(self.dev.ptr(&b.rope_angles)),
+        ]
     }
 
     /// Whether layer `l`'s q/k norms, RoPE, cache write and attention go as one launch
@@ -175,23 +185,13 @@ impl Run<'_> {
             .as_ref()
             .ok_or_else(|| Error::internal("a merged decode attention without a cache"))?;
         let (kc, vc) = cache.planes(dev, l);
-        let ptr = |x: &CudaSlice<f32>| Arg::Ptr(dev.ptr(x));
-        let heads = vec![
-            ptr(&b.q),
-            ptr(&b.k),
-            ptr(&b.v),
-            norms.map_or(NULL, |[qg, _]| ptr(qg)),
-            norms.map_or(NULL, |[_, kg]| ptr(kg)),
-            ptr(&b.qn),
-            ptr(&b.kn),
-            ptr(&b.qr),
-            ptr(&b.kr),
-            Arg::Ptr(dev.ptr(&b.rope_angles)),
+        let mut heads = self.qk_head_args(b, norms);
+        heads.extend([
             Arg::F32(d.eps),
             Arg::I32(i32::from(d.rope == RopePairing::Adjacent)),
             Arg::Ptr(kc),
             Arg::Ptr(vc),
-        ];
+        ]);
         let call = self.attn_call(l);
         let outs = [dev.ptr(&b.probs), dev.ptr(&b.ctx)];
         let key = Key::layer(l, Stage::AttnProbs).to_string();
