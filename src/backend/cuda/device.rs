@@ -238,9 +238,10 @@ pub struct Device {
     /// `pdl_wait()` (common.cuh) for that one's results. The same work in the same order: only
     /// the gaps between kernels change.
     pdl: bool,
-    /// The most blocks a striding launch ([`Device::wave_blocks`]) gets: `None` for what the card
-    /// holds at once (`FALSIFIER_CUDA_WAVE=0`: no cap, a block per row group, as before the
-    /// kernels strode), or a test's small number, which makes each block take many groups.
+    /// The most blocks a striding launch ([`Device::wave_blocks`]) gets: `None`, what the card
+    /// holds at once; `usize::MAX` with `FALSIFIER_CUDA_WAVE=0` (a block per row group, as
+    /// before the kernels strode); or a test's small number, which makes each block take many
+    /// groups.
     grid_cap: Mutex<Option<usize>>,
     /// Blocks of a kernel resident on one multiprocessor (the driver's occupancy), by kernel.
     resident: Mutex<HashMap<String, usize>>,
