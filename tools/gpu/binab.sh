@@ -16,13 +16,9 @@ snap() { (cd /tmp && tar czf $OUT/binab.tgz binab); }
 { echo "new: $(cat .gpu/COMMIT) base: $(cat .gpu/base/COMMIT 2>/dev/null)"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader; } | tee $E/card.txt
 ( /usr/bin/time -f "gen %e s" $F gen-model --preset qwen3-30b-a3b --quant q4_k_m --layers $LAYERS --seed 1 --out $M > $E/gen.txt 2>&1 ) &
 GEN=$!
-for t in ${TESTS:-merged_launches_equal_separate_ones cuda_schedules_match_cpu_full_forward traced_equals_untraced_and_runs_repeat_bitwise cuda_matches_cpu_reference_clean_and_faulted planted_faults_first_diverge_at_their_stage}; do
-  timeout 200 .gpu/lib-tests --include-ignored --test-threads 1 --exact backend::cuda::gpu_tests::$t > $E/test-$t.txt 2>&1
-  echo "test $t rc=$? $(grep 'test result' $E/test-$t.txt | sed 's/; 0 measured.*finished/ in/')"; grep -E "panicked|bit for bit" $E/test-$t.txt | head -3
-done
+gpu_tests merged_launches_equal_separate_ones cuda_schedules_match_cpu_full_forward traced_equals_untraced_and_runs_repeat_bitwise cuda_matches_cpu_reference_clean_and_faulted planted_faults_first_diverge_at_their_stage
 snap
-TM=/tmp/tiny-moe-q4km.gguf
-$F gen-model --preset tiny-moe --quant q4_k_m --seed 3 --hidden 256 --heads 4 --kv-heads 2 --head-dim 64 --expert-ffn 256 --vocab 512 --layers 3 --out $TM > $E/gen-tiny.txt 2>&1 || echo "tiny q4_k_m gen failed: $(tail -2 $E/gen-tiny.txt)"
+gen_tiny_moe
 TOK=81,119,101,110,51,77,111,69,5,9,12
 for tool in memcheck racecheck; do
   for kv in f32 f16; do

@@ -19,13 +19,9 @@ snap() { (cd /tmp && tar czf $OUT/merged.tgz merged); }
 P32=151644,872,198,7985,264,3974,3378,304,13027,151645,9,17,300,12,77,1024,5,31,8191,64,3,999,22,511,7,2000,41,6,1500,88,13,700
 ( /usr/bin/time -f "gen %e s" $F gen-model --preset qwen3-30b-a3b --quant q4_k_m --layers $LAYERS --seed 1 --out $M > $E/gen.txt 2>&1 ) &
 GEN=$!
-for t in ${TESTS:-merged_launches_equal_separate_ones wide_matmuls_cover_every_tile_position grouped_matmul_kernels_match_host cuda_schedules_match_cpu_full_forward traced_equals_untraced_and_runs_repeat_bitwise cuda_matches_cpu_reference_clean_and_faulted planted_faults_first_diverge_at_their_stage}; do
-  timeout 200 .gpu/lib-tests --include-ignored --test-threads 1 --exact backend::cuda::gpu_tests::$t > $E/test-$t.txt 2>&1
-  echo "test $t rc=$? $(grep 'test result' $E/test-$t.txt | sed 's/; 0 measured.*finished/ in/')"; grep -E "panicked|bit for bit" $E/test-$t.txt | head -3
-done
+gpu_tests merged_launches_equal_separate_ones wide_matmuls_cover_every_tile_position grouped_matmul_kernels_match_host cuda_schedules_match_cpu_full_forward traced_equals_untraced_and_runs_repeat_bitwise cuda_matches_cpu_reference_clean_and_faulted planted_faults_first_diverge_at_their_stage
 snap
-TM=/tmp/tiny-moe-q4km.gguf
-$F gen-model --preset tiny-moe --quant q4_k_m --seed 3 --hidden 256 --heads 4 --kv-heads 2 --head-dim 64 --expert-ffn 256 --vocab 512 --layers 3 --out $TM > $E/gen-tiny.txt 2>&1 || echo "tiny q4_k_m gen failed: $(tail -2 $E/gen-tiny.txt)"
+gen_tiny_moe
 checks() {  # C-KV-CACHE on CUDA and compute-sanitizer on the tiny Q4_K_M MoE
   timeout 120 $F run contracts/kv-cache.yaml --candidate cuda --require-gpu --report-dir $E/kv-cuda > $E/kv-cuda.txt 2>&1
   echo "kv-cache on cuda rc=$? $(tail -1 $E/kv-cuda.txt)"

@@ -8,3 +8,18 @@ export FALSIFIER_COMMIT=$(cat .gpu/COMMIT)
 for z in .gpu/*.xz .gpu/base/*.xz; do
   [ -f "$z" ] && python3 -c "import lzma,sys,os; d=lzma.open(sys.argv[1]).read(); p=sys.argv[1][:-3]; open(p,'wb').write(d); os.chmod(p,0o755)" "$z"
 done
+
+# The GPU tests named in $TESTS (default: the arguments) of .gpu/lib-tests, a log each in $E,
+# a line each on stdout.
+gpu_tests() {
+  for t in ${TESTS:-$*}; do
+    timeout 200 .gpu/lib-tests --include-ignored --test-threads 1 --exact backend::cuda::gpu_tests::$t > $E/test-$t.txt 2>&1
+    echo "test $t rc=$? $(grep 'test result' $E/test-$t.txt | sed 's/; 0 measured.*finished//')"; grep -E "panicked|bit for bit" $E/test-$t.txt | head -3
+  done
+}
+
+# The tiny Q4_K_M MoE (the merged kernels' block types) the sanitizer runs use, at $TM.
+TM=/tmp/tiny-moe-q4km.gguf
+gen_tiny_moe() {
+  $F gen-model --preset tiny-moe --quant q4_k_m --seed 3 --hidden 256 --heads 4 --kv-heads 2 --head-dim 64 --expert-ffn 256 --vocab 512 --layers 3 --out $TM > $E/gen-tiny.txt 2>&1 || echo "tiny q4_k_m gen failed: $(tail -2 $E/gen-tiny.txt)"
+}
