@@ -41,16 +41,18 @@ int compare_row(int nsb, const std::vector<float>& x, float acc, double tol, boo
     bool big = false;
     for (int i = 0; i < K; i += 4) {
         float4 v = {x[i], x[i + 1], x[i + 2], x[i + 3]};
-        big |= mw_put4<T_Q4_K>(xs, i, v, false);
-        mw_put4<T_Q4_K>(xp, i, v, true);
+        big |= mw_put4<T_Q4_K>(xs, sum_s, i, v, false);
+        mw_put4<T_Q4_K>(xp, sum_p, i, v, true);
     }
     *any_big = big;
-    for (unsigned t = 0; t < MM_THREADS; ++t) {  // the block's threads, one after another
-        threadIdx.x = t;
-        mw_sums<T_Q4_K>(sum_s, xs, K, false);
-        mw_sums<T_Q4_K>(sum_p, xp, K, true);
+    // the run sums as mw_put4's lanes make them (run16_sum's tree; no warps here), of the
+    // input as it was: the same for both stagings
+    for (int j = 0; j < K / 16; ++j) {
+        const float* r = x.data() + 16 * j;
+        float q[4];
+        for (int m = 0; m < 4; ++m) q[m] = (r[4 * m] + r[4 * m + 1]) + (r[4 * m + 2] + r[4 * m + 3]);
+        sum_s[j] = sum_p[j] = (q[0] + q[1]) + (q[2] + q[3]);
     }
-    threadIdx.x = 0;
     int bad = 0;
     for (int s = 0; s < nsb; ++s)
         for (int p = 0; p < 8; ++p) {

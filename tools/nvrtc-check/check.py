@@ -12,6 +12,8 @@ error then shows here in seconds instead of on the GPU host.
 
 With PTXAS=/path/to/ptxas (from the nvidia-cuda-nvcc-cu12 wheel) each module's PTX is also
 assembled for sm_90 with -v: registers and spills of every kernel, as the driver will build them.
+With PTX_OUT=/some/dir each module's PTX is also written there as NAME.ptx (to read what a
+change did to a kernel's instructions).
 
 Exit status: 0 when every module compiles, 1 otherwise.
 """
@@ -40,10 +42,13 @@ def compile_module(lib, name, src, arch="compute_90"):
     log = ctypes.create_string_buffer(size.value)
     lib.nvrtcGetProgramLog(prog, log)
     out = log.value.decode(errors="replace")
-    if rc == 0 and os.environ.get("PTXAS"):
+    if rc == 0 and (os.environ.get("PTXAS") or os.environ.get("PTX_OUT")):
         lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
         ptx = ctypes.create_string_buffer(size.value)
         lib.nvrtcGetPTX(prog, ptx)
+        if os.environ.get("PTX_OUT"):
+            (pathlib.Path(os.environ["PTX_OUT"]) / f"{name}.ptx").write_bytes(ptx.value)
+    if rc == 0 and os.environ.get("PTXAS"):
         with tempfile.TemporaryDirectory() as d:
             path = pathlib.Path(d) / f"{name}.ptx"
             path.write_bytes(ptx.value)

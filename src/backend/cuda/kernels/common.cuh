@@ -64,6 +64,20 @@ __device__ __forceinline__ void prefetch_l2_line(const void* p) {
 #endif
 }
 
+// Bytes [p, p + bytes) of constant weights that every block of a launch reads (a norm's
+// gamma) towards L2 before pdl_wait, each 128-byte line requested by one thread of the launch:
+// line l by thread l / gridDim.x of block l % gridDim.x (blocks along x).
+__device__ __forceinline__ void prefetch_shared_weights(const void* p, i64 bytes) {
+#if defined(__CUDA_ARCH__)
+    if (!p || bytes <= 0) return;
+    unsigned long long a = (unsigned long long)p & ~127ull;
+    i64 lines = (i64)(((unsigned long long)p + bytes - 1 - a) >> 7) + 1;
+    for (i64 l = blockIdx.x + (i64)gridDim.x * threadIdx.x; l < lines;
+         l += (i64)gridDim.x * blockDim.x)
+        prefetch_l2_line((const void*)(a + 128 * l));
+#endif
+}
+
 // Block fields sit at even offsets but blocks of 18/22/34/210 bytes break wider alignment:
 // assemble them byte by byte.
 __device__ __forceinline__ float ldh(const u8* p) { return h2f((u16)p[0] | ((u16)p[1] << 8)); }

@@ -611,23 +611,9 @@ __device__ __forceinline__ bool q4k_big(float v) {
     return a >= 9223372036854775808.0f && a < INFINITY;
 }
 
-// Stage input j (one value) of a row at *dst, scaled for Q4_K unless `plain`; returns whether it
-// is out of the scaled range.
+// Inputs i .. i + 3 of a row (i % 4 == 0) into the staging (below, with the sums of Q4_K).
 template <int TY>
-__device__ __forceinline__ bool mw_put1(float* dst, int j, float v, bool plain) {
-    if constexpr (TY == T_Q4_K) {
-        if (!plain) {
-            *dst = __fmul_rn(v, q4k_scale(j));
-            return q4k_big(v);
-        }
-    }
-    *dst = v;
-    return false;
-}
-
-// Inputs i .. i + 3 of a row (i % 4 == 0) into row `xs` of the staging, as mw_put1.
-template <int TY>
-__device__ __forceinline__ bool mw_put4(float* xs, int i, float4 v, bool plain);
+__device__ __forceinline__ bool mw_put4(float* xs, float* xsum, int i, float4 v, bool plain);
 
 // One lane's raw bytes of one superblock, loaded ahead of its arithmetic.
 template <int TY> struct MwPiece;
@@ -640,7 +626,7 @@ template <> struct MwPiece<T_Q4_K> {
     }
     // lane p = 2c + h of the group: values 64c + 16h + i of sub-block 2c (low nibbles) and
     // 64c + 32 + 16h + i of sub-block 2c + 1 (high nibbles), i < 16
-    // xsum: the staged input's sums over runs of 16 values (mw_sums), this lane's two of them
+    // xsum: the staged input's sums over runs of 16 values (mw_put4), this lane's two of them
     // instead of 32 adds of its own
     __device__ __forceinline__ float dot(const float* __restrict__ xs,
                                          const float* __restrict__ xsum, int s, int p, float acc,
@@ -738,10 +724,35 @@ template <> struct MwPiece<T_Q6_K> {
     }
 };
 
+// The sum of the 16-value run of an input row that lanes 4q .. 4q + 3 of a warp hold one
+// float4 each, in order: ((v0 + v1) + (v2 + v3)) on each lane, then butterflies over lane
+// pairs and pairs of pairs. One fixed tree, whichever lanes hold the run (an f32 add is
+// commutative bit for bit, so all four lanes get the same sum). Called by all 32 lanes.
+__device__ __forceinline__ float run16_sum(float4 v) {
+    float s = __fadd_rn(__fadd_rn(v.x, v.y), __fadd_rn(v.z, v.w));
+    s = __fadd_rn(s, __shfl_xor_sync(0xffffffffu, s, 1));
+    return __fadd_rn(s, __shfl_xor_sync(0xffffffffu, s, 2));
+}
+
+// Stage inputs i .. i + 3 of a row (i % 4 == 0) into row `xs` of the staging, scaled for Q4_K
+// unless `plain`; returns whether one is out of the scaled range. For Q4_K also the input's
+// sum over its run of 16 (its dmin term needs them: made once per block, as the staging goes,
+// instead of once per row by each lane) into xsum[i / 16], of the input as it was, by
+// run16_sum: every lane of the warp calls this at once, lane 4q + m with run q's m-th float4.
+#define MW_SUMS_MAX (MW_XMAX / 16)
+// float4 of a row a staging thread loads before it stores any, for Q4_K (one round trip for
+// rows of up to 2048 values; more would spill at the one-row kernels' 64 registers). The other
+// types' stagings have no shuffles to hold loads back, and more registers would spill there.
+#define MW_AHEAD 2
+template <int TY> struct MwAhead {
+    static constexpr int value = TY == T_Q4_K ? MW_AHEAD : 1;
+};
 template <int TY>
-__device__ __forceinline__ bool mw_put4(float* xs, int i, float4 v, bool plain) {
+__device__ __forceinline__ bool mw_put4(float* xs, float* xsum, int i, float4 v, bool plain) {
     bool big = false;
     if constexpr (TY == T_Q4_K) {
+        float t = run16_sum(v);
+        if ((i & 15) == 0) xsum[i >> 4] = t;
         if (!plain) {
             big = q4k_big(v.x) | q4k_big(v.y) | q4k_big(v.z) | q4k_big(v.w);
             v.x = __fmul_rn(v.x, q4k_scale(i));
@@ -752,30 +763,6 @@ __device__ __forceinline__ bool mw_put4(float* xs, int i, float4 v, bool plain) 
     }
     *(float4*)(xs + mw_pad(i, MwShift<TY>::value)) = v;
     return big;
-}
-
-// The staged input's sums over runs of 16 values, xsum[j] = x[16 j] + ... + x[16 j + 15] added
-// in index order, for Q4_K (its dmin term needs them per 16 values: the same sums each lane
-// made of its own, made once per block instead of once per row; nothing for the other types).
-// `rows` staged rows of `stride` floats each, K values a row, sums at xsum[r * (K / 16) + j].
-// After the staging barrier; ends with one.
-#define MW_SUMS_MAX (MW_XMAX / 16)
-template <int TY>
-__device__ __forceinline__ void mw_sums(float* __restrict__ xsum, const float* __restrict__ xs,
-                                        int K, bool plain, int rows = 1, int stride = 0) {
-    if constexpr (TY == T_Q4_K) {
-        int per = K >> 4;
-        for (int q = threadIdx.x; q < rows * per; q += MM_THREADS) {
-            int r = q / per, j = q - r * per;
-            const float* x = xs + r * stride + mw_pad(16 * j, 6);
-            float t = 0.0f;
-            // the input as it was (scaling back by a power of two is exact)
-#pragma unroll
-            for (int m = 0; m < 16; ++m) t += plain ? x[m] : __fmul_rn(x[m], q4k_unscale(16 * j + m));
-            xsum[q] = t;
-        }
-        __syncthreads();
-    }
 }
 
 // Lane `lane`'s part of the dot product of a Q4_K/Q6_K row of `nsb` superblocks with the
@@ -853,15 +840,31 @@ template <int TY> struct MwStaged {
 // The input row x [K] into xs (padded, scaled for Q4_K), by the whole block; barriers on both
 // sides. Returns `plain`: whether the block staged it unscaled (an input out of the scaled range).
 template <int TY>
-__device__ __forceinline__ bool mw_stage(float* __restrict__ xs, const float* __restrict__ x,
-                                         int K) {
+__device__ __forceinline__ bool mw_stage(float* __restrict__ xs, float* __restrict__ xsum,
+                                         const float* __restrict__ x, int K) {
+    // MW_AHEAD float4 a thread loaded before any is stored: the run sums' shuffles would
+    // otherwise hold the next load back, one memory round trip per float4
+    constexpr int A = MwAhead<TY>::value;
+    auto put = [&](bool plain) {
+        bool big = false;
+        for (int i0 = 4 * threadIdx.x; i0 < K; i0 += 4 * MM_THREADS * A) {
+            float4 v[A];
+#pragma unroll
+            for (int u = 0; u < A; ++u) {
+                int i = i0 + 4 * MM_THREADS * u;
+                if (i < K) v[u] = __ldg((const float4*)(x + i));
+            }
+#pragma unroll
+            for (int u = 0; u < A; ++u) {
+                int i = i0 + 4 * MM_THREADS * u;
+                if (i < K) big |= mw_put4<TY>(xs, xsum, i, v[u], plain);
+            }
+        }
+        return big;
+    };
     __syncthreads();
-    bool big = false;
-    for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
-        big |= mw_put4<TY>(xs, i, __ldg((const float4*)(x + i)), false);
-    if (!__syncthreads_or(big)) return false;
-    for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
-        mw_put4<TY>(xs, i, __ldg((const float4*)(x + i)), true);
+    if (!__syncthreads_or(put(false))) return false;
+    put(true);
     __syncthreads();
     return true;
 }
@@ -891,8 +894,7 @@ __device__ __forceinline__ void matvec_warp_stream(const u8* __restrict__ W, i64
         if (gi < nsb) cur[0].load(row, gi, p);
         if (gi + 4 < nsb) cur[1].load(row, gi + 4, p);
         __shared__ float xsum[MW_SUMS_MAX];
-        bool plain = mw_stage<TY>(xs, x, K);
-        mw_sums<TY>(xsum, xs, K, plain);
+        bool plain = mw_stage<TY>(xs, xsum, x, K);
         for (; n < N; n += stride) {
             const u8* next = W + (i64)min(n + stride, N - 1) * row_bytes;
             if (n + stride < N) {
@@ -949,8 +951,7 @@ __device__ __forceinline__ void matvec_warp(const u8* __restrict__ W, i64 row_by
             if (gi < nsb) first[0].load(row, gi, p);
             if (gi + 4 < nsb) first[1].load(row, gi + 4, p);
             // (mw_stage's first barrier: the previous row's readers are done with xs)
-            bool plain = mw_stage<TY>(xs, x, K);
-            mw_sums<TY>(xsum, xs, K, plain);
+            bool plain = mw_stage<TY>(xs, xsum, x, K);
             acc = mw_dot_staged<TY>(row, xs, xsum, nsb, lane, first, plain);
         } else {
             acc = mw_dot_f32((const float*)row, x, K, lane);
@@ -991,8 +992,7 @@ __device__ __forceinline__ void matvec_res_body(const u8* __restrict__ W, i64 ro
         // (the residual with the weights, not after the dot)
         float rn = active && lane == 0 ? R[n] : 0.0f;
         __shared__ float xsum[MW_SUMS_MAX];
-        bool plain = mw_stage<TY>(xs, X, K);
-        mw_sums<TY>(xsum, xs, K, plain);
+        bool plain = mw_stage<TY>(xs, xsum, X, K);
         float acc = warp_sum_fixed(mw_dot_staged<TY>(row, xs, xsum, nsb, lane, w, plain));
         if (active && lane == 0) {
             Y[n] = acc;
@@ -1118,7 +1118,6 @@ __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __
     F32Ahead<ahead ? AHEAD : 1> fw;  // (unused unless `ahead`)
     bool whole = ahead && K <= 128 * AHEAD;
     if (whole) fw.load((const float*)row, K, lane);
-    auto at = [&](int i) { return staged ? mw_pad(i, MwShift<TY>::value) : i; };
     double inv = 0.0;
     if (G) {
         double ss = 0.0;
@@ -1129,21 +1128,45 @@ __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __
     }
     // the input (normalized with G), staged scaled for Q4_K; unscaled when out of that range
     // (`plain`; XN gets the norm either way)
+    // (four values a thread, so that Q4_K's run sums come from the staging: mw_put4)
+    __shared__ float xsum[MW_SUMS_MAX];
     auto stage = [&](bool plain) {
         bool big = false;
-        if (G) {
-            bool out = XN && blockIdx.x == 0 && !plain;
-            for (int i = threadIdx.x; i < K; i += MM_THREADS) {
-                float y = (float)((double)X[i] * inv * (double)G[i]);
-                big |= mw_put1<TY>(xs + at(i), i, y, plain);
-                if (out) XN[i] = y;
+        bool out = G && XN && blockIdx.x == 0 && !plain;
+        // (MwAhead float4 of the input and gamma loaded before any is stored, as mw_stage)
+        constexpr int A = MwAhead<TY>::value;
+        for (int i0 = 4 * threadIdx.x; i0 < K; i0 += 4 * MM_THREADS * A) {
+        float4 xv[A], gv[A];
+#pragma unroll
+        for (int u = 0; u < A; ++u) {
+            int i = i0 + 4 * MM_THREADS * u;
+            if (i < K) {
+                xv[u] = __ldg((const float4*)(X + i));
+                if (G) gv[u] = {G[i], G[i + 1], G[i + 2], G[i + 3]};
             }
-        } else if constexpr (staged) {
-            for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
-                big |= mw_put4<TY>(xs, i, __ldg((const float4*)(X + i)), plain);
-        } else {
-            for (int i = 4 * threadIdx.x; i < K; i += 4 * MM_THREADS)
-                *(float4*)(xs + i) = __ldg((const float4*)(X + i));
+        }
+#pragma unroll
+        for (int u = 0; u < A; ++u) {
+            int i = i0 + 4 * MM_THREADS * u;
+            if (i >= K) continue;
+            float4 y = xv[u];
+            if (G) {
+                y.x = (float)((double)y.x * inv * (double)gv[u].x);
+                y.y = (float)((double)y.y * inv * (double)gv[u].y);
+                y.z = (float)((double)y.z * inv * (double)gv[u].z);
+                y.w = (float)((double)y.w * inv * (double)gv[u].w);
+            }
+            if (out) {
+                XN[i] = y.x;
+                XN[i + 1] = y.y;
+                XN[i + 2] = y.z;
+                XN[i + 3] = y.w;
+            }
+            if constexpr (staged)
+                big |= mw_put4<TY>(xs, xsum, i, y, plain);
+            else
+                *(float4*)(xs + i) = y;
+        }
         }
         return big;
     };
@@ -1152,8 +1175,6 @@ __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __
         stage(true);
         __syncthreads();
     }
-    __shared__ float xsum[MW_SUMS_MAX];
-    if constexpr (staged) mw_sums<TY>(xsum, xs, K, plain);
     // this block's row groups, the staged input shared by all: the first group's pieces came
     // before the norm; a later group's are loaded when the one before is done (requested
     // towards L2 before pdl_wait, mwn_prefetch)
@@ -1208,8 +1229,7 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
             wu[1].load(Wu + at, gi + 4, p);
         }
         __shared__ float xsum[MW_SUMS_MAX];
-        bool plain = mw_stage<TY>(xs, X, K);
-        mw_sums<TY>(xsum, xs, K, plain);
+        bool plain = mw_stage<TY>(xs, xsum, X, K);
         float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg, plain));
         float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu, plain));
         if (active && lane == 0) {
@@ -1291,7 +1311,7 @@ __device__ __forceinline__ void down_combine_body(
 #pragma unroll
                 for (int u = 0; u < DC_LANE_LOADS; ++u) {
                     int i = 4 * lane + 128 * u;
-                    if (i < K) big |= mw_put4<TY>(xs + r * kp, i, v[u], plain);
+                    if (i < K) big |= mw_put4<TY>(xs + r * kp, xsum + r * (K >> 4), i, v[u], plain);
                 }
             }
             return big;
@@ -1301,7 +1321,6 @@ __device__ __forceinline__ void down_combine_body(
             stage(true);
             __syncthreads();
         }
-        mw_sums<TY>(xsum, xs, K, plain, k, kp);
         for (int r0 = rbeg; r0 < rend; r0 += 4) {
             MwPiece<TY> w[4];
 #pragma unroll
@@ -1449,6 +1468,7 @@ __device__ __forceinline__ void mwn_prefetch(const MwnParts& parts) {
                         int N0, int N1, int N2, const float* X, const float* G, float eps,      \
                         float* XN, float* Y0, float* Y1, float* Y2, int K) {                    \
         mwn_prefetch(MwnParts{W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2});              \
+        prefetch_shared_weights(G, 4LL * K);                                                    \
         pdl_wait();                                                                             \
         matvec_norm_body<TY>(MwnParts{W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2}, X, G, \
                              eps, XN, K);                                                       \
@@ -1460,6 +1480,7 @@ __device__ __forceinline__ void mwn_prefetch(const MwnParts& parts) {
                               int* slot_token, int* slot_of, int* slot_expert,                 \
                               unsigned* done) {                                                 \
         mwn_prefetch(MwnParts{W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0});                            \
+        prefetch_shared_weights(G, 4LL * K);                                                    \
         pdl_wait();                                                                             \
         matvec_norm_body<TY, MW_XMAX / 128>(MwnParts{W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0}, X, G, \
                                             eps, XN, K);                                        \
