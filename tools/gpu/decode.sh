@@ -20,6 +20,8 @@ new() { FALSIFIER_CUDA_KERNELS=$NEW "$@"; }
 # $VARIANTS (default "base new"): base, new, or NAME for the sources in .gpu/kernels-NAME
 variant() { local v=$1; shift; case $v in base|new) $v "$@";; *) FALSIFIER_CUDA_KERNELS=$PWD/.gpu/kernels-$v "$@";; esac; }
 VARIANTS=${VARIANTS:-base new}
+# (empty: the working tree's sources with the decode kernels emptied, tools/gpu/empty-kernels.py)
+case " $VARIANTS " in *" empty "*) python3 tools/gpu/empty-kernels.py $NEW .gpu/kernels-empty;; esac
 new gpu_tests merged_launches_equal_separate_ones grouped_matmul_kernels_match_host cuda_schedules_match_cpu_full_forward traced_equals_untraced_and_runs_repeat_bitwise cuda_matches_cpu_reference_clean_and_faulted
 snap
 B="bench --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs ${RUNS:-5}"

@@ -9,7 +9,8 @@
 # compute-sanitizer on a Q4_K_M MoE (the merged kernels' types) under a schedule and on the
 # graph path. Writes
 # $OUT/merged.tgz. Binaries from tools/gpu/pack.sh in .gpu/. WAVE_AB=1: also FALSIFIER_CUDA_WAVE=0;
-# NCU_DETAIL=1: stall reasons of the decode kernels (Nsight Compute).
+# NCU_DETAIL=1: stall reasons of the decode kernels (Nsight Compute). EMPTY=1: the launch floor
+# (the decode kernels emptied, tools/gpu/empty-kernels.py).
 set -u
 . tools/gpu/setup.sh
 F=.gpu/falsifier; E=/tmp/merged; rm -rf $E; mkdir -p $E
@@ -60,6 +61,12 @@ if [ -f $M ]; then
   if [ -d .gpu/kernels-prev ]; then
     FALSIFIER_CUDA_KERNELS=$PWD/.gpu/kernels-prev $F $B $M > $E/a3b-bench-kernels-prev.txt 2>&1; echo "a3b kernels $(cat .gpu/kernels-prev/COMMIT 2>/dev/null): $(per $E/a3b-bench-kernels-prev.txt)"
     [ "${LEAN:-0}" = 1 ] || { $F $B $M > $E/a3b-bench-3.txt 2>&1; echo "a3b merged third: $(per $E/a3b-bench-3.txt)"; }
+  fi
+  # EMPTY=1: the same step with every one-token decode kernel emptied (tools/gpu/empty-kernels.py):
+  # what launching alone costs
+  if [ "${EMPTY:-0}" = 1 ]; then
+    python3 tools/gpu/empty-kernels.py src/backend/cuda/kernels /tmp/kernels-empty
+    FALSIFIER_CUDA_KERNELS=/tmp/kernels-empty $F $B $M > $E/a3b-bench-empty.txt 2>&1; echo "a3b decode kernels emptied (launch floor): $(per $E/a3b-bench-empty.txt)"
   fi
   if [ "${LEAN:-0}" != 1 ]; then
     FALSIFIER_CUDA_FUSED=0 $F $B $M > $E/a3b-bench-separate.txt 2>&1; echo "a3b separate: $(per $E/a3b-bench-separate.txt)"

@@ -24,7 +24,9 @@ import subprocess
 import sys
 import tempfile
 
-KERNELS = pathlib.Path(__file__).resolve().parents[2] / "src/backend/cuda/kernels"
+# (FALSIFIER_CUDA_KERNELS: another copy of the sources, as the binaries take it)
+KERNELS = pathlib.Path(os.environ.get("FALSIFIER_CUDA_KERNELS") or
+                       pathlib.Path(__file__).resolve().parents[2] / "src/backend/cuda/kernels")
 FILES = ["grids.cuh", "common.cuh", "route.cuh", "matmul.cu", "ops.cu", "attention.cu", "moe.cu"]  # device.rs FILES
 DEFAULT_TYPES = ["f32", "q4_k", "q6_k", "q8_0"]
 
