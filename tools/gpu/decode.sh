@@ -56,8 +56,8 @@ if [ "${NCU:-0}" = 1 ]; then
       -k "regex:^(gate_up_q4_k|down_combine_q[46]_k|matmulwn_q[46]_k|matmulwr_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
       --launch-skip ${DSKIP:-48} --launch-count ${DCOUNT:-96} --csv --page raw \
       $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/n.safetensors > $E/ncu-$v.csv 2>$E/ncu-$v.err
-    echo "--- ncu $v (kernel: launches, mean us)"
-    python3 - $E/ncu-$v.csv <<'PY'
+    echo "--- ncu $v (kernel: launches, mean us)" | tee $E/ncu-$v.txt
+    python3 - $E/ncu-$v.csv <<'PY' | tee -a $E/ncu-$v.txt
 import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 5]
 h = rows[0]; k = h.index("Kernel Name"); d = h.index("gpu__time_duration.sum")
@@ -69,6 +69,7 @@ for name, v in sorted(t.items()):
     us = [x / 1000 if x > 200 else x for x in v]  # ns or us, as ncu chose
     print(f"  {name:24} {len(v):4} {sum(us) / len(us):7.2f}")
 PY
+    rm -f $E/ncu-$v.csv  # (the summary above is what comes back)
   done
 fi
 snap

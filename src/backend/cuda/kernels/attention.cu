@@ -745,8 +745,8 @@ __device__ __forceinline__ void attn_ctx_tiled_t(const float* __restrict__ probs
         const float* q, const float* k, const float* v, const float* qg, const float* kg,       \
         float* qn, float* kn, float* qr, float* kr, const double2* tab, float eps, int adjacent, \
         KV* kc, KV* vc, float* probs, float* ctx, const int* posp, ATT_DIMS) {                  \
-        prefetch_shared_weights(qg, 4LL * D);                                                   \
-        prefetch_shared_weights(kg, 4LL * D);                                                   \
+        spread_prefetch(qg, 4LL * D);                                                           \
+        spread_prefetch(kg, 4LL * D);                                                           \
         pdl_wait();                                                                             \
         attn_decode_qk_t<KV>(q, k, v, qg, kg, qn, kn, qr, kr, tab, eps, adjacent, kc, vc, probs, \
                              ctx, posp, ATT_PASS);                                              \

@@ -67,7 +67,7 @@ __device__ __forceinline__ void prefetch_l2_line(const void* p) {
 // Bytes [p, p + bytes) of constant weights that every block of a launch reads (a norm's
 // gamma) towards L2 before pdl_wait, each 128-byte line requested by one thread of the launch:
 // line l by thread l / gridDim.x of block l % gridDim.x (blocks along x).
-__device__ __forceinline__ void prefetch_shared_weights(const void* p, i64 bytes) {
+__device__ __forceinline__ void spread_prefetch(const void* p, i64 bytes) {
 #if defined(__CUDA_ARCH__)
     if (!p || bytes <= 0) return;
     unsigned long long a = (unsigned long long)p & ~127ull;

@@ -837,8 +837,9 @@ template <int TY> struct MwStaged {
     static constexpr bool value = TY == T_Q4_K || TY == T_Q6_K;
 };
 
-// The input row x [K] into xs (padded, scaled for Q4_K), by the whole block; barriers on both
-// sides. Returns `plain`: whether the block staged it unscaled (an input out of the scaled range).
+// The input row x [K] into xs (padded, scaled for Q4_K) and, for Q4_K, its run sums into xsum
+// (mw_put4), by the whole block; barriers on both sides. Returns `plain`: whether the block
+// staged it unscaled (an input out of the scaled range).
 template <int TY>
 __device__ __forceinline__ bool mw_stage(float* __restrict__ xs, float* __restrict__ xsum,
                                          const float* __restrict__ x, int K) {
@@ -1136,37 +1137,37 @@ __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __
         // (MwAhead float4 of the input and gamma loaded before any is stored, as mw_stage)
         constexpr int A = MwAhead<TY>::value;
         for (int i0 = 4 * threadIdx.x; i0 < K; i0 += 4 * MM_THREADS * A) {
-        float4 xv[A], gv[A];
+            float4 xv[A], gv[A];
 #pragma unroll
-        for (int u = 0; u < A; ++u) {
-            int i = i0 + 4 * MM_THREADS * u;
-            if (i < K) {
-                xv[u] = __ldg((const float4*)(X + i));
-                if (G) gv[u] = {G[i], G[i + 1], G[i + 2], G[i + 3]};
+            for (int u = 0; u < A; ++u) {
+                int i = i0 + 4 * MM_THREADS * u;
+                if (i < K) {
+                    xv[u] = __ldg((const float4*)(X + i));
+                    if (G) gv[u] = {G[i], G[i + 1], G[i + 2], G[i + 3]};
+                }
             }
-        }
 #pragma unroll
-        for (int u = 0; u < A; ++u) {
-            int i = i0 + 4 * MM_THREADS * u;
-            if (i >= K) continue;
-            float4 y = xv[u];
-            if (G) {
-                y.x = (float)((double)y.x * inv * (double)gv[u].x);
-                y.y = (float)((double)y.y * inv * (double)gv[u].y);
-                y.z = (float)((double)y.z * inv * (double)gv[u].z);
-                y.w = (float)((double)y.w * inv * (double)gv[u].w);
+            for (int u = 0; u < A; ++u) {
+                int i = i0 + 4 * MM_THREADS * u;
+                if (i >= K) continue;
+                float4 y = xv[u];
+                if (G) {
+                    y.x = (float)((double)y.x * inv * (double)gv[u].x);
+                    y.y = (float)((double)y.y * inv * (double)gv[u].y);
+                    y.z = (float)((double)y.z * inv * (double)gv[u].z);
+                    y.w = (float)((double)y.w * inv * (double)gv[u].w);
+                }
+                if (out) {
+                    XN[i] = y.x;
+                    XN[i + 1] = y.y;
+                    XN[i + 2] = y.z;
+                    XN[i + 3] = y.w;
+                }
+                if constexpr (staged)
+                    big |= mw_put4<TY>(xs, xsum, i, y, plain);
+                else
+                    *(float4*)(xs + i) = y;
             }
-            if (out) {
-                XN[i] = y.x;
-                XN[i + 1] = y.y;
-                XN[i + 2] = y.z;
-                XN[i + 3] = y.w;
-            }
-            if constexpr (staged)
-                big |= mw_put4<TY>(xs, xsum, i, y, plain);
-            else
-                *(float4*)(xs + i) = y;
-        }
         }
         return big;
     };
@@ -1468,7 +1469,7 @@ __device__ __forceinline__ void mwn_prefetch(const MwnParts& parts) {
                         int N0, int N1, int N2, const float* X, const float* G, float eps,      \
                         float* XN, float* Y0, float* Y1, float* Y2, int K) {                    \
         mwn_prefetch(MwnParts{W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2});              \
-        prefetch_shared_weights(G, 4LL * K);                                                    \
+        spread_prefetch(G, 4LL * K);                                                            \
         pdl_wait();                                                                             \
         matvec_norm_body<TY>(MwnParts{W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2}, X, G, \
                              eps, XN, K);                                                       \
@@ -1480,7 +1481,7 @@ __device__ __forceinline__ void mwn_prefetch(const MwnParts& parts) {
                               int* slot_token, int* slot_of, int* slot_expert,                 \
                               unsigned* done) {                                                 \
         mwn_prefetch(MwnParts{W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0});                            \
-        prefetch_shared_weights(G, 4LL * K);                                                    \
+        spread_prefetch(G, 4LL * K);                                                            \
         pdl_wait();                                                                             \
         matvec_norm_body<TY, MW_XMAX / 128>(MwnParts{W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0}, X, G, \
                                             eps, XN, K);                                        \
