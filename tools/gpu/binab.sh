@@ -19,7 +19,6 @@ GEN=$!
 gpu_tests merged_launches_equal_separate_ones cuda_schedules_match_cpu_full_forward traced_equals_untraced_and_runs_repeat_bitwise cuda_matches_cpu_reference_clean_and_faulted planted_faults_first_diverge_at_their_stage
 snap
 gen_tiny_moe
-TOK=81,119,101,110,51,77,111,69,5,9,12
 for tool in memcheck racecheck; do
   for kv in f32 f16; do
     timeout 60 compute-sanitizer --tool $tool $F trace $TM --backend cuda --tokens $TOK --chunk 3 --decode 4 --kv-cache $kv --stages logits --out /tmp/san.safetensors > $E/sanitizer-$tool-$kv-graph.txt 2>&1
