@@ -4,8 +4,9 @@
 # .gpu/kernels-base when present), on the tiny fixture and the 30B-A3B shape cut to $LAYERS
 # layers (default 4): the kernel GPU tests with the new sources, `bench --chunk 8 --decode 16`
 # both ways ($ROUNDS alternations), with PROFILE=1 a per-kernel profile (nsys when present,
-# else the event-timed one) and, with NCU=1, each decode kernel's duration both ways. Writes $OUT/decode.tgz. Binaries from
-# tools/gpu/pack.sh in .gpu/ (any commit whose kernel launches match the sources).
+# else the event-timed one) and, with NCU=1, each decode kernel's duration both ways. Writes
+# $OUT/decode.tgz. Binaries from tools/gpu/pack.sh in .gpu/ (any commit whose kernel launches
+# match the sources).
 set -u
 . tools/gpu/setup.sh
 F=.gpu/falsifier; E=/tmp/decode; rm -rf $E; mkdir -p $E

@@ -734,11 +734,6 @@ __device__ __forceinline__ float run16_sum(float4 v) {
     return __fadd_rn(s, __shfl_xor_sync(0xffffffffu, s, 2));
 }
 
-// Stage inputs i .. i + 3 of a row (i % 4 == 0) into row `xs` of the staging, scaled for Q4_K
-// unless `plain`; returns whether one is out of the scaled range. For Q4_K also the input's
-// sum over its run of 16 (its dmin term needs them: made once per block, as the staging goes,
-// instead of once per row by each lane) into xsum[i / 16], of the input as it was, by
-// run16_sum: every lane of the warp calls this at once, lane 4q + m with run q's m-th float4.
 #define MW_SUMS_MAX (MW_XMAX / 16)
 // float4 of a row a staging thread loads before it stores any, for Q4_K (one round trip for
 // rows of up to 2048 values; more would spill at the one-row kernels' 64 registers). The other
@@ -747,6 +742,12 @@ __device__ __forceinline__ float run16_sum(float4 v) {
 template <int TY> struct MwAhead {
     static constexpr int value = TY == T_Q4_K ? MW_AHEAD : 1;
 };
+
+// Stage inputs i .. i + 3 of a row (i % 4 == 0) into row `xs` of the staging, scaled for Q4_K
+// unless `plain`; returns whether one is out of the scaled range. For Q4_K also the input's
+// sum over its run of 16 (its dmin term needs them: made once per block, as the staging goes,
+// instead of once per row by each lane) into xsum[i / 16], of the input as it was, by
+// run16_sum: every lane of the warp calls this at once, lane 4q + m with run q's m-th float4.
 template <int TY>
 __device__ __forceinline__ bool mw_put4(float* xs, float* xsum, int i, float4 v, bool plain) {
     bool big = false;
@@ -843,7 +844,7 @@ template <int TY> struct MwStaged {
 template <int TY>
 __device__ __forceinline__ bool mw_stage(float* __restrict__ xs, float* __restrict__ xsum,
                                          const float* __restrict__ x, int K) {
-    // MW_AHEAD float4 a thread loaded before any is stored: the run sums' shuffles would
+    // MwAhead float4 a thread loaded before any is stored: the run sums' shuffles would
     // otherwise hold the next load back, one memory round trip per float4
     constexpr int A = MwAhead<TY>::value;
     auto put = [&](bool plain) {
