@@ -13,7 +13,10 @@ error then shows here in seconds instead of on the GPU host.
 With PTXAS=/path/to/ptxas (from the nvidia-cuda-nvcc-cu12 wheel) each module's PTX is also
 assembled for sm_90 with -v: registers and spills of every kernel, as the driver will build them.
 With PTX_OUT=/some/dir each module's PTX is also written there as NAME.ptx (to read what a
-change did to a kernel's instructions).
+change did to a kernel's instructions). With PTXAS, SASS_OUT=/some/dir and CUOBJDUMP=/path/to/
+cuobjdump (the nvidia-cuda-cuobjdump wheel; it runs nvdisasm, from the nvidia-cuda-nvdisasm
+wheel, found on PATH) each module's machine code for sm_90 is written there as NAME.sass: what
+the GPU will execute, instruction by instruction.
 
 Exit status: 0 when every module compiles, 1 otherwise.
 """
@@ -54,9 +57,13 @@ def compile_module(lib, name, src, arch="compute_90"):
         with tempfile.TemporaryDirectory() as d:
             path = pathlib.Path(d) / f"{name}.ptx"
             path.write_bytes(ptx.value)
-            r = subprocess.run([os.environ["PTXAS"], "-arch=sm_90", "-v", str(path), "-o", os.devnull],
+            cubin = pathlib.Path(d) / f"{name}.cubin"
+            r = subprocess.run([os.environ["PTXAS"], "-arch=sm_90", "-v", str(path), "-o", str(cubin)],
                                capture_output=True, text=True)
             out += r.stdout + r.stderr
+            if r.returncode == 0 and os.environ.get("SASS_OUT") and os.environ.get("CUOBJDUMP"):
+                r = subprocess.run([os.environ["CUOBJDUMP"], "-sass", str(cubin)], capture_output=True, text=True)
+                (pathlib.Path(os.environ["SASS_OUT"]) / f"{name}.sass").write_text(r.stdout + r.stderr)
     lib.nvrtcDestroyProgram(ctypes.byref(prog))
     return rc == 0, out
 
