@@ -30,7 +30,6 @@ done
 snap
 wait $GEN; echo "gen rc=$? $(tail -1 $E/gen.txt)"
 B="bench --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs ${RUNS:-7}"
-per() { grep -o 'per token untraced [0-9.]* ms, traced (every stage) [0-9.]* ms' $1; }
 # $VARIANTS: base, new, or new:VAR=VALUE (the new binary under that environment setting)
 for r in $(seq ${ROUNDS:-2}); do
   for v in ${VARIANTS:-base new}; do

@@ -27,13 +27,13 @@ new gpu_tests merged_launches_equal_separate_ones grouped_matmul_kernels_match_h
 snap
 B="bench --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs ${RUNS:-5}"
 T=fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf
-base $F $B $T > $E/tiny-base.txt 2>&1; echo "tiny base: $(grep -o 'per token untraced [0-9.]* ms, traced (every stage) [0-9.]* ms' $E/tiny-base.txt)"
-new $F $B $T > $E/tiny-new.txt 2>&1; echo "tiny new:  $(grep -o 'per token untraced [0-9.]* ms, traced (every stage) [0-9.]* ms' $E/tiny-new.txt)"
+base $F $B $T > $E/tiny-base.txt 2>&1; echo "tiny base: $(per $E/tiny-base.txt)"
+new $F $B $T > $E/tiny-new.txt 2>&1; echo "tiny new:  $(per $E/tiny-new.txt)"
 wait $GEN; echo "gen rc=$? $(tail -1 $E/gen.txt)"
-# base and new alternating $ROUNDS times (default 2): the card's state drifts between calls
+# the variants alternating $ROUNDS times (default 2): the card's state drifts between calls
 for r in $(seq ${ROUNDS:-2}); do
   for v in $VARIANTS; do
-    variant $v $F $B $M > $E/a3b-$v-$r.txt 2>&1; echo "a3b L=$LAYERS $v $r: $(grep -o 'per token untraced [0-9.]* ms, traced (every stage) [0-9.]* ms' $E/a3b-$v-$r.txt) $(grep -o 'bandwidth [0-9.]* ms' $E/a3b-$v-$r.txt)"
+    variant $v $F $B $M > $E/a3b-$v-$r.txt 2>&1; echo "a3b L=$LAYERS $v $r: $(per $E/a3b-$v-$r.txt) $(grep -o 'bandwidth [0-9.]* ms' $E/a3b-$v-$r.txt)"
   done
 done
 snap
@@ -62,12 +62,13 @@ if [ "${NCU:-0}" = 1 ]; then
 import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 5]
 h = rows[0]; k = h.index("Kernel Name"); d = h.index("gpu__time_duration.sum")
+to_us = {"ns": 1e-3, "us": 1.0, "ms": 1e3}[rows[1][d][:2]]  # the units row ("ns" or "nsecond")
 t = collections.defaultdict(list)
 for r in rows[2:]:
     try: t[r[k]].append(float(r[d].replace(",", "")))
     except ValueError: pass
 for name, v in sorted(t.items()):
-    us = [x / 1000 if x > 200 else x for x in v]  # ns or us, as ncu chose
+    us = [x * to_us for x in v]
     print(f"  {name:24} {len(v):4} {sum(us) / len(us):7.2f}")
 PY
     rm -f $E/ncu-$v.csv  # (the summary above is what comes back)

@@ -37,7 +37,6 @@ checks() {  # C-KV-CACHE on CUDA and compute-sanitizer on the tiny Q4_K_M MoE
 # host's cores), and of the 30B-A3B benches only this build, the base build and the other kernels
 if [ "${LEAN:-0}" = 1 ]; then checks; snap; fi
 B="bench --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs 5"
-per() { grep -o 'per token untraced [0-9.]* ms, traced (every stage) [0-9.]* ms' $1; }
 if [ "${LEAN:-0}" != 1 ]; then
   $F $B fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf > $E/tiny-bench.txt 2>&1; echo "tiny merged: $(per $E/tiny-bench.txt)"
   $F $B $TM > $E/tinyq4-bench.txt 2>&1; echo "tiny q4_k_m merged: $(per $E/tinyq4-bench.txt)"

@@ -25,3 +25,6 @@ TOK=81,119,101,110,51,77,111,69,5,9,12
 gen_tiny_moe() {
   $F gen-model --preset tiny-moe --quant q4_k_m --seed 3 --hidden 256 --heads 4 --kv-heads 2 --head-dim 64 --expert-ffn 256 --vocab 512 --layers 3 --out $TM > $E/gen-tiny.txt 2>&1 || echo "tiny q4_k_m gen failed: $(tail -2 $E/gen-tiny.txt)"
 }
+
+# A bench log's per-token line: untraced and traced decode times.
+per() { grep -o 'per token untraced [0-9.]* ms, traced (every stage) [0-9.]* ms' $1; }
