@@ -65,11 +65,31 @@ int compare_row(int nsb, const std::vector<float>& x, float acc, double tol, boo
         }
     return bad;
 }
+// q4k_pair_scales against scale_min_k4_w (ggml's get_scale_min_k4) on random scale bytes:
+// every pair of every lane, exactly. Returns the number that differ.
+int check_pair_scales() {
+    int bad = 0;
+    for (int trial = 0; trial < 20000; ++trial) {
+        unsigned s0 = next() ^ (next() << 16), s1 = next() ^ (next() << 16), s2 = next() ^ (next() << 16);
+        for (int c = 0; c < 4; ++c) {
+            float got[4];
+            q4k_pair_scales(c, s0, s1, s2, &got[0], &got[1], &got[2], &got[3]);
+            unsigned want[4];
+            scale_min_k4_w(2 * c, s0, s1, s2, &want[0], &want[1]);
+            scale_min_k4_w(2 * c + 1, s0, s1, s2, &want[2], &want[3]);
+            for (int i = 0; i < 4; ++i)
+                if (got[i] != (float)want[i] && bad++ < 3)
+                    std::printf("q4k_pair_scales: c %d value %d: %g, want %u\n", c, i, got[i], want[i]);
+        }
+    }
+    return bad;
+}
+
 }  // namespace q4k_check
 
 int main() {
     using namespace q4k_check;
-    int bad = 0, rows = 0;
+    int bad = check_pair_scales(), rows = 0;
     bool big = false;
     for (int trial = 0; trial < 400; ++trial) {
         int nsb = 1 + (int)(next() % 8);

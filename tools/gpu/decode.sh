@@ -4,7 +4,8 @@
 # .gpu/kernels-base when present), on the tiny fixture and the 30B-A3B shape cut to $LAYERS
 # layers (default 4): the kernel GPU tests with the new sources, `bench --chunk 8 --decode 16`
 # both ways ($ROUNDS alternations), with PROFILE=1 a per-kernel profile (nsys when present,
-# else the event-timed one) and, with NCU=1, each decode kernel's duration both ways. Writes
+# else the event-timed one), with NCU=1 each decode kernel's duration per variant, and with
+# NCU_DETAIL="v ..." Nsight Compute's stall and throughput sections of one layer. Writes
 # $OUT/decode.tgz. Binaries from tools/gpu/pack.sh in .gpu/ (any commit whose kernel launches
 # match the sources).
 set -u
@@ -49,10 +50,11 @@ elif [ "${PROFILE:-0}" = 1 ]; then
   head -30 $E/profile-new.txt
 fi
 snap
-# NCU=1: each one-token decode kernel's duration both ways (Nsight Compute, $DCOUNT launches
-# after the first $DSKIP of those kernels; caches not flushed, as in the real run)
+# NCU=1: each one-token decode kernel's duration under each of $NCU_VARIANTS (default
+# $VARIANTS) (Nsight Compute, $DCOUNT launches after the first $DSKIP of those kernels; caches
+# not flushed, as in the real run)
 if [ "${NCU:-0}" = 1 ]; then
-  for v in $VARIANTS; do
+  for v in ${NCU_VARIANTS:-$VARIANTS}; do
     variant $v timeout 150 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum \
       -k "regex:^(gate_up_q4_k|down_combine_q[46]_k|matmulwn_q[46]_k|matmulwr_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
       --launch-skip ${DSKIP:-48} --launch-count ${DCOUNT:-96} --csv --page raw \
@@ -74,4 +76,17 @@ PY
     rm -f $E/ncu-$v.csv  # (the summary above is what comes back)
   done
 fi
+snap
+# NCU_DETAIL="v1 v2": for each named variant, Nsight Compute's throughput, occupancy, scheduler
+# and warp-stall sections of one layer's decode kernels (the first 7 launches after $DSKIP):
+# whether a kernel waits on memory, on barriers or on its own instructions
+for v in ${NCU_DETAIL:-}; do
+  variant $v timeout 200 ncu --clock-control none --cache-control none \
+    --section SpeedOfLight --section Occupancy --section SchedulerStats --section WarpStateStats \
+    --section MemoryWorkloadAnalysis --section LaunchStats \
+    -k "regex:^(gate_up_q4_k|down_combine_q[46]_k|matmulwn_q[46]_k|matmulwr_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
+    --launch-skip ${DSKIP:-48} --launch-count 7 --page details \
+    $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/n.safetensors > $E/ncu-detail-$v.txt 2>&1
+  echo "ncu detail $v rc=$? $(grep -c 'Section: Warp State' $E/ncu-detail-$v.txt) kernels"
+done
 snap

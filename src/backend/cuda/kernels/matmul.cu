@@ -615,6 +615,23 @@ __device__ __forceinline__ bool q4k_big(float v) {
 template <int TY>
 __device__ __forceinline__ bool mw_put4(float* xs, float* xsum, int i, float4 v, bool plain);
 
+// The (scale, min) pairs j = 2c and 2c + 1 of a Q4_K superblock (scale_min_k4_w's values, as
+// floats, exactly) from its 12 scale bytes as three words, without scale_min_k4_w's branches
+// and per-value shifts: the 6-bit values of four sub-blocks at once as the bytes of one word
+// (j < 4: bytes 0-3 and 4-7 masked; j >= 4: the low or high nibbles of bytes 8-11 with the top
+// two bits of bytes 0-3 or 4-7 above them), then each pair's bytes as floats by one byte
+// permute and an exact subtract (mw_byte_f's 2^23 + byte).
+__device__ __forceinline__ void q4k_pair_scales(int c, u32 s0, u32 s1, u32 s2, float* sc0,
+                                                float* m0, float* sc1, float* m1) {
+    u32 scw = c < 2 ? (s0 & 0x3F3F3F3Fu) : ((s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u));
+    u32 mw = c < 2 ? (s1 & 0x3F3F3F3Fu) : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
+    u32 sel = 0x7540u + ((2 * c) & 3);  // byte 2c % 4 (2c + 1: the next) under 2^23's exponent
+    *sc0 = __fsub_rn(__uint_as_float(__byte_perm(scw, 0x4B000000u, sel)), 8388608.0f);
+    *m0 = __fsub_rn(__uint_as_float(__byte_perm(mw, 0x4B000000u, sel)), 8388608.0f);
+    *sc1 = __fsub_rn(__uint_as_float(__byte_perm(scw, 0x4B000000u, sel + 1)), 8388608.0f);
+    *m1 = __fsub_rn(__uint_as_float(__byte_perm(mw, 0x4B000000u, sel + 1)), 8388608.0f);
+}
+
 // One lane's raw bytes of one superblock, loaded ahead of its arithmetic.
 template <int TY> struct MwPiece;
 template <> struct MwPiece<T_Q4_K> {
@@ -669,14 +686,13 @@ template <> struct MwPiece<T_Q4_K> {
                 }
             }
         }
-        u32 sc0, m0, sc1, m1;
-        scale_min_k4_w(2 * c, hd.y, hd.z, hd.w, &sc0, &m0);
-        scale_min_k4_w(2 * c + 1, hd.y, hd.z, hd.w, &sc1, &m1);
+        float sc0, m0, sc1, m1;
+        q4k_pair_scales(c, hd.y, hd.z, hd.w, &sc0, &m0, &sc1, &m1);
         float d = h2f((u16)(hd.x & 0xffffu)), dm = h2f((u16)(hd.x >> 16));
-        acc = fmaf(__fmul_rn(d, small_u2f(sc0)), s0, acc);
-        acc = fmaf(-__fmul_rn(dm, small_u2f(m0)), xs0, acc);
-        acc = fmaf(__fmul_rn(d, small_u2f(sc1)), s1, acc);
-        acc = fmaf(-__fmul_rn(dm, small_u2f(m1)), xs1, acc);
+        acc = fmaf(__fmul_rn(d, sc0), s0, acc);
+        acc = fmaf(-__fmul_rn(dm, m0), xs0, acc);
+        acc = fmaf(__fmul_rn(d, sc1), s1, acc);
+        acc = fmaf(-__fmul_rn(dm, m1), xs1, acc);
         return acc;
     }
 };
