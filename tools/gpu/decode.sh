@@ -17,10 +17,9 @@ snap() { (cd /tmp && tar czf $OUT/decode.tgz decode); }
 M=/tmp/a3b-l$LAYERS.gguf
 ( /usr/bin/time -f "gen %e s" $F gen-model --preset qwen3-30b-a3b --quant q4_k_m --layers $LAYERS --seed 1 --out $M > $E/gen.txt 2>&1 ) &
 GEN=$!
-base() { if [ -d .gpu/kernels-base ]; then FALSIFIER_CUDA_KERNELS=$PWD/.gpu/kernels-base "$@"; else "$@"; fi; }
-new() { FALSIFIER_CUDA_KERNELS=$NEW "$@"; }
-# $VARIANTS (default "base new"): base, new, or NAME for the sources in .gpu/kernels-NAME
-variant() { local v=$1; shift; case $v in base|new) $v "$@";; *) FALSIFIER_CUDA_KERNELS=$PWD/.gpu/kernels-$v "$@";; esac; }
+base() { variant base "$@"; }
+new() { variant new "$@"; }
+# $VARIANTS (default "base new"): names for setup.sh's variant()
 VARIANTS=${VARIANTS:-base new}
 # (empty: the working tree's sources with the decode kernels emptied, tools/gpu/empty-kernels.py)
 case " $VARIANTS " in *" empty "*) python3 tools/gpu/empty-kernels.py $NEW .gpu/kernels-empty;; esac

@@ -10,17 +10,22 @@
 # graph path. Writes
 # $OUT/merged.tgz. Binaries from tools/gpu/pack.sh in .gpu/. WAVE_AB=1: also FALSIFIER_CUDA_WAVE=0;
 # NCU_DETAIL=1: stall reasons of the decode kernels (Nsight Compute). EMPTY=1: the launch floor
-# (the decode kernels emptied, tools/gpu/empty-kernels.py).
+# (the decode kernels emptied, tools/gpu/empty-kernels.py). TEST_VARIANT=NAME: the tests, checks,
+# the first bench and the CPU comparison under setup.sh's variant NAME (e.g. new: the working
+# tree's kernel sources); VARIANTS="a b ...": the 30B-A3B bench under each, $ROUNDS times
+# alternating (default 1).
 set -u
 . tools/gpu/setup.sh
 F=.gpu/falsifier; E=/tmp/merged; rm -rf $E; mkdir -p $E
 LAYERS=${LAYERS:-48}; M=/tmp/a3b.gguf
 snap() { (cd /tmp && tar czf $OUT/merged.tgz merged); }
+tv() { if [ -n "${TEST_VARIANT:-}" ]; then variant $TEST_VARIANT "$@"; else "$@"; fi; }
+[ -z "${TEST_VARIANT:-}" ] || echo "tests, checks, first bench and CPU comparison: variant $TEST_VARIANT" | tee $E/variant.txt
 { echo "commit: $(cat .gpu/COMMIT)"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader; } | tee $E/card.txt
 P32=151644,872,198,7985,264,3974,3378,304,13027,151645,9,17,300,12,77,1024,5,31,8191,64,3,999,22,511,7,2000,41,6,1500,88,13,700
 ( /usr/bin/time -f "gen %e s" $F gen-model --preset qwen3-30b-a3b --quant q4_k_m --layers $LAYERS --seed 1 --out $M > $E/gen.txt 2>&1 ) &
 GEN=$!
-gpu_tests merged_launches_equal_separate_ones wide_matmuls_cover_every_tile_position grouped_matmul_kernels_match_host cuda_schedules_match_cpu_full_forward traced_equals_untraced_and_runs_repeat_bitwise cuda_matches_cpu_reference_clean_and_faulted planted_faults_first_diverge_at_their_stage
+tv gpu_tests merged_launches_equal_separate_ones wide_matmuls_cover_every_tile_position grouped_matmul_kernels_match_host cuda_schedules_match_cpu_full_forward traced_equals_untraced_and_runs_repeat_bitwise cuda_matches_cpu_reference_clean_and_faulted planted_faults_first_diverge_at_their_stage
 snap
 gen_tiny_moe
 checks() {  # C-KV-CACHE on CUDA and compute-sanitizer on the tiny Q4_K_M MoE
@@ -35,7 +40,7 @@ checks() {  # C-KV-CACHE on CUDA and compute-sanitizer on the tiny Q4_K_M MoE
 }
 # LEAN=1: the checks while the model generates (no tiny benches then: the generation holds the
 # host's cores), and of the 30B-A3B benches only this build, the base build and the other kernels
-if [ "${LEAN:-0}" = 1 ]; then checks; snap; fi
+if [ "${LEAN:-0}" = 1 ]; then tv checks; snap; fi
 B="bench --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs 5"
 if [ "${LEAN:-0}" != 1 ]; then
   $F $B fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf > $E/tiny-bench.txt 2>&1; echo "tiny merged: $(per $E/tiny-bench.txt)"
@@ -44,7 +49,13 @@ if [ "${LEAN:-0}" != 1 ]; then
 fi
 wait $GEN; echo "gen rc=$? $(tail -1 $E/gen.txt)"
 if [ -f $M ]; then
-  $F $B $M > $E/a3b-bench.txt 2>&1; echo "a3b merged: $(per $E/a3b-bench.txt) $(grep -o 'bandwidth [0-9.]* ms' $E/a3b-bench.txt) $(grep -o 'floor = [0-9.]*x' $E/a3b-bench.txt)"
+  tv $F $B $M > $E/a3b-bench.txt 2>&1; echo "a3b merged: $(per $E/a3b-bench.txt) $(grep -o 'bandwidth [0-9.]* ms' $E/a3b-bench.txt) $(grep -o 'floor = [0-9.]*x' $E/a3b-bench.txt)"
+  snap
+  for r in $(seq ${ROUNDS:-1}); do
+    for v in ${VARIANTS:-}; do
+      variant $v $F $B $M > $E/a3b-bench-$v-$r.txt 2>&1; echo "a3b variant $v $r: $(per $E/a3b-bench-$v-$r.txt)"
+    done
+  done
   snap
   # the base build (.gpu/base/falsifier, when sent) on the same model, then this one again
   if [ -x .gpu/base/falsifier ]; then
@@ -86,11 +97,11 @@ if [ -f $M ]; then
     snap
   fi
   /usr/bin/time -f "cpu trace %e s" $F trace $M --backend cpu --tokens $P32 --out /tmp/a3b-cpu.safetensors > $E/a3b-cpu.txt 2>&1
-  /usr/bin/time -f "cuda trace %e s" $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --out /tmp/a3b-cuda.safetensors > $E/a3b-cuda.txt 2>&1
+  tv /usr/bin/time -f "cuda trace %e s" $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --out /tmp/a3b-cuda.safetensors > $E/a3b-cuda.txt 2>&1
   $F diff /tmp/a3b-cpu.safetensors /tmp/a3b-cuda.safetensors --report-dir $E/a3b-diff > $E/a3b-diff.txt 2>&1
   echo "a3b diff rc=$? $(grep -iE 'verdict|summary|holds|match' $E/a3b-diff.txt | head -3)"
 fi
 snap
-if [ "${LEAN:-0}" != 1 ]; then checks; fi
+if [ "${LEAN:-0}" != 1 ]; then tv checks; fi
 snap
 snap

@@ -6,6 +6,9 @@
 # device tool's 64 MiB. Writes .gpu/COMMIT (the tree must be committed).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+# the test binaries find their fixtures under the path they were built in, which setup.sh
+# links to the copy on the GPU host: only these two
+case "$PWD" in /work/main|/work/wt-gpu) ;; *) echo "build in /work/main or /work/wt-gpu (setup.sh links those), not $PWD" >&2; exit 2;; esac
 [ -z "$(git status --porcelain --untracked-files=no)" ] || { echo "commit first: .gpu/COMMIT names HEAD" >&2; exit 2; }
 cargo build --release
 cargo test --release --no-run 2>/dev/null

@@ -28,3 +28,19 @@ gen_tiny_moe() {
 
 # A bench log's per-token line: untraced and traced decode times.
 per() { grep -o 'per token untraced [0-9.]* ms, traced (every stage) [0-9.]* ms' $1; }
+
+# Run a command under kernel-source variant $1 (decode.sh, merged.sh): "base" the sources built
+# into the binaries (or .gpu/kernels-base when sent), "new" the working tree's, NAME those in
+# .gpu/kernels-NAME (the built-in ones without that folder); .gpu/env-NAME, when sent, holds
+# VAR=value lines set for that variant alone (a switch such as FALSIFIER_CUDA_AHEAD=0).
+variant() {
+  local v=$1 k=; shift
+  case $v in
+    base) [ -d .gpu/kernels-base ] && k=$PWD/.gpu/kernels-base;;
+    new) k=$PWD/src/backend/cuda/kernels;;
+    *) [ -d .gpu/kernels-$v ] && k=$PWD/.gpu/kernels-$v;;
+  esac
+  ( if [ -f .gpu/env-$v ]; then set -a; . .gpu/env-$v; set +a; fi
+    if [ -n "$k" ]; then export FALSIFIER_CUDA_KERNELS=$k; else unset FALSIFIER_CUDA_KERNELS; fi
+    "$@" )
+}
