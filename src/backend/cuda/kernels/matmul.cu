@@ -602,9 +602,6 @@ __device__ __forceinline__ int q4k_pos(int j) {
 __device__ __forceinline__ float q4k_scale(int j) {
     return __int_as_float((127 + Q4K_SHIFT - q4k_pos(j)) << 23);
 }
-__device__ __forceinline__ float q4k_unscale(int j) {
-    return __int_as_float((127 - Q4K_SHIFT + q4k_pos(j)) << 23);
-}
 // finite and 2^63 or more in magnitude (infinities and NaN scale to themselves)
 __device__ __forceinline__ bool q4k_big(float v) {
     float a = fabsf(v);
@@ -625,11 +622,11 @@ __device__ __forceinline__ void q4k_pair_scales(int c, u32 s0, u32 s1, u32 s2, f
                                                 float* m0, float* sc1, float* m1) {
     u32 scw = c < 2 ? (s0 & 0x3F3F3F3Fu) : ((s2 & 0x0F0F0F0Fu) | ((s0 >> 2) & 0x30303030u));
     u32 mw = c < 2 ? (s1 & 0x3F3F3F3Fu) : (((s2 >> 4) & 0x0F0F0F0Fu) | ((s1 >> 2) & 0x30303030u));
-    u32 sel = 0x7540u + ((2 * c) & 3);  // byte 2c % 4 (2c + 1: the next) under 2^23's exponent
-    *sc0 = __fsub_rn(__uint_as_float(__byte_perm(scw, 0x4B000000u, sel)), 8388608.0f);
-    *m0 = __fsub_rn(__uint_as_float(__byte_perm(mw, 0x4B000000u, sel)), 8388608.0f);
-    *sc1 = __fsub_rn(__uint_as_float(__byte_perm(scw, 0x4B000000u, sel + 1)), 8388608.0f);
-    *m1 = __fsub_rn(__uint_as_float(__byte_perm(mw, 0x4B000000u, sel + 1)), 8388608.0f);
+    int i = (2 * c) & 3;  // byte 2c % 4 of the words (2c + 1: the next)
+    *sc0 = __fsub_rn(mw_byte_f(scw, i), 8388608.0f);
+    *m0 = __fsub_rn(mw_byte_f(mw, i), 8388608.0f);
+    *sc1 = __fsub_rn(mw_byte_f(scw, i + 1), 8388608.0f);
+    *m1 = __fsub_rn(mw_byte_f(mw, i + 1), 8388608.0f);
 }
 
 // One lane's raw bytes of one superblock, loaded ahead of its arithmetic.
