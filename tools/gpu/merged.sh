@@ -69,7 +69,7 @@ if [ -f $M ]; then
   fi
   # kernel sources of another commit (.gpu/kernels-prev, when sent) with these binaries
   if [ -d .gpu/kernels-prev ]; then
-    FALSIFIER_CUDA_KERNELS=$PWD/.gpu/kernels-prev $F $B $M > $E/a3b-bench-kernels-prev.txt 2>&1; echo "a3b kernels $(cat .gpu/kernels-prev/COMMIT 2>/dev/null): $(per $E/a3b-bench-kernels-prev.txt)"
+    variant prev $F $B $M > $E/a3b-bench-kernels-prev.txt 2>&1; echo "a3b kernels $(cat .gpu/kernels-prev/COMMIT 2>/dev/null): $(per $E/a3b-bench-kernels-prev.txt)"
     [ "${LEAN:-0}" = 1 ] || { $F $B $M > $E/a3b-bench-3.txt 2>&1; echo "a3b merged third: $(per $E/a3b-bench-3.txt)"; }
   fi
   # EMPTY=1: the same step with every one-token decode kernel emptied (tools/gpu/empty-kernels.py):
