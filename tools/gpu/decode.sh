@@ -5,7 +5,8 @@
 # layers (default 4): the kernel GPU tests with the new sources, `bench --chunk 8 --decode 16`
 # both ways ($ROUNDS alternations), with PROFILE=1 a per-kernel profile (nsys when present,
 # else the event-timed one), with NCU=1 each decode kernel's duration per variant, and with
-# NCU_DETAIL="v ..." Nsight Compute's stall and throughput sections of one layer. Writes
+# NCU_DETAIL="v ..." Nsight Compute's stall and throughput sections of one layer, with SAN=1
+# C-KV-CACHE on CUDA and compute-sanitizer (setup.sh's checks). Writes
 # $OUT/decode.tgz. Binaries from tools/gpu/pack.sh in .gpu/ (any commit whose kernel launches
 # match the sources).
 set -u
@@ -25,6 +26,8 @@ VARIANTS=${VARIANTS:-base new}
 case " $VARIANTS " in *" empty "*) python3 tools/gpu/empty-kernels.py $NEW .gpu/kernels-empty;; esac
 new gpu_tests merged_launches_equal_separate_ones grouped_matmul_kernels_match_host cuda_schedules_match_cpu_full_forward traced_equals_untraced_and_runs_repeat_bitwise cuda_matches_cpu_reference_clean_and_faulted
 snap
+# SAN=1: C-KV-CACHE on CUDA and the sanitizers (setup.sh's checks) with the new sources
+if [ "${SAN:-0}" = 1 ]; then gen_tiny_moe; new checks; snap; fi
 B="bench --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs ${RUNS:-5}"
 T=fixtures/qwen3moe-tiny/qwen3moe-tiny-f32.gguf
 base $F $B $T > $E/tiny-base.txt 2>&1; echo "tiny base: $(per $E/tiny-base.txt)"
@@ -55,7 +58,7 @@ snap
 if [ "${NCU:-0}" = 1 ]; then
   for v in ${NCU_VARIANTS:-$VARIANTS}; do
     variant $v timeout 150 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum \
-      -k "regex:^(gate_up_q4_k|down_combine_q[46]_k|matmulwn_q[46]_k|matmulwr_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
+      -k "regex:^(gate_ups?_q4_k|down_combines?_q[46]_k|matmulwns?_q[46]_k|matmulwrs?_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
       --launch-skip ${DSKIP:-48} --launch-count ${DCOUNT:-96} --csv --page raw \
       $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/n.safetensors > $E/ncu-$v.csv 2>$E/ncu-$v.err
     echo "--- ncu $v (kernel: launches, mean us)" | tee $E/ncu-$v.txt
@@ -83,7 +86,7 @@ for v in ${NCU_DETAIL:-}; do
   variant $v timeout 200 ncu --clock-control none --cache-control none \
     --section SpeedOfLight --section Occupancy --section SchedulerStats --section WarpStateStats \
     --section MemoryWorkloadAnalysis --section LaunchStats \
-    -k "regex:^(gate_up_q4_k|down_combine_q[46]_k|matmulwn_q[46]_k|matmulwr_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
+    -k "regex:^(gate_ups?_q4_k|down_combines?_q[46]_k|matmulwns?_q[46]_k|matmulwrs?_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
     --launch-skip ${DSKIP:-48} --launch-count 7 --page details \
     $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/n.safetensors > $E/ncu-detail-$v.txt 2>&1
   echo "ncu detail $v rc=$? $(grep -c 'Section: Warp State' $E/ncu-detail-$v.txt) kernels"

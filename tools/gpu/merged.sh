@@ -28,16 +28,6 @@ GEN=$!
 tv gpu_tests merged_launches_equal_separate_ones wide_matmuls_cover_every_tile_position grouped_matmul_kernels_match_host cuda_schedules_match_cpu_full_forward traced_equals_untraced_and_runs_repeat_bitwise cuda_matches_cpu_reference_clean_and_faulted planted_faults_first_diverge_at_their_stage
 snap
 gen_tiny_moe
-checks() {  # C-KV-CACHE on CUDA and compute-sanitizer on the tiny Q4_K_M MoE
-  timeout 120 $F run contracts/kv-cache.yaml --candidate cuda --require-gpu --report-dir $E/kv-cuda > $E/kv-cuda.txt 2>&1
-  echo "kv-cache on cuda rc=$? $(tail -1 $E/kv-cuda.txt)"
-  for tool in memcheck racecheck; do
-    timeout 60 compute-sanitizer --tool $tool $F trace $TM --backend cuda --tokens $TOK --chunk 3 --decode 4 --out /tmp/san.safetensors > $E/sanitizer-$tool-q4km.txt 2>&1
-    echo "sanitizer $tool tiny-moe q4_k_m rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-q4km.txt)"
-    timeout 60 compute-sanitizer --tool $tool $F trace $TM --backend cuda --tokens $TOK --chunk 3 --decode 4 --stages logits --out /tmp/san.safetensors > $E/sanitizer-$tool-q4km-graph.txt 2>&1
-    echo "sanitizer $tool tiny-moe q4_k_m graph rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-q4km-graph.txt)"
-  done
-}
 # LEAN=1: the checks while the model generates (no tiny benches then: the generation holds the
 # host's cores), and of the 30B-A3B benches only this build, the base build and the other kernels
 if [ "${LEAN:-0}" = 1 ]; then tv checks; snap; fi
@@ -86,20 +76,20 @@ if [ -f $M ]; then
     head -24 $E/a3b-profile.txt
   fi
   snap
+  /usr/bin/time -f "cpu trace %e s" $F trace $M --backend cpu --tokens $P32 --out /tmp/a3b-cpu.safetensors > $E/a3b-cpu.txt 2>&1
+  tv /usr/bin/time -f "cuda trace %e s" $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --out /tmp/a3b-cuda.safetensors > $E/a3b-cuda.txt 2>&1
+  $F diff /tmp/a3b-cpu.safetensors /tmp/a3b-cuda.safetensors --report-dir $E/a3b-diff > $E/a3b-diff.txt 2>&1
+  echo "a3b diff rc=$? $(grep -iE 'verdict|summary|holds|match' $E/a3b-diff.txt | head -3)"
   # NCU_DETAIL=1: Nsight Compute's detailed sections (stall reasons, issue slots, memory
   # throughput) for two launches of each one-token decode kernel
   if [ "${NCU_DETAIL:-0}" = 1 ]; then
     FALSIFIER_CUDA_GRAPHS=0 timeout 150 ncu --clock-control none --cache-control none --set detailed \
       --section WarpStateStats --section SchedulerStats --section Occupancy \
-      -k "regex:^(gate_up_q4_k|down_combine_q[46]_k|matmulwn_q4_k|matmulwr_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
+      -k "regex:^(gate_ups?_q4_k|down_combines?_q[46]_k|matmulwns?_q4_k|matmulwrs?_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
       --launch-skip ${DSKIP:-24} --launch-count ${DCOUNT:-14} $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/n.safetensors > $E/ncu-detail.txt 2>&1
     echo "ncu detail rc=$? $(grep -c 'Section: Warp State' $E/ncu-detail.txt) kernels"
     snap
   fi
-  /usr/bin/time -f "cpu trace %e s" $F trace $M --backend cpu --tokens $P32 --out /tmp/a3b-cpu.safetensors > $E/a3b-cpu.txt 2>&1
-  tv /usr/bin/time -f "cuda trace %e s" $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --out /tmp/a3b-cuda.safetensors > $E/a3b-cuda.txt 2>&1
-  $F diff /tmp/a3b-cpu.safetensors /tmp/a3b-cuda.safetensors --report-dir $E/a3b-diff > $E/a3b-diff.txt 2>&1
-  echo "a3b diff rc=$? $(grep -iE 'verdict|summary|holds|match' $E/a3b-diff.txt | head -3)"
 fi
 snap
 if [ "${LEAN:-0}" != 1 ]; then tv checks; fi

@@ -44,3 +44,16 @@ variant() {
     if [ -n "$k" ]; then export FALSIFIER_CUDA_KERNELS=$k; else unset FALSIFIER_CUDA_KERNELS; fi
     "$@" )
 }
+
+# C-KV-CACHE on CUDA and compute-sanitizer (memcheck, racecheck) on the tiny Q4_K_M MoE at $TM
+# (gen_tiny_moe first), under a schedule and on the graph path; logs in $E, a line each.
+checks() {
+  timeout 120 $F run contracts/kv-cache.yaml --candidate cuda --require-gpu --report-dir $E/kv-cuda > $E/kv-cuda.txt 2>&1
+  echo "kv-cache on cuda rc=$? $(tail -1 $E/kv-cuda.txt)"
+  for tool in memcheck racecheck; do
+    timeout 60 compute-sanitizer --tool $tool $F trace $TM --backend cuda --tokens $TOK --chunk 3 --decode 4 --out /tmp/san.safetensors > $E/sanitizer-$tool-q4km.txt 2>&1
+    echo "sanitizer $tool tiny-moe q4_k_m rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-q4km.txt)"
+    timeout 60 compute-sanitizer --tool $tool $F trace $TM --backend cuda --tokens $TOK --chunk 3 --decode 4 --stages logits --out /tmp/san.safetensors > $E/sanitizer-$tool-q4km-graph.txt 2>&1
+    echo "sanitizer $tool tiny-moe q4_k_m graph rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-q4km-graph.txt)"
+  done
+}
