@@ -38,5 +38,5 @@ tot = sum(num(r[samp]) for r in data) or 1
 top = sorted(data, key=lambda r: -num(r[samp]))[:25]
 for r in top: print(f"{100*num(r[samp])/tot:5.1f}%  {r[src][:110]}")
 PY
+  (cd /tmp && tar czf $OUT/ncu-source.tgz ncu-source)  # (after each kernel: a cut-off run keeps what it has)
 done
-(cd /tmp && tar czf $OUT/ncu-source.tgz ncu-source)
