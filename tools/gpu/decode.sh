@@ -58,7 +58,7 @@ snap
 if [ "${NCU:-0}" = 1 ]; then
   for v in ${NCU_VARIANTS:-$VARIANTS}; do
     variant $v timeout 150 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum \
-      -k "regex:^(gate_ups?_q4_k|down_combines?_q[46]_k|matmulwns?_q[46]_k|matmulwrs?_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
+      -k "regex:^(gate_up_q4_k|down_combine_q[46]_k|matmulwn_q[46]_k|matmulwr_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
       --launch-skip ${DSKIP:-48} --launch-count ${DCOUNT:-96} --csv --page raw \
       $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/n.safetensors > $E/ncu-$v.csv 2>$E/ncu-$v.err
     echo "--- ncu $v (kernel: launches, mean us)" | tee $E/ncu-$v.txt
@@ -86,7 +86,7 @@ for v in ${NCU_DETAIL:-}; do
   variant $v timeout 200 ncu --clock-control none --cache-control none \
     --section SpeedOfLight --section Occupancy --section SchedulerStats --section WarpStateStats \
     --section MemoryWorkloadAnalysis --section LaunchStats \
-    -k "regex:^(gate_ups?_q4_k|down_combines?_q[46]_k|matmulwns?_q[46]_k|matmulwrs?_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
+    -k "regex:^(gate_up_q4_k|down_combine_q[46]_k|matmulwn_q[46]_k|matmulwr_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
     --launch-skip ${DSKIP:-48} --launch-count 7 --page details \
     $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/n.safetensors > $E/ncu-detail-$v.txt 2>&1
   echo "ncu detail $v rc=$? $(grep -c 'Section: Warp State' $E/ncu-detail-$v.txt) kernels"

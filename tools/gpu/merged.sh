@@ -85,7 +85,7 @@ if [ -f $M ]; then
   if [ "${NCU_DETAIL:-0}" = 1 ]; then
     FALSIFIER_CUDA_GRAPHS=0 timeout 150 ncu --clock-control none --cache-control none --set detailed \
       --section WarpStateStats --section SchedulerStats --section Occupancy \
-      -k "regex:^(gate_ups?_q4_k|down_combines?_q[46]_k|matmulwns?_q4_k|matmulwrs?_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
+      -k "regex:^(gate_up_q4_k|down_combine_q[46]_k|matmulwn_q4_k|matmulwr_q4_k|attn_decode_qk|matmulwn_route_f32)$" \
       --launch-skip ${DSKIP:-24} --launch-count ${DCOUNT:-14} $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --stages logits --out /tmp/n.safetensors > $E/ncu-detail.txt 2>&1
     echo "ncu detail rc=$? $(grep -c 'Section: Warp State' $E/ncu-detail.txt) kernels"
     snap
@@ -93,5 +93,4 @@ if [ -f $M ]; then
 fi
 snap
 if [ "${LEAN:-0}" != 1 ]; then tv checks; fi
-snap
 snap
