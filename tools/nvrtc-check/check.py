@@ -16,7 +16,8 @@ With PTX_OUT=/some/dir each module's PTX is also written there as NAME.ptx (to r
 change did to a kernel's instructions). With PTXAS, SASS_OUT=/some/dir and CUOBJDUMP=/path/to/
 cuobjdump (the nvidia-cuda-cuobjdump wheel; it runs nvdisasm, from the nvidia-cuda-nvdisasm
 wheel, found on PATH) each module's machine code for sm_90 is written there as NAME.sass: what
-the GPU will execute, instruction by instruction.
+the GPU will execute, instruction by instruction. NVRTC_DEFINES="FALSIFIER_TIMELINE" builds the
+modules as the binaries do with that switch on (FALSIFIER_CUDA_TIMELINE).
 
 Exit status: 0 when every module compiles, 1 otherwise.
 """
@@ -40,6 +41,8 @@ def compile_module(lib, name, src, arch="compute_90"):
     if rc != 0:
         return False, f"nvrtcCreateProgram: {rc}"
     opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17"]
+    # NVRTC_DEFINES="FALSIFIER_TIMELINE": build as the binaries do with those switches on
+    opts += [f"-D{d}".encode() for d in os.environ.get("NVRTC_DEFINES", "").split()]
     arr = (ctypes.c_char_p * len(opts))(*opts)
     rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
     size = ctypes.c_size_t()

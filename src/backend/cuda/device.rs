@@ -15,6 +15,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
+use super::timeline::Timeline;
 use crate::error::{Error, Result};
 
 /// The kernels' CUDA C, compiled as one program. `grids.cuh` first (the lattice tables of the
@@ -157,8 +158,12 @@ fn compile(arch: &str, module: &str) -> Result<String> {
         return Ok(ptx.clone());
     }
     let src = module_source(module)?;
+    let mut options = vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()];
+    if super::timeline::requested().is_some() {
+        options.push(super::timeline::DEFINE.into());
+    }
     let opts = CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
+        options,
         name: Some(format!("falsifier_{module}.cu")),
         ..Default::default()
     };
@@ -180,6 +185,7 @@ fn load_module(
     module: &str,
     names: &[String],
     funcs: &mut HashMap<String, CudaFunction>,
+    timeline: Option<(&Timeline, &Arc<CudaStream>)>,
 ) -> Result<()> {
     let err =
         |what: String, e: cudarc::driver::DriverError| Error::internal(format!("{what}: {e:?}"));
@@ -187,6 +193,9 @@ fn load_module(
     let loaded = ctx
         .load_module(Ptx::from_src(ptx))
         .map_err(|e| err(format!("loading the PTX of kernel module {module}"), e))?;
+    if let Some((t, stream)) = timeline {
+        t.attach(&loaded, stream)?;
+    }
     for k in names {
         let f = loaded
             .load_function(k)
@@ -245,6 +254,9 @@ pub struct Device {
     grid_cap: Mutex<Option<usize>>,
     /// Blocks of a kernel resident on one multiprocessor (the driver's occupancy), by kernel.
     resident: Mutex<HashMap<String, usize>>,
+    /// Where each launch's time goes under overlap (`FALSIFIER_CUDA_TIMELINE=<file>`; a
+    /// developer's instrument, [`super::timeline`]).
+    timeline: Option<Mutex<Timeline>>,
 }
 
 /// One timed launch or copy: two events around it on the stream.
@@ -320,10 +332,6 @@ impl Device {
             )
             .map_err(|e| dev_err("multiprocessor count", e))?;
         let arch = format!("compute_{major}{minor}");
-        let mut funcs = HashMap::new();
-        let names: Vec<String> = KERNELS.iter().map(|k| k.to_string()).collect();
-        load_module(&ctx, &arch, CORE_MODULE, &names, &mut funcs)
-            .map_err(|e| e.context(format!("CUDA device {ordinal}")))?;
         keep_pool_memory(&ctx);
         // one stream of our own for all work: a CUDA graph cannot be recorded on the legacy
         // default stream. Everything runs on it in order, so cudarc's per-buffer events (which
@@ -333,6 +341,20 @@ impl Device {
         let stream = ctx
             .new_stream()
             .map_err(|e| dev_err("creating a stream", e))?;
+        let timeline = super::timeline::requested()
+            .map(|path| Timeline::new(&stream, path))
+            .transpose()?;
+        let mut funcs = HashMap::new();
+        let names: Vec<String> = KERNELS.iter().map(|k| k.to_string()).collect();
+        load_module(
+            &ctx,
+            &arch,
+            CORE_MODULE,
+            &names,
+            &mut funcs,
+            timeline.as_ref().map(|t| (t, &stream)),
+        )
+        .map_err(|e| e.context(format!("CUDA device {ordinal}")))?;
         let sync_each = std::env::var("FALSIFIER_CUDA_SYNC").is_ok_and(|v| v == "1");
         let profiling = std::env::var("FALSIFIER_CUDA_PROFILE").is_ok_and(|v| v == "1");
         Ok(Device {
@@ -356,6 +378,7 @@ impl Device {
                     .then_some(usize::MAX),
             ),
             resident: Mutex::new(HashMap::new()),
+            timeline: timeline.map(Mutex::new),
         })
     }
 
@@ -526,7 +549,20 @@ impl Device {
             if names.iter().all(|n| funcs.contains_key(n)) {
                 continue;
             }
-            load_module(&self.ctx, &self.arch, s, &names, &mut funcs)?;
+            let timeline = self.timeline.as_ref().map(|t| t.lock());
+            let timeline = match timeline {
+                Some(Ok(t)) => Some(t),
+                Some(Err(_)) => return Err(Error::internal("timeline lock poisoned")),
+                None => None,
+            };
+            load_module(
+                &self.ctx,
+                &self.arch,
+                s,
+                &names,
+                &mut funcs,
+                timeline.as_deref().map(|t| (t, &self.stream)),
+            )?;
         }
         Ok(())
     }
@@ -560,6 +596,7 @@ impl Device {
 
     fn launch_now(&self, kernel: &str, stage: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         let f = self.function(kernel, stage)?;
+        self.with_timeline(|t| t.launched(kernel, stage, cfg.grid_dim));
         let failed = |e: String| {
             Error::internal(format!(
                 "CUDA kernel {kernel} failed to launch at stage {stage}: {e} (grid {:?}, block {:?})",
@@ -694,6 +731,25 @@ impl Device {
     pub fn ptr<T>(&self, s: &CudaSlice<T>) -> u64 {
         let (p, _sync) = s.device_ptr(&self.stream);
         p
+    }
+
+    /// `f` on the timeline, when one is kept.
+    pub fn with_timeline(&self, f: impl FnOnce(&mut Timeline)) {
+        if let Some(Ok(mut t)) = self.timeline.as_ref().map(|t| t.lock()) {
+            f(&mut t);
+        }
+    }
+
+    /// After a forward's work: its timeline appended to the file, when one is kept. Waits for
+    /// the work.
+    pub fn flush_timeline(&self) -> Result<()> {
+        let Some(t) = self.timeline.as_ref() else {
+            return Ok(());
+        };
+        let mut t = t
+            .lock()
+            .map_err(|_| Error::internal("timeline lock poisoned"))?;
+        t.flush(&self.stream)
     }
 
     /// Wait for all queued work; `what` names the phase for the error.

@@ -1656,6 +1656,7 @@ pub fn forward(
         );
     }
     dev.sync("the forward")?;
+    dev.flush_timeline()?;
 
     let mut trace = Trace::new(meta);
     if req.plan.wants(None, Stage::Tokens) {
@@ -1772,7 +1773,9 @@ impl DecodeGraph {
                 .map_err(|e| Error::internal(format!("CUDA graph capture: {e:?}")))?;
             run.graph_step = Some(dev.ptr(&self.args));
             run.graph_logits = self.logits.as_ref().map(|(l, first)| (dev.ptr(l), *first));
+            dev.with_timeline(|t| t.recording(true));
             let recorded = run.step_forward(b, toks, logits);
+            dev.with_timeline(|t| t.recording(false));
             run.graph_step = None;
             run.graph_logits = None;
             let flags = cudarc::driver::sys::CUgraphInstantiate_flags(0);
@@ -1788,6 +1791,7 @@ impl DecodeGraph {
             .graph
             .as_ref()
             .ok_or_else(|| Error::internal("decode graph missing"))?;
+        dev.with_timeline(|t| t.replayed());
         graph
             .launch()
             .map_err(|e| Error::internal(format!("CUDA graph replay of a decode step: {e:?}")))

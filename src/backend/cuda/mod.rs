@@ -20,6 +20,7 @@ pub mod forward;
 pub mod matmul;
 pub mod memory;
 pub mod rates;
+pub mod timeline;
 pub mod weights;
 
 use std::path::Path;

@@ -40,10 +40,47 @@ __device__ __forceinline__ u16 f2h(float f) {
 // runs past its own pdl_wait() before this kernel has completed and its writes are visible. On
 // older cards and under a plain launch both are no-ops. (tests: every kernel's body starts so,
 // device.rs every_kernel_waits_for_the_one_before)
+#ifdef FALSIFIER_TIMELINE
+// FALSIFIER_TIMELINE (the host defines it with FALSIFIER_CUDA_TIMELINE set; timeline.rs):
+// where a launch's time goes when its neighbours overlap it. Thread 0 of every block notes,
+// in the slot of its launch (%gridid modulo the table), when the block reached pdl_wait and
+// when it got past it: the earliest entry and release and the latest release of the launch,
+// and how many blocks came. Fire-and-forget atomics (no thread waits on them). The host sets
+// each module's table pointer after loading it.
+#define TIMELINE_SLOTS (1 << 18)
+#define TIMELINE_WORDS 6
+__device__ unsigned long long* falsifier_timeline;
+__device__ __forceinline__ unsigned long long timeline_now() {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ __forceinline__ void timeline_note(unsigned long long entered) {
+    unsigned long long* tab = falsifier_timeline;
+    if (!tab || threadIdx.x != 0 || threadIdx.y != 0 || threadIdx.z != 0) return;
+    unsigned long long released = timeline_now(), grid;
+    asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
+    unsigned long long* slot = tab + (grid % TIMELINE_SLOTS) * TIMELINE_WORDS;
+    // (the minima as maxima of the complement: the table starts zeroed)
+    slot[0] = grid;
+    atomicMax(slot + 1, ~entered);
+    atomicMax(slot + 2, ~released);
+    atomicMax(slot + 3, released);
+    atomicAdd(slot + 4, 1ull);
+    slot[5] = (unsigned long long)gridDim.x * gridDim.y * gridDim.z;
+}
+#endif
+
 __device__ __forceinline__ void pdl_wait() {
+#ifdef FALSIFIER_TIMELINE
+    unsigned long long entered = timeline_now();
+#endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+#ifdef FALSIFIER_TIMELINE
+    timeline_note(entered);
 #endif
 }
 
