@@ -9,7 +9,8 @@ all but the first (warm-up). For each launch of a step: `adds`, from its first b
 (past pdl_wait) to the next launch's first release, is what the launch adds to the step's
 critical path (the step is the sum of them); `spread`, from its first to its last block's
 release (more than one wave, or blocks held back); `early`, how long before its release its
-first block was already waiting (the overlap PDL bought). Summed per kernel and stage (layers
+first block was already waiting (the overlap PDL bought). Only the first and last 32 blocks of
+a launch note (timeline.rs), which are the ones the scheduler starts first and last. Summed per kernel and stage (layers
 folded), microseconds per step. The timer is %globaltimer (its resolution is the card's:
 averaged over layers and replays).
 """
@@ -28,9 +29,9 @@ def main(path):
         sys.exit(f"{path}: no forward replayed a recorded decode step")
     fw = max(forwards)
     rows = [r for r in rows if int(r["forward"]) == fw]
-    unmatched = [r for r in rows if r["kernel"] == "?" or int(r["blocks"]) != int(r["blocks_seen"])]
+    unmatched = [r for r in rows if r["kernel"] == "?" or int(r["blocks_noting"]) != int(r["blocks_noted"])]
     if unmatched:
-        print(f"warning: {len(unmatched)} of {len(rows)} launches unmatched or with missing blocks "
+        print(f"warning: {len(unmatched)} of {len(rows)} launches unmatched or with notes missing "
               f"(first: seq {unmatched[0]['seq']} {unmatched[0]['kernel']})")
     for r in rows:
         for k in ("entered_min_ns", "released_min_ns", "released_max_ns"):

@@ -596,7 +596,7 @@ impl Device {
 
     fn launch_now(&self, kernel: &str, stage: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
         let f = self.function(kernel, stage)?;
-        self.with_timeline(|t| t.launched(kernel, stage, cfg.grid_dim));
+        self.with_timeline(|t, s| t.launched(kernel, stage, cfg.grid_dim, s))?;
         let failed = |e: String| {
             Error::internal(format!(
                 "CUDA kernel {kernel} failed to launch at stage {stage}: {e} (grid {:?}, block {:?})",
@@ -733,11 +733,18 @@ impl Device {
         p
     }
 
-    /// `f` on the timeline, when one is kept.
-    pub fn with_timeline(&self, f: impl FnOnce(&mut Timeline)) {
-        if let Some(Ok(mut t)) = self.timeline.as_ref().map(|t| t.lock()) {
-            f(&mut t);
-        }
+    /// `f` on the timeline and the stream, when a timeline is kept.
+    pub fn with_timeline(
+        &self,
+        f: impl FnOnce(&mut Timeline, &Arc<CudaStream>) -> Result<()>,
+    ) -> Result<()> {
+        let Some(t) = self.timeline.as_ref() else {
+            return Ok(());
+        };
+        let mut t = t
+            .lock()
+            .map_err(|_| Error::internal("timeline lock poisoned"))?;
+        f(&mut t, &self.stream)
     }
 
     /// After a forward's work: its timeline appended to the file, when one is kept. Waits for

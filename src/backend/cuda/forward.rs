@@ -1768,20 +1768,21 @@ impl DecodeGraph {
             .map_err(|e| Error::internal(format!("CUDA: decode step arguments: {e:?}")))?;
         if self.graph.is_none() {
             let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+            dev.with_timeline(|t, _| t.recording(true))?;
             dev.stream
                 .begin_capture(mode)
                 .map_err(|e| Error::internal(format!("CUDA graph capture: {e:?}")))?;
             run.graph_step = Some(dev.ptr(&self.args));
             run.graph_logits = self.logits.as_ref().map(|(l, first)| (dev.ptr(l), *first));
-            dev.with_timeline(|t| t.recording(true));
             let recorded = run.step_forward(b, toks, logits);
-            dev.with_timeline(|t| t.recording(false));
+            let noted = dev.with_timeline(|t, _| t.recording(false));
             run.graph_step = None;
             run.graph_logits = None;
             let flags = cudarc::driver::sys::CUgraphInstantiate_flags(0);
             // end the capture whatever happened, so the stream is usable for the error path
             let ended = dev.stream.end_capture(flags);
             recorded?;
+            noted?;
             let graph = ended
                 .map_err(|e| Error::internal(format!("CUDA graph of a decode step: {e:?}")))?
                 .ok_or_else(|| Error::internal("CUDA graph of a decode step: nothing recorded"))?;
@@ -1791,7 +1792,7 @@ impl DecodeGraph {
             .graph
             .as_ref()
             .ok_or_else(|| Error::internal("decode graph missing"))?;
-        dev.with_timeline(|t| t.replayed());
+        dev.with_timeline(|t, s| t.replayed(s))?;
         graph
             .launch()
             .map_err(|e| Error::internal(format!("CUDA graph replay of a decode step: {e:?}")))

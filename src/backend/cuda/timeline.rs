@@ -13,7 +13,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{CudaModule, CudaSlice, CudaStream};
 
@@ -21,7 +21,9 @@ use crate::error::{Error, Result};
 
 /// Slots of the device table (`TIMELINE_SLOTS`) and words a slot (`TIMELINE_WORDS`).
 const SLOTS: usize = 1 << 18;
-const WORDS: usize = 6;
+const WORDS: usize = 8;
+/// Blocks at each end of a launch that note (`TIMELINE_EDGE`).
+const EDGE: u64 = 32;
 /// The device symbol each module's table pointer lives in.
 const SYMBOL: &str = "falsifier_timeline";
 /// The NVRTC define that compiles the notes in.
@@ -53,6 +55,10 @@ struct Log {
     recorded: Vec<Launch>,
     replays: usize,
     forwards: usize,
+    /// The table's epoch word (bumped before each replay, and before the first direct launch
+    /// after one) and whether the last thing queued was a replay.
+    epoch: u64,
+    after_replay: bool,
 }
 
 /// The device table and the host's launch log.
@@ -64,7 +70,7 @@ pub struct Timeline {
 
 impl Timeline {
     /// A zeroed table on `stream`, the CSV to go to `path` (truncated now).
-    pub fn new(stream: &std::sync::Arc<CudaStream>, path: PathBuf) -> Result<Timeline> {
+    pub fn new(stream: &Arc<CudaStream>, path: PathBuf) -> Result<Timeline> {
         let table = stream
             .alloc_zeros::<u64>(SLOTS * WORDS)
             .map_err(|e| Error::internal(format!("CUDA: timeline table: {e:?}")))?;
@@ -72,7 +78,7 @@ impl Timeline {
             .map_err(|e| Error::io(&path, "creating the timeline", e))?;
         writeln!(
             f,
-            "forward,replay,seq,gridid,kernel,stage,blocks,blocks_seen,entered_min_ns,released_min_ns,released_max_ns"
+            "forward,replay,seq,gridid,kernel,stage,blocks,blocks_noting,blocks_noted,entered_min_ns,released_min_ns,released_max_ns"
         )
         .map_err(|e| Error::io(&path, "writing the timeline", e))?;
         Ok(Timeline {
@@ -101,41 +107,73 @@ impl Timeline {
         stream.synchronize().map_err(err)
     }
 
-    fn with_log(&self, f: impl FnOnce(&mut Log)) {
-        if let Ok(mut log) = self.log.lock() {
-            f(&mut log);
-        }
+    fn with_log<R>(&self, f: impl FnOnce(&mut Log) -> R) -> Result<R> {
+        let mut log = self
+            .log
+            .lock()
+            .map_err(|_| Error::internal("timeline log lock poisoned"))?;
+        Ok(f(&mut log))
     }
 
-    /// A launch queued (or recorded, while a graph is).
-    pub fn launched(&self, kernel: &str, stage: &str, grid: (u32, u32, u32)) {
+    /// Queue the write of the table's epoch word.
+    fn set_epoch(&mut self, epoch: u64, stream: &Arc<CudaStream>) -> Result<()> {
+        let mut word = self.table.slice_mut(0..1);
+        stream
+            .memcpy_htod(&[epoch], &mut word)
+            .map_err(|e| Error::internal(format!("CUDA: timeline epoch: {e:?}")))
+    }
+
+    /// A launch about to be queued (or recorded, while a graph is).
+    pub fn launched(
+        &mut self,
+        kernel: &str,
+        stage: &str,
+        grid: (u32, u32, u32),
+        stream: &Arc<CudaStream>,
+    ) -> Result<()> {
         let l = Launch {
             kernel: kernel.to_string(),
             stage: stage.to_string(),
             blocks: u64::from(grid.0) * u64::from(grid.1) * u64::from(grid.2),
             replay: 0,
         };
-        self.with_log(|log| match log.recording.as_mut() {
-            Some(r) => r.push(l),
-            None => log.queued.push(l),
-        });
+        let bump = self.with_log(|log| match log.recording.as_mut() {
+            Some(r) => {
+                r.push(l);
+                None
+            }
+            None => {
+                log.queued.push(l);
+                let after = std::mem::take(&mut log.after_replay);
+                after.then(|| {
+                    log.epoch += 1;
+                    log.epoch
+                })
+            }
+        })?;
+        match bump {
+            Some(epoch) => self.set_epoch(epoch, stream),
+            None => Ok(()),
+        }
     }
 
     /// A graph recording begins (`true`) or ends (`false`).
-    pub fn recording(&self, on: bool) {
+    pub fn recording(&mut self, on: bool) -> Result<()> {
         self.with_log(|log| {
             if on {
                 log.recording = Some(Vec::new());
             } else if let Some(r) = log.recording.take() {
                 log.recorded = r;
             }
-        });
+        })
     }
 
-    /// The recorded graph replayed: its launches queued again.
-    pub fn replayed(&self) {
-        self.with_log(|log| {
+    /// The recorded graph about to be replayed: its launches queued again, in a new epoch.
+    pub fn replayed(&mut self, stream: &Arc<CudaStream>) -> Result<()> {
+        let epoch = self.with_log(|log| {
             log.replays += 1;
+            log.epoch += 1;
+            log.after_replay = true;
             let replay = log.replays;
             let r: Vec<Launch> = log
                 .recorded
@@ -146,26 +184,33 @@ impl Timeline {
                 })
                 .collect();
             log.queued.extend(r);
-        });
+            log.epoch
+        })?;
+        self.set_epoch(epoch, stream)
     }
 
     /// After a forward's work finished: its launches with their notes appended to the file, the
     /// table zeroed and the log emptied (a recorded graph stays known for the next replays).
-    pub fn flush(&mut self, stream: &std::sync::Arc<CudaStream>) -> Result<()> {
+    pub fn flush(&mut self, stream: &Arc<CudaStream>) -> Result<()> {
         let err =
             |e: cudarc::driver::DriverError| Error::internal(format!("CUDA: timeline: {e:?}"));
         let words = stream.clone_dtoh(&self.table).map_err(err)?;
         stream.memset_zeros(&mut self.table).map_err(err)?;
-        let mut notes: Vec<&[u64]> = words.chunks_exact(WORDS).filter(|s| s[4] > 0).collect();
-        notes.sort_by_key(|s| s[0]);
-        let (queued, forward) = match self.log.lock() {
-            Ok(mut log) => {
-                log.forwards += 1;
-                log.replays = 0;
-                (std::mem::take(&mut log.queued), log.forwards)
-            }
-            Err(_) => return Err(Error::internal("timeline log lock poisoned")),
-        };
+        // slot 0 is the epoch word; a slot: gridid, epoch, !entered_min, !released_min,
+        // released_max, blocks noted, blocks
+        let mut notes: Vec<&[u64]> = words
+            .chunks_exact(WORDS)
+            .skip(1)
+            .filter(|s| s[5] > 0)
+            .collect();
+        notes.sort_by_key(|s| (s[1], s[0]));
+        let (queued, forward) = self.with_log(|log| {
+            log.forwards += 1;
+            log.replays = 0;
+            log.epoch = 0;
+            log.after_replay = false;
+            (std::mem::take(&mut log.queued), log.forwards)
+        })?;
         let mut out = String::new();
         let n = notes.len().max(queued.len());
         for seq in 0..n {
@@ -174,9 +219,12 @@ impl Timeline {
             });
             let (grid, seen, entered, released, last) = notes
                 .get(seq)
-                .map_or((0, 0, 0, 0, 0), |s| (s[0], s[4], !s[1], !s[2], s[3]));
+                .map_or((0, 0, 0, 0, 0), |s| (s[0], s[5], !s[2], !s[3], s[4]));
+            let expected = blocks.min(2 * EDGE);
+            // (the stage may hold commas: quoted)
+            let stage = stage.replace('"', "'");
             out.push_str(&format!(
-                "{forward},{replay},{seq},{grid},{kernel},{stage},{blocks},{seen},{entered},{released},{last}\n"
+                "{forward},{replay},{seq},{grid},{kernel},\"{stage}\",{blocks},{expected},{seen},{entered},{released},{last}\n"
             ));
         }
         let mut f = std::fs::OpenOptions::new()

@@ -42,45 +42,67 @@ __device__ __forceinline__ u16 f2h(float f) {
 // device.rs every_kernel_waits_for_the_one_before)
 #ifdef FALSIFIER_TIMELINE
 // FALSIFIER_TIMELINE (the host defines it with FALSIFIER_CUDA_TIMELINE set; timeline.rs):
-// where a launch's time goes when its neighbours overlap it. Thread 0 of every block notes,
-// in the slot of its launch (%gridid modulo the table), when the block reached pdl_wait and
-// when it got past it: the earliest entry and release and the latest release of the launch,
-// and how many blocks came. Fire-and-forget atomics (no thread waits on them). The host sets
-// each module's table pointer after loading it.
+// where a launch's time goes when its neighbours overlap it. Thread 0 of the first and the last
+// TIMELINE_EDGE blocks of a launch (the blocks the scheduler starts first and last; sampled, so
+// that the notes do not queue on one line of L2) notes in its launch's slot when it reached
+// pdl_wait and when it got past it: the earliest entry and release, the latest release, and how
+// many blocks noted. Fire-and-forget atomics. A launch's slot: its %gridid (which a CUDA
+// graph's replays share) plus TIMELINE_STRIDE times the epoch in word 0 of the table, which the
+// host bumps before each replay; the host sets each module's table pointer after loading it.
 #define TIMELINE_SLOTS (1 << 18)
-#define TIMELINE_WORDS 6
+#define TIMELINE_WORDS 8
+#define TIMELINE_STRIDE 4096
+#define TIMELINE_EDGE 32
 __device__ unsigned long long* falsifier_timeline;
 __device__ __forceinline__ unsigned long long timeline_now() {
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     return t;
 }
-__device__ __forceinline__ void timeline_note(unsigned long long entered) {
+struct TimelineEntry {
+    unsigned long long entered, epoch;
+    bool noting;
+};
+__device__ __forceinline__ TimelineEntry timeline_enter() {
+    TimelineEntry e{0, 0, false};
     unsigned long long* tab = falsifier_timeline;
-    if (!tab || threadIdx.x != 0 || threadIdx.y != 0 || threadIdx.z != 0) return;
+    unsigned blocks = gridDim.x * gridDim.y * gridDim.z;
+    unsigned b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    e.noting = tab && threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0 &&
+               (b < TIMELINE_EDGE || b + TIMELINE_EDGE >= blocks);
+    if (e.noting) {
+        e.epoch = *(volatile unsigned long long*)tab;  // (the host wrote it before the launch)
+        e.entered = timeline_now();
+    }
+    return e;
+}
+__device__ __forceinline__ void timeline_note(const TimelineEntry& e) {
+    if (!e.noting) return;
     unsigned long long released = timeline_now(), grid;
     asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
-    unsigned long long* slot = tab + (grid % TIMELINE_SLOTS) * TIMELINE_WORDS;
+    unsigned long long at = (grid + TIMELINE_STRIDE * e.epoch) % (TIMELINE_SLOTS - 1) + 1;
+    unsigned long long* slot = falsifier_timeline + at * TIMELINE_WORDS;
     // (the minima as maxima of the complement: the table starts zeroed)
     slot[0] = grid;
-    atomicMax(slot + 1, ~entered);
-    atomicMax(slot + 2, ~released);
-    atomicMax(slot + 3, released);
-    atomicAdd(slot + 4, 1ull);
-    slot[5] = (unsigned long long)gridDim.x * gridDim.y * gridDim.z;
+    slot[1] = e.epoch;
+    atomicMax(slot + 2, ~e.entered);
+    atomicMax(slot + 3, ~released);
+    atomicMax(slot + 4, released);
+    atomicAdd(slot + 5, 1ull);
+    slot[6] = (unsigned long long)gridDim.x * gridDim.y * gridDim.z;
 }
 #endif
 
 __device__ __forceinline__ void pdl_wait() {
 #ifdef FALSIFIER_TIMELINE
-    unsigned long long entered = timeline_now();
+    TimelineEntry entry = timeline_enter();
 #endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 #ifdef FALSIFIER_TIMELINE
-    timeline_note(entered);
+    timeline_note(entry);
 #endif
 }
 
