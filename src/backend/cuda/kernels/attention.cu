@@ -435,6 +435,35 @@ __device__ __forceinline__ void attn_decode_qk_t(
     attn_ctx_row<KV>(sc, vc, ctx, pos, h, ATT_PASS, vnew, pos);
 }
 
+// Before pdl_wait() in attn_decode_qk: the cached keys and values the step's attention reads
+// (positions kfirst .. p - 1 of the block's kv head, written by earlier steps), towards L2, a
+// share of them per block of the head's group. By the time a decode step's attention starts,
+// the weights streamed since the last step have evicted them, and its scores and context would
+// otherwise each wait on DRAM after the wait. The earlier steps' writes are complete: this
+// launch starts only once the kernel before it is past its own pdl_wait, so every kernel
+// before that one, every earlier step's included, has finished. p from *posp under a graph
+// (the host writes it before the replay), else q0. Also the RoPE angles of p (block 0).
+template <typename KV>
+__device__ __forceinline__ void attn_cache_prefetch(const KV* kc, const KV* vc,
+                                                    const double2* tab, const int* posp, int q0,
+                                                    int kfirst, int nh, int nkv, int D) {
+#if defined(__CUDA_ARCH__)
+    if (!kc || !vc) return;
+    int pos = posp ? *posp : q0;
+    if (blockIdx.y == 0 && threadIdx.x * 128 < D / 2 * sizeof(double2))
+        prefetch_l2_line((const char*)(tab + (i64)pos * (D / 2)) + 128 * threadIdx.x);
+    int group = max(nh / nkv, 1), kh = blockIdx.y / group, part = blockIdx.y % group;
+    int lines = (int)((D * sizeof(KV) + 127) / 128), per = 2 * lines;
+    int first = kfirst + part, n = pos > first ? (pos - first + group - 1) / group : 0;
+    for (int t = threadIdx.x; t < n * per; t += blockDim.x) {
+        int j = first + group * (t / per), r = t % per;
+        const KV* plane = r < lines ? kc : vc;
+        const char* row = (const char*)(plane + ((i64)j * nkv + kh) * D);
+        prefetch_l2_line(row + 128 * (r % lines));
+    }
+#endif
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tiled attention, for head_dim <= ATT_TILE_MAXD (every Qwen3 shape; larger heads take the
 // kernels above): the kernels above read every key row once per query and do one or two
@@ -747,6 +776,7 @@ __device__ __forceinline__ void attn_ctx_tiled_t(const float* __restrict__ probs
         KV* kc, KV* vc, float* probs, float* ctx, const int* posp, ATT_DIMS) {                  \
         spread_prefetch(qg, 4LL * D);                                                           \
         spread_prefetch(kg, 4LL * D);                                                           \
+        attn_cache_prefetch(kc, vc, tab, posp, q0, kfirst, nh, nkv, D);                         \
         pdl_wait();                                                                             \
         attn_decode_qk_t<KV>(q, k, v, qg, kg, qn, kn, qr, kr, tab, eps, adjacent, kc, vc, probs, \
                              ctx, posp, ATT_PASS);                                              \

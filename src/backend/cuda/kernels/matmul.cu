@@ -1254,21 +1254,35 @@ __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __
     }
 }
 
+// gate_up over a grid of at most one wave (the host's Device::wave_blocks): block b takes row
+// groups b, b + gridDim.x, ... of the slots' groups (8 rows of one slot each, slot-major), the
+// input staged once. A step's 8 experts x 768 rows are 768 groups and a wave of these blocks
+// is 528 on an H200: launched a block per group, the last 240 started only as the first ones
+// finished, their weights requested from DRAM then (H200 timeline: the last block got past
+// pdl_wait 7 us after the first). Here every later group's rows go towards L2 while the first
+// group is computed. Each row's dot is the same as a block per group computes, bit for bit.
 template <int TY>
 __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8* __restrict__ Wu,
                                              i64 row_bytes, i64 expert_bytes,
                                              const float* __restrict__ X, float* __restrict__ G,
                                              float* __restrict__ U, float* __restrict__ A, int N,
-                                             int K, const int* __restrict__ slot_expert,
+                                             int K, int slots, const int* __restrict__ slot_expert,
                                              int swap_a, int swap_b) {
     if constexpr (MwStaged<TY>::value) {
         __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
-        int z = blockIdx.z;
-        int e = slot_expert ? slot_expert[z] : 0;
-        int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
-        int n = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-        bool active = n < N;
-        i64 at = (i64)we * expert_bytes + (i64)(active ? n : 0) * row_bytes;
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+        int nbx = (N + MM_THREADS / 32 - 1) / (MM_THREADS / 32), groups = nbx * slots;
+        // group g's slot, this warp's row in it, and the row's byte offset in either matrix
+        auto row_of = [&](int g, int* z, int* n) {
+            *z = g / nbx;
+            *n = (g - *z * nbx) * (MM_THREADS / 32) + warp;
+            int e = slot_expert ? slot_expert[*z] : 0;
+            int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+            return (i64)we * expert_bytes + (i64)(*n < N ? *n : 0) * row_bytes;
+        };
+        int g = blockIdx.x, z, n;
+        if (g >= groups) return;  // (uniform over the block: nothing staged for anyone)
+        i64 at = row_of(g, &z, &n);
         int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
         MwPiece<TY> wg[2], wu[2];
         if (gi < nsb) {
@@ -1279,16 +1293,37 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
             wg[1].load(Wg + at, gi + 4, p);
             wu[1].load(Wu + at, gi + 4, p);
         }
+        // the later groups' rows of this warp towards L2, a line a lane
+        for (int g2 = g + gridDim.x; g2 < groups; g2 += gridDim.x) {
+            int z2, n2;
+            i64 at2 = row_of(g2, &z2, &n2);
+            if (n2 < N)
+                for (i64 o = 128LL * lane; o < 2 * row_bytes; o += 32 * 128LL)
+                    prefetch_l2_line(o < row_bytes ? Wg + at2 + o : Wu + at2 + (o - row_bytes));
+        }
         __shared__ float xsum[MW_SUMS_MAX];
         bool plain = mw_stage<TY>(xs, xsum, X, K);
-        float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg, plain));
-        float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu, plain));
-        if (active && lane == 0) {
-            i64 o = (i64)z * N + n;
-            G[o] = g;
-            U[o] = u;
-            double gd = g;
-            A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)u);
+        for (;;) {
+            float gs = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg, plain));
+            float us = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu, plain));
+            if (n < N && lane == 0) {
+                i64 o = (i64)z * N + n;
+                G[o] = gs;
+                U[o] = us;
+                double gd = gs;
+                A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)us);
+            }
+            g += gridDim.x;
+            if (g >= groups) break;
+            at = row_of(g, &z, &n);
+            if (gi < nsb) {
+                wg[0].load(Wg + at, gi, p);
+                wu[0].load(Wu + at, gi, p);
+            }
+            if (gi + 4 < nsb) {
+                wg[1].load(Wg + at, gi + 4, p);
+                wu[1].load(Wu + at, gi + 4, p);
+            }
         }
     } else {
         __trap();
@@ -1543,14 +1578,14 @@ __device__ __forceinline__ void mwn_prefetch(const MwnParts& parts, bool pair = 
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         gate_up_##NAME(const u8* Wg, const u8* Wu, i64 row_bytes, i64 expert_bytes,             \
-                       const float* X, float* G, float* U, float* A, int N, int K,              \
+                       const float* X, float* G, float* U, float* A, int N, int K, int slots,   \
                        const int* slot_expert, int swap_a, int swap_b) {                        \
         if (!slot_expert) {                                                                     \
             mw_prefetch(Wg, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
             mw_prefetch(Wu, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
         }                                                                                       \
         pdl_wait();                                                                             \
-        gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slot_expert,        \
+        gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slots, slot_expert, \
                          swap_a, swap_b);                                                       \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
