@@ -13,7 +13,8 @@
 # (the decode kernels emptied, tools/gpu/empty-kernels.py). TEST_VARIANT=NAME: the tests, checks,
 # the first bench and the CPU comparison under setup.sh's variant NAME (e.g. new: the working
 # tree's kernel sources); VARIANTS="a b ...": the 30B-A3B bench under each, $ROUNDS times
-# alternating (default 1).
+# alternating (default 1). TIMELINE="v ...": where the step's time goes (tools/gpu/timeline.py)
+# under each variant v (basebuild: .gpu/base/falsifier).
 set -u
 . tools/gpu/setup.sh
 F=.gpu/falsifier; E=/tmp/merged; rm -rf $E; mkdir -p $E
@@ -76,6 +77,12 @@ if [ -f $M ]; then
     head -24 $E/a3b-profile.txt
   fi
   snap
+  # TIMELINE="v ...": setup.sh's timeline_notes under each kernel-source variant v
+  # ("basebuild": the base build's binary)
+  for v in ${TIMELINE:-}; do
+    if [ "$v" = basebuild ]; then timeline_notes $v .gpu/base/falsifier; else timeline_notes $v variant $v $F; fi
+    snap
+  done
   /usr/bin/time -f "cpu trace %e s" $F trace $M --backend cpu --tokens $P32 --out /tmp/a3b-cpu.safetensors > $E/a3b-cpu.txt 2>&1
   tv /usr/bin/time -f "cuda trace %e s" $F trace $M --backend cuda --tokens $P32 --chunk 8 --decode 16 --out /tmp/a3b-cuda.safetensors > $E/a3b-cuda.txt 2>&1
   $F diff /tmp/a3b-cpu.safetensors /tmp/a3b-cuda.safetensors --report-dir $E/a3b-diff > $E/a3b-diff.txt 2>&1

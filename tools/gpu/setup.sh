@@ -57,3 +57,14 @@ checks() {
     echo "sanitizer $tool tiny-moe q4_k_m graph rc=$? $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $E/sanitizer-$tool-q4km-graph.txt)"
   done
 }
+
+# Bench $M ($B) with FALSIFIER_CUDA_TIMELINE under a command (a shell function such as
+# `variant NAME $F`, or a binary), then tools/gpu/timeline.py's summary: timeline_notes NAME
+# command... Leaves $E/summary-NAME.txt and the xz-compressed timeline.
+timeline_notes() {
+  local n=$1; shift
+  ( export FALSIFIER_CUDA_TIMELINE=$E/tl-$n.csv; "$@" $B $M ) > $E/timed-$n.txt 2>&1
+  echo "$n with the timeline: $(per $E/timed-$n.txt)"
+  python3 tools/gpu/timeline.py $E/tl-$n.csv | tee $E/summary-$n.txt | head -${TIMELINE_LINES:-14}
+  xz -T4 -6 $E/tl-$n.csv
+}

@@ -4,7 +4,7 @@
 # FALSIFIER_CUDA_TIMELINE for each of $VARIANTS (setup.sh's variant(); default "base") and,
 # to show what the notes cost, without. BASE=1: also the base build (.gpu/base/falsifier, when
 # sent), $ROUNDS times alternating with this one (default 2), plain and with the timeline.
-# $TESTS: GPU tests (setup.sh's gpu_tests) while the model generates. Writes
+# $TESTS: GPU tests (setup.sh's gpu_tests) while the model generates, under $TEST_VARIANT. Writes
 # $OUT/timeline.tgz. Binaries from tools/gpu/pack.sh in .gpu/.
 set -u
 . tools/gpu/setup.sh
@@ -15,7 +15,8 @@ snap() { (cd /tmp && tar czf $OUT/timeline.tgz timeline); }
 M=/tmp/a3b-l$LAYERS.gguf
 ( /usr/bin/time -f "gen %e s" $F gen-model --preset qwen3-30b-a3b --quant q4_k_m --layers $LAYERS --seed 1 --out $M > $E/gen.txt 2>&1 ) &
 GEN=$!
-[ -n "${TESTS:-}" ] && gpu_tests
+# (TEST_VARIANT=NAME: the tests under that kernel-source variant)
+[ -n "${TESTS:-}" ] && variant ${TEST_VARIANT:-base} gpu_tests
 wait $GEN; echo "gen rc=$? $(tail -1 $E/gen.txt)"
 snap
 B="bench --backend cuda --tokens-count 32 --chunk 8 --decode 16 --runs ${RUNS:-3}"
@@ -28,14 +29,6 @@ for r in $(seq ${ROUNDS:-1}); do
   for v in ${VARIANTS:-base}; do timed $v-$r variant $v $F; done
   if [ "${BASE:-0}" = 1 ] && [ -x .gpu/base/falsifier ]; then timed basebuild-$r .gpu/base/falsifier; fi
 done
-notes() {  # name command...
-  local n=$1; shift
-  env FALSIFIER_CUDA_TIMELINE=$E/tl-$n.csv "$@" $B $M > $E/timed-$n.txt 2>&1
-  echo "$n with notes: $(per $E/timed-$n.txt)"
-  python3 tools/gpu/timeline.py $E/tl-$n.csv | tee $E/summary-$n.txt
-  xz -T4 -6 $E/tl-$n.csv
-  snap
-}
-for v in ${VARIANTS:-base}; do notes $v variant $v $F; done
-if [ "${BASE:-0}" = 1 ] && [ -x .gpu/base/falsifier ]; then notes basebuild .gpu/base/falsifier; fi
+for v in ${VARIANTS:-base}; do timeline_notes $v variant $v $F; snap; done
+if [ "${BASE:-0}" = 1 ] && [ -x .gpu/base/falsifier ]; then timeline_notes basebuild .gpu/base/falsifier; fi
 snap

@@ -1254,13 +1254,18 @@ __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __
     }
 }
 
-// gate_up over a grid of at most one wave (the host's Device::wave_blocks): block b takes row
-// groups b, b + gridDim.x, ... of the slots' groups (8 rows of one slot each, slot-major), the
-// input staged once. A step's 8 experts x 768 rows are 768 groups and a wave of these blocks
-// is 528 on an H200: launched a block per group, the last 240 started only as the first ones
-// finished, their weights requested from DRAM then (H200 timeline: the last block got past
-// pdl_wait 7 us after the first). Here every later group's rows go towards L2 while the first
-// group is computed. Each row's dot is the same as a block per group computes, bit for bit.
+// gate_up over a grid of at most one wave (the host's Device::wave_blocks), the input staged
+// once a block. A step's 8 experts x 768 rows are 768 groups of 8 rows, and a wave of these
+// blocks is 528 on an H200: launched a block per group, the last 240 started only as the first
+// ones finished, their weights requested from DRAM then (H200 timeline: the last block got past
+// pdl_wait 7 us after the first). Here warp w of block b first takes row 8 b + w of the
+// slots' rows (slot-major); the rows past the wave's are handed out one at a time to whichever
+// warp is free (gu_next, from the end of the wave), so that a multiprocessor that finishes
+// early takes more, and each warp requests one of them towards L2 while it computes its first.
+// The last warp to finish resets the counters for the next launch (which touches them only
+// after its pdl_wait, so after this one completed). Each row's dot is the same as a block per
+// group computes, bit for bit.
+__device__ unsigned gu_next, gu_done;
 template <int TY>
 __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8* __restrict__ Wu,
                                              i64 row_bytes, i64 expert_bytes,
@@ -1270,52 +1275,22 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
                                              int swap_a, int swap_b) {
     if constexpr (MwStaged<TY>::value) {
         __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
+        constexpr int W8 = MM_THREADS / 32;
         int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-        int nbx = (N + MM_THREADS / 32 - 1) / (MM_THREADS / 32), groups = nbx * slots;
-        // group g's slot, this warp's row in it, and the row's byte offset in either matrix
-        auto row_of = [&](int g, int* z, int* n) {
-            *z = g / nbx;
-            *n = (g - *z * nbx) * (MM_THREADS / 32) + warp;
+        int rows = N * slots, wave = gridDim.x * W8;
+        // row r's slot and row in it, and the row's byte offset in either matrix
+        auto row_of = [&](int r, int* z, int* n) {
+            *z = r / N;
+            *n = r - *z * N;
             int e = slot_expert ? slot_expert[*z] : 0;
             int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
-            return (i64)we * expert_bytes + (i64)(*n < N ? *n : 0) * row_bytes;
+            return (i64)we * expert_bytes + (i64)*n * row_bytes;
         };
-        int g = blockIdx.x, z, n;
-        if (g >= groups) return;  // (uniform over the block: nothing staged for anyone)
-        i64 at = row_of(g, &z, &n);
+        int r = blockIdx.x * W8 + warp, z = 0, n = 0;
+        i64 at = row_of(r < rows ? r : 0, &z, &n);
         int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
         MwPiece<TY> wg[2], wu[2];
-        if (gi < nsb) {
-            wg[0].load(Wg + at, gi, p);
-            wu[0].load(Wu + at, gi, p);
-        }
-        if (gi + 4 < nsb) {
-            wg[1].load(Wg + at, gi + 4, p);
-            wu[1].load(Wu + at, gi + 4, p);
-        }
-        // the later groups' rows of this warp towards L2, a line a lane
-        for (int g2 = g + gridDim.x; g2 < groups; g2 += gridDim.x) {
-            int z2, n2;
-            i64 at2 = row_of(g2, &z2, &n2);
-            if (n2 < N)
-                for (i64 o = 128LL * lane; o < 2 * row_bytes; o += 32 * 128LL)
-                    prefetch_l2_line(o < row_bytes ? Wg + at2 + o : Wu + at2 + (o - row_bytes));
-        }
-        __shared__ float xsum[MW_SUMS_MAX];
-        bool plain = mw_stage<TY>(xs, xsum, X, K);
-        for (;;) {
-            float gs = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg, plain));
-            float us = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu, plain));
-            if (n < N && lane == 0) {
-                i64 o = (i64)z * N + n;
-                G[o] = gs;
-                U[o] = us;
-                double gd = gs;
-                A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)us);
-            }
-            g += gridDim.x;
-            if (g >= groups) break;
-            at = row_of(g, &z, &n);
+        if (r < rows) {
             if (gi < nsb) {
                 wg[0].load(Wg + at, gi, p);
                 wu[0].load(Wu + at, gi, p);
@@ -1324,6 +1299,45 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
                 wg[1].load(Wg + at, gi + 4, p);
                 wu[1].load(Wu + at, gi + 4, p);
             }
+            // one of the rows past the wave towards L2, a line a lane
+            int r2 = r + wave;
+            if (r2 < rows) {
+                int z2, n2;
+                i64 at2 = row_of(r2, &z2, &n2);
+                for (i64 o = 128LL * lane; o < 2 * row_bytes; o += 32 * 128LL)
+                    prefetch_l2_line(o < row_bytes ? Wg + at2 + o : Wu + at2 + (o - row_bytes));
+            }
+        }
+        __shared__ float xsum[MW_SUMS_MAX];
+        bool plain = mw_stage<TY>(xs, xsum, X, K);
+        while (r < rows) {
+            float gs = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg, plain));
+            float us = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu, plain));
+            if (lane == 0) {
+                i64 o = (i64)z * N + n;
+                G[o] = gs;
+                U[o] = us;
+                double gd = gs;
+                A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)us);
+            }
+            unsigned next = 0;
+            if (lane == 0) next = atomicAdd(&gu_next, 1u);
+            r = wave + (int)__shfl_sync(0xffffffffu, next, 0);
+            if (r >= rows) break;
+            at = row_of(r, &z, &n);
+            if (gi < nsb) {
+                wg[0].load(Wg + at, gi, p);
+                wu[0].load(Wu + at, gi, p);
+            }
+            if (gi + 4 < nsb) {
+                wg[1].load(Wg + at, gi + 4, p);
+                wu[1].load(Wu + at, gi + 4, p);
+            }
+        }
+        // every warp's last claim is made; the last warp of the launch resets the counters
+        if (lane == 0 && atomicAdd(&gu_done, 1u) == gridDim.x * W8 - 1) {
+            gu_next = 0;
+            gu_done = 0;
         }
     } else {
         __trap();
