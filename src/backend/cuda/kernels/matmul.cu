@@ -1320,9 +1320,9 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
                 double gd = gs;
                 A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)us);
             }
-            unsigned next = 0;
-            if (lane == 0) next = atomicAdd(&gu_next, 1u);
-            r = wave + (int)__shfl_sync(0xffffffffu, next, 0);
+            int next = 0;
+            if (lane == 0) next = (int)atomicAdd(&gu_next, 1u);
+            r = wave + __shfl_sync(0xffffffffu, next, 0);
             if (r >= rows) break;
             at = row_of(r, &z, &n);
             if (gi < nsb) {
