@@ -1290,7 +1290,8 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
         i64 at = row_of(r < rows ? r : 0, &z, &n);
         int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
         MwPiece<TY> wg[2], wu[2];
-        if (r < rows) {
+        // both rows' first pieces (mw_dot_staged loads any further ones)
+        auto load_first = [&]() {
             if (gi < nsb) {
                 wg[0].load(Wg + at, gi, p);
                 wu[0].load(Wu + at, gi, p);
@@ -1299,6 +1300,9 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
                 wg[1].load(Wg + at, gi + 4, p);
                 wu[1].load(Wu + at, gi + 4, p);
             }
+        };
+        if (r < rows) {
+            load_first();
             // one of the rows past the wave towards L2, a line a lane
             int r2 = r + wave;
             if (r2 < rows) {
@@ -1325,14 +1329,7 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
             r = wave + __shfl_sync(0xffffffffu, next, 0);
             if (r >= rows) break;
             at = row_of(r, &z, &n);
-            if (gi < nsb) {
-                wg[0].load(Wg + at, gi, p);
-                wu[0].load(Wu + at, gi, p);
-            }
-            if (gi + 4 < nsb) {
-                wg[1].load(Wg + at, gi + 4, p);
-                wu[1].load(Wu + at, gi + 4, p);
-            }
+            load_first();
         }
         // every warp's last claim is made; the last warp of the launch resets the counters
         if (lane == 0 && atomicAdd(&gu_done, 1u) == gridDim.x * W8 - 1) {
