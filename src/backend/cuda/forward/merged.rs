@@ -25,12 +25,16 @@ fn typed_suffix(ty: GgmlType) -> Result<&'static str> {
     kernel_suffix(ty).ok_or_else(|| Error::internal(format!("no CUDA kernels for {ty}")))
 }
 
-/// The launch of a merged one-row kernel: a warp per output, 8 a block.
-fn merged_grid(outputs: usize) -> Result<LaunchConfig> {
+/// The launch of a merged one-row kernel: a warp per output, 8 a block, `slots` grid layers.
+fn merged_grid(outputs: usize, slots: usize) -> Result<LaunchConfig> {
     let x = u32::try_from(outputs.div_ceil(8))
         .map_err(|_| Error::input(format!("{outputs} outputs exceed the launch grid")))?;
+    let z = u32::try_from(slots)
+        .ok()
+        .filter(|&z| z <= 65535)
+        .ok_or_else(|| Error::input(format!("{slots} expert slots exceed the launch grid")))?;
     Ok(LaunchConfig {
-        grid_dim: (x, 1, 1),
+        grid_dim: (x, 1, z),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     })
@@ -336,7 +340,7 @@ impl Run<'_> {
         dev.launch(
             &format!("matmulwr_{}", typed_suffix(w.ty)?),
             key,
-            merged_grid(w.rows)?,
+            merged_grid(w.rows, 1)?,
             &[
                 Arg::Ptr(dev.ptr(&w.data)),
                 Arg::I64(w.row_bytes as i64),
@@ -368,13 +372,10 @@ impl Run<'_> {
             1
         };
         let (sa, sb) = swap.map_or((-1, -1), |(a, b)| (a as i64, b as i64));
-        let kernel = format!("gate_up_{}", typed_suffix(gate.ty)?);
-        // (the blocks stride over the slots' row groups, a wave at most: kernels/matmul.cu)
-        let cfg = striding_grid(dev, &kernel, key, gate.rows.div_ceil(8) * slots)?;
         dev.launch(
-            &kernel,
+            &format!("gate_up_{}", typed_suffix(gate.ty)?),
             key,
-            cfg,
+            merged_grid(gate.rows, slots)?,
             &[
                 Arg::Ptr(dev.ptr(&gate.data)),
                 Arg::Ptr(dev.ptr(&up.data)),
@@ -386,7 +387,6 @@ impl Run<'_> {
                 Arg::Ptr(dev.ptr(&b.act)),
                 int(gate.rows, "outputs")?,
                 int(gate.cols, "inputs")?,
-                int(slots, "expert slots")?,
                 slot_expert.map_or(NULL, |s| Arg::Ptr(dev.ptr(s))),
                 Arg::I32(i32::try_from(sa).unwrap_or(-1)),
                 Arg::I32(i32::try_from(sb).unwrap_or(-1)),
@@ -471,7 +471,7 @@ impl Run<'_> {
         dev.launch(
             &format!("matmulwn_route_{}", typed_suffix(router.ty)?),
             &Key::layer(l, Stage::RouterLogits).to_string(),
-            merged_grid(router.rows)?,
+            merged_grid(router.rows, 1)?,
             &[
                 Arg::Ptr(dev.ptr(&router.data)),
                 Arg::I64(router.row_bytes as i64),
@@ -538,7 +538,7 @@ impl Run<'_> {
             &format!("down_combine_{}", typed_suffix(down.ty)?),
             &ks(Stage::FfnOut),
             // two warps per output (the picks in halves)
-            merged_grid(2 * h)?,
+            merged_grid(2 * h, 1)?,
             &[
                 Arg::Ptr(dev.ptr(&down.data)),
                 Arg::I64(down.row_bytes as i64),

@@ -439,7 +439,9 @@ __device__ __forceinline__ void attn_decode_qk_t(
 // (positions kfirst .. p - 1 of the block's kv head, written by earlier steps), towards L2, a
 // share of them per block of the head's group. By the time a decode step's attention starts,
 // the weights streamed since the last step have evicted them, and its scores and context would
-// otherwise each wait on DRAM after the wait. The earlier steps' writes are complete: this
+// otherwise each wait on DRAM after the wait (H200 timeline, the whole 30B-A3B shape: the
+// launch's share of a step 8.44 -> 7.95 us a layer; loading them ahead into registers instead
+// had cost 5 us). The earlier steps' writes are complete: this
 // launch starts only once the kernel before it is past its own pdl_wait, so every kernel
 // before that one, every earlier step's included, has finished. p from *posp under a graph
 // (the host writes it before the replay), else q0. Also the RoPE angles of p (block 0).

@@ -1254,87 +1254,41 @@ __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __
     }
 }
 
-// gate_up over a grid of at most one wave (the host's Device::wave_blocks), the input staged
-// once a block. A step's 8 experts x 768 rows are 768 groups of 8 rows, and a wave of these
-// blocks is 528 on an H200: launched a block per group, the last 240 started only as the first
-// ones finished, their weights requested from DRAM then (H200 timeline: the last block got past
-// pdl_wait 7 us after the first). Here warp w of block b first takes row 8 b + w of the
-// slots' rows (slot-major); the rows past the wave's are handed out one at a time to whichever
-// warp is free (gu_next, from the end of the wave), so that a multiprocessor that finishes
-// early takes more, and each warp requests one of them towards L2 while it computes its first.
-// The last warp to finish resets the counters for the next launch (which touches them only
-// after its pdl_wait, so after this one completed). Each row's dot is the same as a block per
-// group computes, bit for bit.
-__device__ unsigned gu_next, gu_done;
 template <int TY>
 __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8* __restrict__ Wu,
                                              i64 row_bytes, i64 expert_bytes,
                                              const float* __restrict__ X, float* __restrict__ G,
                                              float* __restrict__ U, float* __restrict__ A, int N,
-                                             int K, int slots, const int* __restrict__ slot_expert,
+                                             int K, const int* __restrict__ slot_expert,
                                              int swap_a, int swap_b) {
     if constexpr (MwStaged<TY>::value) {
         __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
-        constexpr int W8 = MM_THREADS / 32;
-        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-        int rows = N * slots, wave = gridDim.x * W8;
-        // row r's slot and row in it, and the row's byte offset in either matrix
-        auto row_of = [&](int r, int* z, int* n) {
-            *z = r / N;
-            *n = r - *z * N;
-            int e = slot_expert ? slot_expert[*z] : 0;
-            int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
-            return (i64)we * expert_bytes + (i64)*n * row_bytes;
-        };
-        int r = blockIdx.x * W8 + warp, z = 0, n = 0;
-        i64 at = row_of(r < rows ? r : 0, &z, &n);
+        int z = blockIdx.z;
+        int e = slot_expert ? slot_expert[z] : 0;
+        int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+        int n = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+        bool active = n < N;
+        i64 at = (i64)we * expert_bytes + (i64)(active ? n : 0) * row_bytes;
         int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
         MwPiece<TY> wg[2], wu[2];
-        // both rows' first pieces (mw_dot_staged loads any further ones)
-        auto load_first = [&]() {
-            if (gi < nsb) {
-                wg[0].load(Wg + at, gi, p);
-                wu[0].load(Wu + at, gi, p);
-            }
-            if (gi + 4 < nsb) {
-                wg[1].load(Wg + at, gi + 4, p);
-                wu[1].load(Wu + at, gi + 4, p);
-            }
-        };
-        if (r < rows) {
-            load_first();
-            // one of the rows past the wave towards L2, a line a lane
-            int r2 = r + wave;
-            if (r2 < rows) {
-                int z2, n2;
-                i64 at2 = row_of(r2, &z2, &n2);
-                for (i64 o = 128LL * lane; o < 2 * row_bytes; o += 32 * 128LL)
-                    prefetch_l2_line(o < row_bytes ? Wg + at2 + o : Wu + at2 + (o - row_bytes));
-            }
+        if (gi < nsb) {
+            wg[0].load(Wg + at, gi, p);
+            wu[0].load(Wu + at, gi, p);
+        }
+        if (gi + 4 < nsb) {
+            wg[1].load(Wg + at, gi + 4, p);
+            wu[1].load(Wu + at, gi + 4, p);
         }
         __shared__ float xsum[MW_SUMS_MAX];
         bool plain = mw_stage<TY>(xs, xsum, X, K);
-        while (r < rows) {
-            float gs = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg, plain));
-            float us = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu, plain));
-            if (lane == 0) {
-                i64 o = (i64)z * N + n;
-                G[o] = gs;
-                U[o] = us;
-                double gd = gs;
-                A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)us);
-            }
-            int next = 0;
-            if (lane == 0) next = (int)atomicAdd(&gu_next, 1u);
-            r = wave + __shfl_sync(0xffffffffu, next, 0);
-            if (r >= rows) break;
-            at = row_of(r, &z, &n);
-            load_first();
-        }
-        // every warp's last claim is made; the last warp of the launch resets the counters
-        if (lane == 0 && atomicAdd(&gu_done, 1u) == gridDim.x * W8 - 1) {
-            gu_next = 0;
-            gu_done = 0;
+        float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg, plain));
+        float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu, plain));
+        if (active && lane == 0) {
+            i64 o = (i64)z * N + n;
+            G[o] = g;
+            U[o] = u;
+            double gd = g;
+            A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)u);
         }
     } else {
         __trap();
@@ -1589,14 +1543,14 @@ __device__ __forceinline__ void mwn_prefetch(const MwnParts& parts, bool pair = 
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         gate_up_##NAME(const u8* Wg, const u8* Wu, i64 row_bytes, i64 expert_bytes,             \
-                       const float* X, float* G, float* U, float* A, int N, int K, int slots,   \
+                       const float* X, float* G, float* U, float* A, int N, int K,              \
                        const int* slot_expert, int swap_a, int swap_b) {                        \
         if (!slot_expert) {                                                                     \
             mw_prefetch(Wg, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
             mw_prefetch(Wu, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
         }                                                                                       \
         pdl_wait();                                                                             \
-        gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slots, slot_expert, \
+        gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slot_expert,        \
                          swap_a, swap_b);                                                       \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
