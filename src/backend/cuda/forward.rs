@@ -1768,14 +1768,20 @@ impl DecodeGraph {
             .map_err(|e| Error::internal(format!("CUDA: decode step arguments: {e:?}")))?;
         if self.graph.is_none() {
             let mode = cudarc::driver::sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
-            dev.with_timeline(|t, _| t.recording(true))?;
+            dev.with_timeline(|t, _| {
+                t.recording(true);
+                Ok(())
+            })?;
             dev.stream
                 .begin_capture(mode)
                 .map_err(|e| Error::internal(format!("CUDA graph capture: {e:?}")))?;
             run.graph_step = Some(dev.ptr(&self.args));
             run.graph_logits = self.logits.as_ref().map(|(l, first)| (dev.ptr(l), *first));
             let recorded = run.step_forward(b, toks, logits);
-            let noted = dev.with_timeline(|t, _| t.recording(false));
+            let noted = dev.with_timeline(|t, _| {
+                t.recording(false);
+                Ok(())
+            });
             run.graph_step = None;
             run.graph_logits = None;
             let flags = cudarc::driver::sys::CUgraphInstantiate_flags(0);

@@ -4,8 +4,9 @@
 //! Per-launch event timing (`FALSIFIER_CUDA_PROFILE`) and Nsight Compute time each kernel
 //! alone; under PDL a kernel's blocks start, prefetch and wait while the one before still runs,
 //! so a kernel's own duration is not what it adds to a step. With this on, the kernels are
-//! compiled with `FALSIFIER_TIMELINE` (kernels/common.cuh): every block's thread 0 notes, in
-//! the table slot of its launch, when it reached `pdl_wait` and when it got past it. After each
+//! compiled with `FALSIFIER_TIMELINE` (kernels/common.cuh): thread 0 of a launch's first and
+//! last 32 blocks notes, in the table slot of its launch, when it reached `pdl_wait` and when
+//! it got past it. After each
 //! forward the table is matched with the launches in the order the host queued them (a CUDA
 //! graph's replays expanded into the launches it recorded) and appended to the file as CSV:
 //! the time from one launch's first release to the next one's is what that launch adds to
@@ -13,7 +14,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use cudarc::driver::{CudaModule, CudaSlice, CudaStream};
 
@@ -61,11 +62,91 @@ struct Log {
     after_replay: bool,
 }
 
-/// The device table and the host's launch log.
+impl Log {
+    /// A launch queued (or recorded, while a graph is); the epoch to write first, if any.
+    fn launched(&mut self, l: Launch) -> Option<u64> {
+        if let Some(r) = self.recording.as_mut() {
+            r.push(l);
+            return None;
+        }
+        self.queued.push(l);
+        std::mem::take(&mut self.after_replay).then(|| {
+            self.epoch += 1;
+            self.epoch
+        })
+    }
+
+    /// A graph recording begins (`true`) or ends (`false`).
+    fn recording(&mut self, on: bool) {
+        if on {
+            self.recording = Some(Vec::new());
+        } else if let Some(r) = self.recording.take() {
+            self.recorded = r;
+        }
+    }
+
+    /// The recorded graph replayed: its launches queued again; the epoch to write first.
+    fn replayed(&mut self) -> u64 {
+        self.replays += 1;
+        self.epoch += 1;
+        self.after_replay = true;
+        let replay = self.replays;
+        let again = self.recorded.iter().map(|l| Launch {
+            replay,
+            ..l.clone()
+        });
+        self.queued.extend(again);
+        self.epoch
+    }
+
+    /// The forward's launches, the log emptied for the next one (whose table starts at epoch
+    /// 0); the forward's number.
+    fn take(&mut self) -> (Vec<Launch>, usize) {
+        self.forwards += 1;
+        self.replays = 0;
+        self.epoch = 0;
+        self.after_replay = false;
+        (std::mem::take(&mut self.queued), self.forwards)
+    }
+}
+
+/// The CSV rows of forward `forward`: the launches in the order queued, matched with the
+/// table's notes in the order of their epoch, then grid id (`words`: the table, slot 0 the
+/// epoch word; a slot: gridid, epoch, !entered_min, !released_min, released_max, blocks
+/// noted, blocks). A launch without notes, or notes without a launch, get zeros or "?".
+fn csv_rows(forward: usize, queued: &[Launch], words: &[u64]) -> String {
+    let mut notes: Vec<&[u64]> = words
+        .chunks_exact(WORDS)
+        .skip(1)
+        .filter(|s| s[5] > 0)
+        .collect();
+    notes.sort_by_key(|s| (s[1], s[0]));
+    let mut out = String::new();
+    for seq in 0..notes.len().max(queued.len()) {
+        let (kernel, stage, blocks, replay) = queued.get(seq).map_or(("?", "?", 0, 0), |l| {
+            (l.kernel.as_str(), l.stage.as_str(), l.blocks, l.replay)
+        });
+        let (grid, seen, entered, released, last) = notes
+            .get(seq)
+            .map_or((0, 0, 0, 0, 0), |s| (s[0], s[5], !s[2], !s[3], s[4]));
+        let expected = blocks.min(2 * EDGE);
+        // (the stage may hold commas: quoted)
+        let stage = stage.replace('"', "'");
+        out.push_str(&format!(
+            "{forward},{replay},{seq},{grid},{kernel},\"{stage}\",{blocks},{expected},{seen},{entered},{released},{last}\n"
+        ));
+    }
+    out
+}
+
+/// The CSV's first line.
+const HEADER: &str = "forward,replay,seq,gridid,kernel,stage,blocks,blocks_noting,blocks_noted,entered_min_ns,released_min_ns,released_max_ns";
+
+/// The device table and the host's launch log (the device keeps it behind its own lock).
 pub struct Timeline {
     table: CudaSlice<u64>,
     path: PathBuf,
-    log: Mutex<Log>,
+    log: Log,
 }
 
 impl Timeline {
@@ -76,24 +157,16 @@ impl Timeline {
             .map_err(|e| Error::internal(format!("CUDA: timeline table: {e:?}")))?;
         let mut f = std::fs::File::create(&path)
             .map_err(|e| Error::io(&path, "creating the timeline", e))?;
-        writeln!(
-            f,
-            "forward,replay,seq,gridid,kernel,stage,blocks,blocks_noting,blocks_noted,entered_min_ns,released_min_ns,released_max_ns"
-        )
-        .map_err(|e| Error::io(&path, "writing the timeline", e))?;
+        writeln!(f, "{HEADER}").map_err(|e| Error::io(&path, "writing the timeline", e))?;
         Ok(Timeline {
             table,
             path,
-            log: Mutex::new(Log::default()),
+            log: Log::default(),
         })
     }
 
     /// Point `module`'s table symbol at the table.
-    pub fn attach(
-        &self,
-        module: &std::sync::Arc<CudaModule>,
-        stream: &std::sync::Arc<CudaStream>,
-    ) -> Result<()> {
+    pub fn attach(&self, module: &Arc<CudaModule>, stream: &Arc<CudaStream>) -> Result<()> {
         let err = |e: cudarc::driver::DriverError| {
             Error::internal(format!("CUDA: timeline symbol {SYMBOL}: {e:?}"))
         };
@@ -107,16 +180,11 @@ impl Timeline {
         stream.synchronize().map_err(err)
     }
 
-    fn with_log<R>(&self, f: impl FnOnce(&mut Log) -> R) -> Result<R> {
-        let mut log = self
-            .log
-            .lock()
-            .map_err(|_| Error::internal("timeline log lock poisoned"))?;
-        Ok(f(&mut log))
-    }
-
-    /// Queue the write of the table's epoch word.
-    fn set_epoch(&mut self, epoch: u64, stream: &Arc<CudaStream>) -> Result<()> {
+    /// Queue the write of the table's epoch word, when there is one to write.
+    fn set_epoch(&mut self, epoch: Option<u64>, stream: &Arc<CudaStream>) -> Result<()> {
+        let Some(epoch) = epoch else {
+            return Ok(());
+        };
         let mut word = self.table.slice_mut(0..1);
         stream
             .memcpy_htod(&[epoch], &mut word)
@@ -131,62 +199,24 @@ impl Timeline {
         grid: (u32, u32, u32),
         stream: &Arc<CudaStream>,
     ) -> Result<()> {
-        let l = Launch {
+        let epoch = self.log.launched(Launch {
             kernel: kernel.to_string(),
             stage: stage.to_string(),
             blocks: u64::from(grid.0) * u64::from(grid.1) * u64::from(grid.2),
             replay: 0,
-        };
-        let bump = self.with_log(|log| match log.recording.as_mut() {
-            Some(r) => {
-                r.push(l);
-                None
-            }
-            None => {
-                log.queued.push(l);
-                let after = std::mem::take(&mut log.after_replay);
-                after.then(|| {
-                    log.epoch += 1;
-                    log.epoch
-                })
-            }
-        })?;
-        match bump {
-            Some(epoch) => self.set_epoch(epoch, stream),
-            None => Ok(()),
-        }
+        });
+        self.set_epoch(epoch, stream)
     }
 
     /// A graph recording begins (`true`) or ends (`false`).
-    pub fn recording(&mut self, on: bool) -> Result<()> {
-        self.with_log(|log| {
-            if on {
-                log.recording = Some(Vec::new());
-            } else if let Some(r) = log.recording.take() {
-                log.recorded = r;
-            }
-        })
+    pub fn recording(&mut self, on: bool) {
+        self.log.recording(on);
     }
 
     /// The recorded graph about to be replayed: its launches queued again, in a new epoch.
     pub fn replayed(&mut self, stream: &Arc<CudaStream>) -> Result<()> {
-        let epoch = self.with_log(|log| {
-            log.replays += 1;
-            log.epoch += 1;
-            log.after_replay = true;
-            let replay = log.replays;
-            let r: Vec<Launch> = log
-                .recorded
-                .iter()
-                .map(|l| Launch {
-                    replay,
-                    ..l.clone()
-                })
-                .collect();
-            log.queued.extend(r);
-            log.epoch
-        })?;
-        self.set_epoch(epoch, stream)
+        let epoch = self.log.replayed();
+        self.set_epoch(Some(epoch), stream)
     }
 
     /// After a forward's work finished: its launches with their notes appended to the file, the
@@ -196,42 +226,93 @@ impl Timeline {
             |e: cudarc::driver::DriverError| Error::internal(format!("CUDA: timeline: {e:?}"));
         let words = stream.clone_dtoh(&self.table).map_err(err)?;
         stream.memset_zeros(&mut self.table).map_err(err)?;
-        // slot 0 is the epoch word; a slot: gridid, epoch, !entered_min, !released_min,
-        // released_max, blocks noted, blocks
-        let mut notes: Vec<&[u64]> = words
-            .chunks_exact(WORDS)
-            .skip(1)
-            .filter(|s| s[5] > 0)
-            .collect();
-        notes.sort_by_key(|s| (s[1], s[0]));
-        let (queued, forward) = self.with_log(|log| {
-            log.forwards += 1;
-            log.replays = 0;
-            log.epoch = 0;
-            log.after_replay = false;
-            (std::mem::take(&mut log.queued), log.forwards)
-        })?;
-        let mut out = String::new();
-        let n = notes.len().max(queued.len());
-        for seq in 0..n {
-            let (kernel, stage, blocks, replay) = queued.get(seq).map_or(("?", "?", 0, 0), |l| {
-                (l.kernel.as_str(), l.stage.as_str(), l.blocks, l.replay)
-            });
-            let (grid, seen, entered, released, last) = notes
-                .get(seq)
-                .map_or((0, 0, 0, 0, 0), |s| (s[0], s[5], !s[2], !s[3], s[4]));
-            let expected = blocks.min(2 * EDGE);
-            // (the stage may hold commas: quoted)
-            let stage = stage.replace('"', "'");
-            out.push_str(&format!(
-                "{forward},{replay},{seq},{grid},{kernel},\"{stage}\",{blocks},{expected},{seen},{entered},{released},{last}\n"
-            ));
-        }
+        let (queued, forward) = self.log.take();
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.path)
             .map_err(|e| Error::io(&self.path, "opening the timeline", e))?;
-        f.write_all(out.as_bytes())
+        f.write_all(csv_rows(forward, &queued, &words).as_bytes())
             .map_err(|e| Error::io(&self.path, "writing the timeline", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(kernel: &str) -> Launch {
+        Launch {
+            kernel: kernel.to_string(),
+            stage: "layer.0.ffn_out (a, b)".to_string(),
+            blocks: 100,
+            replay: 0,
+        }
+    }
+
+    /// A table with the notes `(slot, gridid, epoch, entered, released)`, 64 blocks noted.
+    fn table(notes: &[(usize, u64, u64, u64, u64)]) -> Vec<u64> {
+        let mut w = vec![0u64; 16 * WORDS];
+        for &(slot, grid, epoch, entered, released) in notes {
+            let s = &mut w[slot * WORDS..(slot + 1) * WORDS];
+            s.copy_from_slice(&[grid, epoch, !entered, !released, released + 5, 64, 100, 0]);
+        }
+        w
+    }
+
+    /// Direct launches, a recorded graph (not run while recorded) and two replays, then a
+    /// direct launch: the queue expands the replays, and the epochs the table must be told
+    /// are one per replay and one for the direct launch after them.
+    #[test]
+    fn replays_expand_and_bump_the_epoch() {
+        let mut log = Log::default();
+        assert_eq!(log.launched(launch("prefill")), None);
+        log.recording(true);
+        assert_eq!(log.launched(launch("a")), None);
+        assert_eq!(log.launched(launch("b")), None);
+        log.recording(false);
+        assert_eq!(log.replayed(), 1);
+        assert_eq!(log.replayed(), 2);
+        assert_eq!(log.launched(launch("head")), Some(3));
+        assert_eq!(log.launched(launch("copy")), None);
+        let (queued, forward) = log.take();
+        let seen: Vec<(&str, usize)> = queued
+            .iter()
+            .map(|l| (l.kernel.as_str(), l.replay))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("prefill", 0),
+                ("a", 1),
+                ("b", 1),
+                ("a", 2),
+                ("b", 2),
+                ("head", 0),
+                ("copy", 0)
+            ]
+        );
+        assert_eq!(forward, 1);
+        // the next forward starts over at epoch 0, and still knows the graph
+        assert_eq!(log.replayed(), 1);
+        assert_eq!(log.take().0.len(), 2);
+    }
+
+    /// Notes sort by epoch, then grid id, whatever their slots; the stage is quoted; a launch
+    /// without notes gets zeros.
+    #[test]
+    fn rows_match_launches_with_notes_in_epoch_order() {
+        let queued = [launch("x"), launch("y"), launch("z")];
+        // y's replay (epoch 1) reuses a grid id below x's (epoch 0)
+        let w = table(&[(9, 7, 1, 300, 310), (3, 12, 0, 100, 110)]);
+        let rows = csv_rows(4, &queued, &w);
+        let lines: Vec<&str> = rows.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "4,0,0,12,x,\"layer.0.ffn_out (a, b)\",100,64,64,100,110,115",
+                "4,0,1,7,y,\"layer.0.ffn_out (a, b)\",100,64,64,300,310,315",
+                "4,0,2,0,z,\"layer.0.ffn_out (a, b)\",100,64,0,0,0,0",
+            ]
+        );
     }
 }
