@@ -549,12 +549,7 @@ impl Device {
             if names.iter().all(|n| funcs.contains_key(n)) {
                 continue;
             }
-            let timeline = self.timeline.as_ref().map(|t| t.lock());
-            let timeline = match timeline {
-                Some(Ok(t)) => Some(t),
-                Some(Err(_)) => return Err(Error::internal("timeline lock poisoned")),
-                None => None,
-            };
+            let timeline = self.timeline.as_ref().map(lock_timeline).transpose()?;
             load_module(
                 &self.ctx,
                 &self.arch,
@@ -738,25 +733,16 @@ impl Device {
         &self,
         f: impl FnOnce(&mut Timeline, &Arc<CudaStream>) -> Result<()>,
     ) -> Result<()> {
-        let Some(t) = self.timeline.as_ref() else {
-            return Ok(());
-        };
-        let mut t = t
-            .lock()
-            .map_err(|_| Error::internal("timeline lock poisoned"))?;
-        f(&mut t, &self.stream)
+        match self.timeline.as_ref() {
+            Some(t) => f(&mut *lock_timeline(t)?, &self.stream),
+            None => Ok(()),
+        }
     }
 
     /// After a forward's work: its timeline appended to the file, when one is kept. Waits for
     /// the work.
     pub fn flush_timeline(&self) -> Result<()> {
-        let Some(t) = self.timeline.as_ref() else {
-            return Ok(());
-        };
-        let mut t = t
-            .lock()
-            .map_err(|_| Error::internal("timeline lock poisoned"))?;
-        t.flush(&self.stream)
+        self.with_timeline(|t, s| t.flush(s))
     }
 
     /// Wait for all queued work; `what` names the phase for the error.
@@ -767,6 +753,12 @@ impl Device {
             ))
         })
     }
+}
+
+/// The timeline, locked.
+fn lock_timeline(t: &Mutex<Timeline>) -> Result<std::sync::MutexGuard<'_, Timeline>> {
+    t.lock()
+        .map_err(|_| Error::internal("timeline lock poisoned"))
 }
 
 /// Let the device's default memory pool keep freed memory instead of returning it to the

@@ -113,7 +113,7 @@ impl Log {
 /// The CSV rows of forward `forward`: the launches in the order queued, matched with the
 /// table's notes in the order of their epoch, then grid id (`words`: the table, slot 0 the
 /// epoch word; a slot: gridid, epoch, !entered_min, !released_min, released_max, blocks
-/// noted, blocks). A launch without notes, or notes without a launch, get zeros or "?".
+/// noted). A launch without notes, or notes without a launch, get zeros or "?".
 fn csv_rows(forward: usize, queued: &[Launch], words: &[u64]) -> String {
     let mut notes: Vec<&[u64]> = words
         .chunks_exact(WORDS)
@@ -254,7 +254,7 @@ mod tests {
         let mut w = vec![0u64; 16 * WORDS];
         for &(slot, grid, epoch, entered, released) in notes {
             let s = &mut w[slot * WORDS..(slot + 1) * WORDS];
-            s.copy_from_slice(&[grid, epoch, !entered, !released, released + 5, 64, 100, 0]);
+            s.copy_from_slice(&[grid, epoch, !entered, !released, released + 5, 64, 0, 0]);
         }
         w
     }

@@ -32,14 +32,6 @@ __device__ __forceinline__ u16 f2h(float f) {
 }
 #endif
 
-// Programmatic dependent launch (sm_90 and later; the host sets the launch attribute there
-// only). A kernel so launched may start while the kernel before it on the stream still runs:
-// every kernel calls pdl_wait() before it reads or writes anything another kernel touches,
-// and only prefetches constant weights before that (pdl_prefetch_rows). pdl_wait() also lets the
-// next kernel be scheduled: it can then start its own prologue while this one runs, but never
-// runs past its own pdl_wait() before this kernel has completed and its writes are visible. On
-// older cards and under a plain launch both are no-ops. (tests: every kernel's body starts so,
-// device.rs every_kernel_waits_for_the_one_before)
 #ifdef FALSIFIER_TIMELINE
 // FALSIFIER_TIMELINE (the host defines it with FALSIFIER_CUDA_TIMELINE set; timeline.rs):
 // where a launch's time goes when its neighbours overlap it. Thread 0 of the first and the last
@@ -89,10 +81,17 @@ __device__ __forceinline__ void timeline_note(const TimelineEntry& e) {
     atomicMax(slot + 3, ~released);
     atomicMax(slot + 4, released);
     atomicAdd(slot + 5, 1ull);
-    slot[6] = (unsigned long long)gridDim.x * gridDim.y * gridDim.z;
 }
 #endif
 
+// Programmatic dependent launch (sm_90 and later; the host sets the launch attribute there
+// only). A kernel so launched may start while the kernel before it on the stream still runs:
+// every kernel calls pdl_wait() before it reads or writes anything another kernel touches,
+// and only prefetches constant weights before that (pdl_prefetch_rows). pdl_wait() also lets the
+// next kernel be scheduled: it can then start its own prologue while this one runs, but never
+// runs past its own pdl_wait() before this kernel has completed and its writes are visible. On
+// older cards and under a plain launch both are no-ops. (tests: every kernel's body starts so,
+// device.rs every_kernel_waits_for_the_one_before)
 __device__ __forceinline__ void pdl_wait() {
 #ifdef FALSIFIER_TIMELINE
     TimelineEntry entry = timeline_enter();
