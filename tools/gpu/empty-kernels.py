@@ -14,7 +14,7 @@ import pathlib
 import re
 import sys
 
-DECODE_KERNELS = ["matmulwn_##NAME(", "matmulwn_route_##NAME(", "matmulwr_##NAME(",
+DECODE_KERNELS = ["matmulwn_##NAME(", "matmulwn_mix_##NAME(", "matmulwn_route_##NAME(", "matmulwr_##NAME(",
                   "gate_up_##NAME(", "down_combine_##NAME(", "attn_decode_qk##SUF("]
 
 

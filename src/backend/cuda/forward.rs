@@ -752,16 +752,26 @@ impl Run<'_> {
         ];
         let mats = projections.map(|p| (p.0, p.1));
         if let Some(groups) = self.norm_matvec_groups(l, Stage::AttnNorm, &mats) {
-            // attn_norm folded into the projections' launches (the first writes it)
-            for (gi, g) in groups.iter().enumerate() {
-                let ms: Vec<_> = g
-                    .iter()
+            // attn_norm folded into the projections' launches (the first writes it; two staged
+            // block types go as one launch)
+            let part = |g: &Vec<usize>| -> Vec<_> {
+                g.iter()
                     .map(|&j| (projections[j].1, projections[j].2))
-                    .collect();
-                let key = ks(projections[g[0]].0);
-                let norm = (gi == 0).then_some((&lw.attn_norm, &b.attn_norm));
-                let x = if gi == 0 { &b.layer_in } else { &b.attn_norm };
-                self.norm_matvecs(&key, x, norm, &ms)?;
+                    .collect()
+            };
+            let norm = (&lw.attn_norm, &b.attn_norm);
+            match groups.as_slice() {
+                [a, v] if merged::mixable(mats[a[0]].1.ty, mats[v[0]].1.ty) => {
+                    let key = ks(projections[a[0]].0);
+                    self.norm_matvecs_mixed(&key, &b.layer_in, norm, &part(a), &part(v))?;
+                }
+                _ => {
+                    for (gi, g) in groups.iter().enumerate() {
+                        let key = ks(projections[g[0]].0);
+                        let x = if gi == 0 { &b.layer_in } else { &b.attn_norm };
+                        self.norm_matvecs(&key, x, (gi == 0).then_some(norm), &part(g))?;
+                    }
+                }
             }
             self.done(Some(l), Stage::AttnNorm, &b.attn_norm)?;
         } else {

@@ -1550,11 +1550,21 @@ fn merged_launches_equal_separate_ones() {
     ];
     let plan = CapturePlan::all();
     let mut compared = 0usize;
+    let mut mixed = Vec::new();
     for (name, path, _keep) in &models {
         let mut cuda = CudaBackend::open(path, 0).unwrap();
         let vocab = cuda.dims().vocab as u32;
         let last = cuda.dims().n_layers - 1;
         let tokens: Vec<u32> = (0..32u32).map(|i| (i * 53 + 7) % vocab).collect();
+        // which models take the launch of q/k and v in two block types (matmulwn_mix_*), so
+        // that this test is known to compare it
+        cuda.dev.set_profiling(true);
+        run_scheduled(&mut cuda, &tokens, &plan, None, &[], schedules[1]);
+        let launched = cuda.dev.take_profile().unwrap();
+        cuda.dev.set_profiling(false);
+        if launched.iter().any(|r| r.what.starts_with("matmulwn_mix_")) {
+            mixed.push(name.clone());
+        }
         // faults that act anywhere, then the cache faults (they need decode steps)
         let mut anywhere = vec![format!("nan[5]@layer.{last}.layer_out")];
         if cuda.dims().moe {
@@ -1604,8 +1614,13 @@ fn merged_launches_equal_separate_ones() {
             }
         }
     }
+    assert!(
+        !mixed.is_empty(),
+        "no model took the mixed-type norm-folding launch"
+    );
     eprintln!(
-        "{compared} runs: merged launches, in a wave or in 3 blocks, equal separate ones bit for bit at every stage"
+        "{compared} runs: merged launches, in a wave or in 3 blocks, equal separate ones bit for bit at every stage (q/k and v in one launch of two block types: {})",
+        mixed.join(", ")
     );
 }
 

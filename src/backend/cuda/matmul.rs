@@ -375,6 +375,7 @@ pub fn type_kernel_names(suffix: &str) -> Vec<String> {
             format!("gather_{suffix}"),
             format!("matmulwr_{suffix}"),
             format!("matmulwn_{suffix}"),
+            format!("matmulwn_mix_{suffix}"),
             format!("matmulwn_route_{suffix}"),
             format!("matmulws_{suffix}"),
             format!("gate_up_{suffix}"),

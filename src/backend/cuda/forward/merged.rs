@@ -50,6 +50,57 @@ fn striding_grid(dev: &Device, kernel: &str, key: &str, groups: usize) -> Result
     })
 }
 
+/// Whether norm-folding launches of these two block types go as one (`matmulwn_mix_*`): the two
+/// staged types, either first.
+pub(super) fn mixable(a: GgmlType, b: GgmlType) -> bool {
+    matches!(
+        (a, b),
+        (GgmlType::Q4_K, GgmlType::Q6_K) | (GgmlType::Q6_K, GgmlType::Q4_K)
+    )
+}
+
+/// The one block type of a norm-folding launch's up to three matrices.
+fn one_type(mats: &[(&DeviceMatrix, &CudaSlice<f32>)]) -> Result<GgmlType> {
+    let first = mats
+        .first()
+        .ok_or_else(|| Error::internal("a norm-folding launch without a matrix"))?
+        .0;
+    if mats.len() > 3 || mats.iter().any(|(w, _)| w.ty != first.ty) {
+        return Err(Error::internal(
+            "a norm-folding launch takes up to three matrices of one type",
+        ));
+    }
+    Ok(first.ty)
+}
+
+/// The row groups (8 rows) of a norm-folding launch's matrices.
+fn row_groups(mats: &[(&DeviceMatrix, &CudaSlice<f32>)]) -> usize {
+    mats.iter().map(|(w, _)| w.rows.div_ceil(8)).sum()
+}
+
+/// One part of a norm-folding launch (`MwnParts` in kernels/matmul.cu): its three matrices,
+/// row sizes, row counts and outputs (null and 0 where it has fewer).
+fn push_part(
+    dev: &Device,
+    args: &mut Vec<Arg>,
+    mats: &[(&DeviceMatrix, &CudaSlice<f32>)],
+) -> Result<()> {
+    let part = |j: usize| mats.get(j).copied();
+    for j in 0..3 {
+        args.push(part(j).map_or(NULL, |(w, _)| Arg::Ptr(dev.ptr(&w.data))));
+    }
+    for j in 0..3 {
+        args.push(Arg::I64(part(j).map_or(0, |(w, _)| w.row_bytes as i64)));
+    }
+    for j in 0..3 {
+        args.push(int(part(j).map_or(0, |(w, _)| w.rows), "outputs")?);
+    }
+    for j in 0..3 {
+        args.push(part(j).map_or(NULL, |(_, y)| Arg::Ptr(dev.ptr(y))));
+    }
+    Ok(())
+}
+
 /// Heads up to this size take the merged q/k norm, RoPE and cache-write launch
 /// (`QK_MAXD` in kernels/attention.cu).
 const QK_MAXD: usize = 512;
@@ -292,38 +343,79 @@ impl Run<'_> {
         mats: &[(&DeviceMatrix, &CudaSlice<f32>)],
     ) -> Result<()> {
         let dev = self.dev;
-        let first = mats
-            .first()
-            .ok_or_else(|| Error::internal("a norm-folding launch without a matrix"))?
-            .0;
-        if mats.len() > 3 || mats.iter().any(|(w, _)| w.ty != first.ty) {
-            return Err(Error::internal(
-                "a norm-folding launch takes up to three matrices of one type",
-            ));
-        }
-        let part = |j: usize| mats.get(j).copied();
-        let blocks: usize = mats.iter().map(|(w, _)| w.rows.div_ceil(8)).sum();
+        let ty = one_type(mats)?;
         let mut args = Vec::with_capacity(17);
-        for j in 0..3 {
-            args.push(part(j).map_or(NULL, |(w, _)| Arg::Ptr(dev.ptr(&w.data))));
+        push_part(dev, &mut args, mats)?;
+        // (the part's outputs go after its inputs here: matmulwn's parameter order)
+        let outputs = args.split_off(9);
+        self.push_norm_input(&mut args, x, norm);
+        args.extend(outputs);
+        args.push(int(mats[0].0.cols, "inputs")?);
+        let kernel = format!("matmulwn_{}", typed_suffix(ty)?);
+        let cfg = striding_grid(dev, &kernel, key, row_groups(mats))?;
+        dev.launch(&kernel, key, cfg, &args)
+    }
+
+    /// The projections of one normalised input in two staged block types (`mixable`) in one
+    /// launch (`matmulwn_mix_*`): each part's blocks as its own [`Run::norm_matvecs`] launch
+    /// would take them, every block normalising `x` (the first part's first block writes the
+    /// norm to `norm.1`); the outputs are those launches', bit for bit.
+    pub(super) fn norm_matvecs_mixed(
+        &self,
+        key: &str,
+        x: &CudaSlice<f32>,
+        norm: (&CudaSlice<f32>, &CudaSlice<f32>),
+        first: &[(&DeviceMatrix, &CudaSlice<f32>)],
+        second: &[(&DeviceMatrix, &CudaSlice<f32>)],
+    ) -> Result<()> {
+        let dev = self.dev;
+        let (ta, tb) = (one_type(first)?, one_type(second)?);
+        if !mixable(ta, tb) || first[0].0.cols != second[0].0.cols {
+            return Err(Error::internal(format!(
+                "a mixed norm-folding launch of {ta} and {tb} rows"
+            )));
         }
-        for j in 0..3 {
-            args.push(Arg::I64(part(j).map_or(0, |(w, _)| w.row_bytes as i64)));
-        }
-        for j in 0..3 {
-            args.push(int(part(j).map_or(0, |(w, _)| w.rows), "outputs")?);
-        }
+        let kernel = format!("matmulwn_mix_{}", typed_suffix(ta)?);
+        // each part's blocks: what its own launch takes (one wave of the card, a block taking
+        // two row groups when the groups outnumber it), so each block does the same work
+        let blocks = |mats: &[(&DeviceMatrix, &CudaSlice<f32>)]| -> Result<u32> {
+            let groups = row_groups(mats);
+            let wave = dev.wave_blocks(&kernel, key, groups, 256)? as usize;
+            let taken = if groups > wave {
+                wave.min(groups.div_ceil(2))
+            } else {
+                groups
+            };
+            u32::try_from(taken)
+                .map_err(|_| Error::input(format!("{groups} row groups exceed the launch grid")))
+        };
+        let (na, nb) = (blocks(first)?, blocks(second)?);
+        let mut args = Vec::with_capacity(30);
+        push_part(dev, &mut args, first)?;
+        push_part(dev, &mut args, second)?;
+        args.push(int(na as usize, "blocks")?);
+        self.push_norm_input(&mut args, x, Some(norm));
+        args.push(int(first[0].0.cols, "inputs")?);
+        let cfg = LaunchConfig {
+            grid_dim: (na + nb, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        dev.launch(&kernel, key, cfg, &args)
+    }
+
+    /// A norm-folding launch's input, gamma, eps and norm output (null without a norm).
+    fn push_norm_input(
+        &self,
+        args: &mut Vec<Arg>,
+        x: &CudaSlice<f32>,
+        norm: Option<(&CudaSlice<f32>, &CudaSlice<f32>)>,
+    ) {
+        let dev = self.dev;
         args.push(Arg::Ptr(dev.ptr(x)));
         args.push(norm.map_or(NULL, |(g, _)| Arg::Ptr(dev.ptr(g))));
         args.push(Arg::F32(self.w.dims.eps));
         args.push(norm.map_or(NULL, |(_, out)| Arg::Ptr(dev.ptr(out))));
-        for j in 0..3 {
-            args.push(part(j).map_or(NULL, |(_, y)| Arg::Ptr(dev.ptr(y))));
-        }
-        args.push(int(first.cols, "inputs")?);
-        let kernel = format!("matmulwn_{}", typed_suffix(first.ty)?);
-        let cfg = striding_grid(dev, &kernel, key, blocks)?;
-        dev.launch(&kernel, key, cfg, &args)
     }
 
     /// `y = x · Wᵀ` and `z = r + y` for one row in one launch (`matmulwr_*`).

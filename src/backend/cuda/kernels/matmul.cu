@@ -1114,8 +1114,8 @@ template <int AHEAD> struct F32Ahead {
 // weights are in flight together; the blocks from P on take none. Otherwise block b takes b,
 // b + gridDim.x, ... (H200, 30B-A3B shape cut to 8 layers: 0.556 / 0.559 -> 0.546 / 0.551 ms a
 // token; each of q/k/v's 528 blocks normalized and staged all 2048 inputs for 8 or 16 rows)
-__device__ __forceinline__ int mwn_blocks(int groups, bool pair) {
-    int g = gridDim.x;
+// (g: the blocks of its part of the launch, gridDim.x but in a mixed launch, matmulwn_mix)
+__device__ __forceinline__ int mwn_blocks(int groups, bool pair, int g) {
     return pair && groups > g ? min(g, (groups + 1) / 2) : g;
 }
 // (three blocks a multiprocessor: a pair's registers; the pairs of a q/k/v launch fit one wave)
@@ -1124,16 +1124,26 @@ __device__ __forceinline__ int mwn_blocks(int groups, bool pair) {
 // AHEAD > 0: F32 rows of up to 128 AHEAD values are loaded whole (F32Ahead) before the norm,
 // as the staged types' first pieces are (the router of matmulwn_route, a launch of few
 // blocks, whose registers allow it). PAIR (staged types): mwn_blocks' pairs of groups.
+// The shared memory of a norm-folding block: the staged input, its run sums (Q4_K) and the
+// norm's reduction. The kernel declares it, so that a mixed launch's two bodies share one.
+struct MwnShared {
+    float xs[MW_XMAX + MW_XMAX / 16];
+    float xsum[MW_SUMS_MAX];
+    double red[MM_THREADS / 32];
+};
+// bid, nblk: this block's index among the launch's blocks that take `parts`, and their count
+// (blockIdx.x and gridDim.x but in a mixed launch, matmulwn_mix).
 template <int TY, int AHEAD = 0, bool PAIR = false>
 __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __restrict__ X,
                                                  const float* __restrict__ G, float eps,
-                                                 float* __restrict__ XN, int K) {
+                                                 float* __restrict__ XN, int K, MwnShared& sh,
+                                                 int bid, int nblk) {
     constexpr bool staged = MwStaged<TY>::value;
     static_assert(staged || !PAIR, "pairs of row groups are for the staged types");
-    __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
-    __shared__ double red[MM_THREADS / 32];
-    int b = blockIdx.x, lane = threadIdx.x & 31, groups = parts.groups();
-    int P = mwn_blocks(groups, PAIR);
+    float* xs = sh.xs;
+    double* red = sh.red;
+    int b = bid, lane = threadIdx.x & 31, groups = parts.groups();
+    int P = mwn_blocks(groups, PAIR, nblk);
     if (b >= P) return;  // (PAIR: uniform over the block; it stages nothing anyone reads)
     MwnPart part = parts.at(b);
     int n = part.nb * (MM_THREADS / 32) + (threadIdx.x >> 5);
@@ -1168,10 +1178,10 @@ __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __
     // the input (normalized with G), staged scaled for Q4_K; unscaled when out of that range
     // (`plain`; XN gets the norm either way)
     // (four values a thread, so that Q4_K's run sums come from the staging: mw_put4)
-    __shared__ float xsum[MW_SUMS_MAX];
+    float* xsum = sh.xsum;
     auto stage = [&](bool plain) {
         bool big = false;
-        bool out = G && XN && blockIdx.x == 0 && !plain;
+        bool out = G && XN && bid == 0 && !plain;
         // (MwAhead float4 of the input and gamma loaded before any is stored, as mw_stage)
         constexpr int A = MwAhead<TY>::value;
         for (int i0 = 4 * threadIdx.x; i0 < K; i0 += 4 * MM_THREADS * A) {
@@ -1464,12 +1474,50 @@ __device__ __forceinline__ void mw_prefetch(const u8* W, i64 row_bytes, i64 expe
         pdl_prefetch(W + (i64)we * expert_bytes + (i64)n0 * row_bytes, (i64)rows * row_bytes);
 }
 
-// matmulwn's rows of this block (every row group it takes, mwn_blocks), as mw_prefetch.
-__device__ __forceinline__ void mwn_prefetch(const MwnParts& parts, bool pair = false) {
-    int groups = parts.groups(), P = mwn_blocks(groups, pair);
-    for (int b = blockIdx.x; b < groups && (int)blockIdx.x < P; b += P) {
+// matmulwn's rows of this block (every row group it takes, mwn_blocks), as mw_prefetch; bid
+// and nblk as matvec_norm_body's.
+__device__ __forceinline__ void mwn_prefetch(const MwnParts& parts, bool pair, int bid,
+                                             int nblk) {
+    int groups = parts.groups(), P = mwn_blocks(groups, pair, nblk);
+    for (int b = bid; b < groups && bid < P; b += P) {
         MwnPart part = parts.at(b);
         mw_prefetch(part.W, part.row_bytes, 0, part.N, -1, -1, part.nb);
+    }
+}
+
+// matmulwn_mix_<type>: one norm-folding launch for the projections of one input that come in
+// two staged block types (a Q4_K_M model's q/k in Q4_K with its v in Q6_K in half the layers):
+// blocks 0 .. na - 1 take the first part's rows (this module's type, up to three matrices,
+// XN written by its block 0), the others the second part's (the other staged type,
+// MwnOther), each part as its own matmulwn launch of that many blocks would take them, each
+// block normalizing the input itself: one launch, where the second used to wait for the first
+// only to read the norm it wrote (H200, 30B-A3B shape: v_proj's launch added 4.2 us to the
+// step in each of 24 layers). Every output is matmulwn's, bit for bit.
+template <int TY> struct MwnOther {
+    static constexpr int value = TY == T_Q4_K ? T_Q6_K : T_Q4_K;
+};
+__device__ __forceinline__ void mwn_mix_prefetch(const MwnParts& a, const MwnParts& b, int na) {
+    int bid = blockIdx.x;
+    if (bid < na)
+        mwn_prefetch(a, true, bid, na);
+    else
+        mwn_prefetch(b, false, bid - na, gridDim.x - na);
+}
+template <int TY>
+__device__ __forceinline__ void matvec_norm_mix(MwnParts a, MwnParts b, int na,
+                                                const float* __restrict__ X,
+                                                const float* __restrict__ G, float eps,
+                                                float* __restrict__ XN, int K) {
+    if constexpr (MwStaged<TY>::value) {
+        __shared__ __align__(16) MwnShared sh;
+        int bid = blockIdx.x;
+        if (bid < na)
+            matvec_norm_body<TY, 0, true>(a, X, G, eps, XN, K, sh, bid, na);
+        else
+            matvec_norm_body<MwnOther<TY>::value>(b, X, G, eps, nullptr, K, sh, bid - na,
+                                                  gridDim.x - na);
+    } else {
+        __trap();  // the host mixes the staged types only
     }
 }
 
@@ -1520,11 +1568,28 @@ __device__ __forceinline__ void mwn_prefetch(const MwnParts& parts, bool pair = 
                         int N0, int N1, int N2, const float* X, const float* G, float eps,      \
                         float* XN, float* Y0, float* Y1, float* Y2, int K) {                    \
         mwn_prefetch(MwnParts{W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2},               \
-                     MwStaged<TY>::value);                                                      \
+                     MwStaged<TY>::value, blockIdx.x, gridDim.x);                               \
         spread_prefetch(G, 4LL * K);                                                            \
         pdl_wait();                                                                             \
+        __shared__ __align__(16) MwnShared sh;                                                  \
         matvec_norm_body<TY, 0, MwStaged<TY>::value>(                                           \
-            MwnParts{W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2}, X, G, eps, XN, K);     \
+            MwnParts{W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2}, X, G, eps, XN, K, sh,  \
+            blockIdx.x, gridDim.x);                                                             \
+    }                                                                                           \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS, MWN_MIN_BLOCKS)                     \
+        matmulwn_mix_##NAME(const u8* W0, const u8* W1, const u8* W2, i64 rb0, i64 rb1,         \
+                            i64 rb2, int N0, int N1, int N2, float* Y0, float* Y1, float* Y2,  \
+                            const u8* V0, const u8* V1, const u8* V2, i64 rv0, i64 rv1,         \
+                            i64 rv2, int M0, int M1, int M2, float* Z0, float* Z1, float* Z2,  \
+                            int na, const float* X, const float* G, float eps, float* XN,      \
+                            int K) {                                                            \
+        mwn_mix_prefetch(MwnParts{W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2},           \
+                         MwnParts{V0, V1, V2, rv0, rv1, rv2, M0, M1, M2, Z0, Z1, Z2}, na);      \
+        spread_prefetch(G, 4LL * K);                                                            \
+        pdl_wait();                                                                             \
+        matvec_norm_mix<TY>(MwnParts{W0, W1, W2, rb0, rb1, rb2, N0, N1, N2, Y0, Y1, Y2},        \
+                            MwnParts{V0, V1, V2, rv0, rv1, rv2, M0, M1, M2, Z0, Z1, Z2}, na, X, \
+                            G, eps, XN, K);                                                     \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(MM_THREADS, 1)                                 \
         matmulwn_route_##NAME(const u8* W, i64 rb, int N, const float* X, const float* G,       \
@@ -1532,11 +1597,13 @@ __device__ __forceinline__ void mwn_prefetch(const MwnParts& parts, bool pair = 
                               float* wts, int E, int k, int renorm, int* counts, int* offsets,  \
                               int* slot_token, int* slot_of, int* slot_expert,                 \
                               unsigned* done) {                                                 \
-        mwn_prefetch(MwnParts{W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0});                            \
+        mwn_prefetch(MwnParts{W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0}, false, blockIdx.x,          \
+                     gridDim.x);                                                                \
         spread_prefetch(G, 4LL * K);                                                            \
         pdl_wait();                                                                             \
+        __shared__ __align__(16) MwnShared sh;                                                  \
         matvec_norm_body<TY, MW_XMAX / 128>(MwnParts{W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0}, X, G, \
-                                            eps, XN, K);                                        \
+                                            eps, XN, K, sh, blockIdx.x, gridDim.x);             \
         if (last_block_of_launch(done))                                                         \
             route1_body(Y, probs, ids, wts, E, k, renorm, counts, offsets, slot_token, slot_of, \
                         slot_expert);                                                           \
