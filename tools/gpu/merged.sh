@@ -14,7 +14,8 @@
 # the first bench and the CPU comparison under setup.sh's variant NAME (e.g. new: the working
 # tree's kernel sources); VARIANTS="a b ...": the 30B-A3B bench under each, $ROUNDS times
 # alternating (default 1). TIMELINE="v ...": where the step's time goes (tools/gpu/timeline.py)
-# under each variant v (basebuild: .gpu/base/falsifier).
+# under each variant v (basebuild: .gpu/base/falsifier). BASE_ROUNDS=n: the base build and this
+# one alternating n times.
 set -u
 . tools/gpu/setup.sh
 F=.gpu/falsifier; E=/tmp/merged; rm -rf $E; mkdir -p $E
@@ -49,9 +50,14 @@ if [ -f $M ]; then
   done
   snap
   # the base build (.gpu/base/falsifier, when sent) on the same model, then this one again
+  # (BASE_ROUNDS=n: base, this build, n times alternating)
   if [ -x .gpu/base/falsifier ]; then
-    .gpu/base/falsifier $B $M > $E/a3b-bench-base.txt 2>&1; echo "a3b base $(cat .gpu/base/COMMIT 2>/dev/null): $(per $E/a3b-bench-base.txt)"
-    [ "${LEAN:-0}" = 1 ] || { $F $B $M > $E/a3b-bench-2.txt 2>&1; echo "a3b merged again: $(per $E/a3b-bench-2.txt)"; }
+    for r in $(seq ${BASE_ROUNDS:-1}); do
+      .gpu/base/falsifier $B $M > $E/a3b-bench-base-$r.txt 2>&1; echo "a3b base $(cat .gpu/base/COMMIT 2>/dev/null) $r: $(per $E/a3b-bench-base-$r.txt)"
+      if [ "${LEAN:-0}" != 1 ] || [ "${BASE_ROUNDS:-1}" -gt 1 ]; then
+        $F $B $M > $E/a3b-bench-again-$r.txt 2>&1; echo "a3b merged again $r: $(per $E/a3b-bench-again-$r.txt)"
+      fi
+    done
   fi
   # launches that stride (matmulwn) with a block per row group instead, then this build again
   if [ "${WAVE_AB:-0}" = 1 ]; then
