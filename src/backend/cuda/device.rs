@@ -443,6 +443,24 @@ impl Device {
         }
     }
 
+    /// The threads a block of `kernel` may have: its launch bounds (or what its registers
+    /// allow, if less). Kernels whose block size is theirs to choose (`gate_up_*`,
+    /// `down_combine_*`: a warp or two per output, from `blockDim`) are launched with this many.
+    pub fn block_threads(&self, kernel: &str, stage: &str) -> Result<u32> {
+        let f = self.function(kernel, stage)?;
+        let n = f
+            .get_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
+            )
+            .map_err(|e| Error::internal(format!("block size of CUDA kernel {kernel}: {e:?}")))?;
+        // (whole warps, at least one)
+        u32::try_from(n)
+            .ok()
+            .map(|n| n / 32 * 32)
+            .filter(|&n| n >= 32)
+            .ok_or_else(|| Error::internal(format!("CUDA kernel {kernel} allows {n} threads")))
+    }
+
     /// Blocks of `kernel` (`threads` a block, static shared memory only) one multiprocessor
     /// holds at once, by the driver's occupancy calculator; at least 1.
     fn resident_blocks(&self, kernel: &str, stage: &str, threads: u32) -> Result<usize> {

@@ -27,7 +27,17 @@ fn typed_suffix(ty: GgmlType) -> Result<&'static str> {
 
 /// The launch of a merged one-row kernel: a warp per output, 8 a block, `slots` grid layers.
 fn merged_grid(outputs: usize, slots: usize) -> Result<LaunchConfig> {
-    let x = u32::try_from(outputs.div_ceil(8))
+    outputs_grid(outputs, 8, 256, slots)
+}
+
+/// `outputs` in blocks of `threads` threads, `per_block` outputs each, `slots` grid layers.
+fn outputs_grid(
+    outputs: usize,
+    per_block: usize,
+    threads: u32,
+    slots: usize,
+) -> Result<LaunchConfig> {
+    let x = u32::try_from(outputs.div_ceil(per_block.max(1)))
         .map_err(|_| Error::input(format!("{outputs} outputs exceed the launch grid")))?;
     let z = u32::try_from(slots)
         .ok()
@@ -35,7 +45,7 @@ fn merged_grid(outputs: usize, slots: usize) -> Result<LaunchConfig> {
         .ok_or_else(|| Error::input(format!("{slots} expert slots exceed the launch grid")))?;
     Ok(LaunchConfig {
         grid_dim: (x, 1, z),
-        block_dim: (256, 1, 1),
+        block_dim: (threads, 1, 1),
         shared_mem_bytes: 0,
     })
 }
@@ -464,10 +474,13 @@ impl Run<'_> {
             1
         };
         let (sa, sb) = swap.map_or((-1, -1), |(a, b)| (a as i64, b as i64));
+        let kernel = format!("gate_up_{}", typed_suffix(gate.ty)?);
+        // a warp per output, the block the kernel declares
+        let threads = dev.block_threads(&kernel, key)?;
         dev.launch(
-            &format!("gate_up_{}", typed_suffix(gate.ty)?),
+            &kernel,
             key,
-            merged_grid(gate.rows, slots)?,
+            outputs_grid(gate.rows, threads as usize / 32, threads, slots)?,
             &[
                 Arg::Ptr(dev.ptr(&gate.data)),
                 Arg::Ptr(dev.ptr(&up.data)),
@@ -626,11 +639,13 @@ impl Run<'_> {
         let (h, k, f) = (d.hidden, d.top_k, d.ffn);
         let ks = |s: Stage| Key::layer(l, s).to_string();
         let (sa, sb) = swap.map_or((-1, -1), |(a, b)| (a as i64, b as i64));
+        let kernel = format!("down_combine_{}", typed_suffix(down.ty)?);
+        let threads = dev.block_threads(&kernel, &ks(Stage::FfnOut))?;
         dev.launch(
-            &format!("down_combine_{}", typed_suffix(down.ty)?),
+            &kernel,
             &ks(Stage::FfnOut),
-            // two warps per output (the picks in halves)
-            merged_grid(2 * h, 1)?,
+            // two warps per output (the picks in halves), the block the kernel declares
+            outputs_grid(h, threads as usize / 64, threads, 1)?,
             &[
                 Arg::Ptr(dev.ptr(&down.data)),
                 Arg::I64(down.row_bytes as i64),

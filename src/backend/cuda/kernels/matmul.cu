@@ -862,16 +862,17 @@ __device__ __forceinline__ bool mw_stage(float* __restrict__ xs, float* __restri
     constexpr int A = MwAhead<TY>::value;
     auto put = [&](bool plain) {
         bool big = false;
-        for (int i0 = 4 * threadIdx.x; i0 < K; i0 += 4 * MM_THREADS * A) {
+        int nt = blockDim.x;  // (gate_up's blocks are larger than the others')
+        for (int i0 = 4 * threadIdx.x; i0 < K; i0 += 4 * nt * A) {
             float4 v[A];
 #pragma unroll
             for (int u = 0; u < A; ++u) {
-                int i = i0 + 4 * MM_THREADS * u;
+                int i = i0 + 4 * nt * u;
                 if (i < K) v[u] = __ldg((const float4*)(x + i));
             }
 #pragma unroll
             for (int u = 0; u < A; ++u) {
-                int i = i0 + 4 * MM_THREADS * u;
+                int i = i0 + 4 * nt * u;
                 if (i < K) big |= mw_put4<TY>(xs, xsum, i, v[u], plain);
             }
         }
@@ -1264,6 +1265,11 @@ __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __
     }
 }
 
+// gate_up's block: a warp per output (a gate and an up row), blockDim.x / 32 outputs a block;
+// its launch bounds set it (the host sizes the grid by the threads a block may have). Larger
+// blocks stage the input once for more rows.
+#define GU_THREADS 512
+#define GU_MIN_BLOCKS 2
 template <int TY>
 __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8* __restrict__ Wu,
                                              i64 row_bytes, i64 expert_bytes,
@@ -1276,7 +1282,7 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
         int z = blockIdx.z;
         int e = slot_expert ? slot_expert[z] : 0;
         int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
-        int n = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+        int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
         bool active = n < N;
         i64 at = (i64)we * expert_bytes + (i64)(active ? n : 0) * row_bytes;
         int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
@@ -1306,8 +1312,9 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
 }
 
 // down_combine_<type>: the down projections of a one-token step's k expert picks, their
-// weighted combine and the residual add in one launch. Two warps per output n (4 outputs a
-// block): warp half 0 takes picks 0 .. kh - 1, half 1 picks kh .. k - 1 (kh = ceil(k / 2)), so
+// weighted combine and the residual add in one launch. Two warps per output n (8 outputs a
+// block of DC_THREADS: the k staged activation rows serve 8 outputs; H200, 30B-A3B shape: 4 a
+// block of 256 staged 12.6 MB from L2 a step, against 6.3 now): warp half 0 takes picks 0 .. kh - 1, half 1 picks kh .. k - 1 (kh = ceil(k / 2)), so
 // that a pick's weights wait on memory once: for each pick r (expert ids[r], swapped under the
 // planted expert_swap), d_r = act[slot_of[r]] . W_e[n] (matmulw's staged dot, the same bits);
 // then out[n] = sum over r of w[r] d_r in f64 in rank order, rounded once (moe_combine), and
@@ -1318,6 +1325,10 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
 // waits on memory more than once (the loop over the picks' rows, each reading slot_of and
 // then the row, was a chain of 2k round trips).
 #define DC_XMAX 8192
+// (its launch bounds: the host sizes the grid by the threads a block may have, so that these
+// two lines alone set the block)
+#define DC_THREADS 512
+#define DC_MIN_BLOCKS 2
 // Staging by warps: warp w stages rows w, w + 8, ..., each lane's DC_LANE_LOADS float4 of a row
 // (rows of up to 1024 values) loaded before any is stored.
 #define DC_LANE_LOADS (1024 / 128)
@@ -1328,10 +1339,10 @@ __device__ __forceinline__ void down_combine_body(
     const float* __restrict__ wts, int k, int swap_a, int swap_b, const float* __restrict__ res,
     float* __restrict__ out, float* __restrict__ lout) {
     if constexpr (MwStaged<TY>::value) {
-        constexpr int rows = MM_THREADS / 64;
+        int rows = blockDim.x >> 6;  // (at most DC_THREADS / 64)
         __shared__ __align__(16) float xs[DC_XMAX];
         __shared__ float xsum[DC_XMAX / 16];
-        __shared__ float dsh[rows][32];
+        __shared__ float dsh[DC_THREADS / 64][32];
         __shared__ float wsh[32];
         constexpr int sh = MwShift<TY>::value;
         int kp = mw_pad(K, sh);  // a staged row's length (a multiple of 4: K % 256 == 0)
@@ -1361,7 +1372,7 @@ __device__ __forceinline__ void down_combine_body(
         // (mw_stage's rule)
         auto stage = [&](bool plain) {
             bool big = false;
-            for (int r = warp; r < k; r += MM_THREADS / 32) {
+            for (int r = warp; r < k; r += blockDim.x >> 5) {
                 const float* x = act + (i64)slot_of[r] * K;
                 float4 v[DC_LANE_LOADS];
 #pragma unroll
@@ -1462,13 +1473,15 @@ __device__ __forceinline__ void gather_body(const u8* __restrict__ W, i64 row_by
                                      offsets, in_rows, swap_a, swap_b, kspan, t0, zmap);        \
     }
 
-// Before pdl_wait(): the weight rows of one one-row matvec block (rows 8 blockIdx.x .. + 7 of
-// the matrix that expert 0 maps to, as matvec_warp maps it; rows 8 nb .. with nb given) towards L2. Only where the rows do
-// not depend on the kernel before: never an expert's (the routing picks it), and not split.
+// Before pdl_wait(): the weight rows of one one-row matvec block (a row per warp: rows
+// blockIdx.x * warps .. of the matrix that expert 0 maps to, as matvec_warp maps it; the 8 rows
+// from 8 nb with nb given) towards L2. Only where the rows do not depend on the kernel before:
+// never an expert's (the routing picks it), and not split.
 __device__ __forceinline__ void mw_prefetch(const u8* W, i64 row_bytes, i64 expert_bytes, int N,
                                             int swap_a, int swap_b, int nb = -1) {
+    int per = nb < 0 ? (int)(blockDim.x >> 5) : MM_THREADS / 32;  // a warp per row
     if (nb < 0) nb = blockIdx.x;
-    int n0 = nb * (MM_THREADS / 32), rows = min(MM_THREADS / 32, N - n0);
+    int n0 = nb * per, rows = min(per, N - n0);
     int we = 0 == swap_a ? swap_b : (0 == swap_b ? swap_a : 0);
     if (rows > 0)
         pdl_prefetch(W + (i64)we * expert_bytes + (i64)n0 * row_bytes, (i64)rows * row_bytes);
@@ -1608,7 +1621,7 @@ __device__ __forceinline__ void matvec_norm_mix(MwnParts a, MwnParts b, int na,
             route1_body(Y, probs, ids, wts, E, k, renorm, counts, offsets, slot_token, slot_of, \
                         slot_expert);                                                           \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
+    extern "C" __global__ void __launch_bounds__(GU_THREADS, GU_MIN_BLOCKS)                  \
         gate_up_##NAME(const u8* Wg, const u8* Wu, i64 row_bytes, i64 expert_bytes,             \
                        const float* X, float* G, float* U, float* A, int N, int K,              \
                        const int* slot_expert, int swap_a, int swap_b) {                        \
@@ -1620,7 +1633,7 @@ __device__ __forceinline__ void matvec_norm_mix(MwnParts a, MwnParts b, int na,
         gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slot_expert,        \
                          swap_a, swap_b);                                                       \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
+    extern "C" __global__ void __launch_bounds__(DC_THREADS, DC_MIN_BLOCKS)                  \
         down_combine_##NAME(const u8* W, i64 row_bytes, i64 expert_bytes, const float* act,     \
                             int N, int K, const int* ids, const int* slot_of, const float* wts, \
                             int k, int swap_a, int swap_b, const float* res, float* out,        \
