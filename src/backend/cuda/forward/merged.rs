@@ -439,13 +439,10 @@ impl Run<'_> {
         z: &CudaSlice<f32>,
     ) -> Result<()> {
         let dev = self.dev;
-        let kernel = format!("matmulwr_{}", typed_suffix(w.ty)?);
-        // a warp per output, the block the kernel declares
-        let threads = dev.block_threads(&kernel, key)?;
         dev.launch(
-            &kernel,
+            &format!("matmulwr_{}", typed_suffix(w.ty)?),
             key,
-            outputs_grid(w.rows, threads as usize / 32, threads, 1)?,
+            merged_grid(w.rows, 1)?,
             &[
                 Arg::Ptr(dev.ptr(&w.data)),
                 Arg::I64(w.row_bytes as i64),

@@ -990,11 +990,6 @@ __device__ __forceinline__ void matvec_warp(const u8* __restrict__ W, i64 row_by
 //   both matrices' first weights in flight before either is multiplied.
 // Only for the staged types (Q4_K, Q6_K) with K <= MW_XMAX and aligned rows; the host checks
 // (merged_matvec_ok) and launches the separate kernels otherwise.
-// matmulwr's block: a warp per output, blockDim.x / 32 outputs a block, as its launch bounds
-// say (the host sizes the grid by them): blocks of 512 stage the input (an attention context of
-// 4096 values for the 30B-A3B shape) once for 16 rows.
-#define MWR_THREADS 512
-#define MWR_MIN_BLOCKS 2
 template <int TY>
 __device__ __forceinline__ void matvec_res_body(const u8* __restrict__ W, i64 row_bytes,
                                                 const float* __restrict__ X,
@@ -1003,7 +998,7 @@ __device__ __forceinline__ void matvec_res_body(const u8* __restrict__ W, i64 ro
                                                 float* __restrict__ Z) {
     if constexpr (MwStaged<TY>::value) {
         __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
-        int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+        int n = blockIdx.x * (MM_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
         bool active = n < N;
         const u8* row = W + (i64)(active ? n : 0) * row_bytes;
         int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
@@ -1273,7 +1268,8 @@ __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __
 // gate_up's block: a warp per output (a gate and an up row), blockDim.x / 32 outputs a block;
 // its launch bounds set it (the host sizes the grid by the threads a block may have). (H200,
 // 30B-A3B shape: blocks of 512, staging the input once for 16 rows, added 11.96 us a layer to
-// the step against 11.69 for 256.)
+// the step against 11.69-11.80 for 256, and the step was no faster; matmulwr in blocks of 512
+// added 5.87 us against 5.08.)
 #define GU_THREADS 256
 #define GU_MIN_BLOCKS 4
 template <int TY>
@@ -1575,7 +1571,7 @@ __device__ __forceinline__ void matvec_norm_mix(MwnParts a, MwnParts b, int na,
         pdl_wait();                                                                             \
         matvec_warp_stream<TY>(W, row_bytes, X, Y, N, K);                                       \
     }                                                                                           \
-    extern "C" __global__ void __launch_bounds__(MWR_THREADS, MWR_MIN_BLOCKS)                \
+    extern "C" __global__ void __launch_bounds__(MM_THREADS, MV_MIN_BLOCKS)                  \
         matmulwr_##NAME(const u8* W, i64 row_bytes, const float* X, float* Y, int N, int K,     \
                         const float* R, float* Z) {                                             \
         mw_prefetch(W, row_bytes, 0, N, -1, -1);                                                \
