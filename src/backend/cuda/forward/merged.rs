@@ -641,6 +641,11 @@ impl Run<'_> {
         let (sa, sb) = swap.map_or((-1, -1), |(a, b)| (a as i64, b as i64));
         let kernel = format!("down_combine_{}", typed_suffix(down.ty)?);
         let threads = dev.block_threads(&kernel, &ks(Stage::FfnOut))?;
+        if threads < 64 {
+            return Err(Error::internal(format!(
+                "{kernel} allows {threads} threads a block: it needs two warps an output"
+            )));
+        }
         dev.launch(
             &kernel,
             &ks(Stage::FfnOut),
@@ -665,5 +670,21 @@ impl Run<'_> {
             ],
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outputs_grid;
+
+    #[test]
+    fn output_grids_cover_every_output_once() {
+        // down + combine of the 30B-A3B shape: 2048 outputs, 8 a block of 512
+        let c = outputs_grid(2048, 8, 512, 1).unwrap();
+        assert_eq!((c.grid_dim, c.block_dim), ((256, 1, 1), (512, 1, 1)));
+        // a partial last block, and expert slots as grid layers
+        let c = outputs_grid(769, 8, 256, 8).unwrap();
+        assert_eq!(c.grid_dim, (97, 1, 8));
+        assert!(outputs_grid(8, 8, 256, 65536).is_err());
     }
 }
