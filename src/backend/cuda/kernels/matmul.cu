@@ -853,8 +853,8 @@ template <int TY> struct MwStaged {
 
 // The input row x [K] into xs (padded, scaled for Q4_K) and, for Q4_K, its run sums into xsum
 // (mw_put4), by the whole block; barriers on both sides. Returns `plain`: whether the block
-// staged it unscaled (an input out of the scaled range).
-template <int TY>
+// staged it unscaled (an input out of the scaled range). NT: the block's threads.
+template <int TY, int NT = MM_THREADS>
 __device__ __forceinline__ bool mw_stage(float* __restrict__ xs, float* __restrict__ xsum,
                                          const float* __restrict__ x, int K) {
     // MwAhead float4 a thread loaded before any is stored: the run sums' shuffles would
@@ -862,17 +862,16 @@ __device__ __forceinline__ bool mw_stage(float* __restrict__ xs, float* __restri
     constexpr int A = MwAhead<TY>::value;
     auto put = [&](bool plain) {
         bool big = false;
-        int nt = blockDim.x;  // (gate_up's blocks are larger than the others')
-        for (int i0 = 4 * threadIdx.x; i0 < K; i0 += 4 * nt * A) {
+        for (int i0 = 4 * threadIdx.x; i0 < K; i0 += 4 * NT * A) {
             float4 v[A];
 #pragma unroll
             for (int u = 0; u < A; ++u) {
-                int i = i0 + 4 * nt * u;
+                int i = i0 + 4 * NT * u;
                 if (i < K) v[u] = __ldg((const float4*)(x + i));
             }
 #pragma unroll
             for (int u = 0; u < A; ++u) {
-                int i = i0 + 4 * nt * u;
+                int i = i0 + 4 * NT * u;
                 if (i < K) big |= mw_put4<TY>(xs, xsum, i, v[u], plain);
             }
         }
@@ -1265,8 +1264,9 @@ __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __
     }
 }
 
-// gate_up's block: a warp per output (a gate and an up row), blockDim.x / 32 outputs a block;
-// its launch bounds set it (the host sizes the grid by the threads a block may have). (H200,
+// gate_up's block: a warp per output (a gate and an up row), GU_THREADS / 32 outputs a block;
+// its launch bounds say so to the host, which sizes the grid by them. (Compile-time, not
+// blockDim: a run-time stride cost gate_up a spill.) (H200,
 // 30B-A3B shape: blocks of 512, staging the input once for 16 rows, added 11.96 us a layer to
 // the step against 11.69-11.80 for 256, and the step was no faster; matmulwr in blocks of 512
 // added 5.87 us against 5.08.)
@@ -1284,7 +1284,7 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
         int z = blockIdx.z;
         int e = slot_expert ? slot_expert[z] : 0;
         int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
-        int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+        int n = blockIdx.x * (GU_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
         bool active = n < N;
         i64 at = (i64)we * expert_bytes + (i64)(active ? n : 0) * row_bytes;
         int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
@@ -1298,7 +1298,7 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
             wu[1].load(Wu + at, gi + 4, p);
         }
         __shared__ float xsum[MW_SUMS_MAX];
-        bool plain = mw_stage<TY>(xs, xsum, X, K);
+        bool plain = mw_stage<TY, GU_THREADS>(xs, xsum, X, K);
         float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg, plain));
         float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu, plain));
         if (active && lane == 0) {
@@ -1314,18 +1314,19 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
 }
 
 // down_combine_<type>: the down projections of a one-token step's k expert picks, their
-// weighted combine and the residual add in one launch. Two warps per output n (8 outputs a
-// block of DC_THREADS: the k staged activation rows serve 8 outputs; H200, 30B-A3B shape: 4 a
-// block of 256 staged 12.6 MB from L2 a step, against 6.3 now): warp half 0 takes picks 0 .. kh - 1, half 1 picks kh .. k - 1 (kh = ceil(k / 2)), so
-// that a pick's weights wait on memory once: for each pick r (expert ids[r], swapped under the
-// planted expert_swap), d_r = act[slot_of[r]] . W_e[n] (matmulw's staged dot, the same bits);
-// then out[n] = sum over r of w[r] d_r in f64 in rank order, rounded once (moe_combine), and
-// lout[n] = res[n] + out[n] (the layer_out add). All k activation rows are staged at once
-// (k * padded K <= DC_XMAX); rows of up to 1024 values (one piece per lane). The picks'
-// weights are requested towards L2 first and loaded after the staging, four picks' at once;
-// the staging loads a row's values before it stores any (a row per warp), so that no step
-// waits on memory more than once (the loop over the picks' rows, each reading slot_of and
-// then the row, was a chain of 2k round trips).
+// weighted combine and the residual add in one launch. Two warps per output n, 8 outputs a
+// block of DC_THREADS, so that the k staged activation rows serve 8 outputs (H200, 30B-A3B
+// shape: 4 outputs a block of 256 staged 12.6 MB from L2 a step against 6.3, and the launch
+// added 10.51 us a layer against 9.59 for Q4_K): warp half 0 takes picks 0 .. kh - 1, half 1
+// picks kh .. k - 1 (kh = ceil(k / 2)), so that a pick's weights wait on memory once: for each
+// pick r (expert ids[r], swapped under the planted expert_swap), d_r = act[slot_of[r]] . W_e[n]
+// (matmulw's staged dot, the same bits); then out[n] = sum over r of w[r] d_r in f64 in rank
+// order, rounded once (moe_combine), and lout[n] = res[n] + out[n] (the layer_out add). All k
+// activation rows are staged at once (k * padded K <= DC_XMAX); rows of up to 1024 values (one
+// piece per lane). The picks' weights are requested towards L2 first and loaded after the
+// staging, four picks' at once; the staging loads a row's values before it stores any (a row per
+// warp), so that no step waits on memory more than once (the loop over the picks' rows, each
+// reading slot_of and then the row, was a chain of 2k round trips).
 #define DC_XMAX 8192
 // (its launch bounds: the host sizes the grid by the threads a block may have, so that these
 // two lines alone set the block)
