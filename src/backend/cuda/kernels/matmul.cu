@@ -1284,6 +1284,7 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
         int z = blockIdx.z;
         int e = slot_expert ? slot_expert[z] : 0;
         int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+        if (blockDim.x != GU_THREADS) __trap();  // (the host launches what the bounds say)
         int n = blockIdx.x * (GU_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
         bool active = n < N;
         i64 at = (i64)we * expert_bytes + (i64)(active ? n : 0) * row_bytes;
