@@ -254,6 +254,8 @@ pub struct Device {
     grid_cap: Mutex<Option<usize>>,
     /// Blocks of a kernel resident on one multiprocessor (the driver's occupancy), by kernel.
     resident: Mutex<HashMap<String, usize>>,
+    /// The most threads a block of a kernel may have ([`Device::block_threads`]), by kernel.
+    block_sizes: Mutex<HashMap<String, u32>>,
     /// Where each launch's time goes under overlap (`FALSIFIER_CUDA_TIMELINE=<file>`; a
     /// developer's instrument, [`super::timeline`]).
     timeline: Option<Mutex<Timeline>>,
@@ -378,6 +380,7 @@ impl Device {
                     .then_some(usize::MAX),
             ),
             resident: Mutex::new(HashMap::new()),
+            block_sizes: Mutex::new(HashMap::new()),
             timeline: timeline.map(Mutex::new),
         })
     }
@@ -447,6 +450,15 @@ impl Device {
     /// allow, if less). Kernels whose block size is theirs to choose (`gate_up_*`,
     /// `down_combine_*`: a warp or two per output, from `blockDim`) are launched with this many.
     pub fn block_threads(&self, kernel: &str, stage: &str) -> Result<u32> {
+        // (asked once a kernel: each step's launches ask again)
+        if let Some(n) = self
+            .block_sizes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(kernel).copied())
+        {
+            return Ok(n);
+        }
         let f = self.function(kernel, stage)?;
         let n = f
             .get_attribute(
@@ -454,11 +466,15 @@ impl Device {
             )
             .map_err(|e| Error::internal(format!("block size of CUDA kernel {kernel}: {e:?}")))?;
         // (whole warps, at least one)
-        u32::try_from(n)
+        let n = u32::try_from(n)
             .ok()
             .map(|n| n / 32 * 32)
             .filter(|&n| n >= 32)
-            .ok_or_else(|| Error::internal(format!("CUDA kernel {kernel} allows {n} threads")))
+            .ok_or_else(|| Error::internal(format!("CUDA kernel {kernel} allows {n} threads")))?;
+        if let Ok(mut m) = self.block_sizes.lock() {
+            m.insert(kernel.to_string(), n);
+        }
+        Ok(n)
     }
 
     /// Blocks of `kernel` (`threads` a block, static shared memory only) one multiprocessor
