@@ -447,8 +447,8 @@ impl Device {
     }
 
     /// The threads a block of `kernel` may have: its launch bounds (or what its registers
-    /// allow, if less). Kernels whose block size is theirs to choose (`gate_up_*`,
-    /// `down_combine_*`: a warp or two per output, from `blockDim`) are launched with this many.
+    /// allow, if less). Kernels whose block size is theirs to choose (`gate_up_*`: a warp per
+    /// output, `down_combine_*`: two) are launched with this many.
     pub fn block_threads(&self, kernel: &str, stage: &str) -> Result<u32> {
         // (asked once a kernel: each step's launches ask again)
         if let Some(n) = self

@@ -386,20 +386,21 @@ impl Run<'_> {
             )));
         }
         let kernel = format!("matmulwn_mix_{}", typed_suffix(ta)?);
-        // each part's blocks: what its own launch takes (one wave of the card, a block taking
-        // two row groups when the groups outnumber it), so each block does the same work
-        let blocks = |mats: &[(&DeviceMatrix, &CudaSlice<f32>)]| -> Result<u32> {
+        // each part's blocks: at most one wave of the card; the first part's blocks take two
+        // row groups at once when the groups outnumber the wave (its own launch's pairs,
+        // mwn_blocks), the second's stride over theirs one at a time
+        let blocks = |mats: &[(&DeviceMatrix, &CudaSlice<f32>)], pair: bool| -> Result<u32> {
             let groups = row_groups(mats);
             let wave = dev.wave_blocks(&kernel, key, groups, 256)? as usize;
-            let taken = if groups > wave {
+            let taken = if pair && groups > wave {
                 wave.min(groups.div_ceil(2))
             } else {
-                groups
+                wave
             };
             u32::try_from(taken)
                 .map_err(|_| Error::input(format!("{groups} row groups exceed the launch grid")))
         };
-        let (na, nb) = (blocks(first)?, blocks(second)?);
+        let (na, nb) = (blocks(first, true)?, blocks(second, false)?);
         let mut args = Vec::with_capacity(30);
         push_part(dev, &mut args, first)?;
         push_part(dev, &mut args, second)?;

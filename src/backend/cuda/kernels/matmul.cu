@@ -1506,8 +1506,9 @@ __device__ __forceinline__ void mwn_prefetch(const MwnParts& parts, bool pair, i
 // two staged block types (a Q4_K_M model's q/k in Q4_K with its v in Q6_K in half the layers):
 // blocks 0 .. na - 1 take the first part's rows (this module's type, up to three matrices,
 // XN written by its block 0), the others the second part's (the other staged type,
-// MwnOther), each part as its own matmulwn launch of that many blocks would take them, each
-// block normalizing the input itself: one launch, where the second used to wait for the first
+// MwnOther), the first part as its own matmulwn launch of that many blocks would take them
+// (pairs of row groups included), the second's blocks striding over its groups one at a time
+// (fewer registers), each block normalizing the input itself: one launch, where the second used to wait for the first
 // only to read the norm it wrote (H200, 30B-A3B shape: v_proj's launch added 4.2 us to the
 // step in each of 24 layers). Every output is matmulwn's, bit for bit.
 template <int TY> struct MwnOther {
