@@ -27,7 +27,7 @@ tv() { if [ -n "${TEST_VARIANT:-}" ]; then variant $TEST_VARIANT "$@"; else "$@"
 P32=151644,872,198,7985,264,3974,3378,304,13027,151645,9,17,300,12,77,1024,5,31,8191,64,3,999,22,511,7,2000,41,6,1500,88,13,700
 ( /usr/bin/time -f "gen %e s" $F gen-model --preset qwen3-30b-a3b --quant q4_k_m --layers $LAYERS --seed 1 --out $M > $E/gen.txt 2>&1 ) &
 GEN=$!
-tv gpu_tests merged_launches_equal_separate_ones wide_matmuls_cover_every_tile_position grouped_matmul_kernels_match_host cuda_schedules_match_cpu_full_forward traced_equals_untraced_and_runs_repeat_bitwise cuda_matches_cpu_reference_clean_and_faulted planted_faults_first_diverge_at_their_stage
+tv gpu_tests merged_launches_equal_separate_ones router_cluster_handoff_equals_last_block_one wide_matmuls_cover_every_tile_position grouped_matmul_kernels_match_host cuda_schedules_match_cpu_full_forward traced_equals_untraced_and_runs_repeat_bitwise cuda_matches_cpu_reference_clean_and_faulted planted_faults_first_diverge_at_their_stage
 snap
 gen_tiny_moe
 # LEAN=1: the checks while the model generates (no tiny benches then: the generation holds the

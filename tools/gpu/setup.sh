@@ -18,12 +18,13 @@ gpu_tests() {
   done
 }
 
-# The tiny Q4_K_M MoE (the merged kernels' block types) the sanitizer runs use, at $TM, and
+# The tiny Q4_K_M MoE (the merged kernels' block types; 16 experts, so that the router's two
+# blocks run as a cluster on sm_90) the sanitizer runs use, at $TM, and
 # the 11 tokens they trace (--chunk 3 --decode 4: 7 prefilled in chunks of 3, then 4 steps).
 TM=/tmp/tiny-moe-q4km.gguf
 TOK=81,119,101,110,51,77,111,69,5,9,12
 gen_tiny_moe() {
-  $F gen-model --preset tiny-moe --quant q4_k_m --seed 3 --hidden 256 --heads 4 --kv-heads 2 --head-dim 64 --expert-ffn 256 --vocab 512 --layers 3 --out $TM > $E/gen-tiny.txt 2>&1 || echo "tiny q4_k_m gen failed: $(tail -2 $E/gen-tiny.txt)"
+  $F gen-model --preset tiny-moe --quant q4_k_m --seed 3 --hidden 256 --heads 4 --kv-heads 2 --head-dim 64 --expert-ffn 256 --experts 16 --top-k 4 --vocab 512 --layers 3 --out $TM > $E/gen-tiny.txt 2>&1 || echo "tiny q4_k_m gen failed: $(tail -2 $E/gen-tiny.txt)"
 }
 
 # A bench log's per-token line: untraced and traced decode times.

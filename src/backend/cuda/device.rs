@@ -247,6 +247,14 @@ pub struct Device {
     /// `pdl_wait()` (common.cuh) for that one's results. The same work in the same order: only
     /// the gaps between kernels change.
     pdl: bool,
+    /// Whether a launch whose blocks hand over through shared memory may run them as one
+    /// thread-block cluster ([`Device::whole_grid_cluster`]; compute capability 9.0 and later,
+    /// `FALSIFIER_CUDA_CLUSTER=0` turns it off, [`Device::set_clusters`]): the kernels compute
+    /// the same either way, only the handoff's path changes.
+    clusters: std::sync::atomic::AtomicBool,
+    /// The cluster size a launch of a kernel over a number of blocks gets (1: none), by kernel
+    /// and blocks.
+    cluster_sizes: Mutex<HashMap<(String, u32), u32>>,
     /// The most blocks a striding launch ([`Device::wave_blocks`]) gets: `None`, what the card
     /// holds at once; `usize::MAX` with `FALSIFIER_CUDA_WAVE=0` (a block per row group, as
     /// before the kernels strode); or a test's small number, which makes each block take many
@@ -259,6 +267,19 @@ pub struct Device {
     /// Where each launch's time goes under overlap (`FALSIFIER_CUDA_TIMELINE=<file>`; a
     /// developer's instrument, [`super::timeline`]).
     timeline: Option<Mutex<Timeline>>,
+}
+
+/// The launch attribute that groups a grid's blocks along x into clusters of `blocks`.
+fn cluster_attribute(blocks: u32) -> cudarc::driver::sys::CUlaunchAttribute {
+    use cudarc::driver::sys;
+    // SAFETY: a zeroed launch attribute is a valid value of the C union; the field set is the
+    // one the attribute id names.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr.value.clusterDim.x = blocks;
+    attr.value.clusterDim.y = 1;
+    attr.value.clusterDim.z = 1;
+    attr
 }
 
 /// One timed launch or copy: two events around it on the stream.
@@ -374,6 +395,11 @@ impl Device {
             ),
             pdl: major >= 9
                 && std::env::var("FALSIFIER_CUDA_PDL").map_or(true, |v| v.trim() != "0"),
+            clusters: std::sync::atomic::AtomicBool::new(
+                major >= 9
+                    && std::env::var("FALSIFIER_CUDA_CLUSTER").map_or(true, |v| v.trim() != "0"),
+            ),
+            cluster_sizes: Mutex::new(HashMap::new()),
             grid_cap: Mutex::new(
                 std::env::var("FALSIFIER_CUDA_WAVE")
                     .is_ok_and(|v| v.trim() == "0")
@@ -387,7 +413,24 @@ impl Device {
 
     /// Launch `kernel` for `stage` (a trace key or a phase name, for the error message).
     pub fn launch(&self, kernel: &str, stage: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        self.timed(kernel, stage, || self.launch_now(kernel, stage, cfg, args))
+        self.timed(kernel, stage, || {
+            self.launch_now(kernel, stage, cfg, 1, args)
+        })
+    }
+
+    /// [`Device::launch`] with the grid's blocks along x in thread-block clusters of `cluster`
+    /// blocks (1: none; from [`Device::whole_grid_cluster`]).
+    pub fn launch_clustered(
+        &self,
+        kernel: &str,
+        stage: &str,
+        cfg: LaunchConfig,
+        cluster: u32,
+        args: &[Arg],
+    ) -> Result<()> {
+        self.timed(kernel, stage, || {
+            self.launch_now(kernel, stage, cfg, cluster, args)
+        })
     }
 
     /// Whether work may be recorded into a CUDA graph and replayed: not while every launch is
@@ -413,6 +456,83 @@ impl Device {
     /// Whether kernels are launched with programmatic dependent launch (see the field).
     pub fn pdl(&self) -> bool {
         self.pdl
+    }
+
+    /// Whether launches may run their blocks as thread-block clusters (see the field).
+    pub fn clusters(&self) -> bool {
+        self.clusters.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Let launches use clusters from now on, or not (the GPU tests compare both).
+    pub fn set_clusters(&self, on: bool) {
+        self.clusters
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The cluster size for a launch of `kernel` over `blocks` blocks (along x, `threads` a
+    /// block, static shared memory only) that runs the whole grid as one cluster: `blocks`
+    /// when clusters are on, 2 <= `blocks` <= 16 (more than 8, the portable size, where the
+    /// card allows it for the kernel) and the driver says such a cluster fits the card; else
+    /// 1, a plain launch. Kernels that take this (`matmulwn_route_*`) compute the same either
+    /// way.
+    pub fn whole_grid_cluster(
+        &self,
+        kernel: &str,
+        stage: &str,
+        blocks: u32,
+        threads: u32,
+    ) -> Result<u32> {
+        use cudarc::driver::sys;
+        if !self.clusters() || !(2..=16).contains(&blocks) {
+            return Ok(1);
+        }
+        let key = (kernel.to_string(), blocks);
+        if let Some(n) = self
+            .cluster_sizes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).copied())
+        {
+            return Ok(n);
+        }
+        let f = self.function(kernel, stage)?;
+        // (a refusal of the non-portable size, or of the occupancy query, means no cluster)
+        let allowed = blocks <= 8
+            || f.set_attribute(
+                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                1,
+            )
+            .is_ok();
+        let mut fits: std::ffi::c_int = 0;
+        if allowed {
+            let mut attr = cluster_attribute(blocks);
+            let config = sys::CUlaunchConfig {
+                gridDimX: blocks,
+                gridDimY: 1,
+                gridDimZ: 1,
+                blockDimX: threads,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: 0,
+                hStream: self.stream.cu_stream(),
+                attrs: &mut attr,
+                numAttrs: 1,
+            };
+            self.ctx
+                .bind_to_thread()
+                .map_err(|e| Error::internal(format!("CUDA: binding the context: {e:?}")))?;
+            // SAFETY: `config` and `attr` are valid for the call; the function is loaded.
+            let r =
+                unsafe { sys::cuOccupancyMaxActiveClusters(&mut fits, f.cu_function(), &config) };
+            if r != sys::CUresult::CUDA_SUCCESS {
+                fits = 0;
+            }
+        }
+        let n = if fits >= 1 { blocks } else { 1 };
+        if let Ok(mut m) = self.cluster_sizes.lock() {
+            m.insert(key, n);
+        }
+        Ok(n)
     }
 
     /// Blocks for a launch of `kernel` (`threads` a block) whose blocks stride over `groups`
@@ -623,7 +743,14 @@ impl Device {
         )))
     }
 
-    fn launch_now(&self, kernel: &str, stage: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
+    fn launch_now(
+        &self,
+        kernel: &str,
+        stage: &str,
+        cfg: LaunchConfig,
+        cluster: u32,
+        args: &[Arg],
+    ) -> Result<()> {
         let f = self.function(kernel, stage)?;
         self.with_timeline(|t, s| t.launched(kernel, stage, cfg.grid_dim, s))?;
         let failed = |e: String| {
@@ -632,8 +759,8 @@ impl Device {
                 cfg.grid_dim, cfg.block_dim
             ))
         };
-        if self.pdl() {
-            self.launch_pdl(&f, cfg, args)
+        if self.pdl() || cluster > 1 {
+            self.launch_ex(&f, cfg, cluster, args)
                 .map_err(|e| failed(format!("{e:?}")))?;
         } else {
             let mut b = self.stream.launch_builder(&f);
@@ -659,14 +786,16 @@ impl Device {
         Ok(())
     }
 
-    /// Launch `f` with the programmatic-stream-serialization attribute (`cuLaunchKernelEx`):
-    /// it may be scheduled before the kernel ahead of it on the stream has finished; every
-    /// kernel waits for that one in `pdl_wait()` before it touches what another kernel wrote.
-    /// Recorded into a CUDA graph, the attribute becomes a programmatic edge.
-    fn launch_pdl(
+    /// Launch `f` through `cuLaunchKernelEx` with its attributes: programmatic stream
+    /// serialization when PDL is on (it may be scheduled before the kernel ahead of it on the
+    /// stream has finished; every kernel waits for that one in `pdl_wait()` before it touches
+    /// what another kernel wrote; recorded into a CUDA graph, the attribute becomes a
+    /// programmatic edge), and the cluster dimension when `cluster` > 1.
+    fn launch_ex(
         &self,
         f: &CudaFunction,
         cfg: LaunchConfig,
+        cluster: u32,
         args: &[Arg],
     ) -> std::result::Result<(), cudarc::driver::DriverError> {
         use cudarc::driver::sys;
@@ -681,11 +810,19 @@ impl Device {
                 Arg::F32(v) => v as *const f32 as *mut std::ffi::c_void,
             })
             .collect();
-        // SAFETY: a zeroed launch attribute is a valid value of the C union; the field set is
-        // the one the attribute id names.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
+        let mut attrs = Vec::with_capacity(2);
+        if self.pdl() {
+            // SAFETY: a zeroed launch attribute is a valid value of the C union; the field set
+            // is the one the attribute id names.
+            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+            attr.id =
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            attr.value.programmaticStreamSerializationAllowed = 1;
+            attrs.push(attr);
+        }
+        if cluster > 1 {
+            attrs.push(cluster_attribute(cluster));
+        }
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -695,11 +832,11 @@ impl Device {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: attrs.len() as u32,
         };
         // SAFETY: as in the plain launch (argument lists match the kernels' signatures, every
-        // pointer is a live allocation); `params` and `attr` outlive the call.
+        // pointer is a live allocation); `params` and `attrs` outlive the call.
         unsafe {
             sys::cuLaunchKernelEx(
                 &config,

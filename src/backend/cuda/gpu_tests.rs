@@ -1133,6 +1133,16 @@ fn synthetic(moe: bool, quant: crate::model::synth::SynthQuant) -> tempfile_path
 
 /// A preset widened to whole K-quant super-blocks (rows of 256), 3 layers.
 fn synthetic_of(preset: &str, quant: crate::model::synth::SynthQuant) -> tempfile_path::TempModel {
+    synthetic_with(preset, quant, "", |_| {})
+}
+
+/// [`synthetic_of`] with `edit` applied to the config last (`tag` tells the file apart).
+fn synthetic_with(
+    preset: &str,
+    quant: crate::model::synth::SynthQuant,
+    tag: &str,
+    edit: impl FnOnce(&mut crate::model::config::ModelConfig),
+) -> tempfile_path::TempModel {
     let mut c = crate::model::synth::preset(preset).unwrap();
     let moe = c.is_moe();
     c.hidden = 256;
@@ -1149,8 +1159,9 @@ fn synthetic_of(preset: &str, quant: crate::model::synth::SynthQuant) -> tempfil
         c.shared_ffn_dim = 512;
     }
     c.n_layers = 3;
+    edit(&mut c);
     let path = std::env::temp_dir().join(format!(
-        "falsifier-cuda-{preset}-{}-{}.gguf",
+        "falsifier-cuda-{preset}{tag}-{}-{}.gguf",
         quant.name(),
         std::process::id()
     ));
@@ -1622,6 +1633,107 @@ fn merged_launches_equal_separate_ones() {
         "{compared} runs: merged launches, in a wave or in 3 blocks, equal separate ones bit for bit at every stage (q/k and v in one launch of two block types: {})",
         mixed.join(", ")
     );
+}
+
+/// The router launch's blocks as one thread-block cluster (`matmulwn_route_*`: the logits go
+/// to the routing block through shared memory) against the same launch handing them over
+/// through L2 to its last block, and against the separate launches, bit for bit at every
+/// stage: Q4_K_M MoE models of 16, 64 and 128 experts (router grids of 2, 8 and 16 blocks: two
+/// portable cluster sizes and the non-portable 16), a full forward and decode steps, traced
+/// (launched one by one) and untraced (the steps replayed from a CUDA graph, logits kept).
+/// Where the card has no clusters (before compute capability 9.0, or `FALSIFIER_CUDA_CLUSTER=0`)
+/// it says so and compares the rest.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn router_cluster_handoff_equals_last_block_one() {
+    use crate::backend::Schedule;
+    use crate::model::synth::SynthQuant;
+    if skip_if_no_device(super::open_device(0)).is_none() {
+        return;
+    }
+    let mut clustered = Vec::new();
+    for (experts, used) in [(16usize, 4usize), (64, 8), (128, 8)] {
+        let model = synthetic_with(
+            "tiny-moe",
+            SynthQuant::Q4_K_M,
+            &format!("-e{experts}"),
+            |c| {
+                c.n_experts = experts;
+                c.n_experts_used = used;
+            },
+        );
+        let mut cuda = CudaBackend::open(&model.0, 0).unwrap();
+        let vocab = cuda.dims().vocab as u32;
+        let tokens: Vec<u32> = (0..32u32).map(|i| (i * 71 + 3) % vocab).collect();
+        let decode = Schedule::new(Some(8), 16);
+        // which router kernel the model takes, and whether its launch is a cluster
+        cuda.dev.set_profiling(true);
+        run_scheduled(&mut cuda, &tokens, &CapturePlan::all(), None, &[], decode);
+        let launched = cuda.dev.take_profile().unwrap();
+        cuda.dev.set_profiling(false);
+        let route = launched
+            .iter()
+            .find(|r| r.what.starts_with("matmulwn_route_"))
+            .unwrap_or_else(|| panic!("{experts} experts: no matmulwn_route_* launch"))
+            .what
+            .clone();
+        let blocks = experts.div_ceil(8) as u32;
+        let cluster = cuda
+            .dev
+            .whole_grid_cluster(&route, "test", blocks, 256)
+            .unwrap();
+        if cuda.dev.clusters() && blocks <= 8 {
+            // (a portable size: every card with clusters runs it)
+            assert_eq!(cluster, blocks, "{route} over {blocks} blocks: no cluster");
+        }
+        if cluster > 1 {
+            clustered.push(format!("{route} over {blocks} blocks"));
+        }
+        let logits = CapturePlan::parse("logits", None).unwrap();
+        for (plan, sched) in [
+            (CapturePlan::all(), Schedule::full()),
+            (CapturePlan::all(), decode),
+            (logits, decode),
+        ] {
+            let what = format!("{experts} experts under {sched}");
+            cuda.dev.set_clusters(true);
+            let with = run_scheduled(&mut cuda, &tokens, &plan, None, &[], sched);
+            cuda.dev.set_clusters(false);
+            let without = run_scheduled(&mut cuda, &tokens, &plan, None, &[], sched);
+            cuda.dev.set_merged(false);
+            let separate = run_scheduled(&mut cuda, &tokens, &plan, None, &[], sched);
+            cuda.dev.set_merged(true);
+            cuda.dev.set_clusters(true);
+            assert!(!with.tensors.is_empty(), "{what}: nothing captured");
+            for (how, run) in [
+                ("the last-block handoff", &without),
+                ("separate launches", &separate),
+            ] {
+                assert_eq!(
+                    with.tensors.keys().collect::<Vec<_>>(),
+                    run.tensors.keys().collect::<Vec<_>>(),
+                    "{what}"
+                );
+                for (key, t) in &with.tensors {
+                    assert!(
+                        bits_equal(&t.data, &run.tensors[key].data),
+                        "{what}: {key} differs between the cluster handoff and {how}"
+                    );
+                }
+            }
+        }
+    }
+    if clustered.is_empty() {
+        eprintln!(
+            "no cluster launches on this card ({}): the router's handoffs compared through L2 only",
+            super::open_device(0).map_or_else(|e| e.to_string(), |d| d.description.clone())
+        );
+    } else {
+        eprintln!(
+            "router launches as one cluster ({}) equal the last-block handoff and the separate launches bit for bit at every stage",
+            clustered.join(", ")
+        );
+    }
 }
 
 /// Prefill timings for BENCHMARKS.md: `FALSIFIER_BENCH_MODEL=path FALSIFIER_BENCH_T=32,512`

@@ -574,10 +574,17 @@ impl Run<'_> {
         let dev = self.dev;
         let ptr = |x: &CudaSlice<f32>| Arg::Ptr(dev.ptr(x));
         let iptr = |x: &CudaSlice<i32>| Arg::Ptr(dev.ptr(x));
-        dev.launch(
-            &format!("matmulwn_route_{}", typed_suffix(router.ty)?),
-            &Key::layer(l, Stage::RouterLogits).to_string(),
-            merged_grid(router.rows, 1)?,
+        let kernel = format!("matmulwn_route_{}", typed_suffix(router.ty)?);
+        let stage = Key::layer(l, Stage::RouterLogits).to_string();
+        let grid = merged_grid(router.rows, 1)?;
+        // (its blocks as one cluster where the card allows: the routing block gets the logits
+        // through shared memory instead of L2)
+        let cluster = dev.whole_grid_cluster(&kernel, &stage, grid.grid_dim.0, grid.block_dim.0)?;
+        dev.launch_clustered(
+            &kernel,
+            &stage,
+            grid,
+            cluster,
             &[
                 Arg::Ptr(dev.ptr(&router.data)),
                 Arg::I64(router.row_bytes as i64),

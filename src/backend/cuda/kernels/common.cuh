@@ -115,6 +115,60 @@ __device__ __forceinline__ void pdl_prefetch(const void* p, i64 bytes) {
 #endif
 }
 
+// Thread-block clusters (sm_90 and later; the host sets a launch's cluster dimension there
+// only, and on older cards, or a launch without it, a block is a cluster of one): the blocks
+// of a cluster run at once and may read and write each other's shared memory. Blocks along x.
+__device__ __forceinline__ unsigned cluster_blocks() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned n;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
+    return n;
+#else
+    return 1;
+#endif
+}
+__device__ __forceinline__ unsigned cluster_rank() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+#else
+    return 0;
+#endif
+}
+// The half of the cluster barrier that says "this thread got here" (relaxed: it orders no
+// memory), and the half that waits until every thread of the cluster has; each thread
+// alternates them. cluster_sync: both, with this thread's writes before it (shared memory of
+// any block of the cluster included) visible to every thread of the cluster after it.
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+// v into the float at `p` (this block's shared memory) of block `rank` of the cluster.
+__device__ __forceinline__ void cluster_store(float* p, unsigned rank, float v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    unsigned long long s;
+    unsigned remote;
+    asm volatile("cvta.to.shared.u64 %0, %1;" : "=l"(s) : "l"(p));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"((unsigned)s), "r"(rank));
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(v) : "memory");
+#else
+    if (rank == 0) *p = v;
+#endif
+}
+
 // The line holding p towards L2 (a hint: no fault, no result).
 __device__ __forceinline__ void prefetch_l2_line(const void* p) {
 #if defined(__CUDA_ARCH__)

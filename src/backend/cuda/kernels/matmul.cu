@@ -1034,6 +1034,33 @@ __device__ __forceinline__ void matvec_res_body(const u8* __restrict__ W, i64 ro
 // Its few blocks (the router's rows / 8) may take all the registers: F32 rows are loaded whole
 // before the norm (F32Ahead).
 static_assert(ROUTE1_THREADS == MM_THREADS, "the routing block is a matvec block");
+// When the host launches the router's blocks as one thread-block cluster (sm_90 and later, at
+// most 16 blocks; `Device::whole_grid_cluster`), the last block's handoff goes through shared
+// memory instead: each block's logits into block 0's (distributed shared memory), one cluster
+// barrier, and block 0 routes. The last-block handoff costs a fence, an atomic counter in L2
+// and the logits' reload from L2, three dependent round trips to L2. The same logits, the
+// same route1 arithmetic: bit for bit the same outputs.
+__device__ __forceinline__ bool route_cluster() {
+    unsigned n = cluster_blocks();
+    return n > 1 && n == gridDim.x * gridDim.y * gridDim.z;
+}
+// Called by every thread of every block of the cluster after the matvec, which put each
+// block's outputs at ys[row] of its own shared memory (the block having called
+// cluster_arrive_relaxed before it): rows 0 .. N - 1 into block 0's ys. Whether this block is
+// block 0, which then holds them all.
+__device__ __forceinline__ bool route_gather(float* ys, int N) {
+    // this block's outputs are in its ys, and every block of the cluster has started (its
+    // shared memory exists)
+    __syncthreads();
+    cluster_wait();
+    unsigned rank = cluster_rank();
+    constexpr int R = MM_THREADS / 32;
+    for (int t = threadIdx.x; t < N; t += blockDim.x)
+        if (rank != 0 && (unsigned)((t / R) % gridDim.x) == blockIdx.x)
+            cluster_store(ys + t, 0, ys[t]);
+    cluster_sync();
+    return rank == 0;
+}
 struct MwnPart {
     const u8* W;
     i64 row_bytes;
@@ -1132,12 +1159,13 @@ struct MwnShared {
     double red[MM_THREADS / 32];
 };
 // bid, nblk: this block's index among the launch's blocks that take `parts`, and their count
-// (blockIdx.x and gridDim.x but in a mixed launch, matmulwn_mix).
+// (blockIdx.x and gridDim.x but in a mixed launch, matmulwn_mix). ys (shared, may be null):
+// each output also at ys[its row] (the router launch's cluster handoff; one matrix only).
 template <int TY, int AHEAD = 0, bool PAIR = false>
 __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __restrict__ X,
                                                  const float* __restrict__ G, float eps,
                                                  float* __restrict__ XN, int K, MwnShared& sh,
-                                                 int bid, int nblk) {
+                                                 int bid, int nblk, float* ys = nullptr) {
     constexpr bool staged = MwStaged<TY>::value;
     static_assert(staged || !PAIR, "pairs of row groups are for the staged types");
     float* xs = sh.xs;
@@ -1241,7 +1269,10 @@ __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __
             __trap();  // the host launches these for the staged types and F32 only
         }
         acc = warp_sum_fixed(acc);
-        if (active && lane == 0) part.Y[n] = acc;
+        if (active && lane == 0) {
+            part.Y[n] = acc;
+            if (ys) ys[n] = acc;
+        }
         if constexpr (PAIR) {
             if (two) {
                 float acc2 = warp_sum_fixed(mw_dot_staged<TY>(row2, xs, xsum, nsb, lane, w2, plain));
@@ -1620,11 +1651,20 @@ __device__ __forceinline__ void matvec_norm_mix(MwnParts a, MwnParts b, int na,
         spread_prefetch(G, 4LL * K);                                                            \
         pdl_wait();                                                                             \
         __shared__ __align__(16) MwnShared sh;                                                  \
+        __shared__ float ys[ROUTE1_THREADS];                                                    \
+        bool cl = route_cluster();                                                              \
+        if (cl) cluster_arrive_relaxed();                                                       \
         matvec_norm_body<TY, MW_XMAX / 128>(MwnParts{W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0}, X, G, \
-                                            eps, XN, K, sh, blockIdx.x, gridDim.x);             \
-        if (last_block_of_launch(done))                                                         \
+                                            eps, XN, K, sh, blockIdx.x, gridDim.x,             \
+                                            cl ? ys : nullptr);                                 \
+        if (cl) {                                                                               \
+            if (route_gather(ys, N))                                                            \
+                route1_from(threadIdx.x < E ? ys[threadIdx.x] : -INFINITY, probs, ids, wts, E, \
+                            k, renorm, counts, offsets, slot_token, slot_of, slot_expert);      \
+        } else if (last_block_of_launch(done)) {                                                \
             route1_body(Y, probs, ids, wts, E, k, renorm, counts, offsets, slot_token, slot_of, \
                         slot_expert);                                                           \
+        }                                                                                       \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(GU_THREADS, GU_MIN_BLOCKS)                  \
         gate_up_##NAME(const u8* Wg, const u8* Wu, i64 row_bytes, i64 expert_bytes,             \

@@ -40,9 +40,10 @@ __device__ __forceinline__ bool topk_before(float a, int ia, float b, int ib) {
 //   comparing topk_key integers (the same order, without topk_before's branches).
 // - weights: the picks' f64 sum in rank order, as topk_write; grouping as moe_group.
 // E <= 256, k <= 32 (the host checks).
-// Called by all ROUTE1_THREADS threads of one block (every one meets its barriers).
+// Called by all ROUTE1_THREADS threads of one block (every one meets its barriers), thread t
+// with logit t in xv (t < E; the others -inf).
 #define ROUTE1_THREADS 256
-__device__ __forceinline__ void route1_body(const float* __restrict__ x, float* __restrict__ probs,
+__device__ __forceinline__ void route1_from(float xv, float* __restrict__ probs,
                                             int* __restrict__ ids, float* __restrict__ w, int E,
                                             int k, int renorm, int* __restrict__ counts,
                                             int* __restrict__ offsets,
@@ -57,8 +58,6 @@ __device__ __forceinline__ void route1_body(const float* __restrict__ x, float* 
     __shared__ int pick_id[32];
     int t = threadIdx.x, lane = t & 31;
     bool mine = t < E;
-    // (an L2 load: in matmulwn_route the logits are other blocks' writes)
-    float xv = mine ? __ldcg(x + t) : -INFINITY;
     // the max (fmaxf skips NaN, as softmax_rows' does: from -inf, so all NaN gives -inf too)
     float m = fmaxf(-INFINITY, xv);
 #pragma unroll
@@ -116,6 +115,20 @@ __device__ __forceinline__ void route1_body(const float* __restrict__ x, float* 
         counts[t] = hit;
         offsets[t] = below;
     }
+}
+
+// route1_from with the logits at x (an L2 load: in matmulwn_route the logits are other
+// blocks' writes).
+__device__ __forceinline__ void route1_body(const float* __restrict__ x, float* __restrict__ probs,
+                                            int* __restrict__ ids, float* __restrict__ w, int E,
+                                            int k, int renorm, int* __restrict__ counts,
+                                            int* __restrict__ offsets,
+                                            int* __restrict__ slot_token,
+                                            int* __restrict__ slot_of,
+                                            int* __restrict__ slot_expert) {
+    int t = threadIdx.x;
+    route1_from(t < E ? __ldcg(x + t) : -INFINITY, probs, ids, w, E, k, renorm, counts, offsets,
+                slot_token, slot_of, slot_expert);
 }
 
 // Whether this block is the last of its launch to get here: each block's writes before it are
