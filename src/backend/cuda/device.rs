@@ -262,8 +262,9 @@ pub struct Device {
     grid_cap: Mutex<Option<usize>>,
     /// Blocks of a kernel resident on one multiprocessor (the driver's occupancy), by kernel.
     resident: Mutex<HashMap<String, usize>>,
-    /// The most threads a block of a kernel may have ([`Device::block_threads`]), by kernel.
-    block_sizes: Mutex<HashMap<String, u32>>,
+    /// What the driver says of a kernel ([`Device::function_attribute`]: its most threads a
+    /// block, its static shared memory), by kernel and attribute.
+    attributes: Mutex<HashMap<(String, i32), i32>>,
     /// Where each launch's time goes under overlap (`FALSIFIER_CUDA_TIMELINE=<file>`; a
     /// developer's instrument, [`super::timeline`]).
     timeline: Option<Mutex<Timeline>>,
@@ -406,7 +407,7 @@ impl Device {
                     .then_some(usize::MAX),
             ),
             resident: Mutex::new(HashMap::new()),
-            block_sizes: Mutex::new(HashMap::new()),
+            attributes: Mutex::new(HashMap::new()),
             timeline: timeline.map(Mutex::new),
         })
     }
@@ -570,29 +571,56 @@ impl Device {
     /// allow, if less). Kernels whose block size is theirs to choose (`gate_up_*`: a warp per
     /// output, `down_combine_*`: two) are launched with this many.
     pub fn block_threads(&self, kernel: &str, stage: &str) -> Result<u32> {
-        // (asked once a kernel: each step's launches ask again)
-        if let Some(n) = self
-            .block_sizes
-            .lock()
-            .ok()
-            .and_then(|m| m.get(kernel).copied())
-        {
-            return Ok(n);
-        }
-        let f = self.function(kernel, stage)?;
-        let n = f
-            .get_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
-            )
-            .map_err(|e| Error::internal(format!("block size of CUDA kernel {kernel}: {e:?}")))?;
+        let n = self.function_attribute(
+            kernel,
+            stage,
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK,
+        )?;
         // (whole warps, at least one)
-        let n = u32::try_from(n)
+        u32::try_from(n)
             .ok()
             .map(|n| n / 32 * 32)
             .filter(|&n| n >= 32)
-            .ok_or_else(|| Error::internal(format!("CUDA kernel {kernel} allows {n} threads")))?;
-        if let Ok(mut m) = self.block_sizes.lock() {
-            m.insert(kernel.to_string(), n);
+            .ok_or_else(|| Error::internal(format!("CUDA kernel {kernel} allows {n} threads")))
+    }
+
+    /// The bytes of shared memory `kernel` declares statically, which its launches' dynamic
+    /// shared memory comes on top of (both within the 48 KiB a launch gets without opting in).
+    pub fn static_shared(&self, kernel: &str, stage: &str) -> Result<u32> {
+        let n = self.function_attribute(
+            kernel,
+            stage,
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES,
+        )?;
+        u32::try_from(n)
+            .map_err(|_| Error::internal(format!("CUDA kernel {kernel}: static shared memory {n}")))
+    }
+
+    /// The driver's `attribute` of `kernel`, asked once a kernel and attribute (each step's
+    /// launches ask again).
+    fn function_attribute(
+        &self,
+        kernel: &str,
+        stage: &str,
+        attribute: cudarc::driver::sys::CUfunction_attribute,
+    ) -> Result<i32> {
+        let key = (kernel.to_string(), attribute as i32);
+        if let Some(n) = self
+            .attributes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).copied())
+        {
+            return Ok(n);
+        }
+        let n = self
+            .function(kernel, stage)?
+            .get_attribute(attribute)
+            .map_err(|e| {
+                Error::internal(format!("{attribute:?} of CUDA kernel {kernel}: {e:?}"))
+            })?;
+        if let Ok(mut m) = self.attributes.lock() {
+            m.insert(key, n);
         }
         Ok(n)
     }

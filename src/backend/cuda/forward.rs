@@ -1279,10 +1279,6 @@ const ATT_TILE_MAXD: usize = 128;
 /// one-token prompts): one launch instead of three, where the launches are the cost.
 const FUSED_MAX_QUERIES: usize = 1;
 
-/// Static shared memory of `attn_decode_qk` (kernels/attention.cu: three rows of `QK_MAXD`
-/// floats and `RED_THREADS / 32` doubles, 6176 bytes, rounded up), beside its dynamic part.
-const DECODE_QK_STATIC_SHARED: u32 = 6400;
-
 /// The attention kernels' probabilities buffer holds the rows of at most this many bytes when
 /// the plan does not keep `attn_probs`: the queries are walked in blocks through it. 256 MiB
 /// keeps every prompt that fits a 30B-A3B layer's [nh, T, T] in one block (T <= 1448 at 32
@@ -1424,10 +1420,11 @@ impl AttnCall<'_> {
         [probs, ctx]: [u64; 2],
         stage: &str,
     ) -> Result<bool> {
-        let Some(shared) = self
-            .row_shared()
-            .filter(|&s| s + DECODE_QK_STATIC_SHARED <= 48 * 1024)
-        else {
+        let kernel = self.kernel("attn_decode_qk");
+        // (its static shared memory, three rows of QK_MAXD floats and the norms' reductions,
+        // as the driver counts it, beside the dynamic part)
+        let fixed = dev.static_shared(&kernel, stage)?;
+        let Some(shared) = self.row_shared().filter(|&s| s + fixed <= 48 * 1024) else {
             return Ok(false);
         };
         let rows = self.qbase..self.kend;
@@ -1438,12 +1435,7 @@ impl AttnCall<'_> {
             self.position.map_or(NULL, Arg::Ptr),
         ]);
         args.extend(self.dims_args(&rows)?);
-        dev.launch(
-            &self.kernel("attn_decode_qk"),
-            stage,
-            self.rows_grid(&rows, shared)?,
-            &args,
-        )?;
+        dev.launch(&kernel, stage, self.rows_grid(&rows, shared)?, &args)?;
         Ok(true)
     }
 
