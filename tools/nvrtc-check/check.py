@@ -17,7 +17,9 @@ change did to a kernel's instructions). With PTXAS, SASS_OUT=/some/dir and CUOBJ
 cuobjdump (the nvidia-cuda-cuobjdump wheel; it runs nvdisasm, from the nvidia-cuda-nvdisasm
 wheel, found on PATH) each module's machine code for sm_90 is written there as NAME.sass: what
 the GPU will execute, instruction by instruction. NVRTC_DEFINES="FALSIFIER_TIMELINE" builds the
-modules as the binaries do with that switch on (FALSIFIER_CUDA_TIMELINE).
+modules as the binaries do with that switch on (FALSIFIER_CUDA_TIMELINE). NVRTC_ARCH=compute_80
+compiles for an older card instead (the sm_90-only paths, programmatic dependent launch and
+clusters, compiled out); PTXAS and SASS_OUT stay sm_90's.
 
 Exit status: 0 when every module compiles, 1 otherwise.
 """
@@ -83,7 +85,7 @@ def main():
         modules.append((t, "\n".join(files[: FILES.index("matmul.cu") + 1]) + f"\nMATMUL_KERNELS({t}, T_{t.upper()})\n"))
     ok = True
     for name, src in modules:
-        good, log = compile_module(lib, name, src)
+        good, log = compile_module(lib, name, src, os.environ.get("NVRTC_ARCH", "compute_90"))
         ok &= good
         print(f"{name}: {'ok' if good else 'FAILED'}")
         if log.strip():
