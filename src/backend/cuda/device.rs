@@ -270,6 +270,23 @@ pub struct Device {
     timeline: Option<Mutex<Timeline>>,
 }
 
+/// The value under `key` in `cache`, else `compute`'s, kept there (a poisoned lock only skips
+/// the cache): what the driver says of a kernel, asked once.
+fn cached<K: std::hash::Hash + Eq, V: Copy>(
+    cache: &Mutex<HashMap<K, V>>,
+    key: K,
+    compute: impl FnOnce() -> Result<V>,
+) -> Result<V> {
+    if let Some(v) = cache.lock().ok().and_then(|m| m.get(&key).copied()) {
+        return Ok(v);
+    }
+    let v = compute()?;
+    if let Ok(mut m) = cache.lock() {
+        m.insert(key, v);
+    }
+    Ok(v)
+}
+
 /// The launch attribute that groups a grid's blocks along x into clusters of `blocks`.
 fn cluster_attribute(blocks: u32) -> cudarc::driver::sys::CUlaunchAttribute {
     use cudarc::driver::sys;
@@ -414,9 +431,7 @@ impl Device {
 
     /// Launch `kernel` for `stage` (a trace key or a phase name, for the error message).
     pub fn launch(&self, kernel: &str, stage: &str, cfg: LaunchConfig, args: &[Arg]) -> Result<()> {
-        self.timed(kernel, stage, || {
-            self.launch_now(kernel, stage, cfg, 1, args)
-        })
+        self.launch_clustered(kernel, stage, cfg, 1, args)
     }
 
     /// [`Device::launch`] with the grid's blocks along x in thread-block clusters of `cluster`
@@ -430,7 +445,7 @@ impl Device {
         args: &[Arg],
     ) -> Result<()> {
         self.timed(kernel, stage, || {
-            self.launch_now(kernel, stage, cfg, cluster, args)
+            self.launch_now(kernel, stage, (cfg, cluster), args)
         })
     }
 
@@ -487,53 +502,43 @@ impl Device {
         if !self.clusters() || !(2..=16).contains(&blocks) {
             return Ok(1);
         }
-        let key = (kernel.to_string(), blocks);
-        if let Some(n) = self
-            .cluster_sizes
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).copied())
-        {
-            return Ok(n);
-        }
-        let f = self.function(kernel, stage)?;
-        // (a refusal of the non-portable size, or of the occupancy query, means no cluster)
-        let allowed = blocks <= 8
-            || f.set_attribute(
-                sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
-                1,
-            )
-            .is_ok();
-        let mut fits: std::ffi::c_int = 0;
-        if allowed {
-            let mut attr = cluster_attribute(blocks);
-            let config = sys::CUlaunchConfig {
-                gridDimX: blocks,
-                gridDimY: 1,
-                gridDimZ: 1,
-                blockDimX: threads,
-                blockDimY: 1,
-                blockDimZ: 1,
-                sharedMemBytes: 0,
-                hStream: self.stream.cu_stream(),
-                attrs: &mut attr,
-                numAttrs: 1,
-            };
-            self.ctx
-                .bind_to_thread()
-                .map_err(|e| Error::internal(format!("CUDA: binding the context: {e:?}")))?;
-            // SAFETY: `config` and `attr` are valid for the call; the function is loaded.
-            let r =
-                unsafe { sys::cuOccupancyMaxActiveClusters(&mut fits, f.cu_function(), &config) };
-            if r != sys::CUresult::CUDA_SUCCESS {
-                fits = 0;
+        cached(&self.cluster_sizes, (kernel.to_string(), blocks), || {
+            let f = self.function(kernel, stage)?;
+            // (a refusal of the non-portable size, or of the occupancy query, means no cluster)
+            let allowed = blocks <= 8
+                || f.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                    1,
+                )
+                .is_ok();
+            let mut fits: std::ffi::c_int = 0;
+            if allowed {
+                let mut attr = cluster_attribute(blocks);
+                let config = sys::CUlaunchConfig {
+                    gridDimX: blocks,
+                    gridDimY: 1,
+                    gridDimZ: 1,
+                    blockDimX: threads,
+                    blockDimY: 1,
+                    blockDimZ: 1,
+                    sharedMemBytes: 0,
+                    hStream: self.stream.cu_stream(),
+                    attrs: &mut attr,
+                    numAttrs: 1,
+                };
+                self.ctx
+                    .bind_to_thread()
+                    .map_err(|e| Error::internal(format!("CUDA: binding the context: {e:?}")))?;
+                // SAFETY: `config` and `attr` are valid for the call; the function is loaded.
+                let r = unsafe {
+                    sys::cuOccupancyMaxActiveClusters(&mut fits, f.cu_function(), &config)
+                };
+                if r != sys::CUresult::CUDA_SUCCESS {
+                    fits = 0;
+                }
             }
-        }
-        let n = if fits >= 1 { blocks } else { 1 };
-        if let Ok(mut m) = self.cluster_sizes.lock() {
-            m.insert(key, n);
-        }
-        Ok(n)
+            Ok(if fits >= 1 { blocks } else { 1 })
+        })
     }
 
     /// Blocks for a launch of `kernel` (`threads` a block) whose blocks stride over `groups`
@@ -604,43 +609,31 @@ impl Device {
         stage: &str,
         attribute: cudarc::driver::sys::CUfunction_attribute,
     ) -> Result<i32> {
-        let key = (kernel.to_string(), attribute as i32);
-        if let Some(n) = self
-            .attributes
-            .lock()
-            .ok()
-            .and_then(|m| m.get(&key).copied())
-        {
-            return Ok(n);
-        }
-        let n = self
-            .function(kernel, stage)?
-            .get_attribute(attribute)
-            .map_err(|e| {
-                Error::internal(format!("{attribute:?} of CUDA kernel {kernel}: {e:?}"))
-            })?;
-        if let Ok(mut m) = self.attributes.lock() {
-            m.insert(key, n);
-        }
-        Ok(n)
+        cached(
+            &self.attributes,
+            (kernel.to_string(), attribute as i32),
+            || {
+                self.function(kernel, stage)?
+                    .get_attribute(attribute)
+                    .map_err(|e| {
+                        Error::internal(format!("{attribute:?} of CUDA kernel {kernel}: {e:?}"))
+                    })
+            },
+        )
     }
 
     /// Blocks of `kernel` (`threads` a block, static shared memory only) one multiprocessor
     /// holds at once, by the driver's occupancy calculator; at least 1.
     fn resident_blocks(&self, kernel: &str, stage: &str, threads: u32) -> Result<usize> {
-        let key = format!("{kernel}/{threads}");
-        if let Some(n) = self.resident.lock().ok().and_then(|r| r.get(&key).copied()) {
-            return Ok(n);
-        }
-        let f = self.function(kernel, stage)?;
-        let n = f
-            .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
-            .map_err(|e| Error::internal(format!("occupancy of CUDA kernel {kernel}: {e:?}")))?
-            .max(1) as usize;
-        if let Ok(mut r) = self.resident.lock() {
-            r.insert(key, n);
-        }
-        Ok(n)
+        cached(&self.resident, format!("{kernel}/{threads}"), || {
+            let f = self.function(kernel, stage)?;
+            let n = f
+                .occupancy_max_active_blocks_per_multiprocessor(threads, 0, None)
+                .map_err(|e| {
+                    Error::internal(format!("occupancy of CUDA kernel {kernel}: {e:?}"))
+                })?;
+            Ok(n.max(1) as usize)
+        })
     }
 
     /// Turn per-launch timing on (from now, for later [`Device::take_profile`]) or off.
@@ -771,12 +764,12 @@ impl Device {
         )))
     }
 
+    /// (with the launch's configuration, its cluster size: 1 for none)
     fn launch_now(
         &self,
         kernel: &str,
         stage: &str,
-        cfg: LaunchConfig,
-        cluster: u32,
+        (cfg, cluster): (LaunchConfig, u32),
         args: &[Arg],
     ) -> Result<()> {
         let f = self.function(kernel, stage)?;

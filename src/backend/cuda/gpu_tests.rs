@@ -1374,6 +1374,21 @@ fn run_scheduled(
         .unwrap_or_else(|e| panic!("forward under {schedule}: {e}"))
 }
 
+/// `a` and `b` hold the same stages, each with the same bits (`what` names the comparison).
+fn assert_same_bits(a: &Trace, b: &Trace, what: &str) {
+    assert_eq!(
+        a.tensors.keys().collect::<Vec<_>>(),
+        b.tensors.keys().collect::<Vec<_>>(),
+        "{what}: different stages"
+    );
+    for (key, t) in &a.tensors {
+        assert!(
+            bits_equal(&t.data, &b.tensors[key].data),
+            "{what}: {key} differs"
+        );
+    }
+}
+
 /// The golden-set fixtures, then the synthetic tiny presets of every architecture in each of
 /// `quants` (named, with the temporary file that keeps each alive).
 fn fixtures_and_synthetic(
@@ -1609,17 +1624,11 @@ fn merged_launches_equal_separate_ones() {
                 let separate = run_scheduled(&mut cuda, &tokens, &plan, None, fs, sched);
                 cuda.dev.set_merged(true);
                 for (how, run) in [("merged", &merged), ("merged in 3 blocks", &strided)] {
-                    assert_eq!(
-                        run.tensors.keys().collect::<Vec<_>>(),
-                        separate.tensors.keys().collect::<Vec<_>>(),
-                        "{what}"
+                    assert_same_bits(
+                        run,
+                        &separate,
+                        &format!("{what}: {how} against separate launches"),
                     );
-                    for (key, t) in &run.tensors {
-                        assert!(
-                            bits_equal(&t.data, &separate.tensors[key].data),
-                            "{what}: {key} differs between {how} and separate launches"
-                        );
-                    }
                 }
                 compared += 1;
             }
@@ -1709,17 +1718,11 @@ fn router_cluster_handoff_equals_last_block_one() {
                 ("the last-block handoff", &without),
                 ("separate launches", &separate),
             ] {
-                assert_eq!(
-                    with.tensors.keys().collect::<Vec<_>>(),
-                    run.tensors.keys().collect::<Vec<_>>(),
-                    "{what}"
+                assert_same_bits(
+                    &with,
+                    run,
+                    &format!("{what}: the cluster handoff against {how}"),
                 );
-                for (key, t) in &with.tensors {
-                    assert!(
-                        bits_equal(&t.data, &run.tensors[key].data),
-                        "{what}: {key} differs between the cluster handoff and {how}"
-                    );
-                }
             }
         }
     }

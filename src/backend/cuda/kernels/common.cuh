@@ -118,23 +118,15 @@ __device__ __forceinline__ void pdl_prefetch(const void* p, i64 bytes) {
 // Thread-block clusters (sm_90 and later; the host sets a launch's cluster dimension there
 // only, and on older cards, or a launch without it, a block is a cluster of one): the blocks
 // of a cluster run at once and may read and write each other's shared memory. Blocks along x.
-__device__ __forceinline__ unsigned cluster_blocks() {
+// The blocks of this block's cluster, and (rank, when set) this block's place among them.
+__device__ __forceinline__ unsigned cluster_blocks(unsigned* rank = nullptr) {
+    unsigned n = 1, r = 0;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    unsigned n;
     asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
-    return n;
-#else
-    return 1;
-#endif
-}
-__device__ __forceinline__ unsigned cluster_rank() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    unsigned r;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-#else
-    return 0;
 #endif
+    if (rank) *rank = r;
+    return n;
 }
 // The half of the cluster barrier that says "this thread got here" (relaxed: it orders no
 // memory), and the half that waits until every thread of the cluster has; each thread

@@ -1028,7 +1028,7 @@ __device__ __forceinline__ void matvec_res_body(const u8* __restrict__ W, i64 ro
 // dot of the staged row (F32 rows: mw_dot_f32's order from shared memory), bit for bit.
 // Staged types and F32, K <= MW_XMAX (the host checks).
 // matmulwn_route_<type>: matmulwn of one matrix, the router of a one-token step (ffn_norm +
-// router logits), whose last block to finish (last_block_of_launch) then routes: route1_body,
+// router logits), whose last block to finish (last_block_of_launch) then routes: route1_from,
 // moe_route1's arithmetic on the logits the launch wrote, bit for bit its outputs, one launch
 // fewer a layer (the route's whole cost was its launch and its few microseconds of latency).
 // Its few blocks (the router's rows / 8) may take all the registers: F32 rows are loaded whole
@@ -1053,7 +1053,8 @@ __device__ __forceinline__ bool route_gather(float* ys, int N) {
     // shared memory exists)
     __syncthreads();
     cluster_wait();
-    unsigned rank = cluster_rank();
+    unsigned rank;
+    cluster_blocks(&rank);
     constexpr int R = MM_THREADS / 32;
     for (int t = threadIdx.x; t < N; t += blockDim.x)
         if (rank != 0 && (unsigned)((t / R) % gridDim.x) == blockIdx.x)
@@ -1662,8 +1663,8 @@ __device__ __forceinline__ void matvec_norm_mix(MwnParts a, MwnParts b, int na,
                 route1_from(threadIdx.x < E ? ys[threadIdx.x] : -INFINITY, probs, ids, wts, E, \
                             k, renorm, counts, offsets, slot_token, slot_of, slot_expert);      \
         } else if (last_block_of_launch(done)) {                                                \
-            route1_body(Y, probs, ids, wts, E, k, renorm, counts, offsets, slot_token, slot_of, \
-                        slot_expert);                                                           \
+            route1_from(route1_logit(Y, E), probs, ids, wts, E, k, renorm, counts, offsets,    \
+                        slot_token, slot_of, slot_expert);                                      \
         }                                                                                       \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(GU_THREADS, GU_MIN_BLOCKS)                  \

@@ -142,7 +142,7 @@ extern "C" __global__ void topk(const float* __restrict__ probs, int* __restrict
     }
 }
 
-// The router of a one-token step in one launch: route1_body (route.cuh), one block of
+// The router of a one-token step in one launch: route1_from (route.cuh), one block of
 // ROUTE1_THREADS threads.
 extern "C" __global__ void __launch_bounds__(ROUTE1_THREADS)
     moe_route1(const float* __restrict__ x, float* __restrict__ probs, int* __restrict__ ids,
@@ -150,7 +150,8 @@ extern "C" __global__ void __launch_bounds__(ROUTE1_THREADS)
                int* __restrict__ offsets, int* __restrict__ slot_token,
                int* __restrict__ slot_of, int* __restrict__ slot_expert) {
     pdl_wait();
-    route1_body(x, probs, ids, w, E, k, renorm, counts, offsets, slot_token, slot_of, slot_expert);
+    route1_from(route1_logit(x, E), probs, ids, w, E, k, renorm, counts, offsets, slot_token,
+                slot_of, slot_expert);
 }
 
 // Group the T*k (token, rank) pairs by expert. counts[e]: pairs routed to e; offsets: their

@@ -117,18 +117,11 @@ __device__ __forceinline__ void route1_from(float xv, float* __restrict__ probs,
     }
 }
 
-// route1_from with the logits at x (an L2 load: in matmulwn_route the logits are other
-// blocks' writes).
-__device__ __forceinline__ void route1_body(const float* __restrict__ x, float* __restrict__ probs,
-                                            int* __restrict__ ids, float* __restrict__ w, int E,
-                                            int k, int renorm, int* __restrict__ counts,
-                                            int* __restrict__ offsets,
-                                            int* __restrict__ slot_token,
-                                            int* __restrict__ slot_of,
-                                            int* __restrict__ slot_expert) {
+// Logit t of x for route1_from (an L2 load: in matmulwn_route the logits are other blocks'
+// writes).
+__device__ __forceinline__ float route1_logit(const float* __restrict__ x, int E) {
     int t = threadIdx.x;
-    route1_from(t < E ? __ldcg(x + t) : -INFINITY, probs, ids, w, E, k, renorm, counts, offsets,
-                slot_token, slot_of, slot_expert);
+    return t < E ? __ldcg(x + t) : -INFINITY;
 }
 
 // Whether this block is the last of its launch to get here: each block's writes before it are
