@@ -287,6 +287,17 @@ fn cached<K: std::hash::Hash + Eq, V: Copy>(
     Ok(v)
 }
 
+/// The launch attribute of programmatic dependent launch ([`Device::pdl`]).
+fn pdl_attribute() -> cudarc::driver::sys::CUlaunchAttribute {
+    use cudarc::driver::sys;
+    // SAFETY: a zeroed launch attribute is a valid value of the C union; the field set is the
+    // one the attribute id names.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    attr
+}
+
 /// The launch attribute that groups a grid's blocks along x into clusters of `blocks`.
 fn cluster_attribute(blocks: u32) -> cudarc::driver::sys::CUlaunchAttribute {
     use cudarc::driver::sys;
@@ -831,18 +842,16 @@ impl Device {
                 Arg::F32(v) => v as *const f32 as *mut std::ffi::c_void,
             })
             .collect();
-        let mut attrs = Vec::with_capacity(2);
+        // (at most two, without an allocation on the launch path: the PDL attribute first,
+        // counted when PDL is on, then the cluster's)
+        let mut attrs = [pdl_attribute(); 2];
+        let mut n = 0;
         if self.pdl() {
-            // SAFETY: a zeroed launch attribute is a valid value of the C union; the field set
-            // is the one the attribute id names.
-            let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-            attr.id =
-                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-            attr.value.programmaticStreamSerializationAllowed = 1;
-            attrs.push(attr);
+            n += 1;
         }
         if cluster > 1 {
-            attrs.push(cluster_attribute(cluster));
+            attrs[n] = cluster_attribute(cluster);
+            n += 1;
         }
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
@@ -854,7 +863,7 @@ impl Device {
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
             attrs: attrs.as_mut_ptr(),
-            numAttrs: attrs.len() as u32,
+            numAttrs: n as u32,
         };
         // SAFETY: as in the plain launch (argument lists match the kernels' signatures, every
         // pointer is a live allocation); `params` and `attrs` outlive the call.
