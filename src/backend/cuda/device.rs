@@ -1082,11 +1082,24 @@ mod tests {
     }
 
     /// Every kernel waits for the one before it (`pdl_wait()`, common.cuh) before its first
-    /// statement that is not a weight prefetch: under programmatic dependent launch a kernel
-    /// that read or wrote before the wait would race the kernel ahead of it, silently, and
-    /// only on a GPU. Macro-made kernels (the typed families) are checked the same way.
+    /// statement that is not a weight prefetch or one of the few reviewed exceptions below:
+    /// under programmatic dependent launch a kernel that read or wrote before the wait would
+    /// race the kernel ahead of it, silently, and only on a GPU. Macro-made kernels (the typed
+    /// families) are checked the same way.
     #[test]
     fn every_kernel_waits_for_the_one_before() {
+        // What may come before the wait, each for its reason (kernels' comments say more):
+        // hints towards L2 (`prefetch(`, `_prefetch<TY>(`: a hint has no result; those that
+        // read an index first read one a completed launch wrote); the router's clearing of
+        // its own announcement word, which only the launch after it reads
+        // (`route_unannounce(`); gate_up's wait for that announcement, whose value it uses
+        // only to prefetch (`gate_up_early(`).
+        const ALLOWED: [&str; 4] = [
+            "prefetch(",
+            "_prefetch<TY>(",
+            "route_unannounce(",
+            "gate_up_early(",
+        ];
         let mut checked = 0;
         for src in SOURCES {
             for (at, _) in src.match_indices("__global__") {
@@ -1100,7 +1113,7 @@ mod tests {
                 for stmt in before.split(';') {
                     let stmt = stmt.trim();
                     assert!(
-                        stmt.is_empty() || stmt == "}" || stmt.contains("prefetch("),
+                        stmt.is_empty() || stmt == "}" || ALLOWED.iter().any(|a| stmt.contains(a)),
                         "kernel {}: `{stmt}` before pdl_wait()",
                         &src[at..open]
                     );

@@ -112,8 +112,11 @@ struct Buffers {
     slot_token: CudaSlice<i32>,
     slot_of: CudaSlice<i32>,
     slot_expert: CudaSlice<i32>,
-    /// The blocks of a router launch that routes in its last block (`matmulwn_route_*`) count
-    /// themselves here; that last block sets it back to 0.
+    /// Word 0: the blocks of a router launch that routes in its last block
+    /// (`matmulwn_route_*`) count themselves here; that last block sets it back to 0. Word 1:
+    /// that launch's announcement that it has routed, which the expert gate/up launch after it
+    /// waits for before its own release only to request its experts' rows ahead (kernels'
+    /// route_announce).
     route_done: CudaSlice<i32>,
     down: CudaSlice<f32>,
     /// Matmul input after planted Q8_0 rounding (largest input: [T*k, max(H, F, nh*D)]).
@@ -170,7 +173,7 @@ impl Buffers {
             slot_token: i(t * k, "expert slots")?,
             slot_of: i(t * k, "expert slots")?,
             slot_expert: i(t * k, "expert slots")?,
-            route_done: i(1, "router block counter")?,
+            route_done: i(2, "router block counter and announcement")?,
             down: f(if d.moe { slots * h } else { 1 }, "expert outputs")?,
             rounded: f(slots * widest, "rounded activations")?,
             rope_angles: dev.zeros::<f64>(prompt * (hd / 2).max(1) * 2, "RoPE angles")?,
@@ -203,7 +206,7 @@ pub fn buffer_bytes(d: &Dims, t: usize) -> u64 {
         + 2 * t * e // router logits, probs
         + 5 * t * k // topk ids, weights, slot_token, slot_of, slot_expert
         + 2 * e // counts, offsets
-        + 1 // route_done
+        + 2 // route_done
         + if d.moe { slots * h } else { 1 } // down
         + slots * widest // rounded
         + sh(t) + 3 * sh(t * d.shared_ffn) + sh(t * h); // shared expert
@@ -905,7 +908,7 @@ impl Run<'_> {
             FfnWeights::Dense { gate, up, down } => {
                 let merged = [Stage::FfnGate, Stage::FfnUp, Stage::FfnAct];
                 if self.one_row_mergeable(l, &merged, &[gate, up]) {
-                    self.gate_up(&ks(Stage::FfnAct), gate, up, b, None, None)?;
+                    self.gate_up(&ks(Stage::FfnAct), gate, up, b, None, None, None)?;
                     self.done(Some(l), Stage::FfnGate, &b.gate)?;
                     self.done(Some(l), Stage::FfnUp, &b.up)?;
                 } else {
@@ -1101,7 +1104,8 @@ impl Run<'_> {
         } else {
             self.route(l, b, renorm)?;
         }
-        self.experts(l, b, gate, up, down, last)
+        let routed = router_done == RouterDone::Routed;
+        self.experts(l, b, gate, up, down, last, routed)
     }
 
     /// Whether layer `l`'s top-k weights are renormalised: the model's rule, unless
@@ -1183,6 +1187,8 @@ impl Run<'_> {
 
     /// The grouped expert SwiGLU over the routed slots and the weighted combine into
     /// `b.ffn_out` (and layer_out into `b.x` when [`Run::down_mergeable`]: returns whether).
+    /// `routed`: this layer's router launch routed (`matmulwn_route_*`) and announces it.
+    #[allow(clippy::too_many_arguments)]
     fn experts(
         &mut self,
         l: usize,
@@ -1191,6 +1197,7 @@ impl Run<'_> {
         up: &DeviceMatrix,
         down: &DeviceMatrix,
         last: bool,
+        routed: bool,
     ) -> Result<bool> {
         let d = &self.w.dims;
         let dev = self.dev;
@@ -1219,7 +1226,8 @@ impl Run<'_> {
         // produce (planted matmul faults at ffn_out act on the down projection only)
         if self.expert_gate_up_mergeable(gate, up) {
             let name = format!("layer.{l}.ffn_out (ffn_gate_exps, ffn_up_exps, SwiGLU)");
-            self.gate_up(&name, gate, up, b, Some(&b.slot_expert), swap)?;
+            let routed = routed.then_some(&b.route_done);
+            self.gate_up(&name, gate, up, b, Some(&b.slot_expert), swap, routed)?;
         } else {
             self.matmul_expert(l, gate, &b.ffn_norm, slots, &b.gate, &gathered)?;
             self.matmul_expert(l, up, &b.ffn_norm, slots, &b.up, &gathered)?;

@@ -1394,14 +1394,10 @@ __device__ __forceinline__ void down_combine_body(
             int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
             return W + (i64)we * expert_bytes + at;
         };
-        // Each step below waits on memory once: the picks' weights go towards L2 now (they are
-        // loaded after the staging, from there, so that no register holds them through it),
-        // the combine's weights and residual are read now, and the staging issues every load
-        // of its rows before it stores any.
-        constexpr int sb_bytes = TY == T_Q6_K ? 210 : 144;
-        if (mine && 32 * p < sb_bytes)
-            for (int r = rbeg; r < rend; ++r)
-                prefetch_l2_line(rows_of(r) + (i64)gi * sb_bytes + 32 * p);
+        // Each step below waits on memory once: the picks' weights went towards L2 before
+        // pdl_wait (down_combine_prefetch; they are loaded after the staging, from there, so
+        // that no register holds them through it), the combine's weights and residual are
+        // read now, and the staging issues every load of its rows before it stores any.
         if ((int)threadIdx.x < k) wsh[threadIdx.x] = wts[threadIdx.x];
         float rn = active && half == 0 && lane == 0 ? res[n] : 0.0f;
         // every pick's activation row, scaled for Q4_K unless one is out of that range
@@ -1456,6 +1452,71 @@ __device__ __forceinline__ void down_combine_body(
     } else {
         __trap();
     }
+}
+
+// Before pdl_wait() in down_combine_*: this block's rows of its picks' expert matrices
+// towards L2, one 32-byte piece of a superblock per lane, as the body then loads them. The
+// picks (ids) are the router's, two launches back (gate_up_* between): this launch starts only
+// once every block of the one before is past its own pdl_wait, so the router's launch has
+// completed and its writes are visible (read through L2: an earlier layer's ids may sit in
+// this multiprocessor's L1). The body used to request them after its pdl_wait, a DRAM round
+// trip into the launch's share of the step.
+template <int TY>
+__device__ __forceinline__ void down_combine_prefetch(const u8* W, i64 row_bytes,
+                                                      i64 expert_bytes, int N,
+                                                      const int* ids, int k, int swap_a,
+                                                      int swap_b) {
+#if defined(__CUDA_ARCH__)
+    constexpr int sb_bytes = TY == T_Q6_K ? 210 : 144;
+    int rows = blockDim.x >> 6, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int n = blockIdx.x * rows + (warp >> 1), gi = lane >> 3, p = lane & 7;
+    int kh = (k + 1) >> 1, rbeg = warp & 1 ? kh : 0, rend = warp & 1 ? k : kh;
+    if (n >= N || 32 * p >= sb_bytes || gi >= (int)(row_bytes / sb_bytes)) return;
+    for (int r = rbeg; r < rend; ++r) {
+        int e = __ldcg(ids + r);
+        int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+        prefetch_l2_line(W + (i64)we * expert_bytes + (i64)n * row_bytes + (i64)gi * sb_bytes +
+                         32 * p);
+    }
+#endif
+}
+
+// Before pdl_wait() in gate_up_* over expert slots, when the router launch right before it
+// announces its routing (route_announce; `routed` is its `done` buffer, null otherwise): this
+// block's rows of its slot's gate and up matrices towards L2 as soon as the routing block has
+// written the slots, while the router's launch completes, instead of after the release (the
+// block waits here up to GU_EARLY_SPIN cycles, then gives up: the weights then come after the
+// release, as before). sm_90 only (no programmatic dependent launch before: no overlap to use).
+#define GU_EARLY_SPIN 65536
+__device__ __forceinline__ void gate_up_early(const u8* Wg, const u8* Wu, i64 row_bytes,
+                                              i64 expert_bytes, int N,
+                                              const int* slot_expert, int swap_a, int swap_b,
+                                              const unsigned* routed) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    __shared__ int early;
+    if (threadIdx.x == 0) {
+        int e = -1;
+        long long t0 = clock64();
+        for (;;) {
+            if (route_announced(routed)) {
+                e = __ldcg(slot_expert + blockIdx.z);
+                break;
+            }
+            if (clock64() - t0 > GU_EARLY_SPIN) break;
+            __nanosleep(100);
+        }
+        early = e;
+    }
+    __syncthreads();
+    int e = early;
+    if (e < 0) return;
+    int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+    int per = (int)(blockDim.x >> 5), n0 = blockIdx.x * per, rows = min(per, N - n0);
+    if (rows <= 0) return;
+    i64 at = (i64)we * expert_bytes + (i64)n0 * row_bytes, bytes = (i64)rows * row_bytes;
+    pdl_prefetch(Wg + at, bytes);
+    pdl_prefetch(Wu + at, bytes);
+#endif
 }
 
 // y[i] = sum over z of parts[z * n + i], z ascending: the split-K partial sums, added in a
@@ -1650,6 +1711,7 @@ __device__ __forceinline__ void matvec_norm_mix(MwnParts a, MwnParts b, int na,
         mwn_prefetch(MwnParts{W, 0, 0, rb, 0, 0, N, 0, 0, Y, 0, 0}, false, blockIdx.x,          \
                      gridDim.x);                                                                \
         spread_prefetch(G, 4LL * K);                                                            \
+        route_unannounce(done);                                                                 \
         pdl_wait();                                                                             \
         __shared__ __align__(16) MwnShared sh;                                                  \
         __shared__ float ys[ROUTE1_THREADS];                                                    \
@@ -1659,21 +1721,28 @@ __device__ __forceinline__ void matvec_norm_mix(MwnParts a, MwnParts b, int na,
                                             eps, XN, K, sh, blockIdx.x, gridDim.x,             \
                                             cl ? ys : nullptr);                                 \
         if (cl) {                                                                               \
-            if (route_gather(ys, N))                                                            \
+            if (route_gather(ys, N)) {                                                          \
                 route1_from(threadIdx.x < E ? ys[threadIdx.x] : -INFINITY, probs, ids, wts, E, \
                             k, renorm, counts, offsets, slot_token, slot_of, slot_expert);      \
+                route_announce(done);                                                           \
+            }                                                                                   \
         } else if (last_block_of_launch(done)) {                                                \
             route1_from(route1_logit(Y, E), probs, ids, wts, E, k, renorm, counts, offsets,    \
                         slot_token, slot_of, slot_expert);                                      \
+            route_announce(done);                                                               \
         }                                                                                       \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(GU_THREADS, GU_MIN_BLOCKS)                  \
         gate_up_##NAME(const u8* Wg, const u8* Wu, i64 row_bytes, i64 expert_bytes,             \
                        const float* X, float* G, float* U, float* A, int N, int K,              \
-                       const int* slot_expert, int swap_a, int swap_b) {                        \
+                       const int* slot_expert, int swap_a, int swap_b,                          \
+                       const unsigned* routed) {                                                \
         if (!slot_expert) {                                                                     \
             mw_prefetch(Wg, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
             mw_prefetch(Wu, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
+        } else if (routed) {                                                                    \
+            gate_up_early(Wg, Wu, row_bytes, expert_bytes, N, slot_expert, swap_a, swap_b,      \
+                          routed);                                                              \
         }                                                                                       \
         pdl_wait();                                                                             \
         gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slot_expert,        \
@@ -1684,6 +1753,7 @@ __device__ __forceinline__ void matvec_norm_mix(MwnParts a, MwnParts b, int na,
                             int N, int K, const int* ids, const int* slot_of, const float* wts, \
                             int k, int swap_a, int swap_b, const float* res, float* out,        \
                             float* lout) {                                                      \
+        down_combine_prefetch<TY>(W, row_bytes, expert_bytes, N, ids, k, swap_a, swap_b);       \
         pdl_wait();                                                                             \
         down_combine_body<TY>(W, row_bytes, expert_bytes, act, N, K, ids, slot_of, wts, k,      \
                               swap_a, swap_b, res, out, lout);                                  \

@@ -117,6 +117,41 @@ __device__ __forceinline__ void route1_from(float xv, float* __restrict__ probs,
     }
 }
 
+// The one-token routing announced to the launch after the router's (gate_up_*), whose blocks,
+// already resident under programmatic dependent launch, wait for it before their own
+// pdl_wait() only to request their experts' rows towards L2 while the router's launch drains
+// (gate_up_early). Word 1 of the router launch's `done` buffer (word 0 is the last-block
+// counter): block 0 clears it before its pdl_wait(), so before any block of the next launch
+// can start (that launch is scheduled only once every block of this one is past its
+// pdl_wait); the routing block sets it once its slots are written. A hint only: gate_up reads
+// its experts again after its own pdl_wait, so a late, early or missing flag changes when
+// weights arrive, never a value.
+__device__ __forceinline__ void route_unannounce(unsigned* done) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (done && blockIdx.x == 0 && threadIdx.x == 0) {
+        *(volatile unsigned*)(done + 1) = 0u;
+        __threadfence();
+    }
+#endif
+}
+// Called by every thread of the routing block after route1_from.
+__device__ __forceinline__ void route_announce(unsigned* done) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (!done) return;
+    __threadfence();  // this thread's slot writes, before the flag (with the barrier)
+    __syncthreads();
+    if (threadIdx.x == 0) asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(done + 1), "r"(1u) : "memory");
+#endif
+}
+// Whether the router before announced its routing (route_announce).
+__device__ __forceinline__ bool route_announced(const unsigned* done) {
+    unsigned v = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(done + 1) : "memory");
+#endif
+    return v != 0u;
+}
+
 // Logit t of x for route1_from (an L2 load: in matmulwn_route the logits are other blocks'
 // writes).
 __device__ __forceinline__ float route1_logit(const float* __restrict__ x, int E) {
