@@ -113,10 +113,10 @@ struct Buffers {
     slot_of: CudaSlice<i32>,
     slot_expert: CudaSlice<i32>,
     /// Word 0: the blocks of a router launch that routes in its last block
-    /// (`matmulwn_route_*`) count themselves here; that last block sets it back to 0. Word 1:
-    /// that launch's announcement that it has routed, which the expert gate/up launch after it
-    /// waits for before its own release only to request its experts' rows ahead (kernels'
-    /// route_announce).
+    /// (`matmulwn_route_*`) count themselves here; that last block sets it back to 0. Then, a
+    /// word in each of 32 lines: that launch's announcement that it has routed, which the
+    /// expert gate/up launch after it waits for before its own release only to request its
+    /// experts' rows ahead (route.cuh's route_announce).
     route_done: CudaSlice<i32>,
     down: CudaSlice<f32>,
     /// Matmul input after planted Q8_0 rounding (largest input: [T*k, max(H, F, nh*D)]).
@@ -173,7 +173,7 @@ impl Buffers {
             slot_token: i(t * k, "expert slots")?,
             slot_of: i(t * k, "expert slots")?,
             slot_expert: i(t * k, "expert slots")?,
-            route_done: i(2, "router block counter and announcement")?,
+            route_done: i(ROUTE_DONE_WORDS, "router block counter and announcement")?,
             down: f(if d.moe { slots * h } else { 1 }, "expert outputs")?,
             rounded: f(slots * widest, "rounded activations")?,
             rope_angles: dev.zeros::<f64>(prompt * (hd / 2).max(1) * 2, "RoPE angles")?,
@@ -206,7 +206,7 @@ pub fn buffer_bytes(d: &Dims, t: usize) -> u64 {
         + 2 * t * e // router logits, probs
         + 5 * t * k // topk ids, weights, slot_token, slot_of, slot_expert
         + 2 * e // counts, offsets
-        + 2 // route_done
+        + ROUTE_DONE_WORDS // route_done
         + if d.moe { slots * h } else { 1 } // down
         + slots * widest // rounded
         + sh(t) + 3 * sh(t * d.shared_ffn) + sh(t * h); // shared expert
@@ -1283,6 +1283,10 @@ impl Run<'_> {
 /// Heads up to this size take the tiled attention kernels (kernels/attention.cu).
 const ATT_TILE_MAXD: usize = 128;
 
+/// Words of the router launch's `done` buffer (`ROUTE_ANNOUNCE_WORDS`, kernels/route.cuh):
+/// its last-block counter, then its announcement in 32 lines of 32 words.
+const ROUTE_DONE_WORDS: usize = 1 + 32 * 32;
+
 /// Steps of at most this many queries take the fused attention kernel (decode steps, and
 /// one-token prompts): one launch instead of three, where the launches are the cost.
 const FUSED_MAX_QUERIES: usize = 1;
@@ -1878,7 +1882,21 @@ impl Run<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ATT_PROBS_BUDGET, attention_block_rows};
+    use super::{ATT_PROBS_BUDGET, ROUTE_DONE_WORDS, attention_block_rows};
+
+    /// The router's `done` buffer holds the words the kernels use (route.cuh): a mismatch
+    /// would write past it, silently, and only on a GPU.
+    #[test]
+    fn router_done_buffer_holds_the_kernels_announcement() {
+        let src = include_str!("kernels/route.cuh");
+        let lines: usize = src
+            .lines()
+            .find_map(|l| l.strip_prefix("#define ROUTE_ANNOUNCE_LINES "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("route.cuh defines ROUTE_ANNOUNCE_LINES");
+        assert!(src.contains("#define ROUTE_ANNOUNCE_WORDS (1 + 32 * ROUTE_ANNOUNCE_LINES)"));
+        assert_eq!(ROUTE_DONE_WORDS, 1 + 32 * lines);
+    }
 
     /// Blocks are whole 64-query tiles that fit the budget (at least one tile), or the whole
     /// prompt when it fits or must be kept.

@@ -1498,7 +1498,7 @@ __device__ __forceinline__ void gate_up_early(const u8* Wg, const u8* Wu, i64 ro
         int e = -1;
         long long t0 = clock64();
         for (;;) {
-            if (route_announced(routed)) {
+            if (route_announced(routed, blockIdx.x + gridDim.x * blockIdx.z)) {
                 e = __ldcg(slot_expert + blockIdx.z);
                 break;
             }
