@@ -1088,18 +1088,10 @@ mod tests {
     /// families) are checked the same way.
     #[test]
     fn every_kernel_waits_for_the_one_before() {
-        // What may come before the wait, each for its reason (kernels' comments say more):
-        // hints towards L2 (`prefetch(`, `_prefetch<TY>(`: a hint has no result; those that
-        // read an index first read one a completed launch wrote); the router's clearing of
-        // its own announcement word, which only the launch after it reads
-        // (`route_unannounce(`); gate_up's wait for that announcement, whose value it uses
-        // only to prefetch (`gate_up_early(`).
-        const ALLOWED: [&str; 4] = [
-            "prefetch(",
-            "_prefetch<TY>(",
-            "route_unannounce(",
-            "gate_up_early(",
-        ];
+        // What may come before the wait: hints towards L2 (`prefetch(`, and the typed
+        // `_prefetch<TY>(`: a hint has no result; one that reads an index first, as
+        // down_combine_prefetch, reads one a completed launch wrote).
+        const ALLOWED: [&str; 2] = ["prefetch(", "_prefetch<TY>("];
         let mut checked = 0;
         for src in SOURCES {
             for (at, _) in src.match_indices("__global__") {

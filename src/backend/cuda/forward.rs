@@ -112,11 +112,8 @@ struct Buffers {
     slot_token: CudaSlice<i32>,
     slot_of: CudaSlice<i32>,
     slot_expert: CudaSlice<i32>,
-    /// Word 0: the blocks of a router launch that routes in its last block
-    /// (`matmulwn_route_*`) count themselves here; that last block sets it back to 0. Then, a
-    /// word in each of 32 lines: that launch's announcement that it has routed, which the
-    /// expert gate/up launch after it waits for before its own release only to request its
-    /// experts' rows ahead (route.cuh's route_announce).
+    /// The blocks of a router launch that routes in its last block (`matmulwn_route_*`) count
+    /// themselves here; that last block sets it back to 0.
     route_done: CudaSlice<i32>,
     down: CudaSlice<f32>,
     /// Matmul input after planted Q8_0 rounding (largest input: [T*k, max(H, F, nh*D)]).
@@ -173,7 +170,7 @@ impl Buffers {
             slot_token: i(t * k, "expert slots")?,
             slot_of: i(t * k, "expert slots")?,
             slot_expert: i(t * k, "expert slots")?,
-            route_done: i(ROUTE_DONE_WORDS, "router block counter and announcement")?,
+            route_done: i(1, "router block counter")?,
             down: f(if d.moe { slots * h } else { 1 }, "expert outputs")?,
             rounded: f(slots * widest, "rounded activations")?,
             rope_angles: dev.zeros::<f64>(prompt * (hd / 2).max(1) * 2, "RoPE angles")?,
@@ -206,7 +203,7 @@ pub fn buffer_bytes(d: &Dims, t: usize) -> u64 {
         + 2 * t * e // router logits, probs
         + 5 * t * k // topk ids, weights, slot_token, slot_of, slot_expert
         + 2 * e // counts, offsets
-        + ROUTE_DONE_WORDS // route_done
+        + 1 // route_done
         + if d.moe { slots * h } else { 1 } // down
         + slots * widest // rounded
         + sh(t) + 3 * sh(t * d.shared_ffn) + sh(t * h); // shared expert
@@ -908,7 +905,7 @@ impl Run<'_> {
             FfnWeights::Dense { gate, up, down } => {
                 let merged = [Stage::FfnGate, Stage::FfnUp, Stage::FfnAct];
                 if self.one_row_mergeable(l, &merged, &[gate, up]) {
-                    self.gate_up(&ks(Stage::FfnAct), gate, up, b, None, None, None)?;
+                    self.gate_up(&ks(Stage::FfnAct), gate, up, b, None, None)?;
                     self.done(Some(l), Stage::FfnGate, &b.gate)?;
                     self.done(Some(l), Stage::FfnUp, &b.up)?;
                 } else {
@@ -1104,8 +1101,7 @@ impl Run<'_> {
         } else {
             self.route(l, b, renorm)?;
         }
-        let routed = router_done == RouterDone::Routed;
-        self.experts(l, b, gate, up, down, last, routed)
+        self.experts(l, b, gate, up, down, last)
     }
 
     /// Whether layer `l`'s top-k weights are renormalised: the model's rule, unless
@@ -1187,8 +1183,6 @@ impl Run<'_> {
 
     /// The grouped expert SwiGLU over the routed slots and the weighted combine into
     /// `b.ffn_out` (and layer_out into `b.x` when [`Run::down_mergeable`]: returns whether).
-    /// `routed`: this layer's router launch routed (`matmulwn_route_*`) and announces it.
-    #[allow(clippy::too_many_arguments)]
     fn experts(
         &mut self,
         l: usize,
@@ -1197,7 +1191,6 @@ impl Run<'_> {
         up: &DeviceMatrix,
         down: &DeviceMatrix,
         last: bool,
-        routed: bool,
     ) -> Result<bool> {
         let d = &self.w.dims;
         let dev = self.dev;
@@ -1226,8 +1219,7 @@ impl Run<'_> {
         // produce (planted matmul faults at ffn_out act on the down projection only)
         if self.expert_gate_up_mergeable(gate, up) {
             let name = format!("layer.{l}.ffn_out (ffn_gate_exps, ffn_up_exps, SwiGLU)");
-            let routed = routed.then_some(&b.route_done);
-            self.gate_up(&name, gate, up, b, Some(&b.slot_expert), swap, routed)?;
+            self.gate_up(&name, gate, up, b, Some(&b.slot_expert), swap)?;
         } else {
             self.matmul_expert(l, gate, &b.ffn_norm, slots, &b.gate, &gathered)?;
             self.matmul_expert(l, up, &b.ffn_norm, slots, &b.up, &gathered)?;
@@ -1282,10 +1274,6 @@ impl Run<'_> {
 
 /// Heads up to this size take the tiled attention kernels (kernels/attention.cu).
 const ATT_TILE_MAXD: usize = 128;
-
-/// Words of the router launch's `done` buffer (`ROUTE_ANNOUNCE_WORDS`, kernels/route.cuh):
-/// its last-block counter, then its announcement in 32 lines of 32 words.
-const ROUTE_DONE_WORDS: usize = 1 + 32 * 32;
 
 /// Steps of at most this many queries take the fused attention kernel (decode steps, and
 /// one-token prompts): one launch instead of three, where the launches are the cost.
@@ -1882,21 +1870,7 @@ impl Run<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{ATT_PROBS_BUDGET, ROUTE_DONE_WORDS, attention_block_rows};
-
-    /// The router's `done` buffer holds the words the kernels use (route.cuh): a mismatch
-    /// would write past it, silently, and only on a GPU.
-    #[test]
-    fn router_done_buffer_holds_the_kernels_announcement() {
-        let src = include_str!("kernels/route.cuh");
-        let lines: usize = src
-            .lines()
-            .find_map(|l| l.strip_prefix("#define ROUTE_ANNOUNCE_LINES "))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("route.cuh defines ROUTE_ANNOUNCE_LINES");
-        assert!(src.contains("#define ROUTE_ANNOUNCE_WORDS (1 + 32 * ROUTE_ANNOUNCE_LINES)"));
-        assert_eq!(ROUTE_DONE_WORDS, 1 + 32 * lines);
-    }
+    use super::{ATT_PROBS_BUDGET, attention_block_rows};
 
     /// Blocks are whole 64-query tiles that fit the budget (at least one tile), or the whole
     /// prompt when it fits or must be kept.

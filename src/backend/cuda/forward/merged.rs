@@ -459,10 +459,6 @@ impl Run<'_> {
 
     /// Gate, up and SwiGLU of a one-token step in one launch (`gate_up_*`): the dense FFN's
     /// (no slots), or the k expert slots' (`slot_expert`, with the planted expert swap).
-    /// `routed`: the router launch right before this one routed and announces it there
-    /// (`matmulwn_route_*`'s `done` buffer), so the blocks may request their experts' rows
-    /// before their release.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn gate_up(
         &self,
         key: &str,
@@ -471,7 +467,6 @@ impl Run<'_> {
         b: &Buffers,
         slot_expert: Option<&CudaSlice<i32>>,
         swap: Option<(usize, usize)>,
-        routed: Option<&CudaSlice<i32>>,
     ) -> Result<()> {
         let dev = self.dev;
         let slots = if slot_expert.is_some() {
@@ -501,7 +496,6 @@ impl Run<'_> {
                 slot_expert.map_or(NULL, |s| Arg::Ptr(dev.ptr(s))),
                 Arg::I32(i32::try_from(sa).unwrap_or(-1)),
                 Arg::I32(i32::try_from(sb).unwrap_or(-1)),
-                routed.map_or(NULL, |s| Arg::Ptr(dev.ptr(s))),
             ],
         )
     }

@@ -117,53 +117,6 @@ __device__ __forceinline__ void route1_from(float xv, float* __restrict__ probs,
     }
 }
 
-// The one-token routing announced to the launch after the router's (gate_up_*), whose blocks,
-// already resident under programmatic dependent launch, wait for it before their own
-// pdl_wait() only to request their experts' rows towards L2 while the router's launch drains
-// (gate_up_early). The announcement is a word in each of ROUTE_ANNOUNCE_LINES 128-byte lines
-// of the router launch's `done` buffer after word 0 (the last-block counter): the next
-// launch's blocks each poll one line, since hundreds of blocks polling one line queue on its
-// L2 slice and slow the router itself (H200, 30B-A3B shape: the router launch added 1.2 us a
-// layer so). Block 0 clears them before its pdl_wait(), so before any block of the next
-// launch can start (it is scheduled only once every block of this one is past its
-// pdl_wait); the routing block sets them once its slots are written. A hint only: gate_up
-// reads its experts again after its own pdl_wait, so a late, early or missing announcement
-// changes when weights arrive, never a value.
-#define ROUTE_ANNOUNCE_LINES 32
-#define ROUTE_ANNOUNCE_WORDS (1 + 32 * ROUTE_ANNOUNCE_LINES)
-__device__ __forceinline__ unsigned* route_announce_word(const unsigned* done, int line) {
-    return (unsigned*)done + 32 * (line % ROUTE_ANNOUNCE_LINES + 1);
-}
-__device__ __forceinline__ void route_unannounce(unsigned* done) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (done && blockIdx.x == 0 && threadIdx.x < ROUTE_ANNOUNCE_LINES) {
-        *(volatile unsigned*)route_announce_word(done, threadIdx.x) = 0u;
-        __threadfence();
-    }
-#endif
-}
-// Called by every thread of the routing block after route1_from.
-__device__ __forceinline__ void route_announce(unsigned* done) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (!done) return;
-    __threadfence();  // this thread's slot writes, before the flags (with the barrier)
-    __syncthreads();
-    if (threadIdx.x < ROUTE_ANNOUNCE_LINES)
-        *(volatile unsigned*)route_announce_word(done, threadIdx.x) = 1u;
-#endif
-}
-// Whether the router before announced its routing, in line `line` (route_announce); when it
-// has, what the routing block wrote before it is visible to this thread.
-__device__ __forceinline__ bool route_announced(const unsigned* done, int line) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (*(volatile unsigned*)route_announce_word(done, line) == 0u) return false;
-    __threadfence();
-    return true;
-#else
-    return false;
-#endif
-}
-
 // Logit t of x for route1_from (an L2 load: in matmulwn_route the logits are other blocks'
 // writes).
 __device__ __forceinline__ float route1_logit(const float* __restrict__ x, int E) {
