@@ -50,6 +50,33 @@ fn outputs_grid(
     })
 }
 
+/// Whether the blocks of `gate_up_<ty>` take more than one unit (a row group of an expert
+/// slot): the kernels' `GuStrides`, Q4_K. Q6_K's launch keeps a block a unit.
+fn gate_up_strides(ty: GgmlType) -> bool {
+    ty == GgmlType::Q4_K
+}
+
+/// The grid of a `gate_up_*` launch over `rows` outputs (`per` a block of `threads`) of
+/// `slots` expert slots: `wave` blocks striding over the units where the type strides (one
+/// wave of the card, [`Device::wave_blocks`]), else a block a unit, grid (groups, 1, slots),
+/// which the kernel of a type that does not stride relies on.
+fn gate_up_grid(
+    rows: usize,
+    per: usize,
+    threads: u32,
+    slots: usize,
+    wave: Option<u32>,
+) -> Result<LaunchConfig> {
+    match wave {
+        Some(blocks) => Ok(LaunchConfig {
+            grid_dim: (blocks.max(1), 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        }),
+        None => outputs_grid(rows, per, threads, slots),
+    }
+}
+
 /// The grid of a launch whose blocks stride over `groups` row groups (`matmulwn_*`): one wave
 /// of the card ([`Device::wave_blocks`]).
 fn striding_grid(dev: &Device, kernel: &str, key: &str, groups: usize) -> Result<LaunchConfig> {
@@ -478,10 +505,17 @@ impl Run<'_> {
         let kernel = format!("gate_up_{}", typed_suffix(gate.ty)?);
         // a warp per output, the block the kernel declares
         let threads = dev.block_threads(&kernel, key)?;
+        let per = threads as usize / 32;
+        let wave = if gate_up_strides(gate.ty) {
+            let units = gate.rows.div_ceil(per) * slots;
+            Some(dev.wave_blocks(&kernel, key, units, threads)?)
+        } else {
+            None
+        };
         dev.launch(
             &kernel,
             key,
-            outputs_grid(gate.rows, threads as usize / 32, threads, slots)?,
+            gate_up_grid(gate.rows, per, threads, slots, wave)?,
             &[
                 Arg::Ptr(dev.ptr(&gate.data)),
                 Arg::Ptr(dev.ptr(&up.data)),
@@ -496,6 +530,7 @@ impl Run<'_> {
                 slot_expert.map_or(NULL, |s| Arg::Ptr(dev.ptr(s))),
                 Arg::I32(i32::try_from(sa).unwrap_or(-1)),
                 Arg::I32(i32::try_from(sb).unwrap_or(-1)),
+                int(slots, "expert slots")?,
             ],
         )
     }
@@ -683,7 +718,8 @@ impl Run<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::outputs_grid;
+    use super::{gate_up_grid, gate_up_strides, outputs_grid};
+    use crate::model::quant::GgmlType;
 
     #[test]
     fn output_grids_cover_every_output_once() {
@@ -694,5 +730,17 @@ mod tests {
         let c = outputs_grid(769, 8, 256, 8).unwrap();
         assert_eq!(c.grid_dim, (97, 1, 8));
         assert!(outputs_grid(8, 8, 256, 65536).is_err());
+    }
+
+    #[test]
+    fn gate_up_grids_give_a_type_that_does_not_stride_a_block_a_unit() {
+        // the 30B-A3B shape's gate/up (768 rows, 8 slots, 8 outputs a block): Q4_K strides in
+        // one wave, Q6_K takes its 96 x 8 units a block each
+        assert!(gate_up_strides(GgmlType::Q4_K));
+        assert!(!gate_up_strides(GgmlType::Q6_K));
+        let c = gate_up_grid(768, 8, 256, 8, Some(528)).unwrap();
+        assert_eq!((c.grid_dim, c.block_dim), ((528, 1, 1), (256, 1, 1)));
+        let c = gate_up_grid(768, 8, 256, 8, None).unwrap();
+        assert_eq!(c.grid_dim, (96, 1, 8));
     }
 }

@@ -1298,48 +1298,106 @@ __device__ __forceinline__ void matvec_norm_body(MwnParts parts, const float* __
 
 // gate_up's block: a warp per output (a gate and an up row), GU_THREADS / 32 outputs a block;
 // its launch bounds say so to the host, which sizes the grid by them. (Compile-time, not
-// blockDim: a run-time stride cost gate_up a spill.) (H200,
+// blockDim: a run-time stride cost gate_up a spill.) The work is `slots` x row groups units
+// (unit v: group v % groups of slot v / groups); a block takes units blockIdx.x + gridDim.x *
+// blockIdx.z, then every grid's worth after it: the host launches one wave of the card
+// (Device::wave_blocks), so that a block stages its input once for all its units and requests
+// its next unit's rows towards L2 while it multiplies the current one's, where a grid of one
+// block a unit (768 for the 30B-A3B shape's 8 slots of 96 groups, against 528 resident) ran
+// its last 240 blocks as a second wave, each staging the input again after its launch. (H200,
 // 30B-A3B shape: blocks of 512, staging the input once for 16 rows, added 11.96 us a layer to
 // the step against 11.69-11.80 for 256, and the step was no faster; matmulwr in blocks of 512
 // added 5.87 us against 5.08.)
 #define GU_THREADS 256
 #define GU_MIN_BLOCKS 4
+// Whether a block of gate_up_<type> takes more than one unit: Q4_K. Q6_K's bigger pieces
+// leave no registers for the loop (124 bytes spilled a thread): its launch keeps a block a
+// unit, grid (groups, 1, slots), which the host gives it (merged.rs gate_up_grid).
+template <int TY> struct GuStrides {
+    static constexpr bool value = TY == T_Q4_K;
+};
+// A warp's first two superblocks of its gate and up rows (mw_dot_staged loads the rest).
+template <int TY>
+__device__ __forceinline__ void gate_up_load(MwPiece<TY>* wg, MwPiece<TY>* wu, const u8* g,
+                                             const u8* u, int nsb, int gi, int p) {
+    if (gi < nsb) {
+        wg[0].load(g, gi, p);
+        wu[0].load(u, gi, p);
+    }
+    if (gi + 4 < nsb) {
+        wg[1].load(g, gi + 4, p);
+        wu[1].load(u, gi + 4, p);
+    }
+}
+// Output o's gate, up and SwiGLU (silu_mul's f64 arithmetic).
+__device__ __forceinline__ void gate_up_store(float* G, float* U, float* A, i64 o, float g,
+                                              float u) {
+    G[o] = g;
+    U[o] = u;
+    double gd = g;
+    A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)u);
+}
+
 template <int TY>
 __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8* __restrict__ Wu,
                                              i64 row_bytes, i64 expert_bytes,
                                              const float* __restrict__ X, float* __restrict__ G,
                                              float* __restrict__ U, float* __restrict__ A, int N,
                                              int K, const int* __restrict__ slot_expert,
-                                             int swap_a, int swap_b) {
+                                             int slots, int swap_a, int swap_b) {
     if constexpr (MwStaged<TY>::value) {
         __shared__ __align__(16) float xs[MW_XMAX + MW_XMAX / 16];
-        int z = blockIdx.z;
-        int e = slot_expert ? slot_expert[z] : 0;
-        int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
-        if (blockDim.x != GU_THREADS) __trap();  // (the host launches what the bounds say)
-        int n = blockIdx.x * (GU_THREADS / 32) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-        bool active = n < N;
-        i64 at = (i64)we * expert_bytes + (i64)(active ? n : 0) * row_bytes;
-        int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
-        MwPiece<TY> wg[2], wu[2];
-        if (gi < nsb) {
-            wg[0].load(Wg + at, gi, p);
-            wu[0].load(Wu + at, gi, p);
-        }
-        if (gi + 4 < nsb) {
-            wg[1].load(Wg + at, gi + 4, p);
-            wu[1].load(Wu + at, gi + 4, p);
-        }
         __shared__ float xsum[MW_SUMS_MAX];
-        bool plain = mw_stage<TY, GU_THREADS>(xs, xsum, X, K);
-        float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + at, xs, xsum, nsb, lane, wg, plain));
-        float u = warp_sum_fixed(mw_dot_staged<TY>(Wu + at, xs, xsum, nsb, lane, wu, plain));
-        if (active && lane == 0) {
-            i64 o = (i64)z * N + n;
-            G[o] = g;
-            U[o] = u;
-            double gd = g;
-            A[o] = (float)(gd / (1.0 + exp(-gd)) * (double)u);
+        if (blockDim.x != GU_THREADS) __trap();  // (the host launches what the bounds say)
+        constexpr int per = GU_THREADS / 32;
+        int groups = (N + per - 1) / per, units = groups * slots;
+        int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+        int nsb = K >> 8, gi = lane >> 3, p = lane & 7;
+        // this warp's row of unit (z, group): its byte offset in the gate and up matrices
+        // (the slot's expert, swapped under expert_swap; row 0 of the group past N)
+        auto row_of = [&](int z, int n) {
+            int e = slot_expert ? slot_expert[z] : 0;
+            int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+            return (i64)we * expert_bytes + (i64)(n < N ? n : 0) * row_bytes;
+        };
+        MwPiece<TY> wg[2], wu[2];
+        if constexpr (!GuStrides<TY>::value) {
+            // a block a unit: grid (groups, 1, slots), the host's rule (merged.rs
+            // gate_up_grid; a check here, even after the dots, cost Q6_K 24 bytes of spill)
+            int z = blockIdx.z, n = blockIdx.x * per + warp;
+            i64 row = row_of(z, n);
+            gate_up_load<TY>(wg, wu, Wg + row, Wu + row, nsb, gi, p);
+            bool plain = mw_stage<TY, GU_THREADS>(xs, xsum, X, K);
+            float g = warp_sum_fixed(mw_dot_staged<TY>(Wg + row, xs, xsum, nsb, lane, wg, plain));
+            float v = warp_sum_fixed(mw_dot_staged<TY>(Wu + row, xs, xsum, nsb, lane, wu, plain));
+            if (n < N && lane == 0) gate_up_store(G, U, A, (i64)z * N + n, g, v);
+        } else {
+            int stride = gridDim.x * gridDim.z, u = blockIdx.x + gridDim.x * blockIdx.z;
+            int z = u / groups, n = (u - z * groups) * per + warp;
+            i64 row = row_of(z, n);
+            gate_up_load<TY>(wg, wu, Wg + row, Wu + row, nsb, gi, p);
+            bool plain = mw_stage<TY, GU_THREADS>(xs, xsum, X, K);
+            for (;;) {
+                // the block's next unit's rows towards L2 while this one's are multiplied
+                int next = u + stride;
+                if (next < units) {
+                    int zn = next / groups, nn = (next - zn * groups) * per;
+                    i64 at = row_of(zn, nn), bytes = (i64)min(per, N - nn) * row_bytes;
+                    pdl_prefetch(Wg + at, bytes);
+                    pdl_prefetch(Wu + at, bytes);
+                }
+                float g =
+                    warp_sum_fixed(mw_dot_staged<TY>(Wg + row, xs, xsum, nsb, lane, wg, plain));
+                float v =
+                    warp_sum_fixed(mw_dot_staged<TY>(Wu + row, xs, xsum, nsb, lane, wu, plain));
+                if (n < N && lane == 0) gate_up_store(G, U, A, (i64)z * N + n, g, v);
+                if (next >= units) break;
+                u = next;
+                z = u / groups;
+                n = (u - z * groups) * per + warp;
+                row = row_of(z, n);
+                gate_up_load<TY>(wg, wu, Wg + row, Wu + row, nsb, gi, p);
+            }
         }
     } else {
         __trap();
@@ -1696,13 +1754,13 @@ __device__ __forceinline__ void matvec_norm_mix(MwnParts a, MwnParts b, int na,
     extern "C" __global__ void __launch_bounds__(GU_THREADS, GU_MIN_BLOCKS)                  \
         gate_up_##NAME(const u8* Wg, const u8* Wu, i64 row_bytes, i64 expert_bytes,             \
                        const float* X, float* G, float* U, float* A, int N, int K,              \
-                       const int* slot_expert, int swap_a, int swap_b) {                        \
+                       const int* slot_expert, int swap_a, int swap_b, int slots) {             \
         if (!slot_expert) {                                                                     \
             mw_prefetch(Wg, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
             mw_prefetch(Wu, row_bytes, expert_bytes, N, swap_a, swap_b);                        \
         }                                                                                       \
         pdl_wait();                                                                             \
-        gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slot_expert,        \
+        gate_up_body<TY>(Wg, Wu, row_bytes, expert_bytes, X, G, U, A, N, K, slot_expert, slots, \
                          swap_a, swap_b);                                                       \
     }                                                                                           \
     extern "C" __global__ void __launch_bounds__(DC_THREADS, DC_MIN_BLOCKS)                  \
