@@ -256,9 +256,9 @@ pub struct Device {
     /// and blocks.
     cluster_sizes: Mutex<HashMap<(String, u32), u32>>,
     /// The most blocks a striding launch ([`Device::wave_blocks`]) gets: `None`, what the card
-    /// holds at once; `usize::MAX` with `FALSIFIER_CUDA_WAVE=0` (a block per row group, as
-    /// before the kernels strode); or a test's small number, which makes each block take many
-    /// groups.
+    /// holds at once; `usize::MAX` with `FALSIFIER_CUDA_WAVE=0` (a block per row group, or per
+    /// row group of an expert slot for `gate_up_*`, as before the kernels strode); or a test's
+    /// small number, which makes each block take many groups.
     grid_cap: Mutex<Option<usize>>,
     /// Blocks of a kernel resident on one multiprocessor (the driver's occupancy), by kernel.
     resident: Mutex<HashMap<String, usize>>,
