@@ -69,7 +69,7 @@ fn gate_up_grid(
 ) -> Result<LaunchConfig> {
     match wave {
         Some(blocks) => Ok(LaunchConfig {
-            grid_dim: (blocks.max(1), 1, 1),
+            grid_dim: (blocks, 1, 1),
             block_dim: (threads, 1, 1),
             shared_mem_bytes: 0,
         }),

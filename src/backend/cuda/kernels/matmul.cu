@@ -111,6 +111,12 @@ struct MmBlock {
     float* Y;
 };
 
+// The expert whose weights expert e's tokens go through: the planted expert_swap exchanges
+// swap_a and swap_b (-1: none planted).
+__device__ __forceinline__ int swapped_expert(int e, int swap_a, int swap_b) {
+    return e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+}
+
 // The expert a block of a grouped launch serves: blockIdx.z; or, when the grid runs over the
 // grouped slots instead (zmap: the expert of each slot; for launches with fewer slots than
 // experts, as a decode step's k slots of 128 experts, where a grid over all experts would be
@@ -147,7 +153,7 @@ __device__ __forceinline__ MmBlock mm_block(const u8* W, i64 expert_bytes, float
     b.kend = min(K, b.kbeg + kspan);
     b.Y = Y + (i64)split * T * N;
     // planted expert_swap: tokens routed to a run through b's weights, and the other way round
-    int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+    int we = swapped_expert(e, swap_a, swap_b);
     b.mat = W + (i64)we * expert_bytes;
     return b;
 }
@@ -471,7 +477,7 @@ __device__ __forceinline__ void matvec_body(const u8* __restrict__ W, i64 row_by
     int e = counts ? mm_expert(offsets, zmap) : 0;
     int split = counts ? 0 : blockIdx.z;
     int off = offsets ? offsets[e] : 0;
-    int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+    int we = swapped_expert(e, swap_a, swap_b);
     int kbeg = split * kspan, kend = min(K, kbeg + kspan);
     Y += (i64)split * T * N;
     // LPF lanes (4 or 32) per output feature
@@ -949,7 +955,7 @@ __device__ __forceinline__ void matvec_warp(const u8* __restrict__ W, i64 row_by
     bool active = n < N;  // inactive warps still stage inputs and meet the barriers
     int e = counts ? mm_expert(offsets, zmap) : 0;
     int off = offsets ? offsets[e] : 0;
-    int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+    int we = swapped_expert(e, swap_a, swap_b);
     const u8* row = W + (i64)we * expert_bytes + (i64)(active ? n : 0) * row_bytes;
     Y += (i64)split * T * N;
     constexpr bool staged = TY == T_Q4_K || TY == T_Q6_K;
@@ -1357,7 +1363,7 @@ __device__ __forceinline__ void gate_up_body(const u8* __restrict__ Wg, const u8
         // (the slot's expert, swapped under expert_swap; row 0 of the group past N)
         auto row_of = [&](int z, int n) {
             int e = slot_expert ? slot_expert[z] : 0;
-            int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+            int we = swapped_expert(e, swap_a, swap_b);
             return (i64)we * expert_bytes + (i64)(n < N ? n : 0) * row_bytes;
         };
         MwPiece<TY> wg[2], wu[2];
@@ -1449,7 +1455,7 @@ __device__ __forceinline__ void down_combine_body(
         int kh = (k + 1) >> 1, rbeg = half ? kh : 0, rend = half ? k : kh;
         auto rows_of = [&](int r) {  // pick r's expert matrix (swapped under expert_swap)
             int e = ids[r];
-            int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+            int we = swapped_expert(e, swap_a, swap_b);
             return W + (i64)we * expert_bytes + at;
         };
         // Each step below waits on memory once: the picks' weights went towards L2 before
@@ -1535,7 +1541,7 @@ __device__ __forceinline__ void down_combine_prefetch(const u8* W, i64 row_bytes
     if (n >= N || 32 * p >= sb_bytes || gi >= (int)(row_bytes / sb_bytes)) return;
     for (int r = rbeg; r < rend; ++r) {
         int e = __ldcg(ids + r);
-        int we = e == swap_a ? swap_b : (e == swap_b ? swap_a : e);
+        int we = swapped_expert(e, swap_a, swap_b);
         prefetch_l2_line(W + (i64)we * expert_bytes + (i64)n * row_bytes + (i64)gi * sb_bytes +
                          32 * p);
     }
@@ -1602,7 +1608,7 @@ __device__ __forceinline__ void mw_prefetch(const u8* W, i64 row_bytes, i64 expe
     int per = nb < 0 ? (int)(blockDim.x >> 5) : MM_THREADS / 32;  // a warp per row
     if (nb < 0) nb = blockIdx.x;
     int n0 = nb * per, rows = min(per, N - n0);
-    int we = 0 == swap_a ? swap_b : (0 == swap_b ? swap_a : 0);
+    int we = swapped_expert(0, swap_a, swap_b);
     if (rows > 0)
         pdl_prefetch(W + (i64)we * expert_bytes + (i64)n0 * row_bytes, (i64)rows * row_bytes);
 }
