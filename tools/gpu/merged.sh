@@ -15,7 +15,9 @@
 # tree's kernel sources); VARIANTS="a b ...": the 30B-A3B bench under each, $ROUNDS times
 # alternating (default 1). TIMELINE="v ...": where the step's time goes (tools/gpu/timeline.py)
 # under each variant v (basebuild: .gpu/base/falsifier). BASE_ROUNDS=n: the base build and this
-# one alternating n times.
+# one alternating n times. The variants onefma and loads (tools/gpu/free-dots.py: the Q4_K/Q6_K
+# dots cut to one FMA a weight, or to their loads; diagnostics) are made from the tree's kernel
+# sources when .gpu/ does not bring them.
 set -u
 . tools/gpu/setup.sh
 F=.gpu/falsifier; E=/tmp/merged; rm -rf $E; mkdir -p $E
@@ -43,6 +45,9 @@ wait $GEN; echo "gen rc=$? $(tail -1 $E/gen.txt)"
 if [ -f $M ]; then
   tv $F $B $M > $E/a3b-bench.txt 2>&1; echo "a3b merged: $(per $E/a3b-bench.txt) $(grep -o 'bandwidth [0-9.]* ms' $E/a3b-bench.txt) $(grep -o 'floor = [0-9.]*x' $E/a3b-bench.txt)"
   snap
+  for v in ${VARIANTS:-} ${TIMELINE:-}; do
+    case $v in onefma|loads) [ -d .gpu/kernels-$v ] || python3 tools/gpu/free-dots.py $v src/backend/cuda/kernels .gpu/kernels-$v;; esac
+  done
   for r in $(seq ${ROUNDS:-1}); do
     for v in ${VARIANTS:-}; do
       variant $v $F $B $M > $E/a3b-bench-$v-$r.txt 2>&1; echo "a3b variant $v $r: $(per $E/a3b-bench-$v-$r.txt)"
