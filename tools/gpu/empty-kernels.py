@@ -26,7 +26,7 @@ KERNELS_BY_NAME = {"qkv": "matmulwn_##NAME(", "qkv_mix": "matmulwn_mix_##NAME(",
 DECODE_KERNELS = list(KERNELS_BY_NAME.values())
 
 
-def empty(text, path, kernels=DECODE_KERNELS, prefetches=False):
+def empty(text, path, kernels=DECODE_KERNELS, keep_prefetches=False):
     for name in kernels:
         at = text.find(name)
         if at < 0:
@@ -35,7 +35,7 @@ def empty(text, path, kernels=DECODE_KERNELS, prefetches=False):
         if wait < 0:
             sys.exit(f"{path}: no pdl_wait() after {name}")
         text = text[:wait] + "pdl_wait(); return;" + text[wait + len("pdl_wait();"):]
-    if prefetches:
+    if keep_prefetches:
         return text
     # prefetches become no-ops (the asm statements that issue them)
     return re.sub(r'asm volatile\("prefetch\.global\.L2 \[%0\];" ::"l"\(([^)]*)\)\);', r"(void)(\1);", text)
@@ -54,7 +54,7 @@ def main():
     found = 0
     for f in sorted(src.iterdir()):
         text = f.read_text()
-        out = empty(text, f, kernels, prefetches=len(sys.argv) > 3)
+        out = empty(text, f, kernels, keep_prefetches=len(sys.argv) > 3)
         found += sum(name in text for name in kernels)
         (dst / f.name).write_text(out)
     if found != len(kernels):
